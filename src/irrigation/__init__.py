@@ -1,0 +1,3 @@
+"""Irrigation control service."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from irrigation.cli import app
+
+app()

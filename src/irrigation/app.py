@@ -1,0 +1,74 @@
+"""create_app(): routers, error handlers, middleware and the lifespan of shared clients."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from irrigation import __version__
+from irrigation.auth.router import router as auth_router
+from irrigation.common.errors import install_error_handlers
+from irrigation.common.middleware import BodyLimitMiddleware, MetricsMiddleware
+from irrigation.common.openapi import install_openapi
+from irrigation.db import create_engine, create_sessionmaker
+from irrigation.fleet.router import routers as fleet_routers
+from irrigation.health import router as health_router
+from irrigation.logging import configure_logging
+from irrigation.settings import Settings, get_settings
+
+DESCRIPTION = """
+Irrigation control: fleet configuration, sensor readings and safe pump activation.
+
+Authenticate with an API key (`Authorization: Bearer irr_...`; *Authorize* above).
+Every error is an RFC 9457 `application/problem+json` body with a stable `code`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    # Clients are made here, not in the lifespan: neither connects until first used, and
+    # tests can then drive the app through ASGI without running the lifespan.
+    engine = create_engine(settings)
+    redis = aioredis.Redis.from_url(
+        settings.effective_redis_url,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await redis.aclose()
+        await engine.dispose()
+
+    app = FastAPI(
+        title="irrigation",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "zones"},
+            {"name": "water-sources"},
+            {"name": "pumps"},
+            {"name": "sensors"},
+            {"name": "keys", "description": "The caller's site and its API keys"},
+            {"name": "operations"},
+        ],
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = create_sessionmaker(engine)
+    app.state.redis = redis
+
+    install_error_handlers(app)
+    install_openapi(app)
+    app.include_router(health_router)
+    app.include_router(auth_router)
+    for router in fleet_routers:
+        app.include_router(router)
+    # Outermost first: metrics see the 413s that the body limit answers.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware)
+    return app

@@ -1,0 +1,1 @@
+"""Sites (tenants), API keys, scopes and the authenticated principal."""

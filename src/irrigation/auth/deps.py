@@ -1,0 +1,52 @@
+"""The `Principal` dependency: who is calling, for which site, with which scopes."""
+
+import uuid
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
+
+from irrigation.auth import service
+from irrigation.auth.schemas import Scope
+from irrigation.common.errors import Forbidden, Unauthorized
+
+bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer irr_...`")
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: uuid.UUID
+    site_id: uuid.UUID
+    scopes: frozenset[str]
+
+    def has(self, scope: str) -> bool:
+        # admin is the site owner: it may do everything the other scopes allow.
+        return scope in self.scopes or Scope.admin.value in self.scopes
+
+
+async def current_principal(
+    security_scopes: SecurityScopes,
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if credentials is None or not credentials.credentials:
+        raise Unauthorized("missing bearer API key", headers=challenge)
+    # Its own short session: the request's session stays untouched, so the service can
+    # open the request's one transaction itself with `session.begin()`.
+    async with request.app.state.sessionmaker() as session:
+        key = await service.authenticate(session, credentials.credentials)
+    if key is None:
+        raise Unauthorized("invalid or revoked API key", headers=challenge)
+    principal = Principal(key_id=key.id, site_id=key.site_id, scopes=frozenset(key.scopes))
+    missing = [s for s in security_scopes.scopes if not principal.has(s)]
+    if missing:
+        raise Forbidden(f"this key lacks the scope(s): {', '.join(missing)}", required=missing)
+    return principal
+
+
+ReadPrincipal = Annotated[Principal, Security(current_principal, scopes=["read"])]
+IngestPrincipal = Annotated[Principal, Security(current_principal, scopes=["ingest"])]
+ControlPrincipal = Annotated[Principal, Security(current_principal, scopes=["control"])]
+AdminPrincipal = Annotated[Principal, Security(current_principal, scopes=["admin"])]

@@ -1,0 +1,1 @@
+"""Pieces shared by every domain: errors, time, pagination. Imports no domain."""

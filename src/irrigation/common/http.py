@@ -1,0 +1,24 @@
+"""Small request-parsing helpers shared by routers."""
+
+from typing import Annotated
+
+from fastapi import Header
+
+from irrigation.common.errors import Invalid
+
+
+def if_match_version(
+    if_match: Annotated[
+        str | None,
+        Header(
+            max_length=40,
+            description='The version you read (`3`, `"3"` or `W/"3"`); or send `version`.',
+        ),
+    ] = None,
+) -> int | None:
+    if if_match is None:
+        return None
+    raw = if_match.strip().removeprefix("W/").strip('"')
+    if not raw.isdigit() or not 1 <= int(raw) < 2**31:
+        raise Invalid("If-Match must carry a version number", field="header.if-match")
+    return int(raw)

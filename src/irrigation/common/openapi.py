@@ -1,0 +1,80 @@
+"""OpenAPI documentation of problem responses, so clients see every status we return."""
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, Field
+
+from irrigation.common.errors import PROBLEM_JSON
+
+
+class FieldError(BaseModel):
+    path: str = Field(description="Dotted location of the bad field, e.g. `body.timezone`.")
+    message: str
+    type: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, with a stable machine-readable `code`."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str = Field(description="Stable machine-readable error code.")
+    errors: list[FieldError] | None = Field(default=None, description="422 only: the fields.")
+
+
+_DESCRIPTIONS = {
+    400: "Bad request",
+    401: "Missing, invalid or revoked API key (`unauthorized`)",
+    403: "The key lacks the required scope (`insufficient_scope`)",
+    404: "Not found in the caller's site (`not_found`)",
+    409: "Conflict (`stale_version`, `in_use`, `duplicate`, ...)",
+    413: "Request body too large (`payload_too_large`)",
+    422: "Invalid request (`validation_error`), with the field paths in `errors`",
+    428: "`version` missing from both body and `If-Match` (`version_required`)",
+    503: "A dependency is unavailable or a lock could not be taken in time",
+}
+
+_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+
+
+def problems(*codes: int, authenticated: bool = True) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: the given statuses plus 422 (and 401/403 when authenticated)."""
+    wanted = set(codes) | {422}
+    if authenticated:
+        wanted |= {401, 403}
+    return {
+        code: {
+            "description": _DESCRIPTIONS.get(code, "Error"),
+            "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF}},
+        }
+        for code in sorted(wanted)
+    }
+
+
+def install_openapi(app: FastAPI) -> None:
+    def build() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+            tags=app.openapi_tags,
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components["Problem"] = Problem.model_json_schema(
+            ref_template="#/components/schemas/{model}"
+        )
+        components.update(components["Problem"].pop("$defs", {}))
+        # FastAPI's default 422 body is not what we send: drop its unused schemas.
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = build  # type: ignore[method-assign]

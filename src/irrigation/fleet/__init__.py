@@ -1,0 +1,1 @@
+"""Zones, water sources, pumps and sensors of a site."""

@@ -1,0 +1,91 @@
+"""Fleet tables. Every row belongs to one site; every query filters on `site_id`."""
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import CheckConstraint, Float, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from irrigation.db import Base, IdMixin
+
+
+class Versioned:
+    """Optimistic lock for config edits: a PATCH must name the version it read."""
+
+    version: Mapped[int] = mapped_column(default=1)
+
+
+class Zone(IdMixin, Versioned, Base):
+    __tablename__ = "zones"
+    __table_args__ = (
+        Index("ix_zones_site_page", "site_id", "created_at", "id"),
+        UniqueConstraint("site_id", "name"),
+    )
+
+    site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64))
+    # Pumps created without a water source share this one, made on first need.
+    default_water_source_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("water_sources.id", ondelete="SET NULL"), default=None
+    )
+
+
+class WaterSource(IdMixin, Versioned, Base):
+    __tablename__ = "water_sources"
+    __table_args__ = (
+        Index("ix_water_sources_site_page", "site_id", "created_at", "id"),
+        UniqueConstraint("site_id", "name"),
+        CheckConstraint("max_concurrent_pumps >= 1", name="max_concurrent_pumps_positive"),
+    )
+
+    site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    max_concurrent_pumps: Mapped[int] = mapped_column(default=1)
+
+
+class Pump(IdMixin, Versioned, Base):
+    __tablename__ = "pumps"
+    __table_args__ = (
+        Index("ix_pumps_site_page", "site_id", "created_at", "id"),
+        UniqueConstraint("site_id", "hardware_id"),
+        CheckConstraint("max_runtime_s >= 1", name="max_runtime_positive"),
+        CheckConstraint("cooldown_s >= 0", name="cooldown_not_negative"),
+    )
+
+    site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
+    zone_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("zones.id", ondelete="RESTRICT"), index=True
+    )
+    water_source_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("water_sources.id", ondelete="RESTRICT"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    hardware_id: Mapped[str] = mapped_column(String(100))
+    max_runtime_s: Mapped[int]
+    cooldown_s: Mapped[int]
+    enabled: Mapped[bool] = mapped_column(default=True)
+    cooldown_until: Mapped[datetime | None] = mapped_column(default=None)
+    fault: Mapped[str | None] = mapped_column(String(500), default=None)
+    fault_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Sensor(IdMixin, Versioned, Base):
+    __tablename__ = "sensors"
+    __table_args__ = (
+        Index("ix_sensors_site_page", "site_id", "created_at", "id"),
+        CheckConstraint(
+            "min_value IS NULL OR max_value IS NULL OR min_value < max_value", name="range_order"
+        ),
+    )
+
+    site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
+    zone_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("zones.id", ondelete="RESTRICT"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(32))
+    unit: Mapped[str] = mapped_column(String(16))
+    min_value: Mapped[float | None] = mapped_column(Float, default=None)
+    max_value: Mapped[float | None] = mapped_column(Float, default=None)
+    last_seen_at: Mapped[datetime | None] = mapped_column(default=None)

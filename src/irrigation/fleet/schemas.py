@@ -1,0 +1,222 @@
+"""API shapes of the fleet: `XCreate`, `XUpdate`, `XOut`."""
+
+import uuid
+import zoneinfo
+from datetime import datetime
+from enum import StrEnum
+from functools import lru_cache
+from typing import Annotated, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+HardwareId = Annotated[
+    str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")
+]
+Unit = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=16)]
+Finite = Annotated[float, Field(allow_inf_nan=False, ge=-1e9, le=1e9)]
+Version = Annotated[int, Field(ge=1, le=2**31 - 1)]
+
+
+@lru_cache(maxsize=1)
+def _timezones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def _check_timezone(name: str) -> str:
+    if name not in _timezones():
+        raise ValueError(f"{name!r} is not an IANA time zone name (e.g. 'Europe/Berlin')")
+    return name
+
+
+TimeZone = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64),
+    AfterValidator(_check_timezone),
+    Field(examples=["Europe/Berlin"], description="IANA time zone name"),
+]
+
+
+class SensorKind(StrEnum):
+    soil_moisture = "soil_moisture"
+    temperature = "temperature"
+    humidity = "humidity"
+    flow = "flow"
+    pressure = "pressure"
+    rain = "rain"
+    light = "light"
+    wind_speed = "wind_speed"
+    conductivity = "conductivity"
+    battery = "battery"
+
+
+# Per-kind valid ranges, used when a sensor sets no `min_value`/`max_value` of its own.
+DEFAULT_RANGES: dict[SensorKind, tuple[float, float]] = {
+    SensorKind.soil_moisture: (0.0, 100.0),
+    SensorKind.temperature: (-40.0, 120.0),
+    SensorKind.humidity: (0.0, 100.0),
+    SensorKind.flow: (0.0, 1000.0),
+    SensorKind.pressure: (0.0, 700.0),
+    SensorKind.rain: (0.0, 500.0),
+    SensorKind.light: (0.0, 200_000.0),
+    SensorKind.wind_speed: (0.0, 100.0),
+    SensorKind.conductivity: (0.0, 20.0),
+    SensorKind.battery: (0.0, 100.0),
+}
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Update(_Body):
+    version: Version | None = Field(
+        default=None, description="The version you read; or send it as `If-Match`."
+    )
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    site_id: uuid.UUID
+    version: int
+    created_at: datetime
+
+
+# Zones ---------------------------------------------------------------------------------
+
+
+class ZoneCreate(_Body):
+    name: Name
+    timezone: TimeZone
+
+
+class ZoneUpdate(_Update):
+    name: Name | None = None
+    timezone: TimeZone | None = None
+
+
+class ZoneOut(_Out):
+    name: str
+    timezone: str
+    default_water_source_id: uuid.UUID | None
+
+
+# Water sources -------------------------------------------------------------------------
+
+
+class WaterSourceCreate(_Body):
+    name: Name
+    max_concurrent_pumps: int = Field(default=1, ge=1, le=1000)
+
+
+class WaterSourceUpdate(_Update):
+    name: Name | None = None
+    max_concurrent_pumps: int | None = Field(default=None, ge=1, le=1000)
+
+
+class WaterSourceOut(_Out):
+    name: str
+    max_concurrent_pumps: int
+
+
+# Pumps ---------------------------------------------------------------------------------
+
+
+class PumpStatus(StrEnum):
+    idle = "idle"
+    running = "running"
+    cooldown = "cooldown"
+    fault = "fault"
+    disabled = "disabled"
+
+
+class PumpCreate(_Body):
+    zone_id: uuid.UUID
+    water_source_id: uuid.UUID | None = Field(
+        default=None, description="Omitted: the zone's default water source (made on first use)."
+    )
+    name: Name
+    hardware_id: HardwareId
+    max_runtime_s: int | None = Field(
+        default=None, ge=1, description="Default 30; never above the site's hard cap."
+    )
+    cooldown_s: int | None = Field(
+        default=None, ge=0, description="Default 900; never below the site's minimum."
+    )
+    enabled: bool = True
+
+
+class PumpUpdate(_Update):
+    zone_id: uuid.UUID | None = None
+    water_source_id: uuid.UUID | None = None
+    name: Name | None = None
+    hardware_id: HardwareId | None = None
+    max_runtime_s: int | None = Field(default=None, ge=1)
+    cooldown_s: int | None = Field(default=None, ge=0)
+    enabled: bool | None = None
+
+
+class PumpOut(_Out):
+    zone_id: uuid.UUID
+    water_source_id: uuid.UUID
+    name: str
+    hardware_id: str
+    max_runtime_s: int
+    cooldown_s: int
+    enabled: bool
+    status: PumpStatus
+    cooldown_until: datetime | None
+    fault: str | None
+    fault_at: datetime | None
+
+
+# Sensors -------------------------------------------------------------------------------
+
+
+class _RangeChecked(_Body):
+    min_value: Finite | None = None
+    max_value: Finite | None = None
+
+    @model_validator(mode="after")
+    def _range_order(self) -> Self:
+        low, high = self.min_value, self.max_value
+        if low is not None and high is not None and low >= high:
+            raise ValueError("min_value must be below max_value")
+        return self
+
+
+class SensorCreate(_RangeChecked):
+    zone_id: uuid.UUID
+    name: Name
+    kind: SensorKind
+    unit: Unit
+
+
+class SensorUpdate(_RangeChecked):
+    version: Version | None = Field(
+        default=None, description="The version you read; or send it as `If-Match`."
+    )
+    zone_id: uuid.UUID | None = None
+    name: Name | None = None
+    unit: Unit | None = None
+
+
+class SensorOut(_Out):
+    zone_id: uuid.UUID
+    name: str
+    kind: SensorKind
+    unit: str
+    min_value: float | None
+    max_value: float | None
+    valid_min: float = Field(description="Effective lower bound: `min_value` or the kind's.")
+    valid_max: float = Field(description="Effective upper bound: `max_value` or the kind's.")
+    last_seen_at: datetime | None

@@ -1,0 +1,251 @@
+"""Fleet use cases. Each write opens and commits its own transaction."""
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from irrigation.common import repository as repo
+from irrigation.common.errors import Invalid, NotFound, VersionRequired
+from irrigation.common.pagination import PageParams
+from irrigation.fleet.models import Pump, Sensor, WaterSource, Zone
+from irrigation.fleet.schemas import (
+    DEFAULT_RANGES,
+    PumpCreate,
+    PumpStatus,
+    PumpUpdate,
+    SensorCreate,
+    SensorKind,
+    SensorUpdate,
+    WaterSourceCreate,
+    WaterSourceUpdate,
+    ZoneCreate,
+    ZoneUpdate,
+)
+from irrigation.settings import Settings
+
+DEFAULT_MAX_RUNTIME_S = 30
+DEFAULT_COOLDOWN_S = 900
+
+
+def require_version(body_version: int | None, if_match: int | None) -> int:
+    version = body_version if body_version is not None else if_match
+    if version is None:
+        raise VersionRequired("send the version you read, as `version` or `If-Match`")
+    return version
+
+
+async def _reference(
+    session: AsyncSession, model: type[Any], site_id: uuid.UUID, row_id: uuid.UUID, field: str
+) -> Any:
+    """A body reference to another site's (or no) row is a bad request, not a leak."""
+    try:
+        return await repo.get_owned(session, model, site_id, row_id, for_update=True)
+    except NotFound:
+        raise Invalid(f"{repo.label(model)} {row_id} not found", field=f"body.{field}") from None
+
+
+# Zones ---------------------------------------------------------------------------------
+
+
+async def create_zone(session: AsyncSession, site_id: uuid.UUID, body: ZoneCreate) -> Zone:
+    async with session.begin():
+        zone = Zone(site_id=site_id, name=body.name, timezone=body.timezone)
+        await repo.flush_new(session, zone)
+    return zone
+
+
+async def update_zone(
+    session: AsyncSession, site_id: uuid.UUID, zone_id: uuid.UUID, version: int, body: ZoneUpdate
+) -> Zone:
+    async with session.begin():
+        values = body.model_dump(exclude_unset=True, exclude={"version"}, exclude_none=True)
+        return await repo.update_versioned(session, Zone, site_id, zone_id, version, values)
+
+
+# Water sources -------------------------------------------------------------------------
+
+
+async def create_water_source(
+    session: AsyncSession, site_id: uuid.UUID, body: WaterSourceCreate
+) -> WaterSource:
+    async with session.begin():
+        source = WaterSource(site_id=site_id, **body.model_dump())
+        await repo.flush_new(session, source)
+    return source
+
+
+async def update_water_source(
+    session: AsyncSession,
+    site_id: uuid.UUID,
+    source_id: uuid.UUID,
+    version: int,
+    body: WaterSourceUpdate,
+) -> WaterSource:
+    async with session.begin():
+        values = body.model_dump(exclude_unset=True, exclude={"version"}, exclude_none=True)
+        return await repo.update_versioned(
+            session, WaterSource, site_id, source_id, version, values
+        )
+
+
+# Pumps ---------------------------------------------------------------------------------
+
+
+def _check_limits(settings: Settings, max_runtime_s: int | None, cooldown_s: int | None) -> None:
+    if max_runtime_s is not None and max_runtime_s > settings.max_runtime_cap_s:
+        raise Invalid(
+            f"max_runtime_s may not exceed the site's hard cap of {settings.max_runtime_cap_s} s",
+            field="body.max_runtime_s",
+            limit=settings.max_runtime_cap_s,
+        )
+    if cooldown_s is not None and cooldown_s < settings.min_cooldown_s:
+        raise Invalid(
+            f"cooldown_s may not be below the site's minimum of {settings.min_cooldown_s} s",
+            field="body.cooldown_s",
+            limit=settings.min_cooldown_s,
+        )
+
+
+async def _default_water_source(session: AsyncSession, zone: Zone) -> uuid.UUID:
+    # The zone row is locked by `_reference`, so two concurrent creates make one default.
+    if zone.default_water_source_id is not None:
+        return zone.default_water_source_id
+    source = WaterSource(site_id=zone.site_id, name=f"{zone.name} (default)"[:200])
+    await repo.flush_new(session, source)
+    zone.default_water_source_id = source.id
+    zone.version += 1
+    return source.id
+
+
+async def create_pump(
+    session: AsyncSession, settings: Settings, site_id: uuid.UUID, body: PumpCreate
+) -> Pump:
+    _check_limits(settings, body.max_runtime_s, body.cooldown_s)
+    async with session.begin():
+        zone: Zone = await _reference(session, Zone, site_id, body.zone_id, "zone_id")
+        if body.water_source_id is None:
+            source_id = await _default_water_source(session, zone)
+        else:
+            await _reference(session, WaterSource, site_id, body.water_source_id, "water_source_id")
+            source_id = body.water_source_id
+        pump = Pump(
+            site_id=site_id,
+            zone_id=zone.id,
+            water_source_id=source_id,
+            name=body.name,
+            hardware_id=body.hardware_id,
+            max_runtime_s=body.max_runtime_s
+            or min(DEFAULT_MAX_RUNTIME_S, settings.max_runtime_cap_s),
+            cooldown_s=body.cooldown_s
+            if body.cooldown_s is not None
+            else max(DEFAULT_COOLDOWN_S, settings.min_cooldown_s),
+            enabled=body.enabled,
+        )
+        await repo.flush_new(session, pump)
+    return pump
+
+
+async def update_pump(
+    session: AsyncSession,
+    settings: Settings,
+    site_id: uuid.UUID,
+    pump_id: uuid.UUID,
+    version: int,
+    body: PumpUpdate,
+) -> Pump:
+    _check_limits(settings, body.max_runtime_s, body.cooldown_s)
+    async with session.begin():
+        if body.zone_id is not None:
+            await _reference(session, Zone, site_id, body.zone_id, "zone_id")
+        if body.water_source_id is not None:
+            await _reference(session, WaterSource, site_id, body.water_source_id, "water_source_id")
+        values = body.model_dump(exclude_unset=True, exclude={"version"}, exclude_none=True)
+        return await repo.update_versioned(session, Pump, site_id, pump_id, version, values)
+
+
+def pump_status(pump: Pump, now: datetime, *, is_running: bool = False) -> PumpStatus:
+    """Derived on read, so no timer has to flip a stored state."""
+    if pump.fault:
+        return PumpStatus.fault
+    if is_running:
+        return PumpStatus.running
+    if not pump.enabled:
+        return PumpStatus.disabled
+    if pump.cooldown_until is not None and pump.cooldown_until > now:
+        return PumpStatus.cooldown
+    return PumpStatus.idle
+
+
+# Sensors -------------------------------------------------------------------------------
+
+
+def valid_range(sensor: Sensor) -> tuple[float, float]:
+    low, high = DEFAULT_RANGES.get(SensorKind(sensor.kind), (-1e9, 1e9))
+    return (
+        sensor.min_value if sensor.min_value is not None else low,
+        sensor.max_value if sensor.max_value is not None else high,
+    )
+
+
+async def create_sensor(session: AsyncSession, site_id: uuid.UUID, body: SensorCreate) -> Sensor:
+    async with session.begin():
+        await _reference(session, Zone, site_id, body.zone_id, "zone_id")
+        sensor = Sensor(site_id=site_id, **body.model_dump())
+        _check_range(sensor)
+        await repo.flush_new(session, sensor)
+    return sensor
+
+
+async def update_sensor(
+    session: AsyncSession,
+    site_id: uuid.UUID,
+    sensor_id: uuid.UUID,
+    version: int,
+    body: SensorUpdate,
+) -> Sensor:
+    async with session.begin():
+        if body.zone_id is not None:
+            await _reference(session, Zone, site_id, body.zone_id, "zone_id")
+        # min/max may be cleared with an explicit null, so keep None for those two.
+        values = body.model_dump(exclude_unset=True, exclude={"version"})
+        values = {
+            k: v for k, v in values.items() if v is not None or k in ("min_value", "max_value")
+        }
+        sensor = await repo.update_versioned(session, Sensor, site_id, sensor_id, version, values)
+        _check_range(sensor)
+        return sensor
+
+
+def _check_range(sensor: Sensor) -> None:
+    low, high = valid_range(sensor)
+    if low >= high:
+        # Raising inside `session.begin()` rolls the half-applied update back.
+        raise Invalid(f"the valid range would be empty ({low} >= {high})", field="body.min_value")
+
+
+async def get(
+    session: AsyncSession, model: type[Any], site_id: uuid.UUID, row_id: uuid.UUID
+) -> Any:
+    return await repo.get_owned(session, model, site_id, row_id)
+
+
+async def list_rows(
+    session: AsyncSession,
+    model: type[Any],
+    site_id: uuid.UUID,
+    params: PageParams,
+    **filters: uuid.UUID | str | None,
+) -> tuple[list[Any], str | None]:
+    clauses = [
+        getattr(model, name) == value for name, value in filters.items() if value is not None
+    ]
+    return await repo.list_owned(session, model, site_id, params, *clauses)
+
+
+async def delete(
+    session: AsyncSession, model: type[Any], site_id: uuid.UUID, row_id: uuid.UUID
+) -> None:
+    async with session.begin():
+        await repo.delete_owned(session, model, site_id, row_id)

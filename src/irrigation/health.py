@@ -1,0 +1,74 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from sqlalchemy import text
+
+from irrigation.migrate import head_revision
+
+router = APIRouter(tags=["operations"])
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    checks: dict[str, str]
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+async def _check_database(request: Request) -> str:
+    async with request.app.state.engine.connect() as conn:
+        current = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+    head = head_revision()
+    return "ok" if current == head else f"migrations at {current}, head is {head}"
+
+
+async def _check_redis(request: Request) -> str:
+    await request.app.state.redis.ping()
+    return "ok"
+
+
+async def _run(check: Any, request: Request, limit_s: float) -> str:
+    try:
+        result: str = await asyncio.wait_for(check(request), limit_s)
+        return result
+    except TimeoutError:
+        return "timeout"
+    except Exception as exc:  # any failure of a dependency is a "not ready", never a 500
+        return f"error: {type(exc).__name__}"
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "A dependency is not ready"}},
+)
+async def readyz(request: Request) -> JSONResponse:
+    database, redis = await asyncio.gather(
+        _run(_check_database, request, 2.0), _run(_check_redis, request, 2.0)
+    )
+    checks = {"database": database, "redis": redis}
+    ready = all(v == "ok" for v in checks.values())
+    body = Readiness(status="ok" if ready else "unavailable", checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus exposition"}},
+)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

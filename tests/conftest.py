@@ -1,0 +1,189 @@
+"""Real PostgreSQL and Redis for every test: the local servers when they answer, else
+embedded ones. The schema is built once by the migrations into a template database;
+each test gets its own copy (CREATE DATABASE ... TEMPLATE), so tests never share rows."""
+
+import asyncio
+import os
+import threading
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from irrigation.app import create_app
+from irrigation.auth import service as auth_service
+from irrigation.auth.schemas import Scope
+from irrigation.common import clock
+from irrigation.db import create_engine, create_sessionmaker
+from irrigation.migrate import upgrade
+from irrigation.settings import Settings
+from irrigation.stack import Stack, plain_url, resolve_stack, with_database
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+TEMPLATE = f"irrigation_test_template_{WORKER}"
+REDIS_TEST_DB = 13
+
+
+def _in_thread(fn: Callable[[], object]) -> None:
+    """Alembic's env.py calls asyncio.run(), which cannot nest in pytest-asyncio's loop."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    holder: list[Stack] = []
+    _in_thread(
+        lambda: holder.append(
+            resolve_stack(
+                os.environ.get("IRRIGATION_TEST_DATABASE_URL"),
+                os.environ.get("IRRIGATION_TEST_REDIS_URL"),
+                ROOT / ".data" / "test",
+                "postgres",
+            )
+        )
+    )
+    yield holder[0]
+    holder[0].stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(stack: Stack) -> str:
+    url = stack.redis_url
+    if url.startswith("unix://"):
+        return f"{url}?db={REDIS_TEST_DB}"
+    return url.rsplit("/", 1)[0] + f"/{REDIS_TEST_DB}"
+
+
+async def _admin(stack: Stack) -> asyncpg.Connection:
+    return await asyncpg.connect(plain_url(stack.database_url))
+
+
+@pytest.fixture(scope="session")
+async def template_url(stack: Stack) -> str:
+    conn = await _admin(stack)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{TEMPLATE}"')
+    finally:
+        await conn.close()
+    url = with_database(stack.database_url, TEMPLATE)
+    await asyncio.to_thread(_in_thread, lambda: upgrade(Settings(database_url=url)))
+    return url
+
+
+@pytest.fixture
+async def database_url(stack: Stack, template_url: str) -> AsyncIterator[str]:
+    name = f"irrigation_test_{uuid.uuid4().hex[:12]}"
+    conn = await _admin(stack)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
+    finally:
+        await conn.close()
+    yield with_database(stack.database_url, name)
+    conn = await _admin(stack)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, redis: aioredis.Redis) -> Settings:
+    del redis  # requested for its flush
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        min_cooldown_s=1,
+        max_runtime_cap_s=30,
+        log_level="WARNING",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _reset_clock() -> Iterator[None]:
+    yield
+    clock.reset()
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    yield application
+    await application.state.redis.aclose()
+    await application.state.engine.dispose()
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        yield c
+
+
+MakeKey = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+async def make_key(settings: Settings) -> AsyncIterator[MakeKey]:
+    """`await make_key("admin", site="farm-a")`: a real key, created as the CLI does."""
+    engine = create_engine(settings)
+    maker = create_sessionmaker(engine)
+
+    async def make(*scopes: str, site: str = "site-a") -> str:
+        async with maker() as session, session.begin():
+            owner = await auth_service.get_or_create_site(session, site, create=True)
+            _, secret = await auth_service.create_key(
+                session, owner.id, "test", [Scope(s) for s in scopes]
+            )
+        return secret
+
+    yield make
+    await engine.dispose()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+async def admin(make_key: MakeKey) -> dict[str, str]:
+    """Headers of an admin key of site A."""
+    return bearer(await make_key("admin"))
+
+
+@pytest.fixture
+async def other_admin(make_key: MakeKey) -> dict[str, str]:
+    """Headers of an admin key of site B."""
+    return bearer(await make_key("admin", site="site-b"))
+
+
+@pytest.fixture
+def stack_postgres_url(stack: Stack) -> str:
+    """The server's maintenance database: reachable, but never migrated."""
+    return stack.database_url
