@@ -3,7 +3,6 @@
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from irrigation import __version__
@@ -15,6 +14,8 @@ from irrigation.db import create_engine, create_sessionmaker
 from irrigation.fleet.router import routers as fleet_routers
 from irrigation.health import router as health_router
 from irrigation.logging import configure_logging
+from irrigation.pumps.router import router as pumps_router
+from irrigation.queue import create_redis
 from irrigation.settings import Settings, get_settings
 
 DESCRIPTION = """
@@ -31,11 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Clients are made here, not in the lifespan: neither connects until first used, and
     # tests can then drive the app through ASGI without running the lifespan.
     engine = create_engine(settings)
-    redis = aioredis.Redis.from_url(
-        settings.effective_redis_url,
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
-    )
+    redis = create_redis(settings.effective_redis_url, settings.redis_timeout_s)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -52,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "zones"},
             {"name": "water-sources"},
             {"name": "pumps"},
+            {"name": "activations", "description": "Pump runs: the safety core"},
             {"name": "sensors"},
             {"name": "keys", "description": "The caller's site and its API keys"},
             {"name": "operations"},
@@ -68,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth_router)
     for router in fleet_routers:
         app.include_router(router)
+    app.include_router(pumps_router)
     # Outermost first: metrics see the 413s that the body limit answers.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import httpx
 import typer
@@ -26,18 +26,36 @@ STACK_FILE = "stack.json"
 
 
 def load_settings() -> Settings:
-    """Settings from the environment; unset URLs fall back to what `up` last started."""
+    """Settings from the environment; unset URLs fall back to those of a running `up`
+    (in the same data directory), so `irrigation keys ...` works beside it."""
     settings = Settings()
-    stack_file = Path(settings.data_dir) / STACK_FILE
-    if stack_file.exists() and (settings.database_url is None or settings.redis_url is None):
+    if settings.database_url is not None and settings.redis_url is not None:
+        return settings
+    saved = _running_stack(Path(settings.data_dir) / STACK_FILE)
+    if saved is None:
+        return settings
+    return settings.model_copy(
+        update={
+            "database_url": settings.database_url or saved.get("database_url"),
+            "redis_url": settings.redis_url or saved.get("redis_url"),
+        }
+    )
+
+
+def _running_stack(stack_file: Path) -> dict[str, Any] | None:
+    """What a live `up` recorded in its data directory; None if no `up` runs there."""
+    from irrigation.stack import pid_alive
+
+    try:
         saved = json.loads(stack_file.read_text())
-        settings = settings.model_copy(
-            update={
-                "database_url": settings.database_url or saved.get("database_url"),
-                "redis_url": settings.redis_url or saved.get("redis_url"),
-            }
-        )
-    return settings
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict):
+        return None
+    pid = saved.get("pid")
+    if not isinstance(pid, int) or not pid_alive(pid):
+        return None
+    return saved
 
 
 def _with_session(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
@@ -54,7 +72,7 @@ def _with_session(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
     return asyncio.run(run())
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=1)
 
@@ -89,6 +107,17 @@ def worker() -> None:
 
     settings = load_settings()
     run_worker(settings)
+
+
+@app.command()
+def simulator(
+    host: Annotated[str, typer.Option(help="Bind address")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="Port [IRRIGATION_SIMULATOR_PORT]")] = None,
+) -> None:
+    """Run the device simulator: a pump controller over HTTP that keeps the physical truth."""
+    from irrigation.pumps.simulator import run_simulator
+
+    run_simulator(host, port or load_settings().simulator_port)
 
 
 @app.command()
@@ -211,6 +240,10 @@ def _url_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
 @app.command()
 def up(
     port: Annotated[int | None, typer.Option(help="API port [IRRIGATION_PORT]")] = None,
@@ -219,16 +252,34 @@ def up(
     ] = None,
     host: Annotated[str | None, typer.Option(help="Bind address [IRRIGATION_HOST]")] = None,
 ) -> None:
-    """The whole local stack: database, Redis, migrations, API, worker, simulator, demo key."""
+    """The whole local stack: database, Redis, migrations, API, worker, simulator, demo key.
+
+    Uses IRRIGATION_DATABASE_URL / IRRIGATION_REDIS_URL when set, else the servers on
+    localhost, else embedded ones in IRRIGATION_DATA_DIR (IRRIGATION_EMBEDDED=always
+    forces those). Ctrl-C or SIGTERM stops everything it started.
+    """
     from irrigation.demo import ensure_demo
     from irrigation.migrate import upgrade
     from irrigation.stack import resolve_stack
 
+    started = time.monotonic()
+    # SIGTERM during start-up must still reach the `finally` that stops embedded servers.
+    signal.signal(signal.SIGTERM, _interrupt)
     base = Settings()
     data_dir = Path(base.data_dir).resolve()
-    stack = resolve_stack(
-        base.database_url, base.redis_url, data_dir, "irrigation", embedded=base.embedded
-    )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        stack = resolve_stack(
+            base.database_url, base.redis_url, data_dir, "irrigation", embedded=base.embedded
+        )
+    except ImportError as exc:
+        _fail(f"{exc}: embedded servers need `pip install -e '.[embedded]'`")
+    except KeyboardInterrupt:
+        raise typer.Exit(code=130) from None
+    except Exception as exc:  # any start-up failure: one readable line, not a traceback
+        _fail(f"cannot reach or start PostgreSQL/Redis: {type(exc).__name__}: {exc}")
+
+    stack_file = data_dir / STACK_FILE
     try:
         updates: dict[str, Any] = {
             "database_url": stack.database_url,
@@ -240,9 +291,15 @@ def up(
         if "gateway_url" not in base.model_fields_set:
             updates["gateway_url"] = f"http://127.0.0.1:{updates['simulator_port']}"
         settings = base.model_copy(update=updates)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        (data_dir / STACK_FILE).write_text(
-            json.dumps({"database_url": stack.database_url, "redis_url": stack.redis_url})
+        stack_file.write_text(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "database_url": stack.database_url,
+                    "redis_url": stack.redis_url,
+                    "embedded": stack.pids,
+                }
+            )
         )
         upgrade(settings)
         key_file = data_dir / "demo_key"
@@ -251,12 +308,79 @@ def up(
         if key != saved:
             key_file.write_text(key)
             key_file.chmod(0o600)
-        _supervise(settings, key, stack.embedded)
+        _supervise(settings, key, stack.embedded, data_dir, started)
+    except KeyboardInterrupt:
+        pass
     finally:
+        # Nothing may interrupt the shutdown of the embedded servers (a second Ctrl-C).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.stop()
+        if _running_stack(stack_file) is not None:  # still ours: we are alive
+            stack_file.unlink(missing_ok=True)
+        typer.echo("irrigation stopped", err=True)
 
 
-def _supervise(settings: Settings, key: str, embedded: list[str]) -> None:
+class _Child:
+    """One supervised process; restarted with a growing delay while it keeps dying."""
+
+    QUICK_DEATH_S = 30.0
+
+    def __init__(self, name: str, command: list[str]) -> None:
+        self.name = name
+        self.command = command
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.failures = 0
+        self.restart_at = 0.0
+
+    def start(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            self.command,
+            env=env,
+            # Own session: a Ctrl-C at the terminal reaches `up` alone, which then stops
+            # the children in order (API and worker first, the simulator last).
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+        self.started_at = time.monotonic()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def reap(self, now: float) -> None:
+        """If the process died, schedule its restart (0.5 s, then doubling up to 30 s)."""
+        if self.proc is None or self.proc.poll() is None:
+            return
+        code = self.proc.returncode
+        self.proc = None
+        lived = now - self.started_at
+        self.failures = self.failures + 1 if lived < self.QUICK_DEATH_S else 1
+        delay = min(30.0, 0.5 * 2 ** (self.failures - 1))
+        self.restart_at = now + delay
+        # arq's worker exits when Redis drops, for one: a dead process is restarted.
+        typer.echo(f"{self.name} exited with code {code}; restarting in {delay:g} s", err=True)
+
+
+_LIBC: Any = None
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec (Linux): SIGTERM it if `up` dies, even by SIGKILL,
+    so no child outlives the supervisor."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _supervise(
+    settings: Settings, key: str, embedded: list[str], data_dir: Path, started: float
+) -> None:
+    global _LIBC
+    if sys.platform.startswith("linux") and _LIBC is None:
+        import ctypes
+
+        _LIBC = ctypes.CDLL(None, use_errno=True)
     env = {
         **os.environ,
         **_url_env(settings),
@@ -264,52 +388,55 @@ def _supervise(settings: Settings, key: str, embedded: list[str]) -> None:
         "IRRIGATION_HOST": settings.host,
         "IRRIGATION_SIMULATOR_PORT": str(settings.simulator_port),
         "IRRIGATION_GATEWAY_URL": settings.gateway_url,
+        "IRRIGATION_DATA_DIR": str(data_dir),
     }
     python = [sys.executable, "-m", "irrigation"]
-    commands = {
-        "api": [*python, "serve"],
-        "worker": [*python, "worker"],
-    }
-    if _has_command("simulator"):
-        commands["simulator"] = [*python, "simulator"]
-    procs = {name: subprocess.Popen(cmd, env=env) for name, cmd in commands.items()}
-    stopping = False
+    simulator = _Child("simulator", [*python, "simulator", "--port", str(settings.simulator_port)])
+    api = _Child("api", [*python, "serve"])
+    worker = _Child("worker", [*python, "worker"])
+    children = [simulator, api, worker]
+    signals = 0
 
-    def stop(*_: Any) -> None:
-        nonlocal stopping
-        stopping = True
+    def on_signal(*_: Any) -> None:
+        nonlocal signals
+        signals += 1
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     base_url = f"http://{_client_host(settings.host)}:{settings.port}"
     announced = False
     try:
-        while not stopping:
-            for name, proc in list(procs.items()):
-                if proc.poll() is not None:
-                    # arq's worker exits when Redis drops; a dead process is restarted.
-                    typer.echo(f"{name} exited with {proc.returncode}; restarting", err=True)
-                    procs[name] = subprocess.Popen(commands[name], env=env)
+        while not signals:
+            now = time.monotonic()
+            for child in children:
+                child.reap(now)
+                if child.proc is None and now >= child.restart_at and not signals:
+                    child.start(env)
             if not announced and _ready(base_url):
                 announced = True
-                _announce(settings, base_url, key, embedded)
-            time.sleep(0.5)
+                _announce(settings, base_url, key, embedded, data_dir, time.monotonic() - started)
+            time.sleep(0.25)
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        # API and worker first (they may still talk to the devices), the simulator last;
+        # a second Ctrl-C kills whatever is left at once.
+        _stop([api, worker], 6.0, lambda: signals > 1)
+        _stop([simulator], 4.0, lambda: signals > 1)
 
 
-def _has_command(name: str) -> bool:
-    return any(
-        (c.name or getattr(c.callback, "__name__", "")) == name for c in app.registered_commands
-    )
+def _stop(children: list[_Child], timeout: float, hurry: Callable[[], bool]) -> None:
+    for child in children:
+        if child.running and child.proc is not None:
+            child.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(c.running for c in children) and time.monotonic() < deadline and not hurry():
+        time.sleep(0.05)
+    for child in children:
+        if child.proc is None:
+            continue
+        if child.running:
+            typer.echo(f"{child.name} did not stop in time; killing it", err=True)
+            child.proc.kill()
+        child.proc.wait()
 
 
 def _client_host(host: str) -> str:
@@ -323,16 +450,24 @@ def _ready(base_url: str) -> bool:
         return False
 
 
-def _announce(settings: Settings, base_url: str, key: str, embedded: list[str]) -> None:
-    where = f" (embedded: {', '.join(embedded)})" if embedded else ""
+def _announce(
+    settings: Settings,
+    base_url: str,
+    key: str,
+    embedded: list[str],
+    data_dir: Path,
+    took_s: float,
+) -> None:
+    where = f" (embedded {' and '.join(embedded)} in {data_dir})" if embedded else ""
+    simulator_url = f"http://127.0.0.1:{settings.simulator_port}"
     typer.echo(
         "\n".join(
             [
                 "",
-                f"irrigation is up{where}",
+                f"irrigation is up in {took_s:.1f} s{where}",
                 f"  API          {base_url}",
                 f"  Swagger UI   {base_url}/docs",
-                f"  simulator    http://127.0.0.1:{settings.simulator_port}",
+                f"  simulator    {simulator_url}  (physical truth: {simulator_url}/truth)",
                 f"  admin key    {key}",
                 "",
                 f'  curl -H "Authorization: Bearer {key}" {base_url}/v1/pumps',

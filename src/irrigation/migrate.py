@@ -9,7 +9,16 @@ from alembic.script import ScriptDirectory
 
 from irrigation.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+
+def _project_root() -> Path:
+    """Where alembic.ini and migrations/ live: the source checkout (editable installs,
+    tests), else the working directory (the Docker image installs the package with
+    `pip install .` and keeps both in its WORKDIR)."""
+    source = Path(__file__).resolve().parents[2]
+    return source if (source / "alembic.ini").is_file() else Path.cwd()
+
+
+ROOT = _project_root()
 
 
 def alembic_config(settings: Settings) -> Config:

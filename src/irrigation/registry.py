@@ -1,9 +1,11 @@
 """Imports every domain's models so `Base.metadata` is complete (Alembic, tests)."""
 
 from irrigation.auth import models as auth_models
+from irrigation.common import idempotency
 from irrigation.db import Base
 from irrigation.fleet import models as fleet_models
+from irrigation.pumps import models as pump_models
 
 metadata = Base.metadata
 
-__all__ = ["auth_models", "fleet_models", "metadata"]
+__all__ = ["auth_models", "fleet_models", "idempotency", "metadata", "pump_models"]

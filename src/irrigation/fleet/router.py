@@ -1,9 +1,10 @@
 """HTTP routes for zones, water sources, pumps and sensors (thin: parse, authorize, shape)."""
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel
 
 from irrigation.auth.deps import AdminPrincipal, ReadPrincipal
 from irrigation.common.clock import utcnow
@@ -44,13 +45,20 @@ def _settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
+def _fields(row: object, model: type[BaseModel], *computed: str) -> dict[str, Any]:
+    # Attribute access, not __dict__: a fresh row's defaults live only in its columns.
+    return {name: getattr(row, name) for name in model.model_fields if name not in computed}
+
+
 def pump_out(pump: Pump) -> PumpOut:
-    return PumpOut.model_validate({**pump.__dict__, "status": service.pump_status(pump, utcnow())})
+    status = service.pump_status(pump, utcnow())
+    return PumpOut.model_validate({**_fields(pump, PumpOut, "status"), "status": status})
 
 
 def sensor_out(sensor: Sensor) -> SensorOut:
     low, high = service.valid_range(sensor)
-    return SensorOut.model_validate({**sensor.__dict__, "valid_min": low, "valid_max": high})
+    fields = _fields(sensor, SensorOut, "valid_min", "valid_max")
+    return SensorOut.model_validate({**fields, "valid_min": low, "valid_max": high})
 
 
 # Zones ---------------------------------------------------------------------------------

@@ -177,6 +177,9 @@ class PumpOut(_Out):
     cooldown_until: datetime | None
     fault: str | None
     fault_at: datetime | None
+    active_activation_id: uuid.UUID | None = Field(
+        description="The activation holding the pump (queued, starting or running), if any."
+    )
 
 
 # Sensors -------------------------------------------------------------------------------

@@ -165,11 +165,12 @@ async def update_pump(
         return await repo.update_versioned(session, Pump, site_id, pump_id, version, values)
 
 
-def pump_status(pump: Pump, now: datetime, *, is_running: bool = False) -> PumpStatus:
-    """Derived on read, so no timer has to flip a stored state."""
+def pump_status(pump: Pump, now: datetime) -> PumpStatus:
+    """Derived on read, so no timer has to flip a stored state. `running` covers a run that
+    is queued or starting too: the pump is taken from the moment a run is admitted."""
     if pump.fault:
         return PumpStatus.fault
-    if is_running:
+    if pump.active_activation_id is not None:
         return PumpStatus.running
     if not pump.enabled:
         return PumpStatus.disabled

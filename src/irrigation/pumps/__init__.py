@@ -1,0 +1,1 @@
+"""Pump activation: the locked critical section, jobs, gateway and device simulator."""

@@ -1,0 +1,59 @@
+"""Why an activation request is refused: answers (409), not failures."""
+
+import uuid
+from datetime import datetime
+
+from irrigation.common.errors import DomainError
+
+
+class Refused(DomainError):
+    status = 409
+
+
+class PumpBusy(Refused):
+    code, title = "pump_busy", "Pump busy"
+
+    def __init__(self, activation_id: uuid.UUID, retry_after_s: int | None) -> None:
+        super().__init__(
+            f"pump is busy with activation {activation_id}",
+            active_activation_id=str(activation_id),
+            headers={"Retry-After": str(retry_after_s)} if retry_after_s else None,
+        )
+
+
+class InCooldown(Refused):
+    code, title = "cooldown", "Pump in cooldown"
+
+    def __init__(self, until: datetime, retry_after_s: int) -> None:
+        super().__init__(
+            f"pump is resting until {until.isoformat()}",
+            cooldown_until=until.isoformat(),
+            retry_after_s=retry_after_s,
+            headers={"Retry-After": str(retry_after_s)},
+        )
+
+
+class PumpFault(Refused):
+    code, title = "fault", "Pump in fault"
+
+    def __init__(self, fault: str) -> None:
+        super().__init__(f"pump is latched in fault ({fault}); reset it first", fault=fault)
+
+
+class PumpDisabled(Refused):
+    code, title = "disabled", "Pump disabled"
+
+    def __init__(self) -> None:
+        super().__init__("pump is disabled")
+
+
+class CapacityFull(Refused):
+    code, title = "capacity", "Water source at capacity"
+
+    def __init__(self, water_source_id: uuid.UUID, limit: int, retry_after_s: int | None) -> None:
+        super().__init__(
+            f"water source {water_source_id} already feeds {limit} running pump(s)",
+            water_source_id=str(water_source_id),
+            max_concurrent_pumps=limit,
+            headers={"Retry-After": str(retry_after_s)} if retry_after_s else None,
+        )

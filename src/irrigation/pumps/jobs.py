@@ -1,0 +1,286 @@
+"""Worker side of activations: start, stop, the watchdog and the outbox relay.
+
+Every job re-reads state under the row locks and does nothing if the state says it already
+happened, so arq's at-least-once delivery never means a second start. No network call is
+awaited while a row lock is held."""
+
+import contextlib
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from arq.connections import ArqRedis
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from irrigation import queue
+from irrigation.common.clock import db_now_expr
+from irrigation.fleet.models import Pump
+from irrigation.pumps.gateway import Gateway, GatewayError, HttpGateway
+from irrigation.pumps.models import ActivationEvent, ActivationStatus, OutboxJob, PumpActivation
+from irrigation.pumps.service import lock_activation, lock_pump
+from irrigation.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class JobContext:
+    settings: Settings
+    sessions: async_sessionmaker[AsyncSession]
+    gateway: Gateway
+    redis: ArqRedis
+
+
+def job_context(ctx: dict[str, Any]) -> JobContext:
+    context: JobContext = ctx["irrigation"]
+    return context
+
+
+@dataclass(frozen=True)
+class _Command:
+    hardware_id: str
+    command_id: str
+    sequence: int
+    duration_s: int
+
+
+async def _lock(
+    session: AsyncSession, activation_id: uuid.UUID
+) -> tuple[Pump, PumpActivation, datetime] | None:
+    """Pump then activation (the fixed lock order), both fresh, with the database clock."""
+    pump_id = (
+        await session.execute(
+            select(PumpActivation.pump_id).where(PumpActivation.id == activation_id)
+        )
+    ).scalar_one_or_none()
+    if pump_id is None:
+        return None
+    pump, now = await lock_pump(session, pump_id)
+    return pump, await lock_activation(session, activation_id), now
+
+
+def _transition(
+    session: AsyncSession,
+    activation: PumpActivation,
+    status: ActivationStatus,
+    at: datetime,
+    cause: str,
+    **detail: object,
+) -> None:
+    activation.status = status
+    session.add(
+        ActivationEvent(
+            activation_id=activation.id, at=at, status=status, cause=cause, detail=detail or None
+        )
+    )
+
+
+def _release(pump: Pump, activation: PumpActivation) -> None:
+    if pump.active_activation_id == activation.id:
+        pump.active_activation_id = None
+
+
+async def start_activation(ctx: dict[str, Any], activation_id: str) -> str:
+    """queued -> starting -> (device start) -> running; anything else is a no-op."""
+    jc = job_context(ctx)
+    act_id = uuid.UUID(activation_id)
+    async with jc.sessions() as session:
+        async with session.begin():
+            locked = await _lock(session, act_id)
+            if locked is None:
+                return "missing"
+            pump, activation, now = locked
+            await session.execute(delete(OutboxJob).where(OutboxJob.activation_id == act_id))
+            if activation.status != ActivationStatus.queued:
+                return f"skipped: {activation.status}"
+            if now > activation.start_deadline:
+                # Run late is worse than not at all: the grower asked for water *then*.
+                _transition(session, activation, ActivationStatus.expired, now, "queue_delay")
+                activation.stopped_at = now
+                _release(pump, activation)
+                return "expired"
+            # Capped again here: config may have changed since the request was admitted.
+            duration = min(activation.duration_s, pump.max_runtime_s, jc.settings.max_runtime_cap_s)
+            _transition(session, activation, ActivationStatus.starting, now, "worker")
+            activation.starting_at = now
+            command = _Command(
+                pump.hardware_id, activation.command_id, activation.sequence, duration
+            )
+
+        try:
+            await jc.gateway.start(
+                command.hardware_id, command.command_id, command.duration_s, command.sequence
+            )
+        except GatewayError as exc:
+            await _fail(jc, session, act_id, str(exc))
+            return "failed"
+
+        async with session.begin():
+            locked = await _lock(session, act_id)
+            assert locked is not None
+            pump, activation, now = locked
+            if activation.status != ActivationStatus.starting:
+                # Stopped (operator, watchdog) while the start was in flight: make sure the
+                # device is off, whatever order the two commands reached it in.
+                still_on = False
+            else:
+                _transition(session, activation, ActivationStatus.running, now, "device_started")
+                activation.started_at = now
+                activation.run_deadline = now + timedelta(seconds=command.duration_s)
+                still_on = activation.stop_requested_at is None
+    if not still_on:
+        with contextlib.suppress(GatewayError):
+            await jc.gateway.stop(command.hardware_id, command.command_id)
+        await stop_activation(ctx, activation_id, "operator")
+        return "stopped"
+    await queue.enqueue_stop(jc.redis, act_id, "deadline", defer_by=command.duration_s)
+    return "running"
+
+
+async def _fail(jc: JobContext, session: AsyncSession, act_id: uuid.UUID, error: str) -> None:
+    """Gateway failure after retries: activation failed, pump latched in fault."""
+    async with session.begin():
+        locked = await _lock(session, act_id)
+        assert locked is not None
+        pump, activation, now = locked
+        if activation.status not in (ActivationStatus.starting, ActivationStatus.running):
+            return
+        _transition(session, activation, ActivationStatus.failed, now, "gateway_error", error=error)
+        activation.error = error[:500]
+        activation.stopped_at = now
+        _release(pump, activation)
+        pump.fault = f"gateway: {error}"[:500]
+        pump.fault_at = now
+        # The device may have started (the answer, not the command, was lost): rest anyway.
+        pump.cooldown_until = now + timedelta(seconds=pump.cooldown_s)
+        hardware_id, command_id = pump.hardware_id, activation.command_id
+    log.warning("activation_failed", activation_id=str(act_id), error=error)
+    with contextlib.suppress(GatewayError):
+        await jc.gateway.stop(hardware_id, command_id)
+
+
+async def stop_activation(ctx: dict[str, Any], activation_id: str, cause: str) -> str:
+    """Tell the device to stop, then record the stop and the cooldown that follows it."""
+    jc = job_context(ctx)
+    act_id = uuid.UUID(activation_id)
+    async with jc.sessions() as session:
+        async with session.begin():
+            locked = await _lock(session, act_id)
+            if locked is None:
+                return "missing"
+            pump, activation, _ = locked
+            if activation.status not in (ActivationStatus.starting, ActivationStatus.running):
+                return f"skipped: {activation.status}"
+            hardware_id, command_id = pump.hardware_id, activation.command_id
+
+        error: str | None = None
+        try:
+            await jc.gateway.stop(hardware_id, command_id)
+        except GatewayError as exc:
+            error = str(exc)
+
+        async with session.begin():
+            locked = await _lock(session, act_id)
+            assert locked is not None
+            pump, activation, now = locked
+            if activation.status not in (ActivationStatus.starting, ActivationStatus.running):
+                return f"skipped: {activation.status}"
+            stopped_at = now
+            if error is not None:
+                # The device's own auto-off still ends the run; count the rest from then.
+                stopped_at = max(now, activation.run_deadline or now)
+                pump.fault = f"gateway: stop failed: {error}"[:500]
+                pump.fault_at = now
+                activation.error = error[:500]
+            ran_out = cause in ("deadline", "watchdog") and activation.status == "running"
+            status = ActivationStatus.completed if ran_out else ActivationStatus.aborted
+            _transition(
+                session, activation, status, now, cause, **({"error": error} if error else {})
+            )
+            activation.stopped_at = stopped_at
+            activation.stop_cause = cause
+            _release(pump, activation)
+            pump.cooldown_until = stopped_at + timedelta(seconds=pump.cooldown_s)
+    return str(status)
+
+
+async def watchdog(ctx: dict[str, Any]) -> int:
+    """Reconcile what a dead worker or a lost job left behind; returns how many it touched."""
+    jc = job_context(ctx)
+    s = jc.settings
+    starting_limit = (
+        HttpGateway.max_call_s(s.gateway_timeout_s, s.gateway_retries) + s.watchdog_grace_s
+    )
+    async with jc.sessions() as session:
+        now = (await session.execute(select(db_now_expr()))).scalar_one()
+        grace = timedelta(seconds=s.watchdog_grace_s)
+        overdue = (
+            select(PumpActivation.id)
+            .where(
+                (
+                    (PumpActivation.status == ActivationStatus.running)
+                    & (PumpActivation.run_deadline < now - grace)
+                )
+                | (
+                    (PumpActivation.status == ActivationStatus.starting)
+                    & (PumpActivation.starting_at < now - timedelta(seconds=starting_limit))
+                )
+                | (
+                    PumpActivation.status.in_((ActivationStatus.starting, ActivationStatus.running))
+                    & (PumpActivation.stop_requested_at < now - grace)
+                )
+            )
+            .limit(100)
+        )
+        stuck = list((await session.execute(overdue)).scalars())
+        late = (
+            select(PumpActivation.id)
+            .where(
+                PumpActivation.status == ActivationStatus.queued,
+                PumpActivation.start_deadline < now - grace,
+            )
+            .limit(100)
+        )
+        expired = list((await session.execute(late)).scalars())
+        await session.rollback()
+    for act_id in stuck:
+        log.warning("watchdog_stop", activation_id=str(act_id))
+        await stop_activation(ctx, str(act_id), "watchdog")
+    for act_id in expired:
+        # The start job takes the same path; running it here expires the activation.
+        await start_activation(ctx, str(act_id))
+    return len(stuck) + len(expired)
+
+
+async def relay_outbox(ctx: dict[str, Any]) -> int:
+    """Enqueue what a crash between commit and enqueue left in the outbox."""
+    jc = job_context(ctx)
+    async with jc.sessions() as session, session.begin():
+        cutoff = (await session.execute(select(db_now_expr()))).scalar_one() - timedelta(
+            seconds=jc.settings.outbox_relay_after_s
+        )
+        rows = (
+            (
+                await session.execute(
+                    select(OutboxJob)
+                    .where(OutboxJob.created_at < cutoff)
+                    .order_by(OutboxJob.created_at)
+                    .limit(500)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        for row in rows:
+            await queue.enqueue_start(jc.redis, row.activation_id)
+        if rows:
+            await session.execute(
+                update(OutboxJob)
+                .where(OutboxJob.id.in_([r.id for r in rows]))
+                .values(attempts=OutboxJob.attempts + 1)
+            )
+    return len(rows)

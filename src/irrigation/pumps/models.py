@@ -1,0 +1,110 @@
+"""Activations (one requested run each), their audit trail, the outbox and idempotency keys."""
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from irrigation.common.clock import utcnow
+from irrigation.db import Base, IdMixin
+
+
+class Priority(StrEnum):
+    manual = "manual"
+    emergency = "emergency"
+    scheduled = "scheduled"
+    threshold = "threshold"
+
+
+class ActivationStatus(StrEnum):
+    queued = "queued"
+    starting = "starting"
+    running = "running"
+    completed = "completed"
+    rejected = "rejected"
+    expired = "expired"
+    failed = "failed"
+    aborted = "aborted"
+
+
+ACTIVE = (ActivationStatus.queued, ActivationStatus.starting, ActivationStatus.running)
+_ACTIVE_SQL = "status IN ('queued', 'starting', 'running')"
+
+
+class PumpActivation(IdMixin, Base):
+    __tablename__ = "pump_activations"
+    __table_args__ = (
+        # Invariant 1 enforced by the database too: one active activation per pump.
+        Index(
+            "uq_pump_activations_one_active",
+            "pump_id",
+            unique=True,
+            postgresql_where=text(_ACTIVE_SQL),
+        ),
+        Index(
+            "ix_pump_activations_source_active",
+            "water_source_id",
+            postgresql_where=text(_ACTIVE_SQL),
+        ),
+        Index("ix_pump_activations_pump_page", "pump_id", "created_at", "id"),
+        Index("ix_pump_activations_site_active", "site_id", postgresql_where=text(_ACTIVE_SQL)),
+    )
+
+    site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
+    # RESTRICT: a pump or water source with a history is disabled, not deleted (audit trail).
+    pump_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("pumps.id", ondelete="RESTRICT"))
+    # Snapshot at request time: capacity is counted per water source.
+    water_source_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("water_sources.id", ondelete="RESTRICT")
+    )
+    priority: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    duration_s: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(String(500), default=None)
+    origin: Mapped[str] = mapped_column(String(100))
+    command_id: Mapped[str] = mapped_column(String(64))
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    requested_at: Mapped[datetime]
+    start_deadline: Mapped[datetime]
+    starting_at: Mapped[datetime | None] = mapped_column(default=None)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    run_deadline: Mapped[datetime | None] = mapped_column(default=None)
+    stop_requested_at: Mapped[datetime | None] = mapped_column(default=None)
+    stopped_at: Mapped[datetime | None] = mapped_column(default=None)
+    stop_cause: Mapped[str | None] = mapped_column(String(32), default=None)
+    error: Mapped[str | None] = mapped_column(String(500), default=None)
+
+
+class ActivationEvent(IdMixin, Base):
+    """Append-only: every transition of an activation, with when and why."""
+
+    __tablename__ = "activation_events"
+    __table_args__ = (Index("ix_activation_events_activation", "activation_id", "at", "id"),)
+
+    activation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("pump_activations.id", ondelete="CASCADE")
+    )
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    status: Mapped[str] = mapped_column(String(16))
+    cause: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONB, default=None)
+
+
+class OutboxJob(IdMixin, Base):
+    """A job to enqueue, committed with the state it acts on (a crash cannot lose it).
+
+    The worker deletes the row when it handles the job; the relay re-enqueues rows that
+    are still here after a while (the enqueue after commit never happened)."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_created", "created_at"),)
+
+    job: Mapped[str] = mapped_column(String(64))
+    activation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("pump_activations.id", ondelete="CASCADE"), index=True
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,0 +1,65 @@
+"""API shapes of activations."""
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from irrigation.pumps.models import ActivationStatus, Priority
+
+
+class RequestPriority(StrEnum):
+    """What an API key may ask; `scheduled` and `threshold` belong to the automation."""
+
+    manual = "manual"
+    emergency = "emergency"
+
+
+class ActivationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    duration_s: int = Field(
+        ge=1, le=3600, description="Run time; at most the pump's max_runtime_s."
+    )
+    priority: RequestPriority = RequestPriority.manual
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class ActivationOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    pump_id: uuid.UUID
+    water_source_id: uuid.UUID
+    status: ActivationStatus
+    priority: Priority
+    duration_s: int
+    reason: str | None
+    origin: str
+    command_id: str
+    sequence: int
+    requested_at: datetime
+    start_deadline: datetime
+    started_at: datetime | None
+    run_deadline: datetime | None
+    stop_requested_at: datetime | None
+    stopped_at: datetime | None
+    stop_cause: str | None
+    error: str | None
+
+
+class ActivationEventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    activation_id: uuid.UUID
+    at: datetime
+    status: ActivationStatus
+    cause: str
+    detail: dict[str, Any] | None
+
+
+class StopResult(BaseModel):
+    stopped: list[ActivationOut] = Field(description="Activations that this request stopped.")

@@ -1,0 +1,349 @@
+"""Activation use cases: the locked critical section (request), stop, stop-all, reset.
+
+Lock order is fixed everywhere: water source -> pump -> activation, so two transactions
+never wait on each other in a cycle. Rows are locked FOR NO KEY UPDATE: the same exclusion,
+while inserts that reference the locked row (activations, events) are not blocked."""
+
+import math
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from arq.connections import ArqRedis
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from irrigation import queue
+from irrigation.common import idempotency
+from irrigation.common.clock import db_now_expr
+from irrigation.common.dberrors import LOCK_NOT_AVAILABLE, pg_error
+from irrigation.common.errors import Invalid, NotFound, Unavailable
+from irrigation.common.idempotency import IdempotentRequest, StoredAnswer
+from irrigation.common.pagination import PageParams, page_of, paginate
+from irrigation.fleet.models import Pump, WaterSource
+from irrigation.pumps.errors import (
+    CapacityFull,
+    InCooldown,
+    PumpBusy,
+    PumpDisabled,
+    PumpFault,
+    Refused,
+)
+from irrigation.pumps.models import (
+    ACTIVE,
+    ActivationEvent,
+    ActivationStatus,
+    OutboxJob,
+    Priority,
+    PumpActivation,
+)
+from irrigation.settings import Settings
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    duration_s: int
+    priority: Priority
+    reason: str | None
+    origin: str
+
+
+Render = Callable[[PumpActivation | Refused], StoredAnswer]
+
+
+class _LostIdempotencyRace(Exception):
+    pass
+
+
+def _seconds_until(moment: datetime, now: datetime) -> int:
+    return max(1, math.ceil((moment - now).total_seconds()))
+
+
+def _event(
+    activation: PumpActivation, at: datetime, cause: str, **detail: object
+) -> ActivationEvent:
+    return ActivationEvent(
+        activation_id=activation.id,
+        at=at,
+        status=activation.status,
+        cause=cause,
+        detail=detail or None,
+    )
+
+
+async def lock_pump(
+    session: AsyncSession, pump_id: uuid.UUID, site_id: uuid.UUID | None = None
+) -> tuple[Pump, datetime]:
+    """The pump row, locked, read fresh after the lock is granted, with the database clock."""
+    stmt = (
+        select(Pump, db_now_expr())
+        .where(Pump.id == pump_id)
+        .with_for_update(key_share=True, of=Pump)
+        .execution_options(populate_existing=True)
+    )
+    if site_id is not None:
+        stmt = stmt.where(Pump.site_id == site_id)
+    row = (await session.execute(stmt)).one_or_none()
+    if row is None:
+        raise NotFound("pump not found")
+    return row[0], row[1]
+
+
+async def lock_activation(session: AsyncSession, activation_id: uuid.UUID) -> PumpActivation:
+    stmt = (
+        select(PumpActivation)
+        .where(PumpActivation.id == activation_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(stmt)).scalar_one()
+
+
+async def request_activation(
+    session: AsyncSession,
+    settings: Settings,
+    redis: ArqRedis,
+    site_id: uuid.UUID,
+    pump_id: uuid.UUID,
+    run: RunRequest,
+    idem: IdempotentRequest | None,
+    render: Render,
+) -> StoredAnswer:
+    """Admit or refuse one run, in one transaction; refusals are answers, stored for replay."""
+    activation: PumpActivation | None = None
+    ttl = settings.idempotency_ttl_s
+    try:
+        async with session.begin():
+            if idem is not None and (stored := await idempotency.find(session, idem, ttl)):
+                return stored
+            try:
+                activation = await _admit(session, settings, site_id, pump_id, run)
+                answer = render(activation)
+            except Refused as refusal:
+                answer = render(refusal)
+            if idem is not None and await idempotency.store(session, idem, answer, ttl) is None:
+                raise _LostIdempotencyRace
+    except _LostIdempotencyRace:
+        # A concurrent request with the same key committed first: answer as it did.
+        activation = None
+        async with session.begin():
+            stored = await idempotency.find(session, idem, ttl) if idem else None
+        if stored is None:
+            raise Unavailable("a request with this Idempotency-Key is in flight") from None
+        return stored
+    except DBAPIError as exc:
+        raise _unavailable_if_lock_timeout(exc) from None
+    if activation is not None and settings.enqueue_fast_path:
+        # After commit, on purpose: the job must find the row. If this is lost (crash,
+        # Redis down), the outbox row committed with the activation is relayed later.
+        await queue.enqueue_start(redis, activation.id)
+    return answer
+
+
+def _unavailable_if_lock_timeout(exc: DBAPIError) -> Exception:
+    if pg_error(exc).sqlstate == LOCK_NOT_AVAILABLE:
+        return Unavailable(
+            "the pump is locked by another operation; try again",
+            code="lock_timeout",
+            headers={"Retry-After": "1"},
+        )
+    return exc
+
+
+async def _admit(
+    session: AsyncSession,
+    settings: Settings,
+    site_id: uuid.UUID,
+    pump_id: uuid.UUID,
+    run: RunRequest,
+) -> PumpActivation:
+    source_id = (
+        await session.execute(
+            select(Pump.water_source_id).where(Pump.id == pump_id, Pump.site_id == site_id)
+        )
+    ).scalar_one_or_none()
+    if source_id is None:
+        raise NotFound("pump not found")
+    source = (
+        await session.execute(
+            select(WaterSource)
+            .where(WaterSource.id == source_id)
+            .with_for_update(key_share=True)
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one()
+    pump, now = await lock_pump(session, pump_id, site_id)
+    if pump.water_source_id != source.id:
+        raise Unavailable("the pump was moved to another water source; try again", code="retry")
+
+    if not pump.enabled:
+        raise PumpDisabled()
+    if pump.fault:
+        raise PumpFault(pump.fault)
+    if run.duration_s > pump.max_runtime_s:
+        raise Invalid(
+            f"duration_s {run.duration_s} exceeds this pump's max_runtime_s "
+            f"({pump.max_runtime_s} s)",
+            field="body.duration_s",
+            code="duration_exceeds_max_runtime",
+            max_runtime_s=pump.max_runtime_s,
+        )
+    if pump.active_activation_id is not None:
+        active = await session.get(PumpActivation, pump.active_activation_id)
+        # Waiting helps once the run has ended and the pump has rested.
+        run_ends = now
+        if active is not None:
+            run_ends = active.run_deadline or now + timedelta(seconds=active.duration_s)
+        ends = run_ends + timedelta(seconds=pump.cooldown_s)
+        raise PumpBusy(pump.active_activation_id, _seconds_until(ends, now))
+    if pump.cooldown_until is not None and pump.cooldown_until > now:
+        raise InCooldown(pump.cooldown_until, _seconds_until(pump.cooldown_until, now))
+    in_use = (
+        await session.execute(
+            select(func.count(), func.min(PumpActivation.run_deadline)).where(
+                PumpActivation.water_source_id == source.id,
+                PumpActivation.status.in_(ACTIVE),
+            )
+        )
+    ).one()
+    if in_use[0] >= source.max_concurrent_pumps:
+        retry = _seconds_until(in_use[1], now) if in_use[1] else None
+        raise CapacityFull(source.id, source.max_concurrent_pumps, retry)
+
+    pump.last_sequence += 1
+    activation = PumpActivation(
+        id=uuid.uuid4(),
+        site_id=site_id,
+        pump_id=pump.id,
+        water_source_id=source.id,
+        priority=run.priority,
+        status=ActivationStatus.queued,
+        duration_s=run.duration_s,
+        reason=run.reason,
+        origin=run.origin,
+        sequence=pump.last_sequence,
+        requested_at=now,
+        start_deadline=now + timedelta(seconds=settings.max_queue_delay_s),
+    )
+    activation.command_id = f"{activation.id}"
+    session.add(activation)
+    await session.flush()  # the activation row first: the pump's pointer references it
+    pump.active_activation_id = activation.id
+    session.add(_event(activation, now, "requested", origin=run.origin, priority=run.priority))
+    session.add(OutboxJob(job=queue.START_ACTIVATION, activation_id=activation.id))
+    await session.flush()
+    return activation
+
+
+async def stop_pump(
+    session: AsyncSession,
+    redis: ArqRedis,
+    site_id: uuid.UUID,
+    pump_id: uuid.UUID | None,
+    cause: str,
+) -> list[PumpActivation]:
+    """Stop the active activation of one pump (or, with no pump, of every pump of the site).
+
+    A queued run is aborted here; a starting or running one is marked and handed to the
+    worker, which tells the device and records the stop."""
+    try:
+        async with session.begin():
+            if pump_id is not None:
+                pumps = [(await lock_pump(session, pump_id, site_id))[0]]
+            else:
+                pumps = list(
+                    (
+                        await session.execute(
+                            select(Pump)
+                            .where(Pump.site_id == site_id, Pump.active_activation_id.is_not(None))
+                            .order_by(Pump.id)  # one order for every multi-row lock
+                            .with_for_update(key_share=True)
+                            .execution_options(populate_existing=True)
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+            now = (await session.execute(select(db_now_expr()))).scalar_one()
+            stopped = [
+                a for p in pumps if (a := await _stop_locked(session, p, now, cause)) is not None
+            ]
+    except DBAPIError as exc:
+        raise _unavailable_if_lock_timeout(exc) from None
+    for activation in stopped:
+        if activation.status in (ActivationStatus.starting, ActivationStatus.running):
+            await queue.enqueue_stop(redis, activation.id, cause)
+    return stopped
+
+
+async def _stop_locked(
+    session: AsyncSession, pump: Pump, now: datetime, cause: str
+) -> PumpActivation | None:
+    if pump.active_activation_id is None:
+        return None
+    activation = await lock_activation(session, pump.active_activation_id)
+    if activation.status == ActivationStatus.queued:
+        activation.status = ActivationStatus.aborted
+        activation.stopped_at = now
+        activation.stop_cause = cause
+        pump.active_activation_id = None
+        await session.execute(delete(OutboxJob).where(OutboxJob.activation_id == activation.id))
+        session.add(_event(activation, now, cause))
+    elif activation.stop_requested_at is None:
+        activation.stop_requested_at = now
+        session.add(_event(activation, now, "stop_requested", by=cause))
+    await session.flush()
+    return activation
+
+
+async def reset_fault(session: AsyncSession, site_id: uuid.UUID, pump_id: uuid.UUID) -> Pump:
+    async with session.begin():
+        pump, _ = await lock_pump(session, pump_id, site_id)
+        pump.fault = None
+        pump.fault_at = None
+    return pump
+
+
+async def get_activation(
+    session: AsyncSession, site_id: uuid.UUID, activation_id: uuid.UUID
+) -> PumpActivation:
+    stmt = select(PumpActivation).where(
+        PumpActivation.id == activation_id, PumpActivation.site_id == site_id
+    )
+    activation = (await session.execute(stmt)).scalar_one_or_none()
+    if activation is None:
+        raise NotFound("activation not found")
+    return activation
+
+
+async def list_events(
+    session: AsyncSession, site_id: uuid.UUID, activation_id: uuid.UUID, params: PageParams
+) -> tuple[list[ActivationEvent], str | None]:
+    await get_activation(session, site_id, activation_id)
+    stmt = paginate(
+        select(ActivationEvent).where(ActivationEvent.activation_id == activation_id),
+        ActivationEvent.created_at,
+        ActivationEvent.id,
+        params,
+    )
+    return page_of((await session.execute(stmt)).scalars().all(), params)
+
+
+async def list_activations(
+    session: AsyncSession, site_id: uuid.UUID, pump_id: uuid.UUID, params: PageParams
+) -> tuple[list[PumpActivation], str | None]:
+    exists = await session.execute(
+        select(Pump.id).where(Pump.id == pump_id, Pump.site_id == site_id)
+    )
+    if exists.first() is None:
+        raise NotFound("pump not found")
+    stmt = paginate(
+        select(PumpActivation).where(PumpActivation.pump_id == pump_id),
+        PumpActivation.created_at,
+        PumpActivation.id,
+        params,
+        descending=True,
+    )
+    return page_of((await session.execute(stmt)).scalars().all(), params)

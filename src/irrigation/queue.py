@@ -1,0 +1,69 @@
+"""The one place that knows arq: job names, the JSON serializer and typed enqueue helpers.
+
+arq is maintained for security fixes only; keeping it behind this module lets it be swapped.
+No safety property depends on it: the outbox and the watchdog (PostgreSQL) and the device's
+own auto-off and command ids hold them."""
+
+import json
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from arq.connections import ArqRedis
+from redis.asyncio import ConnectionPool
+
+log = structlog.get_logger(__name__)
+
+START_ACTIVATION = "pumps.start_activation"
+STOP_ACTIVATION = "pumps.stop_activation"
+
+
+def serialize(job: dict[str, Any]) -> bytes:
+    return json.dumps(job, default=str).encode()
+
+
+def deserialize(raw: bytes) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(raw)
+    return data
+
+
+def create_redis(url: str, timeout_s: float) -> ArqRedis:
+    """A Redis client that can also enqueue arq jobs; it connects on first use."""
+    pool = ConnectionPool.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    return ArqRedis(pool, job_serializer=serialize, job_deserializer=deserialize)
+
+
+async def _enqueue(
+    redis: ArqRedis, job: str, *args: Any, job_id: str, defer_by: float | None = None
+) -> bool:
+    """False when Redis is unreachable (the outbox relay or watchdog will catch up) or the
+    job is already queued."""
+    try:
+        queued = await redis.enqueue_job(
+            job,
+            *args,
+            _job_id=job_id,
+            _defer_by=timedelta(seconds=defer_by) if defer_by else None,
+        )
+    except Exception as exc:  # Redis down must never fail the request that enqueues
+        log.warning("enqueue_failed", job=job, job_id=job_id, error=repr(exc))
+        return False
+    return queued is not None
+
+
+async def enqueue_start(redis: ArqRedis, activation_id: uuid.UUID) -> bool:
+    return await _enqueue(redis, START_ACTIVATION, str(activation_id), job_id=str(activation_id))
+
+
+async def enqueue_stop(
+    redis: ArqRedis, activation_id: uuid.UUID, cause: str, defer_by: float | None = None
+) -> bool:
+    return await _enqueue(
+        redis,
+        STOP_ACTIVATION,
+        str(activation_id),
+        cause,
+        job_id=f"stop:{cause}:{activation_id}",
+        defer_by=defer_by,
+    )

@@ -1,0 +1,86 @@
+"""The arq worker: pump jobs, the watchdog and the outbox relay, with their shared clients."""
+
+from typing import Any
+
+from arq import cron
+from arq.connections import RedisSettings
+from arq.worker import Worker, func
+
+from irrigation import queue
+from irrigation.common import idempotency
+from irrigation.db import create_engine, create_sessionmaker
+from irrigation.logging import configure_logging
+from irrigation.pumps import jobs
+from irrigation.pumps.gateway import HttpGateway
+from irrigation.settings import Settings
+
+EVERY_SECOND = set(range(60))
+# Short on purpose: a SIGKILLed job is retried only after the longest job timeout + 10 s.
+PUMP_JOB_TIMEOUT_S = 30
+
+
+async def purge_idempotency_keys(ctx: dict[str, Any]) -> int:
+    jc = jobs.job_context(ctx)
+    async with jc.sessions() as session, session.begin():
+        return await idempotency.purge_expired(session, jc.settings.idempotency_ttl_s)
+
+
+def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
+    engine = create_engine(settings)
+    redis = queue.create_redis(settings.effective_redis_url, settings.redis_timeout_s)
+    gateway = HttpGateway(
+        settings.gateway_url,
+        timeout_s=settings.gateway_timeout_s,
+        retries=settings.gateway_retries,
+    )
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        ctx["irrigation"] = jobs.JobContext(
+            settings=settings,
+            sessions=create_sessionmaker(engine),
+            gateway=gateway,
+            redis=redis,
+        )
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        await gateway.aclose()
+        await redis.aclose()
+        await engine.dispose()
+
+    return Worker(
+        functions=[
+            func(jobs.start_activation, name=queue.START_ACTIVATION, timeout=PUMP_JOB_TIMEOUT_S),
+            func(jobs.stop_activation, name=queue.STOP_ACTIVATION, timeout=PUMP_JOB_TIMEOUT_S),
+        ],
+        cron_jobs=[
+            cron(
+                jobs.watchdog, second=EVERY_SECOND, run_at_startup=True, timeout=PUMP_JOB_TIMEOUT_S
+            ),
+            cron(
+                jobs.relay_outbox,
+                second=EVERY_SECOND,
+                run_at_startup=True,
+                timeout=PUMP_JOB_TIMEOUT_S,
+            ),
+            cron(purge_idempotency_keys, minute={0, 30}, second={7}, timeout=PUMP_JOB_TIMEOUT_S),
+        ],
+        redis_pool=redis,
+        redis_settings=RedisSettings.from_dsn(settings.effective_redis_url),
+        on_startup=startup,
+        on_shutdown=shutdown,
+        burst=burst,
+        job_timeout=PUMP_JOB_TIMEOUT_S,
+        keep_result=0,  # job ids become reusable at once, so the relay can re-enqueue
+        poll_delay=settings.worker_poll_delay_s,
+        max_jobs=50,
+        health_check_interval=10,
+        job_serializer=queue.serialize,
+        job_deserializer=queue.deserialize,
+        handle_signals=True,
+    )
+
+
+def run_worker(settings: Settings) -> None:
+    configure_logging(settings.log_level)
+    # Worker.run() on the loop arq made in __init__: its SIGINT/SIGTERM handlers live there.
+    create_worker(settings).run()

@@ -1,0 +1,293 @@
+"""Pumps: CRUD, the zone's default water source and the site's runtime/cooldown limits."""
+
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from irrigation.app import create_app
+from irrigation.settings import Settings
+from tests.fleet.conftest import Fleet
+from tests.fleet.helpers import (
+    Headers,
+    assert_invalid,
+    assert_problem,
+    make_pump,
+    make_water_source,
+    make_zone,
+)
+
+
+async def test_create_pump_returns_201_with_the_full_pump(
+    client: httpx.AsyncClient, admin: Headers
+) -> None:
+    zone = await make_zone(client, admin)
+    source = await make_water_source(client, admin)
+    response = await client.post(
+        "/v1/pumps",
+        json={
+            "zone_id": zone["id"],
+            "water_source_id": source["id"],
+            "name": "Drip line 1",
+            "hardware_id": "relay-01",
+            "max_runtime_s": 20,
+            "cooldown_s": 60,
+        },
+        headers=admin,
+    )
+    assert response.status_code == 201, response.text
+    pump = response.json()
+    assert uuid.UUID(pump["id"])
+    assert pump["version"] == 1
+    assert pump["zone_id"] == zone["id"]
+    assert pump["water_source_id"] == source["id"]
+    assert pump["name"] == "Drip line 1"
+    assert pump["hardware_id"] == "relay-01"
+    assert pump["max_runtime_s"] == 20
+    assert pump["cooldown_s"] == 60
+    assert pump["enabled"] is True
+    assert pump["status"] == "idle"
+    assert pump["cooldown_until"] is None
+    assert pump["fault"] is None
+    assert pump["fault_at"] is None
+
+
+async def test_pump_without_limits_gets_the_safe_defaults(
+    client: httpx.AsyncClient, admin: Headers
+) -> None:
+    zone = await make_zone(client, admin)
+    pump = await make_pump(client, admin, zone["id"])
+    assert pump["max_runtime_s"] == 30
+    assert pump["cooldown_s"] == 900
+
+
+async def test_pump_without_water_source_uses_the_zones_default_made_once(
+    client: httpx.AsyncClient, admin: Headers
+) -> None:
+    zone = await make_zone(client, admin, "Orchard")
+    first = await make_pump(client, admin, zone["id"])
+    source_id = first["water_source_id"]
+    source = await client.get(f"/v1/water-sources/{source_id}", headers=admin)
+    assert source.status_code == 200
+    assert source.json()["name"] == "Orchard (default)"
+    after = (await client.get(f"/v1/zones/{zone['id']}", headers=admin)).json()
+    assert after["default_water_source_id"] == source_id
+
+    second = await make_pump(client, admin, zone["id"])
+    assert second["water_source_id"] == source_id
+    sources = (await client.get("/v1/water-sources", headers=admin)).json()["items"]
+    assert [s["id"] for s in sources] == [source_id]
+
+
+async def test_get_and_list_pumps_show_what_was_created(
+    client: httpx.AsyncClient, reader: Headers, fleet: Fleet
+) -> None:
+    pump = fleet["pump"]
+    one = await client.get(f"/v1/pumps/{pump['id']}", headers=reader)
+    assert one.status_code == 200
+    assert one.json() == pump
+    listed = await client.get("/v1/pumps", headers=reader)
+    assert listed.json() == {"items": [pump], "next_cursor": None}
+
+
+async def test_patch_pump_changes_fields_and_bumps_the_version(
+    client: httpx.AsyncClient, admin: Headers, fleet: Fleet
+) -> None:
+    pump = fleet["pump"]
+    response = await client.patch(
+        f"/v1/pumps/{pump['id']}",
+        json={"version": 1, "name": "Renamed", "max_runtime_s": 10, "enabled": False},
+        headers=admin,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        **pump,
+        "name": "Renamed",
+        "max_runtime_s": 10,
+        "enabled": False,
+        "status": "disabled",
+        "version": 2,
+    }
+
+
+async def test_patch_pump_moves_it_to_another_zone_and_source(
+    client: httpx.AsyncClient, admin: Headers, fleet: Fleet
+) -> None:
+    zone = await make_zone(client, admin, "South")
+    source = await make_water_source(client, admin, "Tank")
+    response = await client.patch(
+        f"/v1/pumps/{fleet['pump']['id']}",
+        json={"version": 1, "zone_id": zone["id"], "water_source_id": source["id"]},
+        headers=admin,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["zone_id"] == zone["id"]
+    assert response.json()["water_source_id"] == source["id"]
+
+
+async def test_delete_pump_is_204_and_it_is_gone(
+    client: httpx.AsyncClient, admin: Headers, fleet: Fleet
+) -> None:
+    pump_id = fleet["pump"]["id"]
+    response = await client.delete(f"/v1/pumps/{pump_id}", headers=admin)
+    assert response.status_code == 204
+    gone = await client.get(f"/v1/pumps/{pump_id}", headers=admin)
+    assert_problem(gone, 404, "not_found")
+
+
+async def test_second_pump_with_the_same_hardware_id_is_409_duplicate(
+    client: httpx.AsyncClient, admin: Headers
+) -> None:
+    zone = await make_zone(client, admin)
+    await make_pump(client, admin, zone["id"], hardware_id="relay-07")
+    response = await client.post(
+        "/v1/pumps",
+        json={"zone_id": zone["id"], "name": "Again", "hardware_id": "relay-07"},
+        headers=admin,
+    )
+    assert_problem(response, 409, "duplicate")
+
+
+async def test_pump_naming_a_zone_that_does_not_exist_is_422(
+    client: httpx.AsyncClient, admin: Headers
+) -> None:
+    response = await client.post(
+        "/v1/pumps",
+        json={"zone_id": str(uuid.uuid4()), "name": "P", "hardware_id": "relay-01"},
+        headers=admin,
+    )
+    assert_invalid(response, "body.zone_id")
+
+
+@pytest.mark.parametrize("hardware_id", ["", "has space", "semi;colon", "x" * 101])
+async def test_malformed_hardware_id_is_422(
+    client: httpx.AsyncClient, admin: Headers, hardware_id: str
+) -> None:
+    zone = await make_zone(client, admin)
+    response = await client.post(
+        "/v1/pumps",
+        json={"zone_id": zone["id"], "name": "P", "hardware_id": hardware_id},
+        headers=admin,
+    )
+    assert_invalid(response, "body.hardware_id")
+
+
+# Limits ----------------------------------------------------------------------------------
+
+
+async def test_max_runtime_above_the_hard_cap_is_422_naming_the_limit(
+    client: httpx.AsyncClient, admin: Headers, settings: Settings
+) -> None:
+    zone = await make_zone(client, admin)
+    response = await client.post(
+        "/v1/pumps",
+        json={
+            "zone_id": zone["id"],
+            "name": "P",
+            "hardware_id": "relay-01",
+            "max_runtime_s": settings.max_runtime_cap_s + 1,
+        },
+        headers=admin,
+    )
+    body = assert_invalid(response, "body.max_runtime_s")
+    assert body["limit"] == settings.max_runtime_cap_s == 30
+    assert "30" in body["detail"]
+    listed = await client.get("/v1/pumps", headers=admin)
+    assert listed.json()["items"] == []
+
+
+async def test_max_runtime_at_the_hard_cap_is_accepted(
+    client: httpx.AsyncClient, admin: Headers, settings: Settings
+) -> None:
+    zone = await make_zone(client, admin)
+    pump = await make_pump(client, admin, zone["id"], max_runtime_s=settings.max_runtime_cap_s)
+    assert pump["max_runtime_s"] == settings.max_runtime_cap_s
+
+
+async def test_raising_max_runtime_above_the_cap_by_patch_is_422(
+    client: httpx.AsyncClient, admin: Headers, fleet: Fleet, settings: Settings
+) -> None:
+    pump = fleet["pump"]
+    response = await client.patch(
+        f"/v1/pumps/{pump['id']}",
+        json={"version": 1, "max_runtime_s": settings.max_runtime_cap_s + 1},
+        headers=admin,
+    )
+    body = assert_invalid(response, "body.max_runtime_s")
+    assert body["limit"] == settings.max_runtime_cap_s
+    unchanged = await client.get(f"/v1/pumps/{pump['id']}", headers=admin)
+    assert unchanged.json() == pump
+
+
+@pytest.mark.parametrize("field", ["max_runtime_s", "cooldown_s"])
+@pytest.mark.parametrize("value", [-1, 2**31, 10**20, 1.5, "ten"])
+async def test_out_of_range_durations_are_422_not_500(
+    client: httpx.AsyncClient, admin: Headers, field: str, value: object
+) -> None:
+    zone = await make_zone(client, admin)
+    response = await client.post(
+        "/v1/pumps",
+        json={"zone_id": zone["id"], "name": "P", "hardware_id": "relay-01", field: value},
+        headers=admin,
+    )
+    assert_invalid(response, f"body.{field}")
+
+
+async def test_huge_cooldown_by_patch_is_422_not_500(
+    client: httpx.AsyncClient, admin: Headers, fleet: Fleet
+) -> None:
+    response = await client.patch(
+        f"/v1/pumps/{fleet['pump']['id']}",
+        json={"version": 1, "cooldown_s": 2**31},
+        headers=admin,
+    )
+    assert_invalid(response, "body.cooldown_s")
+
+
+@pytest.fixture
+async def strict_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The same database, served by an app whose site minimum cooldown is 15 minutes."""
+    app: FastAPI = create_app(settings.model_copy(update={"min_cooldown_s": 900}))
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            yield c
+    finally:
+        await app.state.redis.aclose()
+        await app.state.engine.dispose()
+
+
+async def test_cooldown_below_the_site_minimum_is_422_naming_the_limit(
+    strict_client: httpx.AsyncClient, admin: Headers
+) -> None:
+    zone = await make_zone(strict_client, admin)
+    response = await strict_client.post(
+        "/v1/pumps",
+        json={"zone_id": zone["id"], "name": "P", "hardware_id": "relay-01", "cooldown_s": 899},
+        headers=admin,
+    )
+    body = assert_invalid(response, "body.cooldown_s")
+    assert body["limit"] == 900
+    assert "900" in body["detail"]
+
+
+async def test_cooldown_at_the_site_minimum_is_accepted(
+    strict_client: httpx.AsyncClient, admin: Headers
+) -> None:
+    zone = await make_zone(strict_client, admin)
+    pump = await make_pump(strict_client, admin, zone["id"], cooldown_s=900)
+    assert pump["cooldown_s"] == 900
+
+
+async def test_lowering_cooldown_below_the_site_minimum_by_patch_is_422(
+    strict_client: httpx.AsyncClient, admin: Headers
+) -> None:
+    zone = await make_zone(strict_client, admin)
+    pump = await make_pump(strict_client, admin, zone["id"])
+    response = await strict_client.patch(
+        f"/v1/pumps/{pump['id']}", json={"version": 1, "cooldown_s": 0}, headers=admin
+    )
+    body = assert_invalid(response, "body.cooldown_s")
+    assert body["limit"] == 900

@@ -1,0 +1,119 @@
+"""Water sources: CRUD, limits on concurrency and refusal to delete one still feeding pumps."""
+
+import uuid
+
+import httpx
+import pytest
+
+from tests.fleet.conftest import Fleet
+from tests.fleet.helpers import (
+    Headers,
+    assert_invalid,
+    assert_problem,
+    make_pump,
+    make_water_source,
+    make_zone,
+)
+
+
+async def test_create_water_source_returns_201_with_the_full_source(
+    client: httpx.AsyncClient, admin: Headers
+) -> None:
+    response = await client.post(
+        "/v1/water-sources", json={"name": "Well", "max_concurrent_pumps": 3}, headers=admin
+    )
+    assert response.status_code == 201, response.text
+    source = response.json()
+    assert uuid.UUID(source["id"])
+    assert source["version"] == 1
+    assert source["name"] == "Well"
+    assert source["max_concurrent_pumps"] == 3
+    assert source["created_at"]
+
+
+async def test_water_source_allows_one_pump_at_a_time_by_default(
+    client: httpx.AsyncClient, admin: Headers
+) -> None:
+    response = await client.post("/v1/water-sources", json={"name": "Tank"}, headers=admin)
+    assert response.status_code == 201
+    assert response.json()["max_concurrent_pumps"] == 1
+
+
+async def test_get_and_list_water_sources_show_what_was_created(
+    client: httpx.AsyncClient, admin: Headers, reader: Headers
+) -> None:
+    well = await make_water_source(client, admin, "Well")
+    tank = await make_water_source(client, admin, "Tank")
+    one = await client.get(f"/v1/water-sources/{well['id']}", headers=reader)
+    assert one.status_code == 200
+    assert one.json() == well
+    listed = await client.get("/v1/water-sources", headers=reader)
+    assert listed.status_code == 200
+    assert listed.json() == {"items": [well, tank], "next_cursor": None}
+
+
+async def test_patch_water_source_changes_fields_and_bumps_the_version(
+    client: httpx.AsyncClient, admin: Headers
+) -> None:
+    source = await make_water_source(client, admin)
+    response = await client.patch(
+        f"/v1/water-sources/{source['id']}",
+        json={"max_concurrent_pumps": 5},
+        headers={**admin, "If-Match": '"1"'},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {**source, "max_concurrent_pumps": 5, "version": 2}
+
+
+@pytest.mark.parametrize("count", [0, -1, 1001])
+async def test_max_concurrent_pumps_out_of_range_is_422(
+    client: httpx.AsyncClient, admin: Headers, count: int
+) -> None:
+    response = await client.post(
+        "/v1/water-sources", json={"name": "Well", "max_concurrent_pumps": count}, headers=admin
+    )
+    assert_invalid(response, "body.max_concurrent_pumps")
+
+
+async def test_delete_water_source_is_204_and_it_is_gone(
+    client: httpx.AsyncClient, admin: Headers
+) -> None:
+    source = await make_water_source(client, admin)
+    response = await client.delete(f"/v1/water-sources/{source['id']}", headers=admin)
+    assert response.status_code == 204
+    gone = await client.get(f"/v1/water-sources/{source['id']}", headers=admin)
+    assert_problem(gone, 404, "not_found")
+
+
+async def test_water_source_feeding_a_pump_cannot_be_deleted_409_in_use(
+    client: httpx.AsyncClient, admin: Headers, fleet: Fleet
+) -> None:
+    source_id = fleet["water_source"]["id"]
+    response = await client.delete(f"/v1/water-sources/{source_id}", headers=admin)
+    assert_problem(response, 409, "in_use")
+    still = await client.get(f"/v1/water-sources/{source_id}", headers=admin)
+    assert still.status_code == 200
+
+
+async def test_zone_default_water_source_feeding_a_pump_cannot_be_deleted(
+    client: httpx.AsyncClient, admin: Headers
+) -> None:
+    zone = await make_zone(client, admin)
+    pump = await make_pump(client, admin, zone["id"])
+    response = await client.delete(f"/v1/water-sources/{pump['water_source_id']}", headers=admin)
+    assert_problem(response, 409, "in_use")
+
+
+async def test_deleting_an_unused_default_source_clears_it_from_the_zone(
+    client: httpx.AsyncClient, admin: Headers
+) -> None:
+    zone = await make_zone(client, admin)
+    pump = await make_pump(client, admin, zone["id"])
+    assert (await client.delete(f"/v1/pumps/{pump['id']}", headers=admin)).status_code == 204
+    response = await client.delete(f"/v1/water-sources/{pump['water_source_id']}", headers=admin)
+    assert response.status_code == 204
+    after = await client.get(f"/v1/zones/{zone['id']}", headers=admin)
+    assert after.json()["default_water_source_id"] is None
+    # The next pump without a source gets a fresh default.
+    second = await make_pump(client, admin, zone["id"])
+    assert second["water_source_id"] != pump["water_source_id"]
