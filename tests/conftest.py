@@ -106,19 +106,29 @@ async def database_url(stack: Stack, template_url: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+def redis_namespace() -> str:
+    """Each test its own Redis namespace (queue, cache keys): test runs may share a Redis."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def redis(redis_url: str, redis_namespace: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url)
-    await client.flushdb()
     yield client
+    async for key in client.scan_iter(f"{redis_namespace}:*"):
+        await client.delete(key)
     await client.aclose()
 
 
 @pytest.fixture
-def settings(database_url: str, redis_url: str, redis: aioredis.Redis) -> Settings:
-    del redis  # requested for its flush
+def settings(
+    database_url: str, redis_url: str, redis_namespace: str, redis: aioredis.Redis
+) -> Settings:
+    del redis  # requested for its clean-up
     return Settings(
         database_url=database_url,
         redis_url=redis_url,
+        redis_namespace=redis_namespace,
         min_cooldown_s=1,
         max_runtime_cap_s=30,
         log_level="WARNING",

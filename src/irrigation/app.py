@@ -32,7 +32,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Clients are made here, not in the lifespan: neither connects until first used, and
     # tests can then drive the app through ASGI without running the lifespan.
     engine = create_engine(settings)
-    redis = create_redis(settings.effective_redis_url, settings.redis_timeout_s)
+    redis = create_redis(
+        settings.effective_redis_url, settings.redis_timeout_s, settings.queue_name
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -48,6 +48,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
                 # A cancelled request must never leave a lock held by an idle transaction.
                 "idle_in_transaction_session_timeout": str(settings.idle_in_transaction_timeout_ms),
                 "statement_timeout": str(settings.statement_timeout_ms),
+                # Every transaction, the activation path included, gives up on a stuck row
+                # lock (answered 503) instead of hanging; set per connection, so it costs no
+                # extra round trip per request.
+                "lock_timeout": str(settings.lock_timeout_ms),
                 "application_name": "irrigation",
             },
         },

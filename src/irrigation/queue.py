@@ -28,10 +28,15 @@ def deserialize(raw: bytes) -> dict[str, Any]:
     return data
 
 
-def create_redis(url: str, timeout_s: float) -> ArqRedis:
+def create_redis(url: str, timeout_s: float, queue_name: str) -> ArqRedis:
     """A Redis client that can also enqueue arq jobs; it connects on first use."""
     pool = ConnectionPool.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-    return ArqRedis(pool, job_serializer=serialize, job_deserializer=deserialize)
+    return ArqRedis(
+        pool,
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        default_queue_name=queue_name,
+    )
 
 
 async def _enqueue(

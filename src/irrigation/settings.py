@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=20, ge=0)
     redis_timeout_s: float = Field(default=0.5, gt=0)
+    redis_namespace: str = Field(
+        default="irrigation",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="Prefix of every Redis key and of the job queue (one Redis, many stacks).",
+    )
 
     # Pump activation
     max_queue_delay_s: int = Field(
@@ -74,6 +79,10 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or "postgresql+asyncpg://postgres@127.0.0.1:5432/irrigation"
+
+    @property
+    def queue_name(self) -> str:
+        return f"{self.redis_namespace}:queue"
 
     @property
     def effective_redis_url(self) -> str:

@@ -1,18 +1,22 @@
 """The arq worker: pump jobs, the watchdog and the outbox relay, with their shared clients."""
 
+import logging
 from typing import Any
 
 from arq import cron
 from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
-from irrigation import queue
+from irrigation import queue, registry
 from irrigation.common import idempotency
 from irrigation.db import create_engine, create_sessionmaker
 from irrigation.logging import configure_logging
 from irrigation.pumps import jobs
 from irrigation.pumps.gateway import HttpGateway
 from irrigation.settings import Settings
+
+# Every model must be mapped before the first flush: FKs resolve across domains.
+assert registry.metadata.tables
 
 EVERY_SECOND = set(range(60))
 # Short on purpose: a SIGKILLed job is retried only after the longest job timeout + 10 s.
@@ -27,7 +31,9 @@ async def purge_idempotency_keys(ctx: dict[str, Any]) -> int:
 
 def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
     engine = create_engine(settings)
-    redis = queue.create_redis(settings.effective_redis_url, settings.redis_timeout_s)
+    redis = queue.create_redis(
+        settings.effective_redis_url, settings.redis_timeout_s, settings.queue_name
+    )
     gateway = HttpGateway(
         settings.gateway_url,
         timeout_s=settings.gateway_timeout_s,
@@ -47,23 +53,30 @@ def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
         await redis.aclose()
         await engine.dispose()
 
+    def every_second(job: Any) -> Any:
+        # The queue in the name keeps cron ids apart for stacks sharing one Redis.
+        name = f"cron:{settings.queue_name}:{job.__name__}"
+        return cron(
+            job, name=name, second=EVERY_SECOND, run_at_startup=True, timeout=PUMP_JOB_TIMEOUT_S
+        )
+
     return Worker(
         functions=[
             func(jobs.start_activation, name=queue.START_ACTIVATION, timeout=PUMP_JOB_TIMEOUT_S),
             func(jobs.stop_activation, name=queue.STOP_ACTIVATION, timeout=PUMP_JOB_TIMEOUT_S),
         ],
         cron_jobs=[
+            every_second(jobs.watchdog),
+            every_second(jobs.relay_outbox),
             cron(
-                jobs.watchdog, second=EVERY_SECOND, run_at_startup=True, timeout=PUMP_JOB_TIMEOUT_S
-            ),
-            cron(
-                jobs.relay_outbox,
-                second=EVERY_SECOND,
-                run_at_startup=True,
+                purge_idempotency_keys,
+                name=f"cron:{settings.queue_name}:purge_idempotency_keys",
+                minute={0, 30},
+                second={7},
                 timeout=PUMP_JOB_TIMEOUT_S,
             ),
-            cron(purge_idempotency_keys, minute={0, 30}, second={7}, timeout=PUMP_JOB_TIMEOUT_S),
         ],
+        queue_name=settings.queue_name,
         redis_pool=redis,
         redis_settings=RedisSettings.from_dsn(settings.effective_redis_url),
         on_startup=startup,
@@ -77,10 +90,14 @@ def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
         job_serializer=queue.serialize,
         job_deserializer=queue.deserialize,
         handle_signals=True,
+        log_results=settings.log_level.upper() == "DEBUG",
     )
 
 
 def run_worker(settings: Settings) -> None:
     configure_logging(settings.log_level)
+    # arq logs every cron tick (two a second) at INFO: keep that for debugging only.
+    if settings.log_level.upper() != "DEBUG":
+        logging.getLogger("arq").setLevel(logging.WARNING)
     # Worker.run() on the loop arq made in __init__: its SIGINT/SIGTERM handlers live there.
     create_worker(settings).run()

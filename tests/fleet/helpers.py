@@ -24,9 +24,11 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str
     return body
 
 
-def assert_invalid(response: httpx.Response, *paths: str) -> dict[str, Any]:
+def assert_invalid(
+    response: httpx.Response, *paths: str, code: str = "validation_error"
+) -> dict[str, Any]:
     """A 422 whose `errors[].path` names every given field."""
-    body = assert_problem(response, 422, "validation_error")
+    body = assert_problem(response, 422, code)
     named = {error["path"] for error in body["errors"]}
     for path in paths:
         assert path in named, body
@@ -45,9 +47,7 @@ async def created(
 async def make_zone(
     client: httpx.AsyncClient, headers: Headers, name: str = "North field"
 ) -> dict[str, Any]:
-    return await created(
-        client, "/v1/zones", {"name": name, "timezone": "Europe/Berlin"}, headers
-    )
+    return await created(client, "/v1/zones", {"name": name, "timezone": "Europe/Berlin"}, headers)
 
 
 async def make_water_source(
@@ -72,12 +72,14 @@ async def make_sensor(
     return await created(client, "/v1/sensors", {**body, **fields}, headers)
 
 
-async def walk(client: httpx.AsyncClient, path: str, headers: Headers, limit: int) -> list[Any]:
+async def walk(
+    client: httpx.AsyncClient, path: str, headers: Headers, limit: int, **filters: str
+) -> list[Any]:
     """Every page of a list, following `next_cursor` until it is null."""
     pages: list[Any] = []
     cursor: str | None = None
     while True:
-        params: dict[str, Any] = {"limit": limit}
+        params: dict[str, Any] = {**filters, "limit": limit}
         if cursor is not None:
             params["cursor"] = cursor
         response = await client.get(path, params=params, headers=headers)

@@ -47,23 +47,27 @@ async def test_walking_pumps_and_sensors_returns_each_once(
     assert walked == sensors
 
 
-@pytest.mark.parametrize("limit", [1, 500])
+LIST_PATHS = ["/v1/zones", "/v1/water-sources", "/v1/pumps", "/v1/sensors", "/v1/api-keys"]
+
+
 async def test_limit_between_1_and_500_is_accepted(
-    client: httpx.AsyncClient, admin: Headers, limit: int
+    client: httpx.AsyncClient, admin: Headers, subtests: pytest.Subtests
 ) -> None:
-    response = await client.get("/v1/zones", params={"limit": limit}, headers=admin)
-    assert response.status_code == 200
+    for path in LIST_PATHS:
+        for limit in (1, 500):
+            with subtests.test(path=path, limit=limit):
+                response = await client.get(path, params={"limit": limit}, headers=admin)
+                assert response.status_code == 200, response.text
 
 
-@pytest.mark.parametrize("limit", ["0", "-1", "501", "many"])
-@pytest.mark.parametrize(
-    "path", ["/v1/zones", "/v1/water-sources", "/v1/pumps", "/v1/sensors", "/v1/api-keys"]
-)
 async def test_limit_outside_1_to_500_is_422(
-    client: httpx.AsyncClient, admin: Headers, path: str, limit: str
+    client: httpx.AsyncClient, admin: Headers, subtests: pytest.Subtests
 ) -> None:
-    response = await client.get(path, params={"limit": limit}, headers=admin)
-    assert_invalid(response, "query.limit")
+    for path in LIST_PATHS:
+        for limit in ("0", "-1", "501", "many"):
+            with subtests.test(path=path, limit=limit):
+                response = await client.get(path, params={"limit": limit}, headers=admin)
+                assert_invalid(response, "query.limit")
 
 
 def _cursor(payload: object) -> str:
@@ -85,21 +89,28 @@ BAD_CURSORS = {
     "numeric time": _cursor([1700000000, str(uuid.uuid4())]),
     "time before year 1 in UTC": _cursor(["0001-01-01T00:00:00+14:00", str(uuid.uuid4())]),
     "time after year 9999 in UTC": _cursor(["9999-12-31T23:59:59-14:00", str(uuid.uuid4())]),
-    "too long": "A" * 201,
 }
 
 
-@pytest.mark.parametrize("cursor", BAD_CURSORS.values(), ids=BAD_CURSORS.keys())
-async def test_bad_cursor_is_422_not_500(
-    client: httpx.AsyncClient, admin: Headers, cursor: str
+async def test_bad_cursor_is_422_invalid_cursor_not_500(
+    client: httpx.AsyncClient, admin: Headers, subtests: pytest.Subtests
 ) -> None:
-    response = await client.get("/v1/zones", params={"cursor": cursor}, headers=admin)
+    for case, cursor in BAD_CURSORS.items():
+        with subtests.test(case):
+            response = await client.get("/v1/zones", params={"cursor": cursor}, headers=admin)
+            assert_invalid(response, "query.cursor", code="invalid_cursor")
+
+
+async def test_cursor_longer_than_200_characters_is_422(
+    client: httpx.AsyncClient, admin: Headers
+) -> None:
+    response = await client.get("/v1/zones", params={"cursor": "A" * 201}, headers=admin)
     assert_invalid(response, "query.cursor")
 
 
 async def test_bad_cursor_on_api_keys_is_422(client: httpx.AsyncClient, admin: Headers) -> None:
     response = await client.get("/v1/api-keys", params={"cursor": "!!"}, headers=admin)
-    assert_invalid(response, "query.cursor")
+    assert_invalid(response, "query.cursor", code="invalid_cursor")
 
 
 async def test_pumps_filter_by_zone_and_water_source(
@@ -153,21 +164,20 @@ async def test_filtered_list_paginates_over_the_filtered_rows_only(
     for _ in range(4):
         wanted.append((await make_pump(client, admin, north["id"]))["id"])
         await make_pump(client, admin, south["id"])
-    pages = await walk(client, f"/v1/pumps?zone_id={north['id']}", admin, limit=3)
+    pages = await walk(client, "/v1/pumps", admin, limit=3, zone_id=north["id"])
     assert [p["id"] for page in pages for p in page] == wanted
 
 
-@pytest.mark.parametrize(
-    ("path", "params", "field"),
-    [
+async def test_malformed_filters_are_422(
+    client: httpx.AsyncClient, admin: Headers, subtests: pytest.Subtests
+) -> None:
+    cases = [
         ("/v1/pumps", {"zone_id": "north"}, "query.zone_id"),
         ("/v1/pumps", {"water_source_id": "1"}, "query.water_source_id"),
         ("/v1/sensors", {"zone_id": "north"}, "query.zone_id"),
         ("/v1/sensors", {"kind": "telepathy"}, "query.kind"),
-    ],
-)
-async def test_malformed_filters_are_422(
-    client: httpx.AsyncClient, admin: Headers, path: str, params: dict[str, str], field: str
-) -> None:
-    response = await client.get(path, params=params, headers=admin)
-    assert_invalid(response, field)
+    ]
+    for path, params, field in cases:
+        with subtests.test(path=path, field=field):
+            response = await client.get(path, params=params, headers=admin)
+            assert_invalid(response, field)

@@ -19,6 +19,7 @@ def if_match_version(
     if if_match is None:
         return None
     raw = if_match.strip().removeprefix("W/").strip('"')
-    if not raw.isdigit() or not 1 <= int(raw) < 2**31:
+    # isascii(): str.isdigit() also accepts "²", which int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) < 2**31:
         raise Invalid("If-Match must carry a version number", field="header.if-match")
     return int(raw)

@@ -108,7 +108,9 @@ async def store(
     stmt = insert_stmt.on_conflict_do_update(
         index_elements=["site_id", "method", "route", "key"],
         set_={
-            k: insert_stmt.excluded[k] for k in values if k not in ("site_id", "method", "route", "key")
+            k: insert_stmt.excluded[k]
+            for k in values
+            if k not in ("site_id", "method", "route", "key")
         },
         where=IdempotencyRecord.created_at < utcnow() - timedelta(seconds=ttl_s),
     ).returning(IdempotencyRecord.key)

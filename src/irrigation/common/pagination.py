@@ -6,7 +6,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Query
@@ -50,11 +50,21 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created, row_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not isinstance(created, str) or not isinstance(row_id, str):
+            raise ValueError("cursor parts must be strings")
         parsed = datetime.fromisoformat(created)
         if parsed.tzinfo is None:
             raise ValueError("naive timestamp")
-        return parsed, uuid.UUID(row_id)
-    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError, UnicodeDecodeError):
+        # In UTC now: a time that leaves datetime's range there would fail in the driver.
+        return parsed.astimezone(UTC), uuid.UUID(row_id)
+    except (
+        ValueError,
+        TypeError,
+        OverflowError,
+        binascii.Error,
+        json.JSONDecodeError,
+        UnicodeDecodeError,
+    ):
         raise Invalid("cursor is not valid", field="query.cursor", code="invalid_cursor") from None
 
 

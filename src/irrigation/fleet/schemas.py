@@ -23,6 +23,8 @@ HardwareId = Annotated[
 Unit = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=16)]
 Finite = Annotated[float, Field(allow_inf_nan=False, ge=-1e9, le=1e9)]
 Version = Annotated[int, Field(ge=1, le=2**31 - 1)]
+# No upper bound in policy (the site minimum is the lower one); this one is the column's.
+CooldownSeconds = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
 @lru_cache(maxsize=1)
@@ -149,8 +151,8 @@ class PumpCreate(_Body):
     max_runtime_s: int | None = Field(
         default=None, ge=1, description="Default 30; never above the site's hard cap."
     )
-    cooldown_s: int | None = Field(
-        default=None, ge=0, description="Default 900; never below the site's minimum."
+    cooldown_s: CooldownSeconds | None = Field(
+        default=None, description="Default 900; never below the site's minimum."
     )
     enabled: bool = True
 
@@ -161,7 +163,7 @@ class PumpUpdate(_Update):
     name: Name | None = None
     hardware_id: HardwareId | None = None
     max_runtime_s: int | None = Field(default=None, ge=1)
-    cooldown_s: int | None = Field(default=None, ge=0)
+    cooldown_s: CooldownSeconds | None = None
     enabled: bool | None = None
 
 

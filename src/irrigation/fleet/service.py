@@ -183,18 +183,22 @@ def pump_status(pump: Pump, now: datetime) -> PumpStatus:
 
 
 def valid_range(sensor: Sensor) -> tuple[float, float]:
-    low, high = DEFAULT_RANGES.get(SensorKind(sensor.kind), (-1e9, 1e9))
+    return _range_of(sensor.kind, sensor.min_value, sensor.max_value)
+
+
+def _range_of(kind: str, min_value: float | None, max_value: float | None) -> tuple[float, float]:
+    low, high = DEFAULT_RANGES.get(SensorKind(kind), (-1e9, 1e9))
     return (
-        sensor.min_value if sensor.min_value is not None else low,
-        sensor.max_value if sensor.max_value is not None else high,
+        min_value if min_value is not None else low,
+        max_value if max_value is not None else high,
     )
 
 
 async def create_sensor(session: AsyncSession, site_id: uuid.UUID, body: SensorCreate) -> Sensor:
     async with session.begin():
         await _reference(session, Zone, site_id, body.zone_id, "zone_id")
+        _check_range(body.kind, body.min_value, body.max_value, body.model_fields_set)
         sensor = Sensor(site_id=site_id, **body.model_dump())
-        _check_range(sensor)
         await repo.flush_new(session, sensor)
     return sensor
 
@@ -214,16 +218,22 @@ async def update_sensor(
         values = {
             k: v for k, v in values.items() if v is not None or k in ("min_value", "max_value")
         }
-        sensor = await repo.update_versioned(session, Sensor, site_id, sensor_id, version, values)
-        _check_range(sensor)
-        return sensor
+        # Checked on the locked row before the UPDATE, whose CHECK (min < max) would otherwise
+        # fail as a 500. A stale version is left for `update_versioned` to refuse with 409.
+        current = await repo.get_owned(session, Sensor, site_id, sensor_id, for_update=True)
+        if current.version == version:
+            merged = {"min_value": current.min_value, "max_value": current.max_value, **values}
+            _check_range(current.kind, merged["min_value"], merged["max_value"], set(values))
+        return await repo.update_versioned(session, Sensor, site_id, sensor_id, version, values)
 
 
-def _check_range(sensor: Sensor) -> None:
-    low, high = valid_range(sensor)
+def _check_range(
+    kind: str, min_value: float | None, max_value: float | None, sent: set[str]
+) -> None:
+    low, high = _range_of(kind, min_value, max_value)
     if low >= high:
-        # Raising inside `session.begin()` rolls the half-applied update back.
-        raise Invalid(f"the valid range would be empty ({low} >= {high})", field="body.min_value")
+        field = "max_value" if sent & {"min_value", "max_value"} == {"max_value"} else "min_value"
+        raise Invalid(f"the valid range would be empty ({low} >= {high})", field=f"body.{field}")
 
 
 async def get(

@@ -1,0 +1,43 @@
+# `make up` and `make test` do all the set-up on a fresh machine (Python 3.11+ needed).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+UP_ARGS ?=
+
+.PHONY: install up test lint format openapi clean
+
+install: $(STAMP)
+
+# Re-installs only when pyproject.toml changes (or the venv is new); a no-op otherwise.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[embedded,dev]'
+	touch $@
+
+up: install
+	$(BIN)/irrigation up $(UP_ARGS)
+
+# Every check runs even when an earlier one fails; the exit status says if any did.
+test: install
+	@status=0; \
+	for check in "ruff check src tests" "ruff format --check src tests" "mypy src" "pytest"; do \
+		echo "==> $$check"; $(BIN)/$$check || status=1; \
+	done; \
+	exit $$status
+
+lint: install
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy src
+
+format: install
+	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests
+
+openapi: install
+	$(BIN)/irrigation openapi -o openapi.yaml
+
+# Keeps .data (the embedded database of `make up`).
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

