@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,18 @@ def test_up_takes_both_ports() -> None:
     assert result.exit_code == 0, result.output
     assert "--port" in result.output
     assert "--simulator-port" in result.output
+
+
+def test_up_refuses_a_port_in_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = runner.invoke(app, ["up", "--port", str(port)])
+    assert result.exit_code == 1
+    assert f"port {port} is already in use" in result.output
+    assert not (tmp_path / ".data" / STACK_FILE).exists()
 
 
 def test_openapi_prints_yaml() -> None:

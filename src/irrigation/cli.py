@@ -260,12 +260,18 @@ def up(
     """
     from irrigation.demo import ensure_demo
     from irrigation.migrate import upgrade
-    from irrigation.stack import resolve_stack
+    from irrigation.stack import port_answers, resolve_stack
 
     started = time.monotonic()
+    base = Settings()
+    for option, value in (
+        ("--port", port or base.port),
+        ("--simulator-port", simulator_port or base.simulator_port),
+    ):
+        if port_answers(_client_host(host or base.host), value):
+            _fail(f"port {value} is already in use: choose another with {option}")
     # SIGTERM during start-up must still reach the `finally` that stops embedded servers.
     signal.signal(signal.SIGTERM, _interrupt)
-    base = Settings()
     data_dir = Path(base.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -404,7 +410,7 @@ def _supervise(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     base_url = f"http://{_client_host(settings.host)}:{settings.port}"
-    announced = False
+    announced = hinted = False
     try:
         while not signals:
             now = time.monotonic()
@@ -412,9 +418,14 @@ def _supervise(
                 child.reap(now)
                 if child.proc is None and now >= child.restart_at and not signals:
                     child.start(env)
-            if not announced and _ready(base_url):
-                announced = True
-                _announce(settings, base_url, key, embedded, data_dir, time.monotonic() - started)
+            if not announced:
+                ready, detail = _readiness(base_url)
+                if ready:
+                    announced = True
+                    _announce(settings, base_url, key, embedded, data_dir, now - started)
+                elif not hinted and now - started > 30:
+                    hinted = True
+                    typer.echo(f"still waiting for {base_url}/readyz: {detail}", err=True)
             time.sleep(0.25)
     finally:
         # API and worker first (they may still talk to the devices), the simulator last;
@@ -443,11 +454,12 @@ def _client_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
-def _ready(base_url: str) -> bool:
+def _readiness(base_url: str) -> tuple[bool, str]:
     try:
-        return httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+        response = httpx.get(f"{base_url}/readyz", timeout=1)
+    except httpx.HTTPError as exc:
+        return False, type(exc).__name__
+    return response.status_code == 200, response.text
 
 
 def _announce(

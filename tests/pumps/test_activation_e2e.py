@@ -56,13 +56,30 @@ async def terminal(api: httpx.AsyncClient, activation_id: str) -> dict[str, Any]
     return body if body["status"] in TERMINAL else None
 
 
-async def test_herd_of_500_requests_starts_the_pump_exactly_once(
-    api: httpx.AsyncClient, device: httpx.AsyncClient, spawn: StartProcess
+async def second_api(spawn: StartProcess, admin: dict[str, str]) -> httpx.AsyncClient:
+    port = free_port()
+    proc = spawn("serve", "--port", str(port))
+    await wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+    limits = httpx.Limits(max_connections=1000)
+    return httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", headers=admin, timeout=30, limits=limits
+    )
+
+
+async def test_herd_of_500_requests_on_two_api_processes_starts_the_pump_exactly_once(
+    api: httpx.AsyncClient,
+    device: httpx.AsyncClient,
+    spawn: StartProcess,
+    admin: dict[str, str],
 ) -> None:
     spawn("worker")
     spawn("worker")
-    pump = await make_pump(api, {}, "herd-1", cooldown_s=1)
-    responses = await asyncio.gather(*(activate(api, {}, pump["id"], 2) for _ in range(500)))
+    # A long cooldown: however long the herd takes, no second run is legitimate.
+    pump = await make_pump(api, {}, "herd-1", cooldown_s=600)
+    async with await second_api(spawn, admin) as other:
+        responses = await asyncio.gather(
+            *(activate(api if i % 2 else other, {}, pump["id"], 2) for i in range(500))
+        )
     codes = [r.status_code for r in responses]
     assert codes.count(202) == 1, {c: codes.count(c) for c in set(codes)}
     assert codes.count(409) == 499
@@ -79,6 +96,31 @@ async def test_herd_of_500_requests_starts_the_pump_exactly_once(
     assert len(physical) == 1
     assert physical[0]["command_id"] == accepted["command_id"]
     assert seconds(physical[0]) <= 2 + RUN_TOLERANCE_S
+
+
+async def test_a_herd_of_clients_that_hang_up_leaves_no_transaction_open(
+    api_url: str, api: httpx.AsyncClient, admin: dict[str, str], database_url: str
+) -> None:
+    pump = await make_pump(api, {}, "gone-1")
+    async with httpx.AsyncClient(base_url=api_url, headers=admin, timeout=0.005) as impatient:
+        await asyncio.gather(
+            *(activate(impatient, {}, pump["id"], 2) for _ in range(200)), return_exceptions=True
+        )
+    conn = await asyncpg.connect(plain_url(database_url))
+    try:
+
+        async def settled() -> bool:
+            leaked = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND state LIKE 'idle in transaction%'"
+            )
+            return bool(leaked == 0)
+
+        await wait_for(settled, timeout_s=5)
+    finally:
+        await conn.close()
+    # The pump still answers: no lock was left behind.
+    assert (await activate(api, {}, pump["id"], 2)).status_code in (202, 409)
 
 
 async def test_requests_for_different_pumps_do_not_wait_on_each_other(

@@ -70,7 +70,7 @@ async def update_versioned(
         .where(table.id == row_id, table.site_id == site_id, table.version == version)
         .values(**values, version=table.version + 1)
         .returning(model)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False, populate_existing=True)
     )
     try:
         row = (await session.execute(stmt)).scalar_one_or_none()
