@@ -7,7 +7,10 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from irrigation.common.dberrors import LOCK_NOT_AVAILABLE, QUERY_CANCELED, pg_error
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger(__name__)
@@ -164,6 +167,22 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(
             exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {})
         )
+
+    @app.exception_handler(DBAPIError)
+    async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
+        # The safety net behind validation: a value the database refuses is the client's
+        # error (22xxx, 23xxx), a lock or statement timeout is ours to retry (503).
+        state = pg_error(exc).sqlstate or ""
+        if state.startswith("22"):
+            return problem_response(422, "invalid_value", "a value is out of range or malformed")
+        if state.startswith("23"):
+            return problem_response(409, "conflict", "the change conflicts with existing data")
+        if state in (LOCK_NOT_AVAILABLE, QUERY_CANCELED):
+            return problem_response(
+                503, "unavailable", "the database is busy; try again", headers={"Retry-After": "1"}
+            )
+        log.exception("database_error", sqlstate=state)
+        return problem_response(500, "internal_error", "An unexpected error occurred.")
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

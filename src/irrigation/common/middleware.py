@@ -7,6 +7,7 @@ from typing import Any
 
 import structlog
 from prometheus_client import Counter, Histogram
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from irrigation.common.errors import PROBLEM_JSON, problem_body
@@ -22,8 +23,12 @@ LATENCY = Histogram(
 )
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    """An HTTPException because FastAPI re-raises those met while reading a body (anything
+    else becomes a 400) and the app's handler then answers a problem+json 413."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(status_code=413, detail=detail)
 
 
 async def _send_problem(send: Send, status: int, code: str, detail: str) -> None:
@@ -66,7 +71,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _TooLarge
+                    raise _TooLarge(detail)
             return message
 
         async def tracking_send(message: Message) -> None:
