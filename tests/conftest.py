@@ -25,8 +25,8 @@ from irrigation.settings import Settings
 from irrigation.stack import Stack, plain_url, resolve_stack, with_database
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
-TEMPLATE = f"irrigation_test_template_{WORKER}"
+# One template per pytest process: concurrent runs on one server never drop each other's.
+TEMPLATE = f"irrigation_test_template_{os.getpid()}"
 REDIS_TEST_DB = 13
 
 
@@ -77,7 +77,7 @@ async def _admin(stack: Stack) -> asyncpg.Connection:
 
 
 @pytest.fixture(scope="session")
-async def template_url(stack: Stack) -> str:
+async def template_url(stack: Stack) -> AsyncIterator[str]:
     conn = await _admin(stack)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
@@ -86,7 +86,12 @@ async def template_url(stack: Stack) -> str:
         await conn.close()
     url = with_database(stack.database_url, TEMPLATE)
     await asyncio.to_thread(_in_thread, lambda: upgrade(Settings(database_url=url)))
-    return url
+    yield url
+    conn = await _admin(stack)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+    finally:
+        await conn.close()
 
 
 @pytest.fixture

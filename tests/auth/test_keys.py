@@ -48,13 +48,8 @@ async def test_new_key_has_exactly_the_scopes_it_was_given(
         "/v1/zones", json={"name": "N", "timezone": "UTC"}, headers=bearer(secret)
     )
     assert_problem(response, 403, "insufficient_scope")
-
-
-async def test_repeated_scopes_are_stored_once_in_order(
-    client: httpx.AsyncClient, admin: Headers
-) -> None:
-    created = await _create(client, admin, "read", "control", "read")
-    assert created["scopes"] == ["control", "read"]
+    repeated = await _create(client, admin, "read", "control", "read")
+    assert repeated["scopes"] == ["control", "read"]
 
 
 async def test_list_never_shows_a_secret(client: httpx.AsyncClient, admin: Headers) -> None:
@@ -144,31 +139,16 @@ async def test_key_of_another_site_can_be_neither_listed_nor_revoked(
     assert (await client.get("/v1/zones", headers=other_admin)).status_code == 200
     after = (await client.get("/v1/api-keys", headers=other_admin)).json()["items"]
     assert after[0]["revoked_at"] is None
-
-
-async def test_keys_of_another_site_have_no_single_key_routes_to_probe(
-    client: httpx.AsyncClient, admin: Headers, other_admin: Headers
-) -> None:
-    their_id = (await client.get("/v1/api-keys", headers=other_admin)).json()["items"][0]["id"]
+    # No single-key route answers differently for their key than for none.
     for method in ("GET", "PATCH"):
-        response = await client.request(
-            method, f"/v1/api-keys/{their_id}", json={"name": "x"}, headers=admin
-        )
-        made_up = await client.request(
-            method, f"/v1/api-keys/{uuid.uuid4()}", json={"name": "x"}, headers=admin
-        )
-        assert response.status_code in (404, 405)
-        assert response.json() == made_up.json()
-        assert their_id not in response.text
-
-
-async def test_each_site_sees_its_own_current_site(
-    client: httpx.AsyncClient, admin: Headers, other_admin: Headers
-) -> None:
+        probe = await client.request(method, f"/v1/api-keys/{their_id}", json={}, headers=admin)
+        blind = await client.request(method, f"/v1/api-keys/{uuid.uuid4()}", json={}, headers=admin)
+        assert probe.status_code == blind.status_code
+        assert probe.json() == blind.json()
+    # And each key sees its own site.
     a = (await client.get("/v1/sites/current", headers=admin)).json()
     b = (await client.get("/v1/sites/current", headers=other_admin)).json()
     assert (a["name"], b["name"]) == ("site-a", "site-b")
-    assert a["id"] != b["id"]
 
 
 async def test_bad_key_requests_are_422(

@@ -198,39 +198,23 @@ async def test_min_value_above_the_kinds_upper_bound_is_422(
     assert (await client.get("/v1/sensors", headers=admin)).json()["items"] == []
 
 
-async def test_patch_raising_min_value_to_the_stored_max_value_is_422_not_500(
-    client: httpx.AsyncClient, admin: Headers
+async def test_patch_that_would_empty_the_valid_range_is_422_not_500(
+    client: httpx.AsyncClient, admin: Headers, subtests: pytest.Subtests
 ) -> None:
     zone = await make_zone(client, admin)
-    sensor = await make_sensor(client, admin, zone["id"], min_value=0, max_value=10)
-    response = await client.patch(
-        f"/v1/sensors/{sensor['id']}", json={"version": 1, "min_value": 20}, headers=admin
-    )
-    assert_invalid(response, "body.min_value")
-    unchanged = await client.get(f"/v1/sensors/{sensor['id']}", headers=admin)
-    assert unchanged.json() == sensor
-
-
-async def test_patch_lowering_max_value_to_the_stored_min_value_is_422_not_500(
-    client: httpx.AsyncClient, admin: Headers
-) -> None:
-    zone = await make_zone(client, admin)
-    sensor = await make_sensor(client, admin, zone["id"], min_value=5, max_value=10)
-    response = await client.patch(
-        f"/v1/sensors/{sensor['id']}", json={"version": 1, "max_value": 5}, headers=admin
-    )
-    assert_problem(response, 422, "validation_error")
-    unchanged = await client.get(f"/v1/sensors/{sensor['id']}", headers=admin)
-    assert unchanged.json() == sensor
-
-
-async def test_patch_min_value_above_the_kinds_upper_bound_is_422_and_changes_nothing(
-    client: httpx.AsyncClient, admin: Headers, fleet: Fleet
-) -> None:
-    sensor = fleet["sensor"]
-    response = await client.patch(
-        f"/v1/sensors/{sensor['id']}", json={"version": 1, "min_value": 150}, headers=admin
-    )
-    assert_invalid(response, "body.min_value")
-    unchanged = await client.get(f"/v1/sensors/{sensor['id']}", headers=admin)
-    assert unchanged.json() == sensor
+    bounded = await make_sensor(client, admin, zone["id"], min_value=5, max_value=10)
+    unbounded = await make_sensor(client, admin, zone["id"])  # soil moisture: 0..100
+    cases = [
+        (bounded, {"min_value": 20}, "body.min_value"),
+        (bounded, {"min_value": 10}, "body.min_value"),
+        (bounded, {"max_value": 5}, "body.max_value"),
+        (bounded, {"max_value": 1}, "body.max_value"),
+        (unbounded, {"min_value": 150}, "body.min_value"),
+        (unbounded, {"max_value": -1}, "body.max_value"),
+    ]
+    for sensor, change, field in cases:
+        with subtests.test(**change):
+            url = f"/v1/sensors/{sensor['id']}"
+            response = await client.patch(url, json={"version": 1, **change}, headers=admin)
+            assert_invalid(response, field)
+            assert (await client.get(url, headers=admin)).json() == sensor

@@ -29,14 +29,9 @@ async def test_create_water_source_returns_201_with_the_full_source(
     assert source["name"] == "Well"
     assert source["max_concurrent_pumps"] == 3
     assert source["created_at"]
-
-
-async def test_water_source_allows_one_pump_at_a_time_by_default(
-    client: httpx.AsyncClient, admin: Headers
-) -> None:
-    response = await client.post("/v1/water-sources", json={"name": "Tank"}, headers=admin)
-    assert response.status_code == 201
-    assert response.json()["max_concurrent_pumps"] == 1
+    default = await client.post("/v1/water-sources", json={"name": "Tank"}, headers=admin)
+    assert default.status_code == 201
+    assert default.json()["max_concurrent_pumps"] == 1  # one pump at a time unless told
 
 
 async def test_get_and_list_water_sources_show_what_was_created(

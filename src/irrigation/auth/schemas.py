@@ -7,6 +7,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from irrigation.common.text import NoNul
+
 
 class Scope(StrEnum):
     read = "read"
@@ -15,7 +17,7 @@ class Scope(StrEnum):
     admin = "admin"
 
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), NoNul]
 
 
 class ApiKeyCreate(BaseModel):

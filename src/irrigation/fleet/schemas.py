@@ -16,11 +16,13 @@ from pydantic import (
     model_validator,
 )
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+from irrigation.common.text import NoNul
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), NoNul]
 HardwareId = Annotated[
     str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")
 ]
-Unit = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=16)]
+Unit = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=16), NoNul]
 Finite = Annotated[float, Field(allow_inf_nan=False, ge=-1e9, le=1e9)]
 Version = Annotated[int, Field(ge=1, le=2**31 - 1)]
 # No upper bound in policy (the site minimum is the lower one); this one is the column's.

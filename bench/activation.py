@@ -1,0 +1,592 @@
+"""Pump activation benchmark, against the real processes, with a bare-asyncpg baseline.
+
+    .venv/bin/python bench/activation.py            # full run (~2 min)
+    .venv/bin/python bench/activation.py --quick    # smoke run (< 30 s)
+
+Sets up everything itself: a fresh database `irrigation_bench` (dropped first if it
+exists, dropped again at the end), migrations, a site and an admin key, the device
+simulator, one or two arq workers and the API (`irrigation serve`, once per
+`--api-workers` value), all as child processes. It then measures, over HTTP:
+
+(a) herd: N concurrent activation requests on ONE pump: exactly one must be accepted
+    (checked, and checked again on the simulator's physical truth); p50/p99 and wall time;
+(b) sustained: closed-loop activation requests spread over P pumps (each its own zone,
+    hence its own water source; cooldown 0, 1 s runs) for D seconds: requests/s and
+    admitted/s, refusals (409) counted as the valid answers they are;
+(c) enqueue -> gateway start: for the admitted runs of (b) (and, unloaded, a few single
+    requests), from the API's `requested_at` to the simulator's `started_at`.
+
+Each HTTP figure is set against a baseline measured right before it on the same
+`pumps` rows: bare asyncpg `BEGIN; SELECT ... FOR NO KEY UPDATE; UPDATE ...; COMMIT`
+transactions, (a) on the herd's row with the herd's concurrency, (b) spread over the
+P rows with the same concurrency. The figures that matter are the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from common import (
+    Answer,
+    Clients,
+    CpuMeter,
+    Figure,
+    Load,
+    LoadResult,
+    Proc,
+    Stack,
+    finish_py_spy,
+    markdown_table,
+    ms,
+    percentile,
+    profile_summary,
+    py_spy,
+)
+
+DATABASE = "irrigation_bench"
+KEEP = ("code", "id", "command_id", "requested_at")
+BASELINE_TX = """
+SELECT id, last_sequence FROM pumps WHERE id = $1 FOR NO KEY UPDATE
+"""
+BASELINE_UPDATE = "UPDATE pumps SET last_sequence = last_sequence + 1 WHERE id = $1"
+
+# Where the API's time goes: a stack is counted in a group if any frame matches.
+PROFILE_GROUPS = {
+    "auth (current_principal)": ["current_principal"],
+    "request_activation (service)": ["request_activation (irrigation/pumps/service.py"],
+    "  _admit": ["_admit (irrigation/pumps/service.py"],
+    "  commit": ["commit (sqlalchemy"],
+    "pool checkout + pre-ping": ["_checkout (sqlalchemy", "do_ping", "_do_ping"],
+    "SQLAlchemy ORM/Core (any)": ["sqlalchemy/"],
+    "asyncpg (any)": ["asyncpg/"],
+    "redis enqueue": ["enqueue_start"],
+    "render/serialize answer": ["render (irrigation/pumps/router.py", "_respond (", "render ("],
+    "access log + metrics": ["irrigation/common/middleware.py:1", "structlog", "prometheus"],
+    "pydantic validation": ["pydantic"],
+    "uvicorn/httptools protocol": ["uvicorn/protocols", "httptools"],
+    "FastAPI routing/deps": ["fastapi/routing", "fastapi/dependencies"],
+}
+
+
+class BenchFailure(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Params:
+    herd: int
+    pumps: int
+    concurrency: int
+    duration_s: float
+    baseline_pool: int
+    idle_samples: int
+    api_workers: tuple[int, ...]
+
+    @staticmethod
+    def of(args: argparse.Namespace) -> Params:
+        quick = bool(args.quick)
+        workers = args.api_workers or ("1" if quick else "1,2")
+        return Params(
+            herd=args.herd or (200 if quick else 1000),
+            pumps=args.pumps or (20 if quick else 100),
+            concurrency=args.concurrency or (20 if quick else 50),
+            duration_s=args.duration or (2.0 if quick else 10.0),
+            baseline_pool=args.baseline_pool,
+            idle_samples=5 if quick else 20,
+            api_workers=tuple(int(w) for w in workers.split(",")),
+        )
+
+
+@dataclass
+class Fleet:
+    herd_pumps: list[dict[str, Any]] = field(default_factory=list)
+    pumps: list[dict[str, Any]] = field(default_factory=list)
+
+
+# Set-up ---------------------------------------------------------------------------------
+
+
+async def make_pump(api: httpx.AsyncClient, hardware_id: str, **fields: Any) -> dict[str, Any]:
+    zone = await api.post("/v1/zones", json={"name": f"zone {hardware_id}", "timezone": "UTC"})
+    zone.raise_for_status()
+    body = {"zone_id": zone.json()["id"], "name": hardware_id, "hardware_id": hardware_id}
+    pump = await api.post("/v1/pumps", json={**body, **fields})
+    if pump.status_code != 201:
+        raise BenchFailure(f"cannot create pump {hardware_id}: {pump.text}")
+    found: dict[str, Any] = pump.json()
+    return found
+
+
+async def make_fleet(api: httpx.AsyncClient, params: Params) -> Fleet:
+    """One herd pump per API variant, and `pumps` pumps, each in its own zone (so each has
+    its own default water source): cooldown 0, so a pump may run again once its run ends."""
+    fleet = Fleet()
+    gate = asyncio.Semaphore(8)
+
+    async def one(hardware_id: str) -> dict[str, Any]:
+        async with gate:
+            return await make_pump(api, hardware_id, cooldown_s=0, max_runtime_s=30)
+
+    fleet.herd_pumps = list(
+        await asyncio.gather(*(one(f"herd-{i}") for i in range(len(params.api_workers))))
+    )
+    fleet.pumps = list(await asyncio.gather(*(one(f"p-{i:03d}") for i in range(params.pumps))))
+    return fleet
+
+
+# Baselines ------------------------------------------------------------------------------
+
+
+async def _baseline_tx(conn: asyncpg.Connection, pump_id: uuid.UUID) -> None:
+    async with conn.transaction():
+        await conn.fetchrow(BASELINE_TX, pump_id)
+        await conn.execute(BASELINE_UPDATE, pump_id)
+
+
+async def baseline_burst(pool: asyncpg.Pool, pump_id: str, transactions: int) -> float:
+    """`transactions` concurrent tasks, one transaction each, all on one row: tx/s."""
+    row = uuid.UUID(pump_id)
+
+    async def one() -> None:
+        async with pool.acquire() as conn:
+            await _baseline_tx(conn, row)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(transactions)))
+    return transactions / (time.perf_counter() - started)
+
+
+async def baseline_spread(
+    pool: asyncpg.Pool, pump_ids: list[str], concurrency: int, duration_s: float
+) -> float:
+    """`concurrency` closed loops for `duration_s`, each transaction on a random row: tx/s."""
+    rows = [uuid.UUID(p) for p in pump_ids]
+    done = 0
+    rng = random.Random(1)
+    started = time.perf_counter()
+    stop_at = started + duration_s
+
+    async def loop() -> None:
+        nonlocal done
+        while time.perf_counter() < stop_at:
+            async with pool.acquire() as conn:
+                await _baseline_tx(conn, rng.choice(rows))
+            done += 1
+
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    return done / (time.perf_counter() - started)
+
+
+# Checks on the physical truth -----------------------------------------------------------
+
+
+async def truth(sim: httpx.AsyncClient, hardware_id: str | None = None) -> list[dict[str, Any]]:
+    params = {"hardware_id": hardware_id} if hardware_id else None
+    response = await sim.get("/truth", params=params)
+    response.raise_for_status()
+    runs: list[dict[str, Any]] = response.json()["runs"]
+    return runs
+
+
+async def wait_until(check: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise BenchFailure(f"{what}: not within {timeout_s} s (last: {result!r})")
+        await asyncio.sleep(0.1)
+
+
+def start_latencies(admitted: list[Answer], runs: list[dict[str, Any]]) -> tuple[list[float], int]:
+    """requested_at (API, database clock) -> started_at (simulator) for each admitted run
+    that started; and how many admitted runs never started."""
+    started = {r["command_id"]: datetime.fromisoformat(r["started_at"]) for r in runs}
+    out: list[float] = []
+    missing = 0
+    for a in admitted:
+        at = started.get(a.fields["command_id"])
+        if at is None:
+            missing += 1
+            continue
+        out.append((at - datetime.fromisoformat(a.fields["requested_at"])).total_seconds())
+    return out, missing
+
+
+# Phases ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Variant:
+    workers: int
+    api: Proc
+    url: str
+    figures: list[Figure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.workers} uvicorn worker{'s' if self.workers > 1 else ''}"
+
+
+def _codes(result: LoadResult) -> str:
+    codes: dict[str, int] = {}
+    for a in result.answers:
+        key = f"{a.status} {a.fields.get('code') or ''}".strip()
+        codes[key] = codes.get(key, 0) + 1
+    if result.errors:
+        codes["client errors"] = len(result.errors)
+    return ", ".join(f"{k}: {v}" for k, v in sorted(codes.items()))
+
+
+class Profiler:
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self.proc: Proc | None = None
+        self.path: Path | None = None
+
+    def start(self, variant: Variant, phase: str, seconds: float) -> None:
+        if self.directory is None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / f"api{variant.workers}-{phase}.txt"
+        self.proc = py_spy(variant.api.pid, seconds + 30, self.path, subprocesses=True)
+        time.sleep(0.5)  # py-spy attaches
+
+    def finish(self) -> list[str]:
+        if self.proc is None or self.path is None:
+            return []
+        finish_py_spy(self.proc)
+        self.proc = None
+        if not self.path.exists():
+            return [f"py-spy wrote nothing to {self.path}"]
+        total, shares, leaves = profile_summary(self.path, PROFILE_GROUPS)
+        lines = [f"profile {self.path} ({total} samples of API CPU):"]
+        lines += [f"    {share:6.1%}  {name}" for name, share in shares]
+        lines.append("  hottest own frames:")
+        lines += [f"    {share:6.1%}  {name}" for name, share in leaves]
+        return lines
+
+
+async def herd(
+    variant: Variant,
+    pump: dict[str, Any],
+    params: Params,
+    clients: Clients,
+    pool: asyncpg.Pool,
+    sim: httpx.AsyncClient,
+    api: httpx.AsyncClient,
+    workers: list[Proc],
+    profiler: Profiler,
+) -> list[Answer]:
+    base = await baseline_burst(pool, pump["id"], params.herd)
+    load = Load(
+        base_url=variant.url,
+        headers=dict(api.headers),
+        paths=[f"/v1/pumps/{pump['id']}/activations"],
+        body={"duration_s": 30, "priority": "manual"},  # outlasts the herd: one run, not two
+        kind="burst",
+        requests=params.herd,
+        keep=KEEP,
+    )
+    meter = CpuMeter({"api": [variant.api.pid], "workers": [w.pid for w in workers]}, DATABASE)
+    profiler.start(variant, "herd", 30)
+    meter.start()
+    result = await clients.run(load)
+    meter.stop(result.client_cpu_s)
+    variant.notes += profiler.finish()
+
+    accepted = [a for a in result.answers if a.status == 202]
+    lat = result.latencies()
+    rate = params.herd / result.wall_s
+    print(
+        f"  herd: {params.herd} requests on one pump in {result.wall_s:.2f} s = {rate:,.0f} req/s;"
+        f" accepted {len(accepted)}; p50 {ms(percentile(lat, 50))}, p99 {ms(percentile(lat, 99))}"
+        f"; baseline 1 row: {base:,.0f} tx/s; ratio {rate / base:.2f}"
+    )
+    print(f"    answers: {_codes(result)}")
+    print(f"    {meter.summary()}")
+    variant.notes.append(f"herd answers: {_codes(result)}; {meter.summary()}")
+    if len(accepted) != 1 or result.errors:
+        raise BenchFailure(
+            f"HERD ACCEPTED {len(accepted)} REQUESTS (must be exactly 1); {_codes(result)}; "
+            f"client errors: {result.errors[:3]}"
+        )
+    hw = pump["hardware_id"]
+    command_id = accepted[0].fields["command_id"]
+    runs = await wait_until(lambda: truth(sim, hw), 15, f"herd run of {hw} on the device")
+    # Free the pump (the run asked for 30 s), then judge the truth once more.
+    (await api.post(f"/v1/pumps/{pump['id']}/stop")).raise_for_status()
+
+    async def stopped() -> list[dict[str, Any]]:
+        found = await truth(sim, hw)
+        return found if all(r["stopped_at"] for r in found) else []
+
+    runs = await wait_until(stopped, 15, f"herd run of {hw} stopped")
+    if len(runs) != 1 or runs[0]["command_id"] != command_id:
+        raise BenchFailure(f"DEVICE TRUTH FOR {hw}: {len(runs)} runs (must be exactly 1): {runs}")
+    print(f"    device truth: exactly 1 run of {hw} (command {command_id[:8]}...)")
+    variant.figures += [
+        Figure(
+            f"herd ({params.herd} concurrent requests, 1 pump): throughput",
+            rate,
+            "req/s",
+            base,
+            "1 row",
+            f"wall {result.wall_s:.2f} s; accepted 1",
+        ),
+        Figure("herd: p50 latency", percentile(lat, 50) * 1000, "ms"),
+        Figure("herd: p99 latency", percentile(lat, 99) * 1000, "ms"),
+    ]
+    return accepted
+
+
+async def sustained(
+    variant: Variant,
+    fleet: Fleet,
+    params: Params,
+    clients: Clients,
+    pool: asyncpg.Pool,
+    sim: httpx.AsyncClient,
+    api: httpx.AsyncClient,
+    workers: list[Proc],
+    profiler: Profiler,
+) -> None:
+    ids = [p["id"] for p in fleet.pumps]
+    base = await baseline_spread(pool, ids, params.concurrency, params.duration_s)
+    load = Load(
+        base_url=variant.url,
+        headers=dict(api.headers),
+        paths=[f"/v1/pumps/{i}/activations" for i in ids],
+        body={"duration_s": 1, "priority": "manual"},
+        kind="sustained",
+        concurrency=params.concurrency,
+        duration_s=params.duration_s,
+        keep=KEEP,
+    )
+    meter = CpuMeter({"api": [variant.api.pid], "workers": [w.pid for w in workers]}, DATABASE)
+    profiler.start(variant, "sustained", params.duration_s)
+    meter.start()
+    result = await clients.run(load)
+    meter.stop(result.client_cpu_s)
+    variant.notes += profiler.finish()
+
+    total = len(result.answers)
+    admitted = [a for a in result.answers if a.status == 202]
+    refused = result.count(409)
+    rate, admit_rate = total / result.wall_s, len(admitted) / result.wall_s
+    lat = result.latencies()
+    print(
+        f"  sustained: {total} requests over {len(ids)} pumps in {result.wall_s:.1f} s "
+        f"= {rate:,.0f} req/s ({len(admitted)} admitted = {admit_rate:,.1f}/s, {refused} refused"
+        f" 409); p50 {ms(percentile(lat, 50))}, p99 {ms(percentile(lat, 99))}; "
+        f"baseline {len(ids)} rows: {base:,.0f} tx/s; ratio {rate / base:.2f}"
+    )
+    print(f"    answers: {_codes(result)}")
+    print(f"    {meter.summary()}")
+    variant.notes.append(f"sustained answers: {_codes(result)}; {meter.summary()}")
+    if result.errors or total != len(admitted) + refused:
+        print(f"    !! non-202/409 answers or client errors: {result.errors[:3]}")
+
+    # (c) The last runs need ~1 s to start and end: then every admitted run is on the device.
+    await asyncio.sleep(3.0)
+    runs = await truth(sim)
+    lags, missing = start_latencies(admitted, runs)
+    print(
+        f"  enqueue -> gateway start, under load: p50 {ms(percentile(lags, 50))}, "
+        f"p99 {ms(percentile(lags, 99))} ({len(lags)} runs; {missing} admitted never started)"
+    )
+    variant.figures += [
+        Figure(
+            f"sustained ({params.concurrency} in flight, {len(ids)} pumps): requests",
+            rate,
+            "req/s",
+            base,
+            f"{len(ids)} rows",
+            f"{len(admitted)} x 202 + {refused} x 409 in {result.wall_s:.1f} s",
+        ),
+        Figure("sustained: admitted (202)", admit_rate, "/s", note="bounded by 1 s runs"),
+        Figure("sustained: p50 latency", percentile(lat, 50) * 1000, "ms"),
+        Figure("sustained: p99 latency", percentile(lat, 99) * 1000, "ms"),
+        Figure("enqueue -> gateway start under load: p50", percentile(lags, 50) * 1000, "ms"),
+        Figure(
+            "enqueue -> gateway start under load: p99",
+            percentile(lags, 99) * 1000,
+            "ms",
+            note=f"{len(lags)} runs, {missing} never started",
+        ),
+    ]
+
+
+async def unloaded_start_latency(
+    variant: Variant, fleet: Fleet, params: Params, sim: httpx.AsyncClient, api: httpx.AsyncClient
+) -> None:
+    """(c) with nothing else going on: single requests 0.2 s apart, on idle pumps."""
+    admitted: list[Answer] = []
+    for pump in fleet.pumps[: params.idle_samples]:
+        response = await api.post(
+            f"/v1/pumps/{pump['id']}/activations", json={"duration_s": 1, "priority": "manual"}
+        )
+        if response.status_code == 202:
+            body = response.json()
+            admitted.append(Answer(202, 0.0, 0.0, {k: body.get(k) for k in KEEP}))
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(2.0)
+    lags, missing = start_latencies(admitted, await truth(sim))
+    print(
+        f"  enqueue -> gateway start, unloaded: p50 {ms(percentile(lags, 50))}, "
+        f"p99 {ms(percentile(lags, 99))} ({len(lags)} runs; {missing} never started)"
+    )
+    variant.figures += [
+        Figure("enqueue -> gateway start unloaded: p50", percentile(lags, 50) * 1000, "ms"),
+        Figure(
+            "enqueue -> gateway start unloaded: p99",
+            percentile(lags, 99) * 1000,
+            "ms",
+            note=f"{len(lags)} single requests 0.2 s apart",
+        ),
+    ]
+
+
+async def wait_idle(api: httpx.AsyncClient, fleet: Fleet, timeout_s: float = 20) -> None:
+    """Until no pump of the fleet holds an activation (the 1 s runs have ended)."""
+
+    async def idle() -> bool:
+        response = await api.get("/v1/pumps", params={"limit": 500})
+        response.raise_for_status()
+        return all(p["active_activation_id"] is None for p in response.json()["items"])
+
+    await wait_until(idle, timeout_s, "pumps idle")
+
+
+# Main -----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke run: everything shrunk (< 30 s)")
+    p.add_argument("--herd", type=int, help="herd size (default 1000; quick 200)")
+    p.add_argument("--pumps", type=int, help="pumps for the sustained load (default 100)")
+    p.add_argument("--concurrency", type=int, help="sustained: requests in flight (default 50)")
+    p.add_argument("--duration", type=float, help="sustained: seconds (default 10; quick 2)")
+    p.add_argument("--api-workers", help="uvicorn worker counts to run, e.g. 1,2 (default 1,2)")
+    p.add_argument("--arq-workers", type=int, default=2, help="irrigation worker processes")
+    p.add_argument("--client-procs", type=int, default=1, help="HTTP client processes")
+    p.add_argument(
+        "--baseline-pool",
+        type=int,
+        default=30,
+        help="asyncpg connections of the baseline (default 30: the API's pool, 10 + 20)",
+    )
+    p.add_argument(
+        "--api-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment of the API, e.g. IRRIGATION_DB_POOL_SIZE=30 (repeatable)",
+    )
+    p.add_argument("--profile", type=Path, help="py-spy the API into this folder")
+    p.add_argument("--markdown", type=Path, help="also write the figures table here")
+    return p.parse_args(argv)
+
+
+async def run(args: argparse.Namespace) -> int:
+    params = Params.of(args)
+    api_env = dict(item.split("=", 1) for item in args.api_env)
+    started = time.monotonic()
+    print(
+        f"pump activation benchmark ({'quick' if args.quick else 'full'}): herd {params.herd}, "
+        f"{params.pumps} pumps x {params.concurrency} in flight x {params.duration_s:g} s, "
+        f"API workers {params.api_workers}, {args.arq_workers} arq workers, "
+        f"{args.client_procs} client process(es), baseline pool {params.baseline_pool}, "
+        f"{os.cpu_count()} cores; API env {api_env or '-'}"
+    )
+    clients = Clients(args.client_procs)
+    variants: list[Variant] = []
+    profiler = Profiler(args.profile)
+    try:
+        async with Stack(DATABASE, env={"IRRIGATION_MIN_COOLDOWN_S": "0"}) as stack:
+            key = stack.create_key("bench")
+            headers = {"Authorization": f"Bearer {key}"}
+            sim_url = await stack.start_simulator()
+            workers = [stack.start_worker() for _ in range(args.arq_workers)]
+            pool = await stack.pool(params.baseline_pool)
+            fleet: Fleet | None = None
+            print(f"  set-up: {time.monotonic() - started:.1f} s")
+            try:
+                async with httpx.AsyncClient(base_url=sim_url, timeout=10) as sim:
+                    for index, n in enumerate(params.api_workers):
+                        proc, url = await stack.start_api(workers=n, **api_env)
+                        variant = Variant(n, proc, url)
+                        variants.append(variant)
+                        print(f"{variant.label} (API pid {proc.pid}):")
+                        async with httpx.AsyncClient(
+                            base_url=url, headers=headers, timeout=30
+                        ) as api:
+                            if fleet is None:
+                                fleet = await make_fleet(api, params)
+                            await herd(
+                                variant,
+                                fleet.herd_pumps[index],
+                                params,
+                                clients,
+                                pool,
+                                sim,
+                                api,
+                                workers,
+                                profiler,
+                            )
+                            await wait_idle(api, fleet)
+                            await sustained(
+                                variant, fleet, params, clients, pool, sim, api, workers, profiler
+                            )
+                            await wait_idle(api, fleet)
+                            await unloaded_start_latency(variant, fleet, params, sim, api)
+                            await wait_idle(api, fleet)
+                        for line in variant.notes:
+                            if line.startswith(("profile", "    ", "  hottest")):
+                                print(line)
+                        stack.stop(proc)
+            finally:
+                await pool.close()
+                for w in workers:
+                    if not w.alive():
+                        print(f"!! worker {w.pid} died:\n{w.output()}")
+    except BenchFailure as exc:
+        print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        clients.close()
+
+    print("\nfigures (ratio = HTTP figure / bare asyncpg baseline measured just before it):")
+    tables = []
+    for variant in variants:
+        tables.append(f"#### API: {variant.label}\n\n{markdown_table(variant.figures)}")
+        print(f"\n{variant.label}:")
+        for figure in variant.figures:
+            print(f"  {figure.line()}")
+    if args.markdown:
+        args.markdown.write_text("\n\n".join(tables) + "\n")
+    print(f"\ntotal {time.monotonic() - started:.1f} s; database {DATABASE} dropped")
+    return 0
+
+
+def main() -> None:
+    sys.exit(asyncio.run(run(parse_args())))
+
+
+if __name__ == "__main__":
+    main()
