@@ -101,11 +101,17 @@ def serve(
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit 0 if a worker is alive (healthchecks), else 1")
+    ] = False,
+) -> None:
     """Run the arq worker: pump jobs, watchdog and outbox relay."""
-    from irrigation.worker import run_worker
+    from irrigation.worker import is_healthy, run_worker
 
     settings = load_settings()
+    if check:
+        raise typer.Exit(code=0 if asyncio.run(is_healthy(settings)) else 1)
     run_worker(settings)
 
 

@@ -5,6 +5,7 @@ from typing import Any
 
 from arq import cron
 from arq.connections import RedisSettings
+from arq.constants import health_check_key_suffix
 from arq.worker import Worker, func
 
 from irrigation import queue, registry
@@ -92,6 +93,19 @@ def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
         handle_signals=True,
         log_results=settings.log_level.upper() == "DEBUG",
     )
+
+
+async def is_healthy(settings: Settings) -> bool:
+    """A worker of this queue wrote its health sentinel within the last check interval."""
+    redis = queue.create_redis(
+        settings.effective_redis_url, settings.redis_timeout_s, settings.queue_name
+    )
+    try:
+        return bool(await redis.get(f"{settings.queue_name}{health_check_key_suffix}"))
+    except Exception:  # Redis unreachable: not healthy, whatever the reason
+        return False
+    finally:
+        await redis.aclose()
 
 
 def run_worker(settings: Settings) -> None:

@@ -6,6 +6,8 @@ RUN_TOLERANCE_S (device timer); the watchdog brings an abandoned run to a termin
 within run_deadline + WATCHDOG_BOUND_S."""
 
 import asyncio
+import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -337,3 +339,21 @@ async def test_operator_stop_turns_the_device_off_and_starts_the_cooldown(
         "stop_requested",
         "operator",
     ]
+
+
+async def test_worker_health_check_sees_a_live_worker_only(
+    spawn: StartProcess, e2e_env: dict[str, str]
+) -> None:
+    async def check() -> int:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "irrigation", "worker", "--check", env={**os.environ, **e2e_env}
+        )
+        return await proc.wait()
+
+    assert await check() == 1
+    spawn("worker")
+
+    async def healthy() -> bool:
+        return await check() == 0
+
+    await wait_for(healthy, timeout_s=20, interval_s=0.5)
