@@ -1,5 +1,6 @@
 """Pumps: CRUD, the zone's default water source and the site's runtime/cooldown limits."""
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -79,6 +80,16 @@ async def test_pump_without_water_source_uses_the_zones_default_made_once(
     assert second["water_source_id"] == source_id
     sources = (await client.get("/v1/water-sources", headers=admin)).json()["items"]
     assert [s["id"] for s in sources] == [source_id]
+
+
+async def test_concurrent_first_pumps_of_a_zone_share_one_default_water_source(
+    client: httpx.AsyncClient, admin: Headers
+) -> None:
+    zone = await make_zone(client, admin)
+    pumps = await asyncio.gather(*(make_pump(client, admin, zone["id"]) for _ in range(4)))
+    assert len({p["water_source_id"] for p in pumps}) == 1
+    sources = (await client.get("/v1/water-sources", headers=admin)).json()["items"]
+    assert len(sources) == 1
 
 
 async def test_get_and_list_pumps_show_what_was_created(

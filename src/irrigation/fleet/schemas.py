@@ -5,7 +5,7 @@ import zoneinfo
 from datetime import datetime
 from enum import StrEnum
 from functools import lru_cache
-from typing import Annotated, Self
+from typing import Annotated, ClassVar, Self
 
 from pydantic import (
     AfterValidator,
@@ -81,9 +81,20 @@ class _Body(BaseModel):
 
 
 class _Update(_Body):
+    """PATCH bodies: absent fields stay as they are; `null` clears only what may be empty."""
+
+    nullable: ClassVar[frozenset[str]] = frozenset()
+
     version: Version | None = Field(
         default=None, description="The version you read; or send it as `If-Match`."
     )
+
+    @model_validator(mode="after")
+    def _no_null_for_required(self) -> Self:
+        for name in self.model_fields_set - self.nullable:
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} may not be null")
+        return self
 
 
 class _Out(BaseModel):
@@ -208,10 +219,9 @@ class SensorCreate(_RangeChecked):
     unit: Unit
 
 
-class SensorUpdate(_RangeChecked):
-    version: Version | None = Field(
-        default=None, description="The version you read; or send it as `If-Match`."
-    )
+class SensorUpdate(_RangeChecked, _Update):
+    nullable = frozenset({"min_value", "max_value"})
+
     zone_id: uuid.UUID | None = None
     name: Name | None = None
     unit: Unit | None = None

@@ -4,6 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation.common import repository as repo
@@ -112,7 +113,13 @@ async def _default_water_source(session: AsyncSession, zone: Zone) -> uuid.UUID:
     # The zone row is locked by `_reference`, so two concurrent creates make one default.
     if zone.default_water_source_id is not None:
         return zone.default_water_source_id
-    source = WaterSource(site_id=zone.site_id, name=f"{zone.name} (default)"[:200])
+    name = f"{zone.name} (default)"[:180]
+    taken = await session.execute(
+        select(WaterSource.id).where(WaterSource.site_id == zone.site_id, WaterSource.name == name)
+    )
+    if taken.first() is not None:  # an operator already used the name: keep it unique
+        name = f"{name} {zone.id.hex[:8]}"
+    source = WaterSource(site_id=zone.site_id, name=name)
     await repo.flush_new(session, source)
     zone.default_water_source_id = source.id
     zone.version += 1
