@@ -13,6 +13,8 @@ from irrigation.common.openapi import install_openapi
 from irrigation.db import create_engine, create_sessionmaker
 from irrigation.fleet.router import routers as fleet_routers
 from irrigation.health import router as health_router
+from irrigation.ingest.cache import HotCache
+from irrigation.ingest.router import router as ingest_router
 from irrigation.logging import configure_logging
 from irrigation.pumps.router import router as pumps_router
 from irrigation.queue import create_redis
@@ -52,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "water-sources"},
             {"name": "pumps"},
             {"name": "activations", "description": "Pump runs: the safety core"},
+            {"name": "readings", "description": "Sensor readings in, latest values out"},
             {"name": "sensors"},
             {"name": "keys", "description": "The caller's site and its API keys"},
             {"name": "operations"},
@@ -61,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.sessionmaker = create_sessionmaker(engine)
     app.state.redis = redis
+    app.state.hot_cache = HotCache(redis, settings.redis_namespace, settings.redis_timeout_s)
 
     install_error_handlers(app)
     install_openapi(app)
@@ -69,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in fleet_routers:
         app.include_router(router)
     app.include_router(pumps_router)
+    app.include_router(ingest_router)
     # Outermost first: metrics see the 413s that the body limit answers.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)

@@ -4,8 +4,9 @@ from irrigation.auth import models as auth_models
 from irrigation.common import idempotency
 from irrigation.db import Base
 from irrigation.fleet import models as fleet_models
+from irrigation.ingest import models as ingest_models
 from irrigation.pumps import models as pump_models
 
 metadata = Base.metadata
 
-__all__ = ["auth_models", "fleet_models", "idempotency", "metadata", "pump_models"]
+__all__ = ["auth_models", "fleet_models", "idempotency", "ingest_models", "metadata", "pump_models"]

@@ -71,6 +71,14 @@ class Settings(BaseSettings):
     worker_poll_delay_s: float = Field(default=0.05, gt=0)
     idempotency_ttl_s: int = Field(default=86400, ge=60)
 
+    # Readings
+    raw_retention_days: int = Field(
+        default=1825, ge=1, description="Raw readings older than this are refused and removed."
+    )
+    max_upload_bytes: int = Field(
+        default=1024 * 1024 * 1024, ge=1024, description="Largest history file for an import."
+    )
+
     @field_validator("database_url")
     @classmethod
     def _normalise_database_url(cls, value: str | None) -> str | None:

@@ -1,0 +1,1 @@
+"""Sensor readings in: validated batches, quarantine, ingestion jobs, bulk import."""

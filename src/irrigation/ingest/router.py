@@ -1,0 +1,105 @@
+"""HTTP routes for readings in: the batch endpoint and the latest value of a sensor."""
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from irrigation.auth.deps import IngestPrincipal, ReadPrincipal
+from irrigation.common.idempotency import IdempotencyKeyHeader, IdempotentRequest, request_hash
+from irrigation.common.openapi import problems
+from irrigation.db import SessionDep
+from irrigation.ingest import service
+from irrigation.ingest.cache import HotCache
+from irrigation.ingest.schemas import IngestResult, LatestReading, ReadingsBatch
+from irrigation.ingest.validation import parse_batch
+from irrigation.settings import Settings
+
+router = APIRouter(prefix="/v1", tags=["readings"])
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _cache(request: Request) -> HotCache:
+    cache: HotCache = request.app.state.hot_cache
+    return cache
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+CacheDep = Annotated[HotCache, Depends(_cache)]
+
+_BATCH_SCHEMA: dict[str, Any] = ReadingsBatch.model_json_schema()
+
+
+@router.post(
+    "/readings",
+    response_model=IngestResult,
+    responses=problems(413, 503),
+    summary="Send a batch of readings",
+    description=(
+        "1 to 10,000 readings. Each bad item is quarantined with a `reason` (parse_error, "
+        "unknown_sensor, invalid_unit, out_of_range, invalid_timestamp, low_quality) and the "
+        "rest are stored; duplicates are counted, not errors. The answer comes after the "
+        "commit. A broken envelope is 422. `Idempotency-Key` replays the first answer."
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _BATCH_SCHEMA}},
+        }
+    },
+)
+async def post_readings(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    cache: CacheDep,
+    who: IngestPrincipal,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JSONResponse:
+    raw = await request.body()
+    try:
+        # Straight from the bytes: no intermediate dict for a clean batch.
+        parsed = parse_batch(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors()]
+        ) from None
+    idem = None
+    if idempotency_key is not None:
+        idem = IdempotentRequest(
+            site_id=who.site_id,
+            method="POST",
+            route="/v1/readings",
+            key=idempotency_key,
+            request_hash=request_hash(raw),
+        )
+    answer = await service.ingest_batch(session, settings, cache, who.site_id, parsed, idem)
+    return JSONResponse(answer.body, status_code=answer.status_code, headers=answer.headers)
+
+
+@router.get(
+    "/sensors/{sensor_id}/latest",
+    response_model=LatestReading,
+    responses=problems(404),
+    summary="The sensor's newest value and its last 60, from the hot cache",
+)
+async def latest_reading(
+    sensor_id: uuid.UUID, session: SessionDep, cache: CacheDep, who: ReadPrincipal
+) -> LatestReading:
+    recent, source = await service.latest(session, cache, who.site_id, sensor_id)
+    newest = recent[0] if recent else {}
+    return LatestReading(
+        sensor_id=sensor_id,
+        ts=newest.get("ts"),
+        value=newest.get("value"),
+        quality=newest.get("quality"),
+        recent=[{"ts": r["ts"], "value": r["value"]} for r in recent],
+        source=source,
+    )

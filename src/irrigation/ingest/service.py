@@ -1,0 +1,168 @@
+"""Ingestion use cases: a validated batch in one transaction, job bookkeeping, latest value."""
+
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from irrigation.common import idempotency
+from irrigation.common.clock import utcnow
+from irrigation.common.dberrors import pg_error
+from irrigation.common.errors import NotFound, Unavailable
+from irrigation.common.idempotency import IdempotentRequest, StoredAnswer
+from irrigation.fleet.models import Sensor
+from irrigation.fleet.service import valid_range
+from irrigation.ingest import store
+from irrigation.ingest.cache import HotCache
+from irrigation.ingest.models import IngestionJob, JobSource, JobStatus, SensorReading
+from irrigation.ingest.schemas import IngestResult, QuarantinedItem, ReadingIn
+from irrigation.ingest.validation import Checked, Rejected, SensorSpec, check_items
+from irrigation.settings import Settings
+
+DEADLOCK_DETECTED = "40P01"
+ATTEMPTS = 3
+
+
+async def sensor_specs(
+    session: AsyncSession, site_id: uuid.UUID, sensor_ids: set[uuid.UUID]
+) -> dict[uuid.UUID, SensorSpec]:
+    """The caller's own sensors among these ids; any other id is simply unknown."""
+    if not sensor_ids:
+        return {}
+    rows = await session.execute(
+        select(Sensor).where(Sensor.site_id == site_id, Sensor.id.in_(sensor_ids))
+    )
+    specs = {}
+    for sensor in rows.scalars():
+        low, high = valid_range(sensor)
+        specs[sensor.id] = SensorSpec(unit=sensor.unit, low=low, high=high)
+    return specs
+
+
+async def check(
+    session: AsyncSession,
+    settings: Settings,
+    site_id: uuid.UUID,
+    parsed: list[ReadingIn | Rejected],
+    offset: int = 0,
+) -> Checked:
+    ids = {item.sensor_id for item in parsed if isinstance(item, ReadingIn)}
+    specs = await sensor_specs(session, site_id, ids)
+    retention = timedelta(days=settings.raw_retention_days)
+    return check_items(parsed, specs, utcnow(), retention, offset)
+
+
+async def write_checked(
+    session: AsyncSession, site_id: uuid.UUID, job_id: uuid.UUID, checked: Checked
+) -> int:
+    """Readings, rollups and quarantine within the caller's transaction; returns inserted."""
+    inserted = await store.insert_readings(session, checked.accepted)
+    await store.insert_quarantine(session, site_id, job_id, checked.rejected)
+    return inserted
+
+
+async def ingest_batch(
+    session: AsyncSession,
+    settings: Settings,
+    cache: HotCache,
+    site_id: uuid.UUID,
+    parsed: list[ReadingIn | Rejected],
+    idem: IdempotentRequest | None,
+) -> StoredAnswer:
+    """Acknowledged means durable: the answer is built only after the commit."""
+    started = time.perf_counter()
+    attempt = 1
+    while True:
+        try:
+            answer, checked = await _ingest_once(session, settings, site_id, parsed, idem, started)
+        except DBAPIError as exc:
+            # Two batches touching the same sensors can still deadlock on rollup rows;
+            # PostgreSQL picks a victim, which simply tries again.
+            if pg_error(exc).sqlstate != DEADLOCK_DETECTED or attempt == ATTEMPTS:
+                raise
+            attempt += 1
+            continue
+        if checked is not None:
+            await cache.record(checked.accepted)
+        return answer
+
+
+async def _ingest_once(
+    session: AsyncSession,
+    settings: Settings,
+    site_id: uuid.UUID,
+    parsed: list[ReadingIn | Rejected],
+    idem: IdempotentRequest | None,
+    started: float,
+) -> tuple[StoredAnswer, Checked | None]:
+    ttl = settings.idempotency_ttl_s
+    async with session.begin():
+        if idem is not None and (stored := await idempotency.find(session, idem, ttl)):
+            return stored, None
+        checked = await check(session, settings, site_id, parsed)
+        now = utcnow()
+        job = IngestionJob(
+            id=uuid.uuid4(),
+            site_id=site_id,
+            source=JobSource.api,
+            status=JobStatus.completed,
+            total=len(parsed),
+            processed=len(parsed),
+            started_at=now,
+        )
+        session.add(job)
+        await session.flush()
+        inserted = await write_checked(session, site_id, job.id, checked)
+        job.inserted = inserted
+        job.duplicates = len(checked.accepted) - inserted
+        job.quarantined = len(checked.rejected)
+        job.finished_at = utcnow()
+        job.processing_time_ms = round((time.perf_counter() - started) * 1000)
+        result = IngestResult(
+            job_id=job.id,
+            total=job.total,
+            inserted=job.inserted,
+            duplicates=job.duplicates,
+            quarantined=job.quarantined,
+            quarantine=[
+                QuarantinedItem(index=r.index, reason=r.reason, detail=r.detail)
+                for r in checked.rejected
+            ],
+        )
+        answer = StoredAnswer(200, result.model_dump(mode="json"), {})
+        if idem is not None and await idempotency.store(session, idem, answer, ttl) is None:
+            raise Unavailable("a request with this Idempotency-Key is in flight; retry")
+    return answer, checked
+
+
+async def latest(
+    session: AsyncSession, cache: HotCache, site_id: uuid.UUID, sensor_id: uuid.UUID
+) -> tuple[list[dict[str, Any]], str]:
+    """The newest values (newest first): from Redis, else from the database."""
+    owned = await session.execute(
+        select(Sensor.id).where(Sensor.id == sensor_id, Sensor.site_id == site_id)
+    )
+    if owned.first() is None:
+        raise NotFound("sensor not found")
+    cached = await cache.recent(sensor_id)
+    if cached is not None:
+        return cached, "cache"
+    rows = await session.execute(
+        select(SensorReading.ts, SensorReading.value, SensorReading.quality)
+        .where(SensorReading.sensor_id == sensor_id)
+        .order_by(SensorReading.ts.desc())
+        .limit(60)
+    )
+    return [
+        {"ts": ts.isoformat(), "value": value, "quality": quality} for ts, value, quality in rows
+    ], "database"
+
+
+def success_rate(job: IngestionJob) -> float | None:
+    if not job.processed:
+        return None
+    return round((job.inserted + job.duplicates) / job.processed, 4)

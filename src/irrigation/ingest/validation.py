@@ -1,0 +1,131 @@
+"""Per-item checks of a batch: each bad item gets one reason; the good ones go through."""
+
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from irrigation.ingest.models import QuarantineReason
+from irrigation.ingest.schemas import MAX_BATCH, ReadingIn, ReadingsBatch
+
+MIN_QUALITY = 50
+MAX_FUTURE = timedelta(minutes=5)
+
+
+class _TypedBatch(BaseModel):
+    readings: list[ReadingIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+_typed_batch = TypeAdapter(_TypedBatch)
+_one = TypeAdapter(ReadingIn)
+_many = TypeAdapter(list[ReadingIn])
+
+
+@dataclass(frozen=True)
+class SensorSpec:
+    """What an item is checked against: the sensor as configured in the caller's site."""
+
+    unit: str
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class Rejected:
+    index: int
+    raw: Any
+    reason: QuarantineReason
+    detail: str
+    sensor_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class Checked:
+    accepted: list[ReadingIn]
+    rejected: list[Rejected]
+
+
+def parse_batch(raw_body: bytes) -> list[ReadingIn | Rejected]:
+    """Parse straight from the request bytes. A clean batch validates in one call; otherwise
+    the envelope is checked (422 when it is broken, raised as ValidationError) and then each
+    item on its own, the bad ones becoming parse_errors."""
+    try:
+        return list(_typed_batch.validate_json(raw_body).readings)
+    except ValidationError:
+        pass
+    envelope = ReadingsBatch.model_validate_json(raw_body)
+    return parse_items(envelope.readings)
+
+
+def parse_items(raw_items: list[Any]) -> list[ReadingIn | Rejected]:
+    """Typed items, or a parse_error for each item of the wrong shape."""
+    try:
+        return list(_many.validate_python(raw_items))
+    except ValidationError:
+        pass
+    parsed: list[ReadingIn | Rejected] = []
+    for index, raw in enumerate(raw_items):
+        try:
+            parsed.append(_one.validate_python(raw))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "item"
+            parsed.append(
+                Rejected(index, raw, QuarantineReason.parse_error, f"{where}: {first['msg']}")
+            )
+    return parsed
+
+
+def check_items(
+    parsed: list[ReadingIn | Rejected],
+    sensors: dict[uuid.UUID, SensorSpec],
+    now: datetime,
+    retention: timedelta,
+    offset: int = 0,
+) -> Checked:
+    """`offset` numbers the items within a larger file (import chunks)."""
+    accepted: list[ReadingIn] = []
+    rejected: list[Rejected] = []
+    oldest = now - retention
+    for index, item in enumerate(parsed, start=offset):
+        if isinstance(item, Rejected):
+            rejected.append(Rejected(index, item.raw, item.reason, item.detail))
+            continue
+        reason, detail = _judge(item, sensors.get(item.sensor_id), now, oldest)
+        if reason is None:
+            accepted.append(item)
+        else:
+            known = item.sensor_id if reason != QuarantineReason.unknown_sensor else None
+            raw = item.model_dump(mode="json", exclude_none=True)
+            rejected.append(Rejected(index, raw, reason, detail, known))
+    return Checked(accepted, rejected)
+
+
+def _judge(
+    item: ReadingIn, spec: SensorSpec | None, now: datetime, oldest: datetime
+) -> tuple[QuarantineReason | None, str]:
+    if spec is None:
+        # Same answer whether the sensor is another site's or nobody's: no hint either way.
+        return QuarantineReason.unknown_sensor, f"sensor {item.sensor_id} is not known"
+    if item.ts.tzinfo is None or item.ts.utcoffset() is None:
+        return QuarantineReason.invalid_timestamp, "ts has no time zone"
+    if item.ts > now + MAX_FUTURE:
+        return QuarantineReason.invalid_timestamp, "ts is more than 5 minutes in the future"
+    if item.ts < oldest:
+        return QuarantineReason.invalid_timestamp, "ts is older than the raw retention"
+    if item.unit is not None and item.unit != spec.unit:
+        return (
+            QuarantineReason.invalid_unit,
+            f"unit {item.unit!r} is not the sensor's {spec.unit!r}",
+        )
+    if not (spec.low <= item.value <= spec.high) or math.isnan(item.value):
+        return (
+            QuarantineReason.out_of_range,
+            f"value {item.value} is outside [{spec.low}, {spec.high}]",
+        )
+    if item.quality < MIN_QUALITY:
+        return QuarantineReason.low_quality, f"quality {item.quality} is below {MIN_QUALITY}"
+    return None, ""
