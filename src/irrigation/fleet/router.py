@@ -3,11 +3,12 @@
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel
 
 from irrigation.auth.deps import AdminPrincipal, ReadPrincipal
 from irrigation.common.clock import utcnow
+from irrigation.common.deps import SettingsDep
 from irrigation.common.http import if_match_version
 from irrigation.common.openapi import problems
 from irrigation.common.pagination import Page, PageParams, page_params
@@ -29,20 +30,11 @@ from irrigation.fleet.schemas import (
     ZoneOut,
     ZoneUpdate,
 )
-from irrigation.settings import Settings
 
 IfMatch = Annotated[int | None, Depends(if_match_version)]
 Params = Annotated[PageParams, Depends(page_params)]
 WRITE = problems(404, 409, 413, 428)
 CREATE = problems(409, 413)
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
 def _fields(row: object, model: type[BaseModel], *computed: str) -> dict[str, Any]:

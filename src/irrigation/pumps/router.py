@@ -3,11 +3,11 @@
 import uuid
 from typing import Annotated
 
-from arq.connections import ArqRedis
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from irrigation.auth.deps import ControlPrincipal, ReadPrincipal
+from irrigation.common.deps import RedisDep, SettingsDep
 from irrigation.common.errors import PROBLEM_JSON, problem_body
 from irrigation.common.idempotency import (
     IdempotencyKeyHeader,
@@ -29,24 +29,9 @@ from irrigation.pumps.schemas import (
     ActivationRequest,
     StopResult,
 )
-from irrigation.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["activations"])
 Params = Annotated[PageParams, Depends(page_params)]
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-def _redis(request: Request) -> ArqRedis:
-    redis: ArqRedis = request.app.state.redis
-    return redis
-
-
-SettingsDep = Annotated[Settings, Depends(_settings)]
-RedisDep = Annotated[ArqRedis, Depends(_redis)]
 
 
 def render(outcome: PumpActivation | Refused) -> StoredAnswer:
