@@ -18,6 +18,7 @@ from irrigation.ingest.router import router as ingest_router
 from irrigation.logging import configure_logging
 from irrigation.pumps.router import router as pumps_router
 from irrigation.queue import create_redis
+from irrigation.readings.router import router as readings_router
 from irrigation.settings import Settings, get_settings
 
 DESCRIPTION = """
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.include_router(pumps_router)
     app.include_router(ingest_router)
+    app.include_router(readings_router)
     # Outermost first: metrics see the 413s that the body limit answers.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)

@@ -1,0 +1,1 @@
+"""Readings out: hourly and daily aggregates from SQL, raw series, CSV export, retention."""

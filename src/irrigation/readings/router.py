@@ -1,0 +1,195 @@
+"""HTTP routes for aggregates and raw readings (scope read)."""
+
+import base64
+import binascii
+import csv
+import io
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from irrigation.auth.deps import ReadPrincipal
+from irrigation.common.errors import Invalid
+from irrigation.common.openapi import problems
+from irrigation.common.pagination import MAX_LIMIT, Page
+from irrigation.db import SessionDep
+from irrigation.fleet.schemas import SensorKind
+from irrigation.readings import queries, service
+from irrigation.readings.schemas import (
+    Bucket,
+    ReadingOut,
+    SensorAggregates,
+    SensorSeries,
+    ZoneAggregates,
+)
+
+router = APIRouter(prefix="/v1", tags=["readings"])
+
+Start = Annotated[
+    datetime | None, Query(description="Inclusive, with a time zone. Default: end - 1 day/30 days.")
+]
+End = Annotated[datetime | None, Query(description="Exclusive, with a time zone. Default: now.")]
+BucketQ = Annotated[Bucket, Query(description="`hour` or `day`, in the zone's time zone.")]
+Fill = Annotated[
+    str | None,
+    Query(pattern="^null$", description="`null`: return empty buckets too, as nulls."),
+]
+
+
+@router.get(
+    "/sensors/{sensor_id}/aggregates",
+    response_model=SensorAggregates,
+    responses=problems(404),
+    summary="Hourly or daily avg/min/max/count of one sensor",
+)
+async def sensor_aggregates(
+    sensor_id: uuid.UUID,
+    session: SessionDep,
+    who: ReadPrincipal,
+    bucket: BucketQ = Bucket.hour,
+    start: Start = None,
+    end: End = None,
+    fill: Fill = None,
+) -> SensorAggregates:
+    start, end = service.window(bucket, start, end)
+    sensor, zone = await service.sensor_and_zone(session, who.site_id, sensor_id)
+    rows = await queries.aggregate(session, [sensor.id], bucket, zone.timezone, start, end)
+    tz = ZoneInfo(zone.timezone)
+    points = service.to_points(rows, bucket, tz, start, end, fill == "null")
+    return SensorAggregates(
+        sensor_id=sensor.id, bucket=bucket, timezone=zone.timezone, points=points
+    )
+
+
+@router.get(
+    "/zones/{zone_id}/aggregates",
+    response_model=ZoneAggregates,
+    responses=problems(404),
+    summary="A zone's sensors of one kind: combined (a true average over readings) or per sensor",
+)
+async def zone_aggregates(
+    zone_id: uuid.UUID,
+    session: SessionDep,
+    who: ReadPrincipal,
+    kind: Annotated[SensorKind, Query()] = SensorKind.soil_moisture,
+    bucket: BucketQ = Bucket.hour,
+    start: Start = None,
+    end: End = None,
+    fill: Fill = None,
+    per_sensor: Annotated[bool, Query()] = False,
+) -> ZoneAggregates:
+    start, end = service.window(bucket, start, end)
+    zone, ids = await service.zone_sensors(session, who.site_id, zone_id, kind.value)
+    tz = ZoneInfo(zone.timezone)
+    answer = ZoneAggregates(
+        zone_id=zone.id, kind=kind.value, bucket=bucket, timezone=zone.timezone, sensor_ids=ids
+    )
+    if not ids:
+        empty = service.to_points([], bucket, tz, start, end, fill == "null")
+        if per_sensor:
+            answer.series = []
+        else:
+            answer.points = empty
+        return answer
+    rows = await queries.aggregate(
+        session, ids, bucket, zone.timezone, start, end, per_sensor=per_sensor
+    )
+    if not per_sensor:
+        answer.points = service.to_points(rows, bucket, tz, start, end, fill == "null")
+        return answer
+    answer.series = [
+        SensorSeries(
+            sensor_id=sid,
+            points=service.to_points(
+                [r for r in rows if r["sensor_id"] == sid], bucket, tz, start, end, fill == "null"
+            ),
+        )
+        for sid in ids
+    ]
+    return answer
+
+
+def _cursor(ts: datetime) -> str:
+    return base64.urlsafe_b64encode(ts.isoformat().encode()).decode().rstrip("=")
+
+
+def _after(cursor: str | None) -> datetime | None:
+    if cursor is None:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        moment = datetime.fromisoformat(base64.urlsafe_b64decode(padded).decode())
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise Invalid("cursor is not valid", field="query.cursor", code="invalid_cursor") from None
+    if moment.tzinfo is None:
+        raise Invalid("cursor is not valid", field="query.cursor", code="invalid_cursor")
+    return moment
+
+
+@router.get(
+    "/sensors/{sensor_id}/readings",
+    response_model=Page[ReadingOut],
+    responses={
+        **problems(404),
+        200: {
+            "description": "A page of readings; with `Accept: text/csv`, all of them as CSV.",
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+        },
+    },
+    summary="Raw readings, oldest first; `Accept: text/csv` streams them all as CSV",
+)
+async def raw_readings(
+    sensor_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    who: ReadPrincipal,
+    start: Start = None,
+    end: End = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    accept: Annotated[str | None, Header()] = None,
+) -> Page[ReadingOut] | StreamingResponse:
+    start, end = (
+        service.window(Bucket.day, start, end)
+        if start or end
+        else service.window(Bucket.day, None, None)
+    )
+    sensor, _ = await service.sensor_and_zone(session, who.site_id, sensor_id)
+    if accept and "text/csv" in accept:
+        return StreamingResponse(
+            _csv(request.app.state.sessionmaker, sensor.id, start, end),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{sensor.id}.csv"'},
+        )
+    rows = await service.raw_page(session, sensor.id, start, end, _after(cursor), limit)
+    items = [ReadingOut(ts=r.ts, value=r.value, quality=r.quality) for r in rows[:limit]]
+    next_cursor = _cursor(items[-1].ts) if len(rows) > limit else None
+    return Page(items=items, next_cursor=next_cursor)
+
+
+async def _csv(
+    sessions: async_sessionmaker[AsyncSession],
+    sensor_id: uuid.UUID,
+    start: datetime,
+    end: datetime,
+) -> AsyncIterator[str]:
+    # Its own session: the request's may be closed before the last row is streamed.
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["ts", "value", "quality"])
+    count = 0
+    async with sessions() as session:
+        async for ts, value, quality in service.stream_raw(session, sensor_id, start, end):
+            writer.writerow([ts.isoformat(), repr(value), quality])
+            count += 1
+            if count % 5000 == 0:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+    yield buffer.getvalue()
