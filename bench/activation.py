@@ -56,27 +56,42 @@ from common import (
 )
 
 DATABASE = "irrigation_bench"
+AIM = 0.5  # the issue's aim: HTTP throughput at least half of the bare-asyncpg baseline
 KEEP = ("code", "id", "command_id", "requested_at")
 BASELINE_TX = """
 SELECT id, last_sequence FROM pumps WHERE id = $1 FOR NO KEY UPDATE
 """
 BASELINE_UPDATE = "UPDATE pumps SET last_sequence = last_sequence + 1 WHERE id = $1"
 
-# Where the API's time goes: a stack is counted in a group if any frame matches.
-PROFILE_GROUPS = {
-    "auth (current_principal)": ["current_principal"],
-    "request_activation (service)": ["request_activation (irrigation/pumps/service.py"],
-    "  _admit": ["_admit (irrigation/pumps/service.py"],
-    "  commit": ["commit (sqlalchemy"],
-    "pool checkout + pre-ping": ["_checkout (sqlalchemy", "do_ping", "_do_ping"],
-    "SQLAlchemy ORM/Core (any)": ["sqlalchemy/"],
-    "asyncpg (any)": ["asyncpg/"],
-    "redis enqueue": ["enqueue_start"],
-    "render/serialize answer": ["render (irrigation/pumps/router.py", "_respond (", "render ("],
-    "access log + metrics": ["irrigation/common/middleware.py:1", "structlog", "prometheus"],
-    "pydantic validation": ["pydantic"],
-    "uvicorn/httptools protocol": ["uvicorn/protocols", "httptools"],
-    "FastAPI routing/deps": ["fastapi/routing", "fastapi/dependencies"],
+# Where the API's CPU goes (py-spy). Phases: a sample counts if any frame matches (they
+# may nest: "_admit" is inside "admission transaction"). Layers: the innermost frame that
+# matches one of them takes the sample, so layers add up to 100 %.
+PROFILE_PHASES = {
+    "auth dependency (own session + api_keys lookup)": ["current_principal ("],
+    "pool pre-ping (BEGIN; ';'; ROLLBACK per checkout)": ["_async_ping ("],
+    "new DB connections (connect + type introspection)": ["connect_utils", "__connect ("],
+    "admission transaction (service.request_activation)": [
+        "request_activation (irrigation/pumps/service.py"
+    ],
+    "  of which _admit": ["_admit (irrigation/pumps/service.py"],
+    "  of which COMMIT": ["AsyncAdapt_asyncpg_connection.commit"],
+    "  of which Redis enqueue": ["enqueue_start ("],
+    "sync dependencies in the threadpool": ["run_in_threadpool (", "to_thread"],
+    "body parsing + validation": ["request_body_to_args", "_validate_value", "json.loads"],
+    "render + serialize answer": ["render (irrigation/pumps/router.py", "_respond ("],
+    "access log + metrics": ["structlog", "prometheus_client"],
+}
+PROFILE_LAYERS = {
+    "asyncpg": ["asyncpg/"],
+    "SQLAlchemy": ["sqlalchemy/"],
+    "pydantic": ["pydantic"],
+    "redis/arq": ["redis/", "arq/"],
+    "logging/metrics": ["structlog", "prometheus_client", "logging/"],
+    "threads (anyio threadpool)": ["anyio/", "threading.py", "concurrent/"],
+    "FastAPI/Starlette": ["fastapi/", "starlette/"],
+    "uvicorn/httptools": ["uvicorn/", "httptools"],
+    "irrigation (src/)": ["irrigation/"],
+    "event loop (uvloop/asyncio)": ["asyncio/", "uvloop", "runners.py"],
 }
 
 
@@ -99,12 +114,12 @@ class Params:
         quick = bool(args.quick)
         workers = args.api_workers or ("1" if quick else "1,2")
         return Params(
-            herd=args.herd or (200 if quick else 1000),
-            pumps=args.pumps or (20 if quick else 100),
-            concurrency=args.concurrency or (20 if quick else 50),
+            herd=args.herd or (100 if quick else 1000),
+            pumps=args.pumps or (10 if quick else 100),
+            concurrency=args.concurrency or (10 if quick else 50),
             duration_s=args.duration or (2.0 if quick else 10.0),
             baseline_pool=args.baseline_pool,
-            idle_samples=5 if quick else 20,
+            idle_samples=3 if quick else 20,
             api_workers=tuple(int(w) for w in workers.split(",")),
         )
 
@@ -242,6 +257,47 @@ class Variant:
         return f"{self.workers} uvicorn worker{'s' if self.workers > 1 else ''}"
 
 
+@dataclass
+class Bench:
+    """What every phase uses."""
+
+    params: Params
+    stack: Stack
+    clients: Clients
+    sim: httpx.AsyncClient
+    workers: list[Proc]
+    profiler: Profiler
+    fleet: Fleet = field(default_factory=Fleet)
+
+    async def baseline(self, measure: Any) -> float:
+        """A fresh asyncpg pool for one baseline, closed after: idle connections must not
+        eat into max_connections while the API runs."""
+        pool = await self.stack.pool(self.params.baseline_pool)
+        try:
+            rate: float = await measure(pool)
+        finally:
+            await pool.close()
+        return rate
+
+    def meter(self, variant: Variant) -> CpuMeter:
+        roles = {"api": [variant.api.pid], "workers": [w.pid for w in self.workers]}
+        return CpuMeter(roles, DATABASE)
+
+    async def db_counters(self) -> dict[str, int]:
+        """New connections and transactions of the benchmark database so far (backends
+        flush their statistics when idle for ~1 s: read this a while after a phase)."""
+        conn = await self.stack.connect()
+        try:
+            row = await conn.fetchrow(
+                "SELECT sessions, xact_commit, xact_rollback FROM pg_stat_database"
+                " WHERE datname = $1",
+                DATABASE,
+            )
+        finally:
+            await conn.close()
+        return {"connections": row["sessions"] - 1, "transactions": row[1] + row[2]}
+
+
 def _codes(result: LoadResult) -> str:
     codes: dict[str, int] = {}
     for a in result.answers:
@@ -250,6 +306,23 @@ def _codes(result: LoadResult) -> str:
     if result.errors:
         codes["client errors"] = len(result.errors)
     return ", ".join(f"{k}: {v}" for k, v in sorted(codes.items()))
+
+
+def _server_trouble(variant: Variant, result: LoadResult) -> None:
+    """5xx answers: show what the API logged about them."""
+    if not any(a.status >= 500 for a in result.answers):
+        return
+    lines = [line for line in variant.api.output(200_000).splitlines() if "rror" in line]
+    print("    !! 5xx answers; the API logged:")
+    for line in lines[-6:]:
+        print(f"       {line[:400]}")
+
+
+def _costs(bench_meter: CpuMeter, before: dict[str, int], after: dict[str, int], n: int) -> str:
+    api_ms = bench_meter.used.get("api", 0.0) * bench_meter.wall / max(1, n) * 1000
+    conns = after["connections"] - before["connections"]
+    tx = (after["transactions"] - before["transactions"]) / max(1, n)
+    return f"API CPU {api_ms:.1f} ms/request; {conns} new DB connections; {tx:.1f} DB tx/request"
 
 
 class Profiler:
@@ -273,53 +346,47 @@ class Profiler:
         self.proc = None
         if not self.path.exists():
             return [f"py-spy wrote nothing to {self.path}"]
-        total, shares, leaves = profile_summary(self.path, PROFILE_GROUPS)
-        lines = [f"profile {self.path} ({total} samples of API CPU):"]
-        lines += [f"    {share:6.1%}  {name}" for name, share in shares]
+        report = profile_summary(self.path, PROFILE_PHASES, PROFILE_LAYERS)
+        lines = [f"profile {self.path} ({report.samples} samples of API CPU):"]
+        lines += [f"    {share:6.1%}  {name}" for name, share in report.phases]
+        lines.append("  by layer (innermost match):")
+        lines += [f"    {share:6.1%}  {name}" for name, share in report.layers]
         lines.append("  hottest own frames:")
-        lines += [f"    {share:6.1%}  {name}" for name, share in leaves]
+        lines += [f"    {share:6.1%}  {name}" for name, share in report.leaves]
         return lines
 
 
-async def herd(
-    variant: Variant,
-    pump: dict[str, Any],
-    params: Params,
-    clients: Clients,
-    pool: asyncpg.Pool,
-    sim: httpx.AsyncClient,
-    api: httpx.AsyncClient,
-    workers: list[Proc],
-    profiler: Profiler,
-) -> list[Answer]:
-    base = await baseline_burst(pool, pump["id"], params.herd)
+async def herd(b: Bench, variant: Variant, api: httpx.AsyncClient, pump: dict[str, Any]) -> None:
+    n = b.params.herd
+    base = await b.baseline(lambda pool: baseline_burst(pool, pump["id"], n))
     load = Load(
         base_url=variant.url,
         headers=dict(api.headers),
         paths=[f"/v1/pumps/{pump['id']}/activations"],
         body={"duration_s": 30, "priority": "manual"},  # outlasts the herd: one run, not two
         kind="burst",
-        requests=params.herd,
+        requests=n,
         keep=KEEP,
     )
-    meter = CpuMeter({"api": [variant.api.pid], "workers": [w.pid for w in workers]}, DATABASE)
-    profiler.start(variant, "herd", 30)
+    before = await b.db_counters()
+    meter = b.meter(variant)
+    b.profiler.start(variant, "herd", 30)
     meter.start()
-    result = await clients.run(load)
+    result = await b.clients.run(load)
     meter.stop(result.client_cpu_s)
-    variant.notes += profiler.finish()
+    variant.notes += b.profiler.finish()
 
     accepted = [a for a in result.answers if a.status == 202]
     lat = result.latencies()
-    rate = params.herd / result.wall_s
+    rate = n / result.wall_s
     print(
-        f"  herd: {params.herd} requests on one pump in {result.wall_s:.2f} s = {rate:,.0f} req/s;"
+        f"  herd: {n} requests on one pump in {result.wall_s:.2f} s = {rate:,.0f} req/s;"
         f" accepted {len(accepted)}; p50 {ms(percentile(lat, 50))}, p99 {ms(percentile(lat, 99))}"
         f"; baseline 1 row: {base:,.0f} tx/s; ratio {rate / base:.2f}"
     )
     print(f"    answers: {_codes(result)}")
     print(f"    {meter.summary()}")
-    variant.notes.append(f"herd answers: {_codes(result)}; {meter.summary()}")
+    _server_trouble(variant, result)
     if len(accepted) != 1 or result.errors:
         raise BenchFailure(
             f"HERD ACCEPTED {len(accepted)} REQUESTS (must be exactly 1); {_codes(result)}; "
@@ -327,64 +394,61 @@ async def herd(
         )
     hw = pump["hardware_id"]
     command_id = accepted[0].fields["command_id"]
-    runs = await wait_until(lambda: truth(sim, hw), 15, f"herd run of {hw} on the device")
+    await wait_until(lambda: truth(b.sim, hw), 15, f"herd run of {hw} on the device")
     # Free the pump (the run asked for 30 s), then judge the truth once more.
     (await api.post(f"/v1/pumps/{pump['id']}/stop")).raise_for_status()
 
     async def stopped() -> list[dict[str, Any]]:
-        found = await truth(sim, hw)
+        found = await truth(b.sim, hw)
         return found if all(r["stopped_at"] for r in found) else []
 
     runs = await wait_until(stopped, 15, f"herd run of {hw} stopped")
     if len(runs) != 1 or runs[0]["command_id"] != command_id:
         raise BenchFailure(f"DEVICE TRUTH FOR {hw}: {len(runs)} runs (must be exactly 1): {runs}")
     print(f"    device truth: exactly 1 run of {hw} (command {command_id[:8]}...)")
+    costs = _costs(meter, before, await b.db_counters(), n)
+    print(f"    {costs}")
+    others = result.count(409) + result.count(503)
     variant.figures += [
         Figure(
-            f"herd ({params.herd} concurrent requests, 1 pump): throughput",
+            f"herd ({n} concurrent requests, 1 pump): throughput",
             rate,
             "req/s",
             base,
             "1 row",
-            f"wall {result.wall_s:.2f} s; accepted 1",
+            f"wall {result.wall_s:.2f} s; 1 x 202, {others} x 409/503; {meter.summary()}",
         ),
         Figure("herd: p50 latency", percentile(lat, 50) * 1000, "ms"),
-        Figure("herd: p99 latency", percentile(lat, 99) * 1000, "ms"),
+        Figure("herd: p99 latency", percentile(lat, 99) * 1000, "ms", note=costs),
     ]
-    return accepted
 
 
-async def sustained(
-    variant: Variant,
-    fleet: Fleet,
-    params: Params,
-    clients: Clients,
-    pool: asyncpg.Pool,
-    sim: httpx.AsyncClient,
-    api: httpx.AsyncClient,
-    workers: list[Proc],
-    profiler: Profiler,
-) -> None:
-    ids = [p["id"] for p in fleet.pumps]
-    base = await baseline_spread(pool, ids, params.concurrency, params.duration_s)
+async def sustained(b: Bench, variant: Variant, api: httpx.AsyncClient) -> None:
+    p = b.params
+    ids = [pump["id"] for pump in b.fleet.pumps]
+    base = await b.baseline(lambda pool: baseline_spread(pool, ids, p.concurrency, p.duration_s))
     load = Load(
         base_url=variant.url,
         headers=dict(api.headers),
         paths=[f"/v1/pumps/{i}/activations" for i in ids],
         body={"duration_s": 1, "priority": "manual"},
         kind="sustained",
-        concurrency=params.concurrency,
-        duration_s=params.duration_s,
+        concurrency=p.concurrency,
+        duration_s=p.duration_s,
         keep=KEEP,
     )
-    meter = CpuMeter({"api": [variant.api.pid], "workers": [w.pid for w in workers]}, DATABASE)
-    profiler.start(variant, "sustained", params.duration_s)
+    before = await b.db_counters()
+    meter = b.meter(variant)
+    b.profiler.start(variant, "sustained", p.duration_s)
     meter.start()
-    result = await clients.run(load)
+    result = await b.clients.run(load)
     meter.stop(result.client_cpu_s)
-    variant.notes += profiler.finish()
-
+    variant.notes += b.profiler.finish()
     total = len(result.answers)
+    # (c) the last runs need ~1 s to start and end: afterwards every admitted run is known.
+    await asyncio.sleep(2.0)
+    costs = _costs(meter, before, await b.db_counters(), total)
+
     admitted = [a for a in result.answers if a.status == 202]
     refused = result.count(409)
     rate, admit_rate = total / result.wall_s, len(admitted) / result.wall_s
@@ -397,30 +461,28 @@ async def sustained(
     )
     print(f"    answers: {_codes(result)}")
     print(f"    {meter.summary()}")
-    variant.notes.append(f"sustained answers: {_codes(result)}; {meter.summary()}")
+    print(f"    {costs}")
+    _server_trouble(variant, result)
     if result.errors or total != len(admitted) + refused:
-        print(f"    !! non-202/409 answers or client errors: {result.errors[:3]}")
+        print(f"    !! answers other than 202/409, or client errors: {result.errors[:3]}")
 
-    # (c) The last runs need ~1 s to start and end: then every admitted run is on the device.
-    await asyncio.sleep(3.0)
-    runs = await truth(sim)
-    lags, missing = start_latencies(admitted, runs)
+    lags, missing = start_latencies(admitted, await truth(b.sim))
     print(
         f"  enqueue -> gateway start, under load: p50 {ms(percentile(lags, 50))}, "
         f"p99 {ms(percentile(lags, 99))} ({len(lags)} runs; {missing} admitted never started)"
     )
     variant.figures += [
         Figure(
-            f"sustained ({params.concurrency} in flight, {len(ids)} pumps): requests",
+            f"sustained ({p.concurrency} in flight, {len(ids)} pumps): requests",
             rate,
             "req/s",
             base,
             f"{len(ids)} rows",
-            f"{len(admitted)} x 202 + {refused} x 409 in {result.wall_s:.1f} s",
+            f"{len(admitted)} x 202 + {refused} x 409 in {result.wall_s:.1f} s; {meter.summary()}",
         ),
         Figure("sustained: admitted (202)", admit_rate, "/s", note="bounded by 1 s runs"),
         Figure("sustained: p50 latency", percentile(lat, 50) * 1000, "ms"),
-        Figure("sustained: p99 latency", percentile(lat, 99) * 1000, "ms"),
+        Figure("sustained: p99 latency", percentile(lat, 99) * 1000, "ms", note=costs),
         Figure("enqueue -> gateway start under load: p50", percentile(lags, 50) * 1000, "ms"),
         Figure(
             "enqueue -> gateway start under load: p99",
@@ -431,12 +493,10 @@ async def sustained(
     ]
 
 
-async def unloaded_start_latency(
-    variant: Variant, fleet: Fleet, params: Params, sim: httpx.AsyncClient, api: httpx.AsyncClient
-) -> None:
+async def unloaded_start_latency(b: Bench, variant: Variant, api: httpx.AsyncClient) -> None:
     """(c) with nothing else going on: single requests 0.2 s apart, on idle pumps."""
     admitted: list[Answer] = []
-    for pump in fleet.pumps[: params.idle_samples]:
+    for pump in b.fleet.pumps[: b.params.idle_samples]:
         response = await api.post(
             f"/v1/pumps/{pump['id']}/activations", json={"duration_s": 1, "priority": "manual"}
         )
@@ -444,8 +504,8 @@ async def unloaded_start_latency(
             body = response.json()
             admitted.append(Answer(202, 0.0, 0.0, {k: body.get(k) for k in KEEP}))
         await asyncio.sleep(0.2)
-    await asyncio.sleep(2.0)
-    lags, missing = start_latencies(admitted, await truth(sim))
+    await asyncio.sleep(1.5)
+    lags, missing = start_latencies(admitted, await truth(b.sim))
     print(
         f"  enqueue -> gateway start, unloaded: p50 {ms(percentile(lags, 50))}, "
         f"p99 {ms(percentile(lags, 99))} ({len(lags)} runs; {missing} never started)"
@@ -461,8 +521,8 @@ async def unloaded_start_latency(
     ]
 
 
-async def wait_idle(api: httpx.AsyncClient, fleet: Fleet, timeout_s: float = 20) -> None:
-    """Until no pump of the fleet holds an activation (the 1 s runs have ended)."""
+async def wait_idle(api: httpx.AsyncClient, timeout_s: float = 20) -> None:
+    """Until no pump holds an activation (the 1 s runs have ended)."""
 
     async def idle() -> bool:
         response = await api.get("/v1/pumps", params={"limit": 500})
@@ -483,8 +543,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, help="sustained: requests in flight (default 50)")
     p.add_argument("--duration", type=float, help="sustained: seconds (default 10; quick 2)")
     p.add_argument("--api-workers", help="uvicorn worker counts to run, e.g. 1,2 (default 1,2)")
-    p.add_argument("--arq-workers", type=int, default=2, help="irrigation worker processes")
-    p.add_argument("--client-procs", type=int, default=1, help="HTTP client processes")
+    p.add_argument("--arq-workers", type=int, help="irrigation worker processes (2; quick 1)")
+    p.add_argument("--client-procs", type=int, help="HTTP client processes (2; quick 1)")
     p.add_argument(
         "--baseline-pool",
         type=int,
@@ -498,6 +558,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME=VALUE",
         help="extra environment of the API, e.g. IRRIGATION_DB_POOL_SIZE=30 (repeatable)",
     )
+    p.add_argument(
+        "--only",
+        type=lambda text: set(text.split(",")),
+        default={"herd", "sustained", "unloaded"},
+        help="phases to run, of herd,sustained,unloaded (default: all)",
+    )
     p.add_argument("--profile", type=Path, help="py-spy the API into this folder")
     p.add_argument("--markdown", type=Path, help="also write the figures table here")
     return p.parse_args(argv)
@@ -505,6 +571,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def run(args: argparse.Namespace) -> int:
     params = Params.of(args)
+    args.arq_workers = args.arq_workers or (1 if args.quick else 2)
+    args.client_procs = args.client_procs or (1 if args.quick else 2)
     api_env = dict(item.split("=", 1) for item in args.api_env)
     started = time.monotonic()
     print(
@@ -516,55 +584,40 @@ async def run(args: argparse.Namespace) -> int:
     )
     clients = Clients(args.client_procs)
     variants: list[Variant] = []
-    profiler = Profiler(args.profile)
     try:
-        async with Stack(DATABASE, env={"IRRIGATION_MIN_COOLDOWN_S": "0"}) as stack:
+        async with (
+            Stack(DATABASE, env={"IRRIGATION_MIN_COOLDOWN_S": "0"}) as stack,
+        ):
             key = stack.create_key("bench")
             headers = {"Authorization": f"Bearer {key}"}
             sim_url = await stack.start_simulator()
             workers = [stack.start_worker() for _ in range(args.arq_workers)]
-            pool = await stack.pool(params.baseline_pool)
-            fleet: Fleet | None = None
             print(f"  set-up: {time.monotonic() - started:.1f} s")
-            try:
-                async with httpx.AsyncClient(base_url=sim_url, timeout=10) as sim:
-                    for index, n in enumerate(params.api_workers):
-                        proc, url = await stack.start_api(workers=n, **api_env)
-                        variant = Variant(n, proc, url)
-                        variants.append(variant)
-                        print(f"{variant.label} (API pid {proc.pid}):")
-                        async with httpx.AsyncClient(
-                            base_url=url, headers=headers, timeout=30
-                        ) as api:
-                            if fleet is None:
-                                fleet = await make_fleet(api, params)
-                            await herd(
-                                variant,
-                                fleet.herd_pumps[index],
-                                params,
-                                clients,
-                                pool,
-                                sim,
-                                api,
-                                workers,
-                                profiler,
-                            )
-                            await wait_idle(api, fleet)
-                            await sustained(
-                                variant, fleet, params, clients, pool, sim, api, workers, profiler
-                            )
-                            await wait_idle(api, fleet)
-                            await unloaded_start_latency(variant, fleet, params, sim, api)
-                            await wait_idle(api, fleet)
-                        for line in variant.notes:
-                            if line.startswith(("profile", "    ", "  hottest")):
-                                print(line)
-                        stack.stop(proc)
-            finally:
-                await pool.close()
-                for w in workers:
-                    if not w.alive():
-                        print(f"!! worker {w.pid} died:\n{w.output()}")
+            async with httpx.AsyncClient(base_url=sim_url, timeout=10) as sim:
+                b = Bench(params, stack, clients, sim, workers, Profiler(args.profile))
+                for index, n in enumerate(params.api_workers):
+                    proc, url = await stack.start_api(workers=n, **api_env)
+                    variant = Variant(n, proc, url)
+                    variants.append(variant)
+                    print(f"{variant.label} (API pid {proc.pid}):")
+                    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as api:
+                        if not b.fleet.pumps:
+                            b.fleet = await make_fleet(api, params)
+                        if "herd" in args.only:
+                            await herd(b, variant, api, b.fleet.herd_pumps[index])
+                            await wait_idle(api)
+                        if "sustained" in args.only:
+                            await sustained(b, variant, api)
+                            await wait_idle(api)
+                        if "unloaded" in args.only:
+                            await unloaded_start_latency(b, variant, api)
+                            await wait_idle(api)
+                    for line in variant.notes:
+                        print(line)
+                    stack.stop(proc)
+            for w in workers:
+                if not w.alive():
+                    print(f"!! worker {w.pid} died:\n{w.output()}")
     except BenchFailure as exc:
         print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
         return 1
@@ -578,6 +631,10 @@ async def run(args: argparse.Namespace) -> int:
         print(f"\n{variant.label}:")
         for figure in variant.figures:
             print(f"  {figure.line()}")
+        for figure in variant.figures:
+            if figure.ratio is not None:
+                verdict = "met" if figure.ratio >= AIM else "NOT met"
+                print(f"  aim ratio >= {AIM}: {verdict} for {figure.name} ({figure.ratio:.2f})")
     if args.markdown:
         args.markdown.write_text("\n\n".join(tables) + "\n")
     print(f"\ntotal {time.monotonic() - started:.1f} s; database {DATABASE} dropped")

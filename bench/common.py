@@ -21,6 +21,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -66,6 +67,7 @@ class Figure:
     baseline: float | None = None
     baseline_name: str = ""
     note: str = ""
+    baseline_unit: str = "tx/s"
 
     @property
     def ratio(self) -> float | None:
@@ -76,7 +78,7 @@ class Figure:
     def line(self) -> str:
         text = f"{self.name}: {self.value:,.1f} {self.unit}"
         if self.baseline is not None:
-            text += f"; baseline {self.baseline_name}: {self.baseline:,.1f} {self.unit}"
+            text += f"; baseline {self.baseline_name}: {self.baseline:,.1f} {self.baseline_unit}"
             text += f"; ratio {self.ratio:.2f}"
         if self.note:
             text += f"  ({self.note})"
@@ -89,7 +91,9 @@ def markdown_table(figures: Sequence[Figure]) -> str:
         "| --- | ---: | ---: | ---: | --- |",
     ]
     for f in figures:
-        base = f"{f.baseline:,.0f} {f.unit} ({f.baseline_name})" if f.baseline is not None else ""
+        base = ""
+        if f.baseline is not None:
+            base = f"{f.baseline:,.0f} {f.baseline_unit} ({f.baseline_name})"
         ratio = f"{f.ratio:.2f}" if f.ratio is not None else ""
         rows.append(f"| {f.name} | {f.value:,.1f} {f.unit} | {base} | {ratio} | {f.note} |")
     return "\n".join(rows)
@@ -409,6 +413,8 @@ class CpuMeter:
         used = {k: after[k] - self._before.get(k, 0.0) for k in after}
         machine = used.pop("machine")
         used["client"] = client_cpu_s
+        # A backend that exited meanwhile takes its CPU time along: never below zero.
+        used = {k: max(0.0, v) for k, v in used.items()}
         used["other"] = max(0.0, machine - sum(used.values()))
         self.used = {k: v / (self.wall or 1.0) for k, v in used.items()}
         return self.used
@@ -431,7 +437,8 @@ class Load:
     base_url: str
     headers: Mapping[str, str]
     paths: Sequence[str]
-    body: Mapping[str, Any]
+    body: Mapping[str, Any] | None = None
+    """JSON body of a POST; None: a GET."""
     kind: str = "burst"
     requests: int = 0
     concurrency: int = 1
@@ -477,46 +484,55 @@ def _keep(response: httpx.Response, names: Sequence[str]) -> dict[str, Any]:
 
 
 async def _client_load(load: Load, share: int, offset: int, start_at: float) -> LoadResult:
-    connections = load.requests if load.kind == "burst" else load.concurrency
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    """`share` lanes, each its own httpx client with one connection: one shared pool of
+    many connections costs httpx O(connections) per request (a 1000-request burst through
+    one pool is client-bound: ~6 ms of client CPU per request)."""
     answers: list[Answer] = []
     errors: list[str] = []
-    async with httpx.AsyncClient(
-        base_url=load.base_url, headers=dict(load.headers), timeout=60, limits=limits
-    ) as client:
+    tls = ssl.create_default_context()  # made once: each client would load the CA store
+    lanes = [
+        httpx.AsyncClient(
+            base_url=load.base_url,
+            headers=dict(load.headers),
+            timeout=60,
+            verify=tls,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        )
+        for _ in range(share)
+    ]
 
-        async def one(i: int) -> None:
-            path = load.paths[(offset + i) % len(load.paths)]
-            sent = time.perf_counter()
-            try:
+    async def one(client: httpx.AsyncClient, i: int) -> None:
+        path = load.paths[(offset + i) % len(load.paths)]
+        sent = time.perf_counter()
+        try:
+            if load.body is None:
+                response = await client.get(path)
+            else:
                 response = await client.post(path, json=dict(load.body))
-            except httpx.HTTPError as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
-                return
-            answers.append(
-                Answer(
-                    response.status_code,
-                    time.perf_counter() - sent,
-                    sent,
-                    _keep(response, load.keep),
-                )
-            )
+        except httpx.HTTPError as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+            return
+        latency = time.perf_counter() - sent
+        answers.append(Answer(response.status_code, latency, sent, _keep(response, load.keep)))
 
+    try:
         await asyncio.sleep(max(0.0, start_at - time.time()))
         cpu0, t0 = time.process_time(), time.perf_counter()
         if load.kind == "burst":
-            await asyncio.gather(*(one(i) for i in range(share)))
+            await asyncio.gather(*(one(client, i) for i, client in enumerate(lanes)))
         else:
             stop_at = t0 + load.duration_s
             counter = iter(range(10**12))
 
-            async def loop() -> None:
+            async def loop(client: httpx.AsyncClient) -> None:
                 while time.perf_counter() < stop_at:
-                    await one(next(counter))
+                    await one(client, next(counter))
 
-            await asyncio.gather(*(loop() for _ in range(share)))
+            await asyncio.gather(*(loop(client) for client in lanes))
         wall = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
+    finally:
+        await asyncio.gather(*(client.aclose() for client in lanes))
     for a in answers:
         a.sent_at -= t0
     return LoadResult(answers, wall, cpu, errors)
@@ -551,7 +567,7 @@ class Clients:
         n = self.processes
         total = load.requests if load.kind == "burst" else load.concurrency
         shares = [total // n + (1 if i < total % n else 0) for i in range(n)]
-        start_at = time.time() + 0.5
+        start_at = time.time() + 0.5 + 0.002 * max(shares)  # time to make the clients
         loop = asyncio.get_running_loop()
         offsets = [sum(shares[:i]) * (1 if load.kind == "burst" else 7919) for i in range(n)]
         futures = [
@@ -598,14 +614,27 @@ def finish_py_spy(proc: Proc, timeout_s: float = 30) -> None:
     proc.stop()
 
 
+@dataclass
+class ProfileReport:
+    samples: int
+    phases: list[tuple[str, float]]
+    layers: list[tuple[str, float]]
+    leaves: list[tuple[str, float]]
+
+
 def profile_summary(
-    path: Path, groups: Mapping[str, Sequence[str]], top: int = 12
-) -> tuple[int, list[tuple[str, float]], list[tuple[str, float]]]:
-    """Read py-spy's raw (collapsed) stacks: total samples, the share of samples in each
-    group (a stack is in a group if any frame contains one of its substrings), and the
-    functions with the most samples of their own (the innermost frame)."""
+    path: Path,
+    phases: Mapping[str, Sequence[str]],
+    layers: Mapping[str, Sequence[str]],
+    top: int = 12,
+) -> ProfileReport:
+    """Read py-spy's raw (collapsed) stacks. Phases: the share of samples with any frame
+    containing one of the phase's substrings (phases may overlap). Layers: each sample goes
+    to the layer of its innermost matching frame (else "other"), so they add up to 100 %.
+    Leaves: the functions with most samples of their own."""
     total = 0
-    in_group = dict.fromkeys(groups, 0)
+    in_phase = dict.fromkeys(phases, 0)
+    in_layer = dict.fromkeys([*layers, "other"], 0)
     own: dict[str, int] = {}
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -614,11 +643,27 @@ def profile_summary(
         count = int(count_text)
         total += count
         frames = stack.split(";")
-        for name, needles in groups.items():
+        for name, needles in phases.items():
             if any(needle in frame for frame in frames for needle in needles):
-                in_group[name] += count
-        leaf = frames[-1]
-        own[leaf] = own.get(leaf, 0) + count
-    shares = [(name, n / total if total else 0.0) for name, n in in_group.items()]
-    leaves = sorted(own.items(), key=lambda kv: -kv[1])[:top]
-    return total, shares, [(name, n / total if total else 0.0) for name, n in leaves]
+                in_phase[name] += count
+        layer = next(
+            (
+                name
+                for frame in reversed(frames)
+                for name, needles in layers.items()
+                if any(needle in frame for needle in needles)
+            ),
+            "other",
+        )
+        in_layer[layer] += count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+
+    def share(n: int) -> float:
+        return n / total if total else 0.0
+
+    return ProfileReport(
+        total,
+        [(name, share(n)) for name, n in in_phase.items()],
+        sorted(((name, share(n)) for name, n in in_layer.items()), key=lambda kv: -kv[1]),
+        [(name, share(n)) for name, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]],
+    )

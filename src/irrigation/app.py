@@ -14,6 +14,9 @@ from irrigation.db import create_engine, create_sessionmaker
 from irrigation.fleet.router import routers as fleet_routers
 from irrigation.health import router as health_router
 from irrigation.ingest.cache import HotCache
+from irrigation.ingest.import_router import UPLOAD_PATH
+from irrigation.ingest.import_router import router as import_router
+from irrigation.ingest.review_router import router as review_router
 from irrigation.ingest.router import router as ingest_router
 from irrigation.logging import configure_logging
 from irrigation.pumps.router import router as pumps_router
@@ -75,8 +78,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.include_router(pumps_router)
     app.include_router(ingest_router)
+    app.include_router(import_router)
+    app.include_router(review_router)
     app.include_router(readings_router)
     # Outermost first: metrics see the 413s that the body limit answers.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        path_limits={UPLOAD_PATH: settings.max_upload_bytes},
+    )
     app.add_middleware(MetricsMiddleware)
     return app

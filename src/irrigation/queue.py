@@ -11,12 +11,14 @@ from typing import Any
 
 import structlog
 from arq.connections import ArqRedis
+from arq.worker import Retry
 from redis.asyncio import ConnectionPool
 
 log = structlog.get_logger(__name__)
 
 START_ACTIVATION = "pumps.start_activation"
 STOP_ACTIVATION = "pumps.stop_activation"
+PROCESS_IMPORT = "ingest.process_import"
 
 
 def serialize(job: dict[str, Any]) -> bytes:
@@ -72,3 +74,14 @@ async def enqueue_stop(
         job_id=f"stop:{cause}:{activation_id}",
         defer_by=defer_by,
     )
+
+
+async def enqueue_import(redis: ArqRedis, job_id: uuid.UUID) -> bool:
+    """The arq job id is the ingestion job's id: an import is queued at most once."""
+    return await _enqueue(redis, PROCESS_IMPORT, str(job_id), job_id=str(job_id))
+
+
+def run_again(defer_s: float = 0) -> Exception:
+    """What a job raises to be run again under the same job id: it never leaves the queue
+    in between, so a crash at that moment cannot lose it (arq counts it as a try)."""
+    return Retry(defer=timedelta(seconds=defer_s) if defer_s else None)

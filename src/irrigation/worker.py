@@ -11,9 +11,11 @@ from arq.worker import Worker, func
 from irrigation import queue, registry
 from irrigation.common import idempotency
 from irrigation.db import create_engine, create_sessionmaker
+from irrigation.ingest import imports
 from irrigation.logging import configure_logging
 from irrigation.pumps import jobs
 from irrigation.pumps.gateway import HttpGateway
+from irrigation.readings import retention
 from irrigation.settings import Settings
 
 # Every model must be mapped before the first flush: FKs resolve across domains.
@@ -22,6 +24,8 @@ assert registry.metadata.tables
 EVERY_SECOND = set(range(60))
 # Short on purpose: a SIGKILLed job is retried only after the longest job timeout + 10 s.
 PUMP_JOB_TIMEOUT_S = 30
+# 10 s slices: 100,000 tries is more than a week of one import.
+IMPORT_MAX_TRIES = 100_000
 
 
 async def purge_idempotency_keys(ctx: dict[str, Any]) -> int:
@@ -65,10 +69,25 @@ def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
         functions=[
             func(jobs.start_activation, name=queue.START_ACTIVATION, timeout=PUMP_JOB_TIMEOUT_S),
             func(jobs.stop_activation, name=queue.STOP_ACTIVATION, timeout=PUMP_JOB_TIMEOUT_S),
+            # An import runs in slices well inside this timeout, each asking to be run again
+            # (a "try" to arq) until the file is done: hence the many tries.
+            func(
+                imports.process_import,
+                name=queue.PROCESS_IMPORT,
+                timeout=PUMP_JOB_TIMEOUT_S,
+                max_tries=IMPORT_MAX_TRIES,
+            ),
         ],
         cron_jobs=[
             every_second(jobs.watchdog),
             every_second(jobs.relay_outbox),
+            cron(
+                retention.purge_raw_readings,
+                name=f"cron:{settings.queue_name}:purge_raw_readings",
+                minute={23},
+                second={0},
+                timeout=PUMP_JOB_TIMEOUT_S,
+            ),
             cron(
                 purge_idempotency_keys,
                 name=f"cron:{settings.queue_name}:purge_idempotency_keys",

@@ -2,6 +2,7 @@
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,9 +33,12 @@ class ReadingIn(BaseModel):
 
     sensor_id: uuid.UUID
     ts: datetime
-    value: float = Field(allow_inf_nan=False)
+    # Strict: a JSON string or boolean is the wrong type, not a number to coerce (`true`
+    # would otherwise be stored as 1.0 and `"80"` as quality 80). JSON integers still count
+    # as numbers for `value`. Sources without types (CSV) convert cells before validating.
+    value: float = Field(strict=True, allow_inf_nan=False)
     unit: str | None = Field(default=None, max_length=16)
-    quality: int = Field(default=100, ge=0, le=100)
+    quality: int = Field(default=100, ge=0, le=100, strict=True)
 
 
 class QuarantinedItem(BaseModel):
@@ -97,3 +101,58 @@ class LatestReading(BaseModel):
         description="Up to the last 60 values, newest first: `{ts, value}`."
     )
     source: str = Field(description="`cache` (Redis) or `database` (fallback).")
+
+
+# Quarantine review -----------------------------------------------------------------------
+
+MAX_REVIEW_IDS = 500
+
+
+class QuarantineCorrection(BaseModel):
+    """Corrections applied to a quarantined item before it is checked again; omitted (or
+    null) fields keep the item's own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: float | None = Field(default=None, strict=True, allow_inf_nan=False)
+    unit: str | None = Field(default=None, min_length=1, max_length=16)
+    ts: datetime | None = Field(default=None, description="With a time zone.")
+
+
+class ApprovedReading(BaseModel):
+    sensor_id: uuid.UUID
+    ts: datetime
+    value: float
+    quality: int
+
+
+class ApprovalOut(QuarantinedReadingOut):
+    reading: ApprovedReading = Field(description="The reading as checked and stored.")
+    inserted: bool = Field(
+        description="false when a reading of this sensor at this ts was already stored: "
+        "that one is kept and this approval counts as a duplicate."
+    )
+
+
+class ReviewIds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[uuid.UUID] = Field(min_length=1, max_length=MAX_REVIEW_IDS)
+
+
+class ReviewOutcome(StrEnum):
+    approved = "approved"
+    rejected = "rejected"
+    still_invalid = "still_invalid"
+    already_reviewed = "already_reviewed"
+    not_found = "not_found"
+
+
+class ReviewResult(BaseModel):
+    id: uuid.UUID
+    status: ReviewOutcome
+    detail: str | None = None
+
+
+class ReviewResults(BaseModel):
+    results: list[ReviewResult] = Field(description="One per id, in the order sent.")

@@ -78,7 +78,7 @@ async def ingest_batch(
     attempt = 1
     while True:
         try:
-            answer, checked = await _ingest_once(session, settings, site_id, parsed, idem, started)
+            answer, new = await _ingest_once(session, settings, site_id, parsed, idem, started)
         except DBAPIError as exc:
             # Two batches touching the same sensors can still deadlock on rollup rows;
             # PostgreSQL picks a victim, which simply tries again.
@@ -86,8 +86,8 @@ async def ingest_batch(
                 raise
             attempt += 1
             continue
-        if checked is not None:
-            await cache.record(checked.accepted)
+        if new is not None:
+            await cache.record(new)
         return answer
 
 
@@ -98,7 +98,8 @@ async def _ingest_once(
     parsed: list[ReadingIn | Rejected],
     idem: IdempotentRequest | None,
     started: float,
-) -> tuple[StoredAnswer, Checked | None]:
+) -> tuple[StoredAnswer, list[ReadingIn] | None]:
+    """The answer, and the readings that were new (None for a replayed answer)."""
     ttl = settings.idempotency_ttl_s
     async with session.begin():
         if idem is not None and (stored := await idempotency.find(session, idem, ttl)):
@@ -116,9 +117,10 @@ async def _ingest_once(
         )
         session.add(job)
         await session.flush()
-        inserted = await write_checked(session, site_id, job.id, checked)
-        job.inserted = inserted
-        job.duplicates = len(checked.accepted) - inserted
+        new = await store.insert_new_readings(session, checked.accepted)
+        await store.insert_quarantine(session, site_id, job.id, checked.rejected)
+        job.inserted = len(new)
+        job.duplicates = len(checked.accepted) - len(new)
         job.quarantined = len(checked.rejected)
         job.finished_at = utcnow()
         job.processing_time_ms = round((time.perf_counter() - started) * 1000)
@@ -136,7 +138,7 @@ async def _ingest_once(
         answer = StoredAnswer(200, result.model_dump(mode="json"), {})
         if idem is not None and await idempotency.store(session, idem, answer, ttl) is None:
             raise Unavailable("a request with this Idempotency-Key is in flight; retry")
-    return answer, checked
+    return answer, new
 
 
 async def latest(

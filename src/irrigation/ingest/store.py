@@ -5,10 +5,14 @@ Core SQL on the asyncpg connection, not the ORM: arrays through `unnest` keep a 
 batch to one round trip (see docs/benchmarks.md for the measured alternatives)."""
 
 import json
+import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation.ingest.schemas import ReadingIn
@@ -37,7 +41,7 @@ WITH input AS (
     FROM (SELECT sensor_id, max(ts) AS latest FROM ins GROUP BY 1) AS m
     WHERE s.id = m.sensor_id
 )
-SELECT count(*) FROM ins
+SELECT sensor_id, ts FROM ins
 """
 
 INSERT_QUARANTINE = """
@@ -56,28 +60,71 @@ async def _driver(session: AsyncSession) -> Any:
     return raw.driver_connection
 
 
+@asynccontextmanager
+async def _as_dbapi_errors(statement: str) -> AsyncIterator[None]:
+    """The raw driver's errors as SQLAlchemy's DBAPIError, like any other query's: the
+    deadlock retry and the error handler (503 on a lock timeout) read their sqlstate, and
+    would otherwise never see them."""
+    try:
+        yield
+    except asyncpg.PostgresError as exc:
+        raise DBAPIError(statement, None, exc) from exc
+
+
 async def insert_readings(session: AsyncSession, readings: Sequence[ReadingIn]) -> int:
     """Inserts within the session's transaction; returns how many were new."""
+    return len(await insert_new_readings(session, readings))
+
+
+async def insert_new_readings(
+    session: AsyncSession, readings: Sequence[ReadingIn]
+) -> list[ReadingIn]:
+    """Inserts within the session's transaction; returns the readings that were new, i.e.
+    what the database now holds: a duplicate (of a stored row, or of an earlier item of
+    the batch) is left out even when its value differs, so the hot cache never shows it."""
     if not readings:
-        return 0
-    # Sorted, so concurrent batches take row locks (rollups, sensors) in one order.
+        return []
+    # Sorted, so concurrent batches take row locks (rollups, sensors) in one order. The
+    # sort is stable: of two items with one (sensor_id, ts), the first sent is inserted.
     ordered = sorted(readings, key=lambda r: (r.sensor_id, r.ts))
     driver = await _driver(session)
-    inserted: int = await driver.fetchval(
-        INSERT_READINGS,
-        [r.sensor_id for r in ordered],
-        [r.ts for r in ordered],
-        [r.value for r in ordered],
-        [r.quality for r in ordered],
-    )
+    async with _as_dbapi_errors(INSERT_READINGS):
+        rows = await driver.fetch(
+            INSERT_READINGS,
+            [r.sensor_id for r in ordered],
+            [r.ts for r in ordered],
+            [r.value for r in ordered],
+            [r.quality for r in ordered],
+        )
+    if len(rows) == len(ordered):
+        return ordered
+    new = {(row["sensor_id"], row["ts"]) for row in rows}
+    inserted = []
+    for reading in ordered:
+        key = (reading.sensor_id, reading.ts)
+        if key in new:
+            new.discard(key)
+            inserted.append(reading)
     return inserted
 
 
 def _raw_json(raw: Any) -> str:
-    try:
-        return json.dumps(raw, default=str, allow_nan=False)
-    except ValueError:
-        return json.dumps(str(raw))
+    return json.dumps(_storable(raw), default=str, allow_nan=False)
+
+
+def _storable(raw: Any) -> Any:
+    """The item as JSONB can hold it, still an object a reviewer can correct: NaN and
+    Infinity become the strings the client wrote (JSON has no such numbers), NUL characters
+    (refused by PostgreSQL) become U+FFFD."""
+    if isinstance(raw, float) and not math.isfinite(raw):
+        return "NaN" if math.isnan(raw) else ("Infinity" if raw > 0 else "-Infinity")
+    if isinstance(raw, str):
+        return raw.replace("\x00", "\ufffd")
+    if isinstance(raw, dict):
+        return {_storable(str(key)): _storable(value) for key, value in raw.items()}
+    if isinstance(raw, list):
+        return [_storable(value) for value in raw]
+    return raw
 
 
 async def insert_quarantine(
@@ -86,13 +133,14 @@ async def insert_quarantine(
     if not rejected:
         return
     driver = await _driver(session)
-    await driver.execute(
-        INSERT_QUARANTINE,
-        site_id,
-        job_id,
-        [r.index for r in rejected],
-        [_raw_json(r.raw) for r in rejected],
-        [r.sensor_id for r in rejected],
-        [r.reason.value for r in rejected],
-        [r.detail[:500] for r in rejected],
-    )
+    async with _as_dbapi_errors(INSERT_QUARANTINE):
+        await driver.execute(
+            INSERT_QUARANTINE,
+            site_id,
+            job_id,
+            [r.index for r in rejected],
+            [_raw_json(r.raw) for r in rejected],
+            [r.sensor_id for r in rejected],
+            [r.reason.value for r in rejected],
+            [_storable(r.detail[:500]) for r in rejected],
+        )

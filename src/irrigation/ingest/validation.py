@@ -85,8 +85,11 @@ def check_items(
     now: datetime,
     retention: timedelta,
     offset: int = 0,
+    *,
+    min_quality: int = MIN_QUALITY,
 ) -> Checked:
-    """`offset` numbers the items within a larger file (import chunks)."""
+    """`offset` numbers the items within a larger file (import chunks); `min_quality` is
+    lowered by a reviewer's approval, the human override of the quality flag."""
     accepted: list[ReadingIn] = []
     rejected: list[Rejected] = []
     oldest = now - retention
@@ -94,7 +97,7 @@ def check_items(
         if isinstance(item, Rejected):
             rejected.append(Rejected(index, item.raw, item.reason, item.detail))
             continue
-        reason, detail = _judge(item, sensors.get(item.sensor_id), now, oldest)
+        reason, detail = _judge(item, sensors.get(item.sensor_id), now, oldest, min_quality)
         if reason is None:
             accepted.append(item)
         else:
@@ -105,7 +108,7 @@ def check_items(
 
 
 def _judge(
-    item: ReadingIn, spec: SensorSpec | None, now: datetime, oldest: datetime
+    item: ReadingIn, spec: SensorSpec | None, now: datetime, oldest: datetime, min_quality: int
 ) -> tuple[QuarantineReason | None, str]:
     if spec is None:
         # Same answer whether the sensor is another site's or nobody's: no hint either way.
@@ -126,6 +129,6 @@ def _judge(
             QuarantineReason.out_of_range,
             f"value {item.value} is outside [{spec.low}, {spec.high}]",
         )
-    if item.quality < MIN_QUALITY:
-        return QuarantineReason.low_quality, f"quality {item.quality} is below {MIN_QUALITY}"
+    if item.quality < min_quality:
+        return QuarantineReason.low_quality, f"quality {item.quality} is below {min_quality}"
     return None, ""

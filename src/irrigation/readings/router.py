@@ -8,31 +8,29 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated
-from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from irrigation.auth.deps import ReadPrincipal
+from irrigation.common.deps import SettingsDep
 from irrigation.common.errors import Invalid
 from irrigation.common.openapi import problems
 from irrigation.common.pagination import MAX_LIMIT, Page
 from irrigation.db import SessionDep
 from irrigation.fleet.schemas import SensorKind
-from irrigation.readings import queries, service
-from irrigation.readings.schemas import (
-    Bucket,
-    ReadingOut,
-    SensorAggregates,
-    SensorSeries,
-    ZoneAggregates,
-)
+from irrigation.readings import service
+from irrigation.readings.schemas import Bucket, ReadingOut, SensorAggregates, ZoneAggregates
 
 router = APIRouter(prefix="/v1", tags=["readings"])
 
 Start = Annotated[
-    datetime | None, Query(description="Inclusive, with a time zone. Default: end - 1 day/30 days.")
+    datetime | None,
+    Query(
+        description="Inclusive, with a time zone. Default: `end` - 1 day (hour buckets) "
+        "or 30 days (day buckets, raw readings)."
+    ),
 ]
 End = Annotated[datetime | None, Query(description="Exclusive, with a time zone. Default: now.")]
 BucketQ = Annotated[Bucket, Query(description="`hour` or `day`, in the zone's time zone.")]
@@ -51,19 +49,22 @@ Fill = Annotated[
 async def sensor_aggregates(
     sensor_id: uuid.UUID,
     session: SessionDep,
+    settings: SettingsDep,
     who: ReadPrincipal,
     bucket: BucketQ = Bucket.hour,
     start: Start = None,
     end: End = None,
     fill: Fill = None,
 ) -> SensorAggregates:
-    start, end = service.window(bucket, start, end)
-    sensor, zone = await service.sensor_and_zone(session, who.site_id, sensor_id)
-    rows = await queries.aggregate(session, [sensor.id], bucket, zone.timezone, start, end)
-    tz = ZoneInfo(zone.timezone)
-    points = service.to_points(rows, bucket, tz, start, end, fill == "null")
-    return SensorAggregates(
-        sensor_id=sensor.id, bucket=bucket, timezone=zone.timezone, points=points
+    return await service.sensor_aggregates(
+        session,
+        who.site_id,
+        sensor_id,
+        bucket,
+        start,
+        end,
+        fill=fill == "null",
+        retention_days=settings.raw_retention_days,
     )
 
 
@@ -76,6 +77,7 @@ async def sensor_aggregates(
 async def zone_aggregates(
     zone_id: uuid.UUID,
     session: SessionDep,
+    settings: SettingsDep,
     who: ReadPrincipal,
     kind: Annotated[SensorKind, Query()] = SensorKind.soil_moisture,
     bucket: BucketQ = Bucket.hour,
@@ -84,35 +86,18 @@ async def zone_aggregates(
     fill: Fill = None,
     per_sensor: Annotated[bool, Query()] = False,
 ) -> ZoneAggregates:
-    start, end = service.window(bucket, start, end)
-    zone, ids = await service.zone_sensors(session, who.site_id, zone_id, kind.value)
-    tz = ZoneInfo(zone.timezone)
-    answer = ZoneAggregates(
-        zone_id=zone.id, kind=kind.value, bucket=bucket, timezone=zone.timezone, sensor_ids=ids
+    return await service.zone_aggregates(
+        session,
+        who.site_id,
+        zone_id,
+        kind.value,
+        bucket,
+        start,
+        end,
+        fill=fill == "null",
+        per_sensor=per_sensor,
+        retention_days=settings.raw_retention_days,
     )
-    if not ids:
-        empty = service.to_points([], bucket, tz, start, end, fill == "null")
-        if per_sensor:
-            answer.series = []
-        else:
-            answer.points = empty
-        return answer
-    rows = await queries.aggregate(
-        session, ids, bucket, zone.timezone, start, end, per_sensor=per_sensor
-    )
-    if not per_sensor:
-        answer.points = service.to_points(rows, bucket, tz, start, end, fill == "null")
-        return answer
-    answer.series = [
-        SensorSeries(
-            sensor_id=sid,
-            points=service.to_points(
-                [r for r in rows if r["sensor_id"] == sid], bucket, tz, start, end, fill == "null"
-            ),
-        )
-        for sid in ids
-    ]
-    return answer
 
 
 def _cursor(ts: datetime) -> str:
@@ -155,13 +140,12 @@ async def raw_readings(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     accept: Annotated[str | None, Header()] = None,
 ) -> Page[ReadingOut] | StreamingResponse:
-    start, end = (
-        service.window(Bucket.day, start, end)
-        if start or end
-        else service.window(Bucket.day, None, None)
-    )
+    start, end = service.window(start, end, service.RAW_DEFAULT_SPAN)
     sensor, _ = await service.sensor_and_zone(session, who.site_id, sensor_id)
     if accept and "text/csv" in accept:
+        # The export streams from a session of its own, for as long as it takes: end the
+        # request's read now, so its connection never idles in a transaction meanwhile.
+        await session.close()
         return StreamingResponse(
             _csv(request.app.state.sessionmaker, sensor.id, start, end),
             media_type="text/csv",

@@ -1,8 +1,9 @@
 """Aggregate and raw-series use cases, scoped to the caller's site."""
 
+import itertools
 import uuid
-from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -13,39 +14,67 @@ from irrigation.common.clock import utcnow
 from irrigation.common.errors import Invalid, NotFound
 from irrigation.fleet.models import Sensor, Zone
 from irrigation.ingest.models import SensorReading
-from irrigation.readings.schemas import MAX_BUCKETS, Bucket, Point
+from irrigation.readings import queries
+from irrigation.readings.schemas import (
+    MAX_BUCKETS,
+    Bucket,
+    Point,
+    SensorAggregates,
+    SensorSeries,
+    ZoneAggregates,
+)
 
 DEFAULT_SPAN = {Bucket.hour: timedelta(days=1), Bucket.day: timedelta(days=30)}
-STEP = {Bucket.hour: timedelta(hours=1), Bucket.day: timedelta(days=1)}
+RAW_DEFAULT_SPAN = timedelta(days=30)
+HOUR = timedelta(hours=1)
+TICK = timedelta(microseconds=1)
 
 
 def window(
-    bucket: Bucket, start: datetime | None, end: datetime | None
+    start: datetime | None, end: datetime | None, default_span: timedelta
 ) -> tuple[datetime, datetime]:
-    """[start, end): defaults to the last day (hour buckets) or 30 days (day buckets)."""
+    """[start, end) in UTC; `end` defaults to now and `start` to `end - default_span`."""
     for name, value in (("start", start), ("end", end)):
-        if value is not None and value.tzinfo is None:
+        if value is not None and value.utcoffset() is None:
             raise Invalid(
-                f"{name} needs a time zone (e.g. 2026-11-23T00:00:00Z)", field=f"query.{name}"
+                f"{name} needs a time zone (e.g. 2026-11-23T00:00:00Z)",
+                field=f"query.{name}",
             )
-    end = end or utcnow()
-    start = start or end - DEFAULT_SPAN[bucket]
+    end = (end or utcnow()).astimezone(UTC)
+    start = (start or end - default_span).astimezone(UTC)
     if start >= end:
         raise Invalid("start must be before end", field="query.start")
-    # A bucket is at least 23 h (a DST day), so this bounds the answer from above.
-    shortest = STEP[bucket] if bucket == Bucket.hour else timedelta(hours=23)
-    if (end - start) / shortest > MAX_BUCKETS:
+    return start, end
+
+
+def _local_hour(moment: datetime, tz: ZoneInfo) -> datetime:
+    """Start of the zone's hour holding `moment`, in UTC (a fold keeps its offset)."""
+    return moment.astimezone(tz).replace(minute=0, second=0, microsecond=0).astimezone(UTC)
+
+
+def bucket_count(bucket: Bucket, tz: ZoneInfo, start: datetime, end: datetime) -> int:
+    """How many buckets of the zone [start, end) touches, partial ones included."""
+    last = end - TICK
+    if bucket == Bucket.day:
+        return (last.astimezone(tz).date() - start.astimezone(tz).date()).days + 1
+    return (_local_hour(last, tz) - _local_hour(start, tz)) // HOUR + 1
+
+
+def check_bucket_count(bucket: Bucket, tz: ZoneInfo, start: datetime, end: datetime) -> None:
+    # Cheap bound first: the exact count below is arithmetic, but a silly range should not
+    # reach it (a bucket is at most 25 h).
+    longest = HOUR if bucket == Bucket.hour else timedelta(hours=25)
+    if (end - start) / longest > MAX_BUCKETS or bucket_count(bucket, tz, start, end) > MAX_BUCKETS:
         raise Invalid(
             f"more than {MAX_BUCKETS} {bucket.value} buckets requested; narrow the range",
             field="query.start",
             code="too_many_buckets",
         )
-    return start, end
 
 
 def bucket_starts(bucket: Bucket, tz: ZoneInfo, start: datetime, end: datetime) -> list[datetime]:
-    """Every bucket start in [start, end) in the zone (for `fill=null`): local days, or
-    whole local hours (stepping in absolute time, so DST days have 23 or 25)."""
+    """Every bucket start in [start, end) in the zone (for `fill=null`): local midnights, or
+    whole local hours stepped in absolute time (so a DST day has 23 or 25 of them)."""
     local = start.astimezone(tz)
     starts: list[datetime] = []
     if bucket == Bucket.day:
@@ -54,23 +83,28 @@ def bucket_starts(bucket: Bucket, tz: ZoneInfo, start: datetime, end: datetime) 
             starts.append(moment)
             day += timedelta(days=1)
         return starts
-    moment = local.replace(minute=0, second=0, microsecond=0)
+    moment = _local_hour(start, tz)
     while moment < end:
-        starts.append(moment)
-        moment = (moment.astimezone(ZoneInfo("UTC")) + timedelta(hours=1)).astimezone(tz)
+        starts.append(moment.astimezone(tz))
+        moment += HOUR
     return starts
 
 
 def to_points(
-    rows: list[dict[str, Any]],
+    rows: Iterable[dict[str, Any]],
     bucket: Bucket,
     tz: ZoneInfo,
     start: datetime,
     end: datetime,
     fill: bool,
 ) -> list[Point]:
+    """Rows as points in the zone's local time; with `fill`, every bucket, empty ones null.
+
+    Buckets are matched by UTC instant: an aware datetime in a DST fold (the repeated hour
+    of a fall-back day) compares unequal to, and hashes apart from, the same instant in
+    another zone."""
     points = {
-        row["start"]: Point(
+        row["start"].astimezone(UTC): Point(
             start=row["start"].astimezone(tz),
             avg=row["avg"],
             min=row["min"],
@@ -82,7 +116,8 @@ def to_points(
     if not fill:
         return list(points.values())
     return [
-        points.get(moment, Point(start=moment, avg=None, min=None, max=None, count=0))
+        points.get(moment.astimezone(UTC))
+        or Point(start=moment, avg=None, min=None, max=None, count=0)
         for moment in bucket_starts(bucket, tz, start, end)
     ]
 
@@ -113,11 +148,81 @@ async def zone_sensors(
     ids = (
         await session.execute(
             select(Sensor.id)
-            .where(Sensor.zone_id == zone_id, Sensor.kind == kind)
+            .where(Sensor.zone_id == zone_id, Sensor.site_id == site_id, Sensor.kind == kind)
             .order_by(Sensor.id)
         )
     ).scalars()
     return zone, list(ids)
+
+
+async def sensor_aggregates(
+    session: AsyncSession,
+    site_id: uuid.UUID,
+    sensor_id: uuid.UUID,
+    bucket: Bucket,
+    start: datetime | None,
+    end: datetime | None,
+    *,
+    fill: bool,
+    retention_days: int,
+) -> SensorAggregates:
+    start, end = window(start, end, DEFAULT_SPAN[bucket])
+    sensor, zone = await sensor_and_zone(session, site_id, sensor_id)
+    tz = ZoneInfo(zone.timezone)
+    check_bucket_count(bucket, tz, start, end)
+    raw_since = queries.raw_horizon(utcnow(), retention_days)
+    rows = await queries.aggregate(
+        session, [sensor.id], bucket, zone.timezone, start, end, raw_since
+    )
+    return SensorAggregates(
+        sensor_id=sensor.id,
+        bucket=bucket,
+        timezone=zone.timezone,
+        points=to_points(rows, bucket, tz, start, end, fill),
+    )
+
+
+async def zone_aggregates(
+    session: AsyncSession,
+    site_id: uuid.UUID,
+    zone_id: uuid.UUID,
+    kind: str,
+    bucket: Bucket,
+    start: datetime | None,
+    end: datetime | None,
+    *,
+    fill: bool,
+    per_sensor: bool,
+    retention_days: int,
+) -> ZoneAggregates:
+    """The zone's sensors of one kind: one series over all their readings together (a true
+    average, each reading weighing the same), or one series per sensor."""
+    start, end = window(start, end, DEFAULT_SPAN[bucket])
+    zone, ids = await zone_sensors(session, site_id, zone_id, kind)
+    tz = ZoneInfo(zone.timezone)
+    check_bucket_count(bucket, tz, start, end)
+    answer = ZoneAggregates(
+        zone_id=zone.id, kind=kind, bucket=bucket, timezone=zone.timezone, sensor_ids=ids
+    )
+    rows: list[dict[str, Any]] = []
+    if ids:
+        raw_since = queries.raw_horizon(utcnow(), retention_days)
+        rows = await queries.aggregate(
+            session, ids, bucket, zone.timezone, start, end, raw_since, per_sensor=per_sensor
+        )
+    if not per_sensor:
+        answer.points = to_points(rows, bucket, tz, start, end, fill)
+        return answer
+    by_sensor = {
+        sid: list(group) for sid, group in itertools.groupby(rows, key=lambda r: r["sensor_id"])
+    }
+    answer.series = [
+        SensorSeries(
+            sensor_id=sid, points=to_points(by_sensor.get(sid, []), bucket, tz, start, end, fill)
+        )
+        for sid in ids
+    ]
+    return answer
 
 
 async def raw_page(
@@ -128,10 +233,13 @@ async def raw_page(
     after: datetime | None,
     limit: int,
 ) -> list[SensorReading]:
+    """Up to `limit + 1` readings after the cursor, oldest first (one more than a page, to
+    know whether there is a next one). (sensor_id, ts) is the key: `ts > after` neither
+    skips nor repeats a reading."""
     stmt = (
         select(SensorReading)
-        .where(SensorReading.sensor_id == sensor_id, SensorReading.ts >= start)
-        .where(SensorReading.ts < end)
+        .where(SensorReading.sensor_id == sensor_id)
+        .where(SensorReading.ts >= start, SensorReading.ts < end)
         .order_by(SensorReading.ts)
         .limit(limit + 1)
     )

@@ -1,0 +1,1361 @@
+"""Batch ingestion benchmark: POST /v1/readings end to end, against a raw COPY baseline.
+
+    .venv/bin/python bench/ingest.py            # full run (1,000,000 readings per variant)
+    .venv/bin/python bench/ingest.py --quick    # smoke run (< 30 s)
+
+Sets up everything itself: a fresh database `irrigation_bench_ingest` (dropped first if it
+exists, dropped again at the end), migrations, a site with an admin key, and the API
+(`irrigation serve --workers N`, once per `--api-workers` value) as a child process. Over
+the API it creates 100 soil-moisture sensors (unit %) in 4 zones. Then:
+
+(a) end to end: C client processes (one keep-alive connection each, one request in flight
+    each) post pre-serialized 10,000-reading batches (built before the clock starts) until
+    `--total` readings are in: readings/s, latencies, and the API's peak RSS (psutil, the
+    server process and its children, every 100 ms). Right before each HTTP run, on the
+    same emptied tables: the baseline, bare asyncpg `copy_records_to_table` of the same
+    rows, in the same 10,000-row batches over C connections, into an identical bare table
+    (same columns and primary key; no rollup, no foreign key). Ratio = HTTP / baseline.
+(b) breakdown: K batches one after another, in this process, through the service's own
+    functions with a timer around each step (parse, sensor lookup, item checks, job row,
+    INSERT arguments, the INSERT statement on the asyncpg connection, quarantine, answer,
+    commit, Redis cache), against the same K batches posted one at a time over HTTP; the
+    difference is HTTP/uvicorn overhead. `service.ingest_batch` uninstrumented is timed too,
+    as a check that the steps add up.
+(c) alternatives (DB only, asyncpg, C connections, same batches, one transaction each):
+    the unnest statement of `store.INSERT_READINGS` vs COPY into a temporary table then
+    `INSERT ... SELECT ... ON CONFLICT DO NOTHING` with the same rollup CTEs; each with and
+    without the foreign key sensor_readings.sensor_id, with and without
+    `synchronous_commit=off`; plus the statement without its CTEs, to price them.
+
+Readings: sensor s, slot j at `now - 3 days + 25 s * j` (so all in the past), value and
+quality in range; every (sensor_id, ts) once. Layout `mixed`: every batch covers all 100
+sensors (100 consecutive slots each); `partitioned`: client c owns sensors c, c+C, ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import gc
+import json
+import multiprocessing
+import os
+import platform
+import queue
+import re
+import statistics
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from multiprocessing.context import SpawnProcess
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import psutil  # type: ignore[import-untyped]
+from common import (
+    CpuMeter,
+    Proc,
+    Stack,
+    finish_py_spy,
+    free_port,
+    profile_summary,
+    py_spy,
+    wait_http,
+)
+
+DATABASE = "irrigation_bench_ingest"
+BATCH = 10_000
+SENSORS = 100
+ZONES = 4
+STEP_S = 25
+BARE_TABLE = "bench_bare_readings"
+TEMP_TABLE = "bench_ingest_tmp"
+COLUMNS = ("sensor_id", "ts", "value", "quality")
+
+Row = tuple[uuid.UUID, datetime, float, int]
+Slot = tuple[int, int]
+"""(sensor index, time slot j)"""
+
+
+# The data set ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Everything a process needs to rebuild the same batches."""
+
+    sensor_ids: tuple[str, ...]
+    base_ts: float
+    total: int
+    clients: int
+    layout: str
+
+    @property
+    def batches(self) -> int:
+        return self.total // BATCH
+
+
+def _chunks(group: Sequence[int], count: int) -> list[list[Slot]]:
+    """`count` batches over the sensors of `group`, slot-major: batch k holds the next
+    consecutive slots of every sensor of the group."""
+    out: list[list[Slot]] = []
+    current: list[Slot] = []
+    j = 0
+    while len(out) < count:
+        for s in group:
+            current.append((s, j))
+            if len(current) == BATCH:
+                out.append(current)
+                current = []
+                if len(out) == count:
+                    break
+        j += 1
+    return out
+
+
+def client_batches(spec: DataSpec, client: int) -> list[list[Slot]]:
+    """The batches client `client` sends: the global batches b with b % C == client."""
+    mine = len(range(client, spec.batches, spec.clients))
+    if spec.layout == "mixed":
+        return _chunks(range(len(spec.sensor_ids)), spec.batches)[client :: spec.clients]
+    group = range(client, len(spec.sensor_ids), spec.clients)
+    return _chunks(group, mine)
+
+
+def _value(s: int, j: int) -> float:
+    return (500 + (s * 7919 + j * 104729) % 9000) / 100  # 5.00 .. 94.99 %
+
+
+def _quality(s: int, j: int) -> int:
+    return 80 + (s + j) % 21
+
+
+class Rows:
+    """Slots to JSON bodies (as a device sends them) or to COPY rows."""
+
+    def __init__(self, spec: DataSpec) -> None:
+        self.spec = spec
+        self.uuids = [uuid.UUID(s) for s in spec.sensor_ids]
+        self._ts: dict[int, datetime] = {}
+
+    def ts(self, j: int) -> datetime:
+        found = self._ts.get(j)
+        if found is None:
+            found = self._ts[j] = datetime.fromtimestamp(self.spec.base_ts + STEP_S * j, UTC)
+        return found
+
+    def body(self, slots: Sequence[Slot]) -> bytes:
+        ids = self.spec.sensor_ids
+        items = [
+            f'{{"sensor_id":"{ids[s]}","ts":"{self.ts(j).isoformat()}",'
+            f'"value":{_value(s, j)!r},"unit":"%","quality":{_quality(s, j)}}}'
+            for s, j in slots
+        ]
+        return ('{"readings":[' + ",".join(items) + "]}").encode()
+
+    def rows(self, slots: Sequence[Slot]) -> list[Row]:
+        """Sorted by (sensor_id, ts), as store.insert_readings sorts them."""
+        out = [(self.uuids[s], self.ts(j), _value(s, j), _quality(s, j)) for s, j in slots]
+        out.sort(key=lambda r: (r[0], r[1]))
+        return out
+
+
+# Client processes -----------------------------------------------------------------------
+
+
+@dataclass
+class ClientResult:
+    client: int
+    statuses: list[int]
+    latencies: list[float]
+    inserted: int
+    started: float
+    finished: float
+    cpu_s: float
+    errors: list[str]
+
+
+@dataclass(frozen=True)
+class Command:
+    url: str
+    key: str
+    start_at: float
+    only: tuple[int, ...] | None = None
+    """Indexes of this client's batches to send (None: all)."""
+
+
+def _client_main(spec: DataSpec, index: int, commands: Any, results: Any) -> None:
+    """One client process: builds its bodies once, then runs each command it is given."""
+    rows = Rows(spec)
+    bodies = [rows.body(slots) for slots in client_batches(spec, index)]
+    json.loads(bodies[0])  # valid JSON, or fail now rather than as 422s
+    results.put(("ready", index, len(bodies), sum(map(len, bodies))))
+    while (command := commands.get()) is not None:
+        results.put(("done", index, _client_run(bodies, index, command)))
+
+
+def _client_run(bodies: list[bytes], index: int, command: Command) -> ClientResult:
+    headers = {"authorization": f"Bearer {command.key}", "content-type": "application/json"}
+    statuses: list[int] = []
+    latencies: list[float] = []
+    errors: list[str] = []
+    inserted = 0
+    chosen = bodies if command.only is None else [bodies[i] for i in command.only]
+    with httpx.Client(base_url=command.url, headers=headers, timeout=300) as client:
+        client.get("/healthz")  # the connection is open before the clock starts
+        time.sleep(max(0.0, command.start_at - time.time()))
+        started, cpu0 = time.time(), time.process_time()
+        for body in chosen:
+            sent = time.perf_counter()
+            try:
+                response = client.post("/v1/readings", content=body)
+            except httpx.HTTPError as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            latencies.append(time.perf_counter() - sent)
+            statuses.append(response.status_code)
+            if response.status_code == 200:
+                inserted += int(response.json()["inserted"])
+            elif len(errors) < 5:
+                errors.append(f"{response.status_code}: {response.text[:300]}")
+        finished, cpu = time.time(), time.process_time() - cpu0
+    return ClientResult(index, statuses, latencies, inserted, started, finished, cpu, errors)
+
+
+class ClientPool:
+    """C spawned client processes, each holding its pre-serialized batches."""
+
+    def __init__(self, spec: DataSpec) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.spec = spec
+        self.results: Any = ctx.Queue()
+        self.commands: list[Any] = [ctx.Queue() for _ in range(spec.clients)]
+        self.procs: list[SpawnProcess] = [
+            ctx.Process(target=_client_main, args=(spec, i, self.commands[i], self.results))
+            for i in range(spec.clients)
+        ]
+        for p in self.procs:
+            p.start()
+        self.body_bytes = 0
+
+    def _get(self, timeout_s: float) -> Any:
+        try:
+            return self.results.get(timeout=timeout_s)
+        except queue.Empty:
+            dead = [p.pid for p in self.procs if not p.is_alive()]
+            msg = f"client processes silent for {timeout_s} s (dead: {dead})"
+            raise RuntimeError(msg) from None
+
+    async def ready(self) -> None:
+        for _ in self.procs:
+            kind, _, _, size = await asyncio.to_thread(self._get, 600)
+            assert kind == "ready"
+            self.body_bytes += size
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p.pid is not None]
+
+    async def run(
+        self, url: str, key: str, clients: Sequence[int] | None = None, only: Sequence[int] = ()
+    ) -> tuple[float, list[ClientResult]]:
+        """Start the clients together; (wall-clock start, their results)."""
+        chosen = list(range(self.spec.clients)) if clients is None else list(clients)
+        start_at = time.time() + 0.5
+        for i in chosen:
+            self.commands[i].put(Command(url, key, start_at, tuple(only) if only else None))
+        out = []
+        for _ in chosen:
+            kind, _, result = await asyncio.to_thread(self._get, 1800)
+            assert kind == "done"
+            out.append(result)
+        return start_at, out
+
+    def close(self) -> None:
+        for q in self.commands:
+            with contextlib.suppress(Exception):
+                q.put(None)
+        for p in self.procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+
+
+# Server memory --------------------------------------------------------------------------
+
+
+class RssSampler:
+    """Peak RSS of a process and its descendants, sampled every `interval_s` in a thread."""
+
+    def __init__(self, pid: int, interval_s: float = 0.1) -> None:
+        self.root = psutil.Process(pid)
+        self.interval_s = interval_s
+        self.peak_total = 0
+        self.peak_single = 0
+        self.first_total = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> tuple[int, int]:
+        total = single = 0
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for p in [self.root, *self.root.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                    rss = p.memory_info().rss
+                    total += rss
+                    single = max(single, rss)
+        return total, single
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            total, single = self._sample()
+            if not self.samples:
+                self.first_total = total
+            self.samples += 1
+            self.peak_total = max(self.peak_total, total)
+            self.peak_single = max(self.peak_single, single)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def mb(n: float) -> str:
+    return f"{n / 2**20:,.0f} MB"
+
+
+# Database helpers -----------------------------------------------------------------------
+
+
+async def reset(conn: asyncpg.Connection) -> None:
+    """Empty readings, rollups, jobs and the bare table; a checkpoint, so that no phase
+    pays for the previous one's dirty pages."""
+    await conn.execute(
+        "TRUNCATE sensor_readings, reading_rollups_hourly, quarantined_readings, "
+        f"ingestion_jobs, {BARE_TABLE}"
+    )
+    await conn.execute("UPDATE sensors SET last_seen_at = NULL")
+    await conn.execute("VACUUM ANALYZE sensors")
+    await conn.execute("CHECKPOINT")
+
+
+async def fk_name(conn: asyncpg.Connection) -> str | None:
+    name: str | None = await conn.fetchval(
+        """SELECT conname FROM pg_constraint
+           WHERE conrelid = 'sensor_readings'::regclass AND contype = 'f'"""
+    )
+    return name
+
+
+async def set_fk(conn: asyncpg.Connection, on: bool) -> None:
+    name = await fk_name(conn)
+    if on and name is None:
+        await conn.execute(
+            "ALTER TABLE sensor_readings ADD CONSTRAINT fk_sensor_readings_sensor_id_sensors "
+            "FOREIGN KEY (sensor_id) REFERENCES sensors (id) ON DELETE RESTRICT"
+        )
+    elif not on and name is not None:
+        await conn.execute(f'ALTER TABLE sensor_readings DROP CONSTRAINT "{name}"')
+
+
+async def close_all(conns: Sequence[asyncpg.Connection]) -> None:
+    """Close and wait until the backends are gone: a backend that exits inside the next
+    phase would take its CPU seconds out of that phase's PostgreSQL figure."""
+    pids = [c.get_server_pid() for c in conns]
+    for c in conns:
+        await c.close()
+    for _ in range(500):  # at most 10 s
+        if not any(psutil.pid_exists(p) for p in pids):
+            break
+        await asyncio.sleep(0.02)
+
+
+def _sql_variants() -> dict[str, str]:
+    """The app's statement, and bench-only variants derived from it."""
+    from irrigation.ingest import store
+
+    full = store.INSERT_READINGS
+    unnest = re.compile(
+        r"SELECT \* FROM unnest\(.*?\)\s+AS t\(sensor_id, ts, value, quality\)", re.S
+    )
+    input_cte = unnest.search(full)
+    if input_cte is None or "), seen AS (" not in full:
+        raise RuntimeError("store.INSERT_READINGS changed shape: update bench/ingest.py")
+    return {
+        "unnest": full,
+        "temp": unnest.sub(f"SELECT sensor_id, ts, value, quality FROM {TEMP_TABLE}", full),
+        "unnest_insert_only": f"""
+            WITH input AS ({input_cte.group(0)})
+            INSERT INTO sensor_readings (sensor_id, ts, value, quality)
+            SELECT sensor_id, ts, value, quality FROM input
+            ON CONFLICT (sensor_id, ts) DO NOTHING""",
+        # The full statement minus the sensors.last_seen_at CTE.
+        "unnest_no_seen": full.split("), seen AS (")[0] + ")\nSELECT count(*) FROM ins",
+    }
+
+
+# Phase (a): end to end ------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    label: str
+    readings: int
+    wall_s: float
+    cpu: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.readings / self.wall_s
+
+
+@dataclass
+class HttpRun(Run):
+    latencies: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    rss_peak_total: int = 0
+    rss_peak_single: int = 0
+    rss_idle: int = 0
+    client_cpu_s: float = 0.0
+    job_ms: list[int] = field(default_factory=list)
+
+
+async def copy_baseline(
+    url: str, batches: list[list[list[Row]]], label: str, api_pid: int | None
+) -> Run:
+    """Each connection COPYs its batches, one COPY (autocommit) per batch."""
+    conns = [await asyncpg.connect(url) for _ in batches]
+    meter = CpuMeter({"api": [api_pid]} if api_pid else {}, DATABASE)
+    try:
+
+        async def lane(conn: asyncpg.Connection, mine: list[list[Row]]) -> None:
+            for rows in mine:
+                await conn.copy_records_to_table(BARE_TABLE, records=rows, columns=COLUMNS)
+
+        cpu0 = time.process_time()
+        meter.start()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(lane(c, m) for c, m in zip(conns, batches, strict=True)))
+        wall = time.perf_counter() - t0
+        cpu = meter.stop(client_cpu_s=time.process_time() - cpu0)
+        count: int = await conns[0].fetchval(f"SELECT count(*) FROM {BARE_TABLE}")
+    finally:
+        await close_all(conns)
+    total = sum(len(r) for m in batches for r in m)
+    if count != total:
+        raise RuntimeError(f"baseline copied {count} rows, expected {total}")
+    return Run(label, total, wall, cpu)
+
+
+async def http_run(
+    clients: ClientPool, url: str, key: str, api_pid: int, label: str, admin: asyncpg.Connection
+) -> HttpRun:
+    children = psutil.Process(api_pid).children(recursive=True)
+    roles = {"api": [api_pid]} if not children else {f"api:{c.pid}": [c.pid] for c in children}
+    meter = CpuMeter(roles, DATABASE)
+    with RssSampler(api_pid) as rss:
+        await asyncio.sleep(0.3)
+        idle = rss.peak_total
+        meter.start()
+        start_at, results = await clients.run(url, key)
+        cpu = meter.stop(client_cpu_s=sum(r.cpu_s for r in results))
+    wall = max(r.finished for r in results) - start_at
+    statuses: dict[int, int] = {}
+    for r in results:
+        for s in r.statuses:
+            statuses[s] = statuses.get(s, 0) + 1
+    errors = [e for r in results for e in r.errors]
+    inserted = sum(r.inserted for r in results)
+    if errors or inserted != clients.spec.total:
+        raise RuntimeError(f"{label}: inserted {inserted} of {clients.spec.total}; {errors[:5]}")
+    rows = await admin.fetch("SELECT processing_time_ms FROM ingestion_jobs")
+    return HttpRun(
+        label,
+        inserted,
+        wall,
+        cpu,
+        latencies=[x for r in results for x in r.latencies],
+        statuses=statuses,
+        rss_peak_total=rss.peak_total,
+        rss_peak_single=rss.peak_single,
+        rss_idle=idle,
+        client_cpu_s=sum(r.cpu_s for r in results),
+        job_ms=[r["processing_time_ms"] for r in rows],
+    )
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+# Phase (b): where the time goes ---------------------------------------------------------
+
+STEPS = (
+    ("auth", "API key lookup (auth dependency, own session)"),
+    ("parse", "Pydantic parse: validation.parse_batch(bytes)"),
+    ("lookup", "sensor lookup: service.sensor_specs (incl. BEGIN, pool checkout)"),
+    ("checks", "item checks: validation.check_items"),
+    ("job", "ingestion_jobs INSERT (flush)"),
+    ("args", "INSERT arguments: sort + 4 lists (store.insert_readings, Python part)"),
+    ("insert", "INSERT statement alone (store.INSERT_READINGS via asyncpg)"),
+    ("quarantine", "quarantine insert (0 items here)"),
+    ("answer", "answer: IngestResult(...).model_dump"),
+    ("commit", "commit (job UPDATE flush + COMMIT)"),
+    ("cache", "Redis: HotCache.record"),
+)
+
+
+class InProcess:
+    """The app's own objects, in this process, on the bench database and Redis namespace."""
+
+    def __init__(self, job: BreakdownJob) -> None:
+        from irrigation.app import create_app
+        from irrigation.settings import Settings
+
+        self.settings = Settings(
+            database_url=job.database_url,
+            redis_url=job.redis_url,
+            redis_namespace=job.namespace,
+            log_level="WARNING",
+        )
+        # The whole app, as in the server: its objects are on the heap the GC walks.
+        self.app = create_app(self.settings)
+        self.engine = self.app.state.engine
+        self.sessionmaker = self.app.state.sessionmaker
+        self.redis = self.app.state.redis
+        self.cache = self.app.state.hot_cache
+        self.key = job.key
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        await self.engine.dispose()
+
+    async def site_id(self) -> uuid.UUID:
+        from irrigation.auth import service as auth_service
+
+        async with self.sessionmaker() as session:
+            found = await auth_service.authenticate(session, self.key)
+        assert found is not None
+        site: uuid.UUID = found.site_id
+        return site
+
+    async def instrumented(self, body: bytes, site_id: uuid.UUID) -> dict[str, float]:
+        """service.ingest_batch / _ingest_once step by step, a timer around each step."""
+        from irrigation.auth import service as auth_service
+        from irrigation.common.clock import utcnow
+        from irrigation.ingest import service, store
+        from irrigation.ingest.models import IngestionJob, JobSource, JobStatus
+        from irrigation.ingest.schemas import IngestResult, QuarantinedItem, ReadingIn
+        from irrigation.ingest.validation import check_items, parse_batch
+
+        t: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            t[name] = now - clock
+            clock = now
+
+        async with self.sessionmaker() as auth_session:
+            await auth_service.authenticate(auth_session, self.key)
+        lap("auth")
+        parsed = parse_batch(body)
+        lap("parse")
+        async with self.sessionmaker() as session:
+            async with session.begin():
+                ids = {item.sensor_id for item in parsed if isinstance(item, ReadingIn)}
+                specs = await service.sensor_specs(session, site_id, ids)
+                lap("lookup")
+                retention = timedelta(days=self.settings.raw_retention_days)
+                checked = check_items(parsed, specs, utcnow(), retention)
+                lap("checks")
+                job = IngestionJob(
+                    id=uuid.uuid4(),
+                    site_id=site_id,
+                    source=JobSource.api,
+                    status=JobStatus.completed,
+                    total=len(parsed),
+                    processed=len(parsed),
+                    started_at=utcnow(),
+                )
+                session.add(job)
+                await session.flush()
+                lap("job")
+                ordered = sorted(checked.accepted, key=lambda r: (r.sensor_id, r.ts))
+                args = (
+                    [r.sensor_id for r in ordered],
+                    [r.ts for r in ordered],
+                    [r.value for r in ordered],
+                    [r.quality for r in ordered],
+                )
+                driver = await store._driver(session)
+                lap("args")
+                inserted: int = await driver.fetchval(store.INSERT_READINGS, *args)
+                lap("insert")
+                await store.insert_quarantine(session, site_id, job.id, checked.rejected)
+                lap("quarantine")
+                job.inserted = inserted
+                job.duplicates = len(checked.accepted) - inserted
+                job.quarantined = len(checked.rejected)
+                job.finished_at = utcnow()
+                job.processing_time_ms = 0
+                IngestResult(
+                    job_id=job.id,
+                    total=job.total,
+                    inserted=job.inserted,
+                    duplicates=job.duplicates,
+                    quarantined=job.quarantined,
+                    quarantine=[
+                        QuarantinedItem(index=r.index, reason=r.reason, detail=r.detail)
+                        for r in checked.rejected
+                    ],
+                ).model_dump(mode="json")
+                lap("answer")
+            lap("commit")
+        await self.cache.record(checked.accepted)
+        lap("cache")
+        if inserted != len(parsed):
+            raise RuntimeError(f"breakdown: inserted {inserted} of {len(parsed)}")
+        return t
+
+    async def whole(self, body: bytes, site_id: uuid.UUID) -> float:
+        """The real service.ingest_batch (plus parse and auth), uninstrumented."""
+        from irrigation.auth import service as auth_service
+        from irrigation.ingest import service
+        from irrigation.ingest.validation import parse_batch
+
+        t0 = time.perf_counter()
+        async with self.sessionmaker() as auth_session:
+            await auth_service.authenticate(auth_session, self.key)
+        parsed = parse_batch(body)
+        async with self.sessionmaker() as session:
+            await service.ingest_batch(
+                session, self.settings, self.cache, site_id, parsed, idem=None
+            )
+        return time.perf_counter() - t0
+
+
+@dataclass
+class Breakdown:
+    batches: int
+    steps: dict[str, list[float]]
+    whole: list[float]
+    http: list[float]
+    http_job_ms: list[int]
+
+    def mean(self, name: str) -> float:
+        return statistics.mean(self.steps[name])
+
+    @property
+    def steps_total(self) -> float:
+        """Means add up (medians do not): the cyclic GC's full collections land on a few
+        batches only, and their cost belongs in the per-batch figure."""
+        return sum(self.mean(name) for name, _ in STEPS)
+
+    @property
+    def overhead(self) -> float:
+        return statistics.mean(self.http) - self.steps_total
+
+
+@dataclass(frozen=True)
+class BreakdownJob:
+    spec: DataSpec
+    count: int
+    repeat: int
+    database_url: str
+    redis_url: str
+    namespace: str
+    key: str
+
+
+@dataclass
+class ChildResult:
+    steps: dict[str, list[float]]
+    whole: list[float]
+    proposals: list[Proposal]
+
+
+def _breakdown_child(job: BreakdownJob) -> ChildResult:
+    """Runs in a fresh process: the bench's own data (a million COPY rows) must not sit on
+    the heap that the cyclic GC walks while the steps are timed."""
+    return asyncio.run(_breakdown_async(job))
+
+
+async def _breakdown_async(job: BreakdownJob) -> ChildResult:
+    rows = Rows(job.spec)
+    bodies = [rows.body(slots) for slots in client_batches(job.spec, 0)[: job.count]]
+    admin = await asyncpg.connect(job.database_url)
+    app = InProcess(job)
+    try:
+        site_id = await app.site_id()
+        await reset(admin)
+        await app.instrumented(bodies[0], site_id)  # warm-up: imports, pool, statement cache
+        await app.whole(bodies[0], site_id)
+        await reset(admin)
+        steps: dict[str, list[float]] = {name: [] for name, _ in STEPS}
+        for body in bodies:
+            for name, seconds in (await app.instrumented(body, site_id)).items():
+                steps[name].append(seconds)
+        await reset(admin)
+        whole = [await app.whole(body, site_id) for body in bodies]
+    finally:
+        await app.close()
+        await admin.close()
+    return ChildResult(steps, whole, proposals(bodies, job.repeat))
+
+
+async def breakdown(
+    stack: Stack,
+    key: str,
+    clients: ClientPool,
+    url: str,
+    admin: asyncpg.Connection,
+    count: int,
+    repeat: int,
+) -> tuple[Breakdown, list[Proposal]]:
+    """The same `count` batches (client 0's first ones), on emptied tables each time:
+    instrumented and uninstrumented in a fresh process, then over HTTP one at a time."""
+    count = min(count, len(range(0, clients.spec.batches, clients.spec.clients)))
+    job = BreakdownJob(
+        clients.spec, count, repeat, stack.database_url, stack.redis_url, stack.namespace, key
+    )
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        child = await asyncio.get_running_loop().run_in_executor(pool, _breakdown_child, job)
+    await reset(admin)
+    _, results = await clients.run(url, key, clients=[0], only=range(count))
+    if results[0].errors:
+        raise RuntimeError(f"breakdown over HTTP: {results[0].errors}")
+    job_ms = [r["processing_time_ms"] for r in await admin.fetch("SELECT * FROM ingestion_jobs")]
+    return Breakdown(count, child.steps, child.whole, results[0].latencies, job_ms), child.proposals
+
+
+# Phase (c): the alternatives ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Alternative:
+    label: str
+    kind: str
+    """Key of _sql_variants(), or "copy" (the bare-table COPY baseline)."""
+    fk: bool = True
+    sync_off: bool = False
+
+
+ALTERNATIVES = (
+    Alternative("raw COPY, bare table (baseline)", "copy"),
+    Alternative("unnest: INSERT only (no rollup, no last_seen)", "unnest_insert_only"),
+    Alternative("unnest: INSERT + rollup (no last_seen)", "unnest_no_seen"),
+    Alternative("unnest: full statement (current)", "unnest"),
+    Alternative("unnest: full, ORDER BY in SQL, unsorted input", "unnest_sql_sort"),
+    Alternative("unnest: full, no FK", "unnest", fk=False),
+    Alternative("temp COPY + INSERT SELECT: full", "temp"),
+    Alternative("temp COPY + INSERT SELECT: full, no FK", "temp", fk=False),
+    Alternative("unnest: full, synchronous_commit=off", "unnest", sync_off=True),
+    Alternative("temp COPY: full, synchronous_commit=off", "temp", sync_off=True),
+    Alternative("unnest: full, no FK, synchronous_commit=off", "unnest", False, True),
+    Alternative("temp COPY: full, no FK, synchronous_commit=off", "temp", False, True),
+)
+QUICK_ALTERNATIVES = ("copy", "unnest")
+
+
+async def alternative(
+    url: str, alt: Alternative, batches: list[list[list[Row]]], admin: asyncpg.Connection
+) -> Run:
+    sql = _sql_variants()
+    await reset(admin)
+    await set_fk(admin, alt.fk)
+    settings = {"synchronous_commit": "off"} if alt.sync_off else {}
+    conns = [await asyncpg.connect(url, server_settings=settings) for _ in batches]
+    try:
+        for conn in conns:
+            await conn.execute(
+                f"CREATE TEMP TABLE {TEMP_TABLE} (sensor_id uuid, ts timestamptz, "
+                "value float8, quality int2) ON COMMIT DELETE ROWS"
+            )
+        # Arguments as store.insert_readings passes them, built before the clock; for
+        # unnest_sql_sort in arrival order (time-major), as a client sends them.
+        unnest_args: list[list[tuple[list[Any], ...]]] = [
+            [
+                tuple(
+                    list(col)
+                    for col in zip(
+                        *(
+                            sorted(rows, key=lambda r: (r[1], r[0]))
+                            if alt.kind == "unnest_sql_sort"
+                            else rows
+                        ),
+                        strict=True,
+                    )
+                )
+                for rows in mine
+            ]
+            if alt.kind.startswith("unnest")
+            else []
+            for mine in batches
+        ]
+
+        async def lane(i: int) -> None:
+            conn = conns[i]
+            for k, rows in enumerate(batches[i]):
+                if alt.kind == "copy":
+                    await conn.copy_records_to_table(BARE_TABLE, records=rows, columns=COLUMNS)
+                    continue
+                async with conn.transaction():
+                    if alt.kind == "temp":
+                        await conn.copy_records_to_table(TEMP_TABLE, records=rows, columns=COLUMNS)
+                        await conn.fetchval(sql["temp"])
+                    else:
+                        await conn.execute(sql[alt.kind], *unnest_args[i][k])
+
+        meter = CpuMeter({}, DATABASE)
+        cpu0 = time.process_time()
+        meter.start()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(lane(i) for i in range(len(conns))))
+        wall = time.perf_counter() - t0
+        cpu = meter.stop(client_cpu_s=time.process_time() - cpu0)
+    finally:
+        await close_all(conns)
+    table = BARE_TABLE if alt.kind == "copy" else "sensor_readings"
+    count: int = await admin.fetchval(f"SELECT count(*) FROM {table}")
+    total = sum(len(r) for m in batches for r in m)
+    if count != total:
+        raise RuntimeError(f"{alt.label}: {count} rows, expected {total}")
+    if alt.kind not in ("copy", "unnest_insert_only"):
+        rolled: int = await admin.fetchval("SELECT sum(count) FROM reading_rollups_hourly")
+        if rolled != total:
+            raise RuntimeError(f"{alt.label}: rollups count {rolled}, expected {total}")
+    await set_fk(admin, True)
+    return Run(alt.label, total, wall, cpu)
+
+
+@dataclass
+class AltResult:
+    alt: Alternative
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(r.rate for r in self.runs)
+
+    @property
+    def spread(self) -> str:
+        rates = [r.rate for r in self.runs]
+        return f"{min(rates):,.0f} - {max(rates):,.0f}"
+
+
+async def alternatives_rounds(
+    url: str,
+    chosen: Sequence[Alternative],
+    batches: list[list[list[Row]]],
+    admin: asyncpg.Connection,
+    rounds: int,
+) -> list[AltResult]:
+    """Every variant once per round, rounds one after another: drift on a shared machine
+    hits all variants alike; the median of the rounds is reported."""
+    results = [AltResult(a) for a in chosen]
+    for round_no in range(rounds):
+        for res in results:
+            run = await alternative(url, res.alt, batches, admin)
+            res.runs.append(run)
+            print(f"    round {round_no + 1}: {run.label}: {run.rate:,.0f} readings/s")
+    return results
+
+
+# Phase (d): proposed changes, priced in this process ------------------------------------
+
+
+def _proposal_adapter() -> Any:
+    """ReadingIn's fields and constraints as a slots dataclass: attribute access stays."""
+    from dataclasses import dataclass as std_dataclass
+    from typing import Annotated
+
+    from pydantic import ConfigDict, Field, TypeAdapter, with_config
+
+    from irrigation.ingest.schemas import MAX_BATCH
+
+    @with_config(ConfigDict(extra="forbid"))
+    @std_dataclass(slots=True)
+    class SlotReading:
+        sensor_id: uuid.UUID
+        ts: datetime
+        value: Annotated[float, Field(allow_inf_nan=False)]
+        unit: Annotated[str | None, Field(max_length=16)] = None
+        quality: Annotated[int, Field(ge=0, le=100)] = 100
+
+    @std_dataclass
+    class SlotBatch:
+        readings: Annotated[list[SlotReading], Field(min_length=1, max_length=MAX_BATCH)]
+
+    return TypeAdapter(SlotBatch)
+
+
+def _member_fstring(ts: datetime, value: float, quality: int) -> str:
+    return f'{{"ts": "{ts.isoformat()}", "value": {value!r}, "quality": {quality}}}'
+
+
+@dataclass
+class Proposal:
+    what: str
+    now_ms: list[float]
+    then_ms: list[float]
+    note: str = ""
+
+    def line(self) -> str:
+        now, then = statistics.mean(self.now_ms), statistics.mean(self.then_ms)
+        return (
+            f"| {self.what} | {now:.1f} ms | {then:.1f} ms | {then - now:+.1f} ms "
+            f"({then / now - 1:+.0%}) | {self.note} |"
+        )
+
+
+def proposals(bodies: Sequence[bytes], repeat: int = 3) -> list[Proposal]:
+    """Each current step against a proposed replacement, on the same bodies, interleaved."""
+    from irrigation.ingest.cache import RECENT, _member
+    from irrigation.ingest.validation import parse_batch
+
+    adapter = _proposal_adapter()
+    out = {
+        "parse": Proposal(
+            "parse: parse_batch (BaseModel per item) -> slots dataclass via TypeAdapter",
+            [],
+            [],
+            "same fields and constraints; attribute access unchanged",
+        ),
+        "gc": Proposal(
+            "parse: parse_batch, default GC -> gc.set_threshold(50_000, 20, 100)",
+            [],
+            [],
+            "the cyclic GC's share of the parse (3 tracked objects per item)",
+        ),
+        "sort": Proposal(
+            "sort key (sensor_id, ts) -> (sensor_id.int, ts)",
+            [],
+            [],
+            "same order; uuid.UUID.__lt__ is Python code",
+        ),
+        "member": Proposal(
+            "cache: json.dumps member per reading -> f-string",
+            [],
+            [],
+            "the newest 60 per sensor, as HotCache.record encodes them",
+        ),
+    }
+
+    def timed(fn: Any, *args: Any) -> float:
+        t0 = time.perf_counter()
+        fn(*args)
+        return (time.perf_counter() - t0) * 1000
+
+    old = gc.get_threshold()
+    for _ in range(repeat):
+        for body in bodies:
+            out["parse"].now_ms.append(timed(parse_batch, body))
+            out["parse"].then_ms.append(timed(adapter.validate_json, body))
+            gc.set_threshold(50_000, 20, 100)
+            out["gc"].then_ms.append(timed(parse_batch, body))
+            gc.set_threshold(*old)
+            out["gc"].now_ms.append(timed(parse_batch, body))
+            parsed: list[Any] = parse_batch(body)
+            out["sort"].now_ms.append(timed(_sorted, parsed, lambda r: (r.sensor_id, r.ts)))
+            out["sort"].then_ms.append(timed(_sorted, parsed, lambda r: (r.sensor_id.int, r.ts)))
+            newest: dict[uuid.UUID, list[Any]] = {}
+            for r in parsed:
+                newest.setdefault(r.sensor_id, []).append(r)
+            kept = [x for items in newest.values() for x in items[-RECENT:]]
+            assert _member(kept[0]) == _member_fstring(kept[0].ts, kept[0].value, kept[0].quality)
+            out["member"].now_ms.append(timed(lambda: [_member(r) for r in kept]))  # noqa: B023
+            out["member"].then_ms.append(
+                timed(lambda: [_member_fstring(r.ts, r.value, r.quality) for r in kept])  # noqa: B023
+            )
+    return list(out.values())
+
+
+def _sorted(items: list[Any], key: Any) -> list[Any]:
+    return sorted(items, key=key)
+
+
+# Set-up ---------------------------------------------------------------------------------
+
+
+async def make_sensors(url: str, key: str) -> list[str]:
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as api:
+        zones = []
+        for z in range(ZONES):
+            r = await api.post("/v1/zones", json={"name": f"zone {z}", "timezone": "UTC"})
+            r.raise_for_status()
+            zones.append(r.json()["id"])
+        sensors = []
+        for s in range(SENSORS):
+            body = {
+                "zone_id": zones[s % ZONES],
+                "name": f"moisture {s}",
+                "kind": "soil_moisture",
+                "unit": "%",
+            }
+            r = await api.post("/v1/sensors", json=body)
+            r.raise_for_status()
+            sensors.append(r.json()["id"])
+    return sensors
+
+
+def per_client_rows(spec: DataSpec) -> list[list[list[Row]]]:
+    rows = Rows(spec)
+    return [[rows.rows(b) for b in client_batches(spec, c)] for c in range(spec.clients)]
+
+
+# Reporting ------------------------------------------------------------------------------
+
+
+def cores(cpu: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if v >= 0.005)
+
+
+def machine() -> str:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = psutil.virtual_memory().total
+    return f"{os.cpu_count()} cores ({model}), {mem / 2**30:.0f} GiB, {platform.platform()}"
+
+
+@dataclass
+class Pair:
+    label: str
+    before: Run
+    http: HttpRun
+    after: Run
+
+    @property
+    def baseline_rate(self) -> float:
+        """The mean of the two COPY runs that bracket the HTTP run."""
+        return (self.before.rate + self.after.rate) / 2
+
+    @property
+    def ratio(self) -> float:
+        return self.http.rate / self.baseline_rate
+
+
+def pair_table(pairs: Sequence[Pair]) -> str:
+    rows = [
+        "| variant | HTTP readings/s | raw COPY readings/s (before / after) | ratio "
+        "| peak RSS, largest process | peak RSS, all API processes | p50 / p95 latency "
+        "| server in-txn p50 | client CPU | cores busy during the HTTP run |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for p in pairs:
+        h = p.http
+        rows.append(
+            f"| {p.label} | {h.rate:,.0f} | {p.baseline_rate:,.0f} ({p.before.rate:,.0f} / "
+            f"{p.after.rate:,.0f}) | **{p.ratio:.3f}** | {mb(h.rss_peak_single)} "
+            f"| {mb(h.rss_peak_total)} "
+            f"| {pct(h.latencies, 50) * 1000:.0f} / {pct(h.latencies, 95) * 1000:.0f} ms "
+            f"| {statistics.median(h.job_ms):.0f} ms | {h.client_cpu_s / h.wall_s:.3f} cores "
+            f"| {cores(h.cpu)} |"
+        )
+    return "\n".join(rows)
+
+
+def breakdown_table(b: Breakdown) -> str:
+    http = statistics.mean(b.http)
+    rows = [
+        "| step (per 10,000-reading batch, one batch at a time) | mean | median "
+        "| share of HTTP latency |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, label in STEPS:
+        m = b.mean(name)
+        med = statistics.median(b.steps[name])
+        rows.append(f"| {label} | {m * 1000:.1f} ms | {med * 1000:.1f} ms | {m / http:.0%} |")
+    whole = statistics.mean(b.whole)
+    rows += [
+        f"| **sum of the steps** | **{b.steps_total * 1000:.1f} ms** | "
+        f"| {b.steps_total / http:.0%} |",
+        f"| check: auth + parse + service.ingest_batch, uninstrumented | {whole * 1000:.1f} ms "
+        f"| {statistics.median(b.whole) * 1000:.1f} ms | {whole / http:.0%} |",
+        f"| HTTP/uvicorn overhead (HTTP latency - sum of steps) | {b.overhead * 1000:.1f} ms | "
+        f"| {b.overhead / http:.0%} |",
+        f"| **HTTP latency (client-measured)** | **{http * 1000:.1f} ms** "
+        f"| {statistics.median(b.http) * 1000:.1f} ms | 100% |",
+    ]
+    return "\n".join(rows)
+
+
+def alternatives_table(results: Sequence[AltResult]) -> str:
+    baseline = next(r for r in results if r.alt.kind == "copy")
+    current = next((r for r in results if r.alt.label.endswith("(current)")), None)
+    rows = [
+        "| variant (DB only) | readings/s (median) | range over rounds | vs raw COPY "
+        "| vs current statement | cores busy (median round) |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in results:
+        vs_current = f"{r.rate / current.rate:.2f}" if current else ""
+        mid = sorted(r.runs, key=lambda x: x.rate)[len(r.runs) // 2]
+        rows.append(
+            f"| {r.alt.label} | {r.rate:,.0f} | {r.spread} | {r.rate / baseline.rate:.2f} "
+            f"| {vs_current} | {cores(mid.cpu)} |"
+        )
+    return "\n".join(rows)
+
+
+def proposals_table(items: Sequence[Proposal]) -> str:
+    rows = [
+        "| per 10,000-reading batch: now -> proposed | now (mean) | proposed (mean) | change "
+        "| note |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    return "\n".join(rows + [p.line() for p in items])
+
+
+# Main -----------------------------------------------------------------------------------
+
+GC_SERVE = (
+    "import gc, sys; gc.set_threshold({threshold}); "
+    "from irrigation.cli import app; sys.argv[0] = 'irrigation'; app()"
+)
+
+
+async def start_api(stack: Stack, workers: int, gc_threshold: str | None) -> tuple[Proc, str]:
+    """`irrigation serve`; with gc_threshold, the same app under a wrapper that only sets
+    the interpreter's GC thresholds first (no change to src)."""
+    if gc_threshold is None:
+        return await stack.start_api(workers=workers)
+    port = free_port()
+    code = GC_SERVE.format(threshold=gc_threshold)
+    argv = [sys.executable, "-c", code, "serve", "--port", str(port), "--workers", str(workers)]
+    proc = Proc(f"api-gc{workers}", argv, stack.env)
+    stack.procs.append(proc)
+    url = f"http://127.0.0.1:{port}"
+    await wait_http(f"{url}/healthz", proc)
+    return proc, url
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke run, < 30 s")
+    p.add_argument("--total", type=int, help="readings per run (default 1,000,000; quick 50,000)")
+    p.add_argument("--clients", help="client process counts, e.g. 2,4 (default 2,4; quick 2)")
+    p.add_argument("--api-workers", help="uvicorn worker counts, e.g. 1,2 (default 1,2; quick 1)")
+    p.add_argument(
+        "--layouts", default="mixed", help="mixed and/or partitioned, e.g. mixed,partitioned"
+    )
+    p.add_argument("--breakdown-batches", type=int, help="batches timed step by step (20; 2)")
+    p.add_argument(
+        "--alternatives",
+        choices=("all", "some", "none"),
+        help="DB-only variants: all (default), some (quick: raw COPY and the statement), none",
+    )
+    p.add_argument("--rounds", type=int, help="rounds of the DB-only variants (3; quick 1)")
+    p.add_argument(
+        "--gc-threshold",
+        default="50000,20,100",
+        help="also run the API (1 worker, first client count) with these GC thresholds "
+        "(wrapper, src untouched); '' to skip",
+    )
+    p.add_argument("--profile", type=Path, help="py-spy the API during its first HTTP run")
+    p.add_argument("--markdown", type=Path, help="also write the tables here")
+    return p.parse_args(argv)
+
+
+def _ints(text: str | None, default: str) -> list[int]:
+    return [int(x) for x in (text or default).split(",") if x.strip()]
+
+
+PROFILE_LAYERS = {
+    "parse (pydantic)": ["validation.py", "pydantic"],
+    "store.insert_readings (sort, lists)": ["store.py"],
+    "cache (HotCache.record, redis)": ["cache.py", "redis/"],
+    "asyncpg / SQLAlchemy": ["asyncpg", "sqlalchemy"],
+    "uvicorn / httptools (body read)": ["uvicorn", "httptools"],
+    "starlette / fastapi": ["starlette", "fastapi"],
+    "service.py (checks)": ["service.py"],
+}
+
+
+async def http_pair(
+    stack: Stack,
+    clients: ClientPool,
+    rows: list[list[list[Row]]],
+    admin: asyncpg.Connection,
+    key: str,
+    workers: int,
+    gc_threshold: str | None,
+    profile: Path | None,
+) -> tuple[Pair, Proc, str]:
+    """COPY baseline, HTTP run, COPY baseline again; the API left running."""
+    spec = clients.spec
+    proc, url = await start_api(stack, workers, gc_threshold)
+    label = f"{workers} API worker(s), {spec.clients} clients, {spec.layout}"
+    if gc_threshold:
+        label += f", GC thresholds ({gc_threshold})"
+    await reset(admin)
+    before = await copy_baseline(stack.database_url, rows, "raw COPY", proc.pid)
+    await reset(admin)
+    spy = py_spy(proc.pid, 600, profile, subprocesses=True) if profile else None
+    h = await http_run(clients, url, key, proc.pid, label, admin)
+    if spy is not None and profile is not None:
+        finish_py_spy(spy)
+        report = profile_summary(profile, {}, PROFILE_LAYERS)
+        print(f"    py-spy, {report.samples} samples; by layer:")
+        for name, share in report.layers:
+            print(f"      {name}: {share:.0%}")
+        print("    hottest leaves: " + "; ".join(f"{n} {v:.0%}" for n, v in report.leaves[:8]))
+    await reset(admin)
+    after = await copy_baseline(stack.database_url, rows, "raw COPY", proc.pid)
+    pair = Pair(label, before, h, after)
+    print(
+        f"  {label}: HTTP {h.rate:,.0f} readings/s ({h.wall_s:.1f} s); raw COPY "
+        f"{before.rate:,.0f} / {after.rate:,.0f}; ratio {pair.ratio:.3f}; peak RSS "
+        f"{mb(h.rss_peak_single)} largest process, {mb(h.rss_peak_total)} all (idle "
+        f"{mb(h.rss_idle)}); p50 {pct(h.latencies, 50) * 1000:.0f} ms; clients used "
+        f"{h.client_cpu_s / h.wall_s:.2f} cores\n    cores busy: {cores(h.cpu)}"
+    )
+    return pair, proc, url
+
+
+async def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    total = args.total or (50_000 if args.quick else 1_000_000)
+    if total % BATCH:
+        raise SystemExit(f"--total must be a multiple of {BATCH}")
+    client_counts = _ints(args.clients, "2" if args.quick else "2,4")
+    worker_counts = _ints(args.api_workers, "1" if args.quick else "1,2")
+    layouts = [x for x in args.layouts.split(",") if x]
+    k = args.breakdown_batches or (2 if args.quick else 20)
+    alternatives = args.alternatives or ("some" if args.quick else "all")
+    rounds = args.rounds or (1 if args.quick else 3)
+    gc_threshold = None if args.quick or not args.gc_threshold else args.gc_threshold
+    print(
+        f"ingestion benchmark ({'quick' if args.quick else 'full'}), "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {total:,} readings per run in "
+        f"{BATCH:,}-reading batches, {SENSORS} sensors; clients {client_counts}, "
+        f"API workers {worker_counts}, layouts {layouts}\n  machine: {machine()}"
+    )
+    pairs: list[Pair] = []
+    alt_results: list[AltResult] = []
+    props: list[Proposal] = []
+    bd: Breakdown | None = None
+    async with Stack(DATABASE) as stack:
+        key = stack.create_key("bench")
+        admin = await stack.connect()
+        try:
+            await admin.execute(
+                f"CREATE TABLE {BARE_TABLE} (sensor_id uuid NOT NULL, ts timestamptz NOT NULL, "
+                "value float8 NOT NULL, quality int2 NOT NULL, PRIMARY KEY (sensor_id, ts))"
+            )
+            proc, url = await stack.start_api(workers=1)
+            sensor_ids = await make_sensors(url, key)
+            stack.stop(proc)
+            base_ts = float(int(time.time()) - 3 * 86400)
+            print(f"  set-up: {time.monotonic() - started:.1f} s")
+            first = True
+            for layout in layouts:
+                for n_clients in client_counts:
+                    spec = DataSpec(tuple(sensor_ids), base_ts, total, n_clients, layout)
+                    clients = ClientPool(spec)
+                    try:
+                        rows = per_client_rows(spec)
+                        gc.freeze()  # a million rows: keep them out of this process's GC
+                        await clients.ready()
+                        print(
+                            f"  {n_clients} client processes, {layout}: bodies ready "
+                            f"({clients.body_bytes / total:.0f} bytes/reading)"
+                        )
+                        variants = [(n, None) for n in worker_counts]
+                        if first and gc_threshold:
+                            variants.append((1, gc_threshold))
+                        for n_workers, threshold in variants:
+                            profile = args.profile if first and not pairs else None
+                            pair, proc, url = await http_pair(
+                                stack, clients, rows, admin, key, n_workers, threshold, profile
+                            )
+                            pairs.append(pair)
+                            if first and n_workers == 1 and threshold is None and bd is None:
+                                bd, props = await breakdown(
+                                    stack, key, clients, url, admin, k, 1 if args.quick else 3
+                                )
+                                print(
+                                    f"  breakdown over {k} batches: steps "
+                                    f"{bd.steps_total * 1000:.0f} ms, HTTP "
+                                    f"{statistics.mean(bd.http) * 1000:.0f} ms (means)"
+                                )
+                            stack.stop(proc)
+                        if first and alternatives != "none":
+                            chosen = [
+                                a
+                                for a in ALTERNATIVES
+                                if alternatives == "all"
+                                or (a.kind in QUICK_ALTERNATIVES and a.fk and not a.sync_off)
+                            ]
+                            print(f"  DB-only variants, {n_clients} connections, {rounds} rounds:")
+                            alt_results = await alternatives_rounds(
+                                stack.database_url, chosen, rows, admin, rounds
+                            )
+                        first = False
+                    finally:
+                        clients.close()
+        finally:
+            await admin.close()
+
+    sections = []
+    print("\nEnd to end (ratio = HTTP / mean of the raw COPY runs just before and after it):")
+    sections.append(pair_table(pairs))
+    print(sections[-1])
+    if bd is not None:
+        print(f"\nWhere the time goes, per batch ({bd.batches} batches, one at a time):")
+        sections.append(breakdown_table(bd))
+        print(sections[-1])
+        print(
+            "  server-side in-transaction time over HTTP (ingestion_jobs.processing_time_ms): "
+            f"median {statistics.median(bd.http_job_ms)} ms"
+        )
+    if props:
+        print("\nProposed changes, priced in this process on the same batches:")
+        sections.append(proposals_table(props))
+        print(sections[-1])
+    if alt_results:
+        n = client_counts[0]
+        print(
+            f"\nDB-only variants ({n} connections, the same batches, one transaction each; "
+            f"median of {rounds} rounds):"
+        )
+        sections.append(alternatives_table(alt_results))
+        print(sections[-1])
+    if args.markdown:
+        args.markdown.write_text("\n\n".join(sections) + "\n")
+    print(f"\ntotal {time.monotonic() - started:.1f} s; database {DATABASE} dropped")
+    return 0
+
+
+def main() -> None:
+    sys.exit(asyncio.run(run(parse_args())))
+
+
+if __name__ == "__main__":
+    main()
