@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from irrigation import __version__
+from irrigation.auth.deps import PrincipalCache
 from irrigation.auth.router import router as auth_router
 from irrigation.common.errors import install_error_handlers
 from irrigation.common.middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.sessionmaker = create_sessionmaker(engine)
     app.state.redis = redis
+    app.state.principals = PrincipalCache(settings.auth_cache_ttl_s)
     app.state.hot_cache = HotCache(redis, settings.redis_namespace, settings.redis_timeout_s)
 
     install_error_handlers(app)

@@ -45,8 +45,12 @@ class Settings(BaseSettings):
     statement_timeout_ms: int = Field(default=30000, ge=1)
     idle_in_transaction_timeout_ms: int = Field(default=10000, ge=1)
     db_pool_size: int = Field(default=10, ge=1)
-    db_max_overflow: int = Field(default=20, ge=0)
+    # Per process: API replicas and workers together must stay under max_connections.
+    db_max_overflow: int = Field(default=5, ge=0)
     redis_timeout_s: float = Field(default=0.5, gt=0)
+    auth_cache_ttl_s: float = Field(
+        default=1.0, ge=0, description="How long a process trusts a key it has checked (0: off)."
+    )
     redis_namespace: str = Field(
         default="irrigation",
         pattern=r"^[A-Za-z0-9_.:-]{1,64}$",

@@ -3,7 +3,9 @@ API, real arq workers (separate processes), real PostgreSQL and Redis.
 
 Tolerances stated here: a physical run may exceed its requested duration by at most
 RUN_TOLERANCE_S (device timer); the watchdog brings an abandoned run to a terminal state
-within run_deadline + WATCHDOG_BOUND_S."""
+within run_deadline + WATCHDOG_BOUND_S. The watchdog itself needs grace (1 s here) plus one
+cron tick (1 s) once a worker is alive; the rest of the bound covers a replacement worker
+starting on a loaded 2-core machine."""
 
 import asyncio
 import os
@@ -24,7 +26,7 @@ from tests.pumps.conftest import StartProcess
 from tests.pumps.helpers import activate, make_pump
 
 RUN_TOLERANCE_S = 0.25
-WATCHDOG_BOUND_S = 6.0
+WATCHDOG_BOUND_S = 10.0
 TERMINAL = {"completed", "aborted", "failed", "expired", "rejected"}
 
 

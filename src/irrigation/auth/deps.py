@@ -1,5 +1,6 @@
 """The `Principal` dependency: who is calling, for which site, with which scopes."""
 
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Annotated
@@ -25,6 +26,36 @@ class Principal:
         return scope in self.scopes or Scope.admin.value in self.scopes
 
 
+class PrincipalCache:
+    """Authenticated keys for a short TTL, so a burst of requests does not look the same key
+    up once each. A revocation through this process takes effect at once; through another
+    process (CLI, another replica) within `ttl_s`."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._entries: dict[str, tuple[Principal, float]] = {}
+
+    def get(self, key_hash: str) -> Principal | None:
+        entry = self._entries.get(key_hash)
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]
+
+    def put(self, key_hash: str, principal: Principal) -> None:
+        if self.ttl_s <= 0:
+            return
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[key_hash] = (principal, time.monotonic() + self.ttl_s)
+
+    def forget(self, key_id: uuid.UUID) -> None:
+        for key_hash, (principal, _) in list(self._entries.items()):
+            if principal.key_id == key_id:
+                del self._entries[key_hash]
+
+
 async def current_principal(
     security_scopes: SecurityScopes,
     request: Request,
@@ -33,13 +64,18 @@ async def current_principal(
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None or not credentials.credentials:
         raise Unauthorized("missing bearer API key", headers=challenge)
-    # Its own short session: the request's session stays untouched, so the service can
-    # open the request's one transaction itself with `session.begin()`.
-    async with request.app.state.sessionmaker() as session:
-        key = await service.authenticate(session, credentials.credentials)
-    if key is None:
-        raise Unauthorized("invalid or revoked API key", headers=challenge)
-    principal = Principal(key_id=key.id, site_id=key.site_id, scopes=frozenset(key.scopes))
+    cache: PrincipalCache = request.app.state.principals
+    key_hash = service.hash_key(credentials.credentials)
+    principal = cache.get(key_hash)
+    if principal is None:
+        # Its own short session: the request's session stays untouched, so the service can
+        # open the request's one transaction itself with `session.begin()`.
+        async with request.app.state.sessionmaker() as session:
+            key = await service.authenticate(session, credentials.credentials)
+        if key is None:
+            raise Unauthorized("invalid or revoked API key", headers=challenge)
+        principal = Principal(key_id=key.id, site_id=key.site_id, scopes=frozenset(key.scopes))
+        cache.put(key_hash, principal)
     missing = [s for s in security_scopes.scopes if not principal.has(s)]
     if missing:
         raise Forbidden(f"this key lacks the scope(s): {', '.join(missing)}", required=missing)

@@ -2,7 +2,7 @@
 
 import uuid
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from irrigation.auth import service
 from irrigation.auth.deps import AdminPrincipal, ReadPrincipal
@@ -42,8 +42,9 @@ async def list_api_keys(
 
 @router.delete("/api-keys/{key_id}", response_model=ApiKeyOut, responses=problems(404))
 async def revoke_api_key(
-    key_id: uuid.UUID, session: SessionDep, principal: AdminPrincipal
+    key_id: uuid.UUID, request: Request, session: SessionDep, principal: AdminPrincipal
 ) -> ApiKeyOut:
     async with session.begin():
         key = await service.revoke_key(session, principal.site_id, key_id)
+    request.app.state.principals.forget(key_id)
     return ApiKeyOut.model_validate(key)

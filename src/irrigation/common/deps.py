@@ -1,4 +1,6 @@
-"""Typed dependencies on what `create_app` keeps in `app.state`."""
+"""Typed dependencies on what `create_app` keeps in `app.state`.
+
+`async def` on purpose: FastAPI runs a plain `def` dependency in the threadpool."""
 
 from typing import Annotated
 
@@ -8,12 +10,12 @@ from fastapi import Depends, Request
 from irrigation.settings import Settings
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _redis(request: Request) -> ArqRedis:
+async def _redis(request: Request) -> ArqRedis:
     redis: ArqRedis = request.app.state.redis
     return redis
 

@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from irrigation.common.dberrors import LOCK_NOT_AVAILABLE, QUERY_CANCELED, pg_error
@@ -177,12 +178,22 @@ def install_error_handlers(app: FastAPI) -> None:
             return problem_response(422, "invalid_value", "a value is out of range or malformed")
         if state.startswith("23"):
             return problem_response(409, "conflict", "the change conflicts with existing data")
-        if state in (LOCK_NOT_AVAILABLE, QUERY_CANCELED):
+        # Busy or unreachable (lock/statement timeout, too many clients, connection lost).
+        if state in (LOCK_NOT_AVAILABLE, QUERY_CANCELED) or state[:2] in ("53", "08", "57"):
             return problem_response(
                 503, "unavailable", "the database is busy; try again", headers={"Retry-After": "1"}
             )
         log.exception("database_error", sqlstate=state)
         return problem_response(500, "internal_error", "An unexpected error occurred.")
+
+    @app.exception_handler(SQLAlchemyTimeout)
+    @app.exception_handler(ConnectionError)
+    async def _overloaded(_: Request, exc: Exception) -> JSONResponse:
+        # The connection pool stayed empty, or the database could not be reached.
+        log.warning("database_unavailable", error=repr(exc))
+        return problem_response(
+            503, "unavailable", "the service is busy; try again", headers={"Retry-After": "1"}
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -7,7 +7,7 @@ from fastapi import Header
 from irrigation.common.errors import Invalid
 
 
-def if_match_version(
+async def if_match_version(
     if_match: Annotated[
         str | None,
         Header(

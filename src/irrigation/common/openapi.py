@@ -45,7 +45,8 @@ def problems(*codes: int, authenticated: bool = True) -> dict[int | str, dict[st
     """`responses=` for a route: the given statuses plus 422 (and 401/403 when authenticated)."""
     wanted = set(codes) | {422}
     if authenticated:
-        wanted |= {401, 403}
+        # Any route that reads the database can find it overloaded or unreachable.
+        wanted |= {401, 403, 503}
     return {
         code: {
             "description": _DESCRIPTIONS.get(code, "Error"),

@@ -31,7 +31,7 @@ class PageParams:
     cursor: str | None
 
 
-def page_params(
+async def page_params(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size (1-500).")] = 50,
     cursor: Annotated[
         str | None,

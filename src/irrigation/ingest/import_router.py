@@ -47,7 +47,13 @@ def job_out(job: IngestionJob) -> IngestionJobOut:
     UPLOAD_PATH.removeprefix("/v1"),
     status_code=202,
     response_model=IngestionJobOut,
-    responses={**_RESPONSES, 202: {"headers": {"Location": {"schema": {"type": "string"}}}}},
+    responses={
+        **_RESPONSES,
+        202: {
+            "description": "The file is stored and its job queued",
+            "headers": {"Location": {"description": "The job's URL", "schema": {"type": "string"}}},
+        },
+    },
     summary="Import a history file (NDJSON or CSV) as a background job",
     description=(
         "The raw body is the file: `application/x-ndjson` (one reading object per line, "

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from irrigation.auth.deps import IngestPrincipal, ReadPrincipal
+from irrigation.common.deps import SettingsDep
 from irrigation.common.idempotency import IdempotencyKeyHeader, IdempotentRequest, request_hash
 from irrigation.common.openapi import problems
 from irrigation.db import SessionDep
@@ -16,22 +17,15 @@ from irrigation.ingest import service
 from irrigation.ingest.cache import HotCache
 from irrigation.ingest.schemas import IngestResult, LatestReading, ReadingsBatch
 from irrigation.ingest.validation import parse_batch
-from irrigation.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["readings"])
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-def _cache(request: Request) -> HotCache:
+async def _cache(request: Request) -> HotCache:
     cache: HotCache = request.app.state.hot_cache
     return cache
 
 
-SettingsDep = Annotated[Settings, Depends(_settings)]
 CacheDep = Annotated[HotCache, Depends(_cache)]
 
 _BATCH_SCHEMA: dict[str, Any] = ReadingsBatch.model_json_schema()

@@ -14,6 +14,7 @@ from arq.connections import ArqRedis
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from irrigation import queue
 from irrigation.common import idempotency
@@ -159,22 +160,36 @@ async def _admit(
     pump_id: uuid.UUID,
     run: RunRequest,
 ) -> PumpActivation:
-    source_id = (
-        await session.execute(
-            select(Pump.water_source_id).where(Pump.id == pump_id, Pump.site_id == site_id)
-        )
-    ).scalar_one_or_none()
-    if source_id is None:
-        raise NotFound("pump not found")
+    # Three statements decide a refusal: lock the source (found through the pump), lock the
+    # pump with the clock and its active run's deadline, then commit.
     source = (
         await session.execute(
             select(WaterSource)
-            .where(WaterSource.id == source_id)
+            .where(
+                WaterSource.id
+                == select(Pump.water_source_id)
+                .where(Pump.id == pump_id, Pump.site_id == site_id)
+                .scalar_subquery()
+            )
             .with_for_update(key_share=True)
             .execution_options(populate_existing=True)
         )
-    ).scalar_one()
-    pump, now = await lock_pump(session, pump_id, site_id)
+    ).scalar_one_or_none()
+    if source is None:
+        raise NotFound("pump not found")
+    busy = aliased(PumpActivation)
+    row = (
+        await session.execute(
+            select(Pump, db_now_expr(), busy.run_deadline, busy.duration_s)
+            .outerjoin(busy, busy.id == Pump.active_activation_id)
+            .where(Pump.id == pump_id, Pump.site_id == site_id)
+            .with_for_update(key_share=True, of=Pump)
+            .execution_options(populate_existing=True)
+        )
+    ).one_or_none()
+    if row is None:
+        raise NotFound("pump not found")
+    pump, now, busy_deadline, busy_duration = row
     if pump.water_source_id != source.id:
         raise Unavailable("the pump was moved to another water source; try again", code="retry")
 
@@ -191,11 +206,8 @@ async def _admit(
             max_runtime_s=pump.max_runtime_s,
         )
     if pump.active_activation_id is not None:
-        active = await session.get(PumpActivation, pump.active_activation_id)
         # Waiting helps once the run has ended and the pump has rested.
-        run_ends = now
-        if active is not None:
-            run_ends = active.run_deadline or now + timedelta(seconds=active.duration_s)
+        run_ends = busy_deadline or now + timedelta(seconds=busy_duration or 0)
         ends = run_ends + timedelta(seconds=pump.cooldown_s)
         raise PumpBusy(pump.active_activation_id, _seconds_until(ends, now))
     if pump.cooldown_until is not None and pump.cooldown_until > now:
@@ -212,7 +224,7 @@ async def _admit(
         retry = _seconds_until(in_use[1], now) if in_use[1] else None
         raise CapacityFull(source.id, source.max_concurrent_pumps, retry)
 
-    pump.last_sequence += 1
+    sequence = pump.last_sequence + 1
     activation = PumpActivation(
         id=uuid.uuid4(),
         site_id=site_id,
@@ -223,13 +235,14 @@ async def _admit(
         duration_s=run.duration_s,
         reason=run.reason,
         origin=run.origin,
-        sequence=pump.last_sequence,
+        sequence=sequence,
         requested_at=now,
         start_deadline=now + timedelta(seconds=settings.max_queue_delay_s),
     )
     activation.command_id = f"{activation.id}"
     session.add(activation)
     await session.flush()  # the activation row first: the pump's pointer references it
+    pump.last_sequence = sequence  # with the pointer: one UPDATE of the pump row
     pump.active_activation_id = activation.id
     session.add(_event(activation, now, "requested", origin=run.origin, priority=run.priority))
     session.add(OutboxJob(job=queue.START_ACTIVATION, activation_id=activation.id))

@@ -19,9 +19,11 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import text
+from sqlalchemy import ColumnElement, TextClause, func, select, text
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from irrigation.fleet.models import Sensor, Zone
 from irrigation.readings.schemas import Bucket
 
 HOUR = timedelta(hours=1)
@@ -92,21 +94,19 @@ ORDER BY {group} b
 """
 
 
-_NO_JIT = text("SET LOCAL jit = off")
-
-
-def _statement(template: str, bucket: Bucket, per_sensor: bool, *, hour_is_bucket: bool) -> str:
+def _statement(template: str, per_sensor: bool, *, hour_is_bucket: bool) -> str:
     # A rollup hour of a whole-hour zone is a local hour already: no date_trunc per row.
     rollup_bucket = "bucket" if hour_is_bucket else "date_trunc(:unit, bucket, :tz)"
     return template.format(group="sensor_id," if per_sensor else "", rollup_bucket=rollup_bucket)
 
 
 _STATEMENTS = {
-    (fractional, bucket, per_sensor): _statement(
-        _FRACTIONAL_ZONE if fractional else _WHOLE_HOUR_ZONE,
-        bucket,
-        per_sensor,
-        hour_is_bucket=not fractional and bucket == Bucket.hour,
+    (fractional, bucket, per_sensor): text(
+        _statement(
+            _FRACTIONAL_ZONE if fractional else _WHOLE_HOUR_ZONE,
+            per_sensor,
+            hour_is_bucket=not fractional and bucket == Bucket.hour,
+        )
     )
     for fractional in (False, True)
     for bucket in Bucket
@@ -155,8 +155,46 @@ def whole_hours(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     return whole_start, whole_end
 
 
-async def aggregate(
-    session: AsyncSession,
+def _jit_off() -> ColumnElement[str]:
+    """`set_config('jit', 'off', true)`: JIT off for the rest of the transaction.
+
+    JIT compiles plans above a cost that long ranges and the straddling-hour probes reach:
+    measured at 0.3-0.7 s of compilation for statements that run in 2-20 ms. Set in the
+    lookup that precedes every aggregate, so it costs no round trip of its own."""
+    return func.set_config("jit", "off", True)
+
+
+async def sensor_timezone(
+    session: AsyncSession, site_id: uuid.UUID, sensor_id: uuid.UUID
+) -> str | None:
+    """The time zone of the sensor's zone, if the sensor is the site's (and JIT off)."""
+    stmt = (
+        select(Zone.timezone, _jit_off())
+        .join(Sensor, Sensor.zone_id == Zone.id)
+        .where(Sensor.id == sensor_id, Sensor.site_id == site_id)
+    )
+    row = (await session.execute(stmt)).one_or_none()
+    return None if row is None else row.timezone
+
+
+async def zone_timezone_and_sensors(
+    session: AsyncSession, site_id: uuid.UUID, zone_id: uuid.UUID, kind: str
+) -> tuple[str, list[uuid.UUID]] | None:
+    """The zone's time zone and its sensors of `kind` (by id), if the zone is the site's
+    (and JIT off): one round trip."""
+    sensor_ids = (
+        select(func.array_agg(aggregate_order_by(Sensor.id, Sensor.id)))
+        .where(Sensor.zone_id == Zone.id, Sensor.site_id == site_id, Sensor.kind == kind)
+        .scalar_subquery()
+    )
+    stmt = select(Zone.timezone, sensor_ids.label("sensor_ids"), _jit_off()).where(
+        Zone.id == zone_id, Zone.site_id == site_id
+    )
+    row = (await session.execute(stmt)).one_or_none()
+    return None if row is None else (row.timezone, list(row.sensor_ids or []))
+
+
+def aggregate_statement(
     sensor_ids: list[uuid.UUID],
     bucket: Bucket,
     tz_name: str,
@@ -165,9 +203,8 @@ async def aggregate(
     raw_since: datetime,
     *,
     per_sensor: bool = False,
-) -> list[dict[str, Any]]:
-    """Rows `{sensor_id?, start, count, avg, min, max}`, ordered by (sensor_id,) start;
-    empty buckets have no row. `raw_since`: the oldest instant raw rows are kept for."""
+) -> tuple[TextClause, dict[str, Any]]:
+    """The one statement of an aggregate, and its parameters (benchmarks EXPLAIN it)."""
     whole_start, whole_end = whole_hours(start, end)
     params: dict[str, Any] = {
         "unit": bucket.value,
@@ -181,9 +218,24 @@ async def aggregate(
     fractional = has_fractional_offset(tz_name)
     if fractional:
         params["raw_since"] = raw_since
-    statement = _STATEMENTS[fractional, bucket, per_sensor]
-    # JIT compiles plans above a cost that a long range (or the straddling-hour probes)
-    # reaches: measured at 0.3-0.7 s of compilation for a query that runs in 2-20 ms.
-    await session.execute(_NO_JIT)
-    rows = await session.execute(text(statement), params)
-    return [dict(row._mapping) for row in rows]
+    return _STATEMENTS[fractional, bucket, per_sensor], params
+
+
+async def aggregate(
+    session: AsyncSession,
+    sensor_ids: list[uuid.UUID],
+    bucket: Bucket,
+    tz_name: str,
+    start: datetime,
+    end: datetime,
+    raw_since: datetime,
+    *,
+    per_sensor: bool = False,
+) -> list[tuple[Any, ...]]:
+    """Rows `(sensor_id?, start, count, avg, min, max)`, ordered by (sensor_id,) start;
+    empty buckets have no row. `raw_since`: the oldest instant raw rows are kept for."""
+    statement, params = aggregate_statement(
+        sensor_ids, bucket, tz_name, start, end, raw_since, per_sensor=per_sensor
+    )
+    result = await session.execute(statement, params)
+    return [tuple(row) for row in result]

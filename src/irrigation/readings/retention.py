@@ -10,7 +10,7 @@ measured in docs/architecture.md ("Aggregates and retention")."""
 
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
@@ -36,16 +36,23 @@ ORDER BY s.id
 
 # The chunk is a ts range of one sensor (its `chunk_rows`-th oldest expired reading is the
 # upper bound), so the delete is one primary-key range scan; the same statement works on a
-# table partitioned by ts.
+# table partitioned by ts. `after` starts each chunk past the previous one: the index
+# entries of the rows just deleted stay until VACUUM, and walking them again on every
+# chunk made 1,000-row chunks twice as slow as 5,000-row ones.
 _DELETE_CHUNK = """
-DELETE FROM sensor_readings
-WHERE sensor_id = :sensor_id AND ts < :cutoff
-  AND ts <= coalesce(
-      (SELECT ts FROM sensor_readings
-       WHERE sensor_id = :sensor_id AND ts < :cutoff
-       ORDER BY ts OFFSET :last LIMIT 1),
-      'infinity')
+WITH gone AS (
+    DELETE FROM sensor_readings
+    WHERE sensor_id = :sensor_id AND ts > :after AND ts < :cutoff
+      AND ts <= coalesce(
+          (SELECT ts FROM sensor_readings
+           WHERE sensor_id = :sensor_id AND ts > :after AND ts < :cutoff
+           ORDER BY ts OFFSET :last LIMIT 1),
+          'infinity')
+    RETURNING ts
+)
+SELECT count(*) AS deleted, max(ts) AS last FROM gone
 """
+NEVER = datetime(1, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -73,15 +80,23 @@ async def purge_expired_readings(
         )
     deleted = chunks = 0
     for sensor_id in sensor_ids:
+        after = NEVER
         while True:
             async with sessions() as session, session.begin():
-                result = await session.execute(
-                    text(_DELETE_CHUNK),
-                    {"sensor_id": sensor_id, "cutoff": cutoff, "last": chunk_rows - 1},
-                )
-            count: int = result.rowcount  # type: ignore[attr-defined]
+                count, last = (
+                    await session.execute(
+                        text(_DELETE_CHUNK),
+                        {
+                            "sensor_id": sensor_id,
+                            "after": after,
+                            "cutoff": cutoff,
+                            "last": chunk_rows - 1,
+                        },
+                    )
+                ).one()
             deleted += count
             chunks += 1
+            after = last or after
             is_sensor_done = count < chunk_rows
             if time.monotonic() >= deadline:
                 is_last = is_sensor_done and sensor_id == sensor_ids[-1]

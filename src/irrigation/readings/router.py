@@ -141,17 +141,17 @@ async def raw_readings(
     accept: Annotated[str | None, Header()] = None,
 ) -> Page[ReadingOut] | StreamingResponse:
     start, end = service.window(start, end, service.RAW_DEFAULT_SPAN)
-    sensor, _ = await service.sensor_and_zone(session, who.site_id, sensor_id)
+    await service.sensor_timezone(session, who.site_id, sensor_id)  # 404 if not the site's
     if accept and "text/csv" in accept:
         # The export streams from a session of its own, for as long as it takes: end the
         # request's read now, so its connection never idles in a transaction meanwhile.
         await session.close()
         return StreamingResponse(
-            _csv(request.app.state.sessionmaker, sensor.id, start, end),
+            _csv(request.app.state.sessionmaker, sensor_id, start, end),
             media_type="text/csv",
-            headers={"Content-Disposition": f'attachment; filename="{sensor.id}.csv"'},
+            headers={"Content-Disposition": f'attachment; filename="{sensor_id}.csv"'},
         )
-    rows = await service.raw_page(session, sensor.id, start, end, _after(cursor), limit)
+    rows = await service.raw_page(session, sensor_id, start, end, _after(cursor), limit)
     items = [ReadingOut(ts=r.ts, value=r.value, quality=r.quality) for r in rows[:limit]]
     next_cursor = _cursor(items[-1].ts) if len(rows) > limit else None
     return Page(items=items, next_cursor=next_cursor)

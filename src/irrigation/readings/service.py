@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from pydantic import TypeAdapter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation.common.clock import utcnow
 from irrigation.common.errors import Invalid, NotFound
-from irrigation.fleet.models import Sensor, Zone
 from irrigation.ingest.models import SensorReading
 from irrigation.readings import queries
 from irrigation.readings.schemas import (
@@ -28,6 +28,8 @@ DEFAULT_SPAN = {Bucket.hour: timedelta(days=1), Bucket.day: timedelta(days=30)}
 RAW_DEFAULT_SPAN = timedelta(days=30)
 HOUR = timedelta(hours=1)
 TICK = timedelta(microseconds=1)
+_POINTS = TypeAdapter(list[Point])
+_EMPTY = (None, 0, None, None, None)
 
 
 def window(
@@ -91,68 +93,40 @@ def bucket_starts(bucket: Bucket, tz: ZoneInfo, start: datetime, end: datetime) 
 
 
 def to_points(
-    rows: Iterable[dict[str, Any]],
+    rows: Iterable[tuple[Any, ...]],
     bucket: Bucket,
     tz: ZoneInfo,
     start: datetime,
     end: datetime,
     fill: bool,
 ) -> list[Point]:
-    """Rows as points in the zone's local time; with `fill`, every bucket, empty ones null.
+    """Rows `(start, count, avg, min, max)` as points in the zone's local time; with `fill`,
+    every bucket of the range, the empty ones as nulls.
 
     Buckets are matched by UTC instant: an aware datetime in a DST fold (the repeated hour
     of a fall-back day) compares unequal to, and hashes apart from, the same instant in
-    another zone."""
-    points = {
-        row["start"].astimezone(UTC): Point(
-            start=row["start"].astimezone(tz),
-            avg=row["avg"],
-            min=row["min"],
-            max=row["max"],
-            count=row["count"],
-        )
-        for row in rows
-    }
+    another zone. One validation call for the whole list (half the time of a Point()
+    per row, measured)."""
     if not fill:
-        return list(points.values())
-    return [
-        points.get(moment.astimezone(UTC))
-        or Point(start=moment, avg=None, min=None, max=None, count=0)
-        for moment in bucket_starts(bucket, tz, start, end)
-    ]
+        items = [
+            {"start": moment.astimezone(tz), "count": n, "avg": avg, "min": low, "max": high}
+            for moment, n, avg, low, high in rows
+        ]
+        return _POINTS.validate_python(items)
+    found = {row[0]: row for row in rows}
+    items = []
+    for moment in bucket_starts(bucket, tz, start, end):
+        _, n, avg, low, high = found.get(moment.astimezone(UTC), _EMPTY)
+        items.append({"start": moment, "count": n, "avg": avg, "min": low, "max": high})
+    return _POINTS.validate_python(items)
 
 
-async def sensor_and_zone(
-    session: AsyncSession, site_id: uuid.UUID, sensor_id: uuid.UUID
-) -> tuple[Sensor, Zone]:
-    row = (
-        await session.execute(
-            select(Sensor, Zone)
-            .join(Zone, Zone.id == Sensor.zone_id)
-            .where(Sensor.id == sensor_id, Sensor.site_id == site_id)
-        )
-    ).one_or_none()
-    if row is None:
+async def sensor_timezone(session: AsyncSession, site_id: uuid.UUID, sensor_id: uuid.UUID) -> str:
+    """The time zone of the sensor's zone; NotFound for another site's or nobody's sensor."""
+    timezone = await queries.sensor_timezone(session, site_id, sensor_id)
+    if timezone is None:
         raise NotFound("sensor not found")
-    return row[0], row[1]
-
-
-async def zone_sensors(
-    session: AsyncSession, site_id: uuid.UUID, zone_id: uuid.UUID, kind: str
-) -> tuple[Zone, list[uuid.UUID]]:
-    zone = (
-        await session.execute(select(Zone).where(Zone.id == zone_id, Zone.site_id == site_id))
-    ).scalar_one_or_none()
-    if zone is None:
-        raise NotFound("zone not found")
-    ids = (
-        await session.execute(
-            select(Sensor.id)
-            .where(Sensor.zone_id == zone_id, Sensor.site_id == site_id, Sensor.kind == kind)
-            .order_by(Sensor.id)
-        )
-    ).scalars()
-    return zone, list(ids)
+    return timezone
 
 
 async def sensor_aggregates(
@@ -167,17 +141,15 @@ async def sensor_aggregates(
     retention_days: int,
 ) -> SensorAggregates:
     start, end = window(start, end, DEFAULT_SPAN[bucket])
-    sensor, zone = await sensor_and_zone(session, site_id, sensor_id)
-    tz = ZoneInfo(zone.timezone)
+    timezone = await sensor_timezone(session, site_id, sensor_id)
+    tz = ZoneInfo(timezone)
     check_bucket_count(bucket, tz, start, end)
     raw_since = queries.raw_horizon(utcnow(), retention_days)
-    rows = await queries.aggregate(
-        session, [sensor.id], bucket, zone.timezone, start, end, raw_since
-    )
+    rows = await queries.aggregate(session, [sensor_id], bucket, timezone, start, end, raw_since)
     return SensorAggregates(
-        sensor_id=sensor.id,
+        sensor_id=sensor_id,
         bucket=bucket,
-        timezone=zone.timezone,
+        timezone=timezone,
         points=to_points(rows, bucket, tz, start, end, fill),
     )
 
@@ -198,23 +170,27 @@ async def zone_aggregates(
     """The zone's sensors of one kind: one series over all their readings together (a true
     average, each reading weighing the same), or one series per sensor."""
     start, end = window(start, end, DEFAULT_SPAN[bucket])
-    zone, ids = await zone_sensors(session, site_id, zone_id, kind)
-    tz = ZoneInfo(zone.timezone)
+    found = await queries.zone_timezone_and_sensors(session, site_id, zone_id, kind)
+    if found is None:
+        raise NotFound("zone not found")
+    timezone, ids = found
+    tz = ZoneInfo(timezone)
     check_bucket_count(bucket, tz, start, end)
     answer = ZoneAggregates(
-        zone_id=zone.id, kind=kind, bucket=bucket, timezone=zone.timezone, sensor_ids=ids
+        zone_id=zone_id, kind=kind, bucket=bucket, timezone=timezone, sensor_ids=ids
     )
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[Any, ...]] = []
     if ids:
         raw_since = queries.raw_horizon(utcnow(), retention_days)
         rows = await queries.aggregate(
-            session, ids, bucket, zone.timezone, start, end, raw_since, per_sensor=per_sensor
+            session, ids, bucket, timezone, start, end, raw_since, per_sensor=per_sensor
         )
     if not per_sensor:
         answer.points = to_points(rows, bucket, tz, start, end, fill)
         return answer
     by_sensor = {
-        sid: list(group) for sid, group in itertools.groupby(rows, key=lambda r: r["sensor_id"])
+        sensor_id: [row[1:] for row in group]
+        for sensor_id, group in itertools.groupby(rows, key=lambda row: row[0])
     }
     answer.series = [
         SensorSeries(
