@@ -14,7 +14,10 @@ RUN pip install . && rm -rf src
 COPY alembic.ini ./
 COPY migrations ./migrations
 
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin irrigation
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin irrigation \
+    && mkdir /data && chown irrigation /data
+# Uploaded history files wait here for the worker: api and worker share this volume.
+ENV IRRIGATION_DATA_DIR=/data
 USER irrigation
 
 EXPOSE 8000 8081

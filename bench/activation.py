@@ -2,24 +2,38 @@
 
     .venv/bin/python bench/activation.py            # full run (~2 min)
     .venv/bin/python bench/activation.py --quick    # smoke run (< 30 s)
+    .venv/bin/python bench/activation.py --api-workers 1 --only herd \
+        --api-env IRRIGATION_DB_POOL_SIZE=30 --api-env IRRIGATION_DB_MAX_OVERFLOW=0 \
+        --profile /tmp/prof                          # one knob, one phase, py-spy on the API
 
 Sets up everything itself: a fresh database `irrigation_bench` (dropped first if it
 exists, dropped again at the end), migrations, a site and an admin key, the device
 simulator, one or two arq workers and the API (`irrigation serve`, once per
 `--api-workers` value), all as child processes. It then measures, over HTTP:
 
-(a) herd: N concurrent activation requests on ONE pump: exactly one must be accepted
-    (checked, and checked again on the simulator's physical truth); p50/p99 and wall time;
-(b) sustained: closed-loop activation requests spread over P pumps (each its own zone,
-    hence its own water source; cooldown 0, 1 s runs) for D seconds: requests/s and
-    admitted/s, refusals (409) counted as the valid answers they are;
-(c) enqueue -> gateway start: for the admitted runs of (b) (and, unloaded, a few single
-    requests), from the API's `requested_at` to the simulator's `started_at`.
+(a) herd: N (1,000) concurrent activation requests on ONE pump, one connection each:
+    exactly one must be accepted (checked, and checked again on the simulator's physical
+    truth, which must show exactly one run); p50/p99 latency, wall time, requests/s.
+(b) sustained: C (50) closed loops of activation requests for D (10) s, request i going to
+    pump i mod P (100 pumps, each its own zone, hence its own water source; cooldown 0;
+    1 s runs). Counted: every answer (202 admitted, 409 refused: pump busy) -> requests/s,
+    and the 202s alone -> admitted/s. Nothing is stopped early: a pump is free again once
+    its run has started and ended, so admitted/s is bounded by P / (start latency + 1 s).
+(c) enqueue -> gateway start: for the admitted runs of (b), and for a few single requests
+    on idle pumps, from the API's `requested_at` (202 body; database clock) to the
+    simulator's `started_at` for that `command_id` (GET /truth); same machine clock.
 
-Each HTTP figure is set against a baseline measured right before it on the same
-`pumps` rows: bare asyncpg `BEGIN; SELECT ... FOR NO KEY UPDATE; UPDATE ...; COMMIT`
-transactions, (a) on the herd's row with the herd's concurrency, (b) spread over the
-P rows with the same concurrency. The figures that matter are the ratios.
+Each throughput is set against a baseline measured right before it, on the same `pumps`
+rows, through a fresh asyncpg pool of 30 connections (the API's own pool: 10 + 20):
+`BEGIN; SELECT ... FOR NO KEY UPDATE; UPDATE pumps SET last_sequence = last_sequence + 1;
+COMMIT`, (a) N transactions at once on the herd's row, (b) C closed loops over the P rows.
+The figures that matter are the ratios: the machine is shared and its load varies.
+
+Also printed per phase: the cores each process kept busy (API, workers, PostgreSQL,
+Redis, client, and `other`: the rest of the machine), the API's CPU per request, and the
+new database connections and transactions per request (pg_stat_database). The client is
+one httpx client per connection, spread over two processes: one shared httpx pool of
+1,000 connections costs the client ~6 ms of CPU per request and would be the bottleneck.
 """
 
 from __future__ import annotations
@@ -416,7 +430,8 @@ async def herd(b: Bench, variant: Variant, api: httpx.AsyncClient, pump: dict[st
             "req/s",
             base,
             "1 row",
-            f"wall {result.wall_s:.2f} s; 1 x 202, {others} x 409/503; {meter.summary()}",
+            baseline_unit="tx/s",
+            note=f"wall {result.wall_s:.2f} s; 1 x 202, {others} x 409/503; {meter.summary()}",
         ),
         Figure("herd: p50 latency", percentile(lat, 50) * 1000, "ms"),
         Figure("herd: p99 latency", percentile(lat, 99) * 1000, "ms", note=costs),
@@ -466,10 +481,13 @@ async def sustained(b: Bench, variant: Variant, api: httpx.AsyncClient) -> None:
     if result.errors or total != len(admitted) + refused:
         print(f"    !! answers other than 202/409, or client errors: {result.errors[:3]}")
 
-    lags, missing = start_latencies(admitted, await truth(b.sim))
+    runs = await truth(b.sim)
+    lags, missing = start_latencies(admitted, runs)
+    fates = await _fates(api, admitted, runs) if missing else ""
     print(
         f"  enqueue -> gateway start, under load: p50 {ms(percentile(lags, 50))}, "
-        f"p99 {ms(percentile(lags, 99))} ({len(lags)} runs; {missing} admitted never started)"
+        f"p99 {ms(percentile(lags, 99))} ({len(lags)} runs; {missing} admitted never started"
+        f"{fates})"
     )
     variant.figures += [
         Figure(
@@ -478,7 +496,9 @@ async def sustained(b: Bench, variant: Variant, api: httpx.AsyncClient) -> None:
             "req/s",
             base,
             f"{len(ids)} rows",
-            f"{len(admitted)} x 202 + {refused} x 409 in {result.wall_s:.1f} s; {meter.summary()}",
+            baseline_unit="tx/s",
+            note=f"{len(admitted)} x 202 + {refused} x 409 in {result.wall_s:.1f} s; "
+            + meter.summary(),
         ),
         Figure("sustained: admitted (202)", admit_rate, "/s", note="bounded by 1 s runs"),
         Figure("sustained: p50 latency", percentile(lat, 50) * 1000, "ms"),
@@ -488,9 +508,21 @@ async def sustained(b: Bench, variant: Variant, api: httpx.AsyncClient) -> None:
             "enqueue -> gateway start under load: p99",
             percentile(lags, 99) * 1000,
             "ms",
-            note=f"{len(lags)} runs, {missing} never started",
+            note=f"{len(lags)} runs, {missing} never started{fates}",
         ),
     ]
+
+
+async def _fates(api: httpx.AsyncClient, admitted: list[Answer], runs: list[dict[str, Any]]) -> str:
+    """What became of the admitted runs the device never saw (e.g. `expired`: the worker
+    picked the job up after max_queue_delay_s)."""
+    seen = {r["command_id"] for r in runs}
+    fates: dict[str, int] = {}
+    for a in admitted:
+        if a.fields["command_id"] not in seen:
+            status = (await api.get(f"/v1/activations/{a.fields['id']}")).json().get("status")
+            fates[str(status)] = fates.get(str(status), 0) + 1
+    return ": " + ", ".join(f"{n} {status}" for status, n in sorted(fates.items()))
 
 
 async def unloaded_start_latency(b: Bench, variant: Variant, api: httpx.AsyncClient) -> None:

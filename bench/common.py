@@ -67,7 +67,8 @@ class Figure:
     baseline: float | None = None
     baseline_name: str = ""
     note: str = ""
-    baseline_unit: str = "tx/s"
+    baseline_unit: str | None = None
+    """Defaults to `unit`."""
 
     @property
     def ratio(self) -> float | None:
@@ -78,7 +79,8 @@ class Figure:
     def line(self) -> str:
         text = f"{self.name}: {self.value:,.1f} {self.unit}"
         if self.baseline is not None:
-            text += f"; baseline {self.baseline_name}: {self.baseline:,.1f} {self.baseline_unit}"
+            unit = self.baseline_unit or self.unit
+            text += f"; baseline {self.baseline_name}: {self.baseline:,.1f} {unit}"
             text += f"; ratio {self.ratio:.2f}"
         if self.note:
             text += f"  ({self.note})"
@@ -93,7 +95,7 @@ def markdown_table(figures: Sequence[Figure]) -> str:
     for f in figures:
         base = ""
         if f.baseline is not None:
-            base = f"{f.baseline:,.0f} {f.baseline_unit} ({f.baseline_name})"
+            base = f"{f.baseline:,.0f} {f.baseline_unit or f.unit} ({f.baseline_name})"
         ratio = f"{f.ratio:.2f}" if f.ratio is not None else ""
         rows.append(f"| {f.name} | {f.value:,.1f} {f.unit} | {base} | {ratio} | {f.note} |")
     return "\n".join(rows)
@@ -233,8 +235,14 @@ class Stack:
         await self._admin(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
 
     async def _forget_redis(self) -> None:
+        """Every key of the namespace, and arq's per-job keys (`arq:job:<id>`, ...), which
+        are not namespaced, for the jobs still in this stack's queue (deferred ones)."""
         client = aioredis.Redis.from_url(self.redis_url)
         try:
+            for job_id in await client.zrange(f"{self.namespace}:queue", 0, -1):
+                name = job_id.decode()
+                for prefix in ("job", "in-progress", "retry", "result"):
+                    await client.delete(f"arq:{prefix}:{name}")
             async for key in client.scan_iter(f"*{self.namespace}*", count=1000):
                 await client.delete(key)
         finally:

@@ -385,11 +385,21 @@ async def close_all(conns: Sequence[asyncpg.Connection]) -> None:
         await asyncio.sleep(0.02)
 
 
+def _once(text: str, old: str, new: str) -> str:
+    if text.count(old) != 1:
+        raise RuntimeError("store.INSERT_READINGS changed shape: update bench/ingest.py")
+    return text.replace(old, new)
+
+
 def _sql_variants() -> dict[str, str]:
     """The app's statement, and bench-only variants derived from it."""
     from irrigation.ingest import store
 
     full = store.INSERT_READINGS
+    final = re.search(r"\n\)\s*\n(SELECT [^\n]* FROM ins)\s*$", full)
+    if final is None:
+        raise RuntimeError("store.INSERT_READINGS changed shape: update bench/ingest.py")
+    returning = final.group(1)  # what the app reads back, the same for every variant
     unnest = re.compile(
         r"SELECT \* FROM unnest\(.*?\)\s+AS t\(sensor_id, ts, value, quality\)", re.S
     )
@@ -401,11 +411,23 @@ def _sql_variants() -> dict[str, str]:
         "temp": unnest.sub(f"SELECT sensor_id, ts, value, quality FROM {TEMP_TABLE}", full),
         "unnest_insert_only": f"""
             WITH input AS ({input_cte.group(0)})
-            INSERT INTO sensor_readings (sensor_id, ts, value, quality)
-            SELECT sensor_id, ts, value, quality FROM input
-            ON CONFLICT (sensor_id, ts) DO NOTHING""",
+            , ins AS (
+                INSERT INTO sensor_readings (sensor_id, ts, value, quality)
+                SELECT sensor_id, ts, value, quality FROM input
+                ON CONFLICT (sensor_id, ts) DO NOTHING
+                RETURNING sensor_id, ts, value
+            )
+            {returning}""",
+        # Sorted by PostgreSQL instead of by Python (the input arrives unsorted).
+        "unnest_sql_sort": _once(
+            full,
+            "SELECT sensor_id, ts, value, quality FROM input\n",
+            "SELECT sensor_id, ts, value, quality FROM input ORDER BY sensor_id, ts\n",
+        ),
+        # The statement as it was before it returned the new rows.
+        "unnest_count": full[: final.start(1)] + "SELECT count(*) FROM ins",
         # The full statement minus the sensors.last_seen_at CTE.
-        "unnest_no_seen": full.split("), seen AS (")[0] + ")\nSELECT count(*) FROM ins",
+        "unnest_no_seen": full.split("), seen AS (")[0] + ")\n" + returning,
     }
 
 
@@ -418,11 +440,46 @@ class Run:
     readings: int
     wall_s: float
     cpu: dict[str, float] = field(default_factory=dict)
-    note: str = ""
+    pg_cpu_s: float = 0.0
+    """CPU seconds of exactly the PostgreSQL backends that served this run."""
+    driver_cpu_s: float = 0.0
+    """CPU seconds of the process(es) that drove them: the bench (DB only) or the API."""
 
     @property
     def rate(self) -> float:
         return self.readings / self.wall_s
+
+    @property
+    def batches(self) -> float:
+        return self.readings / BATCH
+
+    @property
+    def pg_ms(self) -> float:
+        """PostgreSQL backend CPU per 10,000-reading batch: next to wall-clock rates, the
+        figure that other people's load on this shared machine moves least."""
+        return self.pg_cpu_s * 1000 / self.batches
+
+    @property
+    def driver_ms(self) -> float:
+        return self.driver_cpu_s * 1000 / self.batches
+
+
+def cpu_seconds(pids: Sequence[int]) -> dict[int, float]:
+    out = {}
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            t = psutil.Process(pid).cpu_times()
+            out[pid] = t.user + t.system
+    return out
+
+
+async def backend_pids(admin: asyncpg.Connection, application: str) -> list[int]:
+    rows = await admin.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = $2",
+        DATABASE,
+        application,
+    )
+    return [r["pid"] for r in rows]
 
 
 @dataclass
@@ -448,19 +505,23 @@ async def copy_baseline(
             for rows in mine:
                 await conn.copy_records_to_table(BARE_TABLE, records=rows, columns=COLUMNS)
 
+        pids = [c.get_server_pid() for c in conns]
+        pg0 = cpu_seconds(pids)
         cpu0 = time.process_time()
         meter.start()
         t0 = time.perf_counter()
         await asyncio.gather(*(lane(c, m) for c, m in zip(conns, batches, strict=True)))
         wall = time.perf_counter() - t0
-        cpu = meter.stop(client_cpu_s=time.process_time() - cpu0)
+        driver = time.process_time() - cpu0
+        cpu = meter.stop(client_cpu_s=driver)
+        pg = sum(cpu_seconds(pids).values()) - sum(pg0.values())
         count: int = await conns[0].fetchval(f"SELECT count(*) FROM {BARE_TABLE}")
     finally:
         await close_all(conns)
     total = sum(len(r) for m in batches for r in m)
     if count != total:
         raise RuntimeError(f"baseline copied {count} rows, expected {total}")
-    return Run(label, total, wall, cpu)
+    return Run(label, total, wall, cpu, pg, driver)
 
 
 async def http_run(
@@ -469,12 +530,18 @@ async def http_run(
     children = psutil.Process(api_pid).children(recursive=True)
     roles = {"api": [api_pid]} if not children else {f"api:{c.pid}": [c.pid] for c in children}
     meter = CpuMeter(roles, DATABASE)
+    api_pids = [api_pid, *(c.pid for c in children)]
     with RssSampler(api_pid) as rss:
         await asyncio.sleep(0.3)
         idle = rss.peak_total
+        pg0 = cpu_seconds(await backend_pids(admin, "irrigation"))
+        api0 = sum(cpu_seconds(api_pids).values())
         meter.start()
         start_at, results = await clients.run(url, key)
         cpu = meter.stop(client_cpu_s=sum(r.cpu_s for r in results))
+        api_cpu = sum(cpu_seconds(api_pids).values()) - api0
+        pg_after = cpu_seconds(await backend_pids(admin, "irrigation"))
+        pg = sum(v - pg0.get(pid, 0.0) for pid, v in pg_after.items())
     wall = max(r.finished for r in results) - start_at
     statuses: dict[int, int] = {}
     for r in results:
@@ -490,6 +557,8 @@ async def http_run(
         inserted,
         wall,
         cpu,
+        pg,
+        api_cpu,
         latencies=[x for r in results for x in r.latencies],
         statuses=statuses,
         rss_peak_total=rss.peak_total,
@@ -516,7 +585,8 @@ STEPS = (
     ("checks", "item checks: validation.check_items"),
     ("job", "ingestion_jobs INSERT (flush)"),
     ("args", "INSERT arguments: sort + 4 lists (store.insert_readings, Python part)"),
-    ("insert", "INSERT statement alone (store.INSERT_READINGS via asyncpg)"),
+    ("insert", "INSERT statement alone (store.INSERT_READINGS via asyncpg fetch)"),
+    ("new", "new readings from the returned rows (store.insert_new_readings)"),
     ("quarantine", "quarantine insert (0 items here)"),
     ("answer", "answer: IngestResult(...).model_dump"),
     ("commit", "commit (job UPDATE flush + COMMIT)"),
@@ -610,8 +680,13 @@ class InProcess:
                 )
                 driver = await store._driver(session)
                 lap("args")
-                inserted: int = await driver.fetchval(store.INSERT_READINGS, *args)
+                returned = await driver.fetch(store.INSERT_READINGS, *args)
                 lap("insert")
+                # store.insert_new_readings' matching of the rows back to the items (all new
+                # here: its fast path).
+                new = ordered if len(returned) == len(ordered) else []
+                inserted = len(new)
+                lap("new")
                 await store.insert_quarantine(session, site_id, job.id, checked.rejected)
                 lap("quarantine")
                 job.inserted = inserted
@@ -632,7 +707,7 @@ class InProcess:
                 ).model_dump(mode="json")
                 lap("answer")
             lap("commit")
-        await self.cache.record(checked.accepted)
+        await self.cache.record(new)
         lap("cache")
         if inserted != len(parsed):
             raise RuntimeError(f"breakdown: inserted {inserted} of {len(parsed)}")
@@ -767,6 +842,7 @@ ALTERNATIVES = (
     Alternative("unnest: INSERT only (no rollup, no last_seen)", "unnest_insert_only"),
     Alternative("unnest: INSERT + rollup (no last_seen)", "unnest_no_seen"),
     Alternative("unnest: full statement (current)", "unnest"),
+    Alternative("unnest: full, SELECT count(*) instead of the new rows", "unnest_count"),
     Alternative("unnest: full, ORDER BY in SQL, unsorted input", "unnest_sql_sort"),
     Alternative("unnest: full, no FK", "unnest", fk=False),
     Alternative("temp COPY + INSERT SELECT: full", "temp"),
@@ -824,17 +900,21 @@ async def alternative(
                 async with conn.transaction():
                     if alt.kind == "temp":
                         await conn.copy_records_to_table(TEMP_TABLE, records=rows, columns=COLUMNS)
-                        await conn.fetchval(sql["temp"])
+                        await conn.fetch(sql["temp"])
                     else:
-                        await conn.execute(sql[alt.kind], *unnest_args[i][k])
+                        await conn.fetch(sql[alt.kind], *unnest_args[i][k])
 
         meter = CpuMeter({}, DATABASE)
+        pids = [c.get_server_pid() for c in conns]
+        pg0 = cpu_seconds(pids)
         cpu0 = time.process_time()
         meter.start()
         t0 = time.perf_counter()
         await asyncio.gather(*(lane(i) for i in range(len(conns))))
         wall = time.perf_counter() - t0
-        cpu = meter.stop(client_cpu_s=time.process_time() - cpu0)
+        driver = time.process_time() - cpu0
+        cpu = meter.stop(client_cpu_s=driver)
+        pg = sum(cpu_seconds(pids).values()) - sum(pg0.values())
     finally:
         await close_all(conns)
     table = BARE_TABLE if alt.kind == "copy" else "sensor_readings"
@@ -847,7 +927,7 @@ async def alternative(
         if rolled != total:
             raise RuntimeError(f"{alt.label}: rollups count {rolled}, expected {total}")
     await set_fk(admin, True)
-    return Run(alt.label, total, wall, cpu)
+    return Run(alt.label, total, wall, cpu, pg, driver)
 
 
 @dataclass
@@ -879,7 +959,10 @@ async def alternatives_rounds(
         for res in results:
             run = await alternative(url, res.alt, batches, admin)
             res.runs.append(run)
-            print(f"    round {round_no + 1}: {run.label}: {run.rate:,.0f} readings/s")
+            print(
+                f"    round {round_no + 1}: {run.label}: {run.rate:,.0f} readings/s; "
+                f"PG backends {run.pg_ms:.0f} ms CPU per batch"
+            )
     return results
 
 
@@ -900,9 +983,9 @@ def _proposal_adapter() -> Any:
     class SlotReading:
         sensor_id: uuid.UUID
         ts: datetime
-        value: Annotated[float, Field(allow_inf_nan=False)]
+        value: Annotated[float, Field(strict=True, allow_inf_nan=False)]
         unit: Annotated[str | None, Field(max_length=16)] = None
-        quality: Annotated[int, Field(ge=0, le=100)] = 100
+        quality: Annotated[int, Field(ge=0, le=100, strict=True)] = 100
 
     @std_dataclass
     class SlotBatch:
@@ -1065,8 +1148,9 @@ def pair_table(pairs: Sequence[Pair]) -> str:
     rows = [
         "| variant | HTTP readings/s | raw COPY readings/s (before / after) | ratio "
         "| peak RSS, largest process | peak RSS, all API processes | p50 / p95 latency "
-        "| server in-txn p50 | client CPU | cores busy during the HTTP run |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| server in-txn p50 | CPU per batch: API / its PG backends | CPU per batch, raw COPY: "
+        "bench / PG backends | client CPU | cores busy during the HTTP run |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for p in pairs:
         h = p.http
@@ -1075,7 +1159,10 @@ def pair_table(pairs: Sequence[Pair]) -> str:
             f"{p.after.rate:,.0f}) | **{p.ratio:.3f}** | {mb(h.rss_peak_single)} "
             f"| {mb(h.rss_peak_total)} "
             f"| {pct(h.latencies, 50) * 1000:.0f} / {pct(h.latencies, 95) * 1000:.0f} ms "
-            f"| {statistics.median(h.job_ms):.0f} ms | {h.client_cpu_s / h.wall_s:.3f} cores "
+            f"| {statistics.median(h.job_ms):.0f} ms | {h.driver_ms:.0f} / {h.pg_ms:.0f} ms "
+            f"| {(p.before.driver_ms + p.after.driver_ms) / 2:.0f} / "
+            f"{(p.before.pg_ms + p.after.pg_ms) / 2:.0f} ms "
+            f"| {h.client_cpu_s / h.wall_s:.3f} cores "
             f"| {cores(h.cpu)} |"
         )
     return "\n".join(rows)
@@ -1111,15 +1198,18 @@ def alternatives_table(results: Sequence[AltResult]) -> str:
     current = next((r for r in results if r.alt.label.endswith("(current)")), None)
     rows = [
         "| variant (DB only) | readings/s (median) | range over rounds | vs raw COPY "
-        "| vs current statement | cores busy (median round) |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
+        "| vs current statement | PG backend CPU per batch (median) | bench CPU per batch "
+        "| cores busy (median round) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in results:
         vs_current = f"{r.rate / current.rate:.2f}" if current else ""
         mid = sorted(r.runs, key=lambda x: x.rate)[len(r.runs) // 2]
+        pg = statistics.median(x.pg_ms for x in r.runs)
+        drv = statistics.median(x.driver_ms for x in r.runs)
         rows.append(
             f"| {r.alt.label} | {r.rate:,.0f} | {r.spread} | {r.rate / baseline.rate:.2f} "
-            f"| {vs_current} | {cores(mid.cpu)} |"
+            f"| {vs_current} | {pg:.0f} ms | {drv:.0f} ms | {cores(mid.cpu)} |"
         )
     return "\n".join(rows)
 
@@ -1135,19 +1225,55 @@ def proposals_table(items: Sequence[Proposal]) -> str:
 
 # Main -----------------------------------------------------------------------------------
 
-GC_SERVE = (
-    "import gc, sys; gc.set_threshold({threshold}); "
-    "from irrigation.cli import app; sys.argv[0] = 'irrigation'; app()"
-)
+GC_SERVE = """
+import gc, sys
+import irrigation.app as app_module
+
+THRESHOLD = {threshold!r}
+FREEZE = {freeze!r}
+original = app_module.create_app
 
 
-async def start_api(stack: Stack, workers: int, gc_threshold: str | None) -> tuple[Proc, str]:
-    """`irrigation serve`; with gc_threshold, the same app under a wrapper that only sets
-    the interpreter's GC thresholds first (no change to src)."""
-    if gc_threshold is None:
+def create_app(*args, **kwargs):
+    app = original(*args, **kwargs)
+    if FREEZE:  # everything built at start-up leaves the GC's generations
+        gc.collect()
+        gc.freeze()
+    return app
+
+
+app_module.create_app = create_app  # uvicorn imports "irrigation.app:create_app" after this
+if THRESHOLD:
+    gc.set_threshold(*THRESHOLD)
+from irrigation.cli import app
+
+sys.argv[0] = "irrigation"
+app()
+"""
+
+GC_VARIANTS: dict[str, tuple[tuple[int, int, int] | None, bool]] = {
+    "threshold": ((50_000, 20, 100), False),
+    "freeze": (None, True),
+    "freeze+threshold": ((50_000, 20, 100), True),
+}
+
+
+def gc_label(variant: str) -> str:
+    threshold, freeze = GC_VARIANTS[variant]
+    parts = (["gc.freeze() after start-up"] if freeze else []) + (
+        [f"gc.set_threshold{threshold}"] if threshold else []
+    )
+    return " + ".join(parts)
+
+
+async def start_api(stack: Stack, workers: int, gc_variant: str | None) -> tuple[Proc, str]:
+    """`irrigation serve`; with gc_variant, the same command under a wrapper that only tunes
+    the interpreter's cyclic GC (no change to src)."""
+    if gc_variant is None:
         return await stack.start_api(workers=workers)
+    threshold, freeze = GC_VARIANTS[gc_variant]
     port = free_port()
-    code = GC_SERVE.format(threshold=gc_threshold)
+    code = GC_SERVE.format(threshold=threshold, freeze=freeze)
     argv = [sys.executable, "-c", code, "serve", "--port", str(port), "--workers", str(workers)]
     proc = Proc(f"api-gc{workers}", argv, stack.env)
     stack.procs.append(proc)
@@ -1173,10 +1299,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--rounds", type=int, help="rounds of the DB-only variants (3; quick 1)")
     p.add_argument(
-        "--gc-threshold",
-        default="50000,20,100",
-        help="also run the API (1 worker, first client count) with these GC thresholds "
-        "(wrapper, src untouched); '' to skip",
+        "--gc-variants",
+        default=",".join(GC_VARIANTS),
+        help="also run the API (1 worker, first client count) with its GC tuned by a wrapper "
+        f"(src untouched), of {', '.join(GC_VARIANTS)} (default: all; '' for none)",
     )
     p.add_argument("--profile", type=Path, help="py-spy the API during its first HTTP run")
     p.add_argument("--markdown", type=Path, help="also write the tables here")
@@ -1205,15 +1331,15 @@ async def http_pair(
     admin: asyncpg.Connection,
     key: str,
     workers: int,
-    gc_threshold: str | None,
+    gc_variant: str | None,
     profile: Path | None,
 ) -> tuple[Pair, Proc, str]:
     """COPY baseline, HTTP run, COPY baseline again; the API left running."""
     spec = clients.spec
-    proc, url = await start_api(stack, workers, gc_threshold)
+    proc, url = await start_api(stack, workers, gc_variant)
     label = f"{workers} API worker(s), {spec.clients} clients, {spec.layout}"
-    if gc_threshold:
-        label += f", GC thresholds ({gc_threshold})"
+    if gc_variant:
+        label += f", {gc_label(gc_variant)}"
     await reset(admin)
     before = await copy_baseline(stack.database_url, rows, "raw COPY", proc.pid)
     await reset(admin)
@@ -1234,7 +1360,10 @@ async def http_pair(
         f"{before.rate:,.0f} / {after.rate:,.0f}; ratio {pair.ratio:.3f}; peak RSS "
         f"{mb(h.rss_peak_single)} largest process, {mb(h.rss_peak_total)} all (idle "
         f"{mb(h.rss_idle)}); p50 {pct(h.latencies, 50) * 1000:.0f} ms; clients used "
-        f"{h.client_cpu_s / h.wall_s:.2f} cores\n    cores busy: {cores(h.cpu)}"
+        f"{h.client_cpu_s / h.wall_s:.2f} cores\n"
+        f"    CPU per batch: API {h.driver_ms:.0f} ms, its PG backends {h.pg_ms:.0f} ms; "
+        f"raw COPY: PG backends {before.pg_ms:.0f} / {after.pg_ms:.0f} ms\n"
+        f"    cores busy: {cores(h.cpu)}"
     )
     return pair, proc, url
 
@@ -1250,7 +1379,7 @@ async def run(args: argparse.Namespace) -> int:
     k = args.breakdown_batches or (2 if args.quick else 20)
     alternatives = args.alternatives or ("some" if args.quick else "all")
     rounds = args.rounds or (1 if args.quick else 3)
-    gc_threshold = None if args.quick or not args.gc_threshold else args.gc_threshold
+    gc_variants = [] if args.quick else [v for v in args.gc_variants.split(",") if v]
     print(
         f"ingestion benchmark ({'quick' if args.quick else 'full'}), "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {total:,} readings per run in "
@@ -1287,16 +1416,16 @@ async def run(args: argparse.Namespace) -> int:
                             f"  {n_clients} client processes, {layout}: bodies ready "
                             f"({clients.body_bytes / total:.0f} bytes/reading)"
                         )
-                        variants = [(n, None) for n in worker_counts]
-                        if first and gc_threshold:
-                            variants.append((1, gc_threshold))
-                        for n_workers, threshold in variants:
+                        variants: list[tuple[int, str | None]] = [(n, None) for n in worker_counts]
+                        if first:
+                            variants += [(1, v) for v in gc_variants]
+                        for n_workers, gc_variant in variants:
                             profile = args.profile if first and not pairs else None
                             pair, proc, url = await http_pair(
-                                stack, clients, rows, admin, key, n_workers, threshold, profile
+                                stack, clients, rows, admin, key, n_workers, gc_variant, profile
                             )
                             pairs.append(pair)
-                            if first and n_workers == 1 and threshold is None and bd is None:
+                            if first and n_workers == 1 and gc_variant is None and bd is None:
                                 bd, props = await breakdown(
                                     stack, key, clients, url, admin, k, 1 if args.quick else 3
                                 )

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -201,7 +201,7 @@ def import_file(
     ):
         sending = progress.add_task("upload", total=size, detail=f"{size:,} bytes")
 
-        def blocks() -> Any:
+        def blocks() -> Iterator[bytes]:
             # A generator body: httpx sends it as it is read, the file is never in memory.
             with file.open("rb") as f:
                 while block := f.read(IMPORT_BLOCK):

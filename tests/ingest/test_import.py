@@ -227,6 +227,23 @@ async def test_an_ndjson_line_that_is_not_json_is_quarantined_and_the_job_goes_o
     assert quarantine[2][0] == "parse_error"
 
 
+async def test_a_duplicate_with_another_value_counts_as_duplicate_and_the_stored_value_shows(
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    spawn: StartProcess,
+    tmp_path: Path,
+) -> None:
+    spawn("worker")
+    (sensor,) = await make_sensors(client, admin, 1)
+    path = tmp_path / "h.ndjson"
+    path.write_text(line(sensor, 0, 10) + line(sensor, 0, 99))
+    job = await wait_until_done(client, admin, (await upload(client, admin, path, NDJSON))["id"])
+
+    assert counts(job) == (2, 2, 1, 1, 0)
+    latest = (await client.get(f"/v1/sensors/{sensor}/latest", headers=admin)).json()
+    assert [r["value"] for r in latest["recent"]] == [10]
+
+
 # Refusals at the door ------------------------------------------------------------------------
 
 
@@ -336,6 +353,25 @@ async def test_uploading_needs_the_ingest_scope(
     reader = {"Authorization": f"Bearer {await make_key('read')}"}
     response = await client.post("/v1/ingest/jobs", content=b"{}\n", headers={**reader, **NDJSON})
     assert response.status_code == 403
+
+
+async def test_an_upload_the_queue_cannot_take_is_503_and_its_job_failed(
+    admin: dict[str, str], settings: Settings
+) -> None:
+    no_redis = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    application = create_app(no_redis)
+    transport = httpx.ASGITransport(app=application)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            response = await c.post("/v1/ingest/jobs", content=b"{}\n", headers={**admin, **NDJSON})
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"] == "5"
+            [job] = (await c.get("/v1/ingest/jobs", headers=admin)).json()["items"]
+    finally:
+        await application.state.redis.aclose()
+        await application.state.engine.dispose()
+    assert (job["status"], job["error"]) == ("failed", "the job queue (Redis) was unavailable")
+    assert uploads(settings) == []
 
 
 # Redelivery and slices ------------------------------------------------------------------------

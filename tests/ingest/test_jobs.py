@@ -163,3 +163,14 @@ async def test_jobs_are_read_with_the_read_scope_and_another_sites_are_not_found
     )
     assert (await client.get("/v1/ingest/jobs", headers=other_admin)).json()["items"] == []
     assert_invalid(await client.get("/v1/ingest/jobs/nope", headers=admin), "path.job_id")
+
+
+async def test_an_ingest_only_key_can_follow_its_jobs(
+    client: httpx.AsyncClient, make_key: MakeKey
+) -> None:
+    device = bearer(await make_key("ingest"))
+    listed = await client.get("/v1/ingest/jobs", headers=device)
+    assert listed.status_code == 200
+    control = bearer(await make_key("control"))
+    refused = await client.get("/v1/ingest/jobs", headers=control)
+    assert refused.status_code == 403

@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
@@ -32,30 +32,7 @@ from tests.ingest.helpers import (
 # Quarantine reasons ---------------------------------------------------------------------
 
 
-async def test_nan_and_infinity_literals_are_parse_errors_and_the_rest_is_stored(
-    client: httpx.AsyncClient, admin: Headers
-) -> None:
-    sid = await new_sensor(client, admin)
-    ts = ago(minutes=1)
-    raw = (
-        '{"readings": ['
-        f'{{"sensor_id": "{sid}", "ts": "{ts}", "value": NaN}},'
-        f'{{"sensor_id": "{sid}", "ts": "{ts}", "value": Infinity}},'
-        f'{{"sensor_id": "{sid}", "ts": "{ts}", "value": -Infinity}},'
-        f'{{"sensor_id": "{sid}", "ts": "{ts}", "value": 12}}'
-        "]}"
-    )
-    response = await client.post(
-        "/v1/readings", content=raw, headers={**admin, "Content-Type": "application/json"}
-    )
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert counts(body) == (4, 1, 0, 3)
-    assert reasons(body) == {0: "parse_error", 1: "parse_error", 2: "parse_error"}
-    assert all("value" in q["detail"] for q in body["quarantine"])
-
-
-async def test_wrong_types_missing_and_extra_fields_are_parse_errors(
+async def test_nan_infinity_wrong_types_missing_and_extra_fields_are_parse_errors(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
     sid = await new_sensor(client, admin)
@@ -89,6 +66,24 @@ async def test_wrong_types_missing_and_extra_fields_are_parse_errors(
     assert reasons(body) == dict.fromkeys(range(last), "parse_error")
     assert body["quarantine"][11]["detail"].startswith("sensor_id:")
     assert body["quarantine"][14]["detail"].startswith("colour:")
+
+    # NaN and Infinity as the bare literals some JSON encoders write.
+    raw = (
+        '{"readings": ['
+        f'{{"sensor_id": "{sid}", "ts": "{ts}", "value": NaN}},'
+        f'{{"sensor_id": "{sid}", "ts": "{ts}", "value": Infinity}},'
+        f'{{"sensor_id": "{sid}", "ts": "{ts}", "value": -Infinity}},'
+        f'{{"sensor_id": "{sid}", "ts": "{ago(minutes=3)}", "value": 12}}'
+        "]}"
+    )
+    response = await client.post(
+        "/v1/readings", content=raw, headers={**admin, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert counts(body) == (4, 1, 0, 3)
+    assert reasons(body) == {0: "parse_error", 1: "parse_error", 2: "parse_error"}
+    assert {q["detail"] for q in body["quarantine"]} == {"value: Input should be a finite number"}
 
 
 async def test_unknown_sensor_gives_no_hint_that_another_sites_sensor_exists(
@@ -235,6 +230,10 @@ async def test_duplicates_in_a_batch_and_against_stored_rows_are_counted_not_err
     # The first one sent is kept, and the hot cache shows what the database holds.
     stored = (await client.get(f"/v1/sensors/{sid}/readings", headers=admin)).json()["items"]
     assert [r["value"] for r in stored] == [4, 3, 1]
+    # The same instant written with another offset is the same reading.
+    plus_two = datetime.fromisoformat(t3).astimezone(timezone(timedelta(hours=2))).isoformat()
+    resent = await send(client, admin, [{"sensor_id": sid, "ts": plus_two, "value": 4}])
+    assert counts(resent) == (1, 0, 1, 0)
     latest = (await client.get(f"/v1/sensors/{sid}/latest", headers=admin)).json()
     assert latest["source"] == "cache"
     assert [r["value"] for r in latest["recent"]] == [1, 3, 4]

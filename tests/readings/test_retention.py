@@ -5,6 +5,8 @@ Old readings are written straight into the database with ingestion's own stateme
 (`store.INSERT_READINGS`, so the rollups are built as ingestion builds them): the API
 refuses readings older than the retention, as it should."""
 
+import asyncio
+import signal
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -22,6 +24,7 @@ from irrigation.readings import retention
 from irrigation.readings.queries import raw_horizon
 from irrigation.settings import Settings
 from irrigation.stack import plain_url
+from irrigation.worker import PUMP_JOB_TIMEOUT_S, create_worker
 from tests.readings.helpers import (
     Reading,
     aggregates,
@@ -167,3 +170,21 @@ async def test_cron_job_applies_the_retention_setting_and_aggregates_still_answe
         got = await aggregates(client, admin, path, bucket=bucket, start=start, end=end)
         assert sum(p["count"] for p in got["points"]) == len(readings[india])
         assert all(datetime.fromisoformat(p["start"]).minute == 0 for p in got["points"])
+
+
+async def test_worker_runs_the_purge_hourly_within_its_budget_and_the_pump_job_timeout(
+    settings: Settings,
+) -> None:
+    worker = create_worker(settings)
+    try:
+        (job,) = [j for j in worker.cron_jobs if j.coroutine is retention.purge_raw_readings]
+    finally:
+        await worker.pool.aclose()  # worker.close() calls redis' deprecated close()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().remove_signal_handler(signum)
+    assert job.hour is None  # every hour,
+    assert isinstance(job.minute, set)
+    assert len(job.minute) == 1  # once
+    assert job.timeout_s is not None
+    # A longer timeout would delay the retry of a SIGKILLed pump job (see worker.py).
+    assert retention.TIME_BUDGET_S < job.timeout_s <= PUMP_JOB_TIMEOUT_S

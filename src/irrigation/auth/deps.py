@@ -86,3 +86,15 @@ ReadPrincipal = Annotated[Principal, Security(current_principal, scopes=["read"]
 IngestPrincipal = Annotated[Principal, Security(current_principal, scopes=["ingest"])]
 ControlPrincipal = Annotated[Principal, Security(current_principal, scopes=["control"])]
 AdminPrincipal = Annotated[Principal, Security(current_principal, scopes=["admin"])]
+
+
+async def _read_or_ingest(
+    principal: Annotated[Principal, Security(current_principal, scopes=[])],
+) -> Principal:
+    if not (principal.has(Scope.read) or principal.has(Scope.ingest)):
+        raise Forbidden("this key needs the read or the ingest scope", required=["read|ingest"])
+    return principal
+
+
+# A device that sends data (ingest) may follow its own ingestion jobs without `read`.
+ReadOrIngestPrincipal = Annotated[Principal, Depends(_read_or_ingest)]

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from datetime import UTC
 from typing import Any
 
 import structlog
@@ -86,6 +87,6 @@ class HotCache:
 
 
 def _member(reading: ReadingIn) -> str:
-    return json.dumps(
-        {"ts": reading.ts.isoformat(), "value": reading.value, "quality": reading.quality}
-    )
+    # In UTC: one instant is one member, whatever offset the device wrote it with.
+    ts = reading.ts.astimezone(UTC).isoformat()
+    return json.dumps({"ts": ts, "value": reading.value, "quality": reading.quality})

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import csv
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterable
@@ -34,11 +35,11 @@ from irrigation import queue
 from irrigation.common.clock import utcnow
 from irrigation.common.dberrors import pg_error
 from irrigation.common.errors import DomainError, Invalid, PayloadTooLarge, Unavailable
-from irrigation.ingest import service
+from irrigation.ingest import service, store
 from irrigation.ingest.cache import HotCache
 from irrigation.ingest.models import IngestionJob, JobSource, JobStatus, QuarantineReason
 from irrigation.ingest.schemas import ReadingIn
-from irrigation.ingest.validation import Checked, Rejected, parse_items
+from irrigation.ingest.validation import Rejected, parse_items
 from irrigation.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -144,9 +145,10 @@ async def receive(
     return job
 
 
-async def _save(body: AsyncIterable[bytes], path: Path, max_bytes: int) -> int:
+async def _save(body: AsyncIterable[bytes], path: Path, max_bytes: int) -> None:
     """Written in 1 MiB blocks from a thread: memory stays bounded and the event loop never
-    waits on the disk. A partial file is removed, whatever interrupted the upload."""
+    waits on the disk. A partial file is removed, whatever interrupted the upload; a whole
+    one is fsynced, since the job that points at it is about to be acknowledged."""
     try:
         await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
         out = await asyncio.to_thread(path.open, "xb")
@@ -168,12 +170,17 @@ async def _save(body: AsyncIterable[bytes], path: Path, max_bytes: int) -> int:
                 pending = bytearray()
         if pending:
             await asyncio.to_thread(out.write, pending)
+        await asyncio.to_thread(_flush_to_disk, out)
     except BaseException:
         out.close()
         _discard(path)
         raise
     out.close()
-    return size
+
+
+def _flush_to_disk(out: BinaryIO) -> None:
+    out.flush()
+    os.fsync(out.fileno())
 
 
 def _discard(path: Path) -> None:
@@ -395,7 +402,13 @@ async def process_import(ctx: dict[str, Any], job_id: str) -> str:
                 # The database went away: try again shortly instead of failing the import.
                 raise queue.run_again(5) from exc
             log.exception("import_failed", job_id=job_id)
-            await _fail(session, job_uuid, f"{type(exc).__name__}: {exc}")
+            # The job's error is shown to the site: no internals beyond the exception's type.
+            error = (
+                exc.detail
+                if isinstance(exc, DomainError)
+                else f"unexpected error ({type(exc).__name__}); see the worker's log"
+            )
+            await _fail(session, job_uuid, error)
             return "failed"
     if outcome == "again":
         raise queue.run_again()
@@ -450,8 +463,8 @@ async def _run_slice(
             is_out_of_time = time.monotonic() > deadline
             if not (is_last or is_out_of_time):
                 ahead = _read_ahead(reader)
-            checked = await _commit_chunk(session, settings, job_id, parsed, offset)
-            await cache.record(checked.accepted)
+            stored = await _commit_chunk(session, settings, job_id, parsed, offset)
+            await cache.record(stored)
             offset += len(parsed)
             if is_out_of_time and not is_last:
                 return "again"
@@ -482,10 +495,10 @@ async def _commit_chunk(
     job_id: uuid.UUID,
     parsed: list[ReadingIn | Rejected],
     offset: int,
-) -> Checked:
+) -> list[ReadingIn]:
     """Readings, rollups, quarantine and the job's counts in one transaction. The job row is
     locked first and must still be at `offset`: two runs of one job can never both write
-    a chunk, whatever arq does."""
+    a chunk, whatever arq does. Returns the chunk's readings as stored, for the cache."""
     attempt = 1
     while True:
         try:
@@ -497,9 +510,15 @@ async def _commit_chunk(
                 inserted = await service.write_checked(session, job.site_id, job_id, checked)
                 job.processed += len(parsed)
                 job.inserted += inserted
-                job.duplicates += len(checked.accepted) - inserted
+                duplicates = len(checked.accepted) - inserted
+                job.duplicates += duplicates
                 job.quarantined += len(checked.rejected)
-            return checked
+                # As for a batch: a duplicate may differ from the row it lost to, and the
+                # cache must show the stored value.
+                stored = checked.accepted
+                if duplicates:
+                    stored = await store.stored_readings(session, checked.accepted)
+            return stored
         except DBAPIError as exc:
             # Live batches for the same sensors can deadlock with a chunk on rollup rows.
             if pg_error(exc).sqlstate != service.DEADLOCK_DETECTED or attempt == service.ATTEMPTS:

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query
 
-from irrigation.auth.deps import IngestPrincipal, ReadPrincipal
+from irrigation.auth.deps import IngestPrincipal, ReadOrIngestPrincipal, ReadPrincipal
 from irrigation.common.deps import SettingsDep
 from irrigation.common.openapi import problems
 from irrigation.common.pagination import Page, PageParams, page_params
@@ -150,7 +150,7 @@ async def reject(
 )
 async def list_jobs(
     session: SessionDep,
-    who: ReadPrincipal,
+    who: ReadOrIngestPrincipal,
     params: Params,
     source: Annotated[JobSource | None, Query()] = None,
     status: Annotated[JobStatus | None, Query()] = None,
@@ -167,5 +167,7 @@ async def list_jobs(
     responses=problems(404),
     summary="One ingestion job: status, counts, processing time and success rate",
 )
-async def get_job(job_id: uuid.UUID, session: SessionDep, who: ReadPrincipal) -> IngestionJobOut:
+async def get_job(
+    job_id: uuid.UUID, session: SessionDep, who: ReadOrIngestPrincipal
+) -> IngestionJobOut:
     return job_out(await review.get_job(session, who.site_id, job_id))

@@ -78,7 +78,7 @@ async def ingest_batch(
     attempt = 1
     while True:
         try:
-            answer, new = await _ingest_once(session, settings, site_id, parsed, idem, started)
+            answer, fresh = await _ingest_once(session, settings, site_id, parsed, idem, started)
         except DBAPIError as exc:
             # Two batches touching the same sensors can still deadlock on rollup rows;
             # PostgreSQL picks a victim, which simply tries again.
@@ -86,8 +86,8 @@ async def ingest_batch(
                 raise
             attempt += 1
             continue
-        if new is not None:
-            await cache.record(new)
+        if fresh is not None:
+            await cache.record(fresh)
         return answer
 
 
@@ -99,7 +99,7 @@ async def _ingest_once(
     idem: IdempotentRequest | None,
     started: float,
 ) -> tuple[StoredAnswer, list[ReadingIn] | None]:
-    """The answer, and the readings that were new (None for a replayed answer)."""
+    """The answer, and the readings as stored, for the cache (None for a replayed answer)."""
     ttl = settings.idempotency_ttl_s
     async with session.begin():
         if idem is not None and (stored := await idempotency.find(session, idem, ttl)):
@@ -117,10 +117,13 @@ async def _ingest_once(
         )
         session.add(job)
         await session.flush()
-        new = await store.insert_new_readings(session, checked.accepted)
-        await store.insert_quarantine(session, site_id, job.id, checked.rejected)
-        job.inserted = len(new)
-        job.duplicates = len(checked.accepted) - len(new)
+        inserted = await write_checked(session, site_id, job.id, checked)
+        job.inserted = inserted
+        job.duplicates = len(checked.accepted) - inserted
+        # A duplicate may carry another value than the row it lost to: cache the winners.
+        fresh = checked.accepted
+        if job.duplicates:
+            fresh = await store.stored_readings(session, checked.accepted)
         job.quarantined = len(checked.rejected)
         job.finished_at = utcnow()
         job.processing_time_ms = round((time.perf_counter() - started) * 1000)
@@ -138,7 +141,7 @@ async def _ingest_once(
         answer = StoredAnswer(200, result.model_dump(mode="json"), {})
         if idem is not None and await idempotency.store(session, idem, answer, ttl) is None:
             raise Unavailable("a request with this Idempotency-Key is in flight; retry")
-    return answer, new
+    return answer, fresh
 
 
 async def latest(
