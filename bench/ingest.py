@@ -52,7 +52,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any
@@ -424,8 +424,6 @@ def _sql_variants() -> dict[str, str]:
             "SELECT sensor_id, ts, value, quality FROM input\n",
             "SELECT sensor_id, ts, value, quality FROM input ORDER BY sensor_id, ts\n",
         ),
-        # The statement as it was before it returned the new rows.
-        "unnest_count": full[: final.start(1)] + "SELECT count(*) FROM ins",
         # The full statement minus the sensors.last_seen_at CTE.
         "unnest_no_seen": full.split("), seen AS (")[0] + ")\n" + returning,
     }
@@ -579,23 +577,46 @@ def pct(values: Sequence[float], q: float) -> float:
 # Phase (b): where the time goes ---------------------------------------------------------
 
 STEPS = (
-    ("auth", "API key lookup (auth dependency, own session)"),
     ("parse", "Pydantic parse: validation.parse_batch(bytes)"),
-    ("lookup", "sensor lookup: service.sensor_specs (incl. BEGIN, pool checkout)"),
+    ("lookup", "sensor lookup: service.sensor_specs"),
     ("checks", "item checks: validation.check_items"),
-    ("job", "ingestion_jobs INSERT (flush)"),
-    ("args", "INSERT arguments: sort + 4 lists (store.insert_readings, Python part)"),
-    ("insert", "INSERT statement alone (store.INSERT_READINGS via asyncpg fetch)"),
-    ("new", "new readings from the returned rows (store.insert_new_readings)"),
-    ("quarantine", "quarantine insert (0 items here)"),
-    ("answer", "answer: IngestResult(...).model_dump"),
-    ("commit", "commit (job UPDATE flush + COMMIT)"),
+    ("args", "store.insert_readings minus its statement: sort + 4 argument lists"),
+    ("insert", "INSERT statement alone (store.INSERT_READINGS on the asyncpg connection)"),
+    ("quarantine", "quarantine insert: store.insert_quarantine (0 items here)"),
+    ("stored", "store.stored_readings (only after duplicates: 0 here)"),
+    ("txn", "rest of the transaction: BEGIN, job row INSERT/UPDATE, answer, COMMIT"),
     ("cache", "Redis: HotCache.record"),
 )
 
 
+class _TimedDriver:
+    """The asyncpg connection as store.py gets it, timing each statement by its SQL."""
+
+    def __init__(self, conn: Any, timers: dict[str, float], names: dict[str, str]) -> None:
+        self._conn = conn
+        self._timers = timers
+        self._names = names
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._conn, name)
+        if name not in ("fetch", "fetchval", "fetchrow", "execute"):
+            return attr
+
+        async def timed(query: str, *args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return await attr(query, *args, **kwargs)
+            finally:
+                step = self._names.get(query, "other_sql")
+                self._timers[step] = self._timers.get(step, 0.0) + time.perf_counter() - t0
+
+        return timed
+
+
 class InProcess:
-    """The app's own objects, in this process, on the bench database and Redis namespace."""
+    """The app's own objects, in this process, on the bench database and Redis namespace.
+    The real service.ingest_batch runs; timers are wrapped around the functions it calls
+    (in this process only: src is untouched), so the breakdown follows the code as it is."""
 
     def __init__(self, job: BreakdownJob) -> None:
         from irrigation.app import create_app
@@ -611,12 +632,13 @@ class InProcess:
         self.app = create_app(self.settings)
         self.engine = self.app.state.engine
         self.sessionmaker = self.app.state.sessionmaker
-        self.redis = self.app.state.redis
         self.cache = self.app.state.hot_cache
         self.key = job.key
+        self.timers: dict[str, float] = {}
+        self.timing = False
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        await self.app.state.redis.aclose()
         await self.engine.dispose()
 
     async def site_id(self) -> uuid.UUID:
@@ -628,100 +650,85 @@ class InProcess:
         site: uuid.UUID = found.site_id
         return site
 
-    async def instrumented(self, body: bytes, site_id: uuid.UUID) -> dict[str, float]:
-        """service.ingest_batch / _ingest_once step by step, a timer around each step."""
-        from irrigation.auth import service as auth_service
-        from irrigation.common.clock import utcnow
+    def _wrap(self, owner: Any, name: str, step: str, *, optional: bool = False) -> None:
+        if not hasattr(owner, name):
+            if optional:
+                return
+            raise RuntimeError(f"{owner!r} has no {name}: update bench/ingest.py")
+        original = getattr(owner, name)
+        timers = self.timers
+
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                timers[step] = timers.get(step, 0.0) + time.perf_counter() - t0
+
+        def timed_sync(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                timers[step] = timers.get(step, 0.0) + time.perf_counter() - t0
+
+        is_async = asyncio.iscoroutinefunction(original)
+        setattr(owner, name, timed if is_async else timed_sync)
+
+    def instrument(self) -> None:
         from irrigation.ingest import service, store
-        from irrigation.ingest.models import IngestionJob, JobSource, JobStatus
-        from irrigation.ingest.schemas import IngestResult, QuarantinedItem, ReadingIn
-        from irrigation.ingest.validation import check_items, parse_batch
 
-        t: dict[str, float] = {}
-        clock = time.perf_counter()
+        self._wrap(service, "sensor_specs", "lookup")
+        self._wrap(service, "check_items", "checks")
+        self._wrap(store, "insert_readings", "insert_readings")
+        self._wrap(store, "insert_quarantine", "quarantine")
+        self._wrap(store, "stored_readings", "stored", optional=True)
+        self._wrap(service, "_ingest_once", "ingest_once")
+        self._wrap(self.cache, "record", "cache")
+        names = {store.INSERT_READINGS: "insert"}
+        original_driver = store._driver
+        timers = self.timers
 
-        def lap(name: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            t[name] = now - clock
-            clock = now
+        async def driver(session: Any) -> Any:
+            return _TimedDriver(await original_driver(session), timers, names)
 
-        async with self.sessionmaker() as auth_session:
-            await auth_service.authenticate(auth_session, self.key)
-        lap("auth")
+        store._driver = driver
+
+    async def instrumented(self, body: bytes, site_id: uuid.UUID) -> dict[str, float]:
+        """One batch through parse_batch and service.ingest_batch, with the timers on."""
+        from irrigation.ingest import service
+        from irrigation.ingest.validation import parse_batch
+
+        self.timers.clear()
+        t0 = time.perf_counter()
         parsed = parse_batch(body)
-        lap("parse")
+        parse_s = time.perf_counter() - t0
         async with self.sessionmaker() as session:
-            async with session.begin():
-                ids = {item.sensor_id for item in parsed if isinstance(item, ReadingIn)}
-                specs = await service.sensor_specs(session, site_id, ids)
-                lap("lookup")
-                retention = timedelta(days=self.settings.raw_retention_days)
-                checked = check_items(parsed, specs, utcnow(), retention)
-                lap("checks")
-                job = IngestionJob(
-                    id=uuid.uuid4(),
-                    site_id=site_id,
-                    source=JobSource.api,
-                    status=JobStatus.completed,
-                    total=len(parsed),
-                    processed=len(parsed),
-                    started_at=utcnow(),
-                )
-                session.add(job)
-                await session.flush()
-                lap("job")
-                ordered = sorted(checked.accepted, key=lambda r: (r.sensor_id, r.ts))
-                args = (
-                    [r.sensor_id for r in ordered],
-                    [r.ts for r in ordered],
-                    [r.value for r in ordered],
-                    [r.quality for r in ordered],
-                )
-                driver = await store._driver(session)
-                lap("args")
-                returned = await driver.fetch(store.INSERT_READINGS, *args)
-                lap("insert")
-                # store.insert_new_readings' matching of the rows back to the items (all new
-                # here: its fast path).
-                new = ordered if len(returned) == len(ordered) else []
-                inserted = len(new)
-                lap("new")
-                await store.insert_quarantine(session, site_id, job.id, checked.rejected)
-                lap("quarantine")
-                job.inserted = inserted
-                job.duplicates = len(checked.accepted) - inserted
-                job.quarantined = len(checked.rejected)
-                job.finished_at = utcnow()
-                job.processing_time_ms = 0
-                IngestResult(
-                    job_id=job.id,
-                    total=job.total,
-                    inserted=job.inserted,
-                    duplicates=job.duplicates,
-                    quarantined=job.quarantined,
-                    quarantine=[
-                        QuarantinedItem(index=r.index, reason=r.reason, detail=r.detail)
-                        for r in checked.rejected
-                    ],
-                ).model_dump(mode="json")
-                lap("answer")
-            lap("commit")
-        await self.cache.record(new)
-        lap("cache")
-        if inserted != len(parsed):
-            raise RuntimeError(f"breakdown: inserted {inserted} of {len(parsed)}")
-        return t
+            await service.ingest_batch(
+                session, self.settings, self.cache, site_id, parsed, idem=None
+            )
+        t = dict(self.timers)
+        if "insert" not in t:
+            raise RuntimeError("store.INSERT_READINGS was not run: update bench/ingest.py")
+        inner = ("lookup", "checks", "insert_readings", "quarantine", "stored")
+        return {
+            "parse": parse_s,
+            "lookup": t.get("lookup", 0.0),
+            "checks": t.get("checks", 0.0),
+            "args": t["insert_readings"] - t["insert"],
+            "insert": t["insert"],
+            "quarantine": t.get("quarantine", 0.0),
+            "stored": t.get("stored", 0.0),
+            "txn": t["ingest_once"] - sum(t.get(k, 0.0) for k in inner),
+            "cache": t.get("cache", 0.0),
+        }
 
     async def whole(self, body: bytes, site_id: uuid.UUID) -> float:
-        """The real service.ingest_batch (plus parse and auth), uninstrumented."""
-        from irrigation.auth import service as auth_service
+        """parse_batch and the real service.ingest_batch, before the timers go on."""
         from irrigation.ingest import service
         from irrigation.ingest.validation import parse_batch
 
         t0 = time.perf_counter()
-        async with self.sessionmaker() as auth_session:
-            await auth_service.authenticate(auth_session, self.key)
         parsed = parse_batch(body)
         async with self.sessionmaker() as session:
             await service.ingest_batch(
@@ -784,15 +791,18 @@ async def _breakdown_async(job: BreakdownJob) -> ChildResult:
     try:
         site_id = await app.site_id()
         await reset(admin)
-        await app.instrumented(bodies[0], site_id)  # warm-up: imports, pool, statement cache
-        await app.whole(bodies[0], site_id)
+        await app.whole(bodies[0], site_id)  # warm-up: imports, pool, statement cache
         await reset(admin)
+        whole = [await app.whole(body, site_id) for body in bodies]
+        await reset(admin)
+        app.instrument()
         steps: dict[str, list[float]] = {name: [] for name, _ in STEPS}
         for body in bodies:
             for name, seconds in (await app.instrumented(body, site_id)).items():
                 steps[name].append(seconds)
-        await reset(admin)
-        whole = [await app.whole(body, site_id) for body in bodies]
+        stored: int = await admin.fetchval("SELECT count(*) FROM sensor_readings")
+        if stored != len(bodies) * BATCH:
+            raise RuntimeError(f"breakdown stored {stored}, expected {len(bodies) * BATCH}")
     finally:
         await app.close()
         await admin.close()
@@ -842,7 +852,6 @@ ALTERNATIVES = (
     Alternative("unnest: INSERT only (no rollup, no last_seen)", "unnest_insert_only"),
     Alternative("unnest: INSERT + rollup (no last_seen)", "unnest_no_seen"),
     Alternative("unnest: full statement (current)", "unnest"),
-    Alternative("unnest: full, SELECT count(*) instead of the new rows", "unnest_count"),
     Alternative("unnest: full, ORDER BY in SQL, unsorted input", "unnest_sql_sort"),
     Alternative("unnest: full, no FK", "unnest", fk=False),
     Alternative("temp COPY + INSERT SELECT: full", "temp"),
@@ -995,7 +1004,8 @@ def _proposal_adapter() -> Any:
 
 
 def _member_fstring(ts: datetime, value: float, quality: int) -> str:
-    return f'{{"ts": "{ts.isoformat()}", "value": {value!r}, "quality": {quality}}}'
+    utc = ts.astimezone(UTC).isoformat()
+    return f'{{"ts": "{utc}", "value": {value!r}, "quality": {quality}}}'
 
 
 @dataclass
@@ -1183,9 +1193,10 @@ def breakdown_table(b: Breakdown) -> str:
     rows += [
         f"| **sum of the steps** | **{b.steps_total * 1000:.1f} ms** | "
         f"| {b.steps_total / http:.0%} |",
-        f"| check: auth + parse + service.ingest_batch, uninstrumented | {whole * 1000:.1f} ms "
+        f"| check: parse + service.ingest_batch, no timers | {whole * 1000:.1f} ms "
         f"| {statistics.median(b.whole) * 1000:.1f} ms | {whole / http:.0%} |",
-        f"| HTTP/uvicorn overhead (HTTP latency - sum of steps) | {b.overhead * 1000:.1f} ms | "
+        f"| HTTP/uvicorn/FastAPI overhead incl. auth (HTTP latency - sum of steps) "
+        f"| {b.overhead * 1000:.1f} ms | "
         f"| {b.overhead / http:.0%} |",
         f"| **HTTP latency (client-measured)** | **{http * 1000:.1f} ms** "
         f"| {statistics.median(b.http) * 1000:.1f} ms | 100% |",

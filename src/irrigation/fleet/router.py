@@ -1,10 +1,9 @@
 """HTTP routes for zones, water sources, pumps and sensors (thin: parse, authorize, shape)."""
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
-from pydantic import BaseModel
 
 from irrigation.auth.deps import AdminPrincipal, ReadPrincipal
 from irrigation.common.clock import utcnow
@@ -12,6 +11,7 @@ from irrigation.common.deps import SettingsDep
 from irrigation.common.http import if_match_version
 from irrigation.common.openapi import problems
 from irrigation.common.pagination import Page, PageParams, page_params
+from irrigation.common.shaping import columns_of
 from irrigation.db import SessionDep
 from irrigation.fleet import service
 from irrigation.fleet.models import Pump, Sensor, WaterSource, Zone
@@ -37,19 +37,14 @@ WRITE = problems(404, 409, 413, 428)
 CREATE = problems(409, 413)
 
 
-def _fields(row: object, model: type[BaseModel], *computed: str) -> dict[str, Any]:
-    # Attribute access, not __dict__: a fresh row's defaults live only in its columns.
-    return {name: getattr(row, name) for name in model.model_fields if name not in computed}
-
-
 def pump_out(pump: Pump) -> PumpOut:
     status = service.pump_status(pump, utcnow())
-    return PumpOut.model_validate({**_fields(pump, PumpOut, "status"), "status": status})
+    return PumpOut.model_validate({**columns_of(pump, PumpOut, "status"), "status": status})
 
 
 def sensor_out(sensor: Sensor) -> SensorOut:
     low, high = service.valid_range(sensor)
-    fields = _fields(sensor, SensorOut, "valid_min", "valid_max")
+    fields = columns_of(sensor, SensorOut, "valid_min", "valid_max")
     return SensorOut.model_validate({**fields, "valid_min": low, "valid_max": high})
 
 

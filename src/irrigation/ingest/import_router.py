@@ -1,6 +1,6 @@
 """HTTP route for history file imports: the upload that queues an import job."""
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
@@ -9,7 +9,6 @@ from irrigation.common.deps import RedisDep, SettingsDep
 from irrigation.common.openapi import problems
 from irrigation.db import SessionDep
 from irrigation.ingest import imports, service
-from irrigation.ingest.models import IngestionJob
 from irrigation.ingest.schemas import IngestionJobOut
 
 router = APIRouter(prefix="/v1", tags=["readings"])
@@ -34,13 +33,6 @@ Format = Annotated[
         examples=["ndjson"],
     ),
 ]
-
-
-def job_out(job: IngestionJob) -> IngestionJobOut:
-    fields: dict[str, Any] = {
-        name: getattr(job, name) for name in IngestionJobOut.model_fields if name != "success_rate"
-    }
-    return IngestionJobOut(**fields, success_rate=service.success_rate(job))
 
 
 @router.post(
@@ -85,4 +77,4 @@ async def upload_import(
         session, settings, redis, who.site_id, file_format, request.stream()
     )
     response.headers["Location"] = f"{UPLOAD_PATH}/{job.id}"
-    return job_out(job)
+    return service.job_out(job)

@@ -12,7 +12,6 @@ from irrigation.common.pagination import Page, PageParams, page_params
 from irrigation.db import SessionDep
 from irrigation.ingest import review
 from irrigation.ingest.models import (
-    IngestionJob,
     JobSource,
     JobStatus,
     QuarantineReason,
@@ -28,19 +27,11 @@ from irrigation.ingest.schemas import (
     ReviewIds,
     ReviewResults,
 )
-from irrigation.ingest.service import success_rate
+from irrigation.ingest.service import job_out
 
 router = APIRouter(prefix="/v1", tags=["readings"])
 
 Params = Annotated[PageParams, Depends(page_params)]
-
-
-def job_out(job: IngestionJob) -> IngestionJobOut:
-    # Attribute access, not __dict__: a fresh row's defaults live only in its columns.
-    fields = {
-        name: getattr(job, name) for name in IngestionJobOut.model_fields if name != "success_rate"
-    }
-    return IngestionJobOut.model_validate({**fields, "success_rate": success_rate(job)})
 
 
 # Quarantine ----------------------------------------------------------------------------

@@ -14,12 +14,13 @@ from irrigation.common.clock import utcnow
 from irrigation.common.dberrors import pg_error
 from irrigation.common.errors import NotFound, Unavailable
 from irrigation.common.idempotency import IdempotentRequest, StoredAnswer
+from irrigation.common.shaping import columns_of
 from irrigation.fleet.models import Sensor
 from irrigation.fleet.service import valid_range
 from irrigation.ingest import store
 from irrigation.ingest.cache import HotCache
 from irrigation.ingest.models import IngestionJob, JobSource, JobStatus, SensorReading
-from irrigation.ingest.schemas import IngestResult, QuarantinedItem, ReadingIn
+from irrigation.ingest.schemas import IngestionJobOut, IngestResult, QuarantinedItem, ReadingIn
 from irrigation.ingest.validation import Checked, Rejected, SensorSpec, check_items
 from irrigation.settings import Settings
 
@@ -165,6 +166,12 @@ async def latest(
     return [
         {"ts": ts.isoformat(), "value": value, "quality": quality} for ts, value, quality in rows
     ], "database"
+
+
+def job_out(job: IngestionJob) -> IngestionJobOut:
+    return IngestionJobOut.model_validate(
+        {**columns_of(job, IngestionJobOut, "success_rate"), "success_rate": success_rate(job)}
+    )
 
 
 def success_rate(job: IngestionJob) -> float | None:

@@ -2,15 +2,22 @@
 by an arq cron job in bounded chunks, each its own short transaction; the hourly rollups
 stay, so aggregates of old ranges still answer.
 
-Chunks walk the primary key (sensor_id, ts): per sensor, the oldest `chunk_rows` readings
-before the cutoff. No lock is held between chunks, and ingestion never writes there (it
-refuses readings older than the retention). A run stops after its time budget and the next
-run goes on where it stopped. Chunked deletes against dropping monthly partitions:
-measured in docs/architecture.md ("Aggregates and retention")."""
+A chunk is a time window across every sensor, oldest first, through the primary key
+(sensor_id = ANY(all sensors), ts in the window), its width adapted to about `chunk_rows`
+readings. Time windows, not one sensor after another: ingestion writes the sensors
+interleaved in time, so a sensor's readings are spread over every page of their period,
+and deleting sensor by sensor dirtied each page once per sensor. Measured on 2.5 M
+readings of 100 sensors: 72,000 readings/s and 4.3 kB of WAL per reading (full-page images
+again after every checkpoint) against 1,260,000 readings/s and 125 B per reading in time
+windows (docs/architecture.md, "Aggregates and retention").
+
+No lock is held between chunks, and ingestion never writes there (it refuses readings
+older than the retention). A run stops after its time budget; the next run goes on where
+it stopped."""
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
@@ -23,44 +30,45 @@ from irrigation.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-CHUNK_ROWS = 5000
+CHUNK_ROWS = 20_000
 # Below the worker's 30 s job timeout on purpose: a SIGKILLed job is retried only after the
 # longest timeout of any function on the worker, and pump jobs must come back quickly.
 TIME_BUDGET_S = 20.0
-
-_SENSORS_WITH_EXPIRED = """
-SELECT s.id FROM sensors AS s
-WHERE EXISTS (SELECT 1 FROM sensor_readings AS r WHERE r.sensor_id = s.id AND r.ts < :cutoff)
-ORDER BY s.id
-"""
-
-# The chunk is a ts range of one sensor (its `chunk_rows`-th oldest expired reading is the
-# upper bound), so the delete is one primary-key range scan; the same statement works on a
-# table partitioned by ts. `after` starts each chunk past the previous one: the index
-# entries of the rows just deleted stay until VACUUM, and walking them again on every
-# chunk made 1,000-row chunks twice as slow as 5,000-row ones.
-_DELETE_CHUNK = """
-WITH gone AS (
-    DELETE FROM sensor_readings
-    WHERE sensor_id = :sensor_id AND ts > :after AND ts < :cutoff
-      AND ts <= coalesce(
-          (SELECT ts FROM sensor_readings
-           WHERE sensor_id = :sensor_id AND ts > :after AND ts < :cutoff
-           ORDER BY ts OFFSET :last LIMIT 1),
-          'infinity')
-    RETURNING ts
-)
-SELECT count(*) AS deleted, max(ts) AS last FROM gone
-"""
+FIRST_WINDOW = timedelta(minutes=10)
+MIN_WINDOW = timedelta(minutes=1)
+MAX_WINDOW = timedelta(days=1)
+MAX_GROWTH = 4  # the next window is sized from one window's count: never trust it too far
 NEVER = datetime(1, 1, 1, tzinfo=UTC)
+
+# Every sensor (readings reference their sensor, RESTRICT: no reading is left out), and
+# the oldest reading at or after `since`: one primary-key probe per sensor.
+_FLEET = """
+SELECT array_agg(s.id ORDER BY s.id) AS ids,
+       min((SELECT min(r.ts) FROM sensor_readings AS r
+            WHERE r.sensor_id = s.id AND r.ts >= :since)) AS oldest
+FROM sensors AS s
+"""
+
+_DELETE_WINDOW = """
+DELETE FROM sensor_readings WHERE sensor_id = ANY(:ids) AND ts >= :start AND ts < :end
+"""
 
 
 @dataclass(frozen=True)
 class Purge:
     deleted: int
     chunks: int
+    largest_chunk: int
     is_complete: bool
     """False when the time budget ran out with expired readings left."""
+
+
+async def _oldest(
+    sessions: async_sessionmaker[AsyncSession], since: datetime
+) -> tuple[list[Any], datetime | None]:
+    async with sessions() as session:
+        ids, oldest = (await session.execute(text(_FLEET), {"since": since})).one()
+    return list(ids or []), oldest
 
 
 async def purge_expired_readings(
@@ -70,40 +78,30 @@ async def purge_expired_readings(
     chunk_rows: int = CHUNK_ROWS,
     budget_s: float = TIME_BUDGET_S,
 ) -> Purge:
-    """Delete raw readings with `ts < cutoff`, oldest first per sensor, `chunk_rows` per
-    committed transaction, until none is left or `budget_s` is spent (at least one chunk
-    runs). Rollups are not touched."""
+    """Delete raw readings with `ts < cutoff`, oldest first, a time window of about
+    `chunk_rows` readings per committed transaction, until none is left or `budget_s` is
+    spent (at least one window runs). Rollups are not touched."""
     deadline = time.monotonic() + budget_s
-    async with sessions() as session:
-        sensor_ids = list(
-            (await session.execute(text(_SENSORS_WITH_EXPIRED), {"cutoff": cutoff})).scalars()
-        )
-    deleted = chunks = 0
-    for sensor_id in sensor_ids:
-        after = NEVER
-        while True:
-            async with sessions() as session, session.begin():
-                count, last = (
-                    await session.execute(
-                        text(_DELETE_CHUNK),
-                        {
-                            "sensor_id": sensor_id,
-                            "after": after,
-                            "cutoff": cutoff,
-                            "last": chunk_rows - 1,
-                        },
-                    )
-                ).one()
-            deleted += count
-            chunks += 1
-            after = last or after
-            is_sensor_done = count < chunk_rows
-            if time.monotonic() >= deadline:
-                is_last = is_sensor_done and sensor_id == sensor_ids[-1]
-                return Purge(deleted, chunks, is_complete=is_last)
-            if is_sensor_done:
-                break
-    return Purge(deleted, chunks, is_complete=True)
+    ids, start = await _oldest(sessions, NEVER)
+    deleted = chunks = largest = 0
+    window = FIRST_WINDOW
+    while start is not None and start < cutoff:
+        end = min(start + window, cutoff)
+        async with sessions() as session, session.begin():
+            result = await session.execute(
+                text(_DELETE_WINDOW), {"ids": ids, "start": start, "end": end}
+            )
+        count: int = result.rowcount  # type: ignore[attr-defined]
+        deleted, chunks, largest = deleted + count, chunks + 1, max(largest, count)
+        growth = chunk_rows / count if count else MAX_GROWTH
+        window = min(max(window * min(growth, MAX_GROWTH), MIN_WINDOW), MAX_WINDOW)
+        start = end
+        if count == 0 and start < cutoff:  # a gap: go straight to the next reading
+            _, start = await _oldest(sessions, start)
+        if time.monotonic() >= deadline:
+            break
+    is_complete = start is None or start >= cutoff
+    return Purge(deleted, chunks, largest, is_complete=is_complete)
 
 
 class _WorkerContext(Protocol):
@@ -127,6 +125,7 @@ async def purge_raw_readings(ctx: dict[str, Any]) -> int:
             cutoff=cutoff.isoformat(),
             deleted=purge.deleted,
             chunks=purge.chunks,
+            largest_chunk=purge.largest_chunk,
             is_complete=purge.is_complete,
         )
     return purge.deleted
