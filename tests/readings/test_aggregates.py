@@ -319,6 +319,8 @@ async def test_bad_ranges_are_refused_with_422(client: httpx.AsyncClient, admin:
             await get(start=(now - timedelta(days=1)).isoformat(), end="2026-11-23T00:00:00"),
             "query.end",
         )
+        assert_invalid(await get(start="0001-01-01T00:00:00+05:00", end=iso), "query.start")
+        assert_invalid(await get(start="1850-01-01T00:00:00Z", end=iso), "query.start")
         assert_invalid(await get(bucket="week"), "query.bucket")
         assert_invalid(await get(fill="zero"), "query.fill")
         too_many = {

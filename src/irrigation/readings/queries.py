@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, TextClause, func, select, text
+from sqlalchemy import TextClause, func, select, text
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -155,21 +155,12 @@ def whole_hours(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     return whole_start, whole_end
 
 
-def _jit_off() -> ColumnElement[str]:
-    """`set_config('jit', 'off', true)`: JIT off for the rest of the transaction.
-
-    JIT compiles plans above a cost that long ranges and the straddling-hour probes reach:
-    measured at 0.3-0.7 s of compilation for statements that run in 2-20 ms. Set in the
-    lookup that precedes every aggregate, so it costs no round trip of its own."""
-    return func.set_config("jit", "off", True)
-
-
 async def sensor_timezone(
     session: AsyncSession, site_id: uuid.UUID, sensor_id: uuid.UUID
 ) -> str | None:
-    """The time zone of the sensor's zone, if the sensor is the site's (and JIT off)."""
+    """The time zone of the sensor's zone, if the sensor is the site's."""
     stmt = (
-        select(Zone.timezone, _jit_off())
+        select(Zone.timezone)
         .join(Sensor, Sensor.zone_id == Zone.id)
         .where(Sensor.id == sensor_id, Sensor.site_id == site_id)
     )
@@ -180,14 +171,14 @@ async def sensor_timezone(
 async def zone_timezone_and_sensors(
     session: AsyncSession, site_id: uuid.UUID, zone_id: uuid.UUID, kind: str
 ) -> tuple[str, list[uuid.UUID]] | None:
-    """The zone's time zone and its sensors of `kind` (by id), if the zone is the site's
-    (and JIT off): one round trip."""
+    """The zone's time zone and its sensors of `kind` (by id), if the zone is the site's:
+    one round trip."""
     sensor_ids = (
         select(func.array_agg(aggregate_order_by(Sensor.id, Sensor.id)))
         .where(Sensor.zone_id == Zone.id, Sensor.site_id == site_id, Sensor.kind == kind)
         .scalar_subquery()
     )
-    stmt = select(Zone.timezone, sensor_ids.label("sensor_ids"), _jit_off()).where(
+    stmt = select(Zone.timezone, sensor_ids.label("sensor_ids")).where(
         Zone.id == zone_id, Zone.site_id == site_id
     )
     row = (await session.execute(stmt)).one_or_none()
