@@ -1040,7 +1040,7 @@ def proposals(bodies: Sequence[bytes], repeat: int = 3) -> list[Proposal]:
             "parse: parse_batch, default GC -> gc.set_threshold(50_000, 20, 100)",
             [],
             [],
-            "the cyclic GC's share of the parse (3 tracked objects per item)",
+            "the cyclic GC's share of the parse (5 tracked objects per item)",
         ),
         "sort": Proposal(
             "sort key (sensor_id, ts) -> (sensor_id.int, ts)",

@@ -89,7 +89,7 @@ def serve(
     settings = load_settings()
     os.environ.update(_url_env(settings))
     uvicorn.run(
-        "irrigation.app:create_app",
+        "irrigation.app:create_served_app",
         factory=True,
         host=host or settings.host,
         port=port or settings.port,

@@ -89,4 +89,5 @@ class HotCache:
 def _member(reading: ReadingIn) -> str:
     # In UTC: one instant is one member, whatever offset the device wrote it with.
     ts = reading.ts.astimezone(UTC).isoformat()
-    return json.dumps({"ts": ts, "value": reading.value, "quality": reading.quality})
+    # The text json.dumps would give (a finite float's repr is valid JSON), at half the cost.
+    return f'{{"ts": "{ts}", "value": {reading.value!r}, "quality": {reading.quality}}}'
