@@ -134,6 +134,9 @@ def settings(
         database_url=database_url,
         redis_url=redis_url,
         redis_namespace=redis_namespace,
+        # Off, so a revocation by another process (the CLI) shows at once; the cache has
+        # its own test (tests/auth/test_key_cache.py).
+        auth_cache_ttl_s=0,
         min_cooldown_s=1,
         max_runtime_cap_s=30,
         log_level="WARNING",
