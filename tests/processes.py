@@ -8,9 +8,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 import httpx
+
+from irrigation.settings import Settings
 
 
 def free_port() -> int:
@@ -69,3 +72,38 @@ async def wait_http(url: str, timeout_s: float = 20, proc: Process | None = None
                 pass
             await asyncio.sleep(0.1)
     raise TimeoutError(f"{url} did not answer within {timeout_s} s")
+
+
+StartProcess = Callable[..., Process]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that points a child process at this test's database, Redis
+    namespace and data directory."""
+    return {
+        "IRRIGATION_DATABASE_URL": settings.effective_database_url,
+        "IRRIGATION_REDIS_URL": settings.effective_redis_url,
+        "IRRIGATION_REDIS_NAMESPACE": settings.redis_namespace,
+        "IRRIGATION_DATA_DIR": settings.data_dir,
+        "IRRIGATION_LOG_LEVEL": os.environ.get("IRRIGATION_TEST_LOG_LEVEL", "WARNING"),
+    }
+
+
+@contextmanager
+def spawner(env: Mapping[str, str]) -> Iterator[StartProcess]:
+    """`start("worker")`, `start("serve", "--port", "8123", IRRIGATION_X="1")`: every
+    process started is stopped on exit (its log printed with IRRIGATION_TEST_SHOW_LOGS)."""
+    started: list[Process] = []
+
+    def start(*args: str, **extra: str) -> Process:
+        proc = Process(list(args), {**env, **extra})
+        started.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            proc.stop()
+            if os.environ.get("IRRIGATION_TEST_SHOW_LOGS"):
+                print(f"--- {proc.args}\n{proc.output()}")

@@ -2,7 +2,7 @@
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -10,7 +10,7 @@ import uvicorn
 
 from irrigation.pumps.simulator import create_simulator_app
 from irrigation.settings import Settings
-from tests.processes import Process, free_port, wait_http
+from tests.processes import StartProcess, free_port, settings_env, spawner, wait_http
 
 
 @pytest.fixture(scope="session")
@@ -59,33 +59,14 @@ E2E_ENV = {
 @pytest.fixture
 def e2e_env(settings: Settings, simulator_url: str, device: httpx.AsyncClient) -> dict[str, str]:
     del device  # requested for its reset of the simulator
-    return {
-        **E2E_ENV,
-        "IRRIGATION_DATABASE_URL": settings.effective_database_url,
-        "IRRIGATION_REDIS_URL": settings.effective_redis_url,
-        "IRRIGATION_REDIS_NAMESPACE": settings.redis_namespace,
-        "IRRIGATION_GATEWAY_URL": simulator_url,
-    }
-
-
-StartProcess = Callable[..., Process]
+    return {**settings_env(settings), **E2E_ENV, "IRRIGATION_GATEWAY_URL": simulator_url}
 
 
 @pytest.fixture
 def spawn(e2e_env: dict[str, str]) -> Iterator[StartProcess]:
     """`spawn("worker")`, `spawn("serve", "--port", "8123", IRRIGATION_X="1")`."""
-    started: list[Process] = []
-
-    def start(*args: str, **env: str) -> Process:
-        proc = Process(list(args), {**e2e_env, **env})
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
-        if os.environ.get("IRRIGATION_TEST_SHOW_LOGS"):
-            print(f"--- {proc.args}\n{proc.output()}")
+    with spawner(e2e_env) as start:
+        yield start
 
 
 @pytest.fixture
