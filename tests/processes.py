@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import httpx
 
@@ -107,3 +107,5 @@ def spawner(env: Mapping[str, str]) -> Iterator[StartProcess]:
             proc.stop()
             if os.environ.get("IRRIGATION_TEST_SHOW_LOGS"):
                 print(f"--- {proc.args}\n{proc.output()}")
+            with suppress(OSError):
+                os.unlink(proc.log.name)
