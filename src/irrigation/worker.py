@@ -82,6 +82,12 @@ def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
             every_second(jobs.watchdog),
             every_second(jobs.relay_outbox),
             cron(
+                imports.requeue_unfinished_imports,
+                name=f"cron:{settings.queue_name}:requeue_unfinished_imports",
+                second={41},
+                timeout=PUMP_JOB_TIMEOUT_S,
+            ),
+            cron(
                 retention.purge_raw_readings,
                 name=f"cron:{settings.queue_name}:purge_raw_readings",
                 minute={23},

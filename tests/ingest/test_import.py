@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
@@ -17,9 +18,11 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from arq.constants import job_key_prefix
+from sqlalchemy import text
 
 from irrigation import queue
 from irrigation.app import create_app
+from irrigation.db import create_engine, create_sessionmaker
 from irrigation.ingest import imports
 from irrigation.settings import Settings
 from irrigation.stack import plain_url
@@ -510,3 +513,39 @@ async def test_irrigation_import_uploads_follows_and_prints_the_final_counts(
     refused = await asyncio.to_thread(run, str(path), key="irr_not_a_key")
     assert refused.returncode == 1
     assert "401" in refused.stderr
+
+
+async def test_an_import_whose_queue_entry_was_lost_is_enqueued_again_and_completes(
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    settings: Settings,
+    spawn: StartProcess,
+    tmp_path: Path,
+) -> None:
+    """The API died between commit and enqueue, or Redis lost the queue: the cron finds it."""
+    (sensor,) = await make_sensors(client, admin, 1)
+    path = tmp_path / "h.ndjson"
+    path.write_text("".join(line(sensor, minute, 40) for minute in range(50)))
+    job = await upload(client, admin, path, NDJSON)
+    redis = queue.create_redis(settings.effective_redis_url, 1.0, settings.queue_name)
+    engine = create_engine(settings)
+    try:
+        await redis.delete(settings.queue_name, f"{job_key_prefix}{job['id']}")  # the entry is gone
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE ingestion_jobs SET created_at = now() - interval '5 minutes'")
+            )
+        ctx = {
+            "irrigation": SimpleNamespace(
+                settings=settings, sessions=create_sessionmaker(engine), redis=redis
+            )
+        }
+        assert await imports.requeue_unfinished_imports(ctx) == 1
+        assert await imports.requeue_unfinished_imports(ctx) == 0  # already queued: no twin
+    finally:
+        await redis.aclose()
+        await engine.dispose()
+    spawn("worker")
+    done = await wait_until_done(client, admin, job["id"])
+    assert done["status"] == "completed"
+    assert counts(done)[2] == 50

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -370,6 +371,10 @@ def _merge(
 # The arq job ----------------------------------------------------------------------------------
 
 
+# Younger imports are still being enqueued by the request that made them.
+REQUEUE_AFTER_S = 60
+
+
 class ImportContext(Protocol):
     """What this job needs of the worker's shared context (`ctx["irrigation"]`)."""
 
@@ -558,3 +563,33 @@ async def _fail(session: AsyncSession, job_id: uuid.UUID, error: str) -> None:
     except _Superseded:
         return
     log.warning("import_failed", job_id=str(job_id), error=error)
+
+
+async def requeue_unfinished_imports(ctx: dict[str, Any]) -> int:
+    """Enqueue again every import that is still queued or running (a cron job).
+
+    An import the API committed but never enqueued (it died in between), or whose queue
+    entry Redis lost, would otherwise wait forever. Re-enqueueing a live one is harmless:
+    its arq job id is the import's id, so arq refuses the duplicate while the job is queued
+    or running, and a run that does start resumes from `processed`."""
+    jc: ImportContext = ctx["irrigation"]
+    async with jc.sessions() as session:
+        ids = (
+            (
+                await session.execute(
+                    select(IngestionJob.id)
+                    .where(
+                        IngestionJob.source == JobSource.import_,
+                        IngestionJob.status.in_((JobStatus.queued, JobStatus.running)),
+                        IngestionJob.created_at < utcnow() - timedelta(seconds=REQUEUE_AFTER_S),
+                    )
+                    .limit(100)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    requeued = 0
+    for job_id in ids:
+        requeued += await queue.enqueue_import(jc.redis, job_id)
+    return requeued
