@@ -29,17 +29,12 @@ from irrigation.readings.schemas import Bucket
 HOUR = timedelta(hours=1)
 _PROBE_STEP = timedelta(hours=12)
 
-# Zones whose offset is always a whole number of hours: every rollup hour lies inside one
-# local hour and one local day. The rollup rows and the raw rows of the two edges are
-# grouped once, together (no per-part aggregation: the edges are at most an hour each).
-_WHOLE_HOUR_ZONE = """
-SELECT {group} b AS start, sum(c)::bigint AS count, sum(s) / sum(c) AS avg,
+# Both statement shapes below: totals per bucket over the parts, whose last two are the raw
+# readings of the partial hours at the edges of the range.
+_TOTALS_OF = """SELECT {group} b AS start, sum(c)::bigint AS count, sum(s) / sum(c) AS avg,
        min(mn) AS min, max(mx) AS max
-FROM (
-    SELECT sensor_id, {rollup_bucket} AS b, count AS c, sum AS s, min AS mn, max AS mx
-    FROM reading_rollups_hourly
-    WHERE sensor_id = ANY(:ids) AND bucket >= :whole_start AND bucket < :whole_end
-    UNION ALL
+FROM ("""
+_EDGES_AND_TOTALS = """    UNION ALL
     SELECT sensor_id, date_trunc(:unit, ts, :tz), 1, value, value, value
     FROM sensor_readings
     WHERE sensor_id = ANY(:ids) AND ts >= :start AND ts < :whole_start
@@ -52,10 +47,26 @@ GROUP BY {group} b
 ORDER BY {group} b
 """
 
+# Zones whose offset is always a whole number of hours: every rollup hour lies inside one
+# local hour and one local day. The rollup rows and the raw rows of the two edges are
+# grouped once, together (no per-part aggregation: the edges are at most an hour each).
+_WHOLE_HOUR_ZONE = (
+    """
+"""
+    + _TOTALS_OF
+    + """
+    SELECT sensor_id, {rollup_bucket} AS b, count AS c, sum AS s, min AS mn, max AS mx
+    FROM reading_rollups_hourly
+    WHERE sensor_id = ANY(:ids) AND bucket >= :whole_start AND bucket < :whole_end
+"""
+    + _EDGES_AND_TOTALS
+)
+
 # Zones with a fractional offset at some time: each rollup hour is checked; one that
 # straddles two local buckets is read raw (an index range probe per hour, LATERAL so it is
 # never a hash join over the sensors' history), unless it is older than the raw retention.
-_FRACTIONAL_ZONE = """
+_FRACTIONAL_ZONE = (
+    """
 WITH hours AS MATERIALIZED (
     SELECT sensor_id, bucket, count, sum, min, max,
            date_trunc(:unit, bucket, :tz)
@@ -64,9 +75,9 @@ WITH hours AS MATERIALIZED (
     FROM reading_rollups_hourly
     WHERE sensor_id = ANY(:ids) AND bucket >= :whole_start AND bucket < :whole_end
 )
-SELECT {group} b AS start, sum(c)::bigint AS count, sum(s) / sum(c) AS avg,
-       min(mn) AS min, max(mx) AS max
-FROM (
+"""
+    + _TOTALS_OF
+    + """
     SELECT sensor_id, date_trunc(:unit, bucket, :tz) AS b,
            count AS c, sum AS s, min AS mn, max AS mx
     FROM hours WHERE is_inside
@@ -80,18 +91,9 @@ FROM (
         GROUP BY 1
     ) AS raw
     WHERE NOT h.is_inside
-    UNION ALL
-    SELECT sensor_id, date_trunc(:unit, ts, :tz), 1, value, value, value
-    FROM sensor_readings
-    WHERE sensor_id = ANY(:ids) AND ts >= :start AND ts < :whole_start
-    UNION ALL
-    SELECT sensor_id, date_trunc(:unit, ts, :tz), 1, value, value, value
-    FROM sensor_readings
-    WHERE sensor_id = ANY(:ids) AND ts >= :whole_end AND ts < :end
-) AS parts
-GROUP BY {group} b
-ORDER BY {group} b
 """
+    + _EDGES_AND_TOTALS
+)
 
 
 def _statement(template: str, per_sensor: bool, *, hour_is_bucket: bool) -> str:
