@@ -1,6 +1,7 @@
 """Imports every domain's models so `Base.metadata` is complete (Alembic, tests)."""
 
 from irrigation.auth import models as auth_models
+from irrigation.automation import models as automation_models
 from irrigation.common import idempotency
 from irrigation.db import Base
 from irrigation.fleet import models as fleet_models
@@ -9,4 +10,12 @@ from irrigation.pumps import models as pump_models
 
 metadata = Base.metadata
 
-__all__ = ["auth_models", "fleet_models", "idempotency", "ingest_models", "metadata", "pump_models"]
+__all__ = [
+    "auth_models",
+    "automation_models",
+    "fleet_models",
+    "idempotency",
+    "ingest_models",
+    "metadata",
+    "pump_models",
+]

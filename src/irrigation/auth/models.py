@@ -14,6 +14,9 @@ class Site(IdMixin, Base):
     __tablename__ = "sites"
 
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    # Automation switches of the whole site (thresholds and schedules; people are unaffected).
+    paused_until: Mapped[datetime | None] = mapped_column(default=None)
+    rain_delay_until: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class ApiKey(IdMixin, Base):

@@ -37,6 +37,17 @@ class Zone(IdMixin, Versioned, Base):
     default_water_source_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("water_sources.id", ondelete="SET NULL"), default=None
     )
+    # Weather and evapotranspiration scaling of schedule durations.
+    latitude: Mapped[float | None] = mapped_column(Float, default=None)
+    longitude: Mapped[float | None] = mapped_column(Float, default=None)
+    et_scaling: Mapped[bool] = mapped_column(default=False, server_default="false")
+    et_baseline_mm: Mapped[float] = mapped_column(Float, default=5.0, server_default="5.0")
+    et_min_pct: Mapped[int] = mapped_column(default=0, server_default="0")
+    et_max_pct: Mapped[int] = mapped_column(default=200, server_default="200")
+    # The last computed "water level": 100 % unless ET scaling says otherwise.
+    water_level_pct: Mapped[int] = mapped_column(default=100, server_default="100")
+    water_level_at: Mapped[datetime | None] = mapped_column(default=None)
+    rain_delay_until: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class WaterSource(IdMixin, Versioned, Base):
@@ -104,3 +115,7 @@ class Sensor(IdMixin, Versioned, Base):
     min_value: Mapped[float | None] = mapped_column(Float, default=None)
     max_value: Mapped[float | None] = mapped_column(Float, default=None)
     last_seen_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Alert band and silence limit (alerts, not validation: values outside the band are kept).
+    alert_min: Mapped[float | None] = mapped_column(Float, default=None)
+    alert_max: Mapped[float | None] = mapped_column(Float, default=None)
+    silent_after_s: Mapped[int | None] = mapped_column(default=None)

@@ -109,20 +109,64 @@ class _Out(BaseModel):
 # Zones ---------------------------------------------------------------------------------
 
 
-class ZoneCreate(_Body):
+Latitude = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)]
+Longitude = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)]
+Percent = Annotated[int, Field(ge=0, le=1000)]
+BaselineMm = Annotated[float, Field(gt=0, le=50, allow_inf_nan=False)]
+
+
+class _ZoneWeather(_Body):
+    @model_validator(mode="after")
+    def _pct_order(self) -> Self:
+        low, high = getattr(self, "et_min_pct", None), getattr(self, "et_max_pct", None)
+        if low is not None and high is not None and low > high:
+            raise ValueError("et_min_pct must not be above et_max_pct")
+        return self
+
+
+class ZoneCreate(_ZoneWeather):
     name: Name
     timezone: TimeZone
+    latitude: Latitude | None = None
+    longitude: Longitude | None = None
+    et_scaling: bool = Field(
+        default=False,
+        description="Scale schedule durations by the day's reference evapotranspiration "
+        "(Hargreaves) against `et_baseline_mm`; needs `latitude` and `longitude`.",
+    )
+    et_baseline_mm: BaselineMm = Field(default=5.0, description="ET0 (mm/day) that means 100 %.")
+    et_min_pct: Percent = 0
+    et_max_pct: Percent = 200
 
 
-class ZoneUpdate(_Update):
+class ZoneUpdate(_ZoneWeather, _Update):
+    nullable = frozenset({"latitude", "longitude"})
+
     name: Name | None = None
     timezone: TimeZone | None = None
+    latitude: Latitude | None = None
+    longitude: Longitude | None = None
+    et_scaling: bool | None = None
+    et_baseline_mm: BaselineMm | None = None
+    et_min_pct: Percent | None = None
+    et_max_pct: Percent | None = None
 
 
 class ZoneOut(_Out):
     name: str
     timezone: str
     default_water_source_id: uuid.UUID | None
+    latitude: float | None
+    longitude: float | None
+    et_scaling: bool
+    et_baseline_mm: float
+    et_min_pct: int
+    et_max_pct: int
+    water_level_pct: int = Field(
+        description="Schedule durations are scaled by this (100 without ET scaling)."
+    )
+    water_level_at: datetime | None
+    rain_delay_until: datetime | None
 
 
 # Water sources -------------------------------------------------------------------------
@@ -212,15 +256,34 @@ class _RangeChecked(_Body):
         return self
 
 
-class SensorCreate(_RangeChecked):
+class _AlertBand(_Body):
+    alert_min: Finite | None = Field(
+        default=None, description="An alert is raised while the latest value is below this."
+    )
+    alert_max: Finite | None = Field(
+        default=None, description="An alert is raised while the latest value is above this."
+    )
+    silent_after_s: int | None = Field(
+        default=None, ge=60, le=30 * 86400, description="Alert when no reading came for this long."
+    )
+
+    @model_validator(mode="after")
+    def _band_order(self) -> Self:
+        low, high = self.alert_min, self.alert_max
+        if low is not None and high is not None and low >= high:
+            raise ValueError("alert_min must be below alert_max")
+        return self
+
+
+class SensorCreate(_RangeChecked, _AlertBand):
     zone_id: uuid.UUID
     name: Name
     kind: SensorKind
     unit: Unit
 
 
-class SensorUpdate(_RangeChecked, _Update):
-    nullable = frozenset({"min_value", "max_value"})
+class SensorUpdate(_RangeChecked, _AlertBand, _Update):
+    nullable = frozenset({"min_value", "max_value", "alert_min", "alert_max", "silent_after_s"})
 
     zone_id: uuid.UUID | None = None
     name: Name | None = None
@@ -237,3 +300,6 @@ class SensorOut(_Out):
     valid_min: float = Field(description="Effective lower bound: `min_value` or the kind's.")
     valid_max: float = Field(description="Effective upper bound: `max_value` or the kind's.")
     last_seen_at: datetime | None
+    alert_min: float | None
+    alert_max: float | None
+    silent_after_s: int | None

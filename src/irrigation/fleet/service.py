@@ -52,7 +52,7 @@ async def _reference(
 
 async def create_zone(session: AsyncSession, site_id: uuid.UUID, body: ZoneCreate) -> Zone:
     async with session.begin():
-        zone = Zone(site_id=site_id, name=body.name, timezone=body.timezone)
+        zone = Zone(site_id=site_id, **body.model_dump())
         await repo.flush_new(session, zone)
     return zone
 
@@ -61,7 +61,13 @@ async def update_zone(
     session: AsyncSession, site_id: uuid.UUID, zone_id: uuid.UUID, version: int, body: ZoneUpdate
 ) -> Zone:
     async with session.begin():
-        values = body.model_dump(exclude_unset=True, exclude={"version"}, exclude_none=True)
+        values = body.model_dump(exclude_unset=True, exclude={"version"})
+        values = {k: v for k, v in values.items() if v is not None or k in ZoneUpdate.nullable}
+        current = await repo.get_owned(session, Zone, site_id, zone_id, for_update=True)
+        if current.version == version:
+            low = values.get("et_min_pct", current.et_min_pct)
+            if low > values.get("et_max_pct", current.et_max_pct):
+                raise Invalid("et_min_pct must not be above et_max_pct", field="body.et_min_pct")
         return await repo.update_versioned(session, Zone, site_id, zone_id, version, values)
 
 
@@ -222,15 +228,17 @@ async def update_sensor(
             await _reference(session, Zone, site_id, body.zone_id, "zone_id")
         # min/max may be cleared with an explicit null, so keep None for those two.
         values = body.model_dump(exclude_unset=True, exclude={"version"})
-        values = {
-            k: v for k, v in values.items() if v is not None or k in ("min_value", "max_value")
-        }
+        values = {k: v for k, v in values.items() if v is not None or k in SensorUpdate.nullable}
         # Checked on the locked row before the UPDATE, whose CHECK (min < max) would otherwise
         # fail as a 500. A stale version is left for `update_versioned` to refuse with 409.
         current = await repo.get_owned(session, Sensor, site_id, sensor_id, for_update=True)
         if current.version == version:
             merged = {"min_value": current.min_value, "max_value": current.max_value, **values}
             _check_range(current.kind, merged["min_value"], merged["max_value"], set(values))
+            band = {"alert_min": current.alert_min, "alert_max": current.alert_max, **values}
+            low, high = band["alert_min"], band["alert_max"]
+            if low is not None and high is not None and low >= high:
+                raise Invalid("alert_min must be below alert_max", field="body.alert_min")
         return await repo.update_versioned(session, Sensor, site_id, sensor_id, version, values)
 
 
