@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from irrigation import __version__
 from irrigation.auth.deps import PrincipalCache
 from irrigation.auth.router import router as auth_router
+from irrigation.automation.router import router as automation_router
 from irrigation.common.errors import install_error_handlers
 from irrigation.common.middleware import BodyLimitMiddleware, MetricsMiddleware
 from irrigation.common.openapi import install_openapi
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(import_router)
     app.include_router(review_router)
     app.include_router(readings_router)
+    app.include_router(automation_router)
     # Outermost first: metrics see the 413s that the body limit answers.
     app.add_middleware(
         BodyLimitMiddleware,

@@ -19,6 +19,8 @@ log = structlog.get_logger(__name__)
 START_ACTIVATION = "pumps.start_activation"
 STOP_ACTIVATION = "pumps.stop_activation"
 PROCESS_IMPORT = "ingest.process_import"
+EVALUATE_ZONES = "automation.evaluate_zones"
+DISPATCH_RUNS = "automation.dispatch_runs"
 
 
 def serialize(job: dict[str, Any]) -> bytes:
@@ -85,3 +87,26 @@ def run_again(defer_s: float = 0) -> Exception:
     """What a job raises to be run again under the same job id: it never leaves the queue
     in between, so a crash at that moment cannot lose it (arq counts it as a try)."""
     return Retry(defer=timedelta(seconds=defer_s) if defer_s else None)
+
+
+def dirty_zones_key(redis: ArqRedis) -> str:
+    return f"{redis.default_queue_name}:dirty-zones"
+
+
+async def request_zone_evaluation(
+    redis: ArqRedis, zone_ids: set[uuid.UUID], delay_s: float
+) -> None:
+    """Mark zones whose readings changed; one deferred job evaluates them all, so a burst
+    of batches costs one evaluation per zone per delay (the sweep catches anything lost).
+    Raises when Redis fails: the caller decides how long to leave it alone."""
+    if not zone_ids:
+        return
+    pipe = redis.pipeline(transaction=False)
+    pipe.sadd(dirty_zones_key(redis), *(str(z) for z in zone_ids))
+    await pipe.execute()
+    await _enqueue(redis, EVALUATE_ZONES, job_id=EVALUATE_ZONES, defer_by=delay_s)
+
+
+async def enqueue_dispatch(redis: ArqRedis, site_id: uuid.UUID) -> bool:
+    """Start what waits in the run queue now that a pump or water source is free."""
+    return await _enqueue(redis, DISPATCH_RUNS, str(site_id), job_id=f"dispatch:{site_id}")

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     simulator_port: int = Field(default=8081, ge=1, le=65535)
     gateway_url: str = "http://127.0.0.1:8081"
+    # Weather for ET scaling and rain skips: Open-Meteo's API, by default the simulator's
+    # copy of it (like gateway_url); "none" waters without weather.
+    weather_provider: Literal["open_meteo", "fake", "none"] = "open_meteo"
+    weather_url: str = "http://127.0.0.1:8081"
+    weather_cache_s: int = Field(default=1800, ge=0)
+    weather_timeout_s: float = Field(default=5.0, gt=0)
     data_dir: str = ".data"
     log_level: str = "INFO"
 
@@ -74,6 +80,19 @@ class Settings(BaseSettings):
     )
     worker_poll_delay_s: float = Field(default=0.05, gt=0)
     idempotency_ttl_s: int = Field(default=86400, ge=60)
+
+    # Automation
+    threshold_run_deadline_s: int = Field(
+        default=1800, ge=10, description="How long a threshold run may wait for its pump."
+    )
+    queued_run_deadline_s: int = Field(
+        default=3600, ge=10, description="Default wait limit of a person's queued request."
+    )
+    evaluation_delay_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="Readings for a zone are evaluated once per this delay, not per batch.",
+    )
 
     # Readings
     raw_retention_days: int = Field(

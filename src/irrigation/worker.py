@@ -9,6 +9,8 @@ from arq.constants import health_check_key_suffix
 from arq.worker import Worker, func
 
 from irrigation import queue, registry
+from irrigation.automation import jobs as automation
+from irrigation.automation.weather import create_provider
 from irrigation.common import idempotency
 from irrigation.db import create_engine, create_sessionmaker
 from irrigation.ingest import imports
@@ -45,6 +47,8 @@ def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
         retries=settings.gateway_retries,
     )
 
+    weather = create_provider(settings, redis)
+
     async def startup(ctx: dict[str, Any]) -> None:
         ctx["irrigation"] = jobs.JobContext(
             settings=settings,
@@ -52,8 +56,11 @@ def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
             gateway=gateway,
             redis=redis,
         )
+        ctx[automation.WEATHER] = weather
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        if weather is not None:
+            await weather.aclose()
         await gateway.aclose()
         await redis.aclose()
         await engine.dispose()
@@ -71,6 +78,8 @@ def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
             func(jobs.stop_activation, name=queue.STOP_ACTIVATION, timeout=PUMP_JOB_TIMEOUT_S),
             # An import runs in slices well inside this timeout, each asking to be run again
             # (a "try" to arq) until the file is done: hence the many tries.
+            func(automation.evaluate_zones, name=queue.EVALUATE_ZONES, timeout=PUMP_JOB_TIMEOUT_S),
+            func(automation.dispatch_runs, name=queue.DISPATCH_RUNS, timeout=PUMP_JOB_TIMEOUT_S),
             func(
                 imports.process_import,
                 name=queue.PROCESS_IMPORT,
@@ -81,6 +90,28 @@ def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
         cron_jobs=[
             every_second(jobs.watchdog),
             every_second(jobs.relay_outbox),
+            every_second(automation.dispatch_runs),
+            cron(
+                automation.fire_schedules,
+                name=f"cron:{settings.queue_name}:fire_schedules",
+                second=set(range(0, 60, 5)),
+                run_at_startup=True,
+                timeout=PUMP_JOB_TIMEOUT_S,
+            ),
+            cron(
+                automation.sweep_rules,
+                name=f"cron:{settings.queue_name}:sweep_rules",
+                second={3, 33},
+                timeout=PUMP_JOB_TIMEOUT_S,
+            ),
+            cron(
+                automation.refresh_water_levels,
+                name=f"cron:{settings.queue_name}:refresh_water_levels",
+                minute={5, 35},
+                second={13},
+                run_at_startup=True,
+                timeout=PUMP_JOB_TIMEOUT_S,
+            ),
             cron(
                 imports.requeue_unfinished_imports,
                 name=f"cron:{settings.queue_name}:requeue_unfinished_imports",

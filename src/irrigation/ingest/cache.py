@@ -14,8 +14,10 @@ from datetime import UTC
 from typing import Any
 
 import structlog
+from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
+from irrigation import queue
 from irrigation.ingest.schemas import ReadingIn
 
 log = structlog.get_logger(__name__)
@@ -43,6 +45,17 @@ class HotCache:
     def _failed(self, what: str, exc: BaseException) -> None:
         self._skip_until = time.monotonic() + BACKOFF_S
         log.warning("redis_unavailable", action=what, error=repr(exc))
+
+    async def request_evaluation(self, zone_ids: set[uuid.UUID], delay_s: float) -> None:
+        """Ask for the automation of these zones to look at their new readings; behind the
+        same breaker as the cache, so a dead Redis costs one timeout per back-off, not one
+        per batch."""
+        if not zone_ids or not self._available() or not isinstance(self.redis, ArqRedis):
+            return
+        try:
+            await queue.request_zone_evaluation(self.redis, zone_ids, delay_s)
+        except Exception as exc:  # Redis down must never fail the ingestion that asks
+            self._failed("request_evaluation", exc)
 
     async def record(self, readings: Sequence[ReadingIn]) -> None:
         """Newest 60 per sensor in a sorted set scored by time (late data sorts itself in),

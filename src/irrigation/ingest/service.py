@@ -1,5 +1,6 @@
 """Ingestion use cases: a validated batch in one transaction, job bookkeeping, latest value."""
 
+import dataclasses
 import time
 import uuid
 from datetime import timedelta
@@ -40,7 +41,7 @@ async def sensor_specs(
     specs = {}
     for sensor in rows.scalars():
         low, high = valid_range(sensor)
-        specs[sensor.id] = SensorSpec(unit=sensor.unit, low=low, high=high)
+        specs[sensor.id] = SensorSpec(unit=sensor.unit, low=low, high=high, zone_id=sensor.zone_id)
     return specs
 
 
@@ -54,7 +55,10 @@ async def check(
     ids = {item.sensor_id for item in parsed if isinstance(item, ReadingIn)}
     specs = await sensor_specs(session, site_id, ids)
     retention = timedelta(days=settings.raw_retention_days)
-    return check_items(parsed, specs, utcnow(), retention, offset)
+    checked = check_items(parsed, specs, utcnow(), retention, offset)
+    sensors = {item.sensor_id for item in checked.accepted}
+    zones = {z for s in sensors if (z := specs[s].zone_id) is not None}
+    return dataclasses.replace(checked, zone_ids=zones)
 
 
 async def write_checked(
@@ -79,7 +83,9 @@ async def ingest_batch(
     attempt = 1
     while True:
         try:
-            answer, fresh = await _ingest_once(session, settings, site_id, parsed, idem, started)
+            answer, fresh, zones = await _ingest_once(
+                session, settings, site_id, parsed, idem, started
+            )
         except DBAPIError as exc:
             # Two batches touching the same sensors can still deadlock on rollup rows;
             # PostgreSQL picks a victim, which simply tries again.
@@ -89,6 +95,7 @@ async def ingest_batch(
             continue
         if fresh is not None:
             await cache.record(fresh)
+            await cache.request_evaluation(zones, settings.evaluation_delay_s)
         return answer
 
 
@@ -99,12 +106,12 @@ async def _ingest_once(
     parsed: list[ReadingIn | Rejected],
     idem: IdempotentRequest | None,
     started: float,
-) -> tuple[StoredAnswer, list[ReadingIn] | None]:
+) -> tuple[StoredAnswer, list[ReadingIn] | None, set[uuid.UUID]]:
     """The answer, and the readings as stored, for the cache (None for a replayed answer)."""
     ttl = settings.idempotency_ttl_s
     async with session.begin():
         if idem is not None and (stored := await idempotency.find(session, idem, ttl)):
-            return stored, None
+            return stored, None, set()
         checked = await check(session, settings, site_id, parsed)
         now = utcnow()
         job = IngestionJob(
@@ -142,7 +149,7 @@ async def _ingest_once(
         answer = StoredAnswer(200, result.model_dump(mode="json"), {})
         if idem is not None and await idempotency.store(session, idem, answer, ttl) is None:
             raise Unavailable("a request with this Idempotency-Key is in flight; retry")
-    return answer, fresh
+    return answer, fresh, checked.zone_ids
 
 
 async def latest(

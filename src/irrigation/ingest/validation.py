@@ -2,7 +2,7 @@
 
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,6 +31,7 @@ class SensorSpec:
     unit: str
     low: float
     high: float
+    zone_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class Rejected:
 class Checked:
     accepted: list[ReadingIn]
     rejected: list[Rejected]
+    # The zones of the accepted readings' sensors (their automation may need a look).
+    zone_ids: set[uuid.UUID] = field(default_factory=set)
 
 
 def parse_batch(raw_body: bytes) -> list[ReadingIn | Rejected]:

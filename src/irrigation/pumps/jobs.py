@@ -204,6 +204,9 @@ async def stop_activation(ctx: dict[str, Any], activation_id: str, cause: str) -
             activation.stop_cause = cause
             _release(pump, activation)
             pump.cooldown_until = stopped_at + timedelta(seconds=pump.cooldown_s)
+            site_id = pump.site_id
+    # Capacity is free again: whatever waits for this water source may start now.
+    await queue.enqueue_dispatch(jc.redis, site_id)
     return str(status)
 
 

@@ -1,14 +1,20 @@
 """HTTP routes for activations: request, inspect, stop, stop-all, reset."""
 
 import uuid
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from pydantic import Field
 
 from irrigation.auth.deps import ControlPrincipal, ReadPrincipal
+from irrigation.automation import runqueue
+from irrigation.automation.models import RunRequest
+from irrigation.automation.schemas import RunRequestOut
+from irrigation.common.clock import utcnow
 from irrigation.common.deps import RedisDep, SettingsDep
-from irrigation.common.errors import PROBLEM_JSON, problem_body
+from irrigation.common.errors import PROBLEM_JSON, Invalid, problem_body
 from irrigation.common.idempotency import (
     IdempotencyKeyHeader,
     IdempotentRequest,
@@ -51,10 +57,13 @@ def _respond(answer: StoredAnswer) -> JSONResponse:
     )
 
 
+Accepted = Annotated[ActivationOut | RunRequestOut, Field(discriminator="kind")]
+
+
 @router.post(
     "/pumps/{pump_id}/activations",
     status_code=202,
-    response_model=ActivationOut,
+    response_model=Accepted,
     responses={
         **problems(404, 409, 413, 503),
         202: {"description": "Accepted and queued; `Location` names the activation."},
@@ -64,7 +73,9 @@ def _respond(answer: StoredAnswer) -> JSONResponse:
         "Admitted under a row lock: refused with 409 and a `code` of `pump_busy`, `cooldown`, "
         "`fault`, `disabled` or `capacity` (with `Retry-After` where waiting helps). "
         "`duration_s` above the pump's `max_runtime_s` is 422. The same `Idempotency-Key` "
-        "returns the first answer; with another body it is 422."
+        "returns the first answer; with another body it is 422. With `queue`, the answer "
+        "is a run request (`kind: run_request`, `Location: /v1/run-queue/{id}`) that starts "
+        "now if it can, else waits its turn."
     ),
 )
 async def request_activation(
@@ -86,6 +97,8 @@ async def request_activation(
             key=idempotency_key,
             request_hash=request_hash(str(pump_id), body.model_dump_json()),
         )
+    if body.queue is not None:
+        return await _queued(pump_id, body, session, settings, redis, who, idem)
     run = service.RunRequest(
         duration_s=body.duration_s,
         priority=Priority(body.priority.value),
@@ -163,3 +176,36 @@ async def stop_pump(
 )
 async def reset_pump(pump_id: uuid.UUID, session: SessionDep, who: ControlPrincipal) -> PumpOut:
     return pump_out(await service.reset_fault(session, who.site_id, pump_id))
+
+
+async def _queued(
+    pump_id: uuid.UUID,
+    body: ActivationRequest,
+    session: SessionDep,
+    settings: SettingsDep,
+    redis: RedisDep,
+    who: ControlPrincipal,
+    idem: IdempotentRequest | None,
+) -> JSONResponse:
+    now = utcnow()
+    deadline = body.deadline or now + timedelta(seconds=settings.queued_run_deadline_s)
+    if deadline <= now:
+        raise Invalid("deadline must be in the future", field="body.deadline")
+    wish = runqueue.Wish(
+        pump_id=pump_id,
+        priority=Priority(body.priority.value),
+        duration_s=body.duration_s,
+        origin=f"api_key:{who.key_id}",
+        deadline=deadline,
+        reason=body.reason,
+        queue=body.queue,
+    )
+
+    def render_queued(request: RunRequest) -> StoredAnswer:
+        out = RunRequestOut.model_validate(request).model_dump(mode="json")
+        return StoredAnswer(202, out, {"Location": f"/v1/run-queue/{request.id}"})
+
+    answer = await runqueue.request_run(
+        session, settings, redis, who.site_id, wish, idem, render_queued
+    )
+    return _respond(answer)

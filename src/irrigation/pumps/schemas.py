@@ -3,9 +3,9 @@
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from irrigation.pumps.models import ActivationStatus, Priority
 
@@ -25,11 +25,24 @@ class ActivationRequest(BaseModel):
     )
     priority: RequestPriority = RequestPriority.manual
     reason: str | None = Field(default=None, max_length=500)
+    queue: Literal["append", "front", "replace"] | None = Field(
+        default=None,
+        description="Absent: a busy pump, cooldown or full water source is refused (409). "
+        "`append`: wait in the run queue after the others; `front`: wait first; `replace`: "
+        "stop the other pumps' runs on this water source, then start. Cooldown and the "
+        "runtime cap hold in every case. The answer is then a run request (`kind` "
+        "`run_request`), not an activation.",
+    )
+    deadline: AwareDatetime | None = Field(
+        default=None,
+        description="With `queue`: skip the run if it cannot start by then (default 1 h).",
+    )
 
 
 class ActivationOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
+    kind: Literal["activation"] = "activation"
     id: uuid.UUID
     pump_id: uuid.UUID
     water_source_id: uuid.UUID

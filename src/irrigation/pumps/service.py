@@ -124,7 +124,7 @@ async def request_activation(
             if idem is not None and (stored := await idempotency.find(session, idem, ttl)):
                 return stored
             try:
-                activation = await _admit(session, settings, site_id, pump_id, run)
+                activation = await admit(session, settings, site_id, pump_id, run)
                 answer = render(activation)
             except Refused as refusal:
                 answer = render(refusal)
@@ -139,7 +139,7 @@ async def request_activation(
             raise Unavailable("a request with this Idempotency-Key is in flight") from None
         return stored
     except DBAPIError as exc:
-        raise _unavailable_if_lock_timeout(exc) from None
+        raise unavailable_if_lock_timeout(exc) from None
     if activation is not None and settings.enqueue_fast_path:
         # After commit, on purpose: the job must find the row. If this is lost (crash,
         # Redis down), the outbox row committed with the activation is relayed later.
@@ -147,7 +147,7 @@ async def request_activation(
     return answer
 
 
-def _unavailable_if_lock_timeout(exc: DBAPIError) -> Exception:
+def unavailable_if_lock_timeout(exc: DBAPIError) -> Exception:
     if pg_error(exc).sqlstate == LOCK_NOT_AVAILABLE:
         return Unavailable(
             "the pump is locked by another operation; try again",
@@ -157,7 +157,7 @@ def _unavailable_if_lock_timeout(exc: DBAPIError) -> Exception:
     return exc
 
 
-async def _admit(
+async def admit(
     session: AsyncSession,
     settings: Settings,
     site_id: uuid.UUID,
@@ -285,17 +285,17 @@ async def stop_pump(
                 )
             now = (await session.execute(select(db_now_expr()))).scalar_one()
             stopped = [
-                a for p in pumps if (a := await _stop_locked(session, p, now, cause)) is not None
+                a for p in pumps if (a := await stop_locked(session, p, now, cause)) is not None
             ]
     except DBAPIError as exc:
-        raise _unavailable_if_lock_timeout(exc) from None
+        raise unavailable_if_lock_timeout(exc) from None
     for activation in stopped:
         if activation.status in (ActivationStatus.starting, ActivationStatus.running):
             await queue.enqueue_stop(redis, activation.id, cause)
     return stopped
 
 
-async def _stop_locked(
+async def stop_locked(
     session: AsyncSession, pump: Pump, now: datetime, cause: str
 ) -> PumpActivation | None:
     if pump.active_activation_id is None:

@@ -1,0 +1,100 @@
+"""The decisions log: one row per start, deferral, skip or supersede, with a human sentence."""
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from irrigation.automation.models import AutomationDecision, Outcome
+from irrigation.common.errors import NotFound
+from irrigation.common.pagination import PageParams, page_of, paginate
+from irrigation.fleet.models import Zone
+
+
+def local(moment: datetime, tz: str) -> str:
+    """'2026-11-23 06:00 Europe/Berlin': how a grower reads a time."""
+    return f"{moment.astimezone(ZoneInfo(tz)):%Y-%m-%d %H:%M} {tz}"
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What a decision is about; every field but the zone is optional."""
+
+    site_id: uuid.UUID
+    zone_id: uuid.UUID
+    pump_id: uuid.UUID | None = None
+    rule_id: uuid.UUID | None = None
+    schedule_id: uuid.UUID | None = None
+    run_request_id: uuid.UUID | None = None
+
+
+def record(
+    session: AsyncSession,
+    subject: Subject,
+    at: datetime,
+    outcome: Outcome,
+    reason: str,
+    message: str,
+    activation_id: uuid.UUID | None = None,
+    detail: dict[str, Any] | None = None,
+) -> AutomationDecision:
+    decision = AutomationDecision(
+        site_id=subject.site_id,
+        zone_id=subject.zone_id,
+        pump_id=subject.pump_id,
+        rule_id=subject.rule_id,
+        schedule_id=subject.schedule_id,
+        run_request_id=subject.run_request_id,
+        activation_id=activation_id,
+        at=at,
+        outcome=outcome,
+        reason=reason,
+        message=f"{outcome}: {message}"[:1000],
+        detail=detail or None,
+    )
+    session.add(decision)
+    return decision
+
+
+@dataclass(frozen=True)
+class DecisionFilter:
+    outcome: Outcome | None = None
+    reason: str | None = None
+    pump_id: uuid.UUID | None = None
+    rule_id: uuid.UUID | None = None
+    schedule_id: uuid.UUID | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+async def list_decisions(
+    session: AsyncSession,
+    site_id: uuid.UUID,
+    zone_id: uuid.UUID,
+    filters: DecisionFilter,
+    params: PageParams,
+) -> tuple[list[AutomationDecision], str | None]:
+    zone = await session.execute(select(Zone.id).where(Zone.id == zone_id, Zone.site_id == site_id))
+    if zone.first() is None:
+        raise NotFound("zone not found")
+    d = AutomationDecision
+    stmt = select(d).where(d.zone_id == zone_id)
+    for column, value in (
+        (d.outcome, filters.outcome),
+        (d.reason, filters.reason),
+        (d.pump_id, filters.pump_id),
+        (d.rule_id, filters.rule_id),
+        (d.schedule_id, filters.schedule_id),
+    ):
+        if value is not None:
+            stmt = stmt.where(column == value)
+    if filters.since is not None:
+        stmt = stmt.where(d.at >= filters.since)
+    if filters.until is not None:
+        stmt = stmt.where(d.at < filters.until)
+    stmt = paginate(stmt, d.created_at, d.id, params, descending=True)
+    return page_of((await session.execute(stmt)).scalars().all(), params)

@@ -1,0 +1,272 @@
+"""Schedules firing: each due schedule, at its local times, asks for runs with priority
+`scheduled` unless a skip condition holds (pause, rain delay, wet soil, forecast rain,
+a water level of 0 %). Weather is fetched before any row is locked: no network call is
+awaited while a lock is held."""
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+from arq.connections import ArqRedis
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from irrigation.auth.models import Site
+from irrigation.automation import runqueue
+from irrigation.automation.calendar import When, next_after, occurrences
+from irrigation.automation.decisions import Subject, local, record
+from irrigation.automation.et import WaterLevel, compute_water_level, scaled_duration_s
+from irrigation.automation.models import Outcome, RunRequest, RunStatus, Schedule
+from irrigation.automation.thresholds import (
+    WishMaker,
+    automation_gate,
+    queue_zone_runs,
+    zone_average,
+    zone_pumps,
+)
+from irrigation.automation.weather import Forecast, WeatherProvider, WeatherUnavailable
+from irrigation.common.clock import db_now_expr
+from irrigation.fleet.models import Zone
+from irrigation.pumps.models import Priority
+from irrigation.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+MISSED_LOGGED = 10
+MOISTURE_WINDOW = timedelta(minutes=15)
+
+
+def when_of(schedule: Schedule) -> When:
+    return When.parse(schedule.cron, schedule.weekdays, schedule.start_times)
+
+
+def first_run(schedule: Schedule, tz: str, now: datetime) -> datetime | None:
+    return next_after(when_of(schedule), tz, now)
+
+
+@dataclass(frozen=True)
+class Weather:
+    forecast: Forecast | None
+    error: str | None = None
+
+
+async def forecasts_for(
+    provider: WeatherProvider | None, zones: list[Zone]
+) -> dict[uuid.UUID, Weather]:
+    found: dict[uuid.UUID, Weather] = {}
+    for zone in zones:
+        if zone.latitude is None or zone.longitude is None:
+            found[zone.id] = Weather(None, "the zone has no latitude/longitude")
+        elif provider is None:
+            found[zone.id] = Weather(None, "no weather provider is configured")
+        else:
+            try:
+                found[zone.id] = Weather(await provider.forecast(zone.latitude, zone.longitude))
+            except WeatherUnavailable as exc:
+                found[zone.id] = Weather(None, f"weather unavailable: {exc}")
+    return found
+
+
+def water_level(zone: Zone, weather: Weather, now: datetime) -> WaterLevel | None:
+    if not zone.et_scaling or weather.forecast is None or zone.latitude is None:
+        return None
+    today = weather.forecast.day(now.date())
+    if today is None:
+        return None
+    return compute_water_level(
+        today, zone.latitude, zone.et_baseline_mm, zone.et_min_pct, zone.et_max_pct
+    )
+
+
+async def fire_due(
+    session: AsyncSession,
+    settings: Settings,
+    redis: ArqRedis,
+    provider: WeatherProvider | None,
+) -> int:
+    """Fire every schedule whose next run is due; returns how many fired a run."""
+    async with session.begin():
+        now = (await session.execute(select(db_now_expr()))).scalar_one()
+        due = (
+            await session.execute(
+                select(Schedule.id, Zone)
+                .join(Zone, Zone.id == Schedule.zone_id)
+                .where(Schedule.enabled, Schedule.next_run_at <= now)
+                .order_by(Schedule.next_run_at)
+                .limit(500)
+            )
+        ).all()
+    zones = {zone.id: zone for _, zone in due}
+    needs_weather = [z for z in zones.values() if z.et_scaling or z.latitude is not None]
+    weather = await forecasts_for(provider, needs_weather)
+    fired = 0
+    sites: set[uuid.UUID] = set()
+    for schedule_id, zone in due:
+        site = await _fire_one(session, settings, schedule_id, weather.get(zone.id), now)
+        if site is not None:
+            fired += 1
+            sites.add(site)
+    for site_id in sites:
+        await runqueue.dispatch(session, settings, redis, site_id)
+    return fired
+
+
+async def _fire_one(
+    session: AsyncSession,
+    settings: Settings,
+    schedule_id: uuid.UUID,
+    weather: Weather | None,
+    now: datetime,
+) -> uuid.UUID | None:
+    async with session.begin():
+        row = (
+            await session.execute(
+                select(Schedule, Zone, Site.paused_until, Site.rain_delay_until)
+                .join(Zone, Zone.id == Schedule.zone_id)
+                .join(Site, Site.id == Schedule.site_id)
+                .where(Schedule.id == schedule_id, Schedule.enabled, Schedule.next_run_at <= now)
+                .with_for_update(of=Schedule, skip_locked=True)
+                .execution_options(populate_existing=True)
+            )
+        ).one_or_none()
+        if row is None:
+            return None
+        schedule, zone, paused_until, site_rain = row
+        first: datetime | None = schedule.next_run_at
+        if first is None:
+            return None
+        when = when_of(schedule)
+        due = occurrences(when, zone.timezone, first - timedelta(microseconds=1), now)
+        schedule.next_run_at = next_after(when, zone.timezone, now)
+        if not due:
+            return None
+        late = [t for t in due if (now - t).total_seconds() > schedule.max_delay_s]
+        subject = Subject(schedule.site_id, zone.id, schedule.pump_id, schedule_id=schedule.id)
+        for at in late[-MISSED_LOGGED:]:
+            record(
+                session,
+                subject,
+                now,
+                Outcome.skipped,
+                "missed",
+                f"the {local(at, zone.timezone)} run was missed (no worker ran then)",
+                detail={"scheduled_for": at.isoformat()},
+            )
+        on_time = [t for t in due if t not in late]
+        if not on_time:
+            return None
+        at = on_time[-1]
+        schedule.last_run_at = at
+        level = water_level(zone, weather or Weather(None), now)
+        if level is not None:
+            zone.water_level_pct, zone.water_level_at = level.pct, now
+        skip = await _skip_reason(
+            session, schedule, zone, paused_until, site_rain, weather, level, now
+        )
+        detail = {"scheduled_for": at.isoformat()}
+        if weather is not None and weather.error is not None:
+            detail["weather"] = weather.error
+        if skip is not None:
+            reason, message = skip
+            record(session, subject, now, Outcome.skipped, reason, message, detail=detail)
+            return None
+        pumps = await zone_pumps(session, zone.id, schedule.pump_id)
+        if not pumps:
+            record(
+                session, subject, now, Outcome.skipped, "no_pump", "no enabled pump", detail=detail
+            )
+            return None
+        waiting = (
+            await session.execute(
+                select(RunRequest.id).where(
+                    RunRequest.schedule_id == schedule.id, RunRequest.status == RunStatus.waiting
+                )
+            )
+        ).first()
+        if waiting is not None:
+            record(
+                session,
+                subject,
+                now,
+                Outcome.skipped,
+                "already_queued",
+                "the previous run of this schedule is still waiting",
+                detail=detail,
+            )
+            return None
+        duration = schedule.duration_s
+        why = f"schedule {schedule.name or schedule.id} at {local(at, zone.timezone)}"
+        if level is not None:
+            duration = scaled_duration_s(schedule.duration_s, level.pct, settings.max_runtime_cap_s)
+            why += f", water level {level.pct} %"
+        make = WishMaker(
+            Priority.scheduled,
+            duration,
+            f"schedule:{schedule.id}",
+            at + timedelta(seconds=schedule.max_delay_s),
+            why,
+            schedule_id=schedule.id,
+        )
+        await queue_zone_runs(session, schedule.site_id, pumps, make)
+        return schedule.site_id
+
+
+async def _skip_reason(
+    session: AsyncSession,
+    schedule: Schedule,
+    zone: Zone,
+    paused_until: datetime | None,
+    site_rain: datetime | None,
+    weather: Weather | None,
+    level: WaterLevel | None,
+    now: datetime,
+) -> tuple[str, str] | None:
+    tz = zone.timezone
+    gate = automation_gate(
+        now, tz, paused_until, site_rain, zone.rain_delay_until, schedule.skip_if_rain_delay
+    )
+    if gate is not None:
+        return gate.reason, gate.message
+    if schedule.skip_if_moisture_above is not None:
+        moisture = (
+            await session.execute(
+                select(zone_average(zone.id, "soil_moisture", now - MOISTURE_WINDOW, now))
+            )
+        ).scalar_one()
+        if moisture is not None and moisture > schedule.skip_if_moisture_above:
+            return (
+                "soil_wet",
+                f"soil moisture {moisture:.1f} is above {schedule.skip_if_moisture_above:g}",
+            )
+    limit = schedule.skip_if_rain_forecast_mm
+    if limit is not None and weather is not None and weather.forecast is not None:
+        rain = weather.forecast.rain_next_24h_mm(now)
+        if rain >= limit:
+            return (
+                "forecast_rain",
+                f"{rain:.1f} mm of rain forecast in the next 24 h (limit {limit:g} mm)",
+            )
+    if level is not None and level.pct == 0:
+        return "water_level_zero", f"water level is 0 % (ET0 {level.et0_mm:.2f} mm)"
+    return None
+
+
+async def refresh_water_levels(session: AsyncSession, provider: WeatherProvider | None) -> int:
+    """Recompute the water level of every zone with ET scaling (shown in the zone)."""
+    async with session.begin():
+        now = (await session.execute(select(db_now_expr()))).scalar_one()
+        zones = list((await session.execute(select(Zone).where(Zone.et_scaling))).scalars())
+    weather = await forecasts_for(provider, zones)
+    changed = 0
+    async with session.begin():
+        for zone in zones:
+            level = water_level(zone, weather[zone.id], now)
+            if level is not None:
+                await session.execute(
+                    update(Zone)
+                    .where(Zone.id == zone.id)
+                    .values(water_level_pct=level.pct, water_level_at=now)
+                )
+                changed += 1
+    return changed

@@ -1,0 +1,167 @@
+"""Automation configuration: rule and schedule CRUD, rain delays and the site pause."""
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from irrigation.auth.models import Site
+from irrigation.automation.calendar import When, next_after
+from irrigation.automation.models import Schedule, ThresholdRule
+from irrigation.automation.scheduling import first_run
+from irrigation.automation.schemas import (
+    ScheduleCreate,
+    ScheduleUpdate,
+    ThresholdRuleCreate,
+    ThresholdRuleUpdate,
+)
+from irrigation.common import repository as repo
+from irrigation.common.clock import db_now
+from irrigation.common.errors import Invalid, NotFound
+from irrigation.fleet.models import Pump, Zone
+
+
+async def _zone(session: AsyncSession, site_id: uuid.UUID, zone_id: uuid.UUID) -> Zone:
+    try:
+        return await repo.get_owned(session, Zone, site_id, zone_id, for_update=True)
+    except NotFound:
+        raise Invalid(f"zone {zone_id} not found", field="body.zone_id") from None
+
+
+async def _pump_of_zone(
+    session: AsyncSession, site_id: uuid.UUID, zone_id: uuid.UUID, pump_id: uuid.UUID | None
+) -> None:
+    if pump_id is None:
+        return
+    pump = await session.get(Pump, pump_id)
+    if pump is None or pump.site_id != site_id:
+        raise Invalid(f"pump {pump_id} not found", field="body.pump_id")
+    if pump.zone_id != zone_id:
+        raise Invalid(f"pump {pump_id} is not in zone {zone_id}", field="body.pump_id")
+
+
+# Threshold rules -----------------------------------------------------------------------
+
+
+async def create_rule(
+    session: AsyncSession, site_id: uuid.UUID, body: ThresholdRuleCreate
+) -> ThresholdRule:
+    async with session.begin():
+        await _zone(session, site_id, body.zone_id)
+        await _pump_of_zone(session, site_id, body.zone_id, body.pump_id)
+        rule = ThresholdRule(site_id=site_id, **body.model_dump())
+        await repo.flush_new(session, rule)
+    return rule
+
+
+async def update_rule(
+    session: AsyncSession,
+    site_id: uuid.UUID,
+    rule_id: uuid.UUID,
+    version: int,
+    body: ThresholdRuleUpdate,
+) -> ThresholdRule:
+    async with session.begin():
+        values = _values(body)
+        current = await repo.get_owned(session, ThresholdRule, site_id, rule_id, for_update=True)
+        if current.version == version:
+            low = values.get("start_below", current.start_below)
+            high = values.get("stop_above", current.stop_above)
+            if low >= high:
+                raise Invalid("start_below must be below stop_above", field="body.start_below")
+            if values.get("pump_id") is not None:
+                await _pump_of_zone(session, site_id, current.zone_id, values["pump_id"])
+        return await repo.update_versioned(
+            session, ThresholdRule, site_id, rule_id, version, values
+        )
+
+
+def _values(body: ThresholdRuleUpdate | ScheduleUpdate) -> dict[str, Any]:
+    values = body.model_dump(exclude_unset=True, exclude={"version"})
+    return {k: v for k, v in values.items() if v is not None or k in body.nullable}
+
+
+# Schedules -----------------------------------------------------------------------------
+
+
+def _when(values: dict[str, Any]) -> When:
+    try:
+        return When.parse(values.get("cron"), values.get("weekdays"), values.get("start_times"))
+    except ValueError as exc:
+        raise Invalid(str(exc), field="body.cron") from None
+
+
+async def create_schedule(
+    session: AsyncSession, site_id: uuid.UUID, body: ScheduleCreate
+) -> Schedule:
+    async with session.begin():
+        zone = await _zone(session, site_id, body.zone_id)
+        await _pump_of_zone(session, site_id, body.zone_id, body.pump_id)
+        schedule = Schedule(site_id=site_id, **body.model_dump(mode="json"))
+        schedule.zone_id, schedule.pump_id = body.zone_id, body.pump_id
+        schedule.next_run_at = first_run(schedule, zone.timezone, await db_now(session))
+        await repo.flush_new(session, schedule)
+    return schedule
+
+
+async def update_schedule(
+    session: AsyncSession,
+    site_id: uuid.UUID,
+    schedule_id: uuid.UUID,
+    version: int,
+    body: ScheduleUpdate,
+) -> Schedule:
+    async with session.begin():
+        values = _values(body)
+        if "weekdays" in values and values["weekdays"] is not None:
+            values["weekdays"] = [str(d) for d in values["weekdays"]]
+        current = await repo.get_owned(session, Schedule, site_id, schedule_id, for_update=True)
+        if current.version == version:
+            merged = {
+                "cron": current.cron,
+                "weekdays": current.weekdays,
+                "start_times": current.start_times,
+                **values,
+            }
+            if "cron" in values and values["cron"] is not None:
+                merged.setdefault("start_times", None)
+            when = _when(merged)
+            if values.get("pump_id") is not None:
+                await _pump_of_zone(session, site_id, current.zone_id, values["pump_id"])
+            zone = await session.get(Zone, current.zone_id)
+            assert zone is not None
+            enabled = values.get("enabled", current.enabled)
+            now = await db_now(session)
+            values["next_run_at"] = next_after(when, zone.timezone, now) if enabled else None
+        return await repo.update_versioned(session, Schedule, site_id, schedule_id, version, values)
+
+
+# Rain delays and pause -----------------------------------------------------------------
+
+
+async def _future(session: AsyncSession, until: datetime | None) -> datetime | None:
+    if until is not None and until <= await db_now(session):
+        raise Invalid("until must be in the future", field="body.until")
+    return until
+
+
+async def set_zone_rain_delay(
+    session: AsyncSession, site_id: uuid.UUID, zone_id: uuid.UUID, until: datetime | None
+) -> Zone:
+    async with session.begin():
+        zone = await repo.get_owned(session, Zone, site_id, zone_id, for_update=True)
+        zone.rain_delay_until = await _future(session, until)
+    return zone
+
+
+async def set_site_state(
+    session: AsyncSession, site_id: uuid.UUID, field: str, until: datetime | None
+) -> Site:
+    async with session.begin():
+        site = (
+            await session.execute(select(Site).where(Site.id == site_id).with_for_update())
+        ).scalar_one()
+        setattr(site, field, await _future(session, until))
+    return site
