@@ -104,7 +104,9 @@ async def request_zone_evaluation(
     pipe = redis.pipeline(transaction=False)
     pipe.sadd(dirty_zones_key(redis), *(str(z) for z in zone_ids))
     await pipe.execute()
-    await _enqueue(redis, EVALUATE_ZONES, job_id=EVALUATE_ZONES, defer_by=delay_s)
+    # arq's job keys are global (`arq:job:<id>`): the queue name keeps stacks apart.
+    job_id = f"{redis.default_queue_name}:evaluate-zones"
+    await _enqueue(redis, EVALUATE_ZONES, job_id=job_id, defer_by=delay_s)
 
 
 async def enqueue_dispatch(redis: ArqRedis, site_id: uuid.UUID) -> bool:

@@ -1,0 +1,90 @@
+"""The automation's worker side, in-process: the same functions the arq jobs call, with a
+real database, a real Redis and a fake weather provider; the clock is moved, not slept."""
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from arq.connections import ArqRedis
+
+from irrigation import queue
+from irrigation.automation import runqueue, scheduling, thresholds
+from irrigation.automation.weather import FakeWeatherProvider
+from irrigation.db import create_engine, create_sessionmaker
+from irrigation.settings import Settings
+
+
+@dataclass
+class Engine:
+    settings: Settings
+    sessions: Any
+    redis: ArqRedis
+    weather: FakeWeatherProvider
+
+    async def dispatch(self) -> int:
+        async with self.sessions() as session:
+            return await runqueue.dispatch(session, self.settings, self.redis)
+
+    async def evaluate(self) -> int:
+        async with self.sessions() as session:
+            return await thresholds.evaluate_rules(session, self.settings, self.redis)
+
+    async def fire(self) -> int:
+        async with self.sessions() as session:
+            return await scheduling.fire_due(session, self.settings, self.redis, self.weather)
+
+
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[Engine]:
+    db = create_engine(settings)
+    redis = queue.create_redis(settings.effective_redis_url, 2.0, settings.queue_name)
+    yield Engine(settings, create_sessionmaker(db), redis, FakeWeatherProvider())
+    await redis.aclose()
+    await db.dispose()
+
+
+async def decisions(
+    client: httpx.AsyncClient, headers: dict[str, str], zone_id: str, **params: str
+) -> list[dict[str, Any]]:
+    response = await client.get(
+        f"/v1/zones/{zone_id}/decisions", params={"limit": "500", **params}, headers=headers
+    )
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+async def run_requests(
+    client: httpx.AsyncClient, headers: dict[str, str], **params: str
+) -> list[dict[str, Any]]:
+    response = await client.get("/v1/run-queue", params={"limit": "500", **params}, headers=headers)
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+async def post_moisture(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    sensor_id: str,
+    values: list[float],
+    end: datetime | None = None,
+    step_s: float = 10,
+) -> None:
+    """Readings, the last one at `end` (default: now), `step_s` apart."""
+    end = end or datetime.now(UTC)
+    items = [
+        {
+            "sensor_id": sensor_id,
+            "ts": (end - timedelta(seconds=step_s * (len(values) - 1 - i))).isoformat(),
+            "value": v,
+            "unit": "%",
+        }
+        for i, v in enumerate(values)
+    ]
+    response = await client.post("/v1/readings", json={"readings": items}, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["inserted"] == len(values), response.text

@@ -1,0 +1,169 @@
+"""Threshold rules: trigger, hysteresis on a noisy signal, gates, and the ingestion hook."""
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from irrigation import queue
+from irrigation.automation import jobs as automation_jobs
+from irrigation.common import clock
+from irrigation.pumps.gateway import HttpGateway
+from irrigation.pumps.jobs import JobContext
+from tests.automation.conftest import Engine, decisions, post_moisture, run_requests
+from tests.pumps.helpers import make_pump
+
+
+async def zone_with_pump_and_sensor(
+    client: httpx.AsyncClient, admin: dict[str, str], tz: str = "UTC"
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    zone = (
+        await client.post("/v1/zones", json={"name": "North", "timezone": tz}, headers=admin)
+    ).json()
+    pump = await make_pump(client, admin, "hw-north", zone_id=zone["id"])
+    sensor = await client.post(
+        "/v1/sensors",
+        json={"zone_id": zone["id"], "name": "m1", "kind": "soil_moisture", "unit": "%"},
+        headers=admin,
+    )
+    assert sensor.status_code == 201, sensor.text
+    return zone, pump, sensor.json()
+
+
+async def make_rule(
+    client: httpx.AsyncClient, admin: dict[str, str], zone_id: str, **extra: Any
+) -> dict[str, Any]:
+    body = {
+        "zone_id": zone_id,
+        "start_below": 30,
+        "stop_above": 45,
+        "window_s": 60,
+        "duration_s": 5,
+        **extra,
+    }
+    response = await client.post("/v1/threshold-rules", json=body, headers=admin)
+    assert response.status_code == 201, response.text
+    rule: dict[str, Any] = response.json()
+    return rule
+
+
+def now() -> datetime:
+    return clock.utcnow()
+
+
+async def step(
+    client: httpx.AsyncClient, admin: dict[str, str], engine: Engine, sensor_id: str, value: float
+) -> None:
+    """Ten seconds pass, one reading arrives, the rules are evaluated."""
+    clock.move(timedelta(seconds=10))
+    await post_moisture(client, admin, sensor_id, [value], end=now())
+    await engine.evaluate()
+
+
+async def test_noisy_signal_around_the_threshold_asks_for_one_run_until_it_rose_above_stop(
+    client: httpx.AsyncClient, admin: dict[str, str], engine: Engine
+) -> None:
+    zone, pump, sensor = await zone_with_pump_and_sensor(client, admin)
+    rule = await make_rule(client, admin, zone["id"])
+    for _ in range(6):
+        await step(client, admin, engine, sensor["id"], 40)
+    assert await run_requests(client, admin) == []
+
+    noise = random.Random(7)
+    below = 0
+    for _ in range(40):
+        await step(client, admin, engine, sensor["id"], 30 + noise.uniform(-4, 4))
+        shown = (await client.get(f"/v1/threshold-rules/{rule['id']}", headers=admin)).json()
+        below += shown["last_value"] < 30
+    assert below >= 5, "the noise must cross the threshold many times for this test to mean much"
+    asked = await run_requests(client, admin)
+    assert len(asked) == 1
+    assert asked[0]["priority"] == "threshold"
+    assert asked[0]["rule_id"] == rule["id"]
+    assert asked[0]["status"] == "started"
+    shown = (await client.get(f"/v1/threshold-rules/{rule['id']}", headers=admin)).json()
+    assert shown["armed"] is False
+
+    started = await decisions(client, admin, zone["id"], outcome="started")
+    assert len(started) == 1
+    assert started[0]["activation_id"] is not None
+    assert started[0]["rule_id"] == rule["id"]
+    assert "threshold rule" in started[0]["message"]
+
+    for _ in range(7):  # rises above stop_above: the rule re-arms
+        await step(client, admin, engine, sensor["id"], 55)
+    shown = (await client.get(f"/v1/threshold-rules/{rule['id']}", headers=admin)).json()
+    assert shown["armed"] is True
+    for _ in range(7):
+        await step(client, admin, engine, sensor["id"], 20)
+    asked = await run_requests(client, admin)
+    assert len(asked) == 2
+    # The first run's activation still holds the pump (no worker here): the second waits.
+    second = next(r for r in asked if r["id"] != started[0]["run_request_id"])
+    assert second["status"] == "waiting"
+    assert second["last_reason"] == "pump_busy"
+    deferred = await decisions(client, admin, zone["id"], outcome="deferred")
+    assert [d["reason"] for d in deferred] == ["pump_busy"]
+    assert pump["id"] == second["pump_id"]
+
+
+async def test_rain_delay_and_pause_hold_a_triggered_rule_with_one_decision_each(
+    client: httpx.AsyncClient, admin: dict[str, str], engine: Engine
+) -> None:
+    zone, _, sensor = await zone_with_pump_and_sensor(client, admin, tz="Europe/Berlin")
+    rule = await make_rule(client, admin, zone["id"])
+    until = datetime(2030, 1, 1, 5, tzinfo=UTC)
+    response = await client.post(
+        f"/v1/zones/{zone['id']}/rain-delay", json={"until": until.isoformat()}, headers=admin
+    )
+    assert response.status_code == 200, response.text
+    for _ in range(5):
+        await step(client, admin, engine, sensor["id"], 10)
+    skipped = await decisions(client, admin, zone["id"], outcome="skipped")
+    assert [d["reason"] for d in skipped] == ["rain_delay"]
+    assert skipped[0]["message"].startswith(
+        "skipped: rain delay until 2030-01-01 06:00 Europe/Berlin"
+    )
+    assert skipped[0]["rule_id"] == rule["id"]
+    assert await run_requests(client, admin) == []
+
+    await client.delete(f"/v1/zones/{zone['id']}/rain-delay", headers=admin)
+    paused = await client.post(
+        "/v1/sites/current/pause", json={"until": until.isoformat()}, headers=admin
+    )
+    assert paused.status_code == 200, paused.text
+    for _ in range(3):
+        await step(client, admin, engine, sensor["id"], 10)
+    reasons = [d["reason"] for d in await decisions(client, admin, zone["id"], outcome="skipped")]
+    assert sorted(reasons) == ["paused", "rain_delay"]
+    assert await run_requests(client, admin) == []
+
+    await client.delete("/v1/sites/current/pause", headers=admin)
+    await step(client, admin, engine, sensor["id"], 10)
+    asked = await run_requests(client, admin)
+    assert [r["status"] for r in asked] == ["started"]
+
+
+async def test_a_batch_of_readings_asks_for_one_deferred_evaluation_of_its_zone(
+    client: httpx.AsyncClient, admin: dict[str, str], engine: Engine
+) -> None:
+    zone, _, sensor = await zone_with_pump_and_sensor(client, admin)
+    await make_rule(client, admin, zone["id"])
+    await post_moisture(client, admin, sensor["id"], [12, 11, 10])
+    await post_moisture(client, admin, sensor["id"], [9], end=now() + timedelta(seconds=1))
+    members = await engine.redis.smembers(queue.dirty_zones_key(engine.redis))
+    assert {m.decode() for m in members} == {zone["id"]}
+    queued = await engine.redis.zrange(engine.settings.queue_name, 0, -1)
+    assert queued == [f"{engine.settings.queue_name}:evaluate-zones".encode()]  # one job
+
+    gateway = HttpGateway("http://127.0.0.1:9", timeout_s=0.1, retries=0)
+    ctx = {
+        "irrigation": JobContext(
+            settings=engine.settings, sessions=engine.sessions, gateway=gateway, redis=engine.redis
+        )
+    }
+    assert await automation_jobs.evaluate_zones(ctx) == 1
+    assert await engine.redis.scard(queue.dirty_zones_key(engine.redis)) == 0
+    assert [r["status"] for r in await run_requests(client, admin)] == ["started"]
+    await gateway.aclose()
