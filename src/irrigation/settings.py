@@ -102,6 +102,29 @@ class Settings(BaseSettings):
         default=1024 * 1024 * 1024, ge=1024, description="Largest history file for an import."
     )
 
+    # Alerts (evaluated every ~10 s by the worker) and their webhook deliveries
+    alert_gateway_window_s: int = Field(
+        default=600, ge=60, description="A failed activation keeps its alert this long."
+    )
+    alert_quarantine_window_s: int = Field(
+        default=900, ge=60, description="Window of the quarantine-rate alert."
+    )
+    alert_quarantine_threshold: float = Field(
+        default=0.2, gt=0, lt=1, description="Quarantined share of ingested items that alerts."
+    )
+    alert_quarantine_min_items: int = Field(
+        default=20, ge=1, description="Fewer items than this in the window never alert."
+    )
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60, description="Per delivery.")
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50, description="Then `failed`.")
+    webhook_backoff_base_s: float = Field(
+        default=10.0, gt=0, description="Retry n waits base * 2^(n-1), up to the maximum."
+    )
+    webhook_backoff_max_s: float = Field(default=3600.0, gt=0)
+    webhook_batch_size: int = Field(
+        default=50, ge=1, le=1000, description="Deliveries one run sends at once."
+    )
+
     @field_validator("database_url")
     @classmethod
     def _normalise_database_url(cls, value: str | None) -> str | None:
