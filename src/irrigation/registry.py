@@ -1,5 +1,6 @@
 """Imports every domain's models so `Base.metadata` is complete (Alembic, tests)."""
 
+from irrigation.alerts import models as alert_models
 from irrigation.auth import models as auth_models
 from irrigation.automation import models as automation_models
 from irrigation.common import idempotency
@@ -11,6 +12,7 @@ from irrigation.pumps import models as pump_models
 metadata = Base.metadata
 
 __all__ = [
+    "alert_models",
     "auth_models",
     "automation_models",
     "fleet_models",

@@ -13,6 +13,7 @@ from arq.connections import ArqRedis
 from irrigation import queue
 from irrigation.automation import runqueue, scheduling, thresholds
 from irrigation.automation.weather import FakeWeatherProvider
+from irrigation.common import clock
 from irrigation.db import create_engine, create_sessionmaker
 from irrigation.settings import Settings
 
@@ -41,7 +42,7 @@ class Engine:
 async def engine(settings: Settings) -> AsyncIterator[Engine]:
     db = create_engine(settings)
     redis = queue.create_redis(settings.effective_redis_url, 2.0, settings.queue_name)
-    yield Engine(settings, create_sessionmaker(db), redis, FakeWeatherProvider())
+    yield Engine(settings, create_sessionmaker(db), redis, FakeWeatherProvider(now=clock.utcnow))
     await redis.aclose()
     await db.dispose()
 

@@ -1,0 +1,1 @@
+"""Alerts with a lifecycle (raised, acknowledged, cleared) and webhook subscriptions."""
