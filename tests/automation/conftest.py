@@ -89,3 +89,16 @@ async def post_moisture(
     response = await client.post("/v1/readings", json={"readings": items}, headers=headers)
     assert response.status_code == 200, response.text
     assert response.json()["inserted"] == len(values), response.text
+
+
+# The real processes (API, worker) and the simulator of the pump tests.
+from tests.pumps.conftest import (  # noqa: E402
+    api,
+    api_url,
+    device,
+    e2e_env,
+    simulator_url,
+    spawn,
+)
+
+__all__ = ["api", "api_url", "device", "e2e_env", "simulator_url", "spawn"]

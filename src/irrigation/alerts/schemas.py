@@ -1,0 +1,146 @@
+"""API shapes of alerts, webhook subscriptions and their delivery log."""
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from irrigation.alerts.models import (
+    AlertKind,
+    AlertStatus,
+    DeliveryStatus,
+    Severity,
+    SubjectType,
+    WebhookEvent,
+)
+from irrigation.common.text import NoNul
+
+Version = Annotated[int, Field(ge=1, le=2**31 - 1)]
+
+
+class AlertOut(BaseModel):
+    """An alert as the API shows it and as webhooks carry it (`data`)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    site_id: uuid.UUID
+    kind: AlertKind
+    severity: Severity
+    subject_type: SubjectType
+    subject_id: uuid.UUID = Field(description="The sensor, the pump, or the site itself.")
+    status: AlertStatus
+    message: str
+    detail: dict[str, Any] = Field(description="The observed values behind the message.")
+    raised_at: datetime
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None = Field(description="The id of the API key that acknowledged.")
+    cleared_at: datetime | None
+    last_seen_at: datetime = Field(description="When the condition was last observed to hold.")
+
+
+def _http_url(value: str) -> str:
+    # Checked by hand, not with AnyHttpUrl: the URL is stored and sent exactly as given.
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest.split("/", 1)[0]:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    if any(c.isspace() for c in value):
+        raise ValueError("may not contain whitespace")
+    return value
+
+
+WebhookUrl = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=2000),
+    NoNul,
+    AfterValidator(_http_url),
+    Field(examples=["https://example.com/hooks/irrigation"]),
+]
+Description = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500), NoNul]
+Events = Annotated[
+    list[WebhookEvent],
+    Field(
+        max_length=10,
+        description="Events to deliver; empty means every event. `ping` is sent by the test "
+        "endpoint whatever this says.",
+    ),
+]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WebhookCreate(_Body):
+    url: WebhookUrl
+    events: Events = Field(default_factory=list)
+    enabled: bool = True
+    description: Description | None = None
+
+
+class WebhookUpdate(_Body):
+    nullable: ClassVar[frozenset[str]] = frozenset({"description"})
+
+    version: Version | None = Field(
+        default=None, description="The version you read; or send it as `If-Match`."
+    )
+    url: WebhookUrl | None = None
+    events: Events | None = None
+    enabled: bool | None = None
+    description: Description | None = None
+
+    @model_validator(mode="after")
+    def _no_null_for_required(self) -> Self:
+        for name in self.model_fields_set - self.nullable - {"version"}:
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} may not be null")
+        return self
+
+
+class WebhookOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    site_id: uuid.UUID
+    version: int
+    created_at: datetime
+    url: str
+    events: list[WebhookEvent]
+    enabled: bool
+    description: str | None
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(
+        description="The signing secret: shown this once. Verify `X-Irrigation-Signature` "
+        "with it."
+    )
+
+
+class DeliveryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    subscription_id: uuid.UUID
+    event: WebhookEvent
+    status: DeliveryStatus
+    attempts: int
+    created_at: datetime
+    next_attempt_at: datetime
+    last_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    delivered_at: datetime | None
+    payload: dict[str, Any]
+
+
+class PingQueued(BaseModel):
+    delivery_id: uuid.UUID

@@ -1,0 +1,83 @@
+"""End to end, judged from the simulator's truth: a real API and a real worker water two
+dry zones that share a water source of capacity 1, one after the other, never together."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from tests.automation.conftest import post_moisture
+from tests.processes import StartProcess
+from tests.pumps.test_activation_e2e import runs, wait_for
+
+
+async def dry_zone(api: httpx.AsyncClient, name: str, source_id: str) -> dict[str, Any]:
+    zone = (await api.post("/v1/zones", json={"name": name, "timezone": "UTC"})).json()
+    pump = await api.post(
+        "/v1/pumps",
+        json={
+            "zone_id": zone["id"],
+            "water_source_id": source_id,
+            "name": name,
+            "hardware_id": f"hw-{name}",
+            "cooldown_s": 1,
+            "max_runtime_s": 3,
+        },
+    )
+    assert pump.status_code == 201, pump.text
+    sensor = await api.post(
+        "/v1/sensors",
+        json={"zone_id": zone["id"], "name": name, "kind": "soil_moisture", "unit": "%"},
+    )
+    rule = await api.post(
+        "/v1/threshold-rules",
+        json={
+            "zone_id": zone["id"],
+            "start_below": 30,
+            "stop_above": 45,
+            "window_s": 60,
+            "duration_s": 3,
+        },
+    )
+    assert rule.status_code == 201, rule.text
+    return {"zone": zone, "pump": pump.json(), "sensor": sensor.json()}
+
+
+async def test_two_dry_zones_on_a_capacity_one_source_water_one_after_the_other(
+    api: httpx.AsyncClient,
+    admin: dict[str, str],
+    spawn: StartProcess,
+    device: httpx.AsyncClient,
+) -> None:
+    spawn("worker")
+    source = (
+        await api.post("/v1/water-sources", json={"name": "main", "max_concurrent_pumps": 1})
+    ).json()
+    zones = [await dry_zone(api, name, source["id"]) for name in ("east", "west")]
+    for z in zones:
+        await post_moisture(api, admin, z["sensor"]["id"], [12, 11, 10])
+
+    async def both_ran() -> bool:
+        return all(
+            len(r) == 1 and r[0]["stopped_at"]
+            for r in [await runs(device, z["pump"]["hardware_id"]) for z in zones]
+        )
+
+    await wait_for(both_ran, timeout_s=30)
+    (a,), (b,) = [await runs(device, z["pump"]["hardware_id"]) for z in zones]
+    first, second = sorted((a, b), key=lambda r: r["started_at"])
+    assert datetime.fromisoformat(first["stopped_at"]) <= datetime.fromisoformat(
+        second["started_at"]
+    ), (first, second)
+
+    for z in zones:
+        decided = (await api.get(f"/v1/zones/{z['zone']['id']}/decisions")).json()["items"]
+        assert "started" in {d["outcome"] for d in decided}
+    waited = [
+        d
+        for z in zones
+        for d in (await api.get(f"/v1/zones/{z['zone']['id']}/decisions")).json()["items"]
+        if d["outcome"] == "deferred"
+    ]
+    assert [d["reason"] for d in waited] == ["capacity"]
+    assert datetime.now(UTC) > datetime.fromisoformat(second["stopped_at"])
