@@ -19,7 +19,7 @@ runner = CliRunner()
 def test_help_lists_every_command() -> None:
     result = runner.invoke(app, ["--help"], env={"COLUMNS": "120"})
     assert result.exit_code == 0, result.output
-    for command in ("serve", "worker", "migrate", "keys", "openapi", "up", "simulator"):
+    for command in ("serve", "worker", "migrate", "keys", "openapi", "up", "simulator", "demo"):
         assert command in result.output
 
 
@@ -35,6 +35,7 @@ def test_up_takes_both_ports() -> None:
     assert result.exit_code == 0, result.output
     assert "--port" in result.output
     assert "--simulator-port" in result.output
+    assert "--no-demo" in result.output
 
 
 def test_up_refuses_a_port_in_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -87,6 +87,7 @@ def test_the_services_reach_each_other_by_name(services: dict[str, Any]) -> None
         ), name
         assert env["IRRIGATION_REDIS_URL"] == "redis://redis:6379/0", name
         assert env["IRRIGATION_GATEWAY_URL"] == "http://simulator:8081", name
+        assert env["IRRIGATION_WEATHER_URL"] == "http://simulator:8081", name
     assert _environment(services["api"])["IRRIGATION_HOST"] == "0.0.0.0"
     assert "--host 0.0.0.0" in _command(services["simulator"])
 

@@ -127,6 +127,21 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def _wait_for_a_demo_reading(up: Up, key: str) -> None:
+    """The demo feeder (`up --demo`, the default) sends the demo sensor its first value."""
+    api = f"http://127.0.0.1:{up.port}/v1"
+    headers = {"Authorization": f"Bearer {key}"}
+    sensors = httpx.get(f"{api}/sensors", headers=headers, timeout=5).json()["items"]
+    sensor = next(s["id"] for s in sensors if s["name"] == "Demo moisture")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        latest = httpx.get(f"{api}/sensors/{sensor}/latest", headers=headers, timeout=5)
+        if latest.status_code == 200 and latest.json()["value"] is not None:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"no demo reading within 10 s:\n{up.output()}")
+
+
 def _exercise(up: Up, data_dir: Path) -> dict[str, object]:
     took = up.wait_ready()
     print(f"`up` ready in {took:.1f} s")
@@ -148,8 +163,9 @@ def _exercise(up: Up, data_dir: Path) -> dict[str, object]:
     assert stack["pid"] == up.proc.pid
     children = psutil.Process(up.proc.pid).children(recursive=True)
     names = " ".join(" ".join(c.cmdline()) for c in children)
-    for command in ("serve", "worker", "simulator"):
+    for command in ("serve", "worker", "simulator", "demo"):
         assert f"irrigation {command}" in names, names
+    _wait_for_a_demo_reading(up, key)
     pids = [c.pid for c in children] + list(stack["embedded"].values())
 
     up.proc.send_signal(signal.SIGINT)

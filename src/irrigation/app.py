@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from irrigation import __version__
+from irrigation.alerts.router import routers as alert_routers
 from irrigation.auth.deps import PrincipalCache
 from irrigation.auth.router import router as auth_router
 from irrigation.automation.router import router as automation_router
@@ -64,6 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "readings", "description": "Sensor readings in, latest values out"},
             {"name": "sensors"},
             {"name": "keys", "description": "The caller's site and its API keys"},
+            {"name": "alerts", "description": "Raised, acknowledged, cleared"},
+            {"name": "webhooks", "description": "Alert events POSTed to your URL, signed"},
             {"name": "operations"},
         ],
     )
@@ -85,6 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(import_router)
     app.include_router(review_router)
     app.include_router(readings_router)
+    for router in alert_routers:
+        app.include_router(router)
     app.include_router(automation_router)
     # Outermost first: metrics see the 413s that the body limit answers.
     app.add_middleware(

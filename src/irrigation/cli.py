@@ -1,4 +1,4 @@
-"""The `irrigation` command: serve, worker, migrate, keys, openapi, up, import."""
+"""The `irrigation` command: serve, worker, migrate, keys, openapi, up, import, demo."""
 
 import asyncio
 import json
@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -256,6 +257,75 @@ def _problem(response: httpx.Response) -> str:
         return response.text[:200]
 
 
+@app.command()
+def demo(
+    interval: Annotated[float, typer.Option(min=0.01, help="Seconds between readings")] = 5.0,
+    count: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many readings [default: never]")
+    ] = None,
+    sensor: Annotated[
+        str | None, typer.Option(help='Sensor id [default: the one named "Demo moisture"]')
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(help="The API's base URL [default: a running `up`'s, else host and port]"),
+    ] = None,
+    simulator_url: Annotated[
+        str | None,
+        typer.Option("--simulator", help="The simulator's base URL [default: a running `up`'s]"),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(help="A key with the read and ingest scopes [default: DATA_DIR/demo_key]"),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", help="Print only waterings and problems")
+    ] = False,
+) -> None:
+    """Feed the demo sensor: a soil-moisture reading every --interval seconds, starting at
+    50 %, drying by 1 point a reading and wetted by 15 points for each run of the zone's
+    pumps that the simulator's truth shows. One line per reading."""
+    from irrigation.demo import Feeder, FeederError, find_sensor, run_feeder
+
+    settings = Settings()
+    data_dir = Path(settings.data_dir)
+    saved = _running_stack(data_dir / STACK_FILE) or {}
+    url = url or saved.get("api_url") or _api_url(settings)
+    simulator_url = (
+        simulator_url or saved.get("simulator_url") or f"http://127.0.0.1:{settings.simulator_port}"
+    )
+    if key is None:
+        key_file = data_dir / "demo_key"
+        try:
+            key = key_file.read_text().strip()
+        except OSError:
+            _fail(f"no key in {key_file}: start `irrigation up` first, or give --key")
+    try:
+        sensor_id = uuid.UUID(sensor) if sensor else None
+    except ValueError:
+        _fail("--sensor must be a UUID")
+
+    async def feed() -> None:
+        timeout = httpx.Timeout(10, connect=3)
+        headers = {"Authorization": f"Bearer {key}"}
+        async with (
+            httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout) as api,
+            httpx.AsyncClient(base_url=simulator_url, timeout=timeout) as sim,
+        ):
+            found, hardware_ids = await find_sensor(api, sensor_id)
+            pumps = ", ".join(hardware_ids) or "none"
+            typer.echo(f"feeding sensor {found} at {url} (wetted by runs of: {pumps})", err=True)
+            feeder = Feeder(api, sim, found, hardware_ids)
+            await run_feeder(feeder, interval_s=interval, count=count, echo=typer.echo, quiet=quiet)
+
+    try:
+        asyncio.run(feed())
+    except FeederError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        raise typer.Exit(code=130) from None
+
+
 @keys_app.command("create")
 def keys_create(
     site: Annotated[str, typer.Option(help="Site name")],
@@ -317,8 +387,6 @@ def keys_revoke(
     site: Annotated[str, typer.Option(help="Site name")],
 ) -> None:
     """Revoke a key: it stops working at once."""
-    import uuid
-
     from irrigation.auth import service
     from irrigation.common.errors import DomainError
 
@@ -357,6 +425,9 @@ def up(
         int | None, typer.Option(help="Device simulator port [IRRIGATION_SIMULATOR_PORT]")
     ] = None,
     host: Annotated[str | None, typer.Option(help="Bind address [IRRIGATION_HOST]")] = None,
+    demo: Annotated[
+        bool, typer.Option("--demo/--no-demo", help="Also run the demo feeder (irrigation demo)")
+    ] = True,
 ) -> None:
     """The whole local stack: database, Redis, migrations, API, worker, simulator, demo key.
 
@@ -400,8 +471,11 @@ def up(
             "simulator_port": simulator_port or base.simulator_port,
             "host": host or base.host,
         }
-        if "gateway_url" not in base.model_fields_set:
-            updates["gateway_url"] = f"http://127.0.0.1:{updates['simulator_port']}"
+        simulator_url = f"http://127.0.0.1:{updates['simulator_port']}"
+        # The simulator is the pump gateway and the weather service, unless set otherwise.
+        for name in ("gateway_url", "weather_url"):
+            if name not in base.model_fields_set:
+                updates[name] = simulator_url
         settings = base.model_copy(update=updates)
         stack_file.write_text(
             json.dumps(
@@ -410,17 +484,19 @@ def up(
                     "database_url": stack.database_url,
                     "redis_url": stack.redis_url,
                     "embedded": stack.pids,
+                    "api_url": _api_url(settings),
+                    "simulator_url": simulator_url,
                 }
             )
         )
         upgrade(settings)
         key_file = data_dir / "demo_key"
         saved = key_file.read_text().strip() if key_file.exists() else None
-        key = _with_session(settings, lambda s: ensure_demo(s, settings, saved))
+        key, zone_id = _with_session(settings, lambda s: ensure_demo(s, settings, saved))
         if key != saved:
             key_file.write_text(key)
             key_file.chmod(0o600)
-        _supervise(settings, key, stack.embedded, data_dir, started)
+        _supervise(settings, key, stack.embedded, data_dir, started, demo=demo, zone_id=zone_id)
     except KeyboardInterrupt:
         pass
     finally:
@@ -485,8 +561,19 @@ def _die_with_parent() -> None:
         _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _api_url(settings: Settings) -> str:
+    return f"http://{_client_host(settings.host)}:{settings.port}"
+
+
 def _supervise(
-    settings: Settings, key: str, embedded: list[str], data_dir: Path, started: float
+    settings: Settings,
+    key: str,
+    embedded: list[str],
+    data_dir: Path,
+    started: float,
+    *,
+    demo: bool = True,
+    zone_id: uuid.UUID | None = None,
 ) -> None:
     global _LIBC
     if sys.platform.startswith("linux") and _LIBC is None:
@@ -500,12 +587,21 @@ def _supervise(
         "IRRIGATION_HOST": settings.host,
         "IRRIGATION_SIMULATOR_PORT": str(settings.simulator_port),
         "IRRIGATION_GATEWAY_URL": settings.gateway_url,
+        "IRRIGATION_WEATHER_URL": settings.weather_url,
         "IRRIGATION_DATA_DIR": str(data_dir),
     }
     python = [sys.executable, "-m", "irrigation"]
     simulator = _Child("simulator", [*python, "simulator", "--port", str(settings.simulator_port)])
     api = _Child("api", [*python, "serve"])
     worker = _Child("worker", [*python, "worker"])
+    base_url = _api_url(settings)
+    simulator_url = f"http://127.0.0.1:{settings.simulator_port}"
+    # Started once the API is ready (it exits at once on an API it cannot reach); it
+    # reads the key from data_dir/demo_key, not from its command line.
+    feeder = _Child(
+        "demo feeder",
+        [*python, "demo", "--url", base_url, "--simulator", simulator_url, "--quiet"],
+    )
     children = [simulator, api, worker]
     signals = 0
 
@@ -515,7 +611,6 @@ def _supervise(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    base_url = f"http://{_client_host(settings.host)}:{settings.port}"
     announced = hinted = False
     try:
         while not signals:
@@ -528,7 +623,12 @@ def _supervise(
                 ready, detail = _readiness(base_url)
                 if ready:
                     announced = True
-                    _announce(settings, base_url, key, embedded, data_dir, now - started)
+                    if demo:
+                        children.append(feeder)
+                        feeder.start(env)
+                    _announce(
+                        settings, base_url, key, embedded, data_dir, now - started, demo, zone_id
+                    )
                 elif not hinted and now - started > 30:
                     hinted = True
                     typer.echo(f"still waiting for {base_url}/readyz: {detail}", err=True)
@@ -536,7 +636,7 @@ def _supervise(
     finally:
         # API and worker first (they may still talk to the devices), the simulator last;
         # a second Ctrl-C kills whatever is left at once.
-        _stop([api, worker], 6.0, lambda: signals > 1)
+        _stop([feeder, api, worker], 6.0, lambda: signals > 1)
         _stop([simulator], 4.0, lambda: signals > 1)
 
 
@@ -575,6 +675,8 @@ def _announce(
     embedded: list[str],
     data_dir: Path,
     took_s: float,
+    demo: bool = False,
+    zone_id: uuid.UUID | None = None,
 ) -> None:
     where = f" (embedded {' and '.join(embedded)} in {data_dir})" if embedded else ""
     simulator_url = f"http://127.0.0.1:{settings.simulator_port}"
@@ -590,6 +692,18 @@ def _announce(
                 "",
                 f'  curl -H "Authorization: Bearer {key}" {base_url}/v1/pumps',
                 "",
+                *(
+                    [
+                        "  The demo feeder sends a soil-moisture reading every 5 s; the "
+                        "demo zone's rule and",
+                        "  schedule water it (each watering is printed). Why they did or did not:",
+                        f'  curl -H "Authorization: Bearer {key}" '
+                        f"{base_url}/v1/zones/{zone_id}/decisions",
+                        "",
+                    ]
+                    if demo and zone_id is not None
+                    else []
+                ),
                 "Ctrl-C stops everything.",
             ]
         )

@@ -115,7 +115,8 @@ class Settings(BaseSettings):
     alert_quarantine_min_items: int = Field(
         default=20, ge=1, description="Fewer items than this in the window never alert."
     )
-    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60, description="Per delivery.")
+    # Under the worker's 30 s job timeout, with room to record the outcomes.
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=20, description="Per delivery.")
     webhook_max_attempts: int = Field(default=8, ge=1, le=50, description="Then `failed`.")
     webhook_backoff_base_s: float = Field(
         default=10.0, gt=0, description="Retry n waits base * 2^(n-1), up to the maximum."

@@ -9,6 +9,8 @@ from arq.constants import health_check_key_suffix
 from arq.worker import Worker, func
 
 from irrigation import queue, registry
+from irrigation.alerts import jobs as alert_jobs
+from irrigation.alerts import webhooks
 from irrigation.automation import jobs as automation
 from irrigation.automation.weather import create_provider
 from irrigation.common import idempotency
@@ -90,6 +92,13 @@ def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
         cron_jobs=[
             every_second(jobs.watchdog),
             every_second(jobs.relay_outbox),
+            every_second(webhooks.deliver_webhooks),
+            cron(
+                alert_jobs.evaluate_alerts,
+                name=f"cron:{settings.queue_name}:evaluate_alerts",
+                second=set(range(0, 60, 10)),
+                timeout=PUMP_JOB_TIMEOUT_S,
+            ),
             every_second(automation.dispatch_runs),
             cron(
                 automation.fire_schedules,

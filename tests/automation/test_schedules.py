@@ -183,3 +183,28 @@ async def test_et_scaling_scales_the_duration_and_shows_the_water_level(
     assert len(asked) == 1
     assert asked[0]["duration_s"] == round(10 * level.pct / 100)
     assert f"water level {level.pct} %" in asked[0]["reason"]
+
+
+async def test_a_zone_wide_schedule_runs_its_pumps_one_after_another(
+    client: httpx.AsyncClient, admin: dict[str, str], engine: Engine
+) -> None:
+    zone, first = await zone_and_pump(client, admin, "UTC")
+    # Another water source: only the chain, not capacity, keeps the second pump waiting.
+    source = (await client.post("/v1/water-sources", json={"name": "spare"}, headers=admin)).json()
+    second = await make_pump(
+        client, admin, "hw-zz", zone_id=zone["id"], water_source_id=source["id"]
+    )
+    await make_schedule(client, admin, zone["id"], cron="* * * * *")
+    await fire_once(engine)
+    asked = {r["pump_id"]: r for r in await run_requests(client, admin)}
+    assert asked[first["id"]]["status"] == "started"
+    assert asked[second["id"]]["status"] == "waiting"
+    assert asked[second["id"]]["after_id"] == asked[first["id"]]["id"]
+    assert asked[second["id"]]["last_reason"] == "after_previous"
+    assert await engine.dispatch() == 0
+    stopped = await client.post(f"/v1/pumps/{first['id']}/stop", headers=admin)
+    assert stopped.status_code == 200
+    assert await engine.dispatch() == 1
+    assert (await client.get(f"/v1/run-queue/{asked[second['id']]['id']}", headers=admin)).json()[
+        "status"
+    ] == "started"

@@ -120,8 +120,7 @@ class WebhookOut(BaseModel):
 
 class WebhookCreated(WebhookOut):
     secret: str = Field(
-        description="The signing secret: shown this once. Verify `X-Irrigation-Signature` "
-        "with it."
+        description="The signing secret: shown this once. Verify `X-Irrigation-Signature` with it."
     )
 
 

@@ -322,9 +322,23 @@ async def dispatch(
             )
             continue
         if r.pump_id in blocked_pumps or w.water_source_id in blocked_sources:
+            where = "pump" if r.pump_id in blocked_pumps else "water source"
+            await _defer(
+                session,
+                r,
+                "queued_behind",
+                f"{w.pump_name!r} waits behind an earlier or higher-priority request "
+                f"for the same {where}",
+            )
             continue
         if r.after_id is not None and r.after_id not in finished:
             blocked_pumps.add(r.pump_id)
+            await _defer(
+                session,
+                r,
+                "after_previous",
+                f"{w.pump_name!r} waits for the zone's previous pump to finish",
+            )
             continue
         if automated and w.paused_until is not None and w.paused_until > now:
             await _defer(

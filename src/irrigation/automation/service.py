@@ -125,8 +125,6 @@ async def update_schedule(
                 "start_times": current.start_times,
                 **values,
             }
-            if "cron" in values and values["cron"] is not None:
-                merged.setdefault("start_times", None)
             when = _when(merged)
             if values.get("pump_id") is not None:
                 await _pump_of_zone(session, site_id, current.zone_id, values["pump_id"])

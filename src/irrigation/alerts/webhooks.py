@@ -1,0 +1,223 @@
+"""Webhook delivery: the arq cron `deliver_webhooks`, and the signature scheme.
+
+A run claims due deliveries in one short transaction (`FOR UPDATE SKIP LOCKED`, and
+`next_attempt_at` pushed forward by a lease, so a run that dies mid-way is retried after
+the lease), commits, then posts them all concurrently with no transaction open, each
+bounded by `IRRIGATION_WEBHOOK_TIMEOUT_S`, and records every outcome in one statement.
+A dead or hanging endpoint costs its own deliveries one timeout, never anyone else's: sends
+are concurrent, and a run claims at most `PER_SUBSCRIPTION` deliveries of one subscription.
+
+Delivery is at least once: a result that cannot be recorded (the lease ran out, the
+database went away) is sent again. Receivers de-duplicate on `X-Irrigation-Delivery`.
+
+Signature: `X-Irrigation-Signature: sha256=<hex>`, the HMAC-SHA256 with the subscription's
+secret of `f"{X-Irrigation-Timestamp}.{raw body}"`; the timestamp is in unix seconds, so a
+receiver can refuse old (replayed) requests."""
+
+import asyncio
+import hashlib
+import hmac
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import structlog
+from sqlalchemy import text
+
+from irrigation.alerts.models import DeliveryStatus
+from irrigation.common.clock import utcnow
+from irrigation.pumps.jobs import job_context
+from irrigation.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+PER_SUBSCRIPTION = 10
+# Beyond the send's own timeout: the time to record the outcomes.
+LEASE_MARGIN_S = 30.0
+USER_AGENT = "irrigation-webhooks/1"
+
+# Due deliveries, oldest first, at most PER_SUBSCRIPTION of each subscription (one dead
+# receiver with a backlog must not fill the batch), locked and leased in one statement.
+_CLAIM = """
+WITH due AS (
+    SELECT id FROM (
+        SELECT d.id, d.next_attempt_at,
+               row_number() OVER (PARTITION BY d.subscription_id
+                                  ORDER BY d.next_attempt_at, d.id) AS nth
+        FROM webhook_deliveries AS d
+        WHERE d.status = 'pending' AND d.next_attempt_at <= :now
+    ) AS ranked
+    WHERE nth <= :per_subscription
+    ORDER BY next_attempt_at
+    LIMIT :batch
+), locked AS (
+    SELECT d.id FROM webhook_deliveries AS d
+    WHERE d.id IN (SELECT id FROM due) AND d.status = 'pending' AND d.next_attempt_at <= :now
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE webhook_deliveries AS d SET next_attempt_at = :lease_until
+FROM locked, webhook_subscriptions AS s
+WHERE d.id = locked.id AND s.id = d.subscription_id
+RETURNING d.id, d.event, d.payload, d.created_at, d.attempts, s.url, s.secret
+"""
+
+# Guarded by `attempts`: an outcome recorded after the lease ran out (and another run sent
+# the delivery again) does not count twice.
+_RECORD = """
+UPDATE webhook_deliveries AS d
+SET status = r.status, attempts = r.attempts, next_attempt_at = r.next_attempt_at,
+    last_attempt_at = r.attempted_at, last_status_code = r.status_code,
+    last_error = r.error, delivered_at = r.delivered_at
+FROM unnest(CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:attempts AS int[]),
+            CAST(:next_attempts AS timestamptz[]), CAST(:attempted AS timestamptz[]),
+            CAST(:codes AS int[]), CAST(:errors AS text[]), CAST(:delivered AS timestamptz[]))
+     AS r(id, status, attempts, next_attempt_at, attempted_at, status_code, error, delivered_at)
+WHERE d.id = r.id AND d.status = 'pending' AND d.attempts = r.attempts - 1
+"""
+
+
+_RECORD_PARAMS = (
+    "ids",
+    "statuses",
+    "attempts",
+    "next_attempts",
+    "attempted",
+    "codes",
+    "errors",
+    "delivered",
+)
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"sha256={digest.hexdigest()}"
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: uuid.UUID
+    event: str
+    payload: dict[str, Any]
+    created_at: datetime
+    attempts: int
+    url: str
+    secret: str
+
+    def body(self) -> bytes:
+        envelope = {
+            "id": str(self.id),
+            "event": self.event,
+            "created_at": self.created_at.isoformat(),
+            "data": self.payload,
+        }
+        return json.dumps(envelope, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    delivery: Claimed
+    attempted_at: datetime
+    status_code: int | None
+    error: str | None
+
+    @property
+    def is_delivered(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def backoff(settings: Settings, attempts: int) -> timedelta:
+    """The wait after the `attempts`-th failed attempt: base * 2^(attempts-1), capped."""
+    seconds = settings.webhook_backoff_base_s * 2 ** min(attempts - 1, 30)
+    return timedelta(seconds=min(seconds, settings.webhook_backoff_max_s))
+
+
+async def _send(client: httpx.AsyncClient, delivery: Claimed, timeout_s: float) -> Outcome:
+    body = delivery.body()
+    attempted_at = utcnow()
+    timestamp = int(attempted_at.timestamp())
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "X-Irrigation-Event": delivery.event,
+        "X-Irrigation-Delivery": str(delivery.id),
+        "X-Irrigation-Timestamp": str(timestamp),
+        "X-Irrigation-Signature": sign(delivery.secret, timestamp, body),
+    }
+    try:
+        # httpx's timeout bounds each phase; this bounds the whole request (a receiver that
+        # trickles its answer byte by byte). The answer's body is never read.
+        async with (
+            asyncio.timeout(timeout_s),
+            client.stream("POST", delivery.url, content=body, headers=headers) as response,
+        ):
+            code = response.status_code
+    except (TimeoutError, httpx.TimeoutException):
+        return Outcome(delivery, attempted_at, None, f"no answer within {timeout_s:g} s")
+    except Exception as exc:  # whatever one receiver does is that delivery's failure only
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return Outcome(delivery, attempted_at, None, reason[:500])
+    error = None if 200 <= code < 300 else f"HTTP {code}"
+    return Outcome(delivery, attempted_at, code, error)
+
+
+def _record_params(settings: Settings, outcomes: list[Outcome]) -> dict[str, list[Any]]:
+    now = utcnow()
+    params: dict[str, list[Any]] = {key: [] for key in _RECORD_PARAMS}
+    for outcome in outcomes:
+        attempts = outcome.delivery.attempts + 1
+        if outcome.is_delivered:
+            status, next_at = DeliveryStatus.delivered, now
+        elif attempts >= settings.webhook_max_attempts:
+            status, next_at = DeliveryStatus.failed, now
+        else:
+            status, next_at = DeliveryStatus.pending, now + backoff(settings, attempts)
+        params["ids"].append(outcome.delivery.id)
+        params["statuses"].append(status.value)
+        params["attempts"].append(attempts)
+        params["next_attempts"].append(next_at)
+        params["attempted"].append(outcome.attempted_at)
+        params["codes"].append(outcome.status_code)
+        params["errors"].append(outcome.error)
+        params["delivered"].append(now if outcome.is_delivered else None)
+    return params
+
+
+async def deliver_webhooks(ctx: dict[str, Any]) -> int:
+    """arq cron (every second): send what is due; returns how many were attempted."""
+    jc = job_context(ctx)
+    settings = jc.settings
+    now = utcnow()
+    lease = timedelta(seconds=settings.webhook_timeout_s + LEASE_MARGIN_S)
+    async with jc.sessions() as session:
+        async with session.begin():
+            rows = await session.execute(
+                text(_CLAIM),
+                {
+                    "now": now,
+                    "lease_until": now + lease,
+                    "per_subscription": PER_SUBSCRIPTION,
+                    "batch": settings.webhook_batch_size,
+                },
+            )
+            claimed = [Claimed(*row) for row in rows.all()]
+        if not claimed:
+            return 0
+        # Committed: no lock and no transaction is held while the receivers answer.
+        # Made per run, and only when there is work: idle runs (nearly all) cost nothing.
+        async with httpx.AsyncClient(
+            timeout=settings.webhook_timeout_s,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=settings.webhook_batch_size),
+        ) as client:
+            outcomes = await asyncio.gather(
+                *(_send(client, d, settings.webhook_timeout_s) for d in claimed)
+            )
+        async with session.begin():
+            await session.execute(text(_RECORD), _record_params(settings, list(outcomes)))
+    failed = [o for o in outcomes if not o.is_delivered]
+    if failed:
+        log.info("webhook_attempts_failed", failed=len(failed), attempted=len(outcomes))
+    return len(outcomes)

@@ -1,0 +1,122 @@
+"""Alert fixtures: the worker's ctx for calling the crons directly, keys per scope, and a
+real HTTP receiver of webhooks (uvicorn on a free port) that records what it gets."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import uvicorn
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.requests import Request
+from starlette.responses import Response
+
+from irrigation.db import create_engine, create_sessionmaker
+from irrigation.settings import Settings
+from tests.conftest import MakeKey, bearer
+from tests.fleet.helpers import Headers
+
+WEBHOOK_TIMEOUT_S = 0.5
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Short webhook timeouts and few attempts, so retries and give-ups take seconds."""
+    return settings.model_copy(
+        update={
+            "webhook_timeout_s": WEBHOOK_TIMEOUT_S,
+            "webhook_max_attempts": 3,
+            "webhook_backoff_base_s": 10.0,
+            "webhook_backoff_max_s": 60.0,
+        }
+    )
+
+
+@pytest.fixture
+async def sessions(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(settings)
+    yield create_sessionmaker(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+def ctx(settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> dict[str, Any]:
+    """As the worker calls its crons: ctx["irrigation"] carries the settings and sessions."""
+    return {"irrigation": SimpleNamespace(settings=settings, sessions=sessions)}
+
+
+@pytest.fixture
+async def reader(make_key: MakeKey) -> Headers:
+    return bearer(await make_key("read"))
+
+
+@pytest.fixture
+async def operator(make_key: MakeKey) -> Headers:
+    """Read and control: may acknowledge."""
+    return bearer(await make_key("read", "control"))
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    """Answers by path: `/ok...` 200, `/fail...` 500, `/hang...` never (until teardown),
+    `/slow...` after 0.3 s; `script(path, [500, 200])` sets the next answers of a path."""
+
+    url: str = ""
+    requests: list[Received] = field(default_factory=list)
+    scripts: dict[str, list[int]] = field(default_factory=dict)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def script(self, path: str, statuses: list[int]) -> None:
+        self.scripts[path] = list(statuses)
+
+    def at(self, path: str) -> list[Received]:
+        return [r for r in self.requests if r.path == path]
+
+    async def handle(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":  # lifespan
+            return
+        request = Request(scope, receive)
+        body = await request.body()
+        path = request.url.path
+        self.requests.append(Received(path, dict(request.headers), body))
+        if path.startswith("/hang"):
+            await self.release.wait()
+        if path.startswith("/slow"):
+            await asyncio.sleep(0.3)
+        script = self.scripts.get(path)
+        status = script.pop(0) if script else 500 if path.startswith("/fail") else 200
+        await Response(status_code=status)(scope, receive, send)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    recorder = Receiver()
+    config = uvicorn.Config(
+        recorder.handle,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="off",
+        interface="asgi3",
+        timeout_graceful_shutdown=1,
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        if serving.done():
+            serving.result()
+        await asyncio.sleep(0.01)
+    recorder.url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    yield recorder
+    recorder.release.set()
+    server.should_exit = True
+    await serving
