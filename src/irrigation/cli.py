@@ -169,7 +169,7 @@ def import_file(
     ],
     file_format: Annotated[
         str | None,
-        typer.Option("--format", help="ndjson or csv [default: from the file's extension]"),
+        typer.Option("--format", help="ndjson or csv (default: from the file's extension)"),
     ] = None,
     url: Annotated[str, typer.Option(help="The API's base URL")] = "http://127.0.0.1:8000",
     key: Annotated[
@@ -261,22 +261,22 @@ def _problem(response: httpx.Response) -> str:
 def demo(
     interval: Annotated[float, typer.Option(min=0.01, help="Seconds between readings")] = 5.0,
     count: Annotated[
-        int | None, typer.Option(min=1, help="Stop after this many readings [default: never]")
+        int | None, typer.Option(min=1, help="Stop after this many readings (default: never)")
     ] = None,
     sensor: Annotated[
-        str | None, typer.Option(help='Sensor id [default: the one named "Demo moisture"]')
+        str | None, typer.Option(help='Sensor id (default: the one named "Demo moisture")')
     ] = None,
     url: Annotated[
         str | None,
-        typer.Option(help="The API's base URL [default: a running `up`'s, else host and port]"),
+        typer.Option(help="The API's base URL (default: a running `up`'s, else host and port)"),
     ] = None,
     simulator_url: Annotated[
         str | None,
-        typer.Option("--simulator", help="The simulator's base URL [default: a running `up`'s]"),
+        typer.Option("--simulator", help="The simulator's base URL (default: a running `up`'s)"),
     ] = None,
     key: Annotated[
         str | None,
-        typer.Option(help="A key with the read and ingest scopes [default: DATA_DIR/demo_key]"),
+        typer.Option(help="A key with the read and ingest scopes (default: DATA_DIR/demo_key)"),
     ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", help="Print only waterings and problems")
@@ -429,7 +429,7 @@ def up(
         bool, typer.Option("--demo/--no-demo", help="Also run the demo feeder (irrigation demo)")
     ] = True,
 ) -> None:
-    """The whole local stack: database, Redis, migrations, API, worker, simulator, demo key.
+    """The whole local stack: database, Redis, migrations, API, worker, simulator, demo site.
 
     Uses IRRIGATION_DATABASE_URL / IRRIGATION_REDIS_URL when set, else the servers on
     localhost, else embedded ones in IRRIGATION_DATA_DIR (IRRIGATION_EMBEDDED=always

@@ -129,7 +129,8 @@ async def ensure_demo(session: AsyncSession, settings: Settings, saved_key: str 
 
 START_PCT = 50.0
 DRY_PER_READING = 1.0
-WET_PER_RUN = 15.0
+# Enough for the demo rule (30 -> above 45) to re-arm after one watering.
+WET_PER_RUN = 25.0
 
 
 class FeederError(Exception):
