@@ -27,7 +27,7 @@ class Problem(BaseModel):
 
 
 _DESCRIPTIONS = {
-    400: "Bad request",
+    400: "The body could not be read as JSON text (`bad_request`)",
     401: "Missing, invalid or revoked API key (`unauthorized`)",
     403: "The key lacks the required scope (`insufficient_scope`)",
     404: "Not found in the caller's site (`not_found`)",
@@ -72,6 +72,17 @@ def install_openapi(app: FastAPI) -> None:
             ref_template="#/components/schemas/{model}"
         )
         components.update(components["Problem"].pop("$defs", {}))
+        # A body that is not even text (bad UTF-8) is refused by FastAPI before validation.
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                if isinstance(operation, dict) and "requestBody" in operation:
+                    operation.setdefault("responses", {}).setdefault(
+                        "400",
+                        {
+                            "description": _DESCRIPTIONS[400],
+                            "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF}},
+                        },
+                    )
         # FastAPI's default 422 body is not what we send: drop its unused schemas.
         for name in ("HTTPValidationError", "ValidationError"):
             components.pop(name, None)
