@@ -2,6 +2,7 @@
 capacity always hold. No worker runs here: an admitted activation stays queued and holds
 its pump, which is all the queue needs to see."""
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -182,3 +183,38 @@ async def test_replace_stops_the_other_runs_on_the_water_source_and_starts(
     stopped = (await client.get(f"/v1/activations/{running['id']}", headers=admin)).json()
     assert stopped["status"] == "aborted"
     assert stopped["stop_cause"] == "replaced"
+
+
+async def test_a_storm_of_dispatchers_and_queued_requests_starts_each_request_once(
+    client: httpx.AsyncClient, admin: dict[str, str], engine: Engine, settings: Settings
+) -> None:
+    source = (
+        await client.post(
+            "/v1/water-sources", json={"name": "main", "max_concurrent_pumps": 2}, headers=admin
+        )
+    ).json()
+    pumps = [
+        await make_pump(client, admin, f"hw-{i}", water_source_id=source["id"]) for i in range(4)
+    ]
+    requests = await asyncio.gather(
+        *(queued(client, admin, p["id"], "append") for p in pumps for _ in range(3)),
+        *(engine.dispatch() for _ in range(10)),
+    )
+    del requests
+    await asyncio.gather(*(engine.dispatch() for _ in range(10)))
+    conn = await asyncpg.connect(plain_url(settings.effective_database_url))
+    try:
+        active = await conn.fetch(
+            "SELECT pump_id, count(*) AS n FROM pump_activations "
+            "WHERE status IN ('queued', 'starting', 'running') GROUP BY pump_id"
+        )
+        started = await conn.fetch(
+            "SELECT activation_id FROM run_requests WHERE status = 'started'"
+        )
+        total = await conn.fetchval("SELECT count(*) FROM pump_activations")
+    finally:
+        await conn.close()
+    assert all(row["n"] == 1 for row in active)
+    assert len(active) == 2  # the source feeds two pumps at a time, never more
+    assert len(started) == total == 2  # every activation belongs to exactly one request
+    assert len({row["activation_id"] for row in started}) == 2

@@ -305,6 +305,8 @@ async def dispatch(
             ).all()
         ]
         finished = await _finished_predecessors(session, rows)
+        # Detached: a later start that rolls back would expire them (and reload lazily).
+        session.expunge_all()
     blocked_pumps: set[uuid.UUID] = set()
     blocked_sources: set[uuid.UUID] = set()
     started = 0

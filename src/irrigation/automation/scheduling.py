@@ -102,8 +102,13 @@ async def fire_due(
     weather = await forecasts_for(provider, needs_weather)
     fired = 0
     sites: set[uuid.UUID] = set()
+    session.expunge_all()  # plain values from here on: a failed schedule rolls back alone
     for schedule_id, zone in due:
-        site = await _fire_one(session, settings, schedule_id, weather.get(zone.id), now)
+        try:
+            site = await _fire_one(session, settings, schedule_id, weather.get(zone.id), now)
+        except Exception:  # one broken schedule must not stop the others
+            log.exception("schedule_failed", schedule_id=str(schedule_id))
+            continue
         if site is not None:
             fired += 1
             sites.add(site)

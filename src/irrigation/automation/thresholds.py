@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
 from arq.connections import ArqRedis
 from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,6 +22,8 @@ from irrigation.fleet.models import Pump, Sensor, Zone
 from irrigation.ingest.models import SensorReading
 from irrigation.pumps.models import Priority
 from irrigation.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 
 def zone_average(zone_id: Any, kind: Any, since: Any, until: datetime) -> ColumnElement[Any]:
@@ -138,7 +141,11 @@ async def evaluate_rules(
     triggered = 0
     sites: set[uuid.UUID] = set()
     for rule_id, value in values:
-        site = await _evaluate_one(session, settings, rule_id, value, now)
+        try:
+            site = await _evaluate_one(session, settings, rule_id, value, now)
+        except Exception:  # one broken rule must not stop the others
+            log.exception("rule_failed", rule_id=str(rule_id))
+            continue
         if site is not None:
             triggered += 1
             sites.add(site)
