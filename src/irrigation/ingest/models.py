@@ -28,7 +28,10 @@ class SensorReading(Base):
     __tablename__ = "sensor_readings"
     __table_args__ = (PrimaryKeyConstraint("sensor_id", "ts"),)
 
-    sensor_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sensors.id", ondelete="RESTRICT"))
+    # No foreign key here (measured: its trigger probed `sensors` once per row, 41 % of
+    # the batch statement's CPU). The rollup row written by the same statement references
+    # the sensor, so a sensor with readings still cannot be deleted (409 in_use).
+    sensor_id: Mapped[uuid.UUID] = mapped_column()
     ts: Mapped[datetime]
     value: Mapped[float] = mapped_column(Double)
     quality: Mapped[int] = mapped_column(SmallInteger, default=100)
