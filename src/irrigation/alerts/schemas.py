@@ -2,7 +2,7 @@
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, ClassVar, Self
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -10,7 +10,6 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
-    model_validator,
 )
 
 from irrigation.alerts.models import (
@@ -21,9 +20,8 @@ from irrigation.alerts.models import (
     SubjectType,
     WebhookEvent,
 )
+from irrigation.common.schemas import Body, StoredOut, UpdateBody
 from irrigation.common.text import NoNul
-
-Version = Annotated[int, Field(ge=1, le=2**31 - 1)]
 
 
 class AlertOut(BaseModel):
@@ -75,43 +73,23 @@ Events = Annotated[
 ]
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class WebhookCreate(_Body):
+class WebhookCreate(Body):
     url: WebhookUrl
     events: Events = Field(default_factory=list)
     enabled: bool = True
     description: Description | None = None
 
 
-class WebhookUpdate(_Body):
-    nullable: ClassVar[frozenset[str]] = frozenset({"description"})
+class WebhookUpdate(UpdateBody):
+    nullable = frozenset({"description"})
 
-    version: Version | None = Field(
-        default=None, description="The version you read; or send it as `If-Match`."
-    )
     url: WebhookUrl | None = None
     events: Events | None = None
     enabled: bool | None = None
     description: Description | None = None
 
-    @model_validator(mode="after")
-    def _no_null_for_required(self) -> Self:
-        for name in self.model_fields_set - self.nullable - {"version"}:
-            if getattr(self, name) is None:
-                raise ValueError(f"{name} may not be null")
-        return self
 
-
-class WebhookOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: uuid.UUID
-    site_id: uuid.UUID
-    version: int
-    created_at: datetime
+class WebhookOut(StoredOut):
     url: str
     events: list[WebhookEvent]
     enabled: bool

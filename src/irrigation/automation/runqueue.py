@@ -84,20 +84,7 @@ async def lock_source_and_pump(
 ) -> tuple[WaterSource, Pump, datetime]:
     """Both rows locked in the activation path's order, with the database clock; with
     `all_pumps`, every pump of the source too, in id order (as stop-all locks them)."""
-    source = (
-        await session.execute(
-            select(WaterSource)
-            .where(
-                WaterSource.id
-                == select(Pump.water_source_id)
-                .where(Pump.id == pump_id, Pump.site_id == site_id)
-                .scalar_subquery()
-            )
-            .with_for_update(key_share=True)
-        )
-    ).scalar_one_or_none()
-    if source is None:
-        raise NotFound("pump not found")
+    source = await pumps.lock_source_of(session, site_id, pump_id)
     if all_pumps:
         await session.execute(
             select(Pump.id)

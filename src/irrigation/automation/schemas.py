@@ -2,7 +2,7 @@
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AwareDatetime,
@@ -15,8 +15,9 @@ from pydantic import (
 
 from irrigation.automation.calendar import Weekday, When
 from irrigation.automation.models import Outcome, RunStatus
+from irrigation.common.schemas import Body, StoredOut, UpdateBody
 from irrigation.common.text import NoNul
-from irrigation.fleet.schemas import Finite, SensorKind, Version
+from irrigation.fleet.schemas import Finite, SensorKind
 from irrigation.pumps.models import Priority
 
 RuleName = Annotated[
@@ -28,37 +29,10 @@ Cron = Annotated[str, StringConstraints(min_length=1, max_length=100), NoNul]
 StartTime = Annotated[str, StringConstraints(pattern=r"^\d{2}:\d{2}$")]
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class _Update(_Body):
-    nullable: ClassVar[frozenset[str]] = frozenset()
-    version: Version | None = Field(
-        default=None, description="The version you read; or send it as `If-Match`."
-    )
-
-    @model_validator(mode="after")
-    def _no_null_for_required(self) -> Self:
-        for name in self.model_fields_set - self.nullable:
-            if getattr(self, name) is None:
-                raise ValueError(f"{name} may not be null")
-        return self
-
-
-class _Out(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: uuid.UUID
-    site_id: uuid.UUID
-    version: int
-    created_at: datetime
-
-
 # Threshold rules -----------------------------------------------------------------------
 
 
-class ThresholdRuleCreate(_Body):
+class ThresholdRuleCreate(Body):
     zone_id: uuid.UUID
     pump_id: uuid.UUID | None = Field(
         default=None, description="Omitted: every enabled pump of the zone, one after another."
@@ -82,7 +56,7 @@ class ThresholdRuleCreate(_Body):
         return self
 
 
-class ThresholdRuleUpdate(_Update):
+class ThresholdRuleUpdate(UpdateBody):
     nullable = frozenset({"name", "pump_id"})
 
     pump_id: uuid.UUID | None = None
@@ -95,7 +69,7 @@ class ThresholdRuleUpdate(_Update):
     enabled: bool | None = None
 
 
-class ThresholdRuleOut(_Out):
+class ThresholdRuleOut(StoredOut):
     zone_id: uuid.UUID
     pump_id: uuid.UUID | None
     name: str | None
@@ -114,7 +88,7 @@ class ThresholdRuleOut(_Out):
 # Schedules -----------------------------------------------------------------------------
 
 
-class ScheduleCreate(_Body):
+class ScheduleCreate(Body):
     zone_id: uuid.UUID
     pump_id: uuid.UUID | None = Field(
         default=None, description="Omitted: every enabled pump of the zone, one after another."
@@ -150,7 +124,7 @@ class ScheduleCreate(_Body):
         return self
 
 
-class ScheduleUpdate(_Update):
+class ScheduleUpdate(UpdateBody):
     nullable = frozenset(
         {
             "name",
@@ -176,7 +150,7 @@ class ScheduleUpdate(_Update):
     skip_if_rain_forecast_mm: float | None = Field(default=None, ge=0, le=1000)
 
 
-class ScheduleOut(_Out):
+class ScheduleOut(StoredOut):
     zone_id: uuid.UUID
     pump_id: uuid.UUID | None
     name: str | None
@@ -237,7 +211,7 @@ class DecisionOut(BaseModel):
     detail: dict[str, Any] | None
 
 
-class Until(_Body):
+class Until(Body):
     until: AwareDatetime = Field(description="When it ends (with a UTC offset).")
 
 

@@ -5,17 +5,16 @@ import zoneinfo
 from datetime import datetime
 from enum import StrEnum
 from functools import lru_cache
-from typing import Annotated, ClassVar, Self
+from typing import Annotated, Self
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     StringConstraints,
     model_validator,
 )
 
+from irrigation.common.schemas import Body, StoredOut, UpdateBody
 from irrigation.common.text import NoNul
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), NoNul]
@@ -24,7 +23,6 @@ HardwareId = Annotated[
 ]
 Unit = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=16), NoNul]
 Finite = Annotated[float, Field(allow_inf_nan=False, ge=-1e9, le=1e9)]
-Version = Annotated[int, Field(ge=1, le=2**31 - 1)]
 # No upper bound in policy (the site minimum is the lower one); this one is the column's.
 CooldownSeconds = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
@@ -76,36 +74,6 @@ DEFAULT_RANGES: dict[SensorKind, tuple[float, float]] = {
 }
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class _Update(_Body):
-    """PATCH bodies: absent fields stay as they are; `null` clears only what may be empty."""
-
-    nullable: ClassVar[frozenset[str]] = frozenset()
-
-    version: Version | None = Field(
-        default=None, description="The version you read; or send it as `If-Match`."
-    )
-
-    @model_validator(mode="after")
-    def _no_null_for_required(self) -> Self:
-        for name in self.model_fields_set - self.nullable:
-            if getattr(self, name) is None:
-                raise ValueError(f"{name} may not be null")
-        return self
-
-
-class _Out(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: uuid.UUID
-    site_id: uuid.UUID
-    version: int
-    created_at: datetime
-
-
 # Zones ---------------------------------------------------------------------------------
 
 
@@ -115,7 +83,7 @@ Percent = Annotated[int, Field(ge=0, le=1000)]
 BaselineMm = Annotated[float, Field(gt=0, le=50, allow_inf_nan=False)]
 
 
-class _ZoneWeather(_Body):
+class _ZoneWeather(Body):
     @model_validator(mode="after")
     def _pct_order(self) -> Self:
         low, high = getattr(self, "et_min_pct", None), getattr(self, "et_max_pct", None)
@@ -139,7 +107,7 @@ class ZoneCreate(_ZoneWeather):
     et_max_pct: Percent = 200
 
 
-class ZoneUpdate(_ZoneWeather, _Update):
+class ZoneUpdate(_ZoneWeather, UpdateBody):
     nullable = frozenset({"latitude", "longitude"})
 
     name: Name | None = None
@@ -152,7 +120,7 @@ class ZoneUpdate(_ZoneWeather, _Update):
     et_max_pct: Percent | None = None
 
 
-class ZoneOut(_Out):
+class ZoneOut(StoredOut):
     name: str
     timezone: str
     default_water_source_id: uuid.UUID | None
@@ -172,17 +140,17 @@ class ZoneOut(_Out):
 # Water sources -------------------------------------------------------------------------
 
 
-class WaterSourceCreate(_Body):
+class WaterSourceCreate(Body):
     name: Name
     max_concurrent_pumps: int = Field(default=1, ge=1, le=1000)
 
 
-class WaterSourceUpdate(_Update):
+class WaterSourceUpdate(UpdateBody):
     name: Name | None = None
     max_concurrent_pumps: int | None = Field(default=None, ge=1, le=1000)
 
 
-class WaterSourceOut(_Out):
+class WaterSourceOut(StoredOut):
     name: str
     max_concurrent_pumps: int
 
@@ -198,7 +166,7 @@ class PumpStatus(StrEnum):
     disabled = "disabled"
 
 
-class PumpCreate(_Body):
+class PumpCreate(Body):
     zone_id: uuid.UUID
     water_source_id: uuid.UUID | None = Field(
         default=None, description="Omitted: the zone's default water source (made on first use)."
@@ -214,7 +182,7 @@ class PumpCreate(_Body):
     enabled: bool = True
 
 
-class PumpUpdate(_Update):
+class PumpUpdate(UpdateBody):
     zone_id: uuid.UUID | None = None
     water_source_id: uuid.UUID | None = None
     name: Name | None = None
@@ -224,7 +192,7 @@ class PumpUpdate(_Update):
     enabled: bool | None = None
 
 
-class PumpOut(_Out):
+class PumpOut(StoredOut):
     zone_id: uuid.UUID
     water_source_id: uuid.UUID
     name: str
@@ -244,7 +212,7 @@ class PumpOut(_Out):
 # Sensors -------------------------------------------------------------------------------
 
 
-class _RangeChecked(_Body):
+class _RangeChecked(Body):
     min_value: Finite | None = None
     max_value: Finite | None = None
 
@@ -256,7 +224,7 @@ class _RangeChecked(_Body):
         return self
 
 
-class _AlertBand(_Body):
+class _AlertBand(Body):
     alert_min: Finite | None = Field(
         default=None, description="An alert is raised while the latest value is below this."
     )
@@ -282,7 +250,7 @@ class SensorCreate(_RangeChecked, _AlertBand):
     unit: Unit
 
 
-class SensorUpdate(_RangeChecked, _AlertBand, _Update):
+class SensorUpdate(_RangeChecked, _AlertBand, UpdateBody):
     nullable = frozenset({"min_value", "max_value", "alert_min", "alert_max", "silent_after_s"})
 
     zone_id: uuid.UUID | None = None
@@ -290,7 +258,7 @@ class SensorUpdate(_RangeChecked, _AlertBand, _Update):
     unit: Unit | None = None
 
 
-class SensorOut(_Out):
+class SensorOut(StoredOut):
     zone_id: uuid.UUID
     name: str
     kind: SensorKind

@@ -157,15 +157,10 @@ def unavailable_if_lock_timeout(exc: DBAPIError) -> Exception:
     return exc
 
 
-async def admit(
-    session: AsyncSession,
-    settings: Settings,
-    site_id: uuid.UUID,
-    pump_id: uuid.UUID,
-    run: RunRequest,
-) -> PumpActivation:
-    # Three statements decide a refusal: lock the source (found through the pump), lock the
-    # pump with the clock and its active run's deadline, then commit.
+async def lock_source_of(
+    session: AsyncSession, site_id: uuid.UUID, pump_id: uuid.UUID
+) -> WaterSource:
+    """The pump's water source, locked: the first lock of the fixed order."""
     source = (
         await session.execute(
             select(WaterSource)
@@ -181,6 +176,19 @@ async def admit(
     ).scalar_one_or_none()
     if source is None:
         raise NotFound("pump not found")
+    return source
+
+
+async def admit(
+    session: AsyncSession,
+    settings: Settings,
+    site_id: uuid.UUID,
+    pump_id: uuid.UUID,
+    run: RunRequest,
+) -> PumpActivation:
+    # Three statements decide a refusal: lock the source (found through the pump), lock the
+    # pump with the clock and its active run's deadline, then commit.
+    source = await lock_source_of(session, site_id, pump_id)
     busy = _BUSY
     row = (
         await session.execute(
