@@ -167,3 +167,26 @@ async def test_a_batch_of_readings_asks_for_one_deferred_evaluation_of_its_zone(
     assert await engine.redis.scard(queue.dirty_zones_key(engine.redis)) == 0
     assert [r["status"] for r in await run_requests(client, admin)] == ["started"]
     await gateway.aclose()
+
+
+async def test_automation_never_stops_a_run_a_person_started(
+    client: httpx.AsyncClient, admin: dict[str, str], engine: Engine
+) -> None:
+    zone, pump, sensor = await zone_with_pump_and_sensor(client, admin)
+    person = await client.post(
+        f"/v1/pumps/{pump['id']}/activations",
+        json={"duration_s": 5, "priority": "emergency"},
+        headers=admin,
+    )
+    assert person.status_code == 202
+    await make_rule(client, admin, zone["id"])
+    for _ in range(3):
+        await step(client, admin, engine, sensor["id"], 5)
+        await engine.dispatch()
+    still = (await client.get(f"/v1/activations/{person.json()['id']}", headers=admin)).json()
+    assert still["status"] == "queued"
+    assert still["stop_requested_at"] is None
+    asked = await run_requests(client, admin)
+    assert [(r["priority"], r["status"], r["last_reason"]) for r in asked] == [
+        ("threshold", "waiting", "pump_busy")
+    ]
