@@ -872,6 +872,7 @@ async def test_cancelling_a_waiting_request(
     [
         ({"queue": "append", "deadline": "2020-01-01T00:00:00+00:00"}, "body.deadline"),
         ({"queue": "append", "deadline": "2999-01-01T00:00:00"}, "body.deadline"),
+        ({"queue": "append", "deadline": "2999-01-01T00:00:00+00:00"}, "body.deadline"),
         ({"queue": "later"}, "body.queue"),
         ({"queue": "APPEND"}, "body.queue"),
         ({"queue": ""}, "body.queue"),

@@ -57,6 +57,8 @@ def _respond(answer: StoredAnswer) -> JSONResponse:
     )
 
 
+# A queued run is a wish for water soon, not a calendar entry (that is what schedules are).
+MAX_QUEUE_WAIT = timedelta(days=7)
 Accepted = Annotated[ActivationOut | RunRequestOut, Field(discriminator="kind")]
 
 
@@ -191,6 +193,8 @@ async def _queued(
     deadline = body.deadline or now + timedelta(seconds=settings.queued_run_deadline_s)
     if deadline <= now:
         raise Invalid("deadline must be in the future", field="body.deadline")
+    if deadline > now + MAX_QUEUE_WAIT:
+        raise Invalid("deadline must be within 7 days", field="body.deadline")
     wish = runqueue.Wish(
         pump_id=pump_id,
         priority=Priority(body.priority.value),

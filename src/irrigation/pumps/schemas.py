@@ -35,7 +35,8 @@ class ActivationRequest(BaseModel):
     )
     deadline: AwareDatetime | None = Field(
         default=None,
-        description="With `queue`: skip the run if it cannot start by then (default 1 h).",
+        description="With `queue`: skip the run if it cannot start by then (default 1 h, "
+        "at most 7 days ahead).",
     )
 
 
