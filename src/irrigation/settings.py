@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     queued_run_deadline_s: int = Field(
         default=3600, ge=10, description="Default wait limit of a person's queued request."
     )
+    automation_history_days: int = Field(
+        default=400, ge=1, description="Decisions and finished run requests are kept this long."
+    )
     evaluation_delay_s: float = Field(
         default=2.0,
         ge=0,

@@ -12,6 +12,7 @@ from irrigation import queue, registry
 from irrigation.alerts import jobs as alert_jobs
 from irrigation.alerts import webhooks
 from irrigation.automation import jobs as automation
+from irrigation.automation.retention import purge_automation_history
 from irrigation.automation.weather import create_provider
 from irrigation.common import idempotency
 from irrigation.db import create_engine, create_sessionmaker
@@ -111,6 +112,13 @@ def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
                 automation.sweep_rules,
                 name=f"cron:{settings.queue_name}:sweep_rules",
                 second={3, 33},
+                timeout=PUMP_JOB_TIMEOUT_S,
+            ),
+            cron(
+                purge_automation_history,
+                name=f"cron:{settings.queue_name}:purge_automation_history",
+                minute={47},
+                second={0},
                 timeout=PUMP_JOB_TIMEOUT_S,
             ),
             cron(

@@ -113,6 +113,11 @@ class RunRequest(IdMixin, Base):
             "ix_run_requests_pump_waiting", "pump_id", postgresql_where=text("status = 'waiting'")
         ),
         Index("ix_run_requests_site_page", "site_id", "created_at", "id"),
+        Index(
+            "ix_run_requests_resolved",
+            "resolved_at",
+            postgresql_where=text("status <> 'waiting'"),
+        ),
     )
 
     site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
@@ -160,6 +165,7 @@ class AutomationDecision(IdMixin, Base):
     __table_args__ = (
         Index("ix_automation_decisions_zone_page", "zone_id", "created_at", "id"),
         Index("ix_automation_decisions_site", "site_id"),
+        Index("ix_automation_decisions_at", "at"),  # the history purge
     )
 
     site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))

@@ -40,7 +40,8 @@ MAX_WINDOW = timedelta(days=1)
 MAX_GROWTH = 4  # the next window is sized from one window's count: never trust it too far
 NEVER = datetime(1, 1, 1, tzinfo=UTC)
 
-# Every sensor (readings reference their sensor, RESTRICT: no reading is left out), and
+# Every sensor (a reading's sensor cannot be deleted while its rollup rows reference it:
+# no reading is left out), and
 # the oldest reading at or after `since`: one primary-key probe per sensor.
 _FLEET = """
 SELECT array_agg(s.id ORDER BY s.id) AS ids,
