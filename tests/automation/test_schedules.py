@@ -1,5 +1,6 @@
 """Schedules fire at their local times across DST, once, and skip for the right reasons."""
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -208,3 +209,14 @@ async def test_a_zone_wide_schedule_runs_its_pumps_one_after_another(
     assert (await client.get(f"/v1/run-queue/{asked[second['id']]['id']}", headers=admin)).json()[
         "status"
     ] == "started"
+
+
+async def test_workers_firing_the_same_schedule_at_once_ask_for_one_run(
+    client: httpx.AsyncClient, admin: dict[str, str], engine: Engine
+) -> None:
+    zone, _ = await zone_and_pump(client, admin, "UTC")
+    await make_schedule(client, admin, zone["id"], cron="* * * * *")
+    clock.move(timedelta(seconds=61))
+    fired = await asyncio.gather(*(engine.fire() for _ in range(6)))
+    assert sum(fired) == 1
+    assert len(await run_requests(client, admin)) == 1

@@ -1,5 +1,6 @@
 """Threshold rules: trigger, hysteresis on a noisy signal, gates, and the ingestion hook."""
 
+import asyncio
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -190,3 +191,14 @@ async def test_automation_never_stops_a_run_a_person_started(
     assert [(r["priority"], r["status"], r["last_reason"]) for r in asked] == [
         ("threshold", "waiting", "pump_busy")
     ]
+
+
+async def test_evaluators_running_at_once_trigger_a_rule_once(
+    client: httpx.AsyncClient, admin: dict[str, str], engine: Engine
+) -> None:
+    zone, _, sensor = await zone_with_pump_and_sensor(client, admin)
+    await make_rule(client, admin, zone["id"])
+    await post_moisture(client, admin, sensor["id"], [10, 10, 10], end=now())
+    triggered = await asyncio.gather(*(engine.evaluate() for _ in range(6)))
+    assert sum(triggered) == 1
+    assert len(await run_requests(client, admin)) == 1
