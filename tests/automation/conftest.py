@@ -15,6 +15,8 @@ from irrigation.automation import runqueue, scheduling, thresholds
 from irrigation.automation.weather import FakeWeatherProvider
 from irrigation.common import clock
 from irrigation.db import create_engine, create_sessionmaker
+from irrigation.pumps.gateway import HttpGateway
+from irrigation.pumps.jobs import JobContext
 from irrigation.settings import Settings
 
 
@@ -24,6 +26,7 @@ class Engine:
     sessions: Any
     redis: ArqRedis
     weather: FakeWeatherProvider
+    gateway: HttpGateway
 
     async def dispatch(self) -> int:
         async with self.sessions() as session:
@@ -32,6 +35,13 @@ class Engine:
     async def evaluate(self) -> int:
         async with self.sessions() as session:
             return await thresholds.evaluate_rules(session, self.settings, self.redis)
+
+    def job_ctx(self) -> dict[str, Any]:
+        """What the worker hands its jobs; no job called this way reaches the gateway."""
+        context = JobContext(
+            settings=self.settings, sessions=self.sessions, gateway=self.gateway, redis=self.redis
+        )
+        return {"irrigation": context}
 
     async def fire(self) -> int:
         async with self.sessions() as session:
@@ -42,7 +52,10 @@ class Engine:
 async def engine(settings: Settings) -> AsyncIterator[Engine]:
     db = create_engine(settings)
     redis = queue.create_redis(settings.effective_redis_url, 2.0, settings.queue_name)
-    yield Engine(settings, create_sessionmaker(db), redis, FakeWeatherProvider(now=clock.utcnow))
+    gateway = HttpGateway("http://127.0.0.1:9", timeout_s=0.1, retries=0)
+    weather = FakeWeatherProvider(now=clock.utcnow)
+    yield Engine(settings, create_sessionmaker(db), redis, weather, gateway)
+    await gateway.aclose()
     await redis.aclose()
     await db.dispose()
 

@@ -8,8 +8,6 @@ import httpx
 
 from irrigation.automation.retention import purge_automation_history
 from irrigation.common import clock
-from irrigation.pumps.gateway import HttpGateway
-from irrigation.pumps.jobs import JobContext
 from irrigation.settings import Settings
 from irrigation.stack import plain_url
 from tests.automation.conftest import Engine, decisions, run_requests
@@ -26,14 +24,8 @@ async def test_old_decisions_and_finished_requests_go_waiting_ones_stay(
     assert len(await decisions(client, admin, pump["zone_id"])) == 2
 
     clock.move(timedelta(days=settings.automation_history_days + 1))
-    gateway = HttpGateway("http://127.0.0.1:9", timeout_s=0.1, retries=0)
-    ctx = {
-        "irrigation": JobContext(
-            settings=engine.settings, sessions=engine.sessions, gateway=gateway, redis=engine.redis
-        )
-    }
+    ctx = engine.job_ctx()
     assert await purge_automation_history(ctx) == 3  # 2 decisions + the started request
-    await gateway.aclose()
     assert await decisions(client, admin, pump["zone_id"]) == []
     left = await run_requests(client, admin)
     assert [r["status"] for r in left] == ["waiting"]

@@ -10,8 +10,6 @@ import httpx
 from irrigation import queue
 from irrigation.automation import jobs as automation_jobs
 from irrigation.common import clock
-from irrigation.pumps.gateway import HttpGateway
-from irrigation.pumps.jobs import JobContext
 from tests.automation.conftest import Engine, decisions, post_moisture, run_requests
 from tests.pumps.helpers import make_pump
 
@@ -158,16 +156,10 @@ async def test_a_batch_of_readings_asks_for_one_deferred_evaluation_of_its_zone(
     queued = await engine.redis.zrange(engine.settings.queue_name, 0, -1)
     assert queued == [f"{engine.settings.queue_name}:evaluate-zones".encode()]  # one job
 
-    gateway = HttpGateway("http://127.0.0.1:9", timeout_s=0.1, retries=0)
-    ctx = {
-        "irrigation": JobContext(
-            settings=engine.settings, sessions=engine.sessions, gateway=gateway, redis=engine.redis
-        )
-    }
+    ctx = engine.job_ctx()
     assert await automation_jobs.evaluate_zones(ctx) == 1
     assert await engine.redis.scard(queue.dirty_zones_key(engine.redis)) == 0
     assert [r["status"] for r in await run_requests(client, admin)] == ["started"]
-    await gateway.aclose()
 
 
 async def test_automation_never_stops_a_run_a_person_started(
