@@ -37,7 +37,8 @@ async def evaluate_zones(ctx: dict[str, Any]) -> int:
 
 
 async def sweep_rules(ctx: dict[str, Any]) -> int:
-    """Every enabled rule, whether or not readings arrived (a silent zone still dries)."""
+    """Every enabled rule, whether or not readings arrived: catches an evaluation request
+    lost with Redis, and a rule held back by a pause or rain delay that has ended."""
     jc = job_context(ctx)
     async with jc.sessions() as session:
         return await thresholds.evaluate_rules(session, jc.settings, jc.redis)

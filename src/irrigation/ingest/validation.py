@@ -96,11 +96,25 @@ def check_items(
     accepted: list[ReadingIn] = []
     rejected: list[Rejected] = []
     oldest = now - retention
+    latest = now + MAX_FUTURE
     for index, item in enumerate(parsed, start=offset):
         if isinstance(item, Rejected):
             rejected.append(Rejected(index, item.raw, item.reason, item.detail))
             continue
-        reason, detail = _judge(item, sensors.get(item.sensor_id), now, oldest, min_quality)
+        spec = sensors.get(item.sensor_id)
+        # The common case in one expression (a good item); `_judge` names what is wrong.
+        # NaN fails the range comparison, a naive ts the tzinfo test, so both go to `_judge`.
+        if (
+            spec is not None
+            and item.ts.tzinfo is not None
+            and oldest <= item.ts <= latest
+            and (item.unit is None or item.unit == spec.unit)
+            and spec.low <= item.value <= spec.high
+            and item.quality >= min_quality
+        ):
+            accepted.append(item)
+            continue
+        reason, detail = _judge(item, spec, now, oldest, min_quality)
         if reason is None:
             accepted.append(item)
         else:
