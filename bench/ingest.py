@@ -162,7 +162,7 @@ class Rows:
         return ('{"readings":[' + ",".join(items) + "]}").encode()
 
     def rows(self, slots: Sequence[Slot]) -> list[Row]:
-        """Sorted by (sensor_id, ts), as store.insert_readings sorts them."""
+        """Sorted by (sensor_id, ts), as the statement sorts them."""
         out = [(self.uuids[s], self.ts(j), _value(s, j), _quality(s, j)) for s, j in slots]
         out.sort(key=lambda r: (r[0], r[1]))
         return out
@@ -413,16 +413,16 @@ def _sql_variants() -> dict[str, str]:
             WITH input AS ({input_cte.group(0)})
             , ins AS (
                 INSERT INTO sensor_readings (sensor_id, ts, value, quality)
-                SELECT sensor_id, ts, value, quality FROM input
+                SELECT sensor_id, ts, value, quality FROM input ORDER BY sensor_id, ts
                 ON CONFLICT (sensor_id, ts) DO NOTHING
                 RETURNING sensor_id, ts, value
             )
             {returning}""",
-        # Sorted by PostgreSQL instead of by Python (the input arrives unsorted).
-        "unnest_sql_sort": _once(
+        # As before session 2: sorted by Python, no ORDER BY in the statement.
+        "unnest_python_sort": _once(
             full,
-            "SELECT sensor_id, ts, value, quality FROM input\n",
             "SELECT sensor_id, ts, value, quality FROM input ORDER BY sensor_id, ts\n",
+            "SELECT sensor_id, ts, value, quality FROM input\n",
         ),
         # The full statement minus the sensors.last_seen_at CTE.
         "unnest_no_seen": full.split("), seen AS (")[0] + ")\n" + returning,
@@ -843,7 +843,8 @@ class Alternative:
     label: str
     kind: str
     """Key of _sql_variants(), or "copy" (the bare-table COPY baseline)."""
-    fk: bool = True
+    fk: bool = False
+    """With the readings -> sensors foreign key the app dropped in migration 0006."""
     sync_off: bool = False
 
 
@@ -851,15 +852,13 @@ ALTERNATIVES = (
     Alternative("raw COPY, bare table (baseline)", "copy"),
     Alternative("unnest: INSERT only (no rollup, no last_seen)", "unnest_insert_only"),
     Alternative("unnest: INSERT + rollup (no last_seen)", "unnest_no_seen"),
-    Alternative("unnest: full statement (current)", "unnest"),
-    Alternative("unnest: full, ORDER BY in SQL, unsorted input", "unnest_sql_sort"),
-    Alternative("unnest: full, no FK", "unnest", fk=False),
+    Alternative("unnest: full statement (current: ORDER BY in SQL, no FK)", "unnest"),
+    Alternative("unnest: full, sorted by Python instead", "unnest_python_sort"),
+    Alternative("unnest: full, with the FK (as before 0006)", "unnest", fk=True),
     Alternative("temp COPY + INSERT SELECT: full", "temp"),
-    Alternative("temp COPY + INSERT SELECT: full, no FK", "temp", fk=False),
+    Alternative("temp COPY + INSERT SELECT: full, with the FK", "temp", fk=True),
     Alternative("unnest: full, synchronous_commit=off", "unnest", sync_off=True),
     Alternative("temp COPY: full, synchronous_commit=off", "temp", sync_off=True),
-    Alternative("unnest: full, no FK, synchronous_commit=off", "unnest", False, True),
-    Alternative("temp COPY: full, no FK, synchronous_commit=off", "temp", False, True),
 )
 QUICK_ALTERNATIVES = ("copy", "unnest")
 
@@ -878,17 +877,18 @@ async def alternative(
                 f"CREATE TEMP TABLE {TEMP_TABLE} (sensor_id uuid, ts timestamptz, "
                 "value float8, quality int2) ON COMMIT DELETE ROWS"
             )
-        # Arguments as store.insert_readings passes them, built before the clock; for
-        # unnest_sql_sort in arrival order (time-major), as a client sends them.
+        # Arguments as store.insert_readings passes them, built before the clock: in
+        # arrival order (time-major), as a client sends them; sorted by (sensor, ts) for
+        # unnest_python_sort, as the app did before it sorted in SQL.
         unnest_args: list[list[tuple[list[Any], ...]]] = [
             [
                 tuple(
                     list(col)
                     for col in zip(
                         *(
-                            sorted(rows, key=lambda r: (r[1], r[0]))
-                            if alt.kind == "unnest_sql_sort"
-                            else rows
+                            rows
+                            if alt.kind == "unnest_python_sort"
+                            else sorted(rows, key=lambda r: (r[1], r[0]))
                         ),
                         strict=True,
                     )
@@ -935,7 +935,7 @@ async def alternative(
         rolled: int = await admin.fetchval("SELECT sum(count) FROM reading_rollups_hourly")
         if rolled != total:
             raise RuntimeError(f"{alt.label}: rollups count {rolled}, expected {total}")
-    await set_fk(admin, True)
+    await set_fk(admin, False)
     return Run(alt.label, total, wall, cpu, pg, driver)
 
 
@@ -1206,7 +1206,7 @@ def breakdown_table(b: Breakdown) -> str:
 
 def alternatives_table(results: Sequence[AltResult]) -> str:
     baseline = next(r for r in results if r.alt.kind == "copy")
-    current = next((r for r in results if r.alt.label.endswith("(current)")), None)
+    current = next((r for r in results if "(current" in r.alt.label), None)
     rows = [
         "| variant (DB only) | readings/s (median) | range over rounds | vs raw COPY "
         "| vs current statement | PG backend CPU per batch (median) | bench CPU per batch "
