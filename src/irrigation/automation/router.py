@@ -1,10 +1,10 @@
 """HTTP routes of automation: rules, schedules, run queue, decisions, rain delay, pause."""
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
+from pydantic import AwareDatetime
 
 from irrigation.auth.deps import AdminPrincipal, ControlPrincipal, ReadPrincipal
 from irrigation.automation import decisions, runqueue, service
@@ -204,8 +204,8 @@ async def list_decisions(
     pump_id: uuid.UUID | None = None,
     rule_id: uuid.UUID | None = None,
     schedule_id: uuid.UUID | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Annotated[AwareDatetime | None, Query(description="From (with an offset).")] = None,
+    until: Annotated[AwareDatetime | None, Query(description="Before (with an offset).")] = None,
 ) -> Page[DecisionOut]:
     filters = decisions.DecisionFilter(outcome, reason, pump_id, rule_id, schedule_id, since, until)
     rows, cursor = await decisions.list_decisions(session, who.site_id, zone_id, filters, params)
