@@ -10,7 +10,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import structlog
@@ -79,7 +79,7 @@ class HotCache:
                 }
             )
             keys.append(self.key(sensor_id))
-            updates.append([[x for t, r in newest for x in (t, _member(r))], event])
+            updates.append([[x for t, r in newest for x in (t, _member(t, r))], event])
         try:
             await asyncio.wait_for(
                 cast(
@@ -105,7 +105,7 @@ class HotCache:
         except Exception as exc:
             self._failed("recent", exc)
             return None
-        return [json.loads(m) for m in members] if members else None
+        return [_unpack(m) for m in members] if members else None
 
 
 def _score(item: tuple[float, ReadingIn]) -> float:
@@ -113,7 +113,7 @@ def _score(item: tuple[float, ReadingIn]) -> float:
 
 
 # One call instead of three commands per sensor: packing ~13,000 arguments in redis-py cost
-# more than the whole script (measured: 41 -> ~20 ms per 10,000-reading batch).
+# more than the whole script (measured: 41 -> 29 ms of API CPU per 10,000-reading batch).
 _RECORD = """
 local updates = cjson.decode(ARGV[1])
 local keep = tonumber(ARGV[3])
@@ -129,8 +129,18 @@ return #KEYS
 """
 
 
-def _member(reading: ReadingIn) -> str:
-    # In UTC: one instant is one member, whatever offset the device wrote it with.
-    ts = reading.ts.astimezone(UTC).isoformat()
-    # The text json.dumps would give (a finite float's repr is valid JSON), at half the cost.
-    return f'{{"ts": "{ts}", "value": {reading.value!r}, "quality": {reading.quality}}}'
+def _member(epoch: float, reading: ReadingIn) -> str:
+    """`epoch|value|quality`: one instant is one member, whatever offset the device wrote
+    it with, and the text is cheap to make (an ISO time per reading cost ~10 ms a batch);
+    the JSON is made when someone reads the 60 newest."""
+    return f"{epoch!r}|{reading.value!r}|{reading.quality}"
+
+
+def _unpack(member: bytes | str) -> dict[str, Any]:
+    text = member.decode() if isinstance(member, bytes) else member
+    if text.startswith("{"):  # written before the compact form: still shown
+        old: dict[str, Any] = json.loads(text)
+        return old
+    epoch, value, quality = text.split("|")
+    ts = datetime.fromtimestamp(float(epoch), UTC).isoformat()
+    return {"ts": ts, "value": float(value), "quality": int(quality)}
