@@ -513,7 +513,7 @@ async def hot_path_costs(
                     lambda sql=sql, batch=batch: conn.fetchval(
                         sql,
                         [sid for sid, _ in batch],
-                        [ts for _, ts in batch],
+                        [ts.timestamp() for _, ts in batch],  # epoch seconds, as it takes
                         [50.0] * len(batch),
                         [100] * len(batch),
                     )

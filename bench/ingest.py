@@ -401,7 +401,9 @@ def _sql_variants() -> dict[str, str]:
         raise RuntimeError("store.INSERT_READINGS changed shape: update bench/ingest.py")
     returning = final.group(1)  # what the app reads back, the same for every variant
     unnest = re.compile(
-        r"SELECT \* FROM unnest\(.*?\)\s+AS t\(sensor_id, ts, value, quality\)", re.S
+        r"SELECT sensor_id, to_timestamp\(epoch\) AS ts, value, quality\s+FROM unnest\(.*?\)"
+        r"\s+AS t\(sensor_id, epoch, value, quality\)",
+        re.S,
     )
     input_cte = unnest.search(full)
     if input_cte is None or "), seen AS (" not in full:
@@ -883,14 +885,17 @@ async def alternative(
         unnest_args: list[list[tuple[list[Any], ...]]] = [
             [
                 tuple(
-                    list(col)
-                    for col in zip(
-                        *(
-                            rows
-                            if alt.kind == "unnest_python_sort"
-                            else sorted(rows, key=lambda r: (r[1], r[0]))
-                        ),
-                        strict=True,
+                    # The ts column as seconds since the epoch, as the statement takes it.
+                    [v.timestamp() for v in col] if j == 1 else list(col)
+                    for j, col in enumerate(
+                        zip(
+                            *(
+                                rows
+                                if alt.kind == "unnest_python_sort"
+                                else sorted(rows, key=lambda r: (r[1], r[0]))
+                            ),
+                            strict=True,
+                        )
                     )
                 )
                 for rows in mine
@@ -1003,11 +1008,6 @@ def _proposal_adapter() -> Any:
     return TypeAdapter(SlotBatch)
 
 
-def _member_fstring(ts: datetime, value: float, quality: int) -> str:
-    utc = ts.astimezone(UTC).isoformat()
-    return f'{{"ts": "{utc}", "value": {value!r}, "quality": {quality}}}'
-
-
 @dataclass
 class Proposal:
     what: str
@@ -1025,7 +1025,6 @@ class Proposal:
 
 def proposals(bodies: Sequence[bytes], repeat: int = 3) -> list[Proposal]:
     """Each current step against a proposed replacement, on the same bodies, interleaved."""
-    from irrigation.ingest.cache import RECENT, _member
     from irrigation.ingest.validation import parse_batch
 
     adapter = _proposal_adapter()
@@ -1041,18 +1040,6 @@ def proposals(bodies: Sequence[bytes], repeat: int = 3) -> list[Proposal]:
             [],
             [],
             "the cyclic GC's share of the parse (5 tracked objects per item)",
-        ),
-        "sort": Proposal(
-            "sort key (sensor_id, ts) -> (sensor_id.int, ts)",
-            [],
-            [],
-            "same order; uuid.UUID.__lt__ is Python code",
-        ),
-        "member": Proposal(
-            "cache: json.dumps member per reading -> f-string",
-            [],
-            [],
-            "the newest 60 per sensor, as HotCache.record encodes them",
         ),
     }
 
@@ -1070,23 +1057,7 @@ def proposals(bodies: Sequence[bytes], repeat: int = 3) -> list[Proposal]:
             out["gc"].then_ms.append(timed(parse_batch, body))
             gc.set_threshold(*old)
             out["gc"].now_ms.append(timed(parse_batch, body))
-            parsed: list[Any] = parse_batch(body)
-            out["sort"].now_ms.append(timed(_sorted, parsed, lambda r: (r.sensor_id, r.ts)))
-            out["sort"].then_ms.append(timed(_sorted, parsed, lambda r: (r.sensor_id.int, r.ts)))
-            newest: dict[uuid.UUID, list[Any]] = {}
-            for r in parsed:
-                newest.setdefault(r.sensor_id, []).append(r)
-            kept = [x for items in newest.values() for x in items[-RECENT:]]
-            assert _member(kept[0]) == _member_fstring(kept[0].ts, kept[0].value, kept[0].quality)
-            out["member"].now_ms.append(timed(lambda: [_member(r) for r in kept]))  # noqa: B023
-            out["member"].then_ms.append(
-                timed(lambda: [_member_fstring(r.ts, r.value, r.quality) for r in kept])  # noqa: B023
-            )
     return list(out.values())
-
-
-def _sorted(items: list[Any], key: Any) -> list[Any]:
-    return sorted(items, key=key)
 
 
 # Set-up ---------------------------------------------------------------------------------
@@ -1451,7 +1422,7 @@ async def run(args: argparse.Namespace) -> int:
                                 a
                                 for a in ALTERNATIVES
                                 if alternatives == "all"
-                                or (a.kind in QUICK_ALTERNATIVES and a.fk and not a.sync_off)
+                                or (a.kind in QUICK_ALTERNATIVES and not a.fk and not a.sync_off)
                             ]
                             print(f"  DB-only variants, {n_clients} connections, {rounds} rounds:")
                             alt_results = await alternatives_rounds(

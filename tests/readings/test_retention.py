@@ -63,7 +63,7 @@ async def insert_directly(db: asyncpg.Connection, readings: Sequence[Reading]) -
     await db.fetchval(
         store.INSERT_READINGS,
         [uuid.UUID(r.sensor_id) for r in ordered],
-        [r.ts for r in ordered],
+        [r.ts.timestamp() for r in ordered],  # the statement takes epoch seconds
         [r.value for r in ordered],
         [r.quality for r in ordered],
     )
