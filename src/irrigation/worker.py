@@ -136,6 +136,13 @@ def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
                 timeout=PUMP_JOB_TIMEOUT_S,
             ),
             cron(
+                imports.sweep_orphan_uploads,
+                name=f"cron:{settings.queue_name}:sweep_orphan_uploads",
+                minute={17},
+                second={30},
+                timeout=PUMP_JOB_TIMEOUT_S,
+            ),
+            cron(
                 retention.purge_raw_readings,
                 name=f"cron:{settings.queue_name}:purge_raw_readings",
                 minute={23},

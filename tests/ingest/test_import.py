@@ -3,10 +3,12 @@ and `irrigation import`. Real PostgreSQL, Redis, worker and API processes."""
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +26,8 @@ from irrigation import queue
 from irrigation.app import create_app
 from irrigation.db import create_engine, create_sessionmaker
 from irrigation.ingest import imports
+from irrigation.pumps.gateway import HttpGateway
+from irrigation.pumps.jobs import JobContext
 from irrigation.settings import Settings
 from irrigation.stack import plain_url
 from irrigation.worker import create_worker
@@ -549,3 +553,39 @@ async def test_an_import_whose_queue_entry_was_lost_is_enqueued_again_and_comple
     done = await wait_until_done(client, admin, job["id"])
     assert done["status"] == "completed"
     assert counts(done)[2] == 50
+
+
+async def test_orphan_uploads_are_swept_and_files_of_unfinished_imports_kept(
+    client: httpx.AsyncClient, admin: dict[str, str], settings: Settings, tmp_path: Path
+) -> None:
+    (sensor,) = await make_sensors(client, admin, 1)
+    path = tmp_path / "h.ndjson"
+    path.write_text(line(sensor, 1, 50))
+    job = await upload(client, admin, path, NDJSON)  # no worker: it stays queued
+    (kept,) = uploads(settings)
+    orphan = kept.parent / "killed-mid-upload.ndjson"
+    fresh = kept.parent / "still-uploading.ndjson"
+    orphan.write_text("partial")
+    fresh.write_text("partial")
+    hours_ago = time.time() - 7 * 3600
+    for old in (kept, orphan):
+        os.utime(old, (hours_ago, hours_ago))
+
+    engine = create_engine(settings)
+    redis = queue.create_redis(settings.effective_redis_url, 1.0, settings.queue_name)
+    gateway = HttpGateway("http://127.0.0.1:9", timeout_s=0.1, retries=0)
+    ctx = {"irrigation": JobContext(settings, create_sessionmaker(engine), gateway, redis)}
+    try:
+        assert await imports.sweep_orphan_uploads(ctx) == 1
+        assert sorted(p.name for p in uploads(settings)) == sorted([kept.name, fresh.name])
+        await fetch(
+            settings,
+            "UPDATE ingestion_jobs SET status = 'failed' WHERE id = $1",
+            uuid.UUID(job["id"]),
+        )
+        assert await imports.sweep_orphan_uploads(ctx) == 1
+        assert [p.name for p in uploads(settings)] == [fresh.name]
+    finally:
+        await gateway.aclose()
+        await redis.aclose()
+        await engine.dispose()

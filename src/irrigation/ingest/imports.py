@@ -593,3 +593,52 @@ async def requeue_unfinished_imports(ctx: dict[str, Any]) -> int:
     for job_id in ids:
         requeued += await queue.enqueue_import(jc.redis, job_id)
     return requeued
+
+
+ORPHAN_AFTER = timedelta(hours=6)
+
+
+async def sweep_orphan_uploads(ctx: dict[str, Any]) -> int:
+    """Delete upload files no unfinished import will read (a cron job).
+
+    The API removes a partial upload whatever interrupted it, unless the process itself
+    was killed mid-upload; a finished import removes its file. What is left is a file
+    older than ORPHAN_AFTER whose job is missing or over: it is deleted here."""
+    jc: ImportContext = ctx["irrigation"]
+    folder = upload_path(jc.settings, IMPORTS_DIR)
+    cutoff = (utcnow() - ORPHAN_AFTER).timestamp()
+    old = await asyncio.to_thread(_files_older_than, folder, cutoff)
+    if not old:
+        return 0
+    relatives = {f"{IMPORTS_DIR}/{path.name}": path for path in old}
+    async with jc.sessions() as session:
+        wanted = set(
+            (
+                await session.execute(
+                    select(IngestionJob.file_path).where(
+                        IngestionJob.file_path.in_(relatives),
+                        IngestionJob.status.in_((JobStatus.queued, JobStatus.running)),
+                    )
+                )
+            ).scalars()
+        )
+    removed = 0
+    for relative, path in relatives.items():
+        if relative not in wanted:
+            _discard(path)
+            removed += 1
+    if removed:
+        log.info("orphan_uploads_removed", count=removed)
+    return removed
+
+
+def _files_older_than(folder: Path, cutoff: float, limit: int = 1000) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        if path.is_file() and path.stat().st_mtime < cutoff:
+            found.append(path)
+            if len(found) == limit:
+                break
+    return found
