@@ -177,6 +177,9 @@ async def test_approving_with_a_corrected_value_stores_the_reading_and_rolls_it_
     assert datetime.fromisoformat(sensor["last_seen_at"]) == ts
     listed = await quarantined(client, admin, batch["job_id"])
     assert listed[1]["review_status"] == "approved"
+    # The audit: who approved, and with which correction.
+    assert listed[1]["correction"] == {"value": 42.5}
+    assert listed[1]["reviewed_by"].startswith("api_key:")
 
 
 async def test_approving_an_out_of_range_item_as_it_is_is_422_still_invalid(
@@ -340,6 +343,8 @@ async def test_rejecting_keeps_the_reading_out_and_a_reviewed_item_is_409(
     assert response.status_code == 200, response.text
     assert response.json()["review_status"] == "rejected"
     assert response.json()["reviewed_at"] is not None
+    assert response.json()["reviewed_by"].startswith("api_key:")
+    assert response.json()["correction"] is None
     assert (await approve(client, admin, approved)).status_code == 200
 
     for item_id, status in ((rejected, "rejected"), (approved, "approved")):

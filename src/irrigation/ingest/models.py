@@ -118,3 +118,6 @@ class QuarantinedReading(IdMixin, Base):
     detail: Mapped[str] = mapped_column(String(500))
     review_status: Mapped[str] = mapped_column(String(16), default=ReviewStatus.pending)
     reviewed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Who decided (`api_key:<id>`) and the corrections an approval applied, for the audit.
+    reviewed_by: Mapped[str | None] = mapped_column(String(100), default=None)
+    correction: Mapped[dict[str, Any] | None] = mapped_column(JSONB, default=None)

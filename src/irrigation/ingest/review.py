@@ -112,6 +112,7 @@ async def approve(
     site_id: uuid.UUID,
     item_id: uuid.UUID,
     correction: QuarantineCorrection | None,
+    reviewer: str,
 ) -> Approval:
     """Check the item again, with the corrections, exactly as ingestion does, and store it
     through the same statement (so the hourly rollup and last_seen_at follow).
@@ -124,6 +125,9 @@ async def approve(
         inserted = await store.insert_readings(session, [reading]) == 1
         item.review_status = ReviewStatus.approved
         item.reviewed_at = utcnow()
+        item.reviewed_by = reviewer
+        if correction is not None:
+            item.correction = correction.model_dump(mode="json", exclude_none=True) or None
         await session.flush()
     if inserted:  # a duplicate is not what the database holds: keep it out of the cache
         await cache.record([reading])
@@ -131,12 +135,13 @@ async def approve(
 
 
 async def reject(
-    session: AsyncSession, site_id: uuid.UUID, item_id: uuid.UUID
+    session: AsyncSession, site_id: uuid.UUID, item_id: uuid.UUID, reviewer: str
 ) -> QuarantinedReading:
     async with session.begin():
         item = await _lock_pending(session, site_id, item_id)
         item.review_status = ReviewStatus.rejected
         item.reviewed_at = utcnow()
+        item.reviewed_by = reviewer
         await session.flush()
     return item
 
@@ -147,13 +152,14 @@ async def approve_many(
     cache: HotCache,
     site_id: uuid.UUID,
     ids: list[uuid.UUID],
+    reviewer: str,
 ) -> list[ReviewResult]:
     """One transaction per item: one item that fails never holds back the others. An id
     sent twice is approved once, then already_reviewed."""
     results = []
     for item_id in ids:
         try:
-            approval = await approve(session, settings, cache, site_id, item_id, None)
+            approval = await approve(session, settings, cache, site_id, item_id, None, reviewer)
         except (StillInvalid, AlreadyReviewed, NotFound) as exc:
             results.append(_failed(item_id, exc))
             continue
@@ -163,12 +169,12 @@ async def approve_many(
 
 
 async def reject_many(
-    session: AsyncSession, site_id: uuid.UUID, ids: list[uuid.UUID]
+    session: AsyncSession, site_id: uuid.UUID, ids: list[uuid.UUID], reviewer: str
 ) -> list[ReviewResult]:
     results = []
     for item_id in ids:
         try:
-            await reject(session, site_id, item_id)
+            await reject(session, site_id, item_id, reviewer)
         except (AlreadyReviewed, NotFound) as exc:
             results.append(_failed(item_id, exc))
             continue

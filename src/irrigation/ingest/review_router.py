@@ -75,7 +75,9 @@ async def approve_many(
     cache: CacheDep,
     who: IngestPrincipal,
 ) -> ReviewResults:
-    results = await review.approve_many(session, settings, cache, who.site_id, body.ids)
+    results = await review.approve_many(
+        session, settings, cache, who.site_id, body.ids, f"api_key:{who.key_id}"
+    )
     return ReviewResults(results=results)
 
 
@@ -87,7 +89,9 @@ async def approve_many(
     description="Each id on its own: `rejected`, `already_reviewed` or `not_found`.",
 )
 async def reject_many(body: ReviewIds, session: SessionDep, who: IngestPrincipal) -> ReviewResults:
-    return ReviewResults(results=await review.reject_many(session, who.site_id, body.ids))
+    return ReviewResults(
+        results=await review.reject_many(session, who.site_id, body.ids, f"api_key:{who.key_id}")
+    )
 
 
 @router.post(
@@ -110,7 +114,9 @@ async def approve(
     who: IngestPrincipal,
     body: Annotated[QuarantineCorrection | None, Body()] = None,
 ) -> ApprovalOut:
-    approval = await review.approve(session, settings, cache, who.site_id, item_id, body)
+    approval = await review.approve(
+        session, settings, cache, who.site_id, item_id, body, f"api_key:{who.key_id}"
+    )
     return ApprovalOut(
         **QuarantinedReadingOut.model_validate(approval.item).model_dump(),
         reading=ApprovedReading.model_validate(approval.reading, from_attributes=True),
@@ -127,7 +133,9 @@ async def approve(
 async def reject(
     item_id: uuid.UUID, session: SessionDep, who: IngestPrincipal
 ) -> QuarantinedReadingOut:
-    return QuarantinedReadingOut.model_validate(await review.reject(session, who.site_id, item_id))
+    return QuarantinedReadingOut.model_validate(
+        await review.reject(session, who.site_id, item_id, f"api_key:{who.key_id}")
+    )
 
 
 # Jobs ----------------------------------------------------------------------------------

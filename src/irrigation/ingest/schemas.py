@@ -89,6 +89,10 @@ class QuarantinedReadingOut(BaseModel):
     detail: str
     review_status: ReviewStatus
     reviewed_at: datetime | None
+    reviewed_by: str | None = Field(description="`api_key:<id>` of the reviewer.")
+    correction: dict[str, Any] | None = Field(
+        description="The corrections the approval applied (value, unit, ts), if any."
+    )
     created_at: datetime
 
 
