@@ -240,6 +240,22 @@ class _Waiting:
     paused_until: datetime | None
     rain_delay_until: datetime | None
     respects_rain_delay: bool
+    # Read without a lock, as hints: a request that cannot start by them is not tried
+    # (no lock taken); one that can is decided by `admit` under the locks.
+    pump_busy: bool
+    cooldown_until: datetime | None
+    fault: str | None
+    enabled: bool
+    source_limit: int
+    source_in_use: int
+
+
+_IN_USE = (
+    select(func.count())
+    .where(PumpActivation.water_source_id == WaterSource.id, PumpActivation.status.in_(ACTIVE))
+    .correlate(WaterSource)
+    .scalar_subquery()
+)
 
 
 def _waiting_query(site_id: uuid.UUID | None) -> Any:
@@ -254,6 +270,12 @@ def _waiting_query(site_id: uuid.UUID | None) -> Any:
             Site.rain_delay_until,
             Zone.rain_delay_until,
             Schedule.skip_if_rain_delay,
+            Pump.active_activation_id.is_not(None),
+            Pump.cooldown_until,
+            Pump.fault,
+            Pump.enabled,
+            WaterSource.max_concurrent_pumps,
+            _IN_USE,
         )
         .join(Pump, Pump.id == RunRequest.pump_id)
         .join(WaterSource, WaterSource.id == Pump.water_source_id)
@@ -285,9 +307,17 @@ async def dispatch(
         now = (await session.execute(select(db_now_expr()))).scalar_one()
         rows = [
             _Waiting(
-                r, src, pname, sname, tz, paused, _later(site_rain, zone_rain), skip is not False
+                r,
+                src,
+                pname,
+                sname,
+                tz,
+                paused,
+                _later(site_rain, zone_rain),
+                skip is not False,
+                *hints,
             )
-            for r, src, pname, sname, tz, paused, site_rain, zone_rain, skip in (
+            for r, src, pname, sname, tz, paused, site_rain, zone_rain, skip, *hints in (
                 await session.execute(_waiting_query(site_id))
             ).all()
         ]
@@ -296,6 +326,7 @@ async def dispatch(
         session.expunge_all()
     blocked_pumps: set[uuid.UUID] = set()
     blocked_sources: set[uuid.UUID] = set()
+    starts: dict[uuid.UUID, int] = {}  # runs this dispatch started, per water source
     started = 0
     for w in rows:
         r = w.request
@@ -346,15 +377,42 @@ async def dispatch(
                 f"rain delay until {local(w.rain_delay_until, w.zone_tz)}",
             )
             continue
-        outcome = await _try_start(session, settings, redis, w)
+        in_use = starts.get(w.water_source_id, 0) + w.source_in_use
+        hint = _hint(w, now, in_use)
+        if hint is not None:
+            outcome = hint
+            await _defer(session, r, hint, _why(hint, w))
+        else:
+            outcome = await _try_start(session, settings, redis, w)
         if outcome == "started":
             started += 1
+            starts[w.water_source_id] = starts.get(w.water_source_id, 0) + 1
             blocked_pumps.add(r.pump_id)
         elif outcome == "capacity":
             blocked_sources.add(w.water_source_id)
         else:
             blocked_pumps.add(r.pump_id)
     return started
+
+
+def _hint(w: _Waiting, now: datetime, in_use: int) -> str | None:
+    """Why the unlocked read says this request cannot start now, if it says so."""
+    if not w.enabled:
+        return "disabled"
+    if w.fault is not None:
+        return "fault"
+    if w.pump_busy:
+        return "pump_busy"
+    if w.cooldown_until is not None and w.cooldown_until > now:
+        return "cooldown"
+    if in_use >= w.source_limit:
+        return "capacity"
+    return None
+
+
+def _why(code: str, w: _Waiting) -> str:
+    why = _WHY.get(code, code).format(pump=repr(w.pump_name), source=repr(w.source_name))
+    return f"{why}; waits until {local(w.request.deadline, w.zone_tz)} at the latest"
 
 
 async def _finished_predecessors(session: AsyncSession, rows: list[_Waiting]) -> set[uuid.UUID]:
@@ -426,15 +484,13 @@ async def _try_start(
                 )
             elif refusal is not None and mine.last_reason != refusal.code:
                 mine.last_reason = refusal.code
-                why = _WHY.get(refusal.code, refusal.detail or refusal.code)
                 record(
                     session,
                     _subject(mine),
                     now,
                     Outcome.deferred,
                     refusal.code,
-                    why.format(pump=repr(w.pump_name), source=repr(w.source_name))
-                    + f"; waits until {local(r.deadline, w.zone_tz)} at the latest",
+                    _why(refusal.code, w),
                     detail={k: v for k, v in refusal.extra.items() if isinstance(v, str | int)},
                 )
     except _Gone:
