@@ -3,6 +3,7 @@
 a water level of 0 %). Weather is fetched before any row is locked: no network call is
 awaited while a lock is held."""
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -54,18 +55,20 @@ class Weather:
 async def forecasts_for(
     provider: WeatherProvider | None, zones: list[Zone]
 ) -> dict[uuid.UUID, Weather]:
-    found: dict[uuid.UUID, Weather] = {}
-    for zone in zones:
+    """All at once: a slow forecast API costs one timeout per run, not one per zone."""
+
+    async def one(zone: Zone) -> Weather:
         if zone.latitude is None or zone.longitude is None:
-            found[zone.id] = Weather(None, "the zone has no latitude/longitude")
-        elif provider is None:
-            found[zone.id] = Weather(None, "no weather provider is configured")
-        else:
-            try:
-                found[zone.id] = Weather(await provider.forecast(zone.latitude, zone.longitude))
-            except WeatherUnavailable as exc:
-                found[zone.id] = Weather(None, f"weather unavailable: {exc}")
-    return found
+            return Weather(None, "the zone has no latitude/longitude")
+        if provider is None:
+            return Weather(None, "no weather provider is configured")
+        try:
+            return Weather(await provider.forecast(zone.latitude, zone.longitude))
+        except WeatherUnavailable as exc:
+            return Weather(None, f"weather unavailable: {exc}")
+
+    found = await asyncio.gather(*(one(zone) for zone in zones))
+    return {zone.id: weather for zone, weather in zip(zones, found, strict=True)}
 
 
 def water_level(zone: Zone, weather: Weather, now: datetime) -> WaterLevel | None:
