@@ -81,3 +81,39 @@ async def test_two_dry_zones_on_a_capacity_one_source_water_one_after_the_other(
     ]
     assert [d["reason"] for d in waited] == ["capacity"]
     assert datetime.now(UTC) > datetime.fromisoformat(second["stopped_at"])
+
+
+async def test_replace_stops_the_running_pump_on_the_source_then_starts_never_overlapping(
+    api: httpx.AsyncClient, spawn: StartProcess, device: httpx.AsyncClient
+) -> None:
+    spawn("worker")
+    source = (
+        await api.post("/v1/water-sources", json={"name": "main", "max_concurrent_pumps": 1})
+    ).json()
+    zones = [await dry_zone(api, name, source["id"]) for name in ("east", "west")]
+    running, wanted = (z["pump"] for z in zones)
+    first = await api.post(f"/v1/pumps/{running['id']}/activations", json={"duration_s": 3})
+    assert first.status_code == 202
+
+    async def started(hardware_id: str) -> bool:
+        return bool(await runs(device, hardware_id))
+
+    await wait_for(lambda: started(running["hardware_id"]))
+    replacing = await api.post(
+        f"/v1/pumps/{wanted['id']}/activations", json={"duration_s": 2, "queue": "replace"}
+    )
+    assert replacing.status_code == 202, replacing.text
+    assert replacing.json()["kind"] == "run_request"
+
+    async def both_done() -> bool:
+        a, b = [await runs(device, p["hardware_id"]) for p in (running, wanted)]
+        return len(a) == 1 and len(b) == 1 and bool(a[0]["stopped_at"] and b[0]["stopped_at"])
+
+    await wait_for(both_done, timeout_s=20)
+    (stopped,), (replacement,) = [await runs(device, p["hardware_id"]) for p in (running, wanted)]
+    assert stopped["stopped_by"] == "command"  # cut short, not its own auto-off
+    assert datetime.fromisoformat(stopped["stopped_at"]) <= datetime.fromisoformat(
+        replacement["started_at"]
+    )
+    stopped_activation = (await api.get(f"/v1/activations/{first.json()['id']}")).json()
+    assert stopped_activation["stop_cause"] == "replaced"

@@ -43,7 +43,7 @@ from irrigation.pumps.errors import (
     PumpFault,
     Refused,
 )
-from irrigation.pumps.models import ACTIVE, Priority, PumpActivation
+from irrigation.pumps.models import ACTIVE, ActivationStatus, Priority, PumpActivation
 from irrigation.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -221,7 +221,8 @@ async def request_run(
     except DBAPIError as exc:
         raise pumps.unavailable_if_lock_timeout(exc) from None
     for activation in to_stop:
-        if activation.status != "aborted":
+        # A queued run was aborted in the transaction; a started one needs the device told.
+        if activation.status in (ActivationStatus.starting, ActivationStatus.running):
             await queue.enqueue_stop(redis, activation.id, "replaced")
     await dispatch(session, settings, redis, site_id)
     async with session.begin():
