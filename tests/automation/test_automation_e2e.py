@@ -11,7 +11,9 @@ from tests.processes import StartProcess
 from tests.pumps.test_activation_e2e import runs, wait_for
 
 
-async def dry_zone(api: httpx.AsyncClient, name: str, source_id: str) -> dict[str, Any]:
+async def dry_zone(
+    api: httpx.AsyncClient, name: str, source_id: str, max_runtime_s: int = 3
+) -> dict[str, Any]:
     zone = (await api.post("/v1/zones", json={"name": name, "timezone": "UTC"})).json()
     pump = await api.post(
         "/v1/pumps",
@@ -21,7 +23,7 @@ async def dry_zone(api: httpx.AsyncClient, name: str, source_id: str) -> dict[st
             "name": name,
             "hardware_id": f"hw-{name}",
             "cooldown_s": 1,
-            "max_runtime_s": 3,
+            "max_runtime_s": max_runtime_s,
         },
     )
     assert pump.status_code == 201, pump.text
@@ -90,9 +92,10 @@ async def test_replace_stops_the_running_pump_on_the_source_then_starts_never_ov
     source = (
         await api.post("/v1/water-sources", json={"name": "main", "max_concurrent_pumps": 1})
     ).json()
-    zones = [await dry_zone(api, name, source["id"]) for name in ("east", "west")]
+    zones = [await dry_zone(api, name, source["id"], max_runtime_s=10) for name in ("e", "w")]
     running, wanted = (z["pump"] for z in zones)
-    first = await api.post(f"/v1/pumps/{running['id']}/activations", json={"duration_s": 3})
+    # Long enough that only the replace can end it early, however loaded the machine.
+    first = await api.post(f"/v1/pumps/{running['id']}/activations", json={"duration_s": 10})
     assert first.status_code == 202
 
     async def started(hardware_id: str) -> bool:
