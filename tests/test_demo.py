@@ -73,7 +73,7 @@ async def test_the_demo_site_has_weather_a_rule_and_a_schedule(
     assert [
         (r["zone_id"], r["start_below"], r["stop_above"], r["duration_s"], r["window_s"])
         for r in rules
-    ] == [(str(demo_site.zone_id), 30, 45, 20, 120)]
+    ] == [(str(demo_site.zone_id), 30, 40, 20, 60)]
     schedules = (await _get(api, "/v1/schedules"))["items"]
     assert [
         (s["zone_id"], s["cron"], s["duration_s"], s["skip_if_moisture_above"]) for s in schedules

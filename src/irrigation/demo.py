@@ -104,10 +104,12 @@ async def ensure_demo(session: AsyncSession, settings: Settings, saved_key: str 
             ThresholdRuleCreate(
                 zone_id=zone_id,
                 name="Demo: water when dry",
+                # A 1-minute mean: one watering (+25 points from the feeder) lifts it above
+                # stop_above within a minute, so the rule re-arms and the cycle goes on.
                 start_below=30,
-                stop_above=45,
+                stop_above=40,
                 duration_s=20,
-                window_s=120,
+                window_s=60,
             ),
         )
     if zone_id is not None and not has_schedule:
