@@ -68,21 +68,22 @@ def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
         await redis.aclose()
         await engine.dispose()
 
-    def every_second(job: Any) -> Any:
+    def scheduled(job: Any, **when: Any) -> Any:
         # The queue in the name keeps cron ids apart for stacks sharing one Redis.
         name = f"cron:{settings.queue_name}:{job.__name__}"
-        return cron(
-            job, name=name, second=EVERY_SECOND, run_at_startup=True, timeout=PUMP_JOB_TIMEOUT_S
-        )
+        return cron(job, name=name, timeout=PUMP_JOB_TIMEOUT_S, **when)
+
+    def every_second(job: Any) -> Any:
+        return scheduled(job, second=EVERY_SECOND, run_at_startup=True)
 
     return Worker(
         functions=[
             func(jobs.start_activation, name=queue.START_ACTIVATION, timeout=PUMP_JOB_TIMEOUT_S),
             func(jobs.stop_activation, name=queue.STOP_ACTIVATION, timeout=PUMP_JOB_TIMEOUT_S),
-            # An import runs in slices well inside this timeout, each asking to be run again
-            # (a "try" to arq) until the file is done: hence the many tries.
             func(automation.evaluate_zones, name=queue.EVALUATE_ZONES, timeout=PUMP_JOB_TIMEOUT_S),
             func(automation.dispatch_runs, name=queue.DISPATCH_RUNS, timeout=PUMP_JOB_TIMEOUT_S),
+            # An import runs in slices well inside this timeout, each asking to be run again
+            # (a "try" to arq) until the file is done: hence the many tries.
             func(
                 imports.process_import,
                 name=queue.PROCESS_IMPORT,
@@ -94,68 +95,18 @@ def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
             every_second(jobs.watchdog),
             every_second(jobs.relay_outbox),
             every_second(webhooks.deliver_webhooks),
-            cron(
-                alert_jobs.evaluate_alerts,
-                name=f"cron:{settings.queue_name}:evaluate_alerts",
-                second=set(range(0, 60, 10)),
-                timeout=PUMP_JOB_TIMEOUT_S,
-            ),
             every_second(automation.dispatch_runs),
-            cron(
-                automation.fire_schedules,
-                name=f"cron:{settings.queue_name}:fire_schedules",
-                second=set(range(0, 60, 5)),
-                run_at_startup=True,
-                timeout=PUMP_JOB_TIMEOUT_S,
+            scheduled(alert_jobs.evaluate_alerts, second=set(range(0, 60, 10))),
+            scheduled(automation.fire_schedules, second=set(range(0, 60, 5)), run_at_startup=True),
+            scheduled(automation.sweep_rules, second={3, 33}),
+            scheduled(purge_automation_history, minute={47}, second={0}),
+            scheduled(
+                automation.refresh_water_levels, minute={5, 35}, second={13}, run_at_startup=True
             ),
-            cron(
-                automation.sweep_rules,
-                name=f"cron:{settings.queue_name}:sweep_rules",
-                second={3, 33},
-                timeout=PUMP_JOB_TIMEOUT_S,
-            ),
-            cron(
-                purge_automation_history,
-                name=f"cron:{settings.queue_name}:purge_automation_history",
-                minute={47},
-                second={0},
-                timeout=PUMP_JOB_TIMEOUT_S,
-            ),
-            cron(
-                automation.refresh_water_levels,
-                name=f"cron:{settings.queue_name}:refresh_water_levels",
-                minute={5, 35},
-                second={13},
-                run_at_startup=True,
-                timeout=PUMP_JOB_TIMEOUT_S,
-            ),
-            cron(
-                imports.requeue_unfinished_imports,
-                name=f"cron:{settings.queue_name}:requeue_unfinished_imports",
-                second={41},
-                timeout=PUMP_JOB_TIMEOUT_S,
-            ),
-            cron(
-                imports.sweep_orphan_uploads,
-                name=f"cron:{settings.queue_name}:sweep_orphan_uploads",
-                minute={17},
-                second={30},
-                timeout=PUMP_JOB_TIMEOUT_S,
-            ),
-            cron(
-                retention.purge_raw_readings,
-                name=f"cron:{settings.queue_name}:purge_raw_readings",
-                minute={23},
-                second={0},
-                timeout=PUMP_JOB_TIMEOUT_S,
-            ),
-            cron(
-                purge_idempotency_keys,
-                name=f"cron:{settings.queue_name}:purge_idempotency_keys",
-                minute={0, 30},
-                second={7},
-                timeout=PUMP_JOB_TIMEOUT_S,
-            ),
+            scheduled(imports.requeue_unfinished_imports, second={41}),
+            scheduled(imports.sweep_orphan_uploads, minute={17}, second={30}),
+            scheduled(retention.purge_raw_readings, minute={23}, second={0}),
+            scheduled(purge_idempotency_keys, minute={0, 30}, second={7}),
         ],
         queue_name=settings.queue_name,
         redis_pool=redis,
