@@ -61,8 +61,7 @@ async def update_subscription(
 ) -> WebhookSubscription:
     """Compare-and-set on `version`. Disabling gives up its pending deliveries: a receiver
     switched off is not flooded with stale events when it is switched on again."""
-    values = body.model_dump(exclude_unset=True, exclude={"version"})
-    values = {k: v for k, v in values.items() if v is not None or k in WebhookUpdate.nullable}
+    values = body.changes()
     if "events" in values:
         values["events"] = [str(e) for e in values["events"]]
     async with session.begin():

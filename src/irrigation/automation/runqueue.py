@@ -9,7 +9,7 @@ so a run request becomes at most one activation."""
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -105,17 +105,7 @@ async def add(
     source, pump, now = await lock_source_and_pump(
         session, site_id, wish.pump_id, all_pumps=wish.queue == "replace"
     )
-    zone_tz = (
-        await session.execute(select(Zone.timezone).where(Zone.id == pump.zone_id))
-    ).scalar_one()
-    if wish.duration_s > pump.max_runtime_s:
-        raise Invalid(
-            f"duration_s {wish.duration_s} exceeds this pump's max_runtime_s "
-            f"({pump.max_runtime_s} s)",
-            field="body.duration_s",
-            code="duration_exceeds_max_runtime",
-            max_runtime_s=pump.max_runtime_s,
-        )
+    pumps.check_duration(pump, wish.duration_s)
     rank = RANK[wish.priority]
     stamp = int(now.timestamp() * 1_000_000)
     request = RunRequest(
@@ -139,18 +129,26 @@ async def add(
     session.add(request)
     await session.flush()
     superseded = (
-        await session.execute(
-            update(RunRequest)
-            .where(
-                RunRequest.pump_id == pump.id,
-                RunRequest.status == RunStatus.waiting,
-                RunRequest.rank > rank,
+        (
+            await session.execute(
+                update(RunRequest)
+                .where(
+                    RunRequest.pump_id == pump.id,
+                    RunRequest.status == RunStatus.waiting,
+                    RunRequest.rank > rank,
+                )
+                .values(status=RunStatus.superseded, resolved_at=now, last_reason="superseded")
+                .returning(RunRequest)
+                .execution_options(synchronize_session=False)
             )
-            .values(status=RunStatus.superseded, resolved_at=now, last_reason="superseded")
-            .returning(RunRequest)
-            .execution_options(synchronize_session=False)
         )
-    ).scalars()
+        .scalars()
+        .all()
+    )
+    if superseded:  # the zone's time zone only for the sentence
+        zone_tz = (
+            await session.execute(select(Zone.timezone).where(Zone.id == pump.zone_id))
+        ).scalar_one()
     for old in superseded:
         record(
             session,
@@ -585,14 +583,3 @@ async def get(session: AsyncSession, site_id: uuid.UUID, request_id: uuid.UUID) 
     if request is None:
         raise NotFound("run request not found")
     return request
-
-
-async def waiting_count(session: AsyncSession, pump_id: uuid.UUID) -> int:
-    stmt = select(func.count()).where(
-        RunRequest.pump_id == pump_id, RunRequest.status == RunStatus.waiting
-    )
-    return int((await session.execute(stmt)).scalar_one())
-
-
-def deadline_after(now: datetime, seconds: int) -> datetime:
-    return now + timedelta(seconds=seconds)

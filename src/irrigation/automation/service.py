@@ -19,15 +19,8 @@ from irrigation.automation.schemas import (
 )
 from irrigation.common import repository as repo
 from irrigation.common.clock import db_now
-from irrigation.common.errors import Invalid, NotFound
+from irrigation.common.errors import Invalid
 from irrigation.fleet.models import Pump, Zone
-
-
-async def _zone(session: AsyncSession, site_id: uuid.UUID, zone_id: uuid.UUID) -> Zone:
-    try:
-        return await repo.get_owned(session, Zone, site_id, zone_id, for_update=True)
-    except NotFound:
-        raise Invalid(f"zone {zone_id} not found", field="body.zone_id") from None
 
 
 async def _pump_of_zone(
@@ -35,9 +28,7 @@ async def _pump_of_zone(
 ) -> None:
     if pump_id is None:
         return
-    pump = await session.get(Pump, pump_id)
-    if pump is None or pump.site_id != site_id:
-        raise Invalid(f"pump {pump_id} not found", field="body.pump_id")
+    pump = await repo.get_referenced(session, Pump, site_id, pump_id, "pump_id")
     if pump.zone_id != zone_id:
         raise Invalid(f"pump {pump_id} is not in zone {zone_id}", field="body.pump_id")
 
@@ -49,7 +40,7 @@ async def create_rule(
     session: AsyncSession, site_id: uuid.UUID, body: ThresholdRuleCreate
 ) -> ThresholdRule:
     async with session.begin():
-        await _zone(session, site_id, body.zone_id)
+        await repo.get_referenced(session, Zone, site_id, body.zone_id, "zone_id")
         await _pump_of_zone(session, site_id, body.zone_id, body.pump_id)
         rule = ThresholdRule(site_id=site_id, **body.model_dump())
         await repo.flush_new(session, rule)
@@ -64,7 +55,7 @@ async def update_rule(
     body: ThresholdRuleUpdate,
 ) -> ThresholdRule:
     async with session.begin():
-        values = _values(body)
+        values = body.changes()
         current = await repo.get_owned(session, ThresholdRule, site_id, rule_id, for_update=True)
         if current.version == version:
             low = values.get("start_below", current.start_below)
@@ -76,11 +67,6 @@ async def update_rule(
         return await repo.update_versioned(
             session, ThresholdRule, site_id, rule_id, version, values
         )
-
-
-def _values(body: ThresholdRuleUpdate | ScheduleUpdate) -> dict[str, Any]:
-    values = body.model_dump(exclude_unset=True, exclude={"version"})
-    return {k: v for k, v in values.items() if v is not None or k in body.nullable}
 
 
 # Schedules -----------------------------------------------------------------------------
@@ -97,7 +83,7 @@ async def create_schedule(
     session: AsyncSession, site_id: uuid.UUID, body: ScheduleCreate
 ) -> Schedule:
     async with session.begin():
-        zone = await _zone(session, site_id, body.zone_id)
+        zone = await repo.get_referenced(session, Zone, site_id, body.zone_id, "zone_id")
         await _pump_of_zone(session, site_id, body.zone_id, body.pump_id)
         schedule = Schedule(site_id=site_id, **body.model_dump(mode="json"))
         schedule.zone_id, schedule.pump_id = body.zone_id, body.pump_id
@@ -114,7 +100,7 @@ async def update_schedule(
     body: ScheduleUpdate,
 ) -> Schedule:
     async with session.begin():
-        values = _values(body)
+        values = body.changes()
         if "weekdays" in values and values["weekdays"] is not None:
             values["weekdays"] = [str(d) for d in values["weekdays"]]
         current = await repo.get_owned(session, Schedule, site_id, schedule_id, for_update=True)

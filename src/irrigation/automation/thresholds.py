@@ -68,9 +68,11 @@ def automation_gate(
 async def zone_pumps(
     session: AsyncSession, zone_id: uuid.UUID, pump_id: uuid.UUID | None
 ) -> list[Pump]:
-    stmt = select(Pump).where(Pump.zone_id == zone_id, Pump.enabled)
-    if pump_id is not None:
-        stmt = select(Pump).where(Pump.id == pump_id)
+    """The rule's or schedule's own pump, else every enabled pump of the zone, by name."""
+    where = Pump.id == pump_id if pump_id is not None else Pump.zone_id == zone_id
+    stmt = select(Pump).where(where)
+    if pump_id is None:
+        stmt = stmt.where(Pump.enabled)
     return list((await session.execute(stmt.order_by(Pump.name, Pump.id))).scalars())
 
 

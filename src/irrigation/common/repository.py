@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped
 
 from irrigation.common.dberrors import FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, pg_error
-from irrigation.common.errors import Duplicate, InUse, NotFound, StaleVersion
+from irrigation.common.errors import Duplicate, InUse, Invalid, NotFound, StaleVersion
 from irrigation.common.pagination import PageParams, page_of, paginate
 
 
@@ -41,6 +41,17 @@ async def get_owned(
     if row is None:
         raise NotFound(f"{label(model)} not found")
     return row
+
+
+async def get_referenced(
+    session: AsyncSession, model: type[M], site_id: uuid.UUID, row_id: uuid.UUID, field: str
+) -> M:
+    """The row a body refers to, key-share locked so it cannot vanish before commit; another
+    site's (or no) row is a bad request naming the field (422), not a leak."""
+    try:
+        return await get_owned(session, model, site_id, row_id, for_update=True)
+    except NotFound:
+        raise Invalid(f"{label(model)} {row_id} not found", field=f"body.{field}") from None
 
 
 async def list_owned(

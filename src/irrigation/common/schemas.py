@@ -2,7 +2,7 @@
 
 import uuid
 from datetime import datetime
-from typing import Annotated, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -30,6 +30,12 @@ class UpdateBody(Body):
             if getattr(self, name) is None:
                 raise ValueError(f"{name} may not be null")
         return self
+
+    def changes(self) -> dict[str, Any]:
+        """The fields sent, to set on the row (`version` is the compare-and-set's, not a
+        change); an explicit null only where `nullable` allows clearing."""
+        sent = self.model_dump(exclude_unset=True, exclude={"version"})
+        return {k: v for k, v in sent.items() if v is not None or k in self.nullable}
 
 
 class StoredOut(BaseModel):

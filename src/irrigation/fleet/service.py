@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation.common import repository as repo
-from irrigation.common.errors import Invalid, NotFound, VersionRequired
+from irrigation.common.errors import Invalid, VersionRequired
 from irrigation.common.pagination import PageParams
 from irrigation.fleet.models import Pump, Sensor, WaterSource, Zone
 from irrigation.fleet.schemas import (
@@ -37,16 +37,6 @@ def require_version(body_version: int | None, if_match: int | None) -> int:
     return version
 
 
-async def _reference(
-    session: AsyncSession, model: type[Any], site_id: uuid.UUID, row_id: uuid.UUID, field: str
-) -> Any:
-    """A body reference to another site's (or no) row is a bad request, not a leak."""
-    try:
-        return await repo.get_owned(session, model, site_id, row_id, for_update=True)
-    except NotFound:
-        raise Invalid(f"{repo.label(model)} {row_id} not found", field=f"body.{field}") from None
-
-
 # Zones ---------------------------------------------------------------------------------
 
 
@@ -61,8 +51,7 @@ async def update_zone(
     session: AsyncSession, site_id: uuid.UUID, zone_id: uuid.UUID, version: int, body: ZoneUpdate
 ) -> Zone:
     async with session.begin():
-        values = body.model_dump(exclude_unset=True, exclude={"version"})
-        values = {k: v for k, v in values.items() if v is not None or k in ZoneUpdate.nullable}
+        values = body.changes()
         current = await repo.get_owned(session, Zone, site_id, zone_id, for_update=True)
         if current.version == version:
             low = values.get("et_min_pct", current.et_min_pct)
@@ -91,9 +80,8 @@ async def update_water_source(
     body: WaterSourceUpdate,
 ) -> WaterSource:
     async with session.begin():
-        values = body.model_dump(exclude_unset=True, exclude={"version"}, exclude_none=True)
         return await repo.update_versioned(
-            session, WaterSource, site_id, source_id, version, values
+            session, WaterSource, site_id, source_id, version, body.changes()
         )
 
 
@@ -137,11 +125,13 @@ async def create_pump(
 ) -> Pump:
     _check_limits(settings, body.max_runtime_s, body.cooldown_s)
     async with session.begin():
-        zone: Zone = await _reference(session, Zone, site_id, body.zone_id, "zone_id")
+        zone: Zone = await repo.get_referenced(session, Zone, site_id, body.zone_id, "zone_id")
         if body.water_source_id is None:
             source_id = await _default_water_source(session, zone)
         else:
-            await _reference(session, WaterSource, site_id, body.water_source_id, "water_source_id")
+            await repo.get_referenced(
+                session, WaterSource, site_id, body.water_source_id, "water_source_id"
+            )
             source_id = body.water_source_id
         pump = Pump(
             site_id=site_id,
@@ -171,11 +161,12 @@ async def update_pump(
     _check_limits(settings, body.max_runtime_s, body.cooldown_s)
     async with session.begin():
         if body.zone_id is not None:
-            await _reference(session, Zone, site_id, body.zone_id, "zone_id")
+            await repo.get_referenced(session, Zone, site_id, body.zone_id, "zone_id")
         if body.water_source_id is not None:
-            await _reference(session, WaterSource, site_id, body.water_source_id, "water_source_id")
-        values = body.model_dump(exclude_unset=True, exclude={"version"}, exclude_none=True)
-        return await repo.update_versioned(session, Pump, site_id, pump_id, version, values)
+            await repo.get_referenced(
+                session, WaterSource, site_id, body.water_source_id, "water_source_id"
+            )
+        return await repo.update_versioned(session, Pump, site_id, pump_id, version, body.changes())
 
 
 def pump_status(pump: Pump, now: datetime) -> PumpStatus:
@@ -209,7 +200,7 @@ def _range_of(kind: str, min_value: float | None, max_value: float | None) -> tu
 
 async def create_sensor(session: AsyncSession, site_id: uuid.UUID, body: SensorCreate) -> Sensor:
     async with session.begin():
-        await _reference(session, Zone, site_id, body.zone_id, "zone_id")
+        await repo.get_referenced(session, Zone, site_id, body.zone_id, "zone_id")
         _check_range(body.kind, body.min_value, body.max_value, body.model_fields_set)
         sensor = Sensor(site_id=site_id, **body.model_dump())
         await repo.flush_new(session, sensor)
@@ -225,10 +216,8 @@ async def update_sensor(
 ) -> Sensor:
     async with session.begin():
         if body.zone_id is not None:
-            await _reference(session, Zone, site_id, body.zone_id, "zone_id")
-        # min/max may be cleared with an explicit null, so keep None for those two.
-        values = body.model_dump(exclude_unset=True, exclude={"version"})
-        values = {k: v for k, v in values.items() if v is not None or k in SensorUpdate.nullable}
+            await repo.get_referenced(session, Zone, site_id, body.zone_id, "zone_id")
+        values = body.changes()  # min/max and the alert band may be cleared with a null
         # Checked on the locked row before the UPDATE, whose CHECK (min < max) would otherwise
         # fail as a 500. A stale version is left for `update_versioned` to refuse with 409.
         current = await repo.get_owned(session, Sensor, site_id, sensor_id, for_update=True)

@@ -15,7 +15,6 @@ from typing import Any, cast
 
 import structlog
 from arq.connections import ArqRedis
-from redis.asyncio import Redis
 
 from irrigation import queue
 from irrigation.ingest.schemas import ReadingIn
@@ -26,7 +25,7 @@ BACKOFF_S = 5.0
 
 
 class HotCache:
-    def __init__(self, redis: Redis, namespace: str, timeout_s: float) -> None:
+    def __init__(self, redis: ArqRedis, namespace: str, timeout_s: float) -> None:
         self.redis = redis
         self.namespace = namespace
         self.timeout_s = timeout_s
@@ -50,7 +49,7 @@ class HotCache:
         """Ask for the automation of these zones to look at their new readings; behind the
         same breaker as the cache, so a dead Redis costs one timeout per back-off, not one
         per batch."""
-        if not zone_ids or not self._available() or not isinstance(self.redis, ArqRedis):
+        if not zone_ids or not self._available():
             return
         try:
             await queue.request_zone_evaluation(self.redis, zone_ids, delay_s)

@@ -56,8 +56,9 @@ async def check(
     specs = await sensor_specs(session, site_id, ids)
     retention = timedelta(days=settings.raw_retention_days)
     checked = check_items(parsed, specs, utcnow(), retention, offset)
-    sensors = {item.sensor_id for item in checked.accepted}
-    zones = {z for s in sensors if (z := specs[s].zone_id) is not None}
+    # From the batch's ~100 sensors, not its 10,000 items: a zone whose items were all
+    # quarantined is asked to look again for nothing, which costs less than the pass.
+    zones = {spec.zone_id for spec in specs.values() if spec.zone_id is not None}
     return dataclasses.replace(checked, zone_ids=zones)
 
 

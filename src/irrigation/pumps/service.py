@@ -157,6 +157,16 @@ def unavailable_if_lock_timeout(exc: DBAPIError) -> Exception:
     return exc
 
 
+def check_duration(pump: Pump, duration_s: int) -> None:
+    if duration_s > pump.max_runtime_s:
+        raise Invalid(
+            f"duration_s {duration_s} exceeds this pump's max_runtime_s ({pump.max_runtime_s} s)",
+            field="body.duration_s",
+            code="duration_exceeds_max_runtime",
+            max_runtime_s=pump.max_runtime_s,
+        )
+
+
 async def lock_source_of(
     session: AsyncSession, site_id: uuid.UUID, pump_id: uuid.UUID
 ) -> WaterSource:
@@ -209,14 +219,7 @@ async def admit(
         raise PumpDisabled()
     if pump.fault:
         raise PumpFault(pump.fault)
-    if run.duration_s > pump.max_runtime_s:
-        raise Invalid(
-            f"duration_s {run.duration_s} exceeds this pump's max_runtime_s "
-            f"({pump.max_runtime_s} s)",
-            field="body.duration_s",
-            code="duration_exceeds_max_runtime",
-            max_runtime_s=pump.max_runtime_s,
-        )
+    check_duration(pump, run.duration_s)
     if pump.active_activation_id is not None:
         # Waiting helps once the run has ended and the pump has rested.
         run_ends = busy_deadline or now + timedelta(seconds=busy_duration or 0)
