@@ -42,6 +42,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
@@ -52,6 +53,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 
 from irrigation.db import create_sessionmaker
 from irrigation.ingest import store
+from irrigation.ingest.rows import encode
 from irrigation.readings import queries, retention
 from irrigation.readings.schemas import Bucket
 
@@ -499,7 +501,7 @@ async def hot_path_costs(
     finally:
         await engine.dispose()
     # 10,000 new readings a batch (100 sensors x 100 instants past the data), as ingestion
-    # sends them: the same statement, the readings table swapped.
+    # writes them: the same COPY and rollup statement, the readings table swapped.
     sensors = [sid for _, zone in fleet.zones for sid in zone][:100]
     write: dict[str, list[float]] = {t: [] for t in tables}
     for i in range(runs):
@@ -507,16 +509,15 @@ async def hot_path_costs(
             base = end + timedelta(hours=1 + 2 * i + k)
             batch = [(sid, base + timedelta(seconds=s)) for s in range(100) for sid in sensors]
             batch.sort()
-            sql = store.INSERT_READINGS.replace("sensor_readings", table)
+            encoded = encode(
+                [
+                    SimpleNamespace(sensor_id=sid, ts=ts, value=50.0, quality=100)
+                    for sid, ts in batch
+                ]
+            )
             async with conn.transaction():
                 elapsed = await timed(
-                    lambda sql=sql, batch=batch: conn.fetchval(
-                        sql,
-                        [sid for sid, _ in batch],
-                        [ts.timestamp() for _, ts in batch],  # epoch seconds, as it takes
-                        [50.0] * len(batch),
-                        [100] * len(batch),
-                    )
+                    lambda table=table, encoded=encoded: store.write_rows(conn, encoded, table)
                 )
             write[table].append(elapsed)
     plain, parted = tables

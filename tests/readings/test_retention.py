@@ -2,7 +2,7 @@
 budget; the hourly rollups stay, and aggregates of the purged range still answer from them.
 
 Old readings are written straight into the database with ingestion's own statement
-(`store.INSERT_READINGS`, so the rollups are built as ingestion builds them): the API
+(`store.write_rows`, so the rollups are built as ingestion builds them): the API
 refuses readings older than the retention, as it should."""
 
 import asyncio
@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from irrigation.common.clock import utcnow
 from irrigation.db import create_engine, create_sessionmaker
 from irrigation.ingest import store
+from irrigation.ingest.rows import encode
 from irrigation.readings import retention
 from irrigation.readings.queries import raw_horizon
 from irrigation.settings import Settings
@@ -59,14 +60,12 @@ async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
 
 
 async def insert_directly(db: asyncpg.Connection, readings: Sequence[Reading]) -> None:
-    ordered = sorted(readings, key=lambda r: (r.sensor_id, r.ts))
-    await db.fetchval(
-        store.INSERT_READINGS,
-        [uuid.UUID(r.sensor_id) for r in ordered],
-        [r.ts.timestamp() for r in ordered],  # the statement takes epoch seconds
-        [r.value for r in ordered],
-        [r.quality for r in ordered],
-    )
+    typed = [
+        SimpleNamespace(sensor_id=uuid.UUID(r.sensor_id), ts=r.ts, value=r.value, quality=r.quality)
+        for r in readings
+    ]
+    async with db.transaction():
+        await store.write_rows(db, encode(typed))
 
 
 def every(sensor: str, first: datetime, count: int, step: timedelta) -> list[Reading]:

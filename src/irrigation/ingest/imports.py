@@ -36,9 +36,10 @@ from irrigation import queue
 from irrigation.common.clock import utcnow
 from irrigation.common.dberrors import pg_error
 from irrigation.common.errors import DomainError, Invalid, PayloadTooLarge, Unavailable
-from irrigation.ingest import service, store
+from irrigation.ingest import service
 from irrigation.ingest.cache import HotCache
 from irrigation.ingest.models import IngestionJob, JobSource, JobStatus, QuarantineReason
+from irrigation.ingest.rows import Rows
 from irrigation.ingest.schemas import ReadingIn
 from irrigation.ingest.validation import Rejected, parse_items
 from irrigation.settings import Settings
@@ -500,7 +501,7 @@ async def _commit_chunk(
     job_id: uuid.UUID,
     parsed: list[ReadingIn | Rejected],
     offset: int,
-) -> list[ReadingIn]:
+) -> Rows:
     """Readings, rollups, quarantine and the job's counts in one transaction. The job row is
     locked first and must still be at `offset`: two runs of one job can never both write
     a chunk, whatever arq does. Returns the chunk's readings as stored, for the cache."""
@@ -512,18 +513,12 @@ async def _commit_chunk(
                 if job.status != JobStatus.running or job.processed != offset:
                     raise _Superseded
                 checked = await service.check(session, settings, job.site_id, parsed, offset)
-                inserted = await service.write_checked(session, job.site_id, job_id, checked)
+                written = await service.write_checked(session, job.site_id, job_id, checked)
                 job.processed += len(parsed)
-                job.inserted += inserted
-                duplicates = len(checked.accepted) - inserted
-                job.duplicates += duplicates
+                job.inserted += written.inserted
+                job.duplicates += written.duplicates
                 job.quarantined += len(checked.rejected)
-                # As for a batch: a duplicate may differ from the row it lost to, and the
-                # cache must show the stored value.
-                stored = checked.accepted
-                if duplicates:
-                    stored = await store.stored_readings(session, checked.accepted)
-            return stored
+            return written.stored
         except DBAPIError as exc:
             # Live batches for the same sensors can deadlock with a chunk on rollup rows.
             if pg_error(exc).sqlstate != service.DEADLOCK_DETECTED or attempt == service.ATTEMPTS:

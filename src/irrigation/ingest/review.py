@@ -22,6 +22,7 @@ from irrigation.ingest.models import (
     QuarantineReason,
     ReviewStatus,
 )
+from irrigation.ingest.rows import encode
 from irrigation.ingest.schemas import (
     QuarantineCorrection,
     ReadingIn,
@@ -122,7 +123,8 @@ async def approve(
     async with session.begin():
         item = await _lock_pending(session, site_id, item_id)
         reading = await _recheck(session, settings, site_id, item.raw, correction)
-        inserted = await store.insert_readings(session, [reading]) == 1
+        encoded = encode([reading])
+        inserted = await store.insert_readings(session, encoded) == 1
         item.review_status = ReviewStatus.approved
         item.reviewed_at = utcnow()
         item.reviewed_by = reviewer
@@ -130,7 +132,7 @@ async def approve(
             item.correction = correction.model_dump(mode="json", exclude_none=True) or None
         await session.flush()
     if inserted:  # a duplicate is not what the database holds: keep it out of the cache
-        await cache.record([reading])
+        await cache.record(encoded)
     return Approval(item, reading, inserted)
 
 

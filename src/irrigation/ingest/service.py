@@ -3,6 +3,7 @@
 import dataclasses
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -21,6 +22,7 @@ from irrigation.fleet.service import valid_range
 from irrigation.ingest import store
 from irrigation.ingest.cache import HotCache
 from irrigation.ingest.models import IngestionJob, JobSource, JobStatus, SensorReading
+from irrigation.ingest.rows import Rows, encode
 from irrigation.ingest.schemas import IngestionJobOut, IngestResult, QuarantinedItem, ReadingIn
 from irrigation.ingest.validation import Checked, Rejected, SensorSpec, check_items
 from irrigation.settings import Settings
@@ -62,13 +64,26 @@ async def check(
     return dataclasses.replace(checked, zone_ids=zones)
 
 
+@dataclass(frozen=True)
+class Written:
+    inserted: int
+    duplicates: int
+    stored: Rows
+    """The accepted readings as the database now holds them, for the hot cache: a
+    duplicate may carry another value than the reading it lost to."""
+
+
 async def write_checked(
     session: AsyncSession, site_id: uuid.UUID, job_id: uuid.UUID, checked: Checked
-) -> int:
-    """Readings, rollups and quarantine within the caller's transaction; returns inserted."""
-    inserted = await store.insert_readings(session, checked.accepted)
+) -> Written:
+    """Readings, rollups and quarantine within the caller's transaction."""
+    encoded = encode(checked.accepted)
+    inserted = await store.insert_readings(session, encoded)
     await store.insert_quarantine(session, site_id, job_id, checked.rejected)
-    return inserted
+    stored = encoded
+    if inserted < len(encoded):  # some lost to readings stored before
+        stored = encode(await store.stored_readings(session, checked.accepted))
+    return Written(inserted, len(checked.accepted) - inserted, stored)
 
 
 async def ingest_batch(
@@ -107,7 +122,7 @@ async def _ingest_once(
     parsed: list[ReadingIn | Rejected],
     idem: IdempotentRequest | None,
     started: float,
-) -> tuple[StoredAnswer, list[ReadingIn] | None, set[uuid.UUID]]:
+) -> tuple[StoredAnswer, Rows | None, set[uuid.UUID]]:
     """The answer, and the readings as stored, for the cache (None for a replayed answer)."""
     ttl = settings.idempotency_ttl_s
     async with session.begin():
@@ -126,13 +141,9 @@ async def _ingest_once(
         )
         session.add(job)
         await session.flush()
-        inserted = await write_checked(session, site_id, job.id, checked)
-        job.inserted = inserted
-        job.duplicates = len(checked.accepted) - inserted
-        # A duplicate may carry another value than the row it lost to: cache the winners.
-        fresh = checked.accepted
-        if job.duplicates:
-            fresh = await store.stored_readings(session, checked.accepted)
+        written = await write_checked(session, site_id, job.id, checked)
+        job.inserted = written.inserted
+        job.duplicates = written.duplicates
         job.quarantined = len(checked.rejected)
         job.finished_at = utcnow()
         job.processing_time_ms = round((time.perf_counter() - started) * 1000)
@@ -150,7 +161,7 @@ async def _ingest_once(
         answer = StoredAnswer(200, result.model_dump(mode="json"), {})
         if idem is not None and await idempotency.store(session, idem, answer, ttl) is None:
             raise Unavailable("a request with this Idempotency-Key is in flight; retry")
-    return answer, fresh, checked.zone_ids
+    return answer, written.stored, checked.zone_ids
 
 
 async def latest(

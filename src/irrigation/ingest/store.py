@@ -1,8 +1,12 @@
-"""The bulk write path: one statement inserts the readings, merges the hourly rollups from
-the rows it actually inserted, and moves the sensors' last_seen_at.
+"""The bulk write path: readings, the hourly rollups from the rows actually inserted, and
+the sensors' last_seen_at, all in the caller's transaction.
 
-Core SQL on the asyncpg connection, not the ORM: arrays through `unnest` keep a 10,000-item
-batch to one round trip (see docs/benchmarks.md for the measured alternatives)."""
+Optimistic: a batch (already unique per key, see `rows`) is copied straight into
+`sensor_readings` with binary COPY inside a savepoint, and the rollups and last_seen_at
+follow in one statement computed from the batch. Only when the COPY hits a stored reading
+(a re-sent batch) does the savepoint roll back and the batch go through the temp table and
+`INSERT ... ON CONFLICT DO NOTHING RETURNING`, whose returned rows feed the rollups. Raw
+asyncpg, not the ORM: COPY and one round trip per statement (docs/benchmarks.md)."""
 
 import json
 import math
@@ -15,17 +19,41 @@ import asyncpg
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from irrigation.ingest import rows as batch_rows
+from irrigation.ingest.rows import Rows
 from irrigation.ingest.schemas import ReadingIn
 from irrigation.ingest.validation import Rejected
 
-INSERT_READINGS = """
-WITH input AS (
-    SELECT sensor_id, to_timestamp(epoch) AS ts, value, quality
-    FROM unnest($1::uuid[], $2::float8[], $3::float8[], $4::int2[])
-        AS t(sensor_id, epoch, value, quality)
-), ins AS (
-    INSERT INTO sensor_readings (sensor_id, ts, value, quality)
-    SELECT sensor_id, ts, value, quality FROM input ORDER BY sensor_id, ts
+COLUMNS = ("sensor_id", "ts", "value", "quality")
+SAVEPOINT = "ingest_copy"
+TEMP_TABLE = "ingest_rows"
+
+CREATE_TEMP = f"""
+CREATE TEMP TABLE IF NOT EXISTS {TEMP_TABLE}
+    (sensor_id uuid, ts timestamptz, value float8, quality int2) ON COMMIT DELETE ROWS
+"""
+
+ROLLUP_AND_SEEN = """
+WITH roll AS (
+    INSERT INTO reading_rollups_hourly AS r (sensor_id, bucket, count, sum, min, max)
+    SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::int8[], $4::float8[],
+                         $5::float8[], $6::float8[])
+    ORDER BY 1, 2
+    ON CONFLICT (sensor_id, bucket) DO UPDATE SET
+        count = r.count + EXCLUDED.count,
+        sum = r.sum + EXCLUDED.sum,
+        min = LEAST(r.min, EXCLUDED.min),
+        max = GREATEST(r.max, EXCLUDED.max)
+)
+UPDATE sensors AS s SET last_seen_at = GREATEST(s.last_seen_at, m.latest)
+FROM unnest($7::uuid[], $8::timestamptz[]) AS m(sensor_id, latest)
+WHERE s.id = m.sensor_id
+"""
+
+INSERT_FROM_TEMP = """
+WITH ins AS (
+    INSERT INTO {table} (sensor_id, ts, value, quality)
+    SELECT sensor_id, ts, value, quality FROM ingest_rows ORDER BY sensor_id, ts
     ON CONFLICT (sensor_id, ts) DO NOTHING
     RETURNING sensor_id, ts, value
 ), roll AS (
@@ -78,31 +106,49 @@ async def _as_dbapi_errors(statement: str) -> AsyncIterator[None]:
         raise DBAPIError(statement, None, exc) from exc
 
 
-async def insert_readings(session: AsyncSession, readings: Sequence[ReadingIn]) -> int:
+async def insert_readings(session: AsyncSession, rows: Rows) -> int:
     """Inserts within the session's transaction; returns how many were new."""
-    if not readings:
+    if not rows:
         return 0
-    # Sorted in SQL (ORDER BY), so concurrent batches take their locks in one order; in
-    # Python the sort cost 20-30 ms a batch (aware datetimes compare through utcoffset()).
-    driver = await _driver(session)
-    async with _as_dbapi_errors(INSERT_READINGS):
-        inserted: int = await driver.fetchval(
-            INSERT_READINGS,
-            [r.sensor_id for r in readings],
-            # Seconds since the epoch, not datetimes: asyncpg's timestamptz encoder cost
-            # ~11 ms a batch, this ~5. Exact to the microsecond for any date this service
-            # takes (checked on 200,000 random instants 1995-2040; to_timestamp rounds).
-            [r.ts.timestamp() for r in readings],
-            [r.value for r in readings],
-            [r.quality for r in readings],
+    async with _as_dbapi_errors("COPY sensor_readings"):
+        return await write_rows(await _driver(session), rows)
+
+
+async def write_rows(conn: Any, rows: Rows, table: str = "sensor_readings") -> int:
+    """On a raw asyncpg connection, inside its transaction (`table`: a copy of
+    sensor_readings, for the benchmarks)."""
+    # A memoryview: asyncpg would take bytes for a file name.
+    data = memoryview(rows.copy_data())
+    await conn.execute(f"SAVEPOINT {SAVEPOINT}")
+    try:
+        await conn.copy_to_table(table, source=data, columns=COLUMNS, format="binary")
+    except asyncpg.UniqueViolationError:
+        await conn.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+    else:
+        await conn.execute(f"RELEASE SAVEPOINT {SAVEPOINT}")
+        roll = batch_rows.rollups(rows)
+        await conn.execute(
+            ROLLUP_AND_SEEN,
+            roll.sensor_ids,
+            roll.buckets,
+            roll.counts,
+            roll.sums,
+            roll.mins,
+            roll.maxs,
+            *batch_rows.latest(rows),
         )
+        return len(rows)
+    # Some of these readings are stored already: the same rows through ON CONFLICT.
+    await conn.execute(CREATE_TEMP)
+    await conn.copy_to_table(TEMP_TABLE, source=data, columns=COLUMNS, format="binary")
+    inserted: int = await conn.fetchval(INSERT_FROM_TEMP.format(table=table))
     return inserted
 
 
 async def stored_readings(session: AsyncSession, readings: Sequence[ReadingIn]) -> list[ReadingIn]:
     """What the database holds at these readings' (sensor_id, ts), one per key: after a
     batch with duplicates, the values that won, for the hot cache to show. A second query
-    only for such batches: returning the inserted keys from INSERT_READINGS itself made
+    only for such batches: returning the inserted keys from the insert statement itself made
     every 10,000-item batch 20-30% slower (medians of 11, 10 sensors, same machine)."""
     driver = await _driver(session)
     async with _as_dbapi_errors(SELECT_STORED):

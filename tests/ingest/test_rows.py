@@ -1,0 +1,78 @@
+"""The batch's binary rows: one per (sensor, instant), the first sent kept, sorted by
+sensor then time (before 2000 too), and rollups that add up."""
+
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from types import SimpleNamespace
+
+from irrigation.ingest.rows import ROW, TAIL, by_sensor, decode_tail, encode, latest, rollups
+
+
+def reading(sensor: uuid.UUID, ts: datetime, value: float, quality: int = 100) -> SimpleNamespace:
+    return SimpleNamespace(sensor_id=sensor, ts=ts, value=value, quality=quality)
+
+
+def test_rows_are_unique_per_instant_the_first_sent_kept_and_sorted() -> None:
+    a, b = sorted([uuid.uuid4(), uuid.uuid4()], key=lambda u: u.bytes)
+    t = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    plus_two = timezone(timedelta(hours=2))
+    encoded = encode(
+        [
+            reading(b, t + timedelta(seconds=1), 3.0),
+            reading(a, t, 1.0, 90),
+            reading(a, t.astimezone(plus_two), 9.0),  # the same instant, another offset
+            reading(b, t, 2.0),
+            reading(a, t - timedelta(microseconds=1), 0.5),
+        ]
+    )
+    assert encoded.repeats == 1
+    decoded = [
+        (sensor, *decode_tail(row[TAIL])) for sensor, rows in by_sensor(encoded) for row in rows
+    ]
+    assert decoded == [
+        (a, t - timedelta(microseconds=1), 0.5, 100),
+        (a, t, 1.0, 90),
+        (b, t, 2.0, 100),
+        (b, t + timedelta(seconds=1), 3.0, 100),
+    ]
+    assert latest(encoded) == ([a, b], [t, t + timedelta(seconds=1)])
+
+
+def test_instants_before_2000_sort_before_later_ones() -> None:
+    sensor = uuid.uuid4()
+    times = [datetime(y, 6, 1, tzinfo=UTC) for y in (2001, 1999, 1970, 2000)]
+    encoded = encode([reading(sensor, ts, 1.0) for ts in times])
+    assert [decode_tail(row[TAIL])[0] for row in encoded.rows] == sorted(times)
+    assert latest(encoded) == ([sensor], [max(times)])
+
+
+def test_each_row_is_postgresqls_binary_tuple() -> None:
+    sensor = uuid.uuid4()
+    ts = datetime(2000, 1, 1, 0, 0, 1, tzinfo=UTC)
+    (row,) = encode([reading(sensor, ts, 2.5, 77)]).rows
+    assert ROW.unpack(row) == (4, 16, sensor.bytes, 8, 1_000_000, 8, 2.5, 2, 77)
+
+
+def test_rollups_per_sensor_and_utc_hour() -> None:
+    a, b = sorted([uuid.uuid4(), uuid.uuid4()], key=lambda u: u.bytes)
+    h = datetime(2026, 5, 1, 10, tzinfo=UTC)
+    encoded = encode(
+        [
+            reading(a, h + timedelta(minutes=59, seconds=59), 4.0),
+            reading(a, h, 1.0),
+            reading(a, h + timedelta(hours=1), 10.0),
+            reading(b, h + timedelta(minutes=30), -2.0),
+            reading(a, h + timedelta(minutes=5), 7.0),
+            reading(a, h + timedelta(minutes=5), 70.0),  # a repeat: never counted
+        ]
+    )
+    roll = rollups(encoded)
+    assert list(
+        zip(
+            roll.sensor_ids, roll.buckets, roll.counts, roll.sums, roll.mins, roll.maxs, strict=True
+        )
+    ) == [
+        (a, h, 3, 12.0, 1.0, 7.0),
+        (a, h + timedelta(hours=1), 1, 10.0, 10.0, 10.0),
+        (b, h, 1, -2.0, -2.0, -2.0),
+    ]

@@ -1,0 +1,119 @@
+"""The write path under pressure: batches copied straight in, and re-sent ones going through
+ON CONFLICT, racing each other on the same sensors and instants. Whatever the interleaving,
+every reading is stored once, counted once (inserted across all answers), rolled up once,
+and the first one sent of a repeated instant is what the database holds. Also: the live
+event per sensor on the readings channel."""
+
+import asyncio
+import json
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import redis.asyncio as aioredis
+
+from tests.fleet.helpers import Headers
+from tests.ingest.helpers import new_sensor, send
+
+STEP = timedelta(seconds=20)
+
+
+def value_of(sensor: int, slot: int) -> float:
+    return float((sensor * 31 + slot * 7) % 100)
+
+
+async def test_racing_overlapping_batches_store_count_and_roll_up_each_reading_once(
+    client: httpx.AsyncClient, admin: Headers, database_url: str
+) -> None:
+    sensors = [await new_sensor(client, admin) for _ in range(3)]
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=4)
+    slots = 540  # three hours of one reading every 20 s per sensor
+    rng = random.Random(7)
+
+    def item(s: int, j: int, value: float | None = None) -> dict[str, Any]:
+        return {
+            "sensor_id": sensors[s],
+            "ts": (start + j * STEP).isoformat(),
+            "value": value_of(s, j) if value is None else value,
+        }
+
+    keys = [(s, j) for s in range(3) for j in range(slots)]
+    batches = []
+    for _ in range(12):
+        chosen = rng.sample(keys, len(keys) // 3)  # overlapping, in random order
+        batch = [item(s, j) for s, j in chosen]
+        # A repeat of an instant within the batch, sent later with another value: it loses.
+        batch += [item(s, j, value=100.0 - value_of(s, j)) for s, j in chosen[:20]]
+        batches.append(batch)
+    answers = await asyncio.gather(*(send(client, admin, b) for b in batches))
+
+    distinct = {key for batch in batches for key in {(i["sensor_id"], i["ts"]) for i in batch}}
+    assert sum(a["inserted"] for a in answers) == len(distinct)
+    assert sum(a["inserted"] + a["duplicates"] for a in answers) == sum(map(len, batches))
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        stored = await conn.fetch(
+            "SELECT sensor_id, ts, value FROM sensor_readings WHERE sensor_id = ANY($1)",
+            [uuid.UUID(s) for s in sensors],
+        )
+        by_sql = await conn.fetch(
+            "SELECT sensor_id, date_trunc('hour', ts, 'UTC') AS bucket, count(*), sum(value),"
+            " min(value), max(value) FROM sensor_readings WHERE sensor_id = ANY($1)"
+            " GROUP BY 1, 2 ORDER BY 1, 2",
+            [uuid.UUID(s) for s in sensors],
+        )
+        rolled = await conn.fetch(
+            "SELECT sensor_id, bucket, count, sum, min, max FROM reading_rollups_hourly"
+            " WHERE sensor_id = ANY($1) ORDER BY 1, 2",
+            [uuid.UUID(s) for s in sensors],
+        )
+        seen = await conn.fetch(
+            "SELECT id, last_seen_at FROM sensors WHERE id = ANY($1)",
+            [uuid.UUID(s) for s in sensors],
+        )
+    finally:
+        await conn.close()
+    assert len(stored) == len(distinct)
+    index = {sid: s for s, sid in enumerate(sensors)}
+    for row in stored:
+        slot = round((row["ts"] - start) / STEP)
+        assert row["value"] == value_of(index[str(row["sensor_id"])], slot)
+    assert [tuple(r) for r in rolled] == [tuple(r) for r in by_sql]
+    newest = {
+        sid: max(datetime.fromisoformat(ts) for s, ts in distinct if s == sid) for sid in sensors
+    }
+    assert {str(r["id"]): r["last_seen_at"] for r in seen} == newest
+
+
+async def test_each_sensor_of_a_batch_gets_one_live_event_with_its_newest_reading(
+    client: httpx.AsyncClient, admin: Headers, redis: aioredis.Redis, redis_namespace: str
+) -> None:
+    a, b = await new_sensor(client, admin), await new_sensor(client, admin)
+    newest = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(f"{redis_namespace}:readings")
+    await pubsub.get_message(timeout=1)  # the subscription's confirmation
+    try:
+        await send(
+            client,
+            admin,
+            [
+                {"sensor_id": a, "ts": (newest - timedelta(minutes=m)).isoformat(), "value": m}
+                for m in (3, 0, 5)
+            ]
+            + [{"sensor_id": b, "ts": newest.isoformat(), "value": 42.5}],
+        )
+        events = []
+        while len(events) < 2:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+            assert message is not None, f"only {events} arrived"
+            events.append(json.loads(message["data"]))
+    finally:
+        await pubsub.aclose()
+    by_sensor = {e.pop("sensor_id"): e for e in events}
+    assert {k: (e["count"], e["value"]) for k, e in by_sensor.items()} == {a: (3, 0), b: (1, 42.5)}
+    assert {datetime.fromisoformat(e["ts"]) for e in by_sensor.values()} == {newest}
