@@ -17,15 +17,19 @@ the API it creates 100 soil-moisture sensors (unit %) in 4 zones. Then:
     (same columns and primary key; no rollup, no foreign key). Ratio = HTTP / baseline.
 (b) breakdown: K batches one after another, in this process, through the service's own
     functions with a timer around each step (parse, sensor lookup, item checks, job row,
-    INSERT arguments, the INSERT statement on the asyncpg connection, quarantine, answer,
-    commit, Redis cache), against the same K batches posted one at a time over HTTP; the
-    difference is HTTP/uvicorn overhead. `service.ingest_batch` uninstrumented is timed too,
-    as a check that the steps add up.
+    the binary COPY rows (`rows.encode`), the COPY into sensor_readings and the rollup +
+    last_seen statement (`store.ROLLUP_AND_SEEN`) on the asyncpg connection, the rest of
+    `store.insert_readings`, quarantine, answer, commit, Redis cache), against the same K
+    batches posted one at a time over HTTP; the difference is HTTP/uvicorn overhead.
+    `service.ingest_batch` uninstrumented is timed too, as a check that the steps add up.
 (c) alternatives (DB only, asyncpg, C connections, same batches, one transaction each):
-    the unnest statement of `store.INSERT_READINGS` vs COPY into a temporary table then
-    `INSERT ... SELECT ... ON CONFLICT DO NOTHING` with the same rollup CTEs; each with and
-    without the foreign key sensor_readings.sensor_id, with and without
-    `synchronous_commit=off`; plus the statement without its CTEs, to price them.
+    the app's write path, `store.write_rows` (binary COPY into sensor_readings, then the
+    rollup statement), and its fallback for batches that meet stored readings (temp COPY +
+    `store.INSERT_FROM_TEMP`, priced here on fresh rows); against the historical variants:
+    the unnest statement the app used until session 4 (`UNNEST_STATEMENT`) vs COPY into a
+    temporary table then `INSERT ... SELECT ... ON CONFLICT DO NOTHING` with the same
+    rollup CTEs, each with and without the foreign key sensor_readings.sensor_id, with and
+    without `synchronous_commit=off`, plus the statement without its CTEs, to price them.
 
 Readings: sensor s, slot j at `now - 3 days + 25 s * j` (so all in the past), value and
 quality in range; every (sensor_id, ts) once. Layout `mixed`: every batch covers all 100
@@ -49,6 +53,7 @@ import statistics
 import sys
 import threading
 import time
+import types
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -385,20 +390,51 @@ async def close_all(conns: Sequence[asyncpg.Connection]) -> None:
         await asyncio.sleep(0.02)
 
 
+UNNEST_STATEMENT = """
+WITH input AS (
+    SELECT sensor_id, to_timestamp(epoch) AS ts, value, quality
+    FROM unnest($1::uuid[], $2::float8[], $3::float8[], $4::int2[])
+        AS t(sensor_id, epoch, value, quality)
+), ins AS (
+    INSERT INTO sensor_readings (sensor_id, ts, value, quality)
+    SELECT sensor_id, ts, value, quality FROM input ORDER BY sensor_id, ts
+    ON CONFLICT (sensor_id, ts) DO NOTHING
+    RETURNING sensor_id, ts, value
+), roll AS (
+    INSERT INTO reading_rollups_hourly AS r (sensor_id, bucket, count, sum, min, max)
+    SELECT sensor_id, date_trunc('hour', ts, 'UTC'), count(*), sum(value), min(value), max(value)
+    FROM ins GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (sensor_id, bucket) DO UPDATE SET
+        count = r.count + EXCLUDED.count,
+        sum = r.sum + EXCLUDED.sum,
+        min = LEAST(r.min, EXCLUDED.min),
+        max = GREATEST(r.max, EXCLUDED.max)
+), seen AS (
+    UPDATE sensors AS s SET last_seen_at = GREATEST(s.last_seen_at, m.latest)
+    FROM (SELECT sensor_id, max(ts) AS latest FROM ins GROUP BY 1) AS m
+    WHERE s.id = m.sensor_id
+)
+SELECT count(*) FROM ins
+"""
+"""The statement the app used until session 4 (unnest arrays, ON CONFLICT, rollup and
+last_seen CTEs), formerly `store.INSERT_READINGS`: kept here for the historical variants of
+phase (c)."""
+
+SHAPE_CHANGED = "UNNEST_STATEMENT changed shape: update bench/ingest.py"
+
+
 def _once(text: str, old: str, new: str) -> str:
     if text.count(old) != 1:
-        raise RuntimeError("store.INSERT_READINGS changed shape: update bench/ingest.py")
+        raise RuntimeError(SHAPE_CHANGED)
     return text.replace(old, new)
 
 
 def _sql_variants() -> dict[str, str]:
-    """The app's statement, and bench-only variants derived from it."""
-    from irrigation.ingest import store
-
-    full = store.INSERT_READINGS
+    """The app's statement until session 4, and bench-only variants derived from it."""
+    full = UNNEST_STATEMENT
     final = re.search(r"\n\)\s*\n(SELECT [^\n]* FROM ins)\s*$", full)
     if final is None:
-        raise RuntimeError("store.INSERT_READINGS changed shape: update bench/ingest.py")
+        raise RuntimeError(SHAPE_CHANGED)
     returning = final.group(1)  # what the app reads back, the same for every variant
     unnest = re.compile(
         r"SELECT sensor_id, to_timestamp\(epoch\) AS ts, value, quality\s+FROM unnest\(.*?\)"
@@ -407,7 +443,7 @@ def _sql_variants() -> dict[str, str]:
     )
     input_cte = unnest.search(full)
     if input_cte is None or "), seen AS (" not in full:
-        raise RuntimeError("store.INSERT_READINGS changed shape: update bench/ingest.py")
+        raise RuntimeError(SHAPE_CHANGED)
     return {
         "unnest": full,
         "temp": unnest.sub(f"SELECT sensor_id, ts, value, quality FROM {TEMP_TABLE}", full),
@@ -582,8 +618,13 @@ STEPS = (
     ("parse", "Pydantic parse: validation.parse_batch(bytes)"),
     ("lookup", "sensor lookup: service.sensor_specs"),
     ("checks", "item checks: validation.check_items"),
-    ("args", "store.insert_readings minus its statement: sort + 4 argument lists"),
-    ("insert", "INSERT statement alone (store.INSERT_READINGS on the asyncpg connection)"),
+    ("encode", "binary COPY rows: rows.encode (dedupe, sort, pack)"),
+    ("copy", "COPY into sensor_readings alone (asyncpg copy_to_table)"),
+    ("rollup_sql", "rollup + last_seen statement alone (store.ROLLUP_AND_SEEN)"),
+    (
+        "write_rest",
+        "store.insert_readings minus both statements: savepoints, Python rollup aggregation",
+    ),
     ("quarantine", "quarantine insert: store.insert_quarantine (0 items here)"),
     ("stored", "store.stored_readings (only after duplicates: 0 here)"),
     ("txn", "rest of the transaction: BEGIN, job row INSERT/UPDATE, answer, COMMIT"),
@@ -592,7 +633,8 @@ STEPS = (
 
 
 class _TimedDriver:
-    """The asyncpg connection as store.py gets it, timing each statement by its SQL."""
+    """The asyncpg connection as store.py gets it, timing each statement by its SQL, and
+    each COPY (`copy_to_table`) as the step "copy"."""
 
     def __init__(self, conn: Any, timers: dict[str, float], names: dict[str, str]) -> None:
         self._conn = conn
@@ -601,7 +643,7 @@ class _TimedDriver:
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._conn, name)
-        if name not in ("fetch", "fetchval", "fetchrow", "execute"):
+        if name not in ("fetch", "fetchval", "fetchrow", "execute", "copy_to_table"):
             return attr
 
         async def timed(query: str, *args: Any, **kwargs: Any) -> Any:
@@ -609,7 +651,8 @@ class _TimedDriver:
             try:
                 return await attr(query, *args, **kwargs)
             finally:
-                step = self._names.get(query, "other_sql")
+                # copy_to_table's first argument is the table, not SQL.
+                step = "copy" if name == "copy_to_table" else self._names.get(query, "other_sql")
                 self._timers[step] = self._timers.get(step, 0.0) + time.perf_counter() - t0
 
         return timed
@@ -630,8 +673,11 @@ class InProcess:
             redis_namespace=job.namespace,
             log_level="WARNING",
         )
-        # The whole app, as in the server: its objects are on the heap the GC walks.
+        # The whole app, as in the server: its objects are on the heap the GC walks, and
+        # the GC tuned as `irrigation serve` tunes it (app.create_served_app).
         self.app = create_app(self.settings)
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         self.engine = self.app.state.engine
         self.sessionmaker = self.app.state.sessionmaker
         self.cache = self.app.state.hot_cache
@@ -682,12 +728,14 @@ class InProcess:
 
         self._wrap(service, "sensor_specs", "lookup")
         self._wrap(service, "check_items", "checks")
+        # The name service.py calls (imported there from rows.py); sync.
+        self._wrap(service, "encode", "encode")
         self._wrap(store, "insert_readings", "insert_readings")
         self._wrap(store, "insert_quarantine", "quarantine")
         self._wrap(store, "stored_readings", "stored", optional=True)
         self._wrap(service, "_ingest_once", "ingest_once")
         self._wrap(self.cache, "record", "cache")
-        names = {store.INSERT_READINGS: "insert"}
+        names = {store.ROLLUP_AND_SEEN: "rollup_sql"}
         original_driver = store._driver
         timers = self.timers
 
@@ -710,15 +758,18 @@ class InProcess:
                 session, self.settings, self.cache, site_id, parsed, idem=None
             )
         t = dict(self.timers)
-        if "insert" not in t:
-            raise RuntimeError("store.INSERT_READINGS was not run: update bench/ingest.py")
-        inner = ("lookup", "checks", "insert_readings", "quarantine", "stored")
+        if "copy" not in t:
+            raise RuntimeError("the COPY was not run: update bench/ingest.py")
+        # All timed inside _ingest_once (encode: inside write_checked).
+        inner = ("lookup", "checks", "encode", "insert_readings", "quarantine", "stored")
         return {
             "parse": parse_s,
             "lookup": t.get("lookup", 0.0),
             "checks": t.get("checks", 0.0),
-            "args": t["insert_readings"] - t["insert"],
-            "insert": t["insert"],
+            "encode": t.get("encode", 0.0),
+            "copy": t["copy"],
+            "rollup_sql": t.get("rollup_sql", 0.0),
+            "write_rest": t["insert_readings"] - t["copy"] - t.get("rollup_sql", 0.0),
             "quarantine": t.get("quarantine", 0.0),
             "stored": t.get("stored", 0.0),
             "txn": t["ingest_once"] - sum(t.get(k, 0.0) for k in inner),
@@ -844,7 +895,9 @@ async def breakdown(
 class Alternative:
     label: str
     kind: str
-    """Key of _sql_variants(), or "copy" (the bare-table COPY baseline)."""
+    """Key of _sql_variants(), "copy" (the bare-table COPY baseline), "current" (the app's
+    store.write_rows) or "current_fallback" (its path for batches that meet stored readings:
+    temp COPY + store.INSERT_FROM_TEMP)."""
     fk: bool = False
     """With the readings -> sensors foreign key the app dropped in migration 0006."""
     sync_off: bool = False
@@ -852,9 +905,17 @@ class Alternative:
 
 ALTERNATIVES = (
     Alternative("raw COPY, bare table (baseline)", "copy"),
+    Alternative(
+        "current: COPY into sensor_readings + rollup statement (store.write_rows)", "current"
+    ),
+    Alternative(
+        "current, fallback path: temp COPY + INSERT ... ON CONFLICT (store.INSERT_FROM_TEMP)",
+        "current_fallback",
+    ),
+    # Historical: the unnest statement the app used until session 4, and its variants.
     Alternative("unnest: INSERT only (no rollup, no last_seen)", "unnest_insert_only"),
     Alternative("unnest: INSERT + rollup (no last_seen)", "unnest_no_seen"),
-    Alternative("unnest: full statement (current: ORDER BY in SQL, no FK)", "unnest"),
+    Alternative("unnest: full statement (the app's until session 4)", "unnest"),
     Alternative("unnest: full, sorted by Python instead", "unnest_python_sort"),
     Alternative("unnest: full, with the FK (as before 0006)", "unnest", fk=True),
     Alternative("temp COPY + INSERT SELECT: full", "temp"),
@@ -862,12 +923,15 @@ ALTERNATIVES = (
     Alternative("unnest: full, synchronous_commit=off", "unnest", sync_off=True),
     Alternative("temp COPY: full, synchronous_commit=off", "temp", sync_off=True),
 )
-QUICK_ALTERNATIVES = ("copy", "unnest")
+QUICK_ALTERNATIVES = ("copy", "current", "unnest")
 
 
 async def alternative(
     url: str, alt: Alternative, batches: list[list[list[Row]]], admin: asyncpg.Connection
 ) -> Run:
+    from irrigation.ingest import rows as batch_rows
+    from irrigation.ingest import store
+
     sql = _sql_variants()
     await reset(admin)
     await set_fk(admin, alt.fk)
@@ -879,9 +943,9 @@ async def alternative(
                 f"CREATE TEMP TABLE {TEMP_TABLE} (sensor_id uuid, ts timestamptz, "
                 "value float8, quality int2) ON COMMIT DELETE ROWS"
             )
-        # Arguments as store.insert_readings passes them, built before the clock: in
-        # arrival order (time-major), as a client sends them; sorted by (sensor, ts) for
-        # unnest_python_sort, as the app did before it sorted in SQL.
+        # Arguments as store.insert_readings passed them until session 4, built before the
+        # clock: in arrival order (time-major), as a client sends them; sorted by (sensor,
+        # ts) for unnest_python_sort, as the app did before it sorted in SQL.
         unnest_args: list[list[tuple[list[Any], ...]]] = [
             [
                 tuple(
@@ -904,6 +968,22 @@ async def alternative(
             else []
             for mine in batches
         ]
+        # The app's binary COPY rows (rows.encode), built before the clock from the readings
+        # in arrival order, as the service encodes the accepted readings.
+        encoded: list[list[Any]] = [
+            [
+                batch_rows.encode(
+                    [
+                        types.SimpleNamespace(sensor_id=r[0], ts=r[1], value=r[2], quality=r[3])
+                        for r in sorted(rows, key=lambda r: (r[1], r[0]))
+                    ]
+                )
+                for rows in mine
+            ]
+            if alt.kind.startswith("current")
+            else []
+            for mine in batches
+        ]
 
         async def lane(i: int) -> None:
             conn = conns[i]
@@ -912,7 +992,18 @@ async def alternative(
                     await conn.copy_records_to_table(BARE_TABLE, records=rows, columns=COLUMNS)
                     continue
                 async with conn.transaction():
-                    if alt.kind == "temp":
+                    if alt.kind == "current":
+                        await store.write_rows(conn, encoded[i][k])
+                    elif alt.kind == "current_fallback":
+                        await conn.execute(store.CREATE_TEMP)
+                        await conn.copy_to_table(
+                            store.TEMP_TABLE,
+                            source=memoryview(encoded[i][k].copy_data()),
+                            columns=store.COLUMNS,
+                            format="binary",
+                        )
+                        await conn.fetchval(store.INSERT_FROM_TEMP.format(table="sensor_readings"))
+                    elif alt.kind == "temp":
                         await conn.copy_records_to_table(TEMP_TABLE, records=rows, columns=COLUMNS)
                         await conn.fetch(sql["temp"])
                     else:
@@ -1177,10 +1268,13 @@ def breakdown_table(b: Breakdown) -> str:
 
 def alternatives_table(results: Sequence[AltResult]) -> str:
     baseline = next(r for r in results if r.alt.kind == "copy")
-    current = next((r for r in results if "(current" in r.alt.label), None)
+    current = next(
+        (r for r in results if r.alt.kind == "current" and not r.alt.fk and not r.alt.sync_off),
+        None,
+    )
     rows = [
         "| variant (DB only) | readings/s (median) | range over rounds | vs raw COPY "
-        "| vs current statement | PG backend CPU per batch (median) | bench CPU per batch "
+        "| vs current (store.write_rows) | PG backend CPU per batch (median) | bench CPU per batch "
         "| cores busy (median round) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
@@ -1277,7 +1371,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--alternatives",
         choices=("all", "some", "none"),
-        help="DB-only variants: all (default), some (quick: raw COPY and the statement), none",
+        help="DB-only variants: all (default), some (quick: raw COPY, current, unnest), none",
     )
     p.add_argument("--rounds", type=int, help="rounds of the DB-only variants (3; quick 1)")
     p.add_argument(
@@ -1297,7 +1391,7 @@ def _ints(text: str | None, default: str) -> list[int]:
 
 PROFILE_LAYERS = {
     "parse (pydantic)": ["validation.py", "pydantic"],
-    "store.insert_readings (sort, lists)": ["store.py"],
+    "write path (rows.py, store.py)": ["rows.py", "store.py"],
     "cache (HotCache.record, redis)": ["cache.py", "redis/"],
     "asyncpg / SQLAlchemy": ["asyncpg", "sqlalchemy"],
     "uvicorn / httptools (body read)": ["uvicorn", "httptools"],

@@ -1,31 +1,51 @@
-"""Hot-cache members: a row's bytes on write, the same JSON as before on read, and members
-written in the earlier text forms still shown."""
+"""The hot cache: a row's own bytes on write, the same JSON as ever on read, and the
+newest 60 per sensor whatever order batches arrive in."""
 
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
-from irrigation.ingest.cache import _unpack
-from irrigation.ingest.rows import TAIL, encode
+import redis.asyncio as aioredis
+
+from irrigation.ingest.cache import HotCache, _entry
+from irrigation.ingest.rows import TAIL, Rows, encode
 from irrigation.ingest.schemas import ReadingIn
 
 
-def test_a_member_reads_back_as_the_reading_in_utc() -> None:
+def test_an_entry_reads_back_as_the_reading_in_utc() -> None:
     ts = datetime(2026, 11, 23, 7, 30, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
     reading = ReadingIn(sensor_id=uuid.uuid4(), ts=ts, value=41.25, quality=87)
     (row,) = encode([reading]).rows
-    assert _unpack(row[TAIL]) == {
+    assert _entry(row[TAIL]) == {
         "ts": "2026-11-23T05:30:00.123456+00:00",
         "value": 41.25,
         "quality": 87,
     }
 
 
-def test_members_of_the_earlier_text_forms_are_still_shown() -> None:
-    old = b'{"ts": "2026-11-23T05:30:00+00:00", "value": 40.0, "quality": 100}'
-    assert _unpack(old) == {"ts": "2026-11-23T05:30:00+00:00", "value": 40.0, "quality": 100}
-    compact = f"{datetime(2026, 11, 23, 5, 30, tzinfo=UTC).timestamp()!r}|40.5|90"
-    assert _unpack(compact.encode()) == {
-        "ts": "2026-11-23T05:30:00+00:00",
-        "value": 40.5,
-        "quality": 90,
-    }
+async def test_the_newest_60_survive_appends_late_data_and_resent_instants(
+    redis: aioredis.Redis, redis_namespace: str
+) -> None:
+    cache = HotCache(redis, redis_namespace, timeout_s=2)  # type: ignore[arg-type]
+    sensor = uuid.uuid4()
+    t0 = datetime(1999, 12, 31, 23, 59, tzinfo=UTC)  # across 2000: negative times too
+
+    def at(*minutes: int) -> Rows:
+        return encode(
+            [
+                ReadingIn(sensor_id=sensor, ts=t0 + timedelta(minutes=m), value=float(m))
+                for m in minutes
+            ]
+        )
+
+    async def cached() -> list[float]:
+        recent = await cache.recent(sensor)
+        assert recent is not None
+        return [r["value"] for r in recent]
+
+    await cache.record(at(*range(0, 50)))
+    await cache.record(at(*range(50, 70)))  # newer: appended, the oldest 10 cut
+    assert await cached() == [float(m) for m in range(69, 9, -1)]
+    await cache.record(at(5, 30, 30, 69, 100))  # late, re-sent and newer, in one batch
+    assert await cached() == [100.0, *(float(m) for m in range(69, 10, -1))]
+    other = await cache.recent(uuid.uuid4())
+    assert other is None

@@ -440,7 +440,7 @@ async def test_latest_comes_from_the_cache_and_falls_back_to_the_database(
     assert cached["source"] == "cache"
     assert [r["value"] for r in cached["recent"]] == [0, 1, 2, *range(57)]
 
-    assert await redis.delete(f"{redis_namespace}:sensor:{sid}:recent") == 1
+    assert await redis.delete(f"{redis_namespace}:sensor:{sid}:last60") == 1
     stored = (await client.get(f"/v1/sensors/{sid}/latest", headers=admin)).json()
     assert stored["source"] == "database"
     assert {k: stored[k] for k in ("ts", "value", "quality", "recent")} == {

@@ -28,7 +28,6 @@ TAIL = slice(22, None)
 """From the length word of `ts` to the end: what the hot cache keeps of a row."""
 TAIL_FORMAT = struct.Struct(">4xq4xd4xh")
 TAIL_BYTES = TAIL_FORMAT.size
-TS_LENGTH = b"\x00\x00\x00\x08"
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no header extension
 COPY_TRAILER = b"\xff\xff"
 
