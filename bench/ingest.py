@@ -65,6 +65,7 @@ from typing import Any
 import asyncpg
 import httpx
 import psutil  # type: ignore[import-untyped]
+import redis.asyncio as aioredis
 from common import (
     CpuMeter,
     Proc,
@@ -347,9 +348,18 @@ def mb(n: float) -> str:
 # Database helpers -----------------------------------------------------------------------
 
 
-async def reset(conn: asyncpg.Connection) -> None:
+async def reset(conn: asyncpg.Connection, cache: tuple[str, str] | None = None) -> None:
     """Empty readings, rollups, jobs and the bare table; a checkpoint, so that no phase
-    pays for the previous one's dirty pages."""
+    pays for the previous one's dirty pages. With `cache` (Redis URL, namespace): the hot
+    cache's keys too, or every run after the first would re-send instants the cache
+    already holds, which takes the script's merge instead of its append."""
+    if cache is not None:
+        client = aioredis.Redis.from_url(cache[0])
+        try:
+            async for key in client.scan_iter(f"{cache[1]}:sensor:*", count=1000):
+                await client.delete(key)
+        finally:
+            await client.aclose()
     await conn.execute(
         "TRUNCATE sensor_readings, reading_rollups_hourly, quarantined_readings, "
         f"ingestion_jobs, {BARE_TABLE}"
@@ -843,11 +853,12 @@ async def _breakdown_async(job: BreakdownJob) -> ChildResult:
     app = InProcess(job)
     try:
         site_id = await app.site_id()
-        await reset(admin)
+        cache = (job.redis_url, job.namespace)
+        await reset(admin, cache)
         await app.whole(bodies[0], site_id)  # warm-up: imports, pool, statement cache
-        await reset(admin)
+        await reset(admin, cache)
         whole = [await app.whole(body, site_id) for body in bodies]
-        await reset(admin)
+        await reset(admin, cache)
         app.instrument()
         steps: dict[str, list[float]] = {name: [] for name, _ in STEPS}
         for body in bodies:
@@ -880,7 +891,7 @@ async def breakdown(
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
         child = await asyncio.get_running_loop().run_in_executor(pool, _breakdown_child, job)
-    await reset(admin)
+    await reset(admin, (stack.redis_url, stack.namespace))
     _, results = await clients.run(url, key, clients=[0], only=range(count))
     if results[0].errors:
         raise RuntimeError(f"breakdown over HTTP: {results[0].errors}")
@@ -1418,7 +1429,7 @@ async def http_pair(
         label += f", {gc_label(gc_variant)}"
     await reset(admin)
     before = await copy_baseline(stack.database_url, rows, "raw COPY", proc.pid)
-    await reset(admin)
+    await reset(admin, (stack.redis_url, stack.namespace))
     spy = py_spy(proc.pid, 600, profile, subprocesses=True) if profile else None
     h = await http_run(clients, url, key, proc.pid, label, admin)
     if spy is not None and profile is not None:
