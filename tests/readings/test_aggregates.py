@@ -104,8 +104,11 @@ async def test_edge_buckets_count_only_the_readings_inside_the_range(
             got = await aggregates(client, admin, path, bucket=bucket, start=start, end=end)
             want = expected_points(readings, "America/New_York", bucket, start, end)
             assert_points(got["points"], want)
-    # The edge bucket of a day starts at local midnight, before the range does.
+    # The edge bucket of a day starts at local midnight, before the range does (a range of
+    # two hours that does not cross a local midnight, whatever the time the test runs at).
     start = base + timedelta(hours=7, minutes=3)
+    while not 1 <= start.astimezone(ZoneInfo("America/New_York")).hour < 21:
+        start += timedelta(hours=3)
     got = await aggregates(
         client, admin, path, bucket="day", start=start, end=start + timedelta(hours=2)
     )
