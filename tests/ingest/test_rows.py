@@ -4,8 +4,18 @@ sensor then time (before 2000 too), and rollups that add up."""
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
+from zoneinfo import ZoneInfo
 
-from irrigation.ingest.rows import ROW, TAIL, by_sensor, decode_tail, encode, latest, rollups
+from irrigation.ingest.rows import (
+    PG_EPOCH,
+    ROW,
+    TAIL,
+    by_sensor,
+    decode_tail,
+    encode,
+    latest,
+    rollups,
+)
 
 
 def reading(sensor: uuid.UUID, ts: datetime, value: float, quality: int = 100) -> SimpleNamespace:
@@ -27,7 +37,9 @@ def test_rows_are_unique_per_instant_the_first_sent_kept_and_sorted() -> None:
     )
     assert encoded.repeats == 1
     decoded = [
-        (sensor, *decode_tail(row[TAIL])) for sensor, rows in by_sensor(encoded) for row in rows
+        (sensor, *decode_tail(row[TAIL]))
+        for sensor, start, end in by_sensor(encoded)
+        for row in encoded.rows[start:end]
     ]
     assert decoded == [
         (a, t - timedelta(microseconds=1), 0.5, 100),
@@ -76,3 +88,13 @@ def test_rollups_per_sensor_and_utc_hour() -> None:
         (a, h + timedelta(hours=1), 1, 10.0, 10.0, 10.0),
         (b, h, 1, -2.0, -2.0, -2.0),
     ]
+
+
+def test_times_are_exact_whatever_the_zones_of_a_batch() -> None:
+    sensor = uuid.uuid4()
+    utc = [datetime(2026, 3, 29, 0, 30, tzinfo=UTC) + timedelta(hours=h) for h in range(4)]
+    berlin = ZoneInfo("Europe/Berlin")  # 2026-03-29 01:00 UTC: clocks go 02:00 -> 03:00
+    for zone in (UTC, timezone(timedelta(hours=-3, minutes=-30)), berlin):
+        encoded = encode([reading(sensor, ts.astimezone(zone), 1.0) for ts in utc])
+        assert [decode_tail(row[TAIL])[0] for row in encoded.rows] == utc, zone
+        assert encoded.micros == [(ts - PG_EPOCH) // timedelta(microseconds=1) for ts in utc]

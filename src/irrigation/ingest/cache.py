@@ -64,21 +64,12 @@ class HotCache:
             return
         keys: list[str] = []
         args: list[bytes | str] = [self.channel, str(RECENT)]
-        for sensor_id, group in by_sensor(rows):
-            newest = group[-RECENT:]
-            ts, value, _ = decode_tail(newest[-1][TAIL])
+        for sensor_id, start, end in by_sensor(rows):
             keys.append(self.key(sensor_id))
-            args.append(b"".join([row[TAIL] for row in newest]))
-            args.append(
-                json.dumps(
-                    {
-                        "sensor_id": str(sensor_id),
-                        "count": len(group),
-                        "ts": ts.isoformat(),
-                        "value": value,
-                    }
-                )
-            )
+            args.append(b"".join([row[TAIL] for row in rows.rows[max(start, end - RECENT) : end]]))
+            ts, value, _ = decode_tail(rows.rows[end - 1][TAIL])
+            event = {"sensor_id": str(sensor_id), "count": end - start, "ts": ts.isoformat()}
+            args.append(json.dumps({**event, "value": value}))
         try:
             await asyncio.wait_for(
                 # redis-py types its arguments as str; it sends bytes as they are.
