@@ -47,5 +47,11 @@ async def test_the_newest_60_survive_appends_late_data_and_resent_instants(
     assert await cached() == [float(m) for m in range(69, 9, -1)]
     await cache.record(at(5, 30, 30, 69, 100))  # late, re-sent and newer, in one batch
     assert await cached() == [100.0, *(float(m) for m in range(69, 10, -1))]
-    other = await cache.recent(uuid.uuid4())
-    assert other is None
+    await cache.record(at(1, 2, 3))  # older than all 60 cached: nothing changes
+    assert await cached() == [100.0, *(float(m) for m in range(69, 10, -1))]
+    assert await cache.recent(uuid.uuid4()) is None
+
+    sensor = uuid.uuid4()  # fewer than 60 cached: older readings join them
+    await cache.record(at(50, 51))
+    await cache.record(at(1, 51, 2))
+    assert await cached() == [51.0, 50.0, 2.0, 1.0]
