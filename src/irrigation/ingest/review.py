@@ -30,7 +30,7 @@ from irrigation.ingest.schemas import (
     ReviewResult,
 )
 from irrigation.ingest.service import sensor_specs
-from irrigation.ingest.validation import Rejected, check_items, parse_items
+from irrigation.ingest.validation import Rejected, check_items, parse_items, sensor_ids
 from irrigation.settings import Settings
 
 
@@ -225,7 +225,7 @@ async def _recheck(
     if correction is not None:
         corrected |= correction.model_dump(mode="json", exclude_none=True)
     parsed = parse_items([corrected])
-    ids = {item.sensor_id for item in parsed if isinstance(item, ReadingIn)}
+    ids = sensor_ids(parsed)
     checked = check_items(
         parsed,
         await sensor_specs(session, site_id, ids),

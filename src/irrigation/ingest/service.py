@@ -24,7 +24,7 @@ from irrigation.ingest.cache import HotCache
 from irrigation.ingest.models import IngestionJob, JobSource, JobStatus, SensorReading
 from irrigation.ingest.rows import Rows, encode
 from irrigation.ingest.schemas import IngestionJobOut, IngestResult, QuarantinedItem, ReadingIn
-from irrigation.ingest.validation import Checked, Rejected, SensorSpec, check_items
+from irrigation.ingest.validation import Checked, Rejected, SensorSpec, check_items, sensor_ids
 from irrigation.settings import Settings
 
 DEADLOCK_DETECTED = "40P01"
@@ -54,7 +54,7 @@ async def check(
     parsed: list[ReadingIn | Rejected],
     offset: int = 0,
 ) -> Checked:
-    ids = {item.sensor_id for item in parsed if isinstance(item, ReadingIn)}
+    ids = sensor_ids(parsed)
     specs = await sensor_specs(session, site_id, ids)
     retention = timedelta(days=settings.raw_retention_days)
     checked = check_items(parsed, specs, utcnow(), retention, offset)

