@@ -103,6 +103,9 @@ class DataSpec:
     total: int
     clients: int
     layout: str
+    connection: str = "keepalive"
+    """`keepalive`: one connection per client for the whole run; `per-batch`: a new one
+    for every batch (`Connection: close`), so each lands on whichever worker accepts it."""
 
     @property
     def batches(self) -> int:
@@ -205,11 +208,15 @@ def _client_main(spec: DataSpec, index: int, commands: Any, results: Any) -> Non
     json.loads(bodies[0])  # valid JSON, or fail now rather than as 422s
     results.put(("ready", index, len(bodies), sum(map(len, bodies))))
     while (command := commands.get()) is not None:
-        results.put(("done", index, _client_run(bodies, index, command)))
+        results.put(("done", index, _client_run(bodies, index, command, spec.connection)))
 
 
-def _client_run(bodies: list[bytes], index: int, command: Command) -> ClientResult:
+def _client_run(
+    bodies: list[bytes], index: int, command: Command, connection: str = "keepalive"
+) -> ClientResult:
     headers = {"authorization": f"Bearer {command.key}", "content-type": "application/json"}
+    if connection == "per-batch":
+        headers["connection"] = "close"
     statuses: list[int] = []
     latencies: list[float] = []
     errors: list[str] = []
@@ -1378,6 +1385,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--layouts", default="mixed", help="mixed and/or partitioned, e.g. mixed,partitioned"
     )
+    p.add_argument(
+        "--connections",
+        default="keepalive",
+        help="keepalive and/or per-batch: one connection per client, or a new one per batch "
+        "(with several API workers, keep-alive connections stay on the worker that first "
+        "accepted them)",
+    )
     p.add_argument("--breakdown-batches", type=int, help="batches timed step by step (20; 2)")
     p.add_argument(
         "--alternatives",
@@ -1425,6 +1439,8 @@ async def http_pair(
     spec = clients.spec
     proc, url = await start_api(stack, workers, gc_variant)
     label = f"{workers} API worker(s), {spec.clients} clients, {spec.layout}"
+    if spec.connection != "keepalive":
+        label += ", a new connection per batch"
     if gc_variant:
         label += f", {gc_label(gc_variant)}"
     await reset(admin)
@@ -1463,6 +1479,9 @@ async def run(args: argparse.Namespace) -> int:
     client_counts = _ints(args.clients, "2" if args.quick else "2,4")
     worker_counts = _ints(args.api_workers, "1" if args.quick else "1,2")
     layouts = [x for x in args.layouts.split(",") if x]
+    connections = [x for x in args.connections.split(",") if x]
+    if not set(connections) <= {"keepalive", "per-batch"}:
+        raise SystemExit("--connections: keepalive and/or per-batch")
     k = args.breakdown_batches or (2 if args.quick else 20)
     alternatives = args.alternatives or ("some" if args.quick else "all")
     rounds = args.rounds or (1 if args.quick else 3)
@@ -1491,9 +1510,11 @@ async def run(args: argparse.Namespace) -> int:
             base_ts = float(int(time.time()) - 3 * 86400)
             print(f"  set-up: {time.monotonic() - started:.1f} s")
             first = True
-            for layout in layouts:
+            for layout, connection in [(la, co) for la in layouts for co in connections]:
                 for n_clients in client_counts:
-                    spec = DataSpec(tuple(sensor_ids), base_ts, total, n_clients, layout)
+                    spec = DataSpec(
+                        tuple(sensor_ids), base_ts, total, n_clients, layout, connection
+                    )
                     clients = ClientPool(spec)
                     try:
                         rows = per_client_rows(spec)

@@ -187,10 +187,10 @@ def pump_status(pump: Pump, now: datetime) -> PumpStatus:
 
 
 def valid_range(sensor: Sensor) -> tuple[float, float]:
-    return _range_of(sensor.kind, sensor.min_value, sensor.max_value)
+    return range_of(sensor.kind, sensor.min_value, sensor.max_value)
 
 
-def _range_of(kind: str, min_value: float | None, max_value: float | None) -> tuple[float, float]:
+def range_of(kind: str, min_value: float | None, max_value: float | None) -> tuple[float, float]:
     low, high = DEFAULT_RANGES.get(SensorKind(kind), (-1e9, 1e9))
     return (
         min_value if min_value is not None else low,
@@ -234,7 +234,7 @@ async def update_sensor(
 def _check_range(
     kind: str, min_value: float | None, max_value: float | None, sent: set[str]
 ) -> None:
-    low, high = _range_of(kind, min_value, max_value)
+    low, high = range_of(kind, min_value, max_value)
     if low >= high:
         field = "max_value" if sent & {"min_value", "max_value"} == {"max_value"} else "min_value"
         raise Invalid(f"the valid range would be empty ({low} >= {high})", field=f"body.{field}")

@@ -18,7 +18,7 @@ from irrigation.common.errors import NotFound, Unavailable
 from irrigation.common.idempotency import IdempotentRequest, StoredAnswer
 from irrigation.common.shaping import columns_of
 from irrigation.fleet.models import Sensor
-from irrigation.fleet.service import valid_range
+from irrigation.fleet.service import range_of
 from irrigation.ingest import store
 from irrigation.ingest.cache import HotCache
 from irrigation.ingest.models import IngestionJob, JobSource, JobStatus, SensorReading
@@ -34,17 +34,19 @@ ATTEMPTS = 3
 async def sensor_specs(
     session: AsyncSession, site_id: uuid.UUID, sensor_ids: set[uuid.UUID]
 ) -> dict[uuid.UUID, SensorSpec]:
-    """The caller's own sensors among these ids; any other id is simply unknown."""
+    """The caller's own sensors among these ids; any other id is simply unknown. Columns,
+    not ORM objects: a batch names ~100 sensors and needs five fields of each."""
     if not sensor_ids:
         return {}
     rows = await session.execute(
-        select(Sensor).where(Sensor.site_id == site_id, Sensor.id.in_(sensor_ids))
+        select(
+            Sensor.id, Sensor.unit, Sensor.kind, Sensor.min_value, Sensor.max_value, Sensor.zone_id
+        ).where(Sensor.site_id == site_id, Sensor.id.in_(sensor_ids))
     )
-    specs = {}
-    for sensor in rows.scalars():
-        low, high = valid_range(sensor)
-        specs[sensor.id] = SensorSpec(unit=sensor.unit, low=low, high=high, zone_id=sensor.zone_id)
-    return specs
+    return {
+        sensor_id: SensorSpec(unit, *range_of(kind, low, high), zone_id=zone_id)
+        for sensor_id, unit, kind, low, high, zone_id in rows
+    }
 
 
 async def check(
