@@ -25,7 +25,8 @@ the API it creates 100 soil-moisture sensors (unit %) in 4 zones. Then:
 (c) alternatives (DB only, asyncpg, C connections, same batches, one transaction each):
     the app's write path, `store.write_rows` (binary COPY into sensor_readings, then the
     rollup statement), and its fallback for batches that meet stored readings (temp COPY +
-    `store.INSERT_FROM_TEMP`, priced here on fresh rows); against the historical variants:
+    `store.INSERT_FROM_TEMP` returning the inserted rows, then the same rollup statement:
+    `store.write_conflicting`, priced here on fresh rows); against the historical variants:
     the unnest statement the app used until session 4 (`UNNEST_STATEMENT`) vs COPY into a
     temporary table then `INSERT ... SELECT ... ON CONFLICT DO NOTHING` with the same
     rollup CTEs, each with and without the foreign key sensor_readings.sensor_id, with and
@@ -915,7 +916,7 @@ class Alternative:
     kind: str
     """Key of _sql_variants(), "copy" (the bare-table COPY baseline), "current" (the app's
     store.write_rows) or "current_fallback" (its path for batches that meet stored readings:
-    temp COPY + store.INSERT_FROM_TEMP)."""
+    store.write_conflicting)."""
     fk: bool = False
     """With the readings -> sensors foreign key the app dropped in migration 0006."""
     sync_off: bool = False
@@ -927,7 +928,8 @@ ALTERNATIVES = (
         "current: COPY into sensor_readings + rollup statement (store.write_rows)", "current"
     ),
     Alternative(
-        "current, fallback path: temp COPY + INSERT ... ON CONFLICT (store.INSERT_FROM_TEMP)",
+        "current, fallback path: temp COPY + INSERT ... ON CONFLICT RETURNING + rollup "
+        "statement (store.write_conflicting)",
         "current_fallback",
     ),
     # Historical: the unnest statement the app used until session 4, and its variants.
@@ -1013,14 +1015,8 @@ async def alternative(
                     if alt.kind == "current":
                         await store.write_rows(conn, encoded[i][k])
                     elif alt.kind == "current_fallback":
-                        await conn.execute(store.CREATE_TEMP)
-                        await conn.copy_to_table(
-                            store.TEMP_TABLE,
-                            source=memoryview(encoded[i][k].copy_data()),
-                            columns=store.COLUMNS,
-                            format="binary",
-                        )
-                        await conn.fetchval(store.INSERT_FROM_TEMP.format(table="sensor_readings"))
+                        data = memoryview(encoded[i][k].copy_data())
+                        await store.write_conflicting(conn, data)
                     elif alt.kind == "temp":
                         await conn.copy_records_to_table(TEMP_TABLE, records=rows, columns=COLUMNS)
                         await conn.fetch(sql["temp"])

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import httpx
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from tests.fleet.helpers import Headers
 from tests.ingest.helpers import new_sensor, send
@@ -117,3 +118,44 @@ async def test_each_sensor_of_a_batch_gets_one_live_event_with_its_newest_readin
     by_sensor = {e.pop("sensor_id"): e for e in events}
     assert {k: (e["count"], e["value"]) for k, e in by_sensor.items()} == {a: (3, 0), b: (1, 42.5)}
     assert {datetime.fromisoformat(e["ts"]) for e in by_sensor.values()} == {newest}
+
+
+async def test_concurrent_batches_of_the_same_sensors_never_deadlock(
+    client: httpx.AsyncClient, admin: Headers, database_url: str
+) -> None:
+    """Every batch touches the same sensors' rollup rows and last_seen_at: they must take
+    those locks in one order and wait for each other, never deadlock (each deadlock stalls
+    a batch for PostgreSQL's deadlock_timeout, then runs it again)."""
+    sensors = [await new_sensor(client, admin) for _ in range(30)]
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=7)
+    before = _deadlock_retries()
+    for round_ in range(3):
+        batches = [
+            [
+                {
+                    "sensor_id": sid,
+                    "ts": (start + (round_ * 400 + b * 20 + j) * STEP).isoformat(),
+                    "value": float(j),
+                }
+                for j in range(20)
+                for sid in random.Random(b).sample(sensors, len(sensors))
+            ]
+            for b in range(16)
+        ]
+        answers = await asyncio.gather(*(send(client, admin, batch) for batch in batches))
+        assert sum(a["inserted"] for a in answers) == 16 * 20 * len(sensors)
+    assert _deadlock_retries() == before
+    conn = await asyncpg.connect(database_url)
+    try:
+        rolled = await conn.fetchval(
+            "SELECT sum(count) FROM reading_rollups_hourly WHERE sensor_id = ANY($1)",
+            [uuid.UUID(s) for s in sensors],
+        )
+    finally:
+        await conn.close()
+    assert rolled == 3 * 16 * 20 * len(sensors)
+
+
+def _deadlock_retries() -> float:
+    found = REGISTRY.get_sample_value("irrigation_ingest_deadlock_retries_total", {"source": "api"})
+    return found or 0.0

@@ -523,6 +523,7 @@ async def _commit_chunk(
             # Live batches for the same sensors can deadlock with a chunk on rollup rows.
             if pg_error(exc).sqlstate != service.DEADLOCK_DETECTED or attempt == service.ATTEMPTS:
                 raise
+            service.deadlock_retried("import")
             attempt += 1
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import structlog
+from prometheus_client import Counter
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,6 +31,17 @@ from irrigation.settings import Settings
 
 DEADLOCK_DETECTED = "40P01"
 ATTEMPTS = 3
+DEADLOCK_RETRIES = Counter(
+    "irrigation_ingest_deadlock_retries_total",
+    "Ingestion transactions run again after PostgreSQL chose them as a deadlock's victim",
+    ["source"],
+)
+log = structlog.get_logger(__name__)
+
+
+def deadlock_retried(source: str) -> None:
+    DEADLOCK_RETRIES.labels(source).inc()
+    log.warning("ingest_deadlock_retry", source=source)
 
 
 async def sensor_specs(
@@ -109,6 +122,7 @@ async def ingest_batch(
             # PostgreSQL picks a victim, which simply tries again.
             if pg_error(exc).sqlstate != DEADLOCK_DETECTED or attempt == ATTEMPTS:
                 raise
+            deadlock_retried("api")
             attempt += 1
             continue
         if fresh is not None:

@@ -34,44 +34,38 @@ CREATE TEMP TABLE IF NOT EXISTS {TEMP_TABLE}
     (sensor_id uuid, ts timestamptz, value float8, quality int2) ON COMMIT DELETE ROWS
 """
 
+# The sensors are locked in id order, like the rollup rows in (sensor, bucket) order: two
+# batches of the same sensors then wait for each other instead of deadlocking (a deadlock
+# costs PostgreSQL's deadlock_timeout, 1 s, before the retry). An UPDATE ... FROM locks
+# in whatever order its join produces, which changes as the rows move.
 ROLLUP_AND_SEEN = """
-WITH roll AS (
-    INSERT INTO reading_rollups_hourly AS r (sensor_id, bucket, count, sum, min, max)
-    SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::int8[], $4::float8[],
-                         $5::float8[], $6::float8[])
-    ORDER BY 1, 2
-    ON CONFLICT (sensor_id, bucket) DO UPDATE SET
-        count = r.count + EXCLUDED.count,
-        sum = r.sum + EXCLUDED.sum,
-        min = LEAST(r.min, EXCLUDED.min),
-        max = GREATEST(r.max, EXCLUDED.max)
+WITH locked AS (
+    SELECT s.id, m.latest
+    FROM sensors AS s
+    JOIN unnest($7::uuid[], $8::timestamptz[]) AS m(sensor_id, latest) ON s.id = m.sensor_id
+    ORDER BY s.id
+    FOR NO KEY UPDATE OF s
+), seen AS (
+    UPDATE sensors AS s SET last_seen_at = GREATEST(s.last_seen_at, l.latest)
+    FROM locked AS l
+    WHERE s.id = l.id
 )
-UPDATE sensors AS s SET last_seen_at = GREATEST(s.last_seen_at, m.latest)
-FROM unnest($7::uuid[], $8::timestamptz[]) AS m(sensor_id, latest)
-WHERE s.id = m.sensor_id
+INSERT INTO reading_rollups_hourly AS r (sensor_id, bucket, count, sum, min, max)
+SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::int8[], $4::float8[],
+                     $5::float8[], $6::float8[])
+ORDER BY 1, 2
+ON CONFLICT (sensor_id, bucket) DO UPDATE SET
+    count = r.count + EXCLUDED.count,
+    sum = r.sum + EXCLUDED.sum,
+    min = LEAST(r.min, EXCLUDED.min),
+    max = GREATEST(r.max, EXCLUDED.max)
 """
 
 INSERT_FROM_TEMP = """
-WITH ins AS (
-    INSERT INTO {table} (sensor_id, ts, value, quality)
-    SELECT sensor_id, ts, value, quality FROM ingest_rows ORDER BY sensor_id, ts
-    ON CONFLICT (sensor_id, ts) DO NOTHING
-    RETURNING sensor_id, ts, value
-), roll AS (
-    INSERT INTO reading_rollups_hourly AS r (sensor_id, bucket, count, sum, min, max)
-    SELECT sensor_id, date_trunc('hour', ts, 'UTC'), count(*), sum(value), min(value), max(value)
-    FROM ins GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (sensor_id, bucket) DO UPDATE SET
-        count = r.count + EXCLUDED.count,
-        sum = r.sum + EXCLUDED.sum,
-        min = LEAST(r.min, EXCLUDED.min),
-        max = GREATEST(r.max, EXCLUDED.max)
-), seen AS (
-    UPDATE sensors AS s SET last_seen_at = GREATEST(s.last_seen_at, m.latest)
-    FROM (SELECT sensor_id, max(ts) AS latest FROM ins GROUP BY 1) AS m
-    WHERE s.id = m.sensor_id
-)
-SELECT count(*) FROM ins
+INSERT INTO {table} (sensor_id, ts, value, quality)
+SELECT sensor_id, ts, value, quality FROM ingest_rows ORDER BY sensor_id, ts
+ON CONFLICT (sensor_id, ts) DO NOTHING
+RETURNING sensor_id, ts, value, quality
 """
 
 SELECT_STORED = """
@@ -125,25 +119,35 @@ async def write_rows(conn: Any, rows: Rows, table: str = "sensor_readings") -> i
         await conn.copy_to_table(table, source=data, columns=COLUMNS, format="binary")
     except asyncpg.UniqueViolationError:
         await conn.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
-    else:
-        await conn.execute(f"RELEASE SAVEPOINT {SAVEPOINT}")
-        roll = batch_rows.rollups(rows)
-        await conn.execute(
-            ROLLUP_AND_SEEN,
-            roll.sensor_ids,
-            roll.buckets,
-            roll.counts,
-            roll.sums,
-            roll.mins,
-            roll.maxs,
-            *batch_rows.latest(rows),
-        )
-        return len(rows)
-    # Some of these readings are stored already: the same rows through ON CONFLICT.
+        return await write_conflicting(conn, data, table)
+    await conn.execute(f"RELEASE SAVEPOINT {SAVEPOINT}")
+    await _roll_up(conn, rows)
+    return len(rows)
+
+
+async def write_conflicting(conn: Any, data: memoryview, table: str = "sensor_readings") -> int:
+    """Rows of which some are stored already: through a temp table and `ON CONFLICT DO
+    NOTHING`, and only the rows it returns (those actually inserted) are rolled up."""
     await conn.execute(CREATE_TEMP)
     await conn.copy_to_table(TEMP_TABLE, source=data, columns=COLUMNS, format="binary")
-    inserted: int = await conn.fetchval(INSERT_FROM_TEMP.format(table=table))
-    return inserted
+    inserted = await conn.fetch(INSERT_FROM_TEMP.format(table=table))
+    if inserted:
+        await _roll_up(conn, batch_rows.encode([_Stored(*row) for row in inserted]))
+    return len(inserted)
+
+
+async def _roll_up(conn: Any, rows: Rows) -> None:
+    roll = batch_rows.rollups(rows)
+    await conn.execute(
+        ROLLUP_AND_SEEN,
+        roll.sensor_ids,
+        roll.buckets,
+        roll.counts,
+        roll.sums,
+        roll.mins,
+        roll.maxs,
+        *batch_rows.latest(rows),
+    )
 
 
 class _Stored(NamedTuple):
