@@ -49,7 +49,9 @@ async def test_racing_overlapping_batches_store_count_and_roll_up_each_reading_o
         # A repeat of an instant within the batch, sent later with another value: it loses.
         batch += [item(s, j, value=100.0 - value_of(s, j)) for s, j in chosen[:20]]
         batches.append(batch)
+    before = _deadlock_retries()
     answers = await asyncio.gather(*(send(client, admin, b) for b in batches))
+    assert _deadlock_retries() == before  # both paths take their locks in one order
 
     distinct = {key for batch in batches for key in {(i["sensor_id"], i["ts"]) for i in batch}}
     assert sum(a["inserted"] for a in answers) == len(distinct)

@@ -34,38 +34,59 @@ CREATE TEMP TABLE IF NOT EXISTS {TEMP_TABLE}
     (sensor_id uuid, ts timestamptz, value float8, quality int2) ON COMMIT DELETE ROWS
 """
 
-# The sensors are locked in id order, like the rollup rows in (sensor, bucket) order: two
-# batches of the same sensors then wait for each other instead of deadlocking (a deadlock
-# costs PostgreSQL's deadlock_timeout, 1 s, before the retry). An UPDATE ... FROM locks
-# in whatever order its join produces, which changes as the rows move.
-ROLLUP_AND_SEEN = """
-WITH locked AS (
+# One lock order for every batch: the rollup rows in (sensor, bucket) order, then - only
+# once all of them are held, which the count over `roll` waits for - the sensors in id
+# order. Two batches of the same sensors then wait for each other instead of deadlocking
+# (a deadlock costs PostgreSQL's deadlock_timeout, 1 s, before the retry); an UPDATE ...
+# FROM locked the sensors in whatever order its join produced, which changes as rows move.
+_ROLL = """roll AS (
+    INSERT INTO reading_rollups_hourly AS r (sensor_id, bucket, count, sum, min, max)
+    {rows}
+    ON CONFLICT (sensor_id, bucket) DO UPDATE SET
+        count = r.count + EXCLUDED.count,
+        sum = r.sum + EXCLUDED.sum,
+        min = LEAST(r.min, EXCLUDED.min),
+        max = GREATEST(r.max, EXCLUDED.max)
+    RETURNING 1
+), locked AS (
     SELECT s.id, m.latest
-    FROM sensors AS s
-    JOIN unnest($7::uuid[], $8::timestamptz[]) AS m(sensor_id, latest) ON s.id = m.sensor_id
+    FROM sensors AS s JOIN ({latest}) AS m(sensor_id, latest) ON s.id = m.sensor_id
+    WHERE (SELECT count(*) FROM roll) >= 0
     ORDER BY s.id
     FOR NO KEY UPDATE OF s
-), seen AS (
-    UPDATE sensors AS s SET last_seen_at = GREATEST(s.last_seen_at, l.latest)
+)"""
+_SEEN = """UPDATE sensors AS s SET last_seen_at = GREATEST(s.last_seen_at, l.latest)
     FROM locked AS l
-    WHERE s.id = l.id
-)
-INSERT INTO reading_rollups_hourly AS r (sensor_id, bucket, count, sum, min, max)
-SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::int8[], $4::float8[],
-                     $5::float8[], $6::float8[])
-ORDER BY 1, 2
-ON CONFLICT (sensor_id, bucket) DO UPDATE SET
-    count = r.count + EXCLUDED.count,
-    sum = r.sum + EXCLUDED.sum,
-    min = LEAST(r.min, EXCLUDED.min),
-    max = GREATEST(r.max, EXCLUDED.max)
+    WHERE s.id = l.id"""
+
+ROLLUP_AND_SEEN = f"""
+WITH {
+    _ROLL.format(
+        rows="SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::int8[], $4::float8[],"
+        " $5::float8[], $6::float8[]) ORDER BY 1, 2",
+        latest="SELECT * FROM unnest($7::uuid[], $8::timestamptz[])",
+    )
+}
+{_SEEN}
 """
 
-INSERT_FROM_TEMP = """
-INSERT INTO {table} (sensor_id, ts, value, quality)
-SELECT sensor_id, ts, value, quality FROM ingest_rows ORDER BY sensor_id, ts
-ON CONFLICT (sensor_id, ts) DO NOTHING
-RETURNING sensor_id, ts, value, quality
+# `{{table}}`: sensor_readings, or a copy of it in the benchmarks.
+INSERT_FROM_TEMP = f"""
+WITH ins AS (
+    INSERT INTO {{table}} (sensor_id, ts, value, quality)
+    SELECT sensor_id, ts, value, quality FROM ingest_rows ORDER BY sensor_id, ts
+    ON CONFLICT (sensor_id, ts) DO NOTHING
+    RETURNING sensor_id, ts, value
+), {
+    _ROLL.format(
+        rows="SELECT sensor_id, date_trunc('hour', ts, 'UTC'), count(*), sum(value), min(value),"
+        " max(value) FROM ins GROUP BY 1, 2 ORDER BY 1, 2",
+        latest="SELECT sensor_id, max(ts) FROM ins GROUP BY 1",
+    )
+}, seen AS (
+    {_SEEN}
+)
+SELECT count(*) FROM ins
 """
 
 SELECT_STORED = """
@@ -127,13 +148,11 @@ async def write_rows(conn: Any, rows: Rows, table: str = "sensor_readings") -> i
 
 async def write_conflicting(conn: Any, data: memoryview, table: str = "sensor_readings") -> int:
     """Rows of which some are stored already: through a temp table and `ON CONFLICT DO
-    NOTHING`, and only the rows it returns (those actually inserted) are rolled up."""
+    NOTHING`, the rollups and last_seen_at from the rows it actually inserted."""
     await conn.execute(CREATE_TEMP)
     await conn.copy_to_table(TEMP_TABLE, source=data, columns=COLUMNS, format="binary")
-    inserted = await conn.fetch(INSERT_FROM_TEMP.format(table=table))
-    if inserted:
-        await _roll_up(conn, batch_rows.encode([_Stored(*row) for row in inserted]))
-    return len(inserted)
+    inserted: int = await conn.fetchval(INSERT_FROM_TEMP.format(table=table))
+    return inserted
 
 
 async def _roll_up(conn: Any, rows: Rows) -> None:
