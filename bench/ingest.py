@@ -644,7 +644,6 @@ STEPS = (
         "store.insert_readings minus both statements: savepoints, Python rollup aggregation",
     ),
     ("quarantine", "quarantine insert: store.insert_quarantine (0 items here)"),
-    ("stored", "store.stored_readings (only after duplicates: 0 here)"),
     ("txn", "rest of the transaction: BEGIN, job row INSERT/UPDATE, answer, COMMIT"),
     ("cache", "Redis: HotCache.record"),
 )
@@ -750,7 +749,6 @@ class InProcess:
         self._wrap(service, "encode", "encode")
         self._wrap(store, "insert_readings", "insert_readings")
         self._wrap(store, "insert_quarantine", "quarantine")
-        self._wrap(store, "stored_readings", "stored", optional=True)
         self._wrap(service, "_ingest_once", "ingest_once")
         self._wrap(self.cache, "record", "cache")
         names = {store.ROLLUP_AND_SEEN: "rollup_sql"}
@@ -779,7 +777,7 @@ class InProcess:
         if "copy" not in t:
             raise RuntimeError("the COPY was not run: update bench/ingest.py")
         # All timed inside _ingest_once (encode: inside write_checked).
-        inner = ("lookup", "checks", "encode", "insert_readings", "quarantine", "stored")
+        inner = ("lookup", "checks", "encode", "insert_readings", "quarantine")
         return {
             "parse": parse_s,
             "lookup": t.get("lookup", 0.0),
@@ -789,7 +787,6 @@ class InProcess:
             "rollup_sql": t.get("rollup_sql", 0.0),
             "write_rest": t["insert_readings"] - t["copy"] - t.get("rollup_sql", 0.0),
             "quarantine": t.get("quarantine", 0.0),
-            "stored": t.get("stored", 0.0),
             "txn": t["ingest_once"] - sum(t.get(k, 0.0) for k in inner),
             "cache": t.get("cache", 0.0),
         }

@@ -12,6 +12,7 @@ from irrigation.ingest.validation import (
     MAX_FUTURE,
     Rejected,
     SensorSpec,
+    Window,
     check_each,
     check_items,
 )
@@ -67,7 +68,7 @@ def test_the_batch_wide_check_agrees_with_the_item_by_item_one() -> None:
             item = good(rng, sensor, spec)
             batch.append(spoil(rng, item, spec) if rng.random() < 0.02 else item)
         fast = check_items(batch, sensors, NOW, RETENTION, offset=7)
-        slow = check_each(batch, sensors, NOW, NOW - RETENTION, NOW + MAX_FUTURE, 7, 50)
+        slow = check_each(batch, sensors, Window.of(NOW, RETENTION, 50), offset=7)
         assert fast == slow, trial
 
 

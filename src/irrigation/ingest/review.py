@@ -123,8 +123,8 @@ async def approve(
     async with session.begin():
         item = await _lock_pending(session, site_id, item_id)
         reading = await _recheck(session, settings, site_id, item.raw, correction)
-        encoded = encode([reading])
-        inserted = await store.insert_readings(session, encoded) == 1
+        new, stored = await store.insert_readings(session, encode([reading]))
+        inserted = new == 1
         item.review_status = ReviewStatus.approved
         item.reviewed_at = utcnow()
         item.reviewed_by = reviewer
@@ -132,7 +132,7 @@ async def approve(
             item.correction = correction.model_dump(mode="json", exclude_none=True) or None
         await session.flush()
     if inserted:  # a duplicate is not what the database holds: keep it out of the cache
-        await cache.record(encoded)
+        await cache.record(stored)
     return Approval(item, reading, inserted)
 
 

@@ -92,12 +92,8 @@ async def write_checked(
     session: AsyncSession, site_id: uuid.UUID, job_id: uuid.UUID, checked: Checked
 ) -> Written:
     """Readings, rollups and quarantine within the caller's transaction."""
-    encoded = encode(checked.accepted)
-    inserted = await store.insert_readings(session, encoded)
+    inserted, stored = await store.insert_readings(session, encode(checked.accepted))
     await store.insert_quarantine(session, site_id, job_id, checked.rejected)
-    stored = encoded
-    if inserted < len(encoded):  # some lost to readings stored before
-        stored = await store.stored_readings(session, checked.accepted)
     return Written(inserted, len(checked.accepted) - inserted, stored)
 
 

@@ -22,7 +22,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation.ingest import rows as batch_rows
 from irrigation.ingest.rows import Rows
-from irrigation.ingest.schemas import ReadingIn
 from irrigation.ingest.validation import Rejected
 
 COLUMNS = ("sensor_id", "ts", "value", "quality")
@@ -89,10 +88,10 @@ WITH ins AS (
 SELECT count(*) FROM ins
 """
 
-SELECT_STORED = """
+# After the fallback, in its transaction: the temp table still holds the batch's keys.
+SELECT_STORED = f"""
 SELECT r.sensor_id, r.ts, r.value, r.quality
-FROM (SELECT DISTINCT * FROM unnest($1::uuid[], $2::timestamptz[]) AS k(sensor_id, ts)) AS k
-JOIN sensor_readings AS r USING (sensor_id, ts)
+FROM {TEMP_TABLE} AS k JOIN sensor_readings AS r USING (sensor_id, ts)
 """
 
 INSERT_QUARANTINE = """
@@ -122,12 +121,20 @@ async def _as_dbapi_errors(statement: str) -> AsyncIterator[None]:
         raise DBAPIError(statement, None, exc) from exc
 
 
-async def insert_readings(session: AsyncSession, rows: Rows) -> int:
-    """Inserts within the session's transaction; returns how many were new."""
+async def insert_readings(session: AsyncSession, rows: Rows) -> tuple[int, Rows]:
+    """Inserts within the session's transaction. Returns how many were new, and the rows as
+    the database now holds them, for the hot cache: a duplicate may carry another value
+    than the reading it lost to. That takes a second query, only after duplicates:
+    returning the keys from the insert itself made every batch 20-30 % slower."""
     if not rows:
-        return 0
+        return 0, rows
+    driver = await _driver(session)
     async with _as_dbapi_errors("COPY sensor_readings"):
-        return await write_rows(await _driver(session), rows)
+        inserted = await write_rows(driver, rows)
+        if inserted == len(rows):
+            return inserted, rows
+        stored = await driver.fetch(SELECT_STORED)
+    return inserted, batch_rows.encode([_Stored(*row) for row in stored])
 
 
 async def write_rows(conn: Any, rows: Rows, table: str = "sensor_readings") -> int:
@@ -174,19 +181,6 @@ class _Stored(NamedTuple):
     ts: datetime
     value: float
     quality: int
-
-
-async def stored_readings(session: AsyncSession, readings: Sequence[ReadingIn]) -> Rows:
-    """What the database holds at these readings' (sensor_id, ts), one per key: after a
-    batch with duplicates, the values that won, for the hot cache to show. A second query
-    only for such batches: returning the inserted keys from the insert statement itself made
-    every 10,000-item batch 20-30% slower (medians of 11, 10 sensors, same machine)."""
-    driver = await _driver(session)
-    async with _as_dbapi_errors(SELECT_STORED):
-        rows = await driver.fetch(
-            SELECT_STORED, [r.sensor_id for r in readings], [r.ts for r in readings]
-        )
-    return batch_rows.encode([_Stored(*row) for row in rows])
 
 
 def _raw_json(raw: Any) -> str:
