@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from irrigation.ingest.models import QuarantineReason
+from irrigation.ingest.rows import Columns
 from irrigation.ingest.schemas import ReadingIn
 from irrigation.ingest.validation import (
     MAX_FUTURE,
@@ -78,4 +79,4 @@ def test_a_spec_boundary_is_still_good() -> None:
         ReadingIn(sensor_id=sensor, ts=NOW - RETENTION, value=0.0, quality=50),
         ReadingIn(sensor_id=sensor, ts=NOW + MAX_FUTURE, value=100.0, unit="%"),
     ]
-    assert check_items(batch, {sensor: MOISTURE}, NOW, RETENTION).accepted == batch
+    assert check_items(batch, {sensor: MOISTURE}, NOW, RETENTION).accepted == Columns.of(batch)

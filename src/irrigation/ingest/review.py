@@ -3,7 +3,7 @@
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -239,4 +239,5 @@ async def _recheck(
     if checked.rejected:
         first: Rejected = checked.rejected[0]
         raise StillInvalid(first.reason, first.detail)
-    return checked.accepted[0]
+    (reading,) = parsed
+    return cast(ReadingIn, reading)

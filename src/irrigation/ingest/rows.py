@@ -14,8 +14,9 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from operator import attrgetter
-from typing import Protocol
+from itertools import repeat
+from operator import attrgetter, floordiv, sub
+from typing import Protocol, TypeVar
 
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 ONE_US = timedelta(microseconds=1)
@@ -26,6 +27,7 @@ KEY_BYTES = 34
 SENSOR = slice(6, 22)
 TAIL = slice(22, None)
 """From the length word of `ts` to the end: what the hot cache keeps of a row."""
+T = TypeVar("T")
 TAIL_FORMAT = struct.Struct(">4xq4xd4xh")
 TAIL_BYTES = TAIL_FORMAT.size
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no header extension
@@ -41,6 +43,50 @@ class Reading(Protocol):
     def value(self) -> float: ...
     @property
     def quality(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The typed items of a batch as columns, in the order sent: what the batch-wide checks
+    and `encode` read. A clean batch is parsed straight into these, with no object per
+    item beyond its values (validation.parse_batch)."""
+
+    sensors: list[bytes]
+    """Each item's sensor id as its 16 bytes (one shared object per sensor)."""
+    times: list[datetime]
+    values: list[float]
+    qualities: list[int]
+    units: list[str | None]
+
+    @classmethod
+    def of(cls, readings: Sequence[Reading]) -> "Columns":
+        return cls(
+            [r.sensor_id.bytes for r in readings],
+            [r.ts for r in readings],
+            [r.value for r in readings],
+            [r.quality for r in readings],
+            # Only items as sent have a unit (checked, never stored).
+            [getattr(r, "unit", None) for r in readings],
+        )
+
+    def __len__(self) -> int:
+        return len(self.sensors)
+
+    def take(self, indices: list[int]) -> "Columns":
+        """The items at these positions (the accepted ones of a batch with bad items)."""
+        if len(indices) == len(self):
+            return self
+        return Columns(
+            _pick(self.sensors, indices),
+            _pick(self.times, indices),
+            _pick(self.values, indices),
+            _pick(self.qualities, indices),
+            _pick(self.units, indices),
+        )
+
+
+def _pick(values: list[T], indices: list[int]) -> list[T]:
+    return [values[i] for i in indices]
 
 
 @dataclass(frozen=True)
@@ -74,24 +120,25 @@ class Rollups:
     maxs: list[float]
 
 
-def encode(readings: Sequence[Reading]) -> Rows:
-    # Comprehensions and C-level calls only: a Python-level loop over 10,000 items with a
+def encode(batch: Columns | Sequence[Reading]) -> Rows:
+    # C-level maps and comprehensions only: a Python-level loop over 10,000 items with a
     # dict and a datetime per item cost ~15 ms a batch.
-    n = len(readings)
-    micros = _micros([r.ts for r in readings])
-    values = [r.value for r in readings]
+    cols = batch if isinstance(batch, Columns) else Columns.of(batch)
+    n = len(cols)
+    micros = _micros(cols.times)
+    values = cols.values
     packed = list(
         map(
             ROW.pack,
-            [4] * n,
-            [16] * n,
-            [r.sensor_id.bytes for r in readings],
-            [8] * n,
+            repeat(4, n),
+            repeat(16, n),
+            cols.sensors,
+            repeat(8, n),
             micros,
-            [8] * n,
+            repeat(8, n),
             values,
-            [2] * n,
-            [r.quality for r in readings],
+            repeat(2, n),
+            cols.qualities,
         )
     )
     keys = [row[:KEY_BYTES] for row in packed]
@@ -116,14 +163,16 @@ def _micros(times: list[datetime]) -> list[int]:
     # identity, as hashing 10,000 tzinfo objects cost more than it saves): datetimes of the
     # same tzinfo subtract without calling utcoffset(), 2 ms a batch instead of 9. A zone
     # with rules has no offset without a date (None) and takes the general way.
+    epoch = PG_EPOCH
     if (
         zone is not None
         and zone.utcoffset(None) is not None
         and len(set(map(id, map(attrgetter("tzinfo"), times)))) == 1
     ):
         epoch = PG_EPOCH.astimezone(zone)
-        return [(ts - epoch) // ONE_US for ts in times]
-    return [(ts - PG_EPOCH) // ONE_US for ts in times]
+    n = len(times)
+    # (ts - epoch) // 1 us, as maps rather than a comprehension: 1.4 ms instead of 1.7.
+    return list(map(floordiv, map(sub, times, repeat(epoch, n)), repeat(ONE_US, n)))
 
 
 def _signed_key(key: bytes) -> tuple[bytes, int]:

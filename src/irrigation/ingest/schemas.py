@@ -27,6 +27,14 @@ class ReadingsBatch(BaseModel):
     )
 
 
+# Strict: a JSON string or boolean is the wrong type, not a number to coerce (`true` would
+# otherwise be stored as 1.0 and `"80"` as quality 80). JSON integers still count as
+# numbers for `value`. Sources without types (CSV) convert cells before validating.
+Value = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Unit = Annotated[str | None, Field(max_length=16)]
+Quality = Annotated[int, Field(ge=0, le=100, strict=True)]
+
+
 @pydantic_dataclass(slots=True, config=ConfigDict(extra="forbid"))
 class ReadingIn:
     """One item, as a device sends it. A slots dataclass, not a BaseModel: a batch makes
@@ -35,12 +43,23 @@ class ReadingIn:
 
     sensor_id: uuid.UUID
     ts: datetime
-    # Strict: a JSON string or boolean is the wrong type, not a number to coerce (`true`
-    # would otherwise be stored as 1.0 and `"80"` as quality 80). JSON integers still count
-    # as numbers for `value`. Sources without types (CSV) convert cells before validating.
-    value: Annotated[float, Field(strict=True, allow_inf_nan=False)]
-    unit: Annotated[str | None, Field(max_length=16)] = None
-    quality: Annotated[int, Field(ge=0, le=100, strict=True)] = 100
+    value: Value
+    unit: Unit = None
+    quality: Quality = 100
+
+
+@pydantic_dataclass(slots=True, config=ConfigDict(extra="forbid"))
+class WireReading:
+    """`ReadingIn` with the sensor id still text: what a whole batch is parsed into first.
+    A batch names ~100 sensors, so each distinct id becomes a UUID once, not once per item
+    (validation.parse_batch); any id that is not a UUID sends the batch the item-by-item
+    way, where it is that item's parse_error."""
+
+    sensor_id: str
+    ts: datetime
+    value: Value
+    unit: Unit = None
+    quality: Quality = 100
 
 
 class QuarantinedItem(BaseModel):

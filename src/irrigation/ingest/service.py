@@ -25,8 +25,8 @@ from irrigation.ingest import store
 from irrigation.ingest.cache import HotCache
 from irrigation.ingest.models import IngestionJob, JobSource, JobStatus, SensorReading
 from irrigation.ingest.rows import Rows, encode
-from irrigation.ingest.schemas import IngestionJobOut, IngestResult, QuarantinedItem, ReadingIn
-from irrigation.ingest.validation import Checked, Rejected, SensorSpec, check_items, sensor_ids
+from irrigation.ingest.schemas import IngestionJobOut, IngestResult, QuarantinedItem
+from irrigation.ingest.validation import Checked, Parsed, SensorSpec, check_items, sensor_ids
 from irrigation.settings import Settings
 
 DEADLOCK_DETECTED = "40P01"
@@ -66,7 +66,7 @@ async def check(
     session: AsyncSession,
     settings: Settings,
     site_id: uuid.UUID,
-    parsed: list[ReadingIn | Rejected],
+    parsed: Parsed,
     offset: int = 0,
 ) -> Checked:
     ids = sensor_ids(parsed)
@@ -102,7 +102,7 @@ async def ingest_batch(
     settings: Settings,
     cache: HotCache,
     site_id: uuid.UUID,
-    parsed: list[ReadingIn | Rejected],
+    parsed: Parsed,
     idem: IdempotentRequest | None,
 ) -> StoredAnswer:
     """Acknowledged means durable: the answer is built only after the commit."""
@@ -131,7 +131,7 @@ async def _ingest_once(
     session: AsyncSession,
     settings: Settings,
     site_id: uuid.UUID,
-    parsed: list[ReadingIn | Rejected],
+    parsed: Parsed,
     idem: IdempotentRequest | None,
     started: float,
 ) -> tuple[StoredAnswer, Rows | None, set[uuid.UUID]]:

@@ -5,22 +5,25 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from operator import attrgetter, le
-from typing import Any, cast
+from typing import Any
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from irrigation.ingest.models import QuarantineReason
-from irrigation.ingest.schemas import MAX_BATCH, ReadingIn, ReadingsBatch
+from irrigation.ingest.rows import Columns
+from irrigation.ingest.schemas import MAX_BATCH, ReadingIn, ReadingsBatch, WireReading
 
 MIN_QUALITY = 50
 MAX_FUTURE = timedelta(minutes=5)
 
 
-class _TypedBatch(BaseModel):
-    readings: list[ReadingIn] = Field(min_length=1, max_length=MAX_BATCH)
+class _WireBatch(BaseModel):
+    readings: list[WireReading] = Field(min_length=1, max_length=MAX_BATCH)
 
 
-_typed_batch = TypeAdapter(_TypedBatch)
+_wire_batch = TypeAdapter(_WireBatch)
+_uuid = TypeAdapter(uuid.UUID)
+_json_ts = TypeAdapter(datetime)
 _one = TypeAdapter(ReadingIn)
 _many = TypeAdapter(list[ReadingIn])
 
@@ -58,24 +61,47 @@ class Rejected:
     sensor_id: uuid.UUID | None = None
 
 
+Parsed = Columns | list[ReadingIn | Rejected]
+"""A clean batch as columns, or item by item with a parse_error in each bad item's place."""
+
+
 @dataclass(frozen=True)
 class Checked:
-    accepted: list[ReadingIn]
+    accepted: Columns
     rejected: list[Rejected]
     # The zones of the accepted readings' sensors (their automation may need a look).
     zone_ids: set[uuid.UUID] = field(default_factory=set)
 
 
-def parse_batch(raw_body: bytes) -> list[ReadingIn | Rejected]:
-    """Parse straight from the request bytes. A clean batch validates in one call; otherwise
-    the envelope is checked (422 when it is broken, raised as ValidationError) and then each
-    item on its own, the bad ones becoming parse_errors."""
+def parse_batch(raw_body: bytes) -> Parsed:
+    """Parse straight from the request bytes. A clean batch validates in one call, into
+    columns; otherwise the envelope is checked (422 when it is broken, raised as
+    ValidationError) and then each item on its own, the bad ones becoming parse_errors."""
     try:
-        return list(_typed_batch.validate_json(raw_body).readings)
+        wire = _wire_batch.validate_json(raw_body).readings
     except ValidationError:
         pass
+    else:
+        if (columns := _columns(wire)) is not None:
+            return columns
     envelope = ReadingsBatch.model_validate_json(raw_body)
     return parse_items(envelope.readings)
+
+
+def _columns(items: list[WireReading]) -> Columns | None:
+    """None when a sensor id is not a UUID: the item-by-item parse names that item."""
+    texts = list(map(attrgetter("sensor_id"), items))
+    try:
+        key_of = {text: _uuid.validate_python(text).bytes for text in set(texts)}
+    except ValidationError:
+        return None
+    return Columns(
+        list(map(key_of.__getitem__, texts)),
+        list(map(attrgetter("ts"), items)),
+        list(map(attrgetter("value"), items)),
+        list(map(attrgetter("quality"), items)),
+        list(map(attrgetter("unit"), items)),
+    )
 
 
 def parse_items(raw_items: list[Any]) -> list[ReadingIn | Rejected]:
@@ -97,15 +123,17 @@ def parse_items(raw_items: list[Any]) -> list[ReadingIn | Rejected]:
     return parsed
 
 
-def sensor_ids(parsed: list[ReadingIn | Rejected]) -> set[uuid.UUID]:
-    """The distinct sensors of the typed items, gathered by their `int` (a slot, and ints
-    hash in C): `UUID.__hash__` is Python code, 2 ms for a 10,000-item batch."""
+def sensor_ids(parsed: Parsed) -> set[uuid.UUID]:
+    """The distinct sensors of the typed items."""
+    if isinstance(parsed, Columns):
+        return {uuid.UUID(bytes=key) for key in set(parsed.sensors)}
+    # By their `int` (a slot, and ints hash in C): `UUID.__hash__` is Python code.
     distinct = {item.sensor_id.int for item in parsed if isinstance(item, ReadingIn)}
     return {uuid.UUID(int=i) for i in distinct}
 
 
 def check_items(
-    parsed: list[ReadingIn | Rejected],
+    parsed: Parsed,
     sensors: dict[uuid.UUID, SensorSpec],
     now: datetime,
     retention: timedelta,
@@ -116,116 +144,138 @@ def check_items(
     """`offset` numbers the items within a larger file (import chunks); `min_quality` is
     lowered by a reviewer's approval, the human override of the quality flag."""
     window = Window.of(now, retention, min_quality)
-    if _all_good(parsed, sensors, window):
-        return Checked(cast(list[ReadingIn], parsed), [])
-    return check_each(parsed, sensors, window, offset)
+    typed, positions, rejected = _split(parsed, offset)
+    by_key = {sensor_id.bytes: spec for sensor_id, spec in sensors.items()}
+    if not rejected and _all_good(typed, by_key, window):
+        return Checked(typed, [])
+    return _check_each(typed, positions, rejected, by_key, window, offset)
 
 
 def check_each(
-    parsed: list[ReadingIn | Rejected],
-    sensors: dict[uuid.UUID, SensorSpec],
-    window: Window,
-    offset: int = 0,
+    parsed: Parsed, sensors: dict[uuid.UUID, SensorSpec], window: Window, offset: int = 0
 ) -> Checked:
     """Item by item, each bad one with its reason."""
-    accepted: list[ReadingIn] = []
-    rejected: list[Rejected] = []
-    for index, item in enumerate(parsed, start=offset):
-        if isinstance(item, Rejected):
-            rejected.append(Rejected(index, item.raw, item.reason, item.detail))
-            continue
-        spec = sensors.get(item.sensor_id)
+    typed, positions, rejected = _split(parsed, offset)
+    by_key = {sensor_id.bytes: spec for sensor_id, spec in sensors.items()}
+    return _check_each(typed, positions, rejected, by_key, window, offset)
+
+
+def _split(parsed: Parsed, offset: int) -> tuple[Columns, list[int] | None, list[Rejected]]:
+    """The typed items as columns, their places in the batch (None: all of them, in order),
+    and the parse_errors, numbered from `offset`."""
+    if isinstance(parsed, Columns):
+        return parsed, None, []
+    typed = [item for item in parsed if isinstance(item, ReadingIn)]
+    if len(typed) == len(parsed):
+        return Columns.of(typed), None, []
+    positions = [i for i, item in enumerate(parsed) if isinstance(item, ReadingIn)]
+    rejected = [
+        Rejected(i + offset, item.raw, item.reason, item.detail)
+        for i, item in enumerate(parsed)
+        if isinstance(item, Rejected)
+    ]
+    return Columns.of(typed), positions, rejected
+
+
+def _check_each(
+    typed: Columns,
+    positions: list[int] | None,
+    rejected: list[Rejected],
+    by_key: dict[bytes, SensorSpec],
+    window: Window,
+    offset: int,
+) -> Checked:
+    kept: list[int] = []
+    rejected = list(rejected)
+    items = zip(typed.sensors, typed.times, typed.values, typed.units, typed.qualities, strict=True)
+    for k, (key, ts, value, unit, quality) in enumerate(items):
+        spec = by_key.get(key)
         # The common case in one expression (a good item); `_judge` names what is wrong.
         # NaN fails the range comparison, a naive ts the tzinfo test, so both go to `_judge`.
         if (
             spec is not None
-            and item.ts.tzinfo is not None
-            and window.oldest <= item.ts <= window.latest
-            and (item.unit is None or item.unit == spec.unit)
-            and spec.low <= item.value <= spec.high
-            and item.quality >= window.min_quality
+            and ts.tzinfo is not None
+            and window.oldest <= ts <= window.latest
+            and (unit is None or unit == spec.unit)
+            and spec.low <= value <= spec.high
+            and quality >= window.min_quality
         ):
-            accepted.append(item)
+            kept.append(k)
             continue
-        reason, detail = _judge(item, spec, window)
+        sensor_id = uuid.UUID(bytes=key)
+        reason, detail = _judge(sensor_id, ts, value, unit, quality, spec, window)
         if reason is None:
-            accepted.append(item)
-        else:
-            known = item.sensor_id if reason != QuarantineReason.unknown_sensor else None
-            raw = _one.dump_python(item, mode="json", exclude_none=True)
-            rejected.append(Rejected(index, raw, reason, detail, known))
-    return Checked(accepted, rejected)
+            kept.append(k)
+            continue
+        raw = {"sensor_id": str(sensor_id), "ts": _json_ts.dump_python(ts, mode="json")}
+        raw |= {"value": value, "unit": unit, "quality": quality}
+        if unit is None:
+            del raw["unit"]
+        index = (k if positions is None else positions[k]) + offset
+        known = sensor_id if reason != QuarantineReason.unknown_sensor else None
+        rejected.append(Rejected(index, raw, reason, detail, known))
+    rejected.sort(key=attrgetter("index"))
+    return Checked(typed.take(kept), rejected)
 
 
-def _all_good(
-    parsed: list[ReadingIn | Rejected], sensors: dict[uuid.UUID, SensorSpec], window: Window
-) -> bool:
+def _all_good(typed: Columns, by_key: dict[bytes, SensorSpec], window: Window) -> bool:
     """The usual batch, every item good, judged by columns with C-level builtins (min, max,
     set, map) instead of item by item: ~5 ms instead of ~11 for 10,000 items. False sends
     the batch through the item-by-item checks, which name each bad item's reason."""
-    if not parsed or set(map(type, parsed)) != {ReadingIn}:
+    if not typed:
+        return True
+    keys = typed.sensors
+    distinct = set(keys)
+    if not distinct <= by_key.keys():
         return False
-    items = cast(list[ReadingIn], parsed)
-    # `UUID.__hash__` is Python code; its `int` is a slot, and ints hash in C.
-    by_int = {sensor_id.int: spec for sensor_id, spec in sensors.items()}
-    ids = [r.sensor_id.int for r in items]
-    distinct = set(ids)
-    if not distinct <= by_int.keys():
-        return False
-    times = [r.ts for r in items]
+    times = typed.times
     if (
         not all(map(attrgetter("tzinfo"), times))
         or min(times) < window.oldest
         or max(times) > window.latest
     ):
         return False
-    values = [r.value for r in items]
-    if not math.isfinite(sum(values)) or min(r.quality for r in items) < window.min_quality:
+    values = typed.values
+    if not math.isfinite(sum(values)) or min(typed.qualities) < window.min_quality:
         return False
-    units = {r.unit for r in items}
-    kinds = {by_int[i] for i in distinct}
+    units = set(typed.units)
+    kinds = {by_key[key] for key in distinct}
     if len(kinds) == 1:
         (spec,) = kinds
         return units <= {None, spec.unit} and spec.low <= min(values) and max(values) <= spec.high
-    specs = list(map(by_int.__getitem__, ids))
+    specs = list(map(by_key.__getitem__, keys))
     return (
         all(map(le, [s.low for s in specs], values))
         and all(map(le, values, [s.high for s in specs]))
         and (
             units == {None}
-            or all(
-                u is None or u == s.unit
-                for u, s in zip([r.unit for r in items], specs, strict=True)
-            )
+            or all(u is None or u == s.unit for u, s in zip(typed.units, specs, strict=True))
         )
     )
 
 
 def _judge(
-    item: ReadingIn, spec: SensorSpec | None, window: Window
+    sensor_id: uuid.UUID,
+    ts: datetime,
+    value: float,
+    unit: str | None,
+    quality: int,
+    spec: SensorSpec | None,
+    window: Window,
 ) -> tuple[QuarantineReason | None, str]:
     if spec is None:
         # Same answer whether the sensor is another site's or nobody's: no hint either way.
-        return QuarantineReason.unknown_sensor, f"sensor {item.sensor_id} is not known"
-    if item.ts.tzinfo is None or item.ts.utcoffset() is None:
+        return QuarantineReason.unknown_sensor, f"sensor {sensor_id} is not known"
+    if ts.tzinfo is None or ts.utcoffset() is None:
         return QuarantineReason.invalid_timestamp, "ts has no time zone"
-    if item.ts > window.latest:
+    if ts > window.latest:
         return QuarantineReason.invalid_timestamp, "ts is more than 5 minutes in the future"
-    if item.ts < window.oldest:
+    if ts < window.oldest:
         return QuarantineReason.invalid_timestamp, "ts is older than the raw retention"
-    if item.unit is not None and item.unit != spec.unit:
-        return (
-            QuarantineReason.invalid_unit,
-            f"unit {item.unit!r} is not the sensor's {spec.unit!r}",
-        )
-    if not (spec.low <= item.value <= spec.high) or math.isnan(item.value):
-        return (
-            QuarantineReason.out_of_range,
-            f"value {item.value} is outside [{spec.low}, {spec.high}]",
-        )
-    if item.quality < window.min_quality:
-        return (
-            QuarantineReason.low_quality,
-            f"quality {item.quality} is below {window.min_quality}",
-        )
+    if unit is not None and unit != spec.unit:
+        return QuarantineReason.invalid_unit, f"unit {unit!r} is not the sensor's {spec.unit!r}"
+    if not (spec.low <= value <= spec.high) or math.isnan(value):
+        return QuarantineReason.out_of_range, f"value {value} is outside [{spec.low}, {spec.high}]"
+    if quality < window.min_quality:
+        return QuarantineReason.low_quality, f"quality {quality} is below {window.min_quality}"
     return None, ""
