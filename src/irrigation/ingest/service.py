@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 from prometheus_client import Counter
-from sqlalchemy import select
+from sqlalchemy import ARRAY, Uuid, any_, insert, literal, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -54,7 +54,11 @@ async def sensor_specs(
     rows = await session.execute(
         select(
             Sensor.id, Sensor.unit, Sensor.kind, Sensor.min_value, Sensor.max_value, Sensor.zone_id
-        ).where(Sensor.site_id == site_id, Sensor.id.in_(sensor_ids))
+        ).where(
+            Sensor.site_id == site_id,
+            # One array parameter: `IN` would expand to ~100 parameters, each sent apart.
+            Sensor.id == any_(literal(list(sensor_ids), ARRAY(Uuid))),
+        )
     )
     return {
         sensor_id: SensorSpec(unit, *range_of(kind, low, high), zone_id=zone_id)
@@ -141,39 +145,43 @@ async def _ingest_once(
         if idem is not None and (stored := await idempotency.find(session, idem, ttl)):
             return stored, None, set()
         checked = await check(session, settings, site_id, parsed)
-        now = utcnow()
-        job = IngestionJob(
-            id=uuid.uuid4(),
-            site_id=site_id,
-            source=JobSource.api,
-            status=JobStatus.completed,
-            total=len(parsed),
-            processed=len(parsed),
-            started_at=now,
-        )
-        session.add(job)
-        await session.flush()
-        written = await write_checked(session, site_id, job.id, checked)
-        job.inserted = written.inserted
-        job.duplicates = written.duplicates
-        job.quarantined = len(checked.rejected)
-        job.finished_at = utcnow()
-        job.processing_time_ms = round((time.perf_counter() - started) * 1000)
+        started_at = utcnow()
+        inserted, rows = await store.insert_readings(session, encode(checked.accepted))
         result = IngestResult(
-            job_id=job.id,
-            total=job.total,
-            inserted=job.inserted,
-            duplicates=job.duplicates,
-            quarantined=job.quarantined,
+            job_id=uuid.uuid4(),
+            total=len(parsed),
+            inserted=inserted,
+            duplicates=len(checked.accepted) - inserted,
+            quarantined=len(checked.rejected),
             quarantine=[
                 QuarantinedItem(index=r.index, reason=r.reason, detail=r.detail)
                 for r in checked.rejected
             ],
         )
+        # The job row once, with its final counts (no INSERT then UPDATE), and before the
+        # quarantined items, which reference it.
+        await session.execute(
+            insert(IngestionJob).values(
+                id=result.job_id,
+                site_id=site_id,
+                source=JobSource.api,
+                status=JobStatus.completed,
+                total=result.total,
+                processed=result.total,
+                inserted=result.inserted,
+                duplicates=result.duplicates,
+                quarantined=result.quarantined,
+                created_at=started_at,
+                started_at=started_at,
+                finished_at=utcnow(),
+                processing_time_ms=round((time.perf_counter() - started) * 1000),
+            )
+        )
+        await store.insert_quarantine(session, site_id, result.job_id, checked.rejected)
         answer = StoredAnswer(200, result.model_dump(mode="json"), {})
         if idem is not None and await idempotency.store(session, idem, answer, ttl) is None:
             raise Unavailable("a request with this Idempotency-Key is in flight; retry")
-    return answer, written.stored, checked.zone_ids
+    return answer, rows, checked.zone_ids
 
 
 async def latest(
