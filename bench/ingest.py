@@ -19,8 +19,9 @@ the API it creates 100 soil-moisture sensors (unit %) in 4 zones. Then:
     functions with a timer around each step (parse, sensor lookup, item checks, job row,
     the binary COPY rows (`rows.encode`), the COPY into sensor_readings and the rollup +
     last_seen statement (`store.ROLLUP_AND_SEEN`) on the asyncpg connection, the rest of
-    `store.insert_readings`, quarantine, answer, commit, Redis cache), against the same K
-    batches posted one at a time over HTTP; the difference is HTTP/uvicorn overhead.
+    `store.insert_readings` and `store.roll_up`, quarantine, answer, commit, Redis cache),
+    against the same K batches posted one at a time over HTTP; the difference is
+    HTTP/uvicorn overhead.
     `service.ingest_batch` uninstrumented is timed too, as a check that the steps add up.
 (c) alternatives (DB only, asyncpg, C connections, same batches, one transaction each):
     the app's write path, `store.write_rows` (binary COPY into sensor_readings, then the
@@ -641,10 +642,11 @@ STEPS = (
     ("rollup_sql", "rollup + last_seen statement alone (store.ROLLUP_AND_SEEN)"),
     (
         "write_rest",
-        "store.insert_readings minus both statements: savepoints, Python rollup aggregation",
+        "store.insert_readings and store.roll_up minus both statements: savepoints, Python"
+        " rollup aggregation",
     ),
     ("quarantine", "quarantine insert: store.insert_quarantine (0 items here)"),
-    ("txn", "rest of the transaction: BEGIN, job row INSERT/UPDATE, answer, COMMIT"),
+    ("txn", "rest of the transaction: BEGIN, job row INSERT, answer, COMMIT"),
     ("cache", "Redis: HotCache.record"),
 )
 
@@ -748,6 +750,7 @@ class InProcess:
         # The name service.py calls (imported there from rows.py); sync.
         self._wrap(service, "encode", "encode")
         self._wrap(store, "insert_readings", "insert_readings")
+        self._wrap(store, "roll_up", "roll_up")
         self._wrap(store, "insert_quarantine", "quarantine")
         self._wrap(service, "_ingest_once", "ingest_once")
         self._wrap(self.cache, "record", "cache")
@@ -777,7 +780,7 @@ class InProcess:
         if "copy" not in t:
             raise RuntimeError("the COPY was not run: update bench/ingest.py")
         # All timed inside _ingest_once (encode: inside write_checked).
-        inner = ("lookup", "checks", "encode", "insert_readings", "quarantine")
+        inner = ("lookup", "checks", "encode", "insert_readings", "roll_up", "quarantine")
         return {
             "parse": parse_s,
             "lookup": t.get("lookup", 0.0),
@@ -785,7 +788,10 @@ class InProcess:
             "encode": t.get("encode", 0.0),
             "copy": t["copy"],
             "rollup_sql": t.get("rollup_sql", 0.0),
-            "write_rest": t["insert_readings"] - t["copy"] - t.get("rollup_sql", 0.0),
+            "write_rest": t["insert_readings"]
+            + t.get("roll_up", 0.0)
+            - t["copy"]
+            - t.get("rollup_sql", 0.0),
             "quarantine": t.get("quarantine", 0.0),
             "txn": t["ingest_once"] - sum(t.get(k, 0.0) for k in inner),
             "cache": t.get("cache", 0.0),

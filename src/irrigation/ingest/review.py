@@ -123,8 +123,8 @@ async def approve(
     async with session.begin():
         item = await _lock_pending(session, site_id, item_id)
         reading = await _recheck(session, settings, site_id, item.raw, correction)
-        new, stored = await store.insert_readings(session, encode([reading]))
-        inserted = new == 1
+        written = await store.write_readings(session, encode([reading]))
+        inserted = written.count == 1
         item.review_status = ReviewStatus.approved
         item.reviewed_at = utcnow()
         item.reviewed_by = reviewer
@@ -132,7 +132,7 @@ async def approve(
             item.correction = correction.model_dump(mode="json", exclude_none=True) or None
         await session.flush()
     if inserted:  # a duplicate is not what the database holds: keep it out of the cache
-        await cache.record(stored)
+        await cache.record(written.stored)
     return Approval(item, reading, inserted)
 
 

@@ -96,9 +96,9 @@ async def write_checked(
     session: AsyncSession, site_id: uuid.UUID, job_id: uuid.UUID, checked: Checked
 ) -> Written:
     """Readings, rollups and quarantine within the caller's transaction."""
-    inserted, stored = await store.insert_readings(session, encode(checked.accepted))
+    inserted = await store.write_readings(session, encode(checked.accepted))
     await store.insert_quarantine(session, site_id, job_id, checked.rejected)
-    return Written(inserted, len(checked.accepted) - inserted, stored)
+    return Written(inserted.count, len(checked.accepted) - inserted.count, inserted.stored)
 
 
 async def ingest_batch(
@@ -146,12 +146,12 @@ async def _ingest_once(
             return stored, None, set()
         checked = await check(session, settings, site_id, parsed)
         started_at = utcnow()
-        inserted, rows = await store.insert_readings(session, encode(checked.accepted))
+        inserted = await store.insert_readings(session, encode(checked.accepted))
         result = IngestResult(
             job_id=uuid.uuid4(),
             total=len(parsed),
-            inserted=inserted,
-            duplicates=len(checked.accepted) - inserted,
+            inserted=inserted.count,
+            duplicates=len(checked.accepted) - inserted.count,
             quarantined=len(checked.rejected),
             quarantine=[
                 QuarantinedItem(index=r.index, reason=r.reason, detail=r.detail)
@@ -181,7 +181,10 @@ async def _ingest_once(
         answer = StoredAnswer(200, result.model_dump(mode="json"), {})
         if idem is not None and await idempotency.store(session, idem, answer, ttl) is None:
             raise Unavailable("a request with this Idempotency-Key is in flight; retry")
-    return answer, rows, checked.zone_ids
+        # Last, right before the COMMIT: the rollup rows and sensors it locks are what
+        # every concurrent batch of these sensors waits for.
+        await store.roll_up(session, inserted)
+    return answer, inserted.stored, checked.zone_ids
 
 
 async def latest(

@@ -8,11 +8,13 @@ follow in one statement computed from the batch. Only when the COPY hits a store
 `INSERT ... ON CONFLICT DO NOTHING RETURNING`, whose returned rows feed the rollups. Raw
 asyncpg, not the ORM: COPY and one round trip per statement (docs/benchmarks.md)."""
 
+import dataclasses
 import json
 import math
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -121,25 +123,62 @@ async def _as_dbapi_errors(statement: str) -> AsyncIterator[None]:
         raise DBAPIError(statement, None, exc) from exc
 
 
-async def insert_readings(session: AsyncSession, rows: Rows) -> tuple[int, Rows]:
-    """Inserts within the session's transaction. Returns how many were new, and the rows as
-    the database now holds them, for the hot cache: a duplicate may carry another value
-    than the reading it lost to. That takes a second query, only after duplicates:
-    returning the keys from the insert itself made every batch 20-30 % slower."""
+@dataclass(frozen=True)
+class Inserted:
+    count: int
+    """How many readings were new."""
+    stored: Rows
+    """The rows as the database now holds them, for the hot cache: a duplicate may carry
+    another value than the reading it lost to."""
+    rolled_up: bool
+    """False until `roll_up` has written the rollups and last_seen_at of a copied batch."""
+
+
+async def insert_readings(session: AsyncSession, rows: Rows) -> Inserted:
+    """The readings, within the session's transaction; `roll_up` must follow before the
+    commit. Apart, so that a caller can leave the statement that locks what every batch of
+    these sensors needs (rollup rows, sensors) for last, right before its COMMIT: with the
+    job row written in between, concurrent batches of the same sensors queued on those
+    locks for twice as long. Reading the stored rows takes a second query, only after
+    duplicates: returning the keys from the insert itself made every batch 20-30 % slower."""
     if not rows:
-        return 0, rows
+        return Inserted(0, rows, True)
     driver = await _driver(session)
     async with _as_dbapi_errors("COPY sensor_readings"):
-        inserted = await write_rows(driver, rows)
+        inserted, rolled_up = await insert_rows(driver, rows)
         if inserted == len(rows):
-            return inserted, rows
+            return Inserted(inserted, rows, rolled_up)
         stored = await driver.fetch(SELECT_STORED)
-    return inserted, batch_rows.encode([_Stored(*row) for row in stored])
+    return Inserted(inserted, batch_rows.encode([_Stored(*row) for row in stored]), rolled_up)
+
+
+async def roll_up(session: AsyncSession, inserted: Inserted) -> None:
+    if inserted.rolled_up:
+        return
+    driver = await _driver(session)
+    async with _as_dbapi_errors("rollups and last_seen_at"):
+        await roll_up_rows(driver, inserted.stored)
+
+
+async def write_readings(session: AsyncSession, rows: Rows) -> Inserted:
+    """`insert_readings`, then `roll_up` straight away."""
+    inserted = await insert_readings(session, rows)
+    await roll_up(session, inserted)
+    return dataclasses.replace(inserted, rolled_up=True)
 
 
 async def write_rows(conn: Any, rows: Rows, table: str = "sensor_readings") -> int:
-    """On a raw asyncpg connection, inside its transaction (`table`: a copy of
-    sensor_readings, for the benchmarks)."""
+    """The whole write on a raw asyncpg connection, inside its transaction (`table`: a copy
+    of sensor_readings, for the benchmarks)."""
+    inserted, rolled_up = await insert_rows(conn, rows, table)
+    if not rolled_up:
+        await roll_up_rows(conn, rows)
+    return inserted
+
+
+async def insert_rows(conn: Any, rows: Rows, table: str = "sensor_readings") -> tuple[int, bool]:
+    """How many were new, and whether their rollups and last_seen_at are written: the
+    fallback's statement writes them, a plain COPY leaves them to `roll_up_rows`."""
     # A memoryview: asyncpg would take bytes for a file name.
     data = memoryview(rows.copy_data())
     await conn.execute(f"SAVEPOINT {SAVEPOINT}")
@@ -147,10 +186,9 @@ async def write_rows(conn: Any, rows: Rows, table: str = "sensor_readings") -> i
         await conn.copy_to_table(table, source=data, columns=COLUMNS, format="binary")
     except asyncpg.UniqueViolationError:
         await conn.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
-        return await write_conflicting(conn, data, table)
-    await conn.execute(f"RELEASE SAVEPOINT {SAVEPOINT}")
-    await _roll_up(conn, rows)
-    return len(rows)
+        return await write_conflicting(conn, data, table), True
+    # Not released: the COMMIT ends it, and a RELEASE was one more round trip per batch.
+    return len(rows), False
 
 
 async def write_conflicting(conn: Any, data: memoryview, table: str = "sensor_readings") -> int:
@@ -162,7 +200,7 @@ async def write_conflicting(conn: Any, data: memoryview, table: str = "sensor_re
     return inserted
 
 
-async def _roll_up(conn: Any, rows: Rows) -> None:
+async def roll_up_rows(conn: Any, rows: Rows) -> None:
     roll = batch_rows.rollups(rows)
     await conn.execute(
         ROLLUP_AND_SEEN,
