@@ -5,6 +5,7 @@ No safety property depends on it: the outbox and the watchdog (PostgreSQL) and t
 own auto-off and command ids hold them."""
 
 import json
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -93,20 +94,20 @@ def dirty_zones_key(redis: ArqRedis) -> str:
     return f"{redis.default_queue_name}:dirty-zones"
 
 
-async def request_zone_evaluation(
-    redis: ArqRedis, zone_ids: set[uuid.UUID], delay_s: float
-) -> None:
-    """Mark zones whose readings changed; one deferred job evaluates them all, so a burst
-    of batches costs one evaluation per zone per delay (the sweep catches anything lost).
-    Raises when Redis fails: the caller decides how long to leave it alone."""
-    if not zone_ids:
-        return
-    pipe = redis.pipeline(transaction=False)
-    pipe.sadd(dirty_zones_key(redis), *(str(z) for z in zone_ids))
-    await pipe.execute()
+async def schedule_zone_evaluation(redis: ArqRedis, delay_s: float) -> float | None:
+    """Queue the one deferred job that evaluates the zones marked in `dirty_zones_key`,
+    unless it is queued already. Returns when it is due (Unix time), None when unknown.
+    Readings mark their zones on every batch, so a burst of batches costs one evaluation
+    per zone per delay (the sweep catches anything lost)."""
     # arq's job keys are global (`arq:job:<id>`): the queue name keeps stacks apart.
     job_id = f"{redis.default_queue_name}:evaluate-zones"
-    await _enqueue(redis, EVALUATE_ZONES, job_id=job_id, defer_by=delay_s)
+    # arq scores a queued job with its due time in milliseconds.
+    due_ms = await redis.zscore(redis.default_queue_name, job_id)
+    if due_ms is not None:
+        return float(due_ms) / 1000
+    if await _enqueue(redis, EVALUATE_ZONES, job_id=job_id, defer_by=delay_s):
+        return time.time() + delay_s
+    return None
 
 
 async def enqueue_dispatch(redis: ArqRedis, site_id: uuid.UUID) -> bool:

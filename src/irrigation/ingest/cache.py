@@ -8,8 +8,8 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable
-from typing import Any, cast
+from collections.abc import Collection
+from typing import Any
 
 import structlog
 from arq.connections import ArqRedis
@@ -20,6 +20,7 @@ from irrigation.ingest.rows import TAIL, TAIL_BYTES, Rows, by_sensor, decode_tai
 log = structlog.get_logger(__name__)
 RECENT = 60
 BACKOFF_S = 5.0
+CLOCK_SLACK_S = 1.0
 
 
 class HotCache:
@@ -28,6 +29,7 @@ class HotCache:
         self.namespace = namespace
         self.timeout_s = timeout_s
         self._skip_until = 0.0
+        self._evaluation_due = 0.0
 
     def key(self, sensor_id: uuid.UUID) -> str:
         # A string since session 4; the sorted sets of earlier versions were named
@@ -45,23 +47,36 @@ class HotCache:
         self._skip_until = time.monotonic() + BACKOFF_S
         log.warning("redis_unavailable", action=what, error=repr(exc))
 
-    async def request_evaluation(self, zone_ids: set[uuid.UUID], delay_s: float) -> None:
-        """Ask for the automation of these zones to look at their new readings; behind the
-        same breaker as the cache, so a dead Redis costs one timeout per back-off, not one
-        per batch."""
-        if not zone_ids or not self._available():
+    async def record(
+        self, rows: Rows, zone_ids: Collection[uuid.UUID] = (), delay_s: float = 0.0
+    ) -> None:
+        """Newest 60 per sensor, one event per sensor on the readings channel, and the zones
+        marked for their automation to look at the new readings: one round trip for the
+        batch. Each sensor's entry is one string of the rows' own bytes from `ts` on, oldest
+        first, so nothing is formatted per reading here."""
+        if not (rows or zone_ids) or not self._available():
             return
+        pipe = self.redis.pipeline(transaction=False)
+        if rows:
+            keys, args = self._entries(rows)
+            # redis-py types its arguments as str; it sends bytes as they are.
+            pipe.eval(_RECORD, len(keys), *keys, *args)  # type: ignore[arg-type]
+        if zone_ids:
+            pipe.sadd(queue.dirty_zones_key(self.redis), *(str(z) for z in zone_ids))
         try:
-            await queue.request_zone_evaluation(self.redis, zone_ids, delay_s)
-        except Exception as exc:  # Redis down must never fail the ingestion that asks
-            self._failed("request_evaluation", exc)
+            await asyncio.wait_for(pipe.execute(), self.timeout_s)
+            # The zones are marked; the job that evaluates them only needs queueing when
+            # none is known to be due later (arq's worker and this clock may differ by up
+            # to CLOCK_SLACK_S). That spares three round trips per batch.
+            if zone_ids and time.time() >= self._evaluation_due - CLOCK_SLACK_S:
+                due = await asyncio.wait_for(
+                    queue.schedule_zone_evaluation(self.redis, delay_s), self.timeout_s
+                )
+                self._evaluation_due = due or 0.0
+        except Exception as exc:  # the database already holds the readings
+            self._failed("record", exc)
 
-    async def record(self, rows: Rows) -> None:
-        """Newest 60 per sensor, and one event per sensor on the readings channel: one
-        script call for the batch. Each sensor's entry is one string of the rows' own bytes
-        from `ts` on, oldest first, so nothing is formatted per reading here."""
-        if not rows or not self._available():
-            return
+    def _entries(self, rows: Rows) -> tuple[list[str], list[bytes | str]]:
         keys: list[str] = []
         args: list[bytes | str] = [self.channel, str(RECENT)]
         for sensor_id, start, end in by_sensor(rows):
@@ -70,14 +85,7 @@ class HotCache:
             ts, value, _ = decode_tail(rows.rows[end - 1][TAIL])
             event = {"sensor_id": str(sensor_id), "count": end - start, "ts": ts.isoformat()}
             args.append(json.dumps({**event, "value": value}))
-        try:
-            await asyncio.wait_for(
-                # redis-py types its arguments as str; it sends bytes as they are.
-                cast(Awaitable[int], self.redis.eval(_RECORD, len(keys), *keys, *args)),  # type: ignore[arg-type]
-                self.timeout_s,
-            )
-        except Exception as exc:  # the database already holds the readings
-            self._failed("record", exc)
+        return keys, args
 
     async def recent(self, sensor_id: uuid.UUID) -> list[dict[str, Any]] | None:
         """Newest first; None when Redis cannot say (then ask the database)."""

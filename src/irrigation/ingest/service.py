@@ -126,8 +126,7 @@ async def ingest_batch(
             attempt += 1
             continue
         if fresh is not None:
-            await cache.record(fresh)
-            await cache.request_evaluation(zones, settings.evaluation_delay_s)
+            await cache.record(fresh, zones, settings.evaluation_delay_s)
         return answer
 
 
