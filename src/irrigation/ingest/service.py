@@ -112,11 +112,16 @@ async def ingest_batch(
     """Acknowledged means durable: the answer is built only after the commit."""
     started = time.perf_counter()
     attempt = 1
+    mode = store.CopyMode.bare
     while True:
         try:
             answer, fresh, zones = await _ingest_once(
-                session, settings, site_id, parsed, idem, started
+                session, settings, site_id, parsed, idem, started, mode
             )
+        except store.StoredAlready:
+            # A batch (partly) sent before: again, merged with what is stored.
+            mode = store.CopyMode.merge
+            continue
         except DBAPIError as exc:
             # Two batches touching the same sensors can still deadlock on rollup rows;
             # PostgreSQL picks a victim, which simply tries again.
@@ -137,6 +142,7 @@ async def _ingest_once(
     parsed: Parsed,
     idem: IdempotentRequest | None,
     started: float,
+    mode: store.CopyMode,
 ) -> tuple[StoredAnswer, Rows | None, set[uuid.UUID]]:
     """The answer, and the readings as stored, for the cache (None for a replayed answer)."""
     ttl = settings.idempotency_ttl_s
@@ -145,7 +151,7 @@ async def _ingest_once(
             return stored, None, set()
         checked = await check(session, settings, site_id, parsed)
         started_at = utcnow()
-        inserted = await store.insert_readings(session, encode(checked.accepted))
+        inserted = await store.insert_readings(session, encode(checked.accepted), mode)
         result = IngestResult(
             job_id=uuid.uuid4(),
             total=len(parsed),

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -134,7 +135,23 @@ class Inserted:
     """False until `roll_up` has written the rollups and last_seen_at of a copied batch."""
 
 
-async def insert_readings(session: AsyncSession, rows: Rows) -> Inserted:
+class CopyMode(StrEnum):
+    savepoint = "savepoint"
+    """COPY inside a savepoint; on meeting stored readings, back to it and merge."""
+    bare = "bare"
+    """COPY with no savepoint (one round trip less); on meeting stored readings raise
+    `StoredAlready`: the transaction is lost, and the caller runs it again to merge."""
+    merge = "merge"
+    """Straight to the temp table and `INSERT ... ON CONFLICT DO NOTHING`."""
+
+
+class StoredAlready(Exception):
+    """A bare COPY met readings already stored (a re-sent batch); the transaction is aborted."""
+
+
+async def insert_readings(
+    session: AsyncSession, rows: Rows, mode: CopyMode = CopyMode.savepoint
+) -> Inserted:
     """The readings, within the session's transaction; `roll_up` must follow before the
     commit. Apart, so that a caller can leave the statement that locks what every batch of
     these sensors needs (rollup rows, sensors) for last, right before its COMMIT: with the
@@ -145,7 +162,7 @@ async def insert_readings(session: AsyncSession, rows: Rows) -> Inserted:
         return Inserted(0, rows, True)
     driver = await _driver(session)
     async with _as_dbapi_errors("COPY sensor_readings"):
-        inserted, rolled_up = await insert_rows(driver, rows)
+        inserted, rolled_up = await insert_rows(driver, rows, mode=mode)
         if inserted == len(rows):
             return Inserted(inserted, rows, rolled_up)
         stored = await driver.fetch(SELECT_STORED)
@@ -176,15 +193,22 @@ async def write_rows(conn: Any, rows: Rows, table: str = "sensor_readings") -> i
     return inserted
 
 
-async def insert_rows(conn: Any, rows: Rows, table: str = "sensor_readings") -> tuple[int, bool]:
+async def insert_rows(
+    conn: Any, rows: Rows, table: str = "sensor_readings", mode: CopyMode = CopyMode.savepoint
+) -> tuple[int, bool]:
     """How many were new, and whether their rollups and last_seen_at are written: the
-    fallback's statement writes them, a plain COPY leaves them to `roll_up_rows`."""
+    merging statement writes them, a plain COPY leaves them to `roll_up_rows`."""
     # A memoryview: asyncpg would take bytes for a file name.
     data = memoryview(rows.copy_data())
-    await conn.execute(f"SAVEPOINT {SAVEPOINT}")
+    if mode is CopyMode.merge:
+        return await write_conflicting(conn, data, table), True
+    if mode is CopyMode.savepoint:
+        await conn.execute(f"SAVEPOINT {SAVEPOINT}")
     try:
         await conn.copy_to_table(table, source=data, columns=COLUMNS, format="binary")
     except asyncpg.UniqueViolationError:
+        if mode is CopyMode.bare:
+            raise StoredAlready from None
         await conn.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
         return await write_conflicting(conn, data, table), True
     # Not released: the COMMIT ends it, and a RELEASE was one more round trip per batch.
