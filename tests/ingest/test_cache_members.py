@@ -1,11 +1,14 @@
 """The hot cache: a row's own bytes on write, the same JSON as ever on read, and the
 newest 60 per sensor whatever order batches arrive in."""
 
+import asyncio
+import time
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import redis.asyncio as aioredis
 
+from irrigation import queue
 from irrigation.ingest.cache import HotCache, _entry
 from irrigation.ingest.rows import TAIL, Rows, encode
 from irrigation.ingest.schemas import ReadingIn
@@ -55,3 +58,36 @@ async def test_the_newest_60_survive_appends_late_data_and_resent_instants(
     await cache.record(at(50, 51))
     await cache.record(at(1, 51, 2))
     assert await cached() == [51.0, 50.0, 2.0, 1.0]
+
+
+async def test_batches_mark_their_zones_and_queue_one_evaluation_until_it_has_run(
+    redis: aioredis.Redis, redis_namespace: str, redis_url: str
+) -> None:
+    """Every batch marks its zones; the deferred evaluation job is queued once while it is
+    due later, and again by the first batch after it has run."""
+    queue_name = f"{redis_namespace}:queue"
+    arq = queue.create_redis(redis_url, 2.0, queue_name)
+    cache = HotCache(arq, redis_namespace, timeout_s=2)
+    job_id = f"{queue_name}:evaluate-zones"
+    zones = [uuid.uuid4() for _ in range(3)]
+    rows = encode([ReadingIn(sensor_id=uuid.uuid4(), ts=datetime.now(UTC), value=1.0)])
+    try:
+        await cache.record(rows, {zones[0]}, delay_s=1.5)
+        due = await redis.zscore(queue_name, job_id)
+        assert due is not None
+        await cache.record(rows, {zones[1]}, delay_s=1.5)  # due later: not queued again
+        assert await redis.zrange(queue_name, 0, -1, withscores=True) == [(job_id.encode(), due)]
+        marked = await redis.smembers(queue.dirty_zones_key(arq))
+        assert {uuid.UUID(m.decode()) for m in marked} == set(zones[:2])
+
+        # The worker takes the job when it is due; the next batch queues it again.
+        await asyncio.sleep(max(0.0, due / 1000 - time.time()) + 0.05)
+        await redis.zrem(queue_name, job_id)
+        await redis.delete(f"arq:job:{job_id}")
+        await cache.record(rows, {zones[2]}, delay_s=1.5)
+        again = await redis.zscore(queue_name, job_id)
+        assert again is not None
+        assert again > due
+    finally:
+        await redis.delete(f"arq:job:{job_id}", queue_name)
+        await arq.aclose()
