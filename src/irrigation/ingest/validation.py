@@ -4,14 +4,21 @@ import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from operator import attrgetter, le
-from typing import Any
+from itertools import repeat
+from operator import attrgetter, itemgetter, le
+from typing import Any, cast
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from irrigation.ingest.models import QuarantineReason
 from irrigation.ingest.rows import Columns
-from irrigation.ingest.schemas import MAX_BATCH, ReadingIn, ReadingsBatch, WireReading
+from irrigation.ingest.schemas import (
+    MAX_BATCH,
+    WIRE_FIELDS,
+    ReadingIn,
+    ReadingsBatch,
+    WireReading,
+)
 
 MIN_QUALITY = 50
 MAX_FUTURE = timedelta(minutes=5)
@@ -89,18 +96,23 @@ def parse_batch(raw_body: bytes) -> Parsed:
 
 
 def _columns(items: list[WireReading]) -> Columns | None:
-    """None when a sensor id is not a UUID: the item-by-item parse names that item."""
-    texts = list(map(attrgetter("sensor_id"), items))
+    """None when an item has a key of no reading or a sensor id that is not a UUID: the
+    item-by-item parse names that item."""
+    if not set().union(*items) <= WIRE_FIELDS:
+        return None
+    texts = list(map(itemgetter("sensor_id"), items))
     try:
         key_of = {text: _uuid.validate_python(text).bytes for text in set(texts)}
     except ValidationError:
         return None
+    # Absent keys: their defaults, with C-level dict.get calls rather than a loop.
+    plain = cast(list[dict[str, Any]], items)
     return Columns(
         list(map(key_of.__getitem__, texts)),
-        list(map(attrgetter("ts"), items)),
-        list(map(attrgetter("value"), items)),
-        list(map(attrgetter("quality"), items)),
-        list(map(attrgetter("unit"), items)),
+        list(map(itemgetter("ts"), items)),
+        list(map(itemgetter("value"), items)),
+        list(map(dict.get, plain, repeat("quality"), repeat(100))),
+        list(map(dict.get, plain, repeat("unit"))),
     )
 
 
@@ -238,19 +250,18 @@ def _all_good(typed: Columns, by_key: dict[bytes, SensorSpec], window: Window) -
     values = typed.values
     if not math.isfinite(sum(values)) or min(typed.qualities) < window.min_quality:
         return False
-    units = set(typed.units)
-    kinds = {by_key[key] for key in distinct}
+    # Sensors of one kind share a unit and a range (specs differ by zone): one comparison
+    # for the batch. Otherwise each sensor's own, by C-level maps over its columns.
+    kinds = {(s.unit, s.low, s.high) for s in map(by_key.__getitem__, distinct)}
     if len(kinds) == 1:
-        (spec,) = kinds
-        return units <= {None, spec.unit} and spec.low <= min(values) and max(values) <= spec.high
-    specs = list(map(by_key.__getitem__, keys))
+        ((unit, low, high),) = kinds
+        return set(typed.units) <= {None, unit} and low <= min(values) and max(values) <= high
+    lows = {key: by_key[key].low for key in distinct}
+    highs = {key: by_key[key].high for key in distinct}
     return (
-        all(map(le, [s.low for s in specs], values))
-        and all(map(le, values, [s.high for s in specs]))
-        and (
-            units == {None}
-            or all(u is None or u == s.unit for u, s in zip(typed.units, specs, strict=True))
-        )
+        all(u is None or u == by_key[k].unit for k, u in set(zip(keys, typed.units, strict=True)))
+        and all(map(le, map(lows.__getitem__, keys), values))
+        and all(map(le, values, map(highs.__getitem__, keys)))
     )
 
 
