@@ -54,6 +54,9 @@ _ROLL = """roll AS (
     SELECT s.id, m.latest
     FROM sensors AS s JOIN ({latest}) AS m(sensor_id, latest) ON s.id = m.sensor_id
     WHERE (SELECT count(*) FROM roll) >= 0
+        -- Only the sensors this batch moves on: a batch of older readings locks none, so
+        -- it never queues behind the newer ones (the test is made again after a wait).
+        AND (s.last_seen_at IS NULL OR s.last_seen_at < m.latest)
     ORDER BY s.id
     FOR NO KEY UPDATE OF s
 )"""
