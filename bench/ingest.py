@@ -1192,6 +1192,7 @@ class Pair:
     before: Run
     http: HttpRun
     after: Run
+    round: int = 1
 
     @property
     def baseline_rate(self) -> float:
@@ -1201,6 +1202,31 @@ class Pair:
     @property
     def ratio(self) -> float:
         return self.http.rate / self.baseline_rate
+
+
+def summary_table(pairs: Sequence[Pair]) -> str:
+    """Per variant: the median over its rounds, and the spread."""
+    rows = [
+        "| variant | rounds | ratio, median (min - max) | HTTP readings/s, median "
+        "| raw COPY readings/s, median | peak RSS, largest process (max) "
+        "| peak RSS, all API processes (max) | CPU per batch: API / its PG backends (median) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    labels = list(dict.fromkeys(p.label for p in pairs))
+    for label in labels:
+        mine = [p for p in pairs if p.label == label]
+        ratios = [p.ratio for p in mine]
+        rows.append(
+            f"| {label} | {len(mine)} | **{statistics.median(ratios):.3f}** "
+            f"({min(ratios):.3f} - {max(ratios):.3f}) "
+            f"| {statistics.median(p.http.rate for p in mine):,.0f} "
+            f"| {statistics.median(p.baseline_rate for p in mine):,.0f} "
+            f"| {mb(max(p.http.rss_peak_single for p in mine))} "
+            f"| {mb(max(p.http.rss_peak_total for p in mine))} "
+            f"| {statistics.median(p.http.driver_ms for p in mine):.0f} / "
+            f"{statistics.median(p.http.pg_ms for p in mine):.0f} ms |"
+        )
+    return "\n".join(rows)
 
 
 def pair_table(pairs: Sequence[Pair]) -> str:
@@ -1214,7 +1240,8 @@ def pair_table(pairs: Sequence[Pair]) -> str:
     for p in pairs:
         h = p.http
         rows.append(
-            f"| {p.label} | {h.rate:,.0f} | {p.baseline_rate:,.0f} ({p.before.rate:,.0f} / "
+            f"| {p.label}, round {p.round} | {h.rate:,.0f} "
+            f"| {p.baseline_rate:,.0f} ({p.before.rate:,.0f} / "
             f"{p.after.rate:,.0f}) | **{p.ratio:.3f}** | {mb(h.rss_peak_single)} "
             f"| {mb(h.rss_peak_total)} "
             f"| {pct(h.latencies, 50) * 1000:.0f} / {pct(h.latencies, 95) * 1000:.0f} ms "
@@ -1369,6 +1396,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--rounds", type=int, help="rounds of the DB-only variants (3; quick 1)")
     p.add_argument(
+        "--repeats",
+        type=int,
+        help="rounds of each end-to-end variant (3; quick 1): the median counts",
+    )
+    p.add_argument(
         "--gc-variants",
         default=",".join(GC_VARIANTS),
         help="also run the API (1 worker, first client count) with its GC tuned by a wrapper "
@@ -1403,8 +1435,11 @@ async def http_pair(
     workers: int,
     gc_variant: str | None,
     profile: Path | None,
-) -> tuple[Pair, Proc, str]:
-    """COPY baseline, HTTP run, COPY baseline again; the API left running."""
+    repeats: int = 1,
+) -> tuple[list[Pair], Proc, str]:
+    """COPY baseline, HTTP run, COPY baseline again, `repeats` times against one API
+    process (this machine's speed drifts by tens of percent within minutes: the ratio of
+    one round is noisy, the median of several less so); the API left running."""
     spec = clients.spec
     proc, url = await start_api(stack, workers, gc_variant)
     label = f"{workers} API worker(s), {spec.clients} clients, {spec.layout}"
@@ -1412,6 +1447,26 @@ async def http_pair(
         label += ", a new connection per batch"
     if gc_variant:
         label += f", {gc_label(gc_variant)}"
+    pairs = []
+    for round_ in range(1, repeats + 1):
+        pair = await http_round(stack, clients, rows, admin, key, proc, url, label, profile, round_)
+        pairs.append(pair)
+        profile = None
+    return pairs, proc, url
+
+
+async def http_round(
+    stack: Stack,
+    clients: ClientPool,
+    rows: list[list[list[Row]]],
+    admin: asyncpg.Connection,
+    key: str,
+    proc: Proc,
+    url: str,
+    label: str,
+    profile: Path | None,
+    round_: int,
+) -> Pair:
     await reset(admin)
     before = await copy_baseline(stack.database_url, rows, "raw COPY", proc.pid)
     await reset(admin, (stack.redis_url, stack.namespace))
@@ -1426,10 +1481,10 @@ async def http_pair(
         print("    hottest leaves: " + "; ".join(f"{n} {v:.0%}" for n, v in report.leaves[:8]))
     await reset(admin)
     after = await copy_baseline(stack.database_url, rows, "raw COPY", proc.pid)
-    pair = Pair(label, before, h, after)
+    pair = Pair(label, before, h, after, round_)
     print(
-        f"  {label}: HTTP {h.rate:,.0f} readings/s ({h.wall_s:.1f} s); raw COPY "
-        f"{before.rate:,.0f} / {after.rate:,.0f}; ratio {pair.ratio:.3f}; peak RSS "
+        f"  {label} (round {pair.round}): HTTP {h.rate:,.0f} readings/s ({h.wall_s:.1f} s); "
+        f"raw COPY {before.rate:,.0f} / {after.rate:,.0f}; ratio {pair.ratio:.3f}; peak RSS "
         f"{mb(h.rss_peak_single)} largest process, {mb(h.rss_peak_total)} all (idle "
         f"{mb(h.rss_idle)}); p50 {pct(h.latencies, 50) * 1000:.0f} ms; clients used "
         f"{h.client_cpu_s / h.wall_s:.2f} cores\n"
@@ -1437,7 +1492,7 @@ async def http_pair(
         f"raw COPY: PG backends {before.pg_ms:.0f} / {after.pg_ms:.0f} ms\n"
         f"    cores busy: {cores(h.cpu)}"
     )
-    return pair, proc, url
+    return pair
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -1454,6 +1509,7 @@ async def run(args: argparse.Namespace) -> int:
     k = args.breakdown_batches or (2 if args.quick else 20)
     alternatives = args.alternatives or ("some" if args.quick else "all")
     rounds = args.rounds or (1 if args.quick else 3)
+    repeats = args.repeats or (1 if args.quick else 3)
     gc_variants = [] if args.quick else [v for v in args.gc_variants.split(",") if v]
     print(
         f"ingestion benchmark ({'quick' if args.quick else 'full'}), "
@@ -1498,10 +1554,18 @@ async def run(args: argparse.Namespace) -> int:
                             variants += [(1, v) for v in gc_variants]
                         for n_workers, gc_variant in variants:
                             profile = args.profile if first and not pairs else None
-                            pair, proc, url = await http_pair(
-                                stack, clients, rows, admin, key, n_workers, gc_variant, profile
+                            rounds_of_it, proc, url = await http_pair(
+                                stack,
+                                clients,
+                                rows,
+                                admin,
+                                key,
+                                n_workers,
+                                gc_variant,
+                                profile,
+                                repeats,
                             )
-                            pairs.append(pair)
+                            pairs += rounds_of_it
                             if first and n_workers == 1 and gc_variant is None and bd is None:
                                 bd, props = await breakdown(
                                     stack, key, clients, url, admin, k, 1 if args.quick else 3
@@ -1530,7 +1594,13 @@ async def run(args: argparse.Namespace) -> int:
             await admin.close()
 
     sections = []
-    print("\nEnd to end (ratio = HTTP / mean of the raw COPY runs just before and after it):")
+    print(
+        f"\nEnd to end, median of {repeats} round(s) (ratio = HTTP / mean of the raw COPY runs"
+        " just before and after it, in the same round):"
+    )
+    sections.append(summary_table(pairs))
+    print(sections[-1])
+    print("\nEach round:")
     sections.append(pair_table(pairs))
     print(sections[-1])
     if bd is not None:
