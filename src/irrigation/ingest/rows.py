@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import repeat
-from operator import attrgetter, floordiv, sub
+from operator import attrgetter, floordiv, is_, sub
 from typing import Protocol, TypeVar
 
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
@@ -167,7 +167,7 @@ def _micros(times: list[datetime]) -> list[int]:
     if (
         zone is not None
         and zone.utcoffset(None) is not None
-        and len(set(map(id, map(attrgetter("tzinfo"), times)))) == 1
+        and all(map(is_, map(attrgetter("tzinfo"), times), repeat(zone)))
     ):
         epoch = PG_EPOCH.astimezone(zone)
     n = len(times)
