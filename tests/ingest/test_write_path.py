@@ -5,6 +5,7 @@ and the first one sent of a repeated instant is what the database holds. Also: t
 event per sensor on the readings channel."""
 
 import asyncio
+import contextlib
 import json
 import random
 import uuid
@@ -16,6 +17,11 @@ import httpx
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
+from irrigation.db import create_engine, create_sessionmaker
+from irrigation.ingest import store
+from irrigation.ingest.rows import encode
+from irrigation.ingest.schemas import ReadingIn
+from irrigation.settings import Settings
 from tests.fleet.helpers import Headers
 from tests.ingest.helpers import new_sensor, send
 
@@ -161,3 +167,37 @@ async def test_concurrent_batches_of_the_same_sensors_never_deadlock(
 def _deadlock_retries() -> float:
     found = REGISTRY.get_sample_value("irrigation_ingest_deadlock_retries_total", {"source": "api"})
     return found or 0.0
+
+
+class _Abort(Exception):
+    pass
+
+
+async def test_the_raw_write_path_is_in_the_sessions_transaction_even_as_its_first_statement(
+    client: httpx.AsyncClient, admin: Headers, settings: Settings, database_url: str
+) -> None:
+    """SQLAlchemy's asyncpg dialect sends BEGIN with its own first statement. The write path
+    talks to asyncpg directly; when it comes first in a transaction, its COPY must still be
+    inside it: rolled back, nothing stays."""
+    sensor = uuid.UUID(await new_sensor(client, admin))
+    reading = ReadingIn(sensor_id=sensor, ts=datetime.now(UTC) - timedelta(minutes=1), value=1.0)
+    engine = create_engine(settings)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            with contextlib.suppress(_Abort):
+                async with session.begin():
+                    assert (await store.write_readings(session, encode([reading]))).count == 1
+                    raise _Abort
+    finally:
+        await engine.dispose()
+    conn = await asyncpg.connect(database_url)
+    try:
+        stored = await conn.fetchval(
+            "SELECT count(*) FROM sensor_readings WHERE sensor_id = $1", sensor
+        )
+        rolled = await conn.fetchval(
+            "SELECT count(*) FROM reading_rollups_hourly WHERE sensor_id = $1", sensor
+        )
+    finally:
+        await conn.close()
+    assert (stored, rolled) == (0, 0)

@@ -111,9 +111,16 @@ FROM unnest($3::int[], $4::text[], $5::uuid[], $6::text[], $7::text[])
 
 
 async def _driver(session: AsyncSession) -> Any:
+    """The session's asyncpg connection, inside the session's transaction."""
     conn = await session.connection()
     raw = await conn.get_raw_connection()
-    return raw.driver_connection
+    driver: Any = raw.driver_connection
+    if not driver.is_in_transaction():
+        # SQLAlchemy's asyncpg dialect sends BEGIN with its own first statement; none has
+        # run in this transaction yet, and a raw statement would run outside it (a COPY
+        # without a savepoint would even commit on its own).
+        await conn.exec_driver_sql("SELECT 1")
+    return driver
 
 
 @asynccontextmanager
