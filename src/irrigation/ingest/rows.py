@@ -14,6 +14,7 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from itertools import repeat
 from operator import attrgetter, floordiv, is_, sub
 from typing import Protocol, TypeVar
@@ -104,6 +105,12 @@ class Rows:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @cached_property
+    def sensor_ids(self) -> list[uuid.UUID]:
+        """The runs' sensors as UUIDs, made once: the rollups, last_seen_at and the cache
+        each walk the runs."""
+        return [uuid.UUID(bytes=sensor) for sensor, _, _ in self.runs]
+
     def copy_data(self) -> bytes:
         return b"".join((COPY_HEADER, *self.rows, COPY_TRAILER))
 
@@ -193,8 +200,8 @@ def _runs(keys: list[bytes]) -> list[tuple[bytes, int, int]]:
 
 def by_sensor(rows: Rows) -> Iterator[tuple[uuid.UUID, int, int]]:
     """Each sensor, and where its rows (oldest first) start and end."""
-    for sensor, start, end in rows.runs:
-        yield uuid.UUID(bytes=sensor), start, end
+    for sensor_id, (_, start, end) in zip(rows.sensor_ids, rows.runs, strict=True):
+        yield sensor_id, start, end
 
 
 def decode_tail(tail: bytes) -> tuple[datetime, float, int]:
