@@ -1416,13 +1416,13 @@ def _ints(text: str | None, default: str) -> list[int]:
 
 
 PROFILE_LAYERS = {
-    "parse (pydantic)": ["validation.py", "pydantic"],
+    "parse and checks (validation.py, pydantic)": ["validation.py", "pydantic"],
     "write path (rows.py, store.py)": ["rows.py", "store.py"],
     "cache (HotCache.record, redis)": ["cache.py", "redis/"],
     "asyncpg / SQLAlchemy": ["asyncpg", "sqlalchemy"],
     "uvicorn / httptools (body read)": ["uvicorn", "httptools"],
     "starlette / fastapi": ["starlette", "fastapi"],
-    "service.py (checks)": ["service.py"],
+    "service.py (the transaction's own code)": ["service.py"],
 }
 
 

@@ -65,7 +65,7 @@ class WireReading(TypedDict):
     quality: NotRequired[Quality]
 
 
-WIRE_FIELDS = frozenset(WireReading.__annotations__) - {"__pydantic_config__"}
+WIRE_FIELDS = WireReading.__required_keys__ | WireReading.__optional_keys__
 
 
 class QuarantinedItem(BaseModel):

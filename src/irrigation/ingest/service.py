@@ -95,9 +95,11 @@ class Written:
 async def write_checked(
     session: AsyncSession, site_id: uuid.UUID, job_id: uuid.UUID, checked: Checked
 ) -> Written:
-    """Readings, rollups and quarantine within the caller's transaction."""
-    inserted = await store.write_readings(session, encode(checked.accepted))
+    """Readings, quarantine and rollups within the caller's transaction; the rollups last,
+    as the statement that locks what concurrent batches of these sensors wait for."""
+    inserted = await store.insert_readings(session, encode(checked.accepted))
     await store.insert_quarantine(session, site_id, job_id, checked.rejected)
+    await store.roll_up(session, inserted)
     return Written(inserted.count, len(checked.accepted) - inserted.count, inserted.stored)
 
 

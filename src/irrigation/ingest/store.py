@@ -2,9 +2,10 @@
 the sensors' last_seen_at, all in the caller's transaction.
 
 Optimistic: a batch (already unique per key, see `rows`) is copied straight into
-`sensor_readings` with binary COPY inside a savepoint, and the rollups and last_seen_at
-follow in one statement computed from the batch. Only when the COPY hits a stored reading
-(a re-sent batch) does the savepoint roll back and the batch go through the temp table and
+`sensor_readings` with binary COPY, and the rollups and last_seen_at follow in one
+statement computed from the batch (`roll_up`, last before the commit). Only when the COPY
+hits a stored reading (a re-sent batch) does the batch go, after a rollback to its
+savepoint or of the whole transaction (`CopyMode`), through the temp table and
 `INSERT ... ON CONFLICT DO NOTHING RETURNING`, whose returned rows feed the rollups. Raw
 asyncpg, not the ORM: COPY and one round trip per statement (docs/benchmarks.md)."""
 
