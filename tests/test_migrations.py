@@ -1,6 +1,8 @@
 """The migrations build exactly the models' schema, and every step can be undone."""
 
 import asyncio
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -117,3 +119,19 @@ def test_every_revision_downgrades_and_upgrades_again(empty_database: str) -> No
         _in_thread(lambda rev=rev: command.upgrade(config, rev))
         _in_thread(lambda: command.downgrade(config, "-1"))
         _in_thread(lambda rev=rev: command.upgrade(config, rev))
+
+
+def test_the_head_revision_read_from_the_files_is_alembics() -> None:
+    script = ScriptDirectory.from_config(_config("postgresql+asyncpg://unused/unused"))
+    assert head_revision() == script.get_current_head()
+    assert head_revision() is not None
+
+
+def test_the_api_does_not_load_alembic() -> None:
+    # 12 MB per API worker; the readiness probe reads the head revision without it.
+    probe = (
+        "import sys; from irrigation.app import create_app; from irrigation.health import "
+        "router; create_app(); print('alembic' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -10,15 +10,14 @@ import redis.asyncio as aioredis
 
 from irrigation import queue
 from irrigation.ingest.cache import HotCache, _entry
-from irrigation.ingest.rows import TAIL, Rows, encode
+from irrigation.ingest.rows import Rows, encode
 from irrigation.ingest.schemas import ReadingIn
 
 
 def test_an_entry_reads_back_as_the_reading_in_utc() -> None:
     ts = datetime(2026, 11, 23, 7, 30, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
     reading = ReadingIn(sensor_id=uuid.uuid4(), ts=ts, value=41.25, quality=87)
-    (row,) = encode([reading]).rows
-    assert _entry(row[TAIL]) == {
+    assert _entry(encode([reading]).tails(0, 1)) == {
         "ts": "2026-11-23T05:30:00.123456+00:00",
         "value": 41.25,
         "quality": 87,

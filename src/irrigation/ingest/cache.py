@@ -15,7 +15,7 @@ import structlog
 from arq.connections import ArqRedis
 
 from irrigation import queue
-from irrigation.ingest.rows import TAIL, TAIL_BYTES, Rows, by_sensor, decode_tail
+from irrigation.ingest.rows import TAIL_BYTES, Rows, by_sensor, decode_tail
 
 log = structlog.get_logger(__name__)
 RECENT = 60
@@ -81,8 +81,8 @@ class HotCache:
         args: list[bytes | str] = [self.channel, str(RECENT)]
         for sensor_id, start, end in by_sensor(rows):
             keys.append(self.key(sensor_id))
-            args.append(b"".join([row[TAIL] for row in rows.rows[max(start, end - RECENT) : end]]))
-            ts, value, _ = decode_tail(rows.rows[end - 1][TAIL])
+            args.append(rows.tails(max(start, end - RECENT), end))
+            ts, value, _ = decode_tail(rows.tails(end - 1, end))
             event = {"sensor_id": str(sensor_id), "count": end - start, "ts": ts.isoformat()}
             args.append(json.dumps({**event, "value": value}))
         return keys, args
