@@ -165,6 +165,9 @@ def _exercise(up: Up, data_dir: Path) -> dict[str, object]:
     names = " ".join(" ".join(c.cmdline()) for c in children)
     # `irrigation serve` becomes uvicorn's own command (exec, same pid).
     assert "uvicorn irrigation.app:create_served_app" in names, names
+    (api,) = [c for c in children if "create_served_app" in " ".join(c.cmdline())]
+    # Its app knows how many workers share the port (common.balance).
+    assert api.environ().get("WEB_CONCURRENCY") == "1"
     for command in ("worker", "simulator", "demo"):
         assert f"irrigation {command}" in names, names
     _wait_for_a_demo_reading(up, key)

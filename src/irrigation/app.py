@@ -11,6 +11,7 @@ from irrigation.alerts.router import routers as alert_routers
 from irrigation.auth.deps import PrincipalCache
 from irrigation.auth.router import router as auth_router
 from irrigation.automation.router import router as automation_router
+from irrigation.common.balance import WorkerLoad
 from irrigation.common.errors import install_error_handlers
 from irrigation.common.middleware import BodyLimitMiddleware, MetricsMiddleware
 from irrigation.common.openapi import install_openapi
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.redis = redis
     app.state.principals = PrincipalCache(settings.auth_cache_ttl_s)
     app.state.hot_cache = HotCache(redis, settings.redis_namespace, settings.redis_timeout_s)
+    app.state.worker_load = WorkerLoad(settings.web_concurrency)
 
     install_error_handlers(app)
     install_openapi(app)

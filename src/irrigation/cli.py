@@ -87,6 +87,8 @@ def serve(
     """Run the HTTP API under uvicorn."""
     settings = load_settings()
     os.environ.update(_url_env(settings))
+    # uvicorn reads it as --workers' default; each worker's app reads it (common.balance).
+    os.environ["WEB_CONCURRENCY"] = str(workers)
     # uvicorn's own command, in place of this process (same pid): the supervisor of several
     # workers then holds uvicorn alone (26 MB instead of this command's 48), and a single
     # worker none of the CLI's imports.

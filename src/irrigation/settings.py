@@ -3,7 +3,7 @@
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    web_concurrency: int = Field(
+        default=1,
+        ge=1,
+        validation_alias=AliasChoices("web_concurrency", "WEB_CONCURRENCY"),
+        description="API worker processes sharing the port: uvicorn's own variable, set by "
+        "`irrigation serve --workers`. Above 1, busy workers spread keep-alive clients.",
+    )
     simulator_port: int = Field(default=8081, ge=1, le=65535)
     gateway_url: str = "http://127.0.0.1:8081"
     # Weather for ET scaling and rain skips: Open-Meteo's API, by default the simulator's

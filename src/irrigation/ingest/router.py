@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from irrigation.auth.deps import IngestPrincipal, ReadPrincipal
+from irrigation.common.balance import WorkerLoad
 from irrigation.common.deps import SettingsDep
 from irrigation.common.idempotency import IdempotencyKeyHeader, IdempotentRequest, request_hash
 from irrigation.common.openapi import problems
@@ -27,6 +28,14 @@ async def _cache(request: Request) -> HotCache:
 
 
 CacheDep = Annotated[HotCache, Depends(_cache)]
+
+
+async def _load(request: Request) -> WorkerLoad:
+    load: WorkerLoad = request.app.state.worker_load
+    return load
+
+
+LoadDep = Annotated[WorkerLoad, Depends(_load)]
 
 _BATCH_SCHEMA: dict[str, Any] = ReadingsBatch.model_json_schema()
 
@@ -54,28 +63,33 @@ async def post_readings(
     session: SessionDep,
     settings: SettingsDep,
     cache: CacheDep,
+    load: LoadDep,
     who: IngestPrincipal,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
-    raw = await request.body()
-    try:
-        # Straight from the bytes: no intermediate dict for a clean batch.
-        parsed = parse_batch(raw)
-    except ValidationError as exc:
-        raise RequestValidationError(
-            [{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors()]
-        ) from None
-    idem = None
-    if idempotency_key is not None:
-        idem = IdempotentRequest(
-            site_id=who.site_id,
-            method="POST",
-            route="/v1/readings",
-            key=idempotency_key,
-            request_hash=request_hash(raw),
-        )
-    answer = await service.ingest_batch(session, settings, cache, who.site_id, parsed, idem)
-    return JSONResponse(answer.body, status_code=answer.status_code, headers=answer.headers)
+    with load.batch():
+        raw = await request.body()
+        try:
+            # Straight from the bytes: no intermediate dict for a clean batch.
+            parsed = parse_batch(raw)
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors()]
+            ) from None
+        idem = None
+        if idempotency_key is not None:
+            idem = IdempotentRequest(
+                site_id=who.site_id,
+                method="POST",
+                route="/v1/readings",
+                key=idempotency_key,
+                request_hash=request_hash(raw),
+            )
+        answer = await service.ingest_batch(session, settings, cache, who.site_id, parsed, idem)
+        headers = answer.headers
+        if load.crowded():
+            headers = {**headers, "connection": "close"}
+    return JSONResponse(answer.body, status_code=answer.status_code, headers=headers)
 
 
 @router.get(
