@@ -127,11 +127,12 @@ def test_the_head_revision_read_from_the_files_is_alembics() -> None:
     assert head_revision() is not None
 
 
-def test_the_api_does_not_load_alembic() -> None:
-    # 12 MB per API worker; the readiness probe reads the head revision without it.
+def test_the_api_does_not_load_alembic_or_httpx() -> None:
+    # 12 and 3 MB per API worker: the readiness probe reads the head revision without
+    # alembic, and only the worker's weather provider and gateway speak HTTP.
     probe = (
-        "import sys; from irrigation.app import create_app; from irrigation.health import "
-        "router; create_app(); print('alembic' in sys.modules)"
+        "import sys; from irrigation.app import create_app; create_app(); "
+        "print(sorted(m for m in ('alembic', 'httpx') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "[]"

@@ -9,14 +9,18 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import httpx
 import structlog
 from pydantic import BaseModel, ValidationError, model_validator
 from redis.asyncio import Redis
 
 from irrigation.settings import Settings
+
+if TYPE_CHECKING:
+    # Imported where a provider runs (the worker): the API loads this module for its types
+    # alone, and httpx would cost each API worker 6 MB of memory.
+    import httpx
 
 log = structlog.get_logger(__name__)
 
@@ -164,8 +168,10 @@ class OpenMeteoProvider:
         cache_prefix: str,
         cache_ttl_s: int,
         timeout_s: float,
-        client: httpx.AsyncClient | None = None,
+        client: "httpx.AsyncClient | None" = None,
     ) -> None:
+        import httpx
+
         self.base_url = base_url.rstrip("/")
         self.redis = redis
         self.cache_prefix = cache_prefix
@@ -198,6 +204,8 @@ class OpenMeteoProvider:
             await self._client.aclose()
 
     async def _fetch(self, latitude: float, longitude: float) -> bytes:
+        import httpx
+
         params: dict[str, str | int | float] = {
             "latitude": latitude,
             "longitude": longitude,
