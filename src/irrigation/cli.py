@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import httpx
 import typer
 import yaml
 
-from irrigation.settings import Settings
+from irrigation.settings import MULTIPROCESS_METRICS, Settings
 
 app = typer.Typer(help="Irrigation control service.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -89,6 +90,8 @@ def serve(
     os.environ.update(_url_env(settings))
     # uvicorn reads it as --workers' default; each worker's app reads it (common.balance).
     os.environ["WEB_CONCURRENCY"] = str(workers)
+    if workers > 1 and MULTIPROCESS_METRICS not in os.environ:
+        os.environ[MULTIPROCESS_METRICS] = _fresh_metrics_dir(settings, port or settings.port)
     # uvicorn's own command, in place of this process (same pid): the supervisor of several
     # workers then holds uvicorn alone (26 MB instead of this command's 48), and a single
     # worker none of the CLI's imports.
@@ -418,6 +421,17 @@ def keys_revoke(
     except DomainError as exc:
         _fail(exc.detail)
     typer.echo(f"revoked {parsed}")
+
+
+def _fresh_metrics_dir(settings: Settings, port: int) -> str:
+    """An empty directory for the workers' Prometheus values: each worker counts in its own
+    files there, and /metrics adds them all up, whichever worker answers the scrape. Emptied
+    at every start, as prometheus_client asks (a counter would otherwise go on from the
+    last run's)."""
+    path = Path(settings.data_dir).resolve() / "metrics" / str(port)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return str(path)
 
 
 def _url_env(settings: Settings) -> dict[str, str]:

@@ -1,15 +1,18 @@
 """Liveness, readiness and Prometheus metrics."""
 
 import asyncio
+import os
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from pydantic import BaseModel
 from sqlalchemy import text
 
 from irrigation.migrate import head_revision
+from irrigation.settings import MULTIPROCESS_METRICS
 
 router = APIRouter(tags=["operations"])
 
@@ -71,4 +74,14 @@ async def readyz(request: Request) -> JSONResponse:
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus exposition"}},
 )
 async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)
+
+
+def _registry() -> CollectorRegistry:
+    """Every worker's counts when several share the port (`irrigation serve --workers N`
+    sets the directory), else this process's own."""
+    if MULTIPROCESS_METRICS not in os.environ:
+        return REGISTRY
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry

@@ -6,6 +6,10 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+MULTIPROCESS_METRICS = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus_client's own variable: when set, each process keeps its values in files in
+that directory, and /metrics adds up every process's (`irrigation serve --workers N`)."""
+
 
 def to_asyncpg_url(url: str) -> str:
     """Accept `postgresql://`, `postgres://` and `postgresql+asyncpg://` alike."""

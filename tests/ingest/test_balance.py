@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
+import psutil
 import pytest
 from fastapi import FastAPI
 
@@ -16,6 +17,7 @@ from irrigation.common.balance import WorkerLoad
 from irrigation.settings import Settings
 from tests.conftest import MakeKey, bearer
 from tests.ingest.helpers import new_sensor
+from tests.processes import StartProcess, free_port, wait_http
 
 
 def test_only_a_worker_with_siblings_and_another_batch_in_flight_is_crowded() -> None:
@@ -80,3 +82,41 @@ async def test_of_two_batches_in_flight_the_first_answered_closes_its_connection
     # has nowhere else to send a client.
     assert closed == ([False, True] if load.workers > 1 else [False, False])
     assert load.in_flight == 0
+
+
+HEALTHZ_SERIES = 'irrigation_http_requests_total{method="GET",route="/healthz",status="200"}'
+
+
+async def _healthz_count(client: httpx.AsyncClient) -> float:
+    text = (await client.get("/metrics")).text
+    line = next(
+        (row for row in text.splitlines() if row.startswith(HEALTHZ_SERIES)),
+        f"{HEALTHZ_SERIES} 0",
+    )
+    return float(line.rsplit(" ", 1)[1])
+
+
+async def test_every_served_worker_counts_into_the_metrics_any_of_them_answers(
+    spawn: StartProcess,
+) -> None:
+    port = free_port()
+    server = spawn("serve", "--port", str(port), "--workers", "2")
+    url = f"http://127.0.0.1:{port}"
+    await wait_http(f"{url}/healthz", proc=server)
+    children = psutil.Process(server.proc.pid).children(recursive=True)
+    workers = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+    assert len(workers) == 2
+    # A new connection per request: a stopped worker accepts none, so each worker in turn
+    # answers ten while the other is stopped.
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, limits=fresh, timeout=5) as client:
+        before = await _healthz_count(client)
+        for stopped in workers:
+            stopped.suspend()
+            try:
+                for _ in range(10):
+                    assert (await client.get("/healthz")).status_code == 200
+            finally:
+                stopped.resume()
+        # Whichever worker answers a scrape, it reports both workers' requests.
+        assert [await _healthz_count(client) for _ in range(6)] == [before + 20] * 6
