@@ -1377,7 +1377,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run, < 30 s")
     p.add_argument("--total", type=int, help="readings per run (default 1,000,000; quick 50,000)")
     p.add_argument("--clients", help="client process counts, e.g. 2,4 (default 2,4; quick 2)")
-    p.add_argument("--api-workers", help="uvicorn worker counts, e.g. 1,2 (default 1,2; quick 1)")
+    p.add_argument(
+        "--api-workers",
+        help="uvicorn worker counts, e.g. 1,2 (default 1,2; quick: one per core, as deployed)",
+    )
     p.add_argument(
         "--layouts", default="mixed", help="mixed and/or partitioned, e.g. mixed,partitioned"
     )
@@ -1501,7 +1504,7 @@ async def run(args: argparse.Namespace) -> int:
     if total % BATCH:
         raise SystemExit(f"--total must be a multiple of {BATCH}")
     client_counts = _ints(args.clients, "2" if args.quick else "2,4")
-    worker_counts = _ints(args.api_workers, "1" if args.quick else "1,2")
+    worker_counts = _ints(args.api_workers, str(os.cpu_count() or 1) if args.quick else "1,2")
     layouts = [x for x in args.layouts.split(",") if x]
     connections = [x for x in args.connections.split(",") if x]
     if not set(connections) <= {"keepalive", "per-batch"}:
