@@ -71,6 +71,15 @@ def request_hash(*parts: str | bytes) -> str:
     return digest.hexdigest()
 
 
+def post_request(
+    key: str | None, site_id: uuid.UUID, route: str, *parts: str | bytes
+) -> IdempotentRequest | None:
+    """A POST's identity for replays, its body given as `parts`; None without a key."""
+    if key is None:
+        return None
+    return IdempotentRequest(site_id, "POST", route, key, request_hash(*parts))
+
+
 async def find(session: AsyncSession, req: IdempotentRequest, ttl_s: int) -> StoredAnswer | None:
     """The stored answer for this key, or None. Same key, other body: 422."""
     record = await session.get(

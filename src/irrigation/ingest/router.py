@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from irrigation.auth.deps import IngestPrincipal, ReadPrincipal
 from irrigation.common.balance import WorkerLoad
 from irrigation.common.deps import SettingsDep
-from irrigation.common.idempotency import IdempotencyKeyHeader, IdempotentRequest, request_hash
+from irrigation.common.idempotency import IdempotencyKeyHeader, post_request
 from irrigation.common.openapi import problems
 from irrigation.db import SessionDep
 from irrigation.ingest import service
@@ -76,15 +76,7 @@ async def post_readings(
             raise RequestValidationError(
                 [{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors()]
             ) from None
-        idem = None
-        if idempotency_key is not None:
-            idem = IdempotentRequest(
-                site_id=who.site_id,
-                method="POST",
-                route="/v1/readings",
-                key=idempotency_key,
-                request_hash=request_hash(raw),
-            )
+        idem = post_request(idempotency_key, who.site_id, "/v1/readings", raw)
         answer = await service.ingest_batch(session, settings, cache, who.site_id, parsed, idem)
         headers = answer.headers
         if load.crowded():

@@ -19,7 +19,7 @@ from irrigation.common.idempotency import (
     IdempotencyKeyHeader,
     IdempotentRequest,
     StoredAnswer,
-    request_hash,
+    post_request,
 )
 from irrigation.common.openapi import problems
 from irrigation.common.pagination import Page, PageParams, page_params
@@ -90,15 +90,13 @@ async def request_activation(
     who: ControlPrincipal,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
-    idem = None
-    if idempotency_key is not None:
-        idem = IdempotentRequest(
-            site_id=who.site_id,
-            method="POST",
-            route="/v1/pumps/{pump_id}/activations",
-            key=idempotency_key,
-            request_hash=request_hash(str(pump_id), body.model_dump_json()),
-        )
+    idem = post_request(
+        idempotency_key,
+        who.site_id,
+        "/v1/pumps/{pump_id}/activations",
+        str(pump_id),
+        body.model_dump_json(),
+    )
     if body.queue is not None:
         return await _queued(pump_id, body, session, settings, redis, who, idem)
     run = service.RunRequest(
