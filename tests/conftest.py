@@ -57,6 +57,8 @@ def stack() -> Iterator[Stack]:
                 os.environ.get("IRRIGATION_TEST_REDIS_URL"),
                 ROOT / ".data" / "test",
                 "postgres",
+                # `always`: the embedded servers a machine without PostgreSQL/Redis gets.
+                embedded=os.environ.get("IRRIGATION_EMBEDDED", "auto"),
             )
         )
     )

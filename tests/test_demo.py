@@ -24,6 +24,7 @@ from irrigation.demo import (
     run_feeder,
 )
 from irrigation.demo import ensure_demo as _ensure_demo
+from irrigation.demo_soil import DRY_PER_READING, START_PCT, WET_PER_RUN
 from irrigation.fleet import service as fleet
 from irrigation.fleet.schemas import ZoneCreate
 from irrigation.settings import Settings
@@ -198,3 +199,11 @@ def test_the_cli_says_when_the_api_is_unreachable(
     assert result.exit_code == 1
     assert f"cannot reach the API at {url}" in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_help_states_the_feeders_own_numbers() -> None:
+    # Folded by the terminal width, so compare words, not lines.
+    words = " ".join(CliRunner().invoke(cli, ["demo", "--help"], terminal_width=200).output.split())
+    assert f"wetted by {WET_PER_RUN:g} points" in words
+    assert f"starting at {START_PCT:g} %" in words
+    assert f"drying by {DRY_PER_READING:g} point" in words

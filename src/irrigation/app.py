@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from irrigation import __version__
 from irrigation.alerts.router import routers as alert_routers
@@ -36,6 +37,8 @@ Authenticate with an API key (`Authorization: Bearer irr_...`; *Authorize* above
 Every error is an RFC 9457 `application/problem+json` body with a stable `code`.
 """
 
+DOCS_ASSETS = "/docs-assets"
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
@@ -53,11 +56,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await redis.aclose()
         await engine.dispose()
 
-    app = FastAPI(
+    # Swagger UI from assets inside the installed package (fastapi-offline ships them), not
+    # a CDN: a farm network without internet still gets its docs. No ReDoc: its bundle
+    # fetches its own logo from cdn.redoc.ly.
+    app = FastAPIOffline(
         title="irrigation",
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        static_url=DOCS_ASSETS,
+        redoc_url=None,
+        # Swagger UI would otherwise ask validator.swagger.io about our document.
+        swagger_ui_parameters={"validatorUrl": None},
         openapi_tags=[
             {"name": "zones"},
             {"name": "water-sources"},

@@ -17,6 +17,7 @@ import httpx
 import typer
 import yaml
 
+from irrigation.demo_soil import FEEDER_HELP
 from irrigation.settings import MULTIPROCESS_METRICS, Settings
 
 app = typer.Typer(help="Irrigation control service.", no_args_is_help=True)
@@ -273,7 +274,7 @@ def _problem(response: httpx.Response) -> str:
         return response.text[:200]
 
 
-@app.command()
+@app.command(help=FEEDER_HELP)
 def demo(
     interval: Annotated[float, typer.Option(min=0.01, help="Seconds between readings")] = 5.0,
     count: Annotated[
@@ -298,9 +299,6 @@ def demo(
         bool, typer.Option("--quiet", help="Print only waterings and problems")
     ] = False,
 ) -> None:
-    """Feed the demo sensor: a soil-moisture reading every --interval seconds, starting at
-    50 %, drying by 1 point a reading and wetted by 15 points for each run of the zone's
-    pumps that the simulator's truth shows. One line per reading."""
     from irrigation.demo import Feeder, FeederError, find_sensor, run_feeder
 
     settings = Settings()

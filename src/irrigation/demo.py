@@ -17,6 +17,7 @@ from irrigation.auth.schemas import Scope
 from irrigation.automation import service as automation
 from irrigation.automation.models import Schedule, ThresholdRule
 from irrigation.automation.schemas import ScheduleCreate, ThresholdRuleCreate
+from irrigation.demo_soil import DRY_PER_READING, START_PCT, WET_PER_RUN
 from irrigation.fleet import service as fleet
 from irrigation.fleet.models import Zone
 from irrigation.fleet.schemas import PumpCreate, SensorCreate, SensorKind, ZoneCreate
@@ -128,11 +129,6 @@ async def ensure_demo(session: AsyncSession, settings: Settings, saved_key: str 
 
 
 # The feeder ----------------------------------------------------------------------------
-
-START_PCT = 50.0
-DRY_PER_READING = 1.0
-# Enough for the demo rule (30 -> above 45) to re-arm after one watering.
-WET_PER_RUN = 25.0
 
 
 class FeederError(Exception):

@@ -5,6 +5,10 @@ from dataclasses import dataclass
 from sqlalchemy.exc import DBAPIError
 
 FOREIGN_KEY_VIOLATION = "23503"
+# PostgreSQL 18 reports a violated ON DELETE RESTRICT key as restrict_violation, where 15
+# to 17 report foreign_key_violation: both mean "still referenced".
+RESTRICT_VIOLATION = "23001"
+STILL_REFERENCED = frozenset({FOREIGN_KEY_VIOLATION, RESTRICT_VIOLATION})
 UNIQUE_VIOLATION = "23505"
 LOCK_NOT_AVAILABLE = "55P03"
 QUERY_CANCELED = "57014"

@@ -8,7 +8,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped
 
-from irrigation.common.dberrors import FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, pg_error
+from irrigation.common.dberrors import STILL_REFERENCED, UNIQUE_VIOLATION, pg_error
 from irrigation.common.errors import Duplicate, InUse, Invalid, NotFound, StaleVersion
 from irrigation.common.pagination import PageParams, page_of, paginate
 
@@ -119,7 +119,7 @@ async def flush_new(session: AsyncSession, row: Any) -> None:
 
 def _conflict(model: type[Any], exc: DBAPIError) -> Exception:
     err = pg_error(exc)
-    if err.sqlstate == FOREIGN_KEY_VIOLATION:
+    if err.sqlstate in STILL_REFERENCED:
         referrer = (err.table or "other rows").replace("_", " ")
         return InUse(f"{label(model)} is still referenced by {referrer}")
     if err.sqlstate == UNIQUE_VIOLATION:

@@ -1,0 +1,1 @@
+"""Shared test toolkit: servers, and (in time) factories and problem assertions."""
