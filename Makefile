@@ -40,4 +40,4 @@ openapi: install
 
 # Keeps .data (the embedded database of `make up`).
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache* .ruff_cache .pytest_cache

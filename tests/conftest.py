@@ -28,6 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 # One template per pytest process: concurrent runs on one server never drop each other's.
 TEMPLATE = f"irrigation_test_template_{os.getpid()}"
 REDIS_TEST_DB = 13
+SERVERS_USED: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say which servers the run judged the code against (CI runs two)."""
+    for line in SERVERS_USED:
+        terminalreporter.write_line(f"servers: {line}")
 
 
 def _in_thread(fn: Callable[[], object]) -> None:
@@ -82,6 +89,9 @@ async def _admin(stack: Stack) -> asyncpg.Connection:
 async def template_url(stack: Stack) -> AsyncIterator[str]:
     conn = await _admin(stack)
     try:
+        version = await conn.fetchval("SHOW server_version")
+        where = "embedded " + " and ".join(stack.embedded) if stack.embedded else "local servers"
+        SERVERS_USED.append(f"PostgreSQL {version}, {where}")
         await conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
         await conn.execute(f'CREATE DATABASE "{TEMPLATE}"')
     finally:
