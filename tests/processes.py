@@ -59,7 +59,7 @@ class Process:
         self.log.close()
 
 
-async def wait_http(url: str, timeout_s: float = 20, proc: Process | None = None) -> None:
+async def wait_http(url: str, timeout_s: float = 60, proc: Process | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient(timeout=1) as client:
         while time.monotonic() < deadline:
