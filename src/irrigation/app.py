@@ -103,7 +103,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in alert_routers:
         app.include_router(router)
     app.include_router(automation_router)
-    # Outermost first: metrics see the 413s that the body limit answers.
+    # Starlette wraps each added middleware around the ones added before it, so the last
+    # added is outermost: metrics, added last, see the 413s that the body limit answers.
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
