@@ -24,7 +24,8 @@ simulator, one or two arq workers and the API (`irrigation serve`, once per
     simulator's `started_at` for that `command_id` (GET /truth); same machine clock.
 
 Each throughput is set against a baseline measured right before it, on the same `pumps`
-rows, through a fresh asyncpg pool of 30 connections (the API's own pool: 10 + 20):
+rows, through a fresh asyncpg pool of 30 connections (the API pool's former ceiling, 10 + 20;
+its default is now 10 + 5):
 `BEGIN; SELECT ... FOR NO KEY UPDATE; UPDATE pumps SET last_sequence = last_sequence + 1;
 COMMIT`, (a) N transactions at once on the herd's row, (b) C closed loops over the P rows.
 The figures that matter are the ratios: the machine is shared and its load varies.
@@ -581,7 +582,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--baseline-pool",
         type=int,
         default=30,
-        help="asyncpg connections of the baseline (default 30: the API's pool, 10 + 20)",
+        help="asyncpg connections of the baseline (default 30: the API pool's former ceiling, 10 + 20)",
     )
     p.add_argument(
         "--api-env",

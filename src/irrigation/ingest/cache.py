@@ -32,8 +32,8 @@ class HotCache:
         self._evaluation_due = 0.0
 
     def key(self, sensor_id: uuid.UUID) -> str:
-        # A string since session 4; the sorted sets of earlier versions were named
-        # `...:recent` and are simply no longer read.
+        # One string of packed values; the sorted sets of earlier versions were named
+        # `...:recent` and are simply no longer read (CHANGELOG.md).
         return f"{self.namespace}:sensor:{sensor_id}:last60"
 
     @property
