@@ -582,7 +582,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--baseline-pool",
         type=int,
         default=30,
-        help="asyncpg connections of the baseline (default 30: the API pool's former ceiling, 10 + 20)",
+        help="asyncpg connections of the baseline (default 30: the API pool's former 10 + 20)",
     )
     p.add_argument(
         "--api-env",
