@@ -8,14 +8,15 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import Header
+from fastapi.responses import JSONResponse
 from sqlalchemy import ForeignKey, Integer, String, delete
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from irrigation.common.clock import utcnow
-from irrigation.common.errors import Invalid
-from irrigation.db import Base
+from irrigation.common.errors import PROBLEM_JSON, Invalid
+from irrigation.common.orm import Base
 
 
 class IdempotencyRecord(Base):
@@ -61,6 +62,14 @@ class StoredAnswer:
     status_code: int
     body: dict[str, Any]
     headers: dict[str, str]
+
+
+def respond(answer: StoredAnswer) -> JSONResponse:
+    """The response of an answer, first given or replayed alike."""
+    media = PROBLEM_JSON if answer.status_code >= 400 else "application/json"
+    return JSONResponse(
+        answer.body, status_code=answer.status_code, headers=answer.headers, media_type=media
+    )
 
 
 def request_hash(*parts: str | bytes) -> str:
