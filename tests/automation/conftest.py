@@ -12,12 +12,12 @@ from arq.connections import ArqRedis
 
 from irrigation import queue
 from irrigation.automation import runqueue, scheduling, thresholds
-from irrigation.automation.weather import FakeWeatherProvider
 from irrigation.common import clock
+from irrigation.common.worker_context import WorkerContext
 from irrigation.db import create_engine, create_sessionmaker
-from irrigation.pumps.gateway import HttpGateway
-from irrigation.pumps.jobs import JobContext
+from irrigation.gateway import HttpGateway
 from irrigation.settings import Settings
+from irrigation.weather import FakeWeatherProvider
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Engine:
 
     def job_ctx(self) -> dict[str, Any]:
         """What the worker hands its jobs; no job called this way reaches the gateway."""
-        context = JobContext(
+        context = WorkerContext(
             settings=self.settings, sessions=self.sessions, gateway=self.gateway, redis=self.redis
         )
         return {"irrigation": context}

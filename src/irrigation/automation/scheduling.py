@@ -26,11 +26,11 @@ from irrigation.automation.thresholds import (
     zone_average,
     zone_pumps,
 )
-from irrigation.automation.weather import Forecast, WeatherProvider, WeatherUnavailable
 from irrigation.common.clock import db_now_expr
 from irrigation.fleet.models import Zone
 from irrigation.pumps.models import Priority
 from irrigation.settings import Settings
+from irrigation.weather import Forecast, WeatherProvider, WeatherUnavailable
 
 log = structlog.get_logger(__name__)
 
