@@ -24,7 +24,7 @@ from irrigation.common.idempotency import (
     post_request,
     respond,
 )
-from irrigation.common.openapi import problems
+from irrigation.common.openapi import IN_FLIGHT, problems
 from irrigation.db import SessionDep
 from irrigation.pumps import service as activations
 from irrigation.pumps.models import Priority
@@ -42,7 +42,16 @@ Accepted = Annotated[ActivationOut | RunRequestOut, Field(discriminator="kind")]
     status_code=202,
     response_model=Accepted,
     responses={
-        **problems(404, 409, 413, 503),
+        **problems(
+            404,
+            409,
+            413,
+            503,
+            described={
+                409: "Refused (`pump_busy`, `cooldown`, `fault`, `disabled`, `capacity`), "
+                f"or {IN_FLIGHT}"
+            },
+        ),
         202: {"description": "Accepted and queued; `Location` names the activation."},
     },
     summary="Ask for a pump run",
@@ -50,7 +59,8 @@ Accepted = Annotated[ActivationOut | RunRequestOut, Field(discriminator="kind")]
         "Admitted under a row lock: refused with 409 and a `code` of `pump_busy`, `cooldown`, "
         "`fault`, `disabled` or `capacity` (with `Retry-After` where waiting helps). "
         "`duration_s` above the pump's `max_runtime_s` is 422. The same `Idempotency-Key` "
-        "returns the first answer; with another body it is 422. With `queue`, the answer "
+        "returns the first answer; with another body it is 422; while the first is still in "
+        "flight, 409 `idempotency_in_flight` with `Retry-After`. With `queue`, the answer "
         "is a run request (`kind: run_request`, `Location: /v1/run-queue/{id}`) that starts "
         "now if it can, else waits its turn."
     ),

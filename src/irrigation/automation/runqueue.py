@@ -31,7 +31,7 @@ from irrigation.automation.models import (
 )
 from irrigation.common import idempotency
 from irrigation.common.clock import db_now_expr
-from irrigation.common.errors import Invalid, NotFound, Unavailable
+from irrigation.common.errors import Invalid, NotFound
 from irrigation.common.idempotency import IdempotentRequest, StoredAnswer
 from irrigation.fleet.models import Pump, WaterSource, Zone
 from irrigation.pumps import service as pumps
@@ -205,17 +205,12 @@ async def request_run(
 
     With an Idempotency-Key the answer at acceptance is stored in the same transaction; a
     replay returns it (the request's current state is at its `Location`)."""
-    ttl = settings.idempotency_ttl_s
     try:
-        async with session.begin():
-            if idem is not None and (stored := await idempotency.find(session, idem, ttl)):
-                return stored
+        async with idempotency.begin(session, idem, settings.idempotency_ttl_s) as claim:
+            if claim.replay is not None:
+                return claim.replay
             request, to_stop = await add(session, site_id, wish)
-            if (
-                idem is not None
-                and await idempotency.store(session, idem, render(request), ttl) is None
-            ):
-                raise Unavailable("a request with this Idempotency-Key is in flight")
+            await claim.store(render(request))
     except DBAPIError as exc:
         raise pumps.unavailable_if_lock_timeout(exc) from None
     for activation in to_stop:

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from irrigation.common import idempotency
 from irrigation.common.clock import utcnow
 from irrigation.common.dberrors import pg_error
-from irrigation.common.errors import NotFound, Unavailable
+from irrigation.common.errors import NotFound
 from irrigation.common.idempotency import IdempotentRequest, StoredAnswer
 from irrigation.common.shaping import columns_of
 from irrigation.fleet.models import Sensor
@@ -147,10 +147,9 @@ async def _ingest_once(
     mode: store.CopyMode,
 ) -> tuple[StoredAnswer, Rows | None, set[uuid.UUID]]:
     """The answer, and the readings as stored, for the cache (None for a replayed answer)."""
-    ttl = settings.idempotency_ttl_s
-    async with session.begin():
-        if idem is not None and (stored := await idempotency.find(session, idem, ttl)):
-            return stored, None, set()
+    async with idempotency.begin(session, idem, settings.idempotency_ttl_s) as claim:
+        if claim.replay is not None:
+            return claim.replay, None, set()
         checked = await check(session, settings, site_id, parsed)
         started_at = utcnow()
         inserted = await store.insert_readings(session, encode(checked.accepted), mode)
@@ -186,8 +185,7 @@ async def _ingest_once(
         )
         await store.insert_quarantine(session, site_id, result.job_id, checked.rejected)
         answer = StoredAnswer(200, result.model_dump(mode="json"), {})
-        if idem is not None and await idempotency.store(session, idem, answer, ttl) is None:
-            raise Unavailable("a request with this Idempotency-Key is in flight; retry")
+        await claim.store(answer)
         # Last, right before the COMMIT: the rollup rows and sensors it locks are what
         # every concurrent batch of these sensors waits for.
         await store.roll_up(session, inserted)

@@ -58,10 +58,6 @@ Render = Callable[[PumpActivation | Refused], StoredAnswer]
 _BUSY = aliased(PumpActivation)
 
 
-class _LostIdempotencyRace(Exception):
-    pass
-
-
 def _seconds_until(moment: datetime, now: datetime) -> int:
     return max(1, math.ceil((moment - now).total_seconds()))
 
@@ -118,26 +114,16 @@ async def request_activation(
 ) -> StoredAnswer:
     """Admit or refuse one run, in one transaction; refusals are answers, stored for replay."""
     activation: PumpActivation | None = None
-    ttl = settings.idempotency_ttl_s
     try:
-        async with session.begin():
-            if idem is not None and (stored := await idempotency.find(session, idem, ttl)):
-                return stored
+        async with idempotency.begin(session, idem, settings.idempotency_ttl_s) as claim:
+            if claim.replay is not None:
+                return claim.replay
             try:
                 activation = await admit(session, settings, site_id, pump_id, run)
                 answer = render(activation)
             except Refused as refusal:
                 answer = render(refusal)
-            if idem is not None and await idempotency.store(session, idem, answer, ttl) is None:
-                raise _LostIdempotencyRace
-    except _LostIdempotencyRace:
-        # A concurrent request with the same key committed first: answer as it did.
-        activation = None
-        async with session.begin():
-            stored = await idempotency.find(session, idem, ttl) if idem else None
-        if stored is None:
-            raise Unavailable("a request with this Idempotency-Key is in flight") from None
-        return stored
+            await claim.store(answer)
     except DBAPIError as exc:
         raise unavailable_if_lock_timeout(exc) from None
     if activation is not None and settings.enqueue_fast_path:
