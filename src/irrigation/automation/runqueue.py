@@ -542,11 +542,11 @@ async def _resolve(
         mine.resolved_at = now
         mine.last_reason = reason
         record(session, _subject(mine), now, Outcome.skipped, reason, message)
-    if r.rule_id is not None:
-        # The rule asked for water that never came: let it ask again while still dry.
-        async with session.begin():
+        if mine.rule_id is not None:
+            # The rule asked for water that never came: let it ask again while still dry. In
+            # the skip's transaction: a rule left disarmed by a crash would never ask again.
             await session.execute(
-                update(ThresholdRule).where(ThresholdRule.id == r.rule_id).values(armed=True)
+                update(ThresholdRule).where(ThresholdRule.id == mine.rule_id).values(armed=True)
             )
 
 
