@@ -11,7 +11,8 @@ import pytest
 from arq.connections import ArqRedis
 
 from irrigation import queue
-from irrigation.automation import runqueue, scheduling, thresholds
+from irrigation.automation import scheduling, thresholds
+from irrigation.automation.runqueue import dispatch
 from irrigation.common import clock
 from irrigation.common.worker_context import WorkerContext
 from irrigation.db import create_engine, create_sessionmaker
@@ -30,7 +31,7 @@ class Engine:
 
     async def dispatch(self) -> int:
         async with self.sessions() as session:
-            return await runqueue.dispatch(session, self.settings, self.redis)
+            return await dispatch.start_waiting(session, self.settings, self.redis)
 
     async def evaluate(self) -> int:
         async with self.sessions() as session:

@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from irrigation.auth.deps import ControlPrincipal
-from irrigation.automation import runqueue
 from irrigation.automation.models import RunRequest
+from irrigation.automation.runqueue import enqueue
 from irrigation.automation.schemas import RunRequestOut
 from irrigation.common.clock import utcnow
 from irrigation.common.deps import RedisDep, SettingsDep
@@ -83,7 +83,7 @@ async def request_activation(
     )
     if body.queue is not None:
         return respond(await _queued(pump_id, body, session, settings, redis, who, idem))
-    run = activations.RunRequest(
+    run = activations.ActivationParams(
         duration_s=body.duration_s,
         priority=Priority(body.priority.value),
         reason=body.reason,
@@ -115,7 +115,7 @@ async def _queued(
         raise Invalid("deadline must be in the future", field="body.deadline")
     if deadline > now + MAX_QUEUE_WAIT:
         raise Invalid("deadline must be within 7 days", field="body.deadline")
-    wish = runqueue.Wish(
+    wish = enqueue.Wish(
         pump_id=pump_id,
         priority=Priority(body.priority.value),
         duration_s=body.duration_s,
@@ -124,6 +124,6 @@ async def _queued(
         reason=body.reason,
         queue=body.queue,
     )
-    return await runqueue.request_run(
+    return await enqueue.request_run(
         session, settings, redis, who.site_id, wish, idem, _run_request_answer
     )

@@ -4,7 +4,8 @@ import uuid
 from typing import Any
 
 from irrigation import queue
-from irrigation.automation import runqueue, scheduling, thresholds
+from irrigation.automation import scheduling, thresholds
+from irrigation.automation.runqueue import dispatch
 from irrigation.common.worker_context import worker_context
 
 
@@ -13,7 +14,7 @@ async def dispatch_runs(ctx: dict[str, Any], site_id: str | None = None) -> int:
     jc = worker_context(ctx)
     site = uuid.UUID(site_id) if site_id else None
     async with jc.sessions() as session:
-        return await runqueue.dispatch(session, jc.settings, jc.redis, site)
+        return await dispatch.start_waiting(session, jc.settings, jc.redis, site)
 
 
 async def evaluate_zones(ctx: dict[str, Any]) -> int:

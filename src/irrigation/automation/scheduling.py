@@ -14,11 +14,11 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation.auth.models import Site
-from irrigation.automation import runqueue
 from irrigation.automation.calendar import When, next_after, occurrences
 from irrigation.automation.decisions import Subject, local, record
 from irrigation.automation.et import WaterLevel, compute_water_level, scaled_duration_s
-from irrigation.automation.models import Outcome, RunRequest, RunStatus, Schedule
+from irrigation.automation.models import Outcome, Reason, RunRequest, RunStatus, Schedule
+from irrigation.automation.runqueue import dispatch
 from irrigation.automation.thresholds import (
     WishMaker,
     automation_gate,
@@ -116,7 +116,7 @@ async def fire_due(
             fired += 1
             sites.add(site)
     for site_id in sites:
-        await runqueue.dispatch(session, settings, redis, site_id)
+        await dispatch.start_waiting(session, settings, redis, site_id)
     return fired
 
 
@@ -157,7 +157,7 @@ async def _fire_one(
                 subject,
                 now,
                 Outcome.skipped,
-                "missed",
+                Reason.missed,
                 f"the {local(at, zone.timezone)} run was missed (no worker ran then)",
                 detail={"scheduled_for": at.isoformat()},
             )
@@ -181,9 +181,8 @@ async def _fire_one(
             return None
         pumps = await zone_pumps(session, zone.id, schedule.pump_id)
         if not pumps:
-            record(
-                session, subject, now, Outcome.skipped, "no_pump", "no enabled pump", detail=detail
-            )
+            message = "no enabled pump"
+            record(session, subject, now, Outcome.skipped, Reason.no_pump, message, detail=detail)
             return None
         waiting = (
             await session.execute(
@@ -198,7 +197,7 @@ async def _fire_one(
                 subject,
                 now,
                 Outcome.skipped,
-                "already_queued",
+                Reason.already_queued,
                 "the previous run of this schedule is still waiting",
                 detail=detail,
             )
@@ -229,7 +228,7 @@ async def _skip_reason(
     weather: Weather | None,
     level: WaterLevel | None,
     now: datetime,
-) -> tuple[str, str] | None:
+) -> tuple[Reason, str] | None:
     tz = zone.timezone
     gate = automation_gate(
         now, tz, paused_until, site_rain, zone.rain_delay_until, schedule.skip_if_rain_delay
@@ -244,7 +243,7 @@ async def _skip_reason(
         ).scalar_one()
         if moisture is not None and moisture > schedule.skip_if_moisture_above:
             return (
-                "soil_wet",
+                Reason.soil_wet,
                 f"soil moisture {moisture:.1f} is above {schedule.skip_if_moisture_above:g}",
             )
     limit = schedule.skip_if_rain_forecast_mm
@@ -252,11 +251,11 @@ async def _skip_reason(
         rain = weather.forecast.rain_next_24h_mm(now)
         if rain >= limit:
             return (
-                "forecast_rain",
+                Reason.forecast_rain,
                 f"{rain:.1f} mm of rain forecast in the next 24 h (limit {limit:g} mm)",
             )
     if level is not None and level.pct == 0:
-        return "water_level_zero", f"water level is 0 % (ET0 {level.et0_mm:.2f} mm)"
+        return Reason.water_level_zero, f"water level is 0 % (ET0 {level.et0_mm:.2f} mm)"
     return None
 
 

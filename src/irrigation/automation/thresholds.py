@@ -14,9 +14,9 @@ from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation.auth.models import Site
-from irrigation.automation import runqueue
 from irrigation.automation.decisions import Subject, local, record
-from irrigation.automation.models import Outcome, RunRequest, RunStatus, ThresholdRule
+from irrigation.automation.models import Outcome, Reason, RunRequest, RunStatus, ThresholdRule
+from irrigation.automation.runqueue import dispatch, enqueue
 from irrigation.common.clock import db_now_expr
 from irrigation.fleet.models import Pump, Sensor, Zone
 from irrigation.ingest.models import SensorReading
@@ -43,7 +43,7 @@ def zone_average(zone_id: Any, kind: Any, since: Any, until: datetime) -> Column
 
 @dataclass(frozen=True)
 class _Gate:
-    reason: str
+    reason: Reason
     message: str
 
 
@@ -57,11 +57,11 @@ def automation_gate(
 ) -> _Gate | None:
     """Why automation may not water this zone now, if it may not."""
     if paused_until is not None and paused_until > now:
-        return _Gate("paused", f"automation is paused until {local(paused_until, tz)}")
+        return _Gate(Reason.paused, f"automation is paused until {local(paused_until, tz)}")
     if respects_rain_delay:
         rain = max((t for t in (site_rain, zone_rain) if t is not None), default=None)
         if rain is not None and rain > now:
-            return _Gate("rain_delay", f"rain delay until {local(rain, tz)}")
+            return _Gate(Reason.rain_delay, f"rain delay until {local(rain, tz)}")
     return None
 
 
@@ -86,7 +86,7 @@ async def queue_zone_runs(
     previous: uuid.UUID | None = None
     requests = []
     for pump in pumps:
-        request, _ = await runqueue.add(session, site_id, make(pump, previous))
+        request, _ = await enqueue.add(session, site_id, make(pump, previous))
         requests.append(request)
         previous = request.id
     return requests
@@ -109,8 +109,8 @@ class WishMaker:
         self.deadline, self.reason = deadline, reason
         self.rule_id, self.schedule_id = rule_id, schedule_id
 
-    def __call__(self, pump: Pump, after: uuid.UUID | None) -> runqueue.Wish:
-        return runqueue.Wish(
+    def __call__(self, pump: Pump, after: uuid.UUID | None) -> enqueue.Wish:
+        return enqueue.Wish(
             pump_id=pump.id,
             priority=self.priority,
             duration_s=min(self.duration_s, pump.max_runtime_s),
@@ -152,7 +152,7 @@ async def evaluate_rules(
             triggered += 1
             sites.add(site)
     for site_id in sites:
-        await runqueue.dispatch(session, settings, redis, site_id)
+        await dispatch.start_waiting(session, settings, redis, site_id)
     return triggered
 
 
@@ -200,11 +200,10 @@ async def _evaluate_one(
             return None
         pumps = await zone_pumps(session, rule.zone_id, rule.pump_id)
         if not pumps:
-            if rule.last_skip_reason != "no_pump":
-                rule.last_skip_reason = "no_pump"
-                record(
-                    session, subject, now, Outcome.skipped, "no_pump", f"no enabled pump ({what})"
-                )
+            if rule.last_skip_reason != Reason.no_pump:
+                rule.last_skip_reason = Reason.no_pump
+                message = f"no enabled pump ({what})"
+                record(session, subject, now, Outcome.skipped, Reason.no_pump, message)
             return None
         if await _still_waiting(session, rule.id):
             return None

@@ -44,7 +44,9 @@ from irrigation.settings import Settings
 
 
 @dataclass(frozen=True)
-class RunRequest:
+class ActivationParams:
+    """What one activation is asked for (the run queue's `RunRequest` is a waiting wish)."""
+
     duration_s: int
     priority: Priority
     reason: str | None
@@ -108,7 +110,7 @@ async def request_activation(
     redis: ArqRedis,
     site_id: uuid.UUID,
     pump_id: uuid.UUID,
-    run: RunRequest,
+    run: ActivationParams,
     idem: IdempotentRequest | None,
     render: Render,
 ) -> StoredAnswer:
@@ -180,7 +182,7 @@ async def admit(
     settings: Settings,
     site_id: uuid.UUID,
     pump_id: uuid.UUID,
-    run: RunRequest,
+    run: ActivationParams,
 ) -> PumpActivation:
     # Three statements decide a refusal: lock the source (found through the pump), lock the
     # pump with the clock and its active run's deadline, then commit.
