@@ -11,8 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 import uvicorn
 
-from irrigation.pumps.simulator import create_simulator_app
 from irrigation.settings import Settings
+from irrigation.simulator.app import create_simulator_app
 from irrigation.weather import (
     DailyWeather,
     FakeWeather,
