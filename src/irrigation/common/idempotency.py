@@ -148,7 +148,7 @@ async def begin(
             claim.replay = await _find(session, req, ttl_s)
         yield claim
         if req is not None and claim.replay is None and not claim.stored:
-            raise RuntimeError("an idempotent request committed without storing its answer")
+            raise RuntimeError("an idempotent request must store its answer before it commits")
 
 
 async def _hold_key(session: AsyncSession, req: IdempotentRequest) -> None:
