@@ -21,7 +21,7 @@ up: install
 # Every check runs even when an earlier one fails; the exit status says if any did.
 test: install
 	@status=0; \
-	for check in "ruff check src tests" "ruff format --check src tests" "mypy src" "pytest"; do \
+	for check in "ruff check src tests" "ruff format --check src tests" "mypy src" "lint-imports" "pytest"; do \
 		echo "==> $$check"; $(BIN)/$$check || status=1; \
 	done; \
 	exit $$status
@@ -30,6 +30,7 @@ lint: install
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy src
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff check --fix src tests
@@ -40,4 +41,4 @@ openapi: install
 
 # Keeps .data (the embedded database of `make up`).
 clean:
-	rm -rf $(VENV) .mypy_cache* .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache* .ruff_cache .pytest_cache .import_linter_cache

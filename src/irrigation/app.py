@@ -11,6 +11,7 @@ from irrigation import __version__
 from irrigation.alerts.router import routers as alert_routers
 from irrigation.auth.deps import PrincipalCache
 from irrigation.auth.router import router as auth_router
+from irrigation.automation.activation_router import router as activation_router
 from irrigation.automation.router import router as automation_router
 from irrigation.common.balance import WorkerLoad
 from irrigation.common.errors import install_error_handlers
@@ -95,6 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth_router)
     for router in fleet_routers:
         app.include_router(router)
+    # Before the pumps' router, so the OpenAPI document lists POST before GET as it did.
+    app.include_router(activation_router)
     app.include_router(pumps_router)
     app.include_router(ingest_router)
     app.include_router(import_router)

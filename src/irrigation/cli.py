@@ -139,7 +139,7 @@ def simulator(
     port: Annotated[int | None, typer.Option(help="Port [IRRIGATION_SIMULATOR_PORT]")] = None,
 ) -> None:
     """Run the device simulator: a pump controller over HTTP that keeps the physical truth."""
-    from irrigation.pumps.simulator import run_simulator
+    from irrigation.simulator.app import run_simulator
 
     run_simulator(host, port or load_settings().simulator_port)
 

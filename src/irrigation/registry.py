@@ -4,7 +4,7 @@ from irrigation.alerts import models as alert_models
 from irrigation.auth import models as auth_models
 from irrigation.automation import models as automation_models
 from irrigation.common import idempotency
-from irrigation.db import Base
+from irrigation.common.orm import Base
 from irrigation.fleet import models as fleet_models
 from irrigation.ingest import models as ingest_models
 from irrigation.pumps import models as pump_models

@@ -13,15 +13,16 @@ from irrigation.alerts import jobs as alert_jobs
 from irrigation.alerts import webhooks
 from irrigation.automation import jobs as automation
 from irrigation.automation.retention import purge_automation_history
-from irrigation.automation.weather import create_provider
 from irrigation.common import idempotency
+from irrigation.common.worker_context import CONTEXT_KEY, WorkerContext, worker_context
 from irrigation.db import create_engine, create_sessionmaker
+from irrigation.gateway import HttpGateway
 from irrigation.ingest import imports
 from irrigation.logging import configure_logging
 from irrigation.pumps import jobs
-from irrigation.pumps.gateway import HttpGateway
 from irrigation.readings import retention
 from irrigation.settings import Settings
+from irrigation.weather import create_provider
 
 # Every model must be mapped before the first flush: FKs resolve across domains.
 assert registry.metadata.tables
@@ -34,7 +35,7 @@ IMPORT_MAX_TRIES = 100_000
 
 
 async def purge_idempotency_keys(ctx: dict[str, Any]) -> int:
-    jc = jobs.job_context(ctx)
+    jc = worker_context(ctx)
     async with jc.sessions() as session, session.begin():
         return await idempotency.purge_expired(session, jc.settings.idempotency_ttl_s)
 
@@ -53,13 +54,13 @@ def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
     weather = create_provider(settings, redis)
 
     async def startup(ctx: dict[str, Any]) -> None:
-        ctx["irrigation"] = jobs.JobContext(
+        ctx[CONTEXT_KEY] = WorkerContext(
             settings=settings,
             sessions=create_sessionmaker(engine),
             gateway=gateway,
             redis=redis,
+            weather=weather,
         )
-        ctx[automation.WEATHER] = weather
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         if weather is not None:

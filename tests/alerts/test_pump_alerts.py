@@ -10,8 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from irrigation import queue
 from irrigation.common import clock
+from irrigation.common.worker_context import WorkerContext
+from irrigation.gateway import HttpGateway
 from irrigation.pumps import jobs
-from irrigation.pumps.gateway import HttpGateway
 from irrigation.settings import Settings
 from tests.alerts.helpers import evaluate, open_alerts
 from tests.fleet.helpers import Headers
@@ -24,11 +25,11 @@ Sessions = async_sessionmaker[AsyncSession]
 @pytest.fixture
 async def dead_gateway_ctx(
     settings: Settings, sessions: Sessions
-) -> AsyncIterator[dict[str, jobs.JobContext]]:
+) -> AsyncIterator[dict[str, WorkerContext]]:
     gateway = HttpGateway(f"http://127.0.0.1:{free_port()}", timeout_s=0.2, retries=0)
     redis = queue.create_redis(settings.effective_redis_url, 1.0, settings.queue_name)
     yield {
-        "irrigation": jobs.JobContext(
+        "irrigation": WorkerContext(
             settings=settings, sessions=sessions, gateway=gateway, redis=redis
         )
     }
@@ -37,7 +38,7 @@ async def dead_gateway_ctx(
 
 
 async def fail_a_start(
-    client: httpx.AsyncClient, admin: Headers, ctx: dict[str, jobs.JobContext], pump_id: str
+    client: httpx.AsyncClient, admin: Headers, ctx: dict[str, WorkerContext], pump_id: str
 ) -> None:
     accepted = await activate(client, admin, pump_id, 5)
     assert accepted.status_code == 202, accepted.text
@@ -49,7 +50,7 @@ async def test_a_failed_start_raises_pump_fault_and_gateway_failure_which_clear_
     admin: Headers,
     sessions: Sessions,
     settings: Settings,
-    dead_gateway_ctx: dict[str, jobs.JobContext],
+    dead_gateway_ctx: dict[str, WorkerContext],
 ) -> None:
     pump = await make_pump(client, admin, "hw-main", name="Main")
     await fail_a_start(client, admin, dead_gateway_ctx, pump["id"])
@@ -82,7 +83,7 @@ async def test_gateway_failure_counts_every_failure_of_the_site_in_its_window(
     admin: Headers,
     sessions: Sessions,
     settings: Settings,
-    dead_gateway_ctx: dict[str, jobs.JobContext],
+    dead_gateway_ctx: dict[str, WorkerContext],
 ) -> None:
     for name in ("East", "West"):
         pump = await make_pump(client, admin, f"hw-{name}", name=name)

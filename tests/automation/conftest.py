@@ -11,13 +11,14 @@ import pytest
 from arq.connections import ArqRedis
 
 from irrigation import queue
-from irrigation.automation import runqueue, scheduling, thresholds
-from irrigation.automation.weather import FakeWeatherProvider
+from irrigation.automation import scheduling, thresholds
+from irrigation.automation.runqueue import dispatch
 from irrigation.common import clock
+from irrigation.common.worker_context import WorkerContext
 from irrigation.db import create_engine, create_sessionmaker
-from irrigation.pumps.gateway import HttpGateway
-from irrigation.pumps.jobs import JobContext
+from irrigation.gateway import HttpGateway
 from irrigation.settings import Settings
+from irrigation.weather import FakeWeatherProvider
 
 
 @dataclass
@@ -30,7 +31,7 @@ class Engine:
 
     async def dispatch(self) -> int:
         async with self.sessions() as session:
-            return await runqueue.dispatch(session, self.settings, self.redis)
+            return await dispatch.start_waiting(session, self.settings, self.redis)
 
     async def evaluate(self) -> int:
         async with self.sessions() as session:
@@ -38,7 +39,7 @@ class Engine:
 
     def job_ctx(self) -> dict[str, Any]:
         """What the worker hands its jobs; no job called this way reaches the gateway."""
-        context = JobContext(
+        context = WorkerContext(
             settings=self.settings, sessions=self.sessions, gateway=self.gateway, redis=self.redis
         )
         return {"irrigation": context}

@@ -15,7 +15,7 @@ from irrigation.automation.et import (
     scaled_duration_s,
     water_level_pct,
 )
-from irrigation.automation.weather import DailyWeather
+from irrigation.weather import DailyWeather
 
 LYON_LATITUDE = 45 + 43 / 60  # 45°43'N
 LYON_DAY = 196  # 15 July in a common year

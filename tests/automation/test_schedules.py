@@ -7,8 +7,8 @@ from typing import Any
 import httpx
 
 from irrigation.automation.et import compute_water_level
-from irrigation.automation.weather import DailyWeather
 from irrigation.common import clock
+from irrigation.weather import DailyWeather
 from tests.automation.conftest import Engine, decisions, post_moisture, run_requests
 from tests.pumps.helpers import make_pump
 

@@ -5,11 +5,16 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
+import pytest
+from sqlalchemy.exc import DBAPIError
 
 from irrigation import queue
 from irrigation.automation import jobs as automation_jobs
 from irrigation.common import clock
+from irrigation.settings import Settings
+from irrigation.stack import plain_url
 from tests.automation.conftest import Engine, decisions, post_moisture, run_requests
 from tests.pumps.helpers import make_pump
 
@@ -194,3 +199,55 @@ async def test_evaluators_running_at_once_trigger_a_rule_once(
     triggered = await asyncio.gather(*(engine.evaluate() for _ in range(6)))
     assert sum(triggered) == 1
     assert len(await run_requests(client, admin)) == 1
+
+
+# Fails any UPDATE that re-arms a rule: a crash between the skip and the re-arm.
+_FAIL_REARM = """
+CREATE FUNCTION fail_rearm() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'injected: re-arming failed'; END $$;
+CREATE TRIGGER fail_rearm BEFORE UPDATE ON threshold_rules
+FOR EACH ROW WHEN (NEW.armed AND NOT OLD.armed) EXECUTE FUNCTION fail_rearm();
+"""
+
+
+async def test_a_threshold_run_skipped_at_its_deadline_re_arms_its_rule_in_the_same_transaction(
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    engine: Engine,
+    settings: Settings,
+    database_url: str,
+) -> None:
+    zone, pump, sensor = await zone_with_pump_and_sensor(client, admin)
+    person = await client.post(
+        f"/v1/pumps/{pump['id']}/activations", json={"duration_s": 5}, headers=admin
+    )
+    assert person.status_code == 202  # no worker: it stays queued and holds the pump
+    rule = await make_rule(client, admin, zone["id"])
+    await step(client, admin, engine, sensor["id"], 10)
+    (waiting,) = await run_requests(client, admin)
+    assert (waiting["status"], waiting["rule_id"]) == ("waiting", rule["id"])
+
+    async def armed() -> bool:
+        shown = (await client.get(f"/v1/threshold-rules/{rule['id']}", headers=admin)).json()
+        return bool(shown["armed"])
+
+    assert not await armed()
+    clock.move(timedelta(seconds=settings.threshold_run_deadline_s + 60))
+    conn = await asyncpg.connect(plain_url(database_url))
+    try:
+        await conn.execute(_FAIL_REARM)
+        with pytest.raises(DBAPIError, match="re-arming failed"):
+            await engine.dispatch()
+        # Neither the skip nor its decision committed without the re-arm.
+        assert [r["status"] for r in await run_requests(client, admin)] == ["waiting"]
+        assert await decisions(client, admin, zone["id"], outcome="skipped") == []
+        assert not await armed()
+        await conn.execute("DROP TRIGGER fail_rearm ON threshold_rules")
+    finally:
+        await conn.close()
+
+    assert await engine.dispatch() == 0
+    assert [r["status"] for r in await run_requests(client, admin)] == ["skipped"]
+    skipped = await decisions(client, admin, zone["id"], outcome="skipped")
+    assert [d["reason"] for d in skipped] == ["deadline_passed"]
+    assert await armed()

@@ -11,7 +11,9 @@ import pytest
 import redis.asyncio as aioredis
 import uvicorn
 
-from irrigation.automation.weather import (
+from irrigation.settings import Settings
+from irrigation.simulator.app import create_simulator_app
+from irrigation.weather import (
     DailyWeather,
     FakeWeather,
     FakeWeatherProvider,
@@ -20,8 +22,6 @@ from irrigation.automation.weather import (
     WeatherUnavailable,
     create_provider,
 )
-from irrigation.pumps.simulator import create_simulator_app
-from irrigation.settings import Settings
 from tests.processes import free_port
 
 LAT, LON = 45.7167, 4.8333

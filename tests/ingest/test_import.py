@@ -24,10 +24,10 @@ from sqlalchemy import text
 
 from irrigation import queue
 from irrigation.app import create_app
+from irrigation.common.worker_context import WorkerContext
 from irrigation.db import create_engine, create_sessionmaker
+from irrigation.gateway import HttpGateway
 from irrigation.ingest import imports
-from irrigation.pumps.gateway import HttpGateway
-from irrigation.pumps.jobs import JobContext
 from irrigation.settings import Settings
 from irrigation.stack import plain_url
 from irrigation.worker import create_worker
@@ -574,7 +574,7 @@ async def test_orphan_uploads_are_swept_and_files_of_unfinished_imports_kept(
     engine = create_engine(settings)
     redis = queue.create_redis(settings.effective_redis_url, 1.0, settings.queue_name)
     gateway = HttpGateway("http://127.0.0.1:9", timeout_s=0.1, retries=0)
-    ctx = {"irrigation": JobContext(settings, create_sessionmaker(engine), gateway, redis)}
+    ctx = {"irrigation": WorkerContext(settings, create_sessionmaker(engine), gateway, redis)}
     try:
         assert await imports.sweep_orphan_uploads(ctx) == 1
         assert sorted(p.name for p in uploads(settings)) == sorted([kept.name, fresh.name])

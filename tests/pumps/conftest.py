@@ -8,8 +8,8 @@ import httpx
 import pytest
 import uvicorn
 
-from irrigation.pumps.simulator import create_simulator_app
 from irrigation.settings import Settings
+from irrigation.simulator.app import create_simulator_app
 from tests.processes import StartProcess, free_port, settings_env, spawner, wait_http
 
 

@@ -3,12 +3,12 @@
 from typing import Any
 
 from irrigation.alerts import evaluate
-from irrigation.pumps.jobs import job_context
+from irrigation.common.worker_context import worker_context
 
 
 async def evaluate_alerts(ctx: dict[str, Any]) -> int:
     """arq cron: raise, touch and clear alerts of every site; returns the transitions."""
-    jc = job_context(ctx)
+    jc = worker_context(ctx)
     async with jc.sessions() as session:
         result = await evaluate.evaluate_alerts(session, jc.settings)
     return len(result.raised) + len(result.cleared)

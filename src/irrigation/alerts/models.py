@@ -9,7 +9,7 @@ from sqlalchemy import ARRAY, CheckConstraint, ForeignKey, Index, Integer, Strin
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from irrigation.db import Base, IdMixin
+from irrigation.common.orm import Base, IdMixin
 from irrigation.fleet.models import Versioned
 from irrigation.pumps.models import PumpActivation
 

@@ -29,7 +29,7 @@ from sqlalchemy import text
 
 from irrigation.alerts.models import DeliveryStatus
 from irrigation.common.clock import utcnow
-from irrigation.pumps.jobs import job_context
+from irrigation.common.worker_context import worker_context
 from irrigation.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -187,7 +187,7 @@ def _record_params(settings: Settings, outcomes: list[Outcome]) -> dict[str, lis
 
 async def deliver_webhooks(ctx: dict[str, Any]) -> int:
     """arq cron (every second): send what is due; returns how many were attempted."""
-    jc = job_context(ctx)
+    jc = worker_context(ctx)
     settings = jc.settings
     now = utcnow()
     lease = timedelta(seconds=settings.webhook_timeout_s + LEASE_MARGIN_S)

@@ -7,7 +7,7 @@ from sqlalchemy import ForeignKey, String
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
-from irrigation.db import Base, IdMixin
+from irrigation.common.orm import Base, IdMixin
 
 
 class Site(IdMixin, Base):

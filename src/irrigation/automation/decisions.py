@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from irrigation.automation.models import AutomationDecision, Outcome
+from irrigation.automation.models import AutomationDecision, Outcome, Reason, RunRequest
 from irrigation.common.errors import NotFound
 from irrigation.common.pagination import PageParams, page_of, paginate
 from irrigation.fleet.models import Zone
@@ -32,12 +32,24 @@ class Subject:
     run_request_id: uuid.UUID | None = None
 
 
+def about(request: RunRequest) -> Subject:
+    """A decision about a run request (its zone, pump, and the rule or schedule that asked)."""
+    return Subject(
+        site_id=request.site_id,
+        zone_id=request.zone_id,
+        pump_id=request.pump_id,
+        rule_id=request.rule_id,
+        schedule_id=request.schedule_id,
+        run_request_id=request.id,
+    )
+
+
 def record(
     session: AsyncSession,
     subject: Subject,
     at: datetime,
     outcome: Outcome,
-    reason: str,
+    reason: Reason,
     message: str,
     activation_id: uuid.UUID | None = None,
     detail: dict[str, Any] | None = None,

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from datetime import date
 
-from irrigation.automation.weather import DailyWeather
+from irrigation.weather import DailyWeather
 
 SOLAR_CONSTANT_MJ_PER_MIN = 0.0820  # Gsc, MJ m-2 min-1 (FAO-56 eq. 21)
 MJ_TO_MM = 0.408  # 1 / latent heat of vaporization: MJ m-2 day-1 -> mm day-1 (eq. 20)

@@ -19,7 +19,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from irrigation.db import Base, IdMixin
+from irrigation.common.orm import Base, IdMixin
 from irrigation.fleet.models import Versioned
 
 
@@ -156,6 +156,34 @@ class Outcome(StrEnum):
     deferred = "deferred"
     skipped = "skipped"
     superseded = "superseded"
+
+
+class Reason(StrEnum):
+    """Why a decision was taken, and why a run request waits or ended (`last_reason`)."""
+
+    started = "started"
+    superseded = "superseded"
+    cancelled = "cancelled"
+    # The run queue's: a request that cannot start yet, or never will.
+    deadline_passed = "deadline_passed"
+    queued_behind = "queued_behind"
+    after_previous = "after_previous"
+    invalid = "invalid"
+    # The pumps' refusals (their `code`), as a request's reason to wait.
+    pump_busy = "pump_busy"
+    cooldown = "cooldown"
+    capacity = "capacity"
+    fault = "fault"
+    disabled = "disabled"
+    # The gates of every trigger, and what only a schedule checks.
+    paused = "paused"
+    rain_delay = "rain_delay"
+    no_pump = "no_pump"
+    already_queued = "already_queued"
+    missed = "missed"
+    soil_wet = "soil_wet"
+    forecast_rain = "forecast_rain"
+    water_level_zero = "water_level_zero"
 
 
 class AutomationDecision(IdMixin, Base):

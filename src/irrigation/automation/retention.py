@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import text
 
 from irrigation.common.clock import utcnow
-from irrigation.pumps.jobs import job_context
+from irrigation.common.worker_context import worker_context
 
 CHUNK_ROWS = 5_000
 MAX_CHUNKS = 100  # a run stays well inside the worker's job timeout; the next goes on
@@ -28,7 +28,7 @@ DELETE FROM run_requests WHERE id IN (
 
 
 async def purge_automation_history(ctx: dict[str, Any]) -> int:
-    jc = job_context(ctx)
+    jc = worker_context(ctx)
     cutoff = utcnow() - timedelta(days=jc.settings.automation_history_days)
     deleted = 0
     for statement in (_DECISIONS, _RUN_REQUESTS):

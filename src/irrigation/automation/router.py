@@ -7,8 +7,9 @@ from fastapi import APIRouter, Depends, Query, Response
 from pydantic import AwareDatetime
 
 from irrigation.auth.deps import AdminPrincipal, ControlPrincipal, ReadPrincipal
-from irrigation.automation import decisions, runqueue, service
+from irrigation.automation import decisions, service
 from irrigation.automation.models import Outcome, RunRequest, RunStatus, Schedule, ThresholdRule
+from irrigation.automation.runqueue import enqueue
 from irrigation.automation.schemas import (
     AutomationState,
     DecisionOut,
@@ -170,7 +171,7 @@ async def list_run_requests(
 async def get_run_request(
     request_id: uuid.UUID, session: SessionDep, who: ReadPrincipal
 ) -> RunRequest:
-    return await runqueue.get(session, who.site_id, request_id)
+    return await enqueue.get(session, who.site_id, request_id)
 
 
 @router.delete(
@@ -182,7 +183,7 @@ async def get_run_request(
 async def cancel_run_request(
     request_id: uuid.UUID, session: SessionDep, who: ControlPrincipal
 ) -> RunRequest:
-    return await runqueue.cancel(session, who.site_id, request_id)
+    return await enqueue.cancel(session, who.site_id, request_id)
 
 
 # Decisions -----------------------------------------------------------------------------

@@ -14,23 +14,24 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation.auth.models import Site
-from irrigation.automation import runqueue
 from irrigation.automation.calendar import When, next_after, occurrences
 from irrigation.automation.decisions import Subject, local, record
 from irrigation.automation.et import WaterLevel, compute_water_level, scaled_duration_s
-from irrigation.automation.models import Outcome, RunRequest, RunStatus, Schedule
-from irrigation.automation.thresholds import (
+from irrigation.automation.models import Outcome, Reason, RunRequest, Schedule
+from irrigation.automation.runqueue import dispatch
+from irrigation.automation.triggers import (
+    Skip,
     WishMaker,
     automation_gate,
+    pumps_to_water,
     queue_zone_runs,
     zone_average,
-    zone_pumps,
 )
-from irrigation.automation.weather import Forecast, WeatherProvider, WeatherUnavailable
 from irrigation.common.clock import db_now_expr
 from irrigation.fleet.models import Zone
 from irrigation.pumps.models import Priority
 from irrigation.settings import Settings
+from irrigation.weather import Forecast, WeatherProvider, WeatherUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -116,7 +117,7 @@ async def fire_due(
             fired += 1
             sites.add(site)
     for site_id in sites:
-        await runqueue.dispatch(session, settings, redis, site_id)
+        await dispatch.start_waiting(session, settings, redis, site_id)
     return fired
 
 
@@ -157,7 +158,7 @@ async def _fire_one(
                 subject,
                 now,
                 Outcome.skipped,
-                "missed",
+                Reason.missed,
                 f"the {local(at, zone.timezone)} run was missed (no worker ran then)",
                 detail={"scheduled_for": at.isoformat()},
             )
@@ -169,39 +170,16 @@ async def _fire_one(
         level = water_level(zone, weather or Weather(None), now)
         if level is not None:
             zone.water_level_pct, zone.water_level_at = level.pct, now
-        skip = await _skip_reason(
-            session, schedule, zone, paused_until, site_rain, weather, level, now
-        )
         detail = {"scheduled_for": at.isoformat()}
         if weather is not None and weather.error is not None:
             detail["weather"] = weather.error
-        if skip is not None:
-            reason, message = skip
+        asked_by = RunRequest.schedule_id == schedule.id
+        found = await _skip_reason(
+            session, schedule, zone, paused_until, site_rain, weather, level, now
+        ) or await pumps_to_water(session, zone.id, schedule.pump_id, asked_by, "schedule")
+        if isinstance(found, Skip):
+            reason, message = found.reason, found.message
             record(session, subject, now, Outcome.skipped, reason, message, detail=detail)
-            return None
-        pumps = await zone_pumps(session, zone.id, schedule.pump_id)
-        if not pumps:
-            record(
-                session, subject, now, Outcome.skipped, "no_pump", "no enabled pump", detail=detail
-            )
-            return None
-        waiting = (
-            await session.execute(
-                select(RunRequest.id).where(
-                    RunRequest.schedule_id == schedule.id, RunRequest.status == RunStatus.waiting
-                )
-            )
-        ).first()
-        if waiting is not None:
-            record(
-                session,
-                subject,
-                now,
-                Outcome.skipped,
-                "already_queued",
-                "the previous run of this schedule is still waiting",
-                detail=detail,
-            )
             return None
         duration = schedule.duration_s
         why = f"schedule {schedule.name or schedule.id} at {local(at, zone.timezone)}"
@@ -216,7 +194,7 @@ async def _fire_one(
             why,
             schedule_id=schedule.id,
         )
-        await queue_zone_runs(session, schedule.site_id, pumps, make)
+        await queue_zone_runs(session, schedule.site_id, found, make)
         return schedule.site_id
 
 
@@ -229,13 +207,14 @@ async def _skip_reason(
     weather: Weather | None,
     level: WaterLevel | None,
     now: datetime,
-) -> tuple[str, str] | None:
+) -> Skip | None:
+    """Why the schedule skips this run: the gates, then its own conditions."""
     tz = zone.timezone
     gate = automation_gate(
         now, tz, paused_until, site_rain, zone.rain_delay_until, schedule.skip_if_rain_delay
     )
     if gate is not None:
-        return gate.reason, gate.message
+        return gate
     if schedule.skip_if_moisture_above is not None:
         moisture = (
             await session.execute(
@@ -243,20 +222,20 @@ async def _skip_reason(
             )
         ).scalar_one()
         if moisture is not None and moisture > schedule.skip_if_moisture_above:
-            return (
-                "soil_wet",
+            return Skip(
+                Reason.soil_wet,
                 f"soil moisture {moisture:.1f} is above {schedule.skip_if_moisture_above:g}",
             )
     limit = schedule.skip_if_rain_forecast_mm
     if limit is not None and weather is not None and weather.forecast is not None:
         rain = weather.forecast.rain_next_24h_mm(now)
         if rain >= limit:
-            return (
-                "forecast_rain",
+            return Skip(
+                Reason.forecast_rain,
                 f"{rain:.1f} mm of rain forecast in the next 24 h (limit {limit:g} mm)",
             )
     if level is not None and level.pct == 0:
-        return "water_level_zero", f"water level is 0 % (ET0 {level.et0_mm:.2f} mm)"
+        return Skip(Reason.water_level_zero, f"water level is 0 % (ET0 {level.et0_mm:.2f} mm)")
     return None
 
 

@@ -1,21 +1,29 @@
-"""Idempotency keys (IETF draft): scoped to (site, method, route, key); a replay returns
-the stored answer; the same key with another body is 422."""
+"""Idempotency keys (IETF draft): scoped to (site, method, route, key). Every idempotent
+route opens its transaction with `begin`: a stored answer is replayed; the same key with
+another body is 422 `idempotency_key_reused`; the same key while the first request is
+still in flight is 409 `idempotency_in_flight`, with `Retry-After`."""
 
 import hashlib
 import uuid
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import Header
-from sqlalchemy import ForeignKey, Integer, String, delete
+from fastapi.responses import JSONResponse
+from sqlalchemy import ForeignKey, Integer, String, delete, func, literal, select
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from irrigation.common.clock import utcnow
-from irrigation.common.errors import Invalid
-from irrigation.db import Base
+from irrigation.common.errors import PROBLEM_JSON, DomainError, Invalid
+from irrigation.common.orm import Base
+
+# Seconds a client waits before asking again while the first request is in flight.
+IN_FLIGHT_RETRY_AFTER_S = 1
 
 
 class IdempotencyRecord(Base):
@@ -63,6 +71,24 @@ class StoredAnswer:
     headers: dict[str, str]
 
 
+class InFlight(DomainError):
+    status, code, title = 409, "idempotency_in_flight", "Request in flight"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "a request with this Idempotency-Key is still in flight; retry to get its answer",
+            headers={"Retry-After": str(IN_FLIGHT_RETRY_AFTER_S)},
+        )
+
+
+def respond(answer: StoredAnswer) -> JSONResponse:
+    """The response of an answer, first given or replayed alike."""
+    media = PROBLEM_JSON if answer.status_code >= 400 else "application/json"
+    return JSONResponse(
+        answer.body, status_code=answer.status_code, headers=answer.headers, media_type=media
+    )
+
+
 def request_hash(*parts: str | bytes) -> str:
     digest = hashlib.sha256()
     for part in parts:
@@ -80,7 +106,60 @@ def post_request(
     return IdempotentRequest(site_id, "POST", route, key, request_hash(*parts))
 
 
-async def find(session: AsyncSession, req: IdempotentRequest, ttl_s: int) -> StoredAnswer | None:
+@dataclass
+class Claim:
+    """What `begin` found for the request: `replay` is the stored answer to send again, or
+    None, and then the route computes its answer and `store`s it in the transaction."""
+
+    session: AsyncSession
+    req: IdempotentRequest | None
+    ttl_s: int
+    replay: StoredAnswer | None = None
+    stored: bool = field(default=False, init=False)
+
+    async def store(self, answer: StoredAnswer) -> None:
+        """Keep the answer for replays, in the request's own transaction (a no-op without a
+        key): it commits with what the request did, or not at all."""
+        if self.req is None:
+            return
+        if not await _store(self.session, self.req, answer, self.ttl_s):
+            # A live answer that `begin` did not find: only a writer without the key's lock
+            # could have put it there. Roll back rather than commit work nobody can replay.
+            raise InFlight
+        self.stored = True
+
+
+@asynccontextmanager
+async def begin(
+    session: AsyncSession, req: IdempotentRequest | None, ttl_s: int
+) -> AsyncIterator[Claim]:
+    """`session.begin()` for a request that may carry an Idempotency-Key.
+
+    With a key, the transaction first takes a lock on the key (a transaction-level advisory
+    lock on its hash), without waiting: held by another transaction, the first request with
+    this key is still in flight, and this one is answered 409 `idempotency_in_flight`.
+    Granted, the stored answer, if any, is read after it (a statement of its own, so it sees
+    what the lock's last holder committed) and replayed. The lock is held to the commit, so
+    two requests with one key never both do the work."""
+    async with session.begin():
+        claim = Claim(session, req, ttl_s)
+        if req is not None:
+            await _hold_key(session, req)
+            claim.replay = await _find(session, req, ttl_s)
+        yield claim
+        if req is not None and claim.replay is None and not claim.stored:
+            raise RuntimeError("an idempotent request must store its answer before it commits")
+
+
+async def _hold_key(session: AsyncSession, req: IdempotentRequest) -> None:
+    # A 64-bit hash of the whole scope: two keys sharing one is a spurious 409 at worst.
+    scope = f"{req.site_id} {req.method} {req.route} {req.key}"
+    lock = func.pg_try_advisory_xact_lock(func.hashtextextended(literal(scope), 0))
+    if not (await session.execute(select(lock))).scalar_one():
+        raise InFlight
+
+
+async def _find(session: AsyncSession, req: IdempotentRequest, ttl_s: int) -> StoredAnswer | None:
     """The stored answer for this key, or None. Same key, other body: 422."""
     record = await session.get(
         IdempotencyRecord, (req.site_id, req.method, req.route, req.key), populate_existing=True
@@ -96,11 +175,10 @@ async def find(session: AsyncSession, req: IdempotentRequest, ttl_s: int) -> Sto
     return StoredAnswer(record.status_code, record.body, record.headers)
 
 
-async def store(
+async def _store(
     session: AsyncSession, req: IdempotentRequest, answer: StoredAnswer, ttl_s: int
-) -> StoredAnswer | None:
-    """Store within the caller's transaction. If a concurrent request with the same key won,
-    this waits for it to commit and returns None: the caller rolls back and replays."""
+) -> bool:
+    """Insert the answer, or overwrite an expired one; False if a live one is there."""
     values = {
         "site_id": req.site_id,
         "method": req.method,
@@ -123,8 +201,7 @@ async def store(
         },
         where=IdempotencyRecord.created_at < utcnow() - timedelta(seconds=ttl_s),
     ).returning(IdempotencyRecord.key)
-    won = (await session.execute(stmt)).scalar_one_or_none()
-    return answer if won is not None else None
+    return (await session.execute(stmt)).scalar_one_or_none() is not None
 
 
 async def purge_expired(session: AsyncSession, ttl_s: int) -> int:

@@ -41,19 +41,30 @@ _DESCRIPTIONS = {
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 
 
-def problems(*codes: int, authenticated: bool = True) -> dict[int | str, dict[str, Any]]:
-    """`responses=` for a route: the given statuses plus 422 (and 401/403 when authenticated)."""
+def problems(
+    *codes: int, authenticated: bool = True, described: dict[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: the given statuses plus 422 (and 401/403 when authenticated),
+    each with its usual description unless `described` gives the route's own."""
     wanted = set(codes) | {422}
     if authenticated:
         # Any route that reads the database can find it overloaded or unreachable.
         wanted |= {401, 403, 503}
+    descriptions = {**_DESCRIPTIONS, **(described or {})}
     return {
         code: {
-            "description": _DESCRIPTIONS.get(code, "Error"),
+            "description": descriptions.get(code, "Error"),
             "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF}},
         }
         for code in sorted(wanted)
     }
+
+
+# The 409 of an idempotent route, added to what else it may mean there.
+IN_FLIGHT = (
+    "`idempotency_in_flight`: a request with this `Idempotency-Key` is still in flight; "
+    "retry after `Retry-After` seconds to get its answer"
+)
 
 
 def install_openapi(app: FastAPI) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from irrigation.db import Base, IdMixin
+from irrigation.common.orm import Base, IdMixin
 
 
 class Versioned:

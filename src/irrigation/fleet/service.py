@@ -2,7 +2,7 @@
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -240,27 +240,31 @@ def _check_range(
         raise Invalid(f"the valid range would be empty ({low} >= {high})", field=f"body.{field}")
 
 
+# The four fleet tables, each owned by a site: what the generic helpers below serve.
+FleetRow = TypeVar("FleetRow", Zone, WaterSource, Pump, Sensor)
+
+
 async def get(
-    session: AsyncSession, model: type[Any], site_id: uuid.UUID, row_id: uuid.UUID
-) -> Any:
+    session: AsyncSession, model: type[FleetRow], site_id: uuid.UUID, row_id: uuid.UUID
+) -> FleetRow:
     return await repo.get_owned(session, model, site_id, row_id)
 
 
 async def list_rows(
     session: AsyncSession,
-    model: type[Any],
+    model: type[FleetRow],
     site_id: uuid.UUID,
     params: PageParams,
     **filters: uuid.UUID | str | None,
-) -> tuple[list[Any], str | None]:
-    clauses = [
-        getattr(model, name) == value for name, value in filters.items() if value is not None
-    ]
+) -> tuple[list[FleetRow], str | None]:
+    """A page of the site's rows; each filter names a column that must equal its value."""
+    columns = model.__table__.columns
+    clauses = [columns[name] == value for name, value in filters.items() if value is not None]
     return await repo.list_owned(session, model, site_id, params, *clauses)
 
 
 async def delete(
-    session: AsyncSession, model: type[Any], site_id: uuid.UUID, row_id: uuid.UUID
+    session: AsyncSession, model: type[FleetRow], site_id: uuid.UUID, row_id: uuid.UUID
 ) -> None:
     async with session.begin():
         await repo.delete_owned(session, model, site_id, row_id)

@@ -23,19 +23,20 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 import structlog
 from arq.connections import ArqRedis
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation import queue
 from irrigation.common.clock import utcnow
 from irrigation.common.dberrors import pg_error
 from irrigation.common.errors import DomainError, Invalid, PayloadTooLarge, Unavailable
+from irrigation.common.worker_context import worker_context
 from irrigation.ingest import service
 from irrigation.ingest.cache import HotCache
 from irrigation.ingest.models import IngestionJob, JobSource, JobStatus, QuarantineReason
@@ -376,17 +377,6 @@ def _merge(
 REQUEUE_AFTER_S = 60
 
 
-class ImportContext(Protocol):
-    """What this job needs of the worker's shared context (`ctx["irrigation"]`)."""
-
-    @property
-    def settings(self) -> Settings: ...
-    @property
-    def sessions(self) -> async_sessionmaker[AsyncSession]: ...
-    @property
-    def redis(self) -> ArqRedis: ...
-
-
 class _Superseded(Exception):
     """The job row moved on without us (another run of this job, or it was ended)."""
 
@@ -395,7 +385,7 @@ async def process_import(ctx: dict[str, Any], job_id: str) -> str:
     """Run chunks for up to SLICE_S, then ask arq to run the job again; it resumes from
     `processed`, as it does after a killed worker: each committed chunk is durable and
     moved `processed` in its own transaction. A completed or failed job is left alone."""
-    jc: ImportContext = ctx["irrigation"]
+    jc = worker_context(ctx)
     cache = HotCache(jc.redis, jc.settings.redis_namespace, jc.settings.redis_timeout_s)
     job_uuid = uuid.UUID(job_id)
     async with jc.sessions() as session:
@@ -568,7 +558,7 @@ async def requeue_unfinished_imports(ctx: dict[str, Any]) -> int:
     entry Redis lost, would otherwise wait forever. Re-enqueueing a live one is harmless:
     its arq job id is the import's id, so arq refuses the duplicate while the job is queued
     or running, and a run that does start resumes from `processed`."""
-    jc: ImportContext = ctx["irrigation"]
+    jc = worker_context(ctx)
     async with jc.sessions() as session:
         ids = (
             (
@@ -600,7 +590,7 @@ async def sweep_orphan_uploads(ctx: dict[str, Any]) -> int:
     The API removes a partial upload whatever interrupted it, unless the process itself
     was killed mid-upload; a finished import removes its file. What is left is a file
     older than ORPHAN_AFTER whose job is missing or over: it is deleted here."""
-    jc: ImportContext = ctx["irrigation"]
+    jc = worker_context(ctx)
     folder = upload_path(jc.settings, IMPORTS_DIR)
     cutoff = (utcnow() - ORPHAN_AFTER).timestamp()
     old = await asyncio.to_thread(_files_older_than, folder, cutoff)

@@ -18,7 +18,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from irrigation.db import Base, IdMixin
+from irrigation.common.orm import Base, IdMixin
 
 
 class SensorReading(Base):

@@ -12,7 +12,7 @@ from irrigation.auth.deps import IngestPrincipal, ReadPrincipal
 from irrigation.common.balance import WorkerLoad
 from irrigation.common.deps import SettingsDep
 from irrigation.common.idempotency import IdempotencyKeyHeader, post_request
-from irrigation.common.openapi import problems
+from irrigation.common.openapi import IN_FLIGHT, problems
 from irrigation.db import SessionDep
 from irrigation.ingest import service
 from irrigation.ingest.cache import HotCache
@@ -43,13 +43,15 @@ _BATCH_SCHEMA: dict[str, Any] = ReadingsBatch.model_json_schema()
 @router.post(
     "/readings",
     response_model=IngestResult,
-    responses=problems(413, 503),
+    responses=problems(409, 413, 503, described={409: IN_FLIGHT}),
     summary="Send a batch of readings",
     description=(
         "1 to 10,000 readings. Each bad item is quarantined with a `reason` (parse_error, "
         "unknown_sensor, invalid_unit, out_of_range, invalid_timestamp, low_quality) and the "
         "rest are stored; duplicates are counted, not errors. The answer comes after the "
-        "commit. A broken envelope is 422. `Idempotency-Key` replays the first answer."
+        "commit. A broken envelope is 422. `Idempotency-Key` replays the first answer; with "
+        "another body it is 422; while the first is still in flight, 409 "
+        "`idempotency_in_flight` with `Retry-After`."
     ),
     openapi_extra={
         "requestBody": {

@@ -10,14 +10,14 @@ from typing import Any
 import structlog
 from prometheus_client import Counter
 from sqlalchemy import ARRAY, Uuid, any_, insert, literal, select
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation.common import idempotency
 from irrigation.common.clock import utcnow
-from irrigation.common.dberrors import pg_error
-from irrigation.common.errors import NotFound, Unavailable
+from irrigation.common.dberrors import DEADLOCK_DETECTED as DEADLOCK_DETECTED
+from irrigation.common.errors import NotFound
 from irrigation.common.idempotency import IdempotentRequest, StoredAnswer
+from irrigation.common.retry import DEADLOCK_ATTEMPTS, retry_on_deadlock
 from irrigation.common.shaping import columns_of
 from irrigation.fleet.models import Sensor
 from irrigation.fleet.service import range_of
@@ -29,8 +29,9 @@ from irrigation.ingest.schemas import IngestionJobOut, IngestResult, Quarantined
 from irrigation.ingest.validation import Checked, Parsed, SensorSpec, check_items, sensor_ids
 from irrigation.settings import Settings
 
-DEADLOCK_DETECTED = "40P01"
-ATTEMPTS = 3
+# ATTEMPTS and DEADLOCK_DETECTED (imported as itself) are read by ingest/imports.py's chunk
+# loop until it calls `retry_on_deadlock` too.
+ATTEMPTS = DEADLOCK_ATTEMPTS
 DEADLOCK_RETRIES = Counter(
     "irrigation_ingest_deadlock_retries_total",
     "Ingestion transactions run again after PostgreSQL chose them as a deadlock's victim",
@@ -113,28 +114,25 @@ async def ingest_batch(
 ) -> StoredAnswer:
     """Acknowledged means durable: the answer is built only after the commit."""
     started = time.perf_counter()
-    attempt = 1
     mode = store.CopyMode.bare
-    while True:
-        try:
-            answer, fresh, zones = await _ingest_once(
-                session, settings, site_id, parsed, idem, started, mode
-            )
-        except store.StoredAlready:
-            # A batch (partly) sent before: again, merged with what is stored.
-            mode = store.CopyMode.merge
-            continue
-        except DBAPIError as exc:
-            # Two batches touching the same sensors can still deadlock on rollup rows;
-            # PostgreSQL picks a victim, which simply tries again.
-            if pg_error(exc).sqlstate != DEADLOCK_DETECTED or attempt == ATTEMPTS:
-                raise
-            deadlock_retried("api")
-            attempt += 1
-            continue
-        if fresh is not None:
-            await cache.record(fresh, zones, settings.evaluation_delay_s)
-        return answer
+
+    async def ingest_once() -> tuple[StoredAnswer, Rows | None, set[uuid.UUID]]:
+        nonlocal mode
+        while True:
+            try:
+                return await _ingest_once(session, settings, site_id, parsed, idem, started, mode)
+            except store.StoredAlready:
+                # A batch (partly) sent before: again, merged with what is stored.
+                mode = store.CopyMode.merge
+
+    # Two batches touching the same sensors can still deadlock on rollup rows; PostgreSQL
+    # picks a victim, which simply tries again.
+    answer, fresh, zones = await retry_on_deadlock(
+        ingest_once, on_retry=lambda: deadlock_retried("api")
+    )
+    if fresh is not None:
+        await cache.record(fresh, zones, settings.evaluation_delay_s)
+    return answer
 
 
 async def _ingest_once(
@@ -147,10 +145,9 @@ async def _ingest_once(
     mode: store.CopyMode,
 ) -> tuple[StoredAnswer, Rows | None, set[uuid.UUID]]:
     """The answer, and the readings as stored, for the cache (None for a replayed answer)."""
-    ttl = settings.idempotency_ttl_s
-    async with session.begin():
-        if idem is not None and (stored := await idempotency.find(session, idem, ttl)):
-            return stored, None, set()
+    async with idempotency.begin(session, idem, settings.idempotency_ttl_s) as claim:
+        if claim.replay is not None:
+            return claim.replay, None, set()
         checked = await check(session, settings, site_id, parsed)
         started_at = utcnow()
         inserted = await store.insert_readings(session, encode(checked.accepted), mode)
@@ -186,8 +183,7 @@ async def _ingest_once(
         )
         await store.insert_quarantine(session, site_id, result.job_id, checked.rejected)
         answer = StoredAnswer(200, result.model_dump(mode="json"), {})
-        if idem is not None and await idempotency.store(session, idem, answer, ttl) is None:
-            raise Unavailable("a request with this Idempotency-Key is in flight; retry")
+        await claim.store(answer)
         # Last, right before the COMMIT: the rollup rows and sensors it locks are what
         # every concurrent batch of these sensors waits for.
         await store.roll_up(session, inserted)

@@ -11,32 +11,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from arq.connections import ArqRedis
 from sqlalchemy import delete, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation import queue
 from irrigation.common.clock import db_now_expr
+from irrigation.common.worker_context import WorkerContext, worker_context
 from irrigation.fleet.models import Pump
-from irrigation.pumps.gateway import Gateway, GatewayError, HttpGateway
+from irrigation.gateway import GatewayError, HttpGateway
 from irrigation.pumps.models import ActivationEvent, ActivationStatus, OutboxJob, PumpActivation
 from irrigation.pumps.service import lock_activation, lock_pump
-from irrigation.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class JobContext:
-    settings: Settings
-    sessions: async_sessionmaker[AsyncSession]
-    gateway: Gateway
-    redis: ArqRedis
-
-
-def job_context(ctx: dict[str, Any]) -> JobContext:
-    context: JobContext = ctx["irrigation"]
-    return context
 
 
 @dataclass(frozen=True)
@@ -85,7 +71,7 @@ def _release(pump: Pump, activation: PumpActivation) -> None:
 
 async def start_activation(ctx: dict[str, Any], activation_id: str) -> str:
     """queued -> starting -> (device start) -> running; anything else is a no-op."""
-    jc = job_context(ctx)
+    jc = worker_context(ctx)
     act_id = uuid.UUID(activation_id)
     async with jc.sessions() as session:
         async with session.begin():
@@ -140,7 +126,7 @@ async def start_activation(ctx: dict[str, Any], activation_id: str) -> str:
     return "running"
 
 
-async def _fail(jc: JobContext, session: AsyncSession, act_id: uuid.UUID, error: str) -> None:
+async def _fail(jc: WorkerContext, session: AsyncSession, act_id: uuid.UUID, error: str) -> None:
     """Gateway failure after retries: activation failed, pump latched in fault."""
     async with session.begin():
         locked = await _lock(session, act_id)
@@ -164,7 +150,7 @@ async def _fail(jc: JobContext, session: AsyncSession, act_id: uuid.UUID, error:
 
 async def stop_activation(ctx: dict[str, Any], activation_id: str, cause: str) -> str:
     """Tell the device to stop, then record the stop and the cooldown that follows it."""
-    jc = job_context(ctx)
+    jc = worker_context(ctx)
     act_id = uuid.UUID(activation_id)
     async with jc.sessions() as session:
         async with session.begin():
@@ -212,7 +198,7 @@ async def stop_activation(ctx: dict[str, Any], activation_id: str, cause: str) -
 
 async def watchdog(ctx: dict[str, Any]) -> int:
     """Reconcile what a dead worker or a lost job left behind; returns how many it touched."""
-    jc = job_context(ctx)
+    jc = worker_context(ctx)
     s = jc.settings
     starting_limit = (
         HttpGateway.max_call_s(s.gateway_timeout_s, s.gateway_retries) + s.watchdog_grace_s
@@ -260,7 +246,7 @@ async def watchdog(ctx: dict[str, Any]) -> int:
 
 async def relay_outbox(ctx: dict[str, Any]) -> int:
     """Enqueue what a crash between commit and enqueue left in the outbox."""
-    jc = job_context(ctx)
+    jc = worker_context(ctx)
     async with jc.sessions() as session, session.begin():
         cutoff = (await session.execute(select(db_now_expr()))).scalar_one() - timedelta(
             seconds=jc.settings.outbox_relay_after_s

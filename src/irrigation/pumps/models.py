@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from irrigation.common.clock import utcnow
-from irrigation.db import Base, IdMixin
+from irrigation.common.orm import Base, IdMixin
 
 
 class Priority(StrEnum):

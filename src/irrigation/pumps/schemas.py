@@ -7,7 +7,10 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from irrigation.pumps.models import ActivationStatus, Priority
+from irrigation.common.errors import problem_body
+from irrigation.common.idempotency import StoredAnswer
+from irrigation.pumps.errors import Refused
+from irrigation.pumps.models import ActivationStatus, Priority, PumpActivation
 
 
 class RequestPriority(StrEnum):
@@ -77,3 +80,15 @@ class ActivationEventOut(BaseModel):
 
 class StopResult(BaseModel):
     stopped: list[ActivationOut] = Field(description="Activations that this request stopped.")
+
+
+def activation_answer(outcome: PumpActivation | Refused) -> StoredAnswer:
+    """The answer to a request for a run now: 202 with the activation, or the refusal's 409
+    (stored alike for an `Idempotency-Key`)."""
+    if isinstance(outcome, Refused):
+        body = problem_body(
+            outcome.status, outcome.code, outcome.title, outcome.detail, **outcome.extra
+        )
+        return StoredAnswer(outcome.status, body, outcome.headers)
+    body = ActivationOut.model_validate(outcome).model_dump(mode="json")
+    return StoredAnswer(202, body, {"Location": f"/v1/activations/{outcome.id}"})

@@ -44,7 +44,9 @@ from irrigation.settings import Settings
 
 
 @dataclass(frozen=True)
-class RunRequest:
+class ActivationParams:
+    """What one activation is asked for (the run queue's `RunRequest` is a waiting wish)."""
+
     duration_s: int
     priority: Priority
     reason: str | None
@@ -56,10 +58,6 @@ Render = Callable[[PumpActivation | Refused], StoredAnswer]
 # Made once: a fresh alias per request rebuilds its column proxies (measured: ~4% of the
 # API's CPU under sustained load).
 _BUSY = aliased(PumpActivation)
-
-
-class _LostIdempotencyRace(Exception):
-    pass
 
 
 def _seconds_until(moment: datetime, now: datetime) -> int:
@@ -112,32 +110,22 @@ async def request_activation(
     redis: ArqRedis,
     site_id: uuid.UUID,
     pump_id: uuid.UUID,
-    run: RunRequest,
+    run: ActivationParams,
     idem: IdempotentRequest | None,
     render: Render,
 ) -> StoredAnswer:
     """Admit or refuse one run, in one transaction; refusals are answers, stored for replay."""
     activation: PumpActivation | None = None
-    ttl = settings.idempotency_ttl_s
     try:
-        async with session.begin():
-            if idem is not None and (stored := await idempotency.find(session, idem, ttl)):
-                return stored
+        async with idempotency.begin(session, idem, settings.idempotency_ttl_s) as claim:
+            if claim.replay is not None:
+                return claim.replay
             try:
                 activation = await admit(session, settings, site_id, pump_id, run)
                 answer = render(activation)
             except Refused as refusal:
                 answer = render(refusal)
-            if idem is not None and await idempotency.store(session, idem, answer, ttl) is None:
-                raise _LostIdempotencyRace
-    except _LostIdempotencyRace:
-        # A concurrent request with the same key committed first: answer as it did.
-        activation = None
-        async with session.begin():
-            stored = await idempotency.find(session, idem, ttl) if idem else None
-        if stored is None:
-            raise Unavailable("a request with this Idempotency-Key is in flight") from None
-        return stored
+            await claim.store(answer)
     except DBAPIError as exc:
         raise unavailable_if_lock_timeout(exc) from None
     if activation is not None and settings.enqueue_fast_path:
@@ -194,7 +182,7 @@ async def admit(
     settings: Settings,
     site_id: uuid.UUID,
     pump_id: uuid.UUID,
-    run: RunRequest,
+    run: ActivationParams,
 ) -> PumpActivation:
     # Three statements decide a refusal: lock the source (found through the pump), lock the
     # pump with the clock and its active run's deadline, then commit.

@@ -19,15 +19,15 @@ it stopped."""
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from irrigation.common.clock import utcnow
+from irrigation.common.worker_context import worker_context
 from irrigation.readings.queries import raw_horizon
-from irrigation.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -106,19 +106,9 @@ async def purge_expired_readings(
     return Purge(deleted, chunks, largest, is_complete=is_complete)
 
 
-class _WorkerContext(Protocol):
-    """What the worker's startup puts in ctx["irrigation"] that this job needs."""
-
-    @property
-    def settings(self) -> Settings: ...
-
-    @property
-    def sessions(self) -> async_sessionmaker[AsyncSession]: ...
-
-
 async def purge_raw_readings(ctx: dict[str, Any]) -> int:
     """arq cron job: one bounded retention pass; returns how many readings it deleted."""
-    context: _WorkerContext = ctx["irrigation"]
+    context = worker_context(ctx)
     cutoff = raw_horizon(utcnow(), context.settings.raw_retention_days)
     purge = await purge_expired_readings(context.sessions, cutoff)
     if purge.deleted or not purge.is_complete:

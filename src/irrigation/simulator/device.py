@@ -1,15 +1,14 @@
-"""Device simulator: a pump controller over HTTP, with injected faults, that keeps the truth."""
+"""The simulated pump controller: the device protocol over HTTP, injected faults, and the
+truth (every real on/off interval) that tests judge safety from."""
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-import uvicorn
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -36,25 +35,6 @@ class Fault(BaseModel):
 
 class FaultRequest(Fault):
     seed: int | None = None
-
-
-class Weather(BaseModel):
-    """The weather the simulator forecasts (Open-Meteo's shape at GET /v1/forecast): the
-    same temperatures and precipitation total every day, and `rain_next_24h_mm` spread
-    evenly over the 24 hours that followed the PUT that set it."""
-
-    t_min_c: float = 12.0
-    t_max_c: float = 26.0
-    precipitation_mm: float = Field(default=0.0, ge=0)
-    rain_next_24h_mm: float = Field(default=0.0, ge=0)
-
-
-OPEN_METEO_DAILY = {
-    "temperature_2m_max": "°C",
-    "temperature_2m_min": "°C",
-    "precipitation_sum": "mm",
-}
-OPEN_METEO_HOURLY = {"precipitation": "mm"}
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -99,9 +79,6 @@ class Simulator:
     faults: dict[str | None, Fault] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
     timers: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-    weather: Weather = field(default_factory=Weather)
-    # Hourly rain falls in the hours ending in (weather_set_at, weather_set_at + 24 h].
-    weather_set_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def settle(self, now: datetime) -> None:
         """Turn off every run whose auto-off time has passed.
@@ -175,7 +152,6 @@ class Simulator:
         self.last_sequence.clear()
         self.faults.clear()
         self.rng = random.Random()
-        self.weather = Weather()
 
     def cancel_timers(self) -> None:
         for timer in self.timers.values():
@@ -225,67 +201,11 @@ async def _through_faults(
     return JSONResponse(body, status_code=status_code)
 
 
-def _open_meteo_forecast(
-    weather: Weather,
-    set_at: datetime,
-    latitude: float,
-    longitude: float,
-    forecast_days: int,
-    daily_vars: list[str],
-    hourly_vars: list[str],
-) -> dict[str, Any]:
-    first = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    days = [first + timedelta(days=i) for i in range(forecast_days)]
-    hours = [first + timedelta(hours=h) for h in range(24 * forecast_days)]
-    rain_until = set_at + timedelta(hours=24)
-    daily_values: dict[str, float] = {
-        "temperature_2m_max": weather.t_max_c,
-        "temperature_2m_min": weather.t_min_c,
-        "precipitation_sum": weather.precipitation_mm,
-    }
-    answer: dict[str, Any] = {
-        "latitude": latitude,
-        "longitude": longitude,
-        "generationtime_ms": 0.0,
-        "utc_offset_seconds": 0,
-        "timezone": "GMT",
-        "timezone_abbreviation": "GMT",
-        "elevation": 0.0,
-    }
-    if daily_vars:
-        answer["daily_units"] = {"time": "iso8601", **{v: OPEN_METEO_DAILY[v] for v in daily_vars}}
-        answer["daily"] = {
-            "time": [d.date().isoformat() for d in days],
-            **{v: [daily_values[v]] * len(days) for v in daily_vars},
-        }
-    if hourly_vars:
-        answer["hourly_units"] = {
-            "time": "iso8601",
-            **{v: OPEN_METEO_HOURLY[v] for v in hourly_vars},
-        }
-        answer["hourly"] = {
-            "time": [h.strftime("%Y-%m-%dT%H:%M") for h in hours],
-            # Each value is the precipitation of the hour ending at its time.
-            "precipitation": [
-                weather.rain_next_24h_mm / 24 if set_at < h <= rain_until else 0.0 for h in hours
-            ],
-        }
-    return answer
+def device_router(sim: Simulator) -> APIRouter:
+    """The device's routes over `sim`: commands, faults, and the truth to read."""
+    router = APIRouter()
 
-
-def create_simulator_app() -> FastAPI:
-    """A fresh simulator; its state lives in `app.state.sim`, so several can share a process."""
-    sim = Simulator()
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        sim.cancel_timers()
-
-    app = FastAPI(title="Irrigation device simulator", lifespan=lifespan)
-    app.state.sim = sim
-
-    @app.post("/pumps/{hardware_id}/start")
+    @router.post("/pumps/{hardware_id}/start")
     async def start(hardware_id: str, command: StartCommand, request: Request) -> JSONResponse:
         async def apply() -> Answer:
             async with sim.lock:
@@ -295,7 +215,7 @@ def create_simulator_app() -> FastAPI:
 
         return await _through_faults(sim, hardware_id, request, apply)
 
-    @app.post("/pumps/{hardware_id}/stop")
+    @router.post("/pumps/{hardware_id}/stop")
     async def stop(hardware_id: str, command: StopCommand, request: Request) -> JSONResponse:
         async def apply() -> Answer:
             async with sim.lock:
@@ -305,7 +225,7 @@ def create_simulator_app() -> FastAPI:
 
         return await _through_faults(sim, hardware_id, request, apply)
 
-    @app.get("/pumps/{hardware_id}")
+    @router.get("/pumps/{hardware_id}")
     async def status(hardware_id: str, request: Request) -> JSONResponse:
         async def apply() -> Answer:
             async with sim.lock:
@@ -314,7 +234,7 @@ def create_simulator_app() -> FastAPI:
 
         return await _through_faults(sim, hardware_id, request, apply)
 
-    @app.post("/faults")
+    @router.post("/faults")
     async def set_fault(body: FaultRequest) -> dict[str, Any]:
         fault = Fault.model_validate(body.model_dump(exclude={"seed"}))
         async with sim.lock:
@@ -323,77 +243,21 @@ def create_simulator_app() -> FastAPI:
                 sim.rng.seed(body.seed)
         return fault.model_dump()
 
-    @app.get("/faults")
+    @router.get("/faults")
     async def list_faults() -> dict[str, Any]:
         return {"faults": [fault.model_dump() for fault in sim.faults.values()]}
 
-    @app.delete("/faults")
+    @router.delete("/faults")
     async def clear_faults() -> dict[str, Any]:
         async with sim.lock:
             sim.faults.clear()
         return {"faults": []}
 
-    @app.get("/truth")
+    @router.get("/truth")
     async def truth(hardware_id: str | None = None) -> dict[str, Any]:
         async with sim.lock:
             sim.settle(datetime.now(UTC))
             runs = [r for r in sim.runs if hardware_id is None or r.hardware_id == hardware_id]
             return {"runs": [run.to_json() for run in runs]}
 
-    @app.delete("/truth")
-    async def reset() -> dict[str, Any]:
-        async with sim.lock:
-            sim.reset()
-        return {"runs": []}
-
-    @app.put("/weather")
-    async def set_weather(body: Weather) -> dict[str, Any]:
-        async with sim.lock:
-            sim.weather = body
-            sim.weather_set_at = datetime.now(UTC)
-        return {**body.model_dump(), "set_at": _iso(sim.weather_set_at)}
-
-    @app.get("/weather")
-    async def get_weather() -> dict[str, Any]:
-        return {**sim.weather.model_dump(), "set_at": _iso(sim.weather_set_at)}
-
-    @app.get("/v1/forecast")
-    async def forecast(
-        latitude: float = Query(ge=-90, le=90),
-        longitude: float = Query(ge=-180, le=180),
-        daily: str = "",
-        hourly: str = "",
-        timezone: str = "GMT",
-        forecast_days: int = Query(default=3, ge=0, le=16),
-    ) -> JSONResponse:
-        """Open-Meteo's forecast API (https://open-meteo.com/en/docs), for the variables
-        the service asks, in UTC only."""
-        daily_vars = [v for v in daily.split(",") if v]
-        hourly_vars = [v for v in hourly.split(",") if v]
-        unknown = [v for v in daily_vars if v not in OPEN_METEO_DAILY] + [
-            v for v in hourly_vars if v not in OPEN_METEO_HOURLY
-        ]
-        if unknown or timezone.upper() not in ("UTC", "GMT"):
-            reason = f"unsupported: {unknown or timezone}"
-            return JSONResponse({"error": True, "reason": reason}, status_code=400)
-        return JSONResponse(
-            _open_meteo_forecast(
-                sim.weather,
-                sim.weather_set_at,
-                latitude,
-                longitude,
-                forecast_days,
-                daily_vars,
-                hourly_vars,
-            )
-        )
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    return app
-
-
-def run_simulator(host: str, port: int) -> None:
-    uvicorn.run(create_simulator_app(), host=host, port=port, log_level="info")
+    return router

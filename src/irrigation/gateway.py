@@ -1,12 +1,17 @@
-"""The hardware gateway: one protocol, and its HTTP driver (httpx, timeouts, bounded retries).
+"""The hardware gateway, the client of the pump controllers: one protocol, and its HTTP
+driver (httpx, timeouts, bounded retries). It knows no domain: the worker makes one and
+hands it to the pump jobs in the worker context.
 
 Every command carries a `command_id` the device de-duplicates, so a retry after a lost
 answer can never start a pump twice; every start tells the device its own auto-off time."""
 
 import asyncio
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx
+if TYPE_CHECKING:
+    # Imported where a driver runs (the worker): the API loads this module for the worker
+    # context's types alone, and httpx would cost each API worker 6 MB of memory.
+    import httpx
 
 
 class GatewayError(Exception):
@@ -37,8 +42,10 @@ class HttpGateway:
         timeout_s: float = 2.0,
         retries: int = 2,
         backoff_s: float = 0.1,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: "httpx.AsyncBaseTransport | None" = None,
     ) -> None:
+        import httpx
+
         self.retries = retries
         self.backoff_s = backoff_s
         self._client = httpx.AsyncClient(base_url=base_url, timeout=timeout_s, transport=transport)
@@ -67,6 +74,8 @@ class HttpGateway:
         await self._client.aclose()
 
     async def _call(self, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        import httpx
+
         last: str = ""
         for attempt in range(self.retries + 1):
             if attempt:

@@ -1,5 +1,6 @@
-"""Weather forecasts for the automation: the provider protocol, Open-Meteo over HTTP (with a
-Redis cache) and an in-memory fake.
+"""Weather forecasts, the client of a weather API: the provider protocol, Open-Meteo over
+HTTP (with a Redis cache) and an in-memory fake. It knows no domain: the worker makes one
+provider and hands it to the automation's jobs in the worker context.
 
 A forecast is advice, never a precondition: every failure surfaces as `WeatherUnavailable`,
 and the caller waters without weather scaling and records why."""

@@ -1,15 +1,11 @@
-"""The run queue: runs that found their pump busy, resting or its water source full wait
-here, in priority order then age, and start through the same locked activation path.
-
-Lock order is the activation path's everywhere: water source -> pump -> run request. A
-request is inserted under the source and pump locks (so two inserts for one pump see each
-other), and started by `pumps.service.admit` inside the transaction that marks it started,
-so a run request becomes at most one activation."""
+"""Dispatching the run queue: start every waiting request that can start now, in priority
+order then age; defer the others with their reason, skip those past their deadline. Each
+start is `pumps.service.admit` in the transaction that marks the request started."""
 
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import structlog
@@ -20,19 +16,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation import queue
 from irrigation.auth.models import Site
-from irrigation.automation.decisions import Subject, local, record
+from irrigation.automation.decisions import about, local, record
 from irrigation.automation.models import (
     Outcome,
-    QueueMode,
+    Reason,
     RunRequest,
     RunStatus,
     Schedule,
     ThresholdRule,
 )
-from irrigation.common import idempotency
 from irrigation.common.clock import db_now_expr
-from irrigation.common.errors import Invalid, NotFound, Unavailable
-from irrigation.common.idempotency import IdempotentRequest, StoredAnswer
+from irrigation.common.errors import Invalid, NotFound
 from irrigation.fleet.models import Pump, WaterSource, Zone
 from irrigation.pumps import service as pumps
 from irrigation.pumps.errors import (
@@ -43,190 +37,28 @@ from irrigation.pumps.errors import (
     PumpFault,
     Refused,
 )
-from irrigation.pumps.models import ACTIVE, ActivationStatus, Priority, PumpActivation
+from irrigation.pumps.models import ACTIVE, Priority, PumpActivation
 from irrigation.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-RANK = {Priority.manual: 0, Priority.emergency: 1, Priority.scheduled: 2, Priority.threshold: 3}
 AUTOMATION = (Priority.scheduled, Priority.threshold)
 
 
-@dataclass(frozen=True)
-class Wish:
-    """A run someone (a person, a rule, a schedule) wants, before it is queued."""
+class StartOutcome(StrEnum):
+    """What one start attempt came to: `started`, `capacity` (blocks the water source) or
+    anything else (blocks the pump)."""
 
-    pump_id: uuid.UUID
-    priority: Priority
-    duration_s: int
-    origin: str
-    deadline: datetime
-    reason: str | None = None
-    queue: QueueMode | None = None
-    rule_id: uuid.UUID | None = None
-    schedule_id: uuid.UUID | None = None
-    after_id: uuid.UUID | None = None
-
-
-def _subject(request: RunRequest) -> Subject:
-    return Subject(
-        site_id=request.site_id,
-        zone_id=request.zone_id,
-        pump_id=request.pump_id,
-        rule_id=request.rule_id,
-        schedule_id=request.schedule_id,
-        run_request_id=request.id,
-    )
-
-
-async def lock_source_and_pump(
-    session: AsyncSession, site_id: uuid.UUID, pump_id: uuid.UUID, *, all_pumps: bool = False
-) -> tuple[WaterSource, Pump, datetime]:
-    """Both rows locked in the activation path's order, with the database clock; with
-    `all_pumps`, every pump of the source too, in id order (as stop-all locks them)."""
-    source = await pumps.lock_source_of(session, site_id, pump_id)
-    if all_pumps:
-        await session.execute(
-            select(Pump.id)
-            .where(Pump.water_source_id == source.id)
-            .order_by(Pump.id)
-            .with_for_update(key_share=True)
-        )
-    pump, now = await pumps.lock_pump(session, pump_id, site_id)
-    return source, pump, now
-
-
-async def add(
-    session: AsyncSession, site_id: uuid.UUID, wish: Wish
-) -> tuple[RunRequest, list[PumpActivation]]:
-    """Queue a wish inside the caller's transaction; returns it and, for `replace`, the
-    runs to stop. A higher priority supersedes lower-priority requests waiting for the
-    same pump."""
-    source, pump, now = await lock_source_and_pump(
-        session, site_id, wish.pump_id, all_pumps=wish.queue == "replace"
-    )
-    pumps.check_duration(pump, wish.duration_s)
-    rank = RANK[wish.priority]
-    stamp = int(now.timestamp() * 1_000_000)
-    request = RunRequest(
-        id=uuid.uuid4(),
-        site_id=site_id,
-        zone_id=pump.zone_id,
-        pump_id=pump.id,
-        priority=wish.priority,
-        rank=rank,
-        position=-stamp if wish.queue in ("front", "replace") else stamp,
-        queue=wish.queue,
-        duration_s=wish.duration_s,
-        reason=wish.reason,
-        origin=wish.origin,
-        rule_id=wish.rule_id,
-        schedule_id=wish.schedule_id,
-        after_id=wish.after_id,
-        status=RunStatus.waiting,
-        deadline=wish.deadline,
-    )
-    session.add(request)
-    await session.flush()
-    superseded = (
-        (
-            await session.execute(
-                update(RunRequest)
-                .where(
-                    RunRequest.pump_id == pump.id,
-                    RunRequest.status == RunStatus.waiting,
-                    RunRequest.rank > rank,
-                )
-                .values(status=RunStatus.superseded, resolved_at=now, last_reason="superseded")
-                .returning(RunRequest)
-                .execution_options(synchronize_session=False)
-            )
-        )
-        .scalars()
-        .all()
-    )
-    if superseded:  # the zone's time zone only for the sentence
-        zone_tz = (
-            await session.execute(select(Zone.timezone).where(Zone.id == pump.zone_id))
-        ).scalar_one()
-    for old in superseded:
-        record(
-            session,
-            _subject(old),
-            now,
-            Outcome.superseded,
-            "superseded",
-            f"the {old.priority} run of {pump.name!r} gave way to a {wish.priority} request "
-            f"made at {local(now, zone_tz)}",
-            detail={"superseded_by": str(request.id)},
-        )
-    to_stop: list[PumpActivation] = []
-    if wish.queue == "replace":
-        to_stop = await _stop_others_on_source(session, source, pump, now)
-    return request, to_stop
-
-
-async def _stop_others_on_source(
-    session: AsyncSession, source: WaterSource, pump: Pump, now: datetime
-) -> list[PumpActivation]:
-    others = (
-        (
-            await session.execute(
-                select(Pump)
-                .where(
-                    Pump.water_source_id == source.id,
-                    Pump.id != pump.id,
-                    Pump.active_activation_id.is_not(None),
-                )
-                .execution_options(populate_existing=True)
-            )
-        )
-        .scalars()
-        .all()
-    )
-    stopped = []
-    for other in others:
-        activation = await pumps.stop_locked(session, other, now, "replaced")
-        if activation is not None:
-            stopped.append(activation)
-    return stopped
-
-
-async def request_run(
-    session: AsyncSession,
-    settings: Settings,
-    redis: ArqRedis,
-    site_id: uuid.UUID,
-    wish: Wish,
-    idem: IdempotentRequest | None,
-    render: Callable[[RunRequest], StoredAnswer],
-) -> StoredAnswer:
-    """A person's queued request: queue it, stop what `replace` displaces, then try at once.
-
-    With an Idempotency-Key the answer at acceptance is stored in the same transaction; a
-    replay returns it (the request's current state is at its `Location`)."""
-    ttl = settings.idempotency_ttl_s
-    try:
-        async with session.begin():
-            if idem is not None and (stored := await idempotency.find(session, idem, ttl)):
-                return stored
-            request, to_stop = await add(session, site_id, wish)
-            if (
-                idem is not None
-                and await idempotency.store(session, idem, render(request), ttl) is None
-            ):
-                raise Unavailable("a request with this Idempotency-Key is in flight")
-    except DBAPIError as exc:
-        raise pumps.unavailable_if_lock_timeout(exc) from None
-    for activation in to_stop:
-        # A queued run was aborted in the transaction; a started one needs the device told.
-        if activation.status in (ActivationStatus.starting, ActivationStatus.running):
-            await queue.enqueue_stop(redis, activation.id, "replaced")
-    await dispatch(session, settings, redis, site_id)
-    async with session.begin():
-        fresh = await session.get(RunRequest, request.id, populate_existing=True)
-    assert fresh is not None
-    return render(fresh)
+    started = "started"
+    capacity = "capacity"
+    pump_busy = "pump_busy"
+    cooldown = "cooldown"
+    fault = "fault"
+    disabled = "disabled"
+    refused = "refused"  # another refusal of the pumps' admission
+    gone = "gone"  # another dispatcher resolved the request first
+    skipped = "skipped"  # it can never start (the pump is gone, the duration too long)
+    locked = "locked"  # a lock was not granted in time
 
 
 @dataclass(frozen=True)
@@ -296,7 +128,7 @@ def _later(a: datetime | None, b: datetime | None) -> datetime | None:
     return max(a, b)
 
 
-async def dispatch(
+async def start_waiting(
     session: AsyncSession, settings: Settings, redis: ArqRedis, site_id: uuid.UUID | None = None
 ) -> int:
     """Start every waiting request that can start now, in priority order then age; skip
@@ -335,7 +167,7 @@ async def dispatch(
                 session,
                 r,
                 RunStatus.skipped,
-                "deadline_passed",
+                Reason.deadline_passed,
                 f"{w.pump_name!r} could not start before its deadline "
                 f"{local(r.deadline, w.zone_tz)} (last held back by: {r.last_reason or 'nothing'})",
             )
@@ -345,7 +177,7 @@ async def dispatch(
             await _defer(
                 session,
                 r,
-                "queued_behind",
+                Reason.queued_behind,
                 f"{w.pump_name!r} waits behind an earlier or higher-priority request "
                 f"for the same {where}",
             )
@@ -355,7 +187,7 @@ async def dispatch(
             await _defer(
                 session,
                 r,
-                "after_previous",
+                Reason.after_previous,
                 f"{w.pump_name!r} waits for the zone's previous pump to finish",
             )
             continue
@@ -363,7 +195,7 @@ async def dispatch(
             await _defer(
                 session,
                 r,
-                "paused",
+                Reason.paused,
                 f"automation is paused until {local(w.paused_until, w.zone_tz)}",
             )
             continue
@@ -372,45 +204,45 @@ async def dispatch(
                 session,
                 r,
                 RunStatus.skipped,
-                "rain_delay",
+                Reason.rain_delay,
                 f"rain delay until {local(w.rain_delay_until, w.zone_tz)}",
             )
             continue
         in_use = starts.get(w.water_source_id, 0) + w.source_in_use
         hint = _hint(w, now, in_use)
         if hint is not None:
-            outcome = hint
+            outcome = StartOutcome(hint)
             await _defer(session, r, hint, _why(hint, w))
         else:
             outcome = await _try_start(session, settings, redis, w)
-        if outcome == "started":
+        if outcome == StartOutcome.started:
             started += 1
             starts[w.water_source_id] = starts.get(w.water_source_id, 0) + 1
             blocked_pumps.add(r.pump_id)
-        elif outcome == "capacity":
+        elif outcome == StartOutcome.capacity:
             blocked_sources.add(w.water_source_id)
         else:
             blocked_pumps.add(r.pump_id)
     return started
 
 
-def _hint(w: _Waiting, now: datetime, in_use: int) -> str | None:
+def _hint(w: _Waiting, now: datetime, in_use: int) -> Reason | None:
     """Why the unlocked read says this request cannot start now, if it says so."""
     if not w.enabled:
-        return "disabled"
+        return Reason.disabled
     if w.fault is not None:
-        return "fault"
+        return Reason.fault
     if w.pump_busy:
-        return "pump_busy"
+        return Reason.pump_busy
     if w.cooldown_until is not None and w.cooldown_until > now:
-        return "cooldown"
+        return Reason.cooldown
     if in_use >= w.source_limit:
-        return "capacity"
+        return Reason.capacity
     return None
 
 
-def _why(code: str, w: _Waiting) -> str:
-    why = _WHY.get(code, code).format(pump=repr(w.pump_name), source=repr(w.source_name))
+def _why(reason: Reason, w: _Waiting) -> str:
+    why = _WHY.get(reason, reason).format(pump=repr(w.pump_name), source=repr(w.source_name))
     return f"{why}; waits until {local(w.request.deadline, w.zone_tz)} at the latest"
 
 
@@ -436,23 +268,23 @@ class _Gone(Exception):
 
 
 _WHY = {
-    "pump_busy": "{pump} is busy with another run",
-    "cooldown": "{pump} is resting (cooldown)",
-    "capacity": "water source {source} already feeds its maximum of pumps",
-    "fault": "{pump} is latched in fault until an operator resets it",
-    "disabled": "{pump} is disabled",
+    Reason.pump_busy: "{pump} is busy with another run",
+    Reason.cooldown: "{pump} is resting (cooldown)",
+    Reason.capacity: "water source {source} already feeds its maximum of pumps",
+    Reason.fault: "{pump} is latched in fault until an operator resets it",
+    Reason.disabled: "{pump} is disabled",
 }
 
 
 async def _try_start(
     session: AsyncSession, settings: Settings, redis: ArqRedis, w: _Waiting
-) -> str:
+) -> StartOutcome:
     r = w.request
     activation: PumpActivation | None = None
     refusal: Refused | None = None
     try:
         async with session.begin():
-            run = pumps.RunRequest(
+            run = pumps.ActivationParams(
                 duration_s=r.duration_s,
                 priority=Priority(r.priority),
                 reason=r.reason,
@@ -470,46 +302,47 @@ async def _try_start(
                 mine.status = RunStatus.started
                 mine.activation_id = activation.id
                 mine.resolved_at = now
-                mine.last_reason = "started"
+                mine.last_reason = Reason.started
                 record(
                     session,
-                    _subject(mine),
+                    about(mine),
                     now,
                     Outcome.started,
-                    "started",
+                    Reason.started,
                     f"{w.pump_name!r} for {r.duration_s} s ({r.reason or r.origin})",
                     activation_id=activation.id,
                     detail={"priority": r.priority},
                 )
             elif refusal is not None and mine.last_reason != refusal.code:
-                mine.last_reason = refusal.code
+                reason = Reason(refusal.code)
+                mine.last_reason = reason
                 record(
                     session,
-                    _subject(mine),
+                    about(mine),
                     now,
                     Outcome.deferred,
-                    refusal.code,
-                    _why(refusal.code, w),
+                    reason,
+                    _why(reason, w),
                     detail={k: v for k, v in refusal.extra.items() if isinstance(v, str | int)},
                 )
     except _Gone:
-        return "gone"
+        return StartOutcome.gone
     except (NotFound, Invalid) as exc:
-        await _resolve(session, r, RunStatus.skipped, "invalid", str(exc.detail or exc))
-        return "skipped"
+        await _resolve(session, r, RunStatus.skipped, Reason.invalid, str(exc.detail or exc))
+        return StartOutcome.skipped
     except DBAPIError as exc:
         log.warning("dispatch_lock_failed", run_request_id=str(r.id), error=str(exc))
-        return "locked"
+        return StartOutcome.locked
     if activation is not None:
         if settings.enqueue_fast_path:
             await queue.enqueue_start(redis, activation.id)
-        return "started"
+        return StartOutcome.started
     assert refusal is not None
     if isinstance(refusal, CapacityFull):
-        return "capacity"
+        return StartOutcome.capacity
     if isinstance(refusal, PumpBusy | InCooldown | PumpFault | PumpDisabled):
-        return refusal.code
-    return "refused"
+        return StartOutcome(refusal.code)
+    return StartOutcome.refused
 
 
 async def _lock_waiting(session: AsyncSession, request_id: uuid.UUID) -> RunRequest | None:
@@ -523,7 +356,7 @@ async def _lock_waiting(session: AsyncSession, request_id: uuid.UUID) -> RunRequ
     ).scalar_one_or_none()
 
 
-async def _defer(session: AsyncSession, r: RunRequest, reason: str, message: str) -> None:
+async def _defer(session: AsyncSession, r: RunRequest, reason: Reason, message: str) -> None:
     if r.last_reason == reason:
         return
     async with session.begin():
@@ -532,11 +365,11 @@ async def _defer(session: AsyncSession, r: RunRequest, reason: str, message: str
             return
         now = (await session.execute(select(db_now_expr()))).scalar_one()
         mine.last_reason = reason
-        record(session, _subject(mine), now, Outcome.deferred, reason, message)
+        record(session, about(mine), now, Outcome.deferred, reason, message)
 
 
 async def _resolve(
-    session: AsyncSession, r: RunRequest, status: RunStatus, reason: str, message: str
+    session: AsyncSession, r: RunRequest, status: RunStatus, reason: Reason, message: str
 ) -> None:
     async with session.begin():
         mine = await _lock_waiting(session, r.id)
@@ -546,40 +379,10 @@ async def _resolve(
         mine.status = status
         mine.resolved_at = now
         mine.last_reason = reason
-        record(session, _subject(mine), now, Outcome.skipped, reason, message)
-    if r.rule_id is not None:
-        # The rule asked for water that never came: let it ask again while still dry.
-        async with session.begin():
+        record(session, about(mine), now, Outcome.skipped, reason, message)
+        if mine.rule_id is not None:
+            # The rule asked for water that never came: let it ask again while still dry. In
+            # the skip's transaction: a rule left disarmed by a crash would never ask again.
             await session.execute(
-                update(ThresholdRule).where(ThresholdRule.id == r.rule_id).values(armed=True)
+                update(ThresholdRule).where(ThresholdRule.id == mine.rule_id).values(armed=True)
             )
-
-
-async def cancel(session: AsyncSession, site_id: uuid.UUID, request_id: uuid.UUID) -> RunRequest:
-    async with session.begin():
-        request = (
-            await session.execute(
-                select(RunRequest)
-                .where(RunRequest.id == request_id, RunRequest.site_id == site_id)
-                .with_for_update()
-            )
-        ).scalar_one_or_none()
-        if request is None:
-            raise NotFound("run request not found")
-        if request.status == RunStatus.waiting:
-            now = (await session.execute(select(db_now_expr()))).scalar_one()
-            request.status = RunStatus.cancelled
-            request.resolved_at = now
-            request.last_reason = "cancelled"
-    return request
-
-
-async def get(session: AsyncSession, site_id: uuid.UUID, request_id: uuid.UUID) -> RunRequest:
-    request = (
-        await session.execute(
-            select(RunRequest).where(RunRequest.id == request_id, RunRequest.site_id == site_id)
-        )
-    ).scalar_one_or_none()
-    if request is None:
-        raise NotFound("run request not found")
-    return request

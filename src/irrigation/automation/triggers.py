@@ -1,0 +1,125 @@
+"""What a threshold rule and a schedule share when they trigger: the zone's average, the
+gates (pause, rain delay), the pumps to water and whether an earlier run still waits, and
+one queued run per pump, each after the previous."""
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from irrigation.automation.decisions import local
+from irrigation.automation.models import Reason, RunRequest, RunStatus
+from irrigation.automation.runqueue import enqueue
+from irrigation.fleet.models import Pump, Sensor
+from irrigation.ingest.models import SensorReading
+from irrigation.pumps.models import Priority
+
+
+def zone_average(zone_id: Any, kind: Any, since: Any, until: datetime) -> ColumnElement[Any]:
+    """The average of a zone's sensors of one kind over (since, until], as a subquery."""
+    return (
+        select(func.avg(SensorReading.value))
+        .join(Sensor, Sensor.id == SensorReading.sensor_id)
+        .where(
+            Sensor.zone_id == zone_id,
+            Sensor.kind == kind,
+            SensorReading.ts > since,
+            SensorReading.ts <= until,
+        )
+        .scalar_subquery()
+    )
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Why a trigger asks for no water now, and the sentence its decision shows."""
+
+    reason: Reason
+    message: str
+
+
+def automation_gate(
+    now: datetime,
+    tz: str,
+    paused_until: datetime | None,
+    site_rain: datetime | None,
+    zone_rain: datetime | None,
+    respects_rain_delay: bool = True,
+) -> Skip | None:
+    """Why automation may not water this zone now, if it may not."""
+    if paused_until is not None and paused_until > now:
+        return Skip(Reason.paused, f"automation is paused until {local(paused_until, tz)}")
+    if respects_rain_delay:
+        rain = max((t for t in (site_rain, zone_rain) if t is not None), default=None)
+        if rain is not None and rain > now:
+            return Skip(Reason.rain_delay, f"rain delay until {local(rain, tz)}")
+    return None
+
+
+async def pumps_to_water(
+    session: AsyncSession,
+    zone_id: uuid.UUID,
+    pump_id: uuid.UUID | None,
+    asked_by: ColumnElement[bool],
+    asker: str,
+) -> list[Pump] | Skip:
+    """The rule's or schedule's own pump, else every enabled pump of the zone, by name; or
+    why not: no enabled pump, or a run it asked for (`asked_by`) still waits."""
+    where = Pump.id == pump_id if pump_id is not None else Pump.zone_id == zone_id
+    stmt = select(Pump).where(where)
+    if pump_id is None:
+        stmt = stmt.where(Pump.enabled)
+    pumps = list((await session.execute(stmt.order_by(Pump.name, Pump.id))).scalars())
+    if not pumps:
+        return Skip(Reason.no_pump, "no enabled pump")
+    waiting = select(RunRequest.id).where(asked_by, RunRequest.status == RunStatus.waiting)
+    if (await session.execute(waiting.limit(1))).first() is not None:
+        return Skip(Reason.already_queued, f"the previous run of this {asker} is still waiting")
+    return pumps
+
+
+class WishMaker:
+    """Builds the wish for each pump of a zone-wide run (duration capped per pump)."""
+
+    def __init__(
+        self,
+        priority: Priority,
+        duration_s: int,
+        origin: str,
+        deadline: datetime,
+        reason: str,
+        rule_id: uuid.UUID | None = None,
+        schedule_id: uuid.UUID | None = None,
+    ) -> None:
+        self.priority, self.duration_s, self.origin = priority, duration_s, origin
+        self.deadline, self.reason = deadline, reason
+        self.rule_id, self.schedule_id = rule_id, schedule_id
+
+    def __call__(self, pump: Pump, after: uuid.UUID | None) -> enqueue.Wish:
+        return enqueue.Wish(
+            pump_id=pump.id,
+            priority=self.priority,
+            duration_s=min(self.duration_s, pump.max_runtime_s),
+            origin=self.origin,
+            deadline=self.deadline,
+            reason=self.reason,
+            rule_id=self.rule_id,
+            schedule_id=self.schedule_id,
+            after_id=after,
+        )
+
+
+async def queue_zone_runs(
+    session: AsyncSession, site_id: uuid.UUID, pumps: list[Pump], make: WishMaker
+) -> list[RunRequest]:
+    """One request per pump, each after the previous: a zone's pumps water one by one."""
+    previous: uuid.UUID | None = None
+    requests = []
+    for pump in pumps:
+        request, _ = await enqueue.add(session, site_id, make(pump, previous))
+        requests.append(request)
+        previous = request.id
+    return requests

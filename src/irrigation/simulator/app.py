@@ -1,0 +1,49 @@
+"""The simulator process (`irrigation simulator`): the pump controller and the weather API
+in one HTTP app, as `irrigation up` and the tests run it."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from irrigation.simulator.device import Simulator, device_router
+from irrigation.simulator.weather import WeatherState, weather_router
+
+
+def create_simulator_app() -> FastAPI:
+    """A fresh simulator; its state lives in `app.state.sim` and `app.state.weather`, so
+    several can share a process."""
+    sim = Simulator()
+    weather = WeatherState()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        sim.cancel_timers()
+
+    app = FastAPI(title="Irrigation device simulator", lifespan=lifespan)
+    app.state.sim = sim
+    app.state.weather = weather
+    app.include_router(device_router(sim))
+
+    @app.delete("/truth")
+    async def reset() -> dict[str, Any]:
+        """A clean simulator: no runs, faults or sequences, and the default weather."""
+        async with sim.lock:
+            sim.reset()
+            weather.reset()
+        return {"runs": []}
+
+    app.include_router(weather_router(weather))
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def run_simulator(host: str, port: int) -> None:
+    uvicorn.run(create_simulator_app(), host=host, port=port, log_level="info")
