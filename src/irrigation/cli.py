@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import signal
@@ -17,6 +18,12 @@ import typer
 import yaml
 
 from irrigation.demo_soil import FEEDER_HELP
+from irrigation.logging import (
+    LOG_FORMAT_ENV,
+    UVICORN_LOG_CONFIG,
+    configure_logging,
+    resolve_log_format,
+)
 from irrigation.settings import MULTIPROCESS_METRICS, Settings
 from irrigation.supervisor import api_url, client_host, supervise, url_env
 
@@ -93,9 +100,10 @@ def serve(
     os.environ["WEB_CONCURRENCY"] = str(workers)
     if workers > 1 and MULTIPROCESS_METRICS not in os.environ:
         os.environ[MULTIPROCESS_METRICS] = _fresh_metrics_dir(settings, port or settings.port)
+    _export_log_format(settings)
     # uvicorn's own command, in place of this process (same pid): the supervisor of several
-    # workers then holds uvicorn alone (26 MB instead of this command's 48), and a single
-    # worker none of the CLI's imports.
+    # workers then holds uvicorn and structlog alone (32 MB, 26 without the log formatter,
+    # instead of this command's 48), and a single worker none of the CLI's imports.
     os.execv(
         sys.executable,
         [
@@ -112,6 +120,8 @@ def serve(
             str(workers),
             "--log-level",
             settings.log_level.lower(),
+            "--log-config",
+            str(UVICORN_LOG_CONFIG),
             "--no-access-log",
             "--proxy-headers",
         ],
@@ -141,18 +151,40 @@ def simulator(
     """Run the device simulator: a pump controller over HTTP that keeps the physical truth."""
     from irrigation.pumps.simulator import run_simulator
 
-    run_simulator(host, port or load_settings().simulator_port)
+    settings = load_settings()
+    _export_log_format(settings)
+    run_simulator(host, port or settings.simulator_port)
 
 
 @app.command()
 def migrate(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply the Alembic migrations (creating the database if needed)."""
-    from irrigation.migrate import upgrade
     from irrigation.stack import ensure_database
 
     settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
     asyncio.run(ensure_database(settings.effective_database_url))
-    upgrade(settings, revision)
+    _upgrade(settings, revision)
+
+
+def _upgrade(settings: Settings, revision: str = "head") -> None:
+    """Alembic's upgrade, its lines through our logging: alembic.ini's logging section
+    would replace it with a format of its own."""
+    # Alembic announces each of its plugins at INFO as it loads (alembic.ini hid that).
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    from alembic import command
+
+    from irrigation.migrate import alembic_config
+
+    config = alembic_config(settings)
+    config.attributes["configure_logging"] = False
+    command.upgrade(config, revision)
+
+
+def _export_log_format(settings: Settings) -> None:
+    """uvicorn reads no settings of ours: UVICORN_LOG_CONFIG's formatter takes the format
+    from the environment, resolved here (`auto` against this process's terminal)."""
+    os.environ[LOG_FORMAT_ENV] = resolve_log_format(settings.log_format)
 
 
 @app.command()
@@ -454,7 +486,6 @@ def up(
     forces those). Ctrl-C or SIGTERM stops everything it started.
     """
     from irrigation.demo import ensure_demo
-    from irrigation.migrate import upgrade
     from irrigation.stack import port_answers, resolve_stack
 
     started = time.monotonic()
@@ -488,6 +519,8 @@ def up(
             "port": port or base.port,
             "simulator_port": simulator_port or base.simulator_port,
             "host": host or base.host,
+            # Decided once, against this terminal: the children write to it too.
+            "log_format": resolve_log_format(base.log_format),
         }
         simulator_url = f"http://127.0.0.1:{updates['simulator_port']}"
         # The simulator is the pump gateway and the weather service, unless set otherwise.
@@ -507,7 +540,10 @@ def up(
                 }
             )
         )
-        upgrade(settings)
+        configure_logging(settings.log_level, settings.log_format)
+        # The readiness probe asks four times a second; httpx would log every answer.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        _upgrade(settings)
         key_file = data_dir / "demo_key"
         saved = key_file.read_text().strip() if key_file.exists() else None
         key, zone_id = _with_session(settings, lambda s: ensure_demo(s, settings, saved))

@@ -34,6 +34,22 @@ def api_url(settings: Settings) -> str:
     return f"http://{client_host(settings.host)}:{settings.port}"
 
 
+def child_env(settings: Settings, data_dir: Path) -> dict[str, str]:
+    """The environment of every process `up` starts: its own, and what `up` decided."""
+    return {
+        **os.environ,
+        **url_env(settings),
+        "IRRIGATION_PORT": str(settings.port),
+        "IRRIGATION_HOST": settings.host,
+        "IRRIGATION_SIMULATOR_PORT": str(settings.simulator_port),
+        "IRRIGATION_GATEWAY_URL": settings.gateway_url,
+        "IRRIGATION_WEATHER_URL": settings.weather_url,
+        "IRRIGATION_DATA_DIR": str(data_dir),
+        # Their output is `up`'s: the format `up` resolved for its own terminal.
+        "IRRIGATION_LOG_FORMAT": settings.log_format,
+    }
+
+
 class _Child:
     """One supervised process; restarted with a growing delay while it keeps dying."""
 
@@ -103,16 +119,7 @@ def supervise(
         import ctypes
 
         _LIBC = ctypes.CDLL(None, use_errno=True)
-    env = {
-        **os.environ,
-        **url_env(settings),
-        "IRRIGATION_PORT": str(settings.port),
-        "IRRIGATION_HOST": settings.host,
-        "IRRIGATION_SIMULATOR_PORT": str(settings.simulator_port),
-        "IRRIGATION_GATEWAY_URL": settings.gateway_url,
-        "IRRIGATION_WEATHER_URL": settings.weather_url,
-        "IRRIGATION_DATA_DIR": str(data_dir),
-    }
+    env = child_env(settings, data_dir)
     python = [sys.executable, "-m", "irrigation"]
     simulator = _Child("simulator", [*python, "simulator", "--port", str(settings.simulator_port)])
     api = _Child("api", [*python, "serve"])

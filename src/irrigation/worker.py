@@ -140,7 +140,7 @@ async def is_healthy(settings: Settings) -> bool:
 
 
 def run_worker(settings: Settings) -> None:
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     # arq logs every cron tick (two a second) at INFO: keep that for debugging only.
     if settings.log_level.upper() != "DEBUG":
         logging.getLogger("arq").setLevel(logging.WARNING)

@@ -13,6 +13,8 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from irrigation.logging import UVICORN_LOG_CONFIG
+
 StoppedBy = Literal["command", "auto_off"]
 
 
@@ -396,4 +398,10 @@ def create_simulator_app() -> FastAPI:
 
 
 def run_simulator(host: str, port: int) -> None:
-    uvicorn.run(create_simulator_app(), host=host, port=port, log_level="info")
+    uvicorn.run(
+        create_simulator_app(),
+        host=host,
+        port=port,
+        log_level="info",
+        log_config=str(UVICORN_LOG_CONFIG),
+    )
