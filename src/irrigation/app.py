@@ -43,7 +43,7 @@ DOCS_ASSETS = "/docs-assets"
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     # Clients are made here, not in the lifespan: neither connects until first used, and
     # tests can then drive the app through ASGI without running the lifespan.
     engine = create_engine(settings)

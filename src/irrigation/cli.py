@@ -2,10 +2,10 @@
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -18,7 +18,14 @@ import typer
 import yaml
 
 from irrigation.demo_soil import FEEDER_HELP
+from irrigation.logging import (
+    LOG_FORMAT_ENV,
+    UVICORN_LOG_CONFIG,
+    configure_logging,
+    resolve_log_format,
+)
 from irrigation.settings import MULTIPROCESS_METRICS, Settings
+from irrigation.supervisor import api_url, client_host, supervise, url_env
 
 app = typer.Typer(help="Irrigation control service.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -88,14 +95,15 @@ def serve(
 ) -> None:
     """Run the HTTP API under uvicorn."""
     settings = load_settings()
-    os.environ.update(_url_env(settings))
+    os.environ.update(url_env(settings))
     # uvicorn reads it as --workers' default; each worker's app reads it (common.balance).
     os.environ["WEB_CONCURRENCY"] = str(workers)
     if workers > 1 and MULTIPROCESS_METRICS not in os.environ:
         os.environ[MULTIPROCESS_METRICS] = _fresh_metrics_dir(settings, port or settings.port)
+    _export_log_format(settings)
     # uvicorn's own command, in place of this process (same pid): the supervisor of several
-    # workers then holds uvicorn alone (26 MB instead of this command's 48), and a single
-    # worker none of the CLI's imports.
+    # workers then holds uvicorn and structlog alone (32 MB, 26 without the log formatter,
+    # instead of this command's 48), and a single worker none of the CLI's imports.
     os.execv(
         sys.executable,
         [
@@ -112,6 +120,8 @@ def serve(
             str(workers),
             "--log-level",
             settings.log_level.lower(),
+            "--log-config",
+            str(UVICORN_LOG_CONFIG),
             "--no-access-log",
             "--proxy-headers",
         ],
@@ -141,18 +151,40 @@ def simulator(
     """Run the device simulator: a pump controller over HTTP that keeps the physical truth."""
     from irrigation.simulator.app import run_simulator
 
-    run_simulator(host, port or load_settings().simulator_port)
+    settings = load_settings()
+    _export_log_format(settings)
+    run_simulator(host, port or settings.simulator_port)
 
 
 @app.command()
 def migrate(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply the Alembic migrations (creating the database if needed)."""
-    from irrigation.migrate import upgrade
     from irrigation.stack import ensure_database
 
     settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
     asyncio.run(ensure_database(settings.effective_database_url))
-    upgrade(settings, revision)
+    _upgrade(settings, revision)
+
+
+def _upgrade(settings: Settings, revision: str = "head") -> None:
+    """Alembic's upgrade, its lines through our logging: alembic.ini's logging section
+    would replace it with a format of its own."""
+    # Alembic announces each of its plugins at INFO as it loads (alembic.ini hid that).
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    from alembic import command
+
+    from irrigation.migrate import alembic_config
+
+    config = alembic_config(settings)
+    config.attributes["configure_logging"] = False
+    command.upgrade(config, revision)
+
+
+def _export_log_format(settings: Settings) -> None:
+    """uvicorn reads no settings of ours: UVICORN_LOG_CONFIG's formatter takes the format
+    from the environment, resolved here (`auto` against this process's terminal)."""
+    os.environ[LOG_FORMAT_ENV] = resolve_log_format(settings.log_format)
 
 
 @app.command()
@@ -304,7 +336,7 @@ def demo(
     settings = Settings()
     data_dir = Path(settings.data_dir)
     saved = _running_stack(data_dir / STACK_FILE) or {}
-    url = url or saved.get("api_url") or _api_url(settings)
+    url = url or saved.get("api_url") or api_url(settings)
     simulator_url = (
         simulator_url or saved.get("simulator_url") or f"http://127.0.0.1:{settings.simulator_port}"
     )
@@ -432,13 +464,6 @@ def _fresh_metrics_dir(settings: Settings, port: int) -> str:
     return str(path)
 
 
-def _url_env(settings: Settings) -> dict[str, str]:
-    return {
-        "IRRIGATION_DATABASE_URL": settings.effective_database_url,
-        "IRRIGATION_REDIS_URL": settings.effective_redis_url,
-    }
-
-
 def _interrupt(*_: Any) -> None:
     raise KeyboardInterrupt
 
@@ -461,7 +486,6 @@ def up(
     forces those). Ctrl-C or SIGTERM stops everything it started.
     """
     from irrigation.demo import ensure_demo
-    from irrigation.migrate import upgrade
     from irrigation.stack import port_answers, resolve_stack
 
     started = time.monotonic()
@@ -470,7 +494,7 @@ def up(
         ("--port", port or base.port),
         ("--simulator-port", simulator_port or base.simulator_port),
     ):
-        if port_answers(_client_host(host or base.host), value):
+        if port_answers(client_host(host or base.host), value):
             _fail(f"port {value} is already in use: choose another with {option}")
     # SIGTERM during start-up must still reach the `finally` that stops embedded servers.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -495,6 +519,8 @@ def up(
             "port": port or base.port,
             "simulator_port": simulator_port or base.simulator_port,
             "host": host or base.host,
+            # Decided once, against this terminal: the children write to it too.
+            "log_format": resolve_log_format(base.log_format),
         }
         simulator_url = f"http://127.0.0.1:{updates['simulator_port']}"
         # The simulator is the pump gateway and the weather service, unless set otherwise.
@@ -509,19 +535,22 @@ def up(
                     "database_url": stack.database_url,
                     "redis_url": stack.redis_url,
                     "embedded": stack.pids,
-                    "api_url": _api_url(settings),
+                    "api_url": api_url(settings),
                     "simulator_url": simulator_url,
                 }
             )
         )
-        upgrade(settings)
+        configure_logging(settings.log_level, settings.log_format)
+        # The readiness probe asks four times a second; httpx would log every answer.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        _upgrade(settings)
         key_file = data_dir / "demo_key"
         saved = key_file.read_text().strip() if key_file.exists() else None
         key, zone_id = _with_session(settings, lambda s: ensure_demo(s, settings, saved))
         if key != saved:
             key_file.write_text(key)
             key_file.chmod(0o600)
-        _supervise(settings, key, stack.embedded, data_dir, started, demo=demo, zone_id=zone_id)
+        supervise(settings, key, stack.embedded, data_dir, started, demo=demo, zone_id=zone_id)
     except KeyboardInterrupt:
         pass
     finally:
@@ -532,204 +561,3 @@ def up(
         if _running_stack(stack_file) is not None:  # still ours: we are alive
             stack_file.unlink(missing_ok=True)
         typer.echo("irrigation stopped", err=True)
-
-
-class _Child:
-    """One supervised process; restarted with a growing delay while it keeps dying."""
-
-    QUICK_DEATH_S = 30.0
-
-    def __init__(self, name: str, command: list[str]) -> None:
-        self.name = name
-        self.command = command
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.started_at = 0.0
-        self.failures = 0
-        self.restart_at = 0.0
-
-    def start(self, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            self.command,
-            env=env,
-            # Own session: a Ctrl-C at the terminal reaches `up` alone, which then stops
-            # the children in order (API and worker first, the simulator last).
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-        )
-        self.started_at = time.monotonic()
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def reap(self, now: float) -> None:
-        """If the process died, schedule its restart (0.5 s, then doubling up to 30 s)."""
-        if self.proc is None or self.proc.poll() is None:
-            return
-        code = self.proc.returncode
-        self.proc = None
-        lived = now - self.started_at
-        self.failures = self.failures + 1 if lived < self.QUICK_DEATH_S else 1
-        delay = min(30.0, 0.5 * 2 ** (self.failures - 1))
-        self.restart_at = now + delay
-        # arq's worker exits when Redis drops, for one: a dead process is restarted.
-        typer.echo(f"{self.name} exited with code {code}; restarting in {delay:g} s", err=True)
-
-
-_LIBC: Any = None
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec (Linux): SIGTERM it if `up` dies, even by SIGKILL,
-    so no child outlives the supervisor."""
-    if _LIBC is not None:
-        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _api_url(settings: Settings) -> str:
-    return f"http://{_client_host(settings.host)}:{settings.port}"
-
-
-def _supervise(
-    settings: Settings,
-    key: str,
-    embedded: list[str],
-    data_dir: Path,
-    started: float,
-    *,
-    demo: bool = True,
-    zone_id: uuid.UUID | None = None,
-) -> None:
-    global _LIBC
-    if sys.platform.startswith("linux") and _LIBC is None:
-        import ctypes
-
-        _LIBC = ctypes.CDLL(None, use_errno=True)
-    env = {
-        **os.environ,
-        **_url_env(settings),
-        "IRRIGATION_PORT": str(settings.port),
-        "IRRIGATION_HOST": settings.host,
-        "IRRIGATION_SIMULATOR_PORT": str(settings.simulator_port),
-        "IRRIGATION_GATEWAY_URL": settings.gateway_url,
-        "IRRIGATION_WEATHER_URL": settings.weather_url,
-        "IRRIGATION_DATA_DIR": str(data_dir),
-    }
-    python = [sys.executable, "-m", "irrigation"]
-    simulator = _Child("simulator", [*python, "simulator", "--port", str(settings.simulator_port)])
-    api = _Child("api", [*python, "serve"])
-    worker = _Child("worker", [*python, "worker"])
-    base_url = _api_url(settings)
-    simulator_url = f"http://127.0.0.1:{settings.simulator_port}"
-    # Started once the API is ready (it exits at once on an API it cannot reach); it
-    # reads the key from data_dir/demo_key, not from its command line.
-    feeder = _Child(
-        "demo feeder",
-        [*python, "demo", "--url", base_url, "--simulator", simulator_url, "--quiet"],
-    )
-    children = [simulator, api, worker]
-    signals = 0
-
-    def on_signal(*_: Any) -> None:
-        nonlocal signals
-        signals += 1
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    announced = hinted = False
-    try:
-        while not signals:
-            now = time.monotonic()
-            for child in children:
-                child.reap(now)
-                if child.proc is None and now >= child.restart_at and not signals:
-                    child.start(env)
-            if not announced:
-                ready, detail = _readiness(base_url)
-                if ready:
-                    announced = True
-                    if demo:
-                        children.append(feeder)
-                        feeder.start(env)
-                    _announce(
-                        settings, base_url, key, embedded, data_dir, now - started, demo, zone_id
-                    )
-                elif not hinted and now - started > 30:
-                    hinted = True
-                    typer.echo(f"still waiting for {base_url}/readyz: {detail}", err=True)
-            time.sleep(0.25)
-    finally:
-        # API and worker first (they may still talk to the devices), the simulator last;
-        # a second Ctrl-C kills whatever is left at once.
-        _stop([feeder, api, worker], 6.0, lambda: signals > 1)
-        _stop([simulator], 4.0, lambda: signals > 1)
-
-
-def _stop(children: list[_Child], timeout: float, hurry: Callable[[], bool]) -> None:
-    for child in children:
-        if child.running and child.proc is not None:
-            child.proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while any(c.running for c in children) and time.monotonic() < deadline and not hurry():
-        time.sleep(0.05)
-    for child in children:
-        if child.proc is None:
-            continue
-        if child.running:
-            typer.echo(f"{child.name} did not stop in time; killing it", err=True)
-            child.proc.kill()
-        child.proc.wait()
-
-
-def _client_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-
-
-def _readiness(base_url: str) -> tuple[bool, str]:
-    try:
-        response = httpx.get(f"{base_url}/readyz", timeout=1)
-    except httpx.HTTPError as exc:
-        return False, type(exc).__name__
-    return response.status_code == 200, response.text
-
-
-def _announce(
-    settings: Settings,
-    base_url: str,
-    key: str,
-    embedded: list[str],
-    data_dir: Path,
-    took_s: float,
-    demo: bool = False,
-    zone_id: uuid.UUID | None = None,
-) -> None:
-    where = f" (embedded {' and '.join(embedded)} in {data_dir})" if embedded else ""
-    simulator_url = f"http://127.0.0.1:{settings.simulator_port}"
-    typer.echo(
-        "\n".join(
-            [
-                "",
-                f"irrigation is up in {took_s:.1f} s{where}",
-                f"  API          {base_url}",
-                f"  Swagger UI   {base_url}/docs",
-                f"  simulator    {simulator_url}  (physical truth: {simulator_url}/truth)",
-                f"  admin key    {key}",
-                "",
-                f'  curl -H "Authorization: Bearer {key}" {base_url}/v1/pumps',
-                "",
-                *(
-                    [
-                        "  The demo feeder sends a soil-moisture reading every 5 s; the "
-                        "demo zone's rule and",
-                        "  schedule water it (each watering is printed). Why they did or did not:",
-                        f'  curl -H "Authorization: Bearer {key}" '
-                        f"{base_url}/v1/zones/{zone_id}/decisions",
-                        "",
-                    ]
-                    if demo and zone_id is not None
-                    else []
-                ),
-                "Ctrl-C stops everything.",
-            ]
-        )
-    )

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     weather_timeout_s: float = Field(default=5.0, gt=0)
     data_dir: str = ".data"
     log_level: str = "INFO"
+    log_format: Literal["auto", "console", "json"] = Field(
+        default="auto",
+        description="Log lines: readable `console` lines, or one `json` object per line; "
+        "auto is console when standard error is a terminal, else JSON (`up` decides once "
+        "for every process it starts).",
+    )
 
     max_runtime_cap_s: int = Field(default=30, ge=1, le=3600)
     min_cooldown_s: int = Field(default=900, ge=0)

@@ -17,7 +17,7 @@ from irrigation.common import idempotency
 from irrigation.common.worker_context import CONTEXT_KEY, WorkerContext, worker_context
 from irrigation.db import create_engine, create_sessionmaker
 from irrigation.gateway import HttpGateway
-from irrigation.ingest import imports
+from irrigation.ingest import import_jobs
 from irrigation.logging import configure_logging
 from irrigation.pumps import jobs
 from irrigation.readings import retention
@@ -86,7 +86,7 @@ def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
             # An import runs in slices well inside this timeout, each asking to be run again
             # (a "try" to arq) until the file is done: hence the many tries.
             func(
-                imports.process_import,
+                import_jobs.process_import,
                 name=queue.PROCESS_IMPORT,
                 timeout=PUMP_JOB_TIMEOUT_S,
                 max_tries=IMPORT_MAX_TRIES,
@@ -104,8 +104,8 @@ def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
             scheduled(
                 automation.refresh_water_levels, minute={5, 35}, second={13}, run_at_startup=True
             ),
-            scheduled(imports.requeue_unfinished_imports, second={41}),
-            scheduled(imports.sweep_orphan_uploads, minute={17}, second={30}),
+            scheduled(import_jobs.requeue_unfinished_imports, second={41}),
+            scheduled(import_jobs.sweep_orphan_uploads, minute={17}, second={30}),
             scheduled(retention.purge_raw_readings, minute={23}, second={0}),
             scheduled(purge_idempotency_keys, minute={0, 30}, second={7}),
         ],
@@ -141,7 +141,7 @@ async def is_healthy(settings: Settings) -> bool:
 
 
 def run_worker(settings: Settings) -> None:
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     # arq logs every cron tick (two a second) at INFO: keep that for debugging only.
     if settings.log_level.upper() != "DEBUG":
         logging.getLogger("arq").setLevel(logging.WARNING)

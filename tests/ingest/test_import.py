@@ -27,7 +27,7 @@ from irrigation.app import create_app
 from irrigation.common.worker_context import WorkerContext
 from irrigation.db import create_engine, create_sessionmaker
 from irrigation.gateway import HttpGateway
-from irrigation.ingest import imports
+from irrigation.ingest import import_jobs
 from irrigation.settings import Settings
 from irrigation.stack import plain_url
 from irrigation.worker import create_worker
@@ -109,7 +109,7 @@ async def fetch(settings: Settings, sql: str, *args: Any) -> Any:
 
 
 def uploads(settings: Settings) -> list[Path]:
-    folder = Path(settings.data_dir) / imports.IMPORTS_DIR
+    folder = Path(settings.data_dir) / import_jobs.IMPORTS_DIR
     return sorted(folder.iterdir()) if folder.exists() else []
 
 
@@ -428,16 +428,16 @@ async def test_an_import_runs_in_slices_each_resuming_where_the_last_stopped(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """What a killed worker's redelivery does too: start again from `processed`."""
-    monkeypatch.setattr(imports, "SLICE_S", 0.0)  # one chunk per run
-    monkeypatch.setattr(imports, "CHUNK_ITEMS", 1_000)
+    monkeypatch.setattr(import_jobs, "SLICE_S", 0.0)  # one chunk per run
+    monkeypatch.setattr(import_jobs, "CHUNK_ITEMS", 1_000)
     runs: list[str] = []
-    process = imports.process_import
+    process = import_jobs.process_import
 
     async def counted(ctx: dict[str, Any], job_id: str) -> str:
         runs.append(job_id)
         return await process(ctx, job_id)
 
-    monkeypatch.setattr(imports, "process_import", counted)
+    monkeypatch.setattr(import_jobs, "process_import", counted)
     (sensor,) = await make_sensors(client, admin, 1)
     path = tmp_path / "h.ndjson"
     lines = [line(sensor, minute, 50) for minute in range(3_500)]
@@ -544,8 +544,8 @@ async def test_an_import_whose_queue_entry_was_lost_is_enqueued_again_and_comple
                 settings=settings, sessions=create_sessionmaker(engine), redis=redis
             )
         }
-        assert await imports.requeue_unfinished_imports(ctx) == 1
-        assert await imports.requeue_unfinished_imports(ctx) == 0  # already queued: no twin
+        assert await import_jobs.requeue_unfinished_imports(ctx) == 1
+        assert await import_jobs.requeue_unfinished_imports(ctx) == 0  # already queued: no twin
     finally:
         await redis.aclose()
         await engine.dispose()
@@ -576,14 +576,14 @@ async def test_orphan_uploads_are_swept_and_files_of_unfinished_imports_kept(
     gateway = HttpGateway("http://127.0.0.1:9", timeout_s=0.1, retries=0)
     ctx = {"irrigation": WorkerContext(settings, create_sessionmaker(engine), gateway, redis)}
     try:
-        assert await imports.sweep_orphan_uploads(ctx) == 1
+        assert await import_jobs.sweep_orphan_uploads(ctx) == 1
         assert sorted(p.name for p in uploads(settings)) == sorted([kept.name, fresh.name])
         await fetch(
             settings,
             "UPDATE ingestion_jobs SET status = 'failed' WHERE id = $1",
             uuid.UUID(job["id"]),
         )
-        assert await imports.sweep_orphan_uploads(ctx) == 1
+        assert await import_jobs.sweep_orphan_uploads(ctx) == 1
         assert [p.name for p in uploads(settings)] == [fresh.name]
     finally:
         await gateway.aclose()

@@ -8,7 +8,8 @@ from irrigation.auth.deps import IngestPrincipal
 from irrigation.common.deps import RedisDep, SettingsDep
 from irrigation.common.openapi import problems
 from irrigation.db import SessionDep
-from irrigation.ingest import imports, service
+from irrigation.ingest import import_upload as imports
+from irrigation.ingest import service
 from irrigation.ingest.schemas import IngestionJobOut
 
 router = APIRouter(prefix="/v1", tags=["readings"])

@@ -14,10 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation.common import idempotency
 from irrigation.common.clock import utcnow
-from irrigation.common.dberrors import DEADLOCK_DETECTED as DEADLOCK_DETECTED
 from irrigation.common.errors import NotFound
 from irrigation.common.idempotency import IdempotentRequest, StoredAnswer
-from irrigation.common.retry import DEADLOCK_ATTEMPTS, retry_on_deadlock
+from irrigation.common.retry import retry_on_deadlock
 from irrigation.common.shaping import columns_of
 from irrigation.fleet.models import Sensor
 from irrigation.fleet.service import range_of
@@ -29,9 +28,6 @@ from irrigation.ingest.schemas import IngestionJobOut, IngestResult, Quarantined
 from irrigation.ingest.validation import Checked, Parsed, SensorSpec, check_items, sensor_ids
 from irrigation.settings import Settings
 
-# ATTEMPTS and DEADLOCK_DETECTED (imported as itself) are read by ingest/imports.py's chunk
-# loop until it calls `retry_on_deadlock` too.
-ATTEMPTS = DEADLOCK_ATTEMPTS
 DEADLOCK_RETRIES = Counter(
     "irrigation_ingest_deadlock_retries_total",
     "Ingestion transactions run again after PostgreSQL chose them as a deadlock's victim",

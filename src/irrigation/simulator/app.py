@@ -8,6 +8,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from irrigation.logging import UVICORN_LOG_CONFIG
 from irrigation.simulator.device import Simulator, device_router
 from irrigation.simulator.weather import WeatherState, weather_router
 
@@ -46,4 +47,10 @@ def create_simulator_app() -> FastAPI:
 
 
 def run_simulator(host: str, port: int) -> None:
-    uvicorn.run(create_simulator_app(), host=host, port=port, log_level="info")
+    uvicorn.run(
+        create_simulator_app(),
+        host=host,
+        port=port,
+        log_level="info",
+        log_config=str(UVICORN_LOG_CONFIG),
+    )

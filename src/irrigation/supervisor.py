@@ -1,0 +1,236 @@
+"""`irrigation up`'s process supervisor: starts the API, worker, simulator and demo feeder,
+restarts any that dies, says where everything is once the API is ready, and stops them in
+order (the API and worker before the simulator they talk to)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+
+from irrigation.settings import Settings
+
+
+def url_env(settings: Settings) -> dict[str, str]:
+    return {
+        "IRRIGATION_DATABASE_URL": settings.effective_database_url,
+        "IRRIGATION_REDIS_URL": settings.effective_redis_url,
+    }
+
+
+def client_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to `host`."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def api_url(settings: Settings) -> str:
+    return f"http://{client_host(settings.host)}:{settings.port}"
+
+
+def child_env(settings: Settings, data_dir: Path) -> dict[str, str]:
+    """The environment of every process `up` starts: its own, and what `up` decided."""
+    return {
+        **os.environ,
+        **url_env(settings),
+        "IRRIGATION_PORT": str(settings.port),
+        "IRRIGATION_HOST": settings.host,
+        "IRRIGATION_SIMULATOR_PORT": str(settings.simulator_port),
+        "IRRIGATION_GATEWAY_URL": settings.gateway_url,
+        "IRRIGATION_WEATHER_URL": settings.weather_url,
+        "IRRIGATION_DATA_DIR": str(data_dir),
+        # Their output is `up`'s: the format `up` resolved for its own terminal.
+        "IRRIGATION_LOG_FORMAT": settings.log_format,
+    }
+
+
+class _Child:
+    """One supervised process; restarted with a growing delay while it keeps dying."""
+
+    QUICK_DEATH_S = 30.0
+
+    def __init__(self, name: str, command: list[str]) -> None:
+        self.name = name
+        self.command = command
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.failures = 0
+        self.restart_at = 0.0
+
+    def start(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            self.command,
+            env=env,
+            # Own session: a Ctrl-C at the terminal reaches `up` alone, which then stops
+            # the children in order (API and worker first, the simulator last).
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+        self.started_at = time.monotonic()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def reap(self, now: float) -> None:
+        """If the process died, schedule its restart (0.5 s, then doubling up to 30 s)."""
+        if self.proc is None or self.proc.poll() is None:
+            return
+        code = self.proc.returncode
+        self.proc = None
+        lived = now - self.started_at
+        self.failures = self.failures + 1 if lived < self.QUICK_DEATH_S else 1
+        delay = min(30.0, 0.5 * 2 ** (self.failures - 1))
+        self.restart_at = now + delay
+        # arq's worker exits when Redis drops, for one: a dead process is restarted.
+        typer.echo(f"{self.name} exited with code {code}; restarting in {delay:g} s", err=True)
+
+
+_LIBC: Any = None
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec (Linux): SIGTERM it if `up` dies, even by SIGKILL,
+    so no child outlives the supervisor."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def supervise(
+    settings: Settings,
+    key: str,
+    embedded: list[str],
+    data_dir: Path,
+    started: float,
+    *,
+    demo: bool = True,
+    zone_id: uuid.UUID | None = None,
+) -> None:
+    """Run the simulator, API and worker (and, once the API is ready, the demo feeder)
+    until SIGINT or SIGTERM, restarting any that dies; then stop them all."""
+    global _LIBC
+    if sys.platform.startswith("linux") and _LIBC is None:
+        import ctypes
+
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    env = child_env(settings, data_dir)
+    python = [sys.executable, "-m", "irrigation"]
+    simulator = _Child("simulator", [*python, "simulator", "--port", str(settings.simulator_port)])
+    api = _Child("api", [*python, "serve"])
+    worker = _Child("worker", [*python, "worker"])
+    base_url = api_url(settings)
+    simulator_url = f"http://127.0.0.1:{settings.simulator_port}"
+    # Started once the API is ready (it exits at once on an API it cannot reach); it
+    # reads the key from data_dir/demo_key, not from its command line.
+    feeder = _Child(
+        "demo feeder",
+        [*python, "demo", "--url", base_url, "--simulator", simulator_url, "--quiet"],
+    )
+    children = [simulator, api, worker]
+    signals = 0
+
+    def on_signal(*_: Any) -> None:
+        nonlocal signals
+        signals += 1
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    announced = hinted = False
+    try:
+        while not signals:
+            now = time.monotonic()
+            for child in children:
+                child.reap(now)
+                if child.proc is None and now >= child.restart_at and not signals:
+                    child.start(env)
+            if not announced:
+                ready, detail = _readiness(base_url)
+                if ready:
+                    announced = True
+                    if demo:
+                        children.append(feeder)
+                        feeder.start(env)
+                    _announce(
+                        settings, base_url, key, embedded, data_dir, now - started, demo, zone_id
+                    )
+                elif not hinted and now - started > 30:
+                    hinted = True
+                    typer.echo(f"still waiting for {base_url}/readyz: {detail}", err=True)
+            time.sleep(0.25)
+    finally:
+        # API and worker first (they may still talk to the devices), the simulator last;
+        # a second Ctrl-C kills whatever is left at once.
+        _stop([feeder, api, worker], 6.0, lambda: signals > 1)
+        _stop([simulator], 4.0, lambda: signals > 1)
+
+
+def _stop(children: list[_Child], timeout: float, hurry: Callable[[], bool]) -> None:
+    for child in children:
+        if child.running and child.proc is not None:
+            child.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(c.running for c in children) and time.monotonic() < deadline and not hurry():
+        time.sleep(0.05)
+    for child in children:
+        if child.proc is None:
+            continue
+        if child.running:
+            typer.echo(f"{child.name} did not stop in time; killing it", err=True)
+            child.proc.kill()
+        child.proc.wait()
+
+
+def _readiness(base_url: str) -> tuple[bool, str]:
+    try:
+        response = httpx.get(f"{base_url}/readyz", timeout=1)
+    except httpx.HTTPError as exc:
+        return False, type(exc).__name__
+    return response.status_code == 200, response.text
+
+
+def _announce(
+    settings: Settings,
+    base_url: str,
+    key: str,
+    embedded: list[str],
+    data_dir: Path,
+    took_s: float,
+    demo: bool = False,
+    zone_id: uuid.UUID | None = None,
+) -> None:
+    where = f" (embedded {' and '.join(embedded)} in {data_dir})" if embedded else ""
+    simulator_url = f"http://127.0.0.1:{settings.simulator_port}"
+    typer.echo(
+        "\n".join(
+            [
+                "",
+                f"irrigation is up in {took_s:.1f} s{where}",
+                f"  API          {base_url}",
+                f"  Swagger UI   {base_url}/docs",
+                f"  simulator    {simulator_url}  (physical truth: {simulator_url}/truth)",
+                f"  admin key    {key}",
+                "",
+                f'  curl -H "Authorization: Bearer {key}" {base_url}/v1/pumps',
+                "",
+                *(
+                    [
+                        "  The demo feeder sends a soil-moisture reading every 5 s; the "
+                        "demo zone's rule and",
+                        "  schedule water it (each watering is printed). Why they did or did not:",
+                        f'  curl -H "Authorization: Bearer {key}" '
+                        f"{base_url}/v1/zones/{zone_id}/decisions",
+                        "",
+                    ]
+                    if demo and zone_id is not None
+                    else []
+                ),
+                "Ctrl-C stops everything.",
+            ]
+        )
+    )
