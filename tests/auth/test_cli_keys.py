@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import bearer
-from tests.fleet.helpers import assert_problem
+from tests.support.api import bearer
+from tests.support.problems import assert_problem
 
 IRRIGATION = Path(sys.executable).with_name("irrigation")
 

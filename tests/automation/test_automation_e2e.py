@@ -7,8 +7,9 @@ from typing import Any
 import httpx
 
 from tests.automation.conftest import post_moisture
-from tests.processes import StartProcess
-from tests.pumps.test_activation_e2e import runs, wait_for
+from tests.support.polling import wait_for
+from tests.support.processes import StartProcess
+from tests.support.simulator import runs
 
 
 async def dry_zone(

@@ -11,7 +11,7 @@ from irrigation import queue
 from irrigation.automation import jobs as automation_jobs
 from irrigation.common import clock
 from tests.automation.conftest import Engine, decisions, post_moisture, run_requests
-from tests.pumps.helpers import make_pump
+from tests.support.factories import make_pump
 
 
 async def zone_with_pump_and_sensor(

@@ -31,8 +31,7 @@ from irrigation.pumps.jobs import JobContext
 from irrigation.settings import Settings
 from irrigation.stack import plain_url
 from irrigation.worker import create_worker
-from tests.ingest.conftest import StartProcess
-from tests.processes import free_port, wait_http
+from tests.support.processes import StartProcess, free_port, wait_http
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 CSV = {"Content-Type": "text/csv"}

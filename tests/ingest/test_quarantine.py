@@ -10,16 +10,10 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import MakeKey, bearer
-from tests.fleet.helpers import Headers, assert_invalid, assert_problem, walk
-from tests.ingest.helpers import (
-    NOBODYS_SENSOR,
-    ago,
-    new_sensor,
-    quarantined,
-    rollups,
-    send,
-)
+from tests.ingest.helpers import NOBODYS_SENSOR, ago, quarantined, rollups, send
+from tests.support.api import Headers, bearer, walk
+from tests.support.factories import MakeKey, make_sensor
+from tests.support.problems import assert_invalid, assert_problem
 
 
 def hour_of(ts: datetime) -> datetime:
@@ -43,7 +37,7 @@ async def readings_of(client: httpx.AsyncClient, headers: Headers, sid: str) -> 
 @pytest.fixture
 async def sid(client: httpx.AsyncClient, admin: Headers) -> str:
     """A soil moisture sensor (0-100 %) of site A."""
-    return await new_sensor(client, admin)
+    return (await make_sensor(client, admin))["id"]
 
 
 # Listing --------------------------------------------------------------------------------
@@ -361,7 +355,7 @@ async def test_rejecting_keeps_the_reading_out_and_a_reviewed_item_is_409(
 async def test_bulk_approve_answers_for_each_id_in_the_order_sent(
     client: httpx.AsyncClient, admin: Headers, other_admin: Headers, sid: str
 ) -> None:
-    theirs = await new_sensor(client, other_admin)
+    theirs = (await make_sensor(client, other_admin))["id"]
     their_batch = await send(
         client, other_admin, [{"sensor_id": theirs, "ts": ago(minutes=1), "value": 500}]
     )
@@ -402,7 +396,7 @@ async def test_bulk_approve_answers_for_each_id_in_the_order_sent(
 async def test_bulk_reject_answers_for_each_id(
     client: httpx.AsyncClient, admin: Headers, other_admin: Headers, sid: str
 ) -> None:
-    theirs = await new_sensor(client, other_admin)
+    theirs = (await make_sensor(client, other_admin))["id"]
     their_batch = await send(
         client, other_admin, [{"sensor_id": theirs, "ts": ago(minutes=1), "value": 500}]
     )
