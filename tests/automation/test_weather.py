@@ -195,6 +195,8 @@ async def test_bad_answers_are_weather_unavailable_and_not_cached(
 
 async def test_a_slow_server_is_weather_unavailable(make_provider: MakeProvider) -> None:
     async def never(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Not a wait for anything: a server that says nothing for far longer than the
+        # provider's 0.2 s timeout.
         await asyncio.sleep(5)
         writer.close()
 

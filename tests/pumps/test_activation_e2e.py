@@ -145,6 +145,8 @@ async def test_cooldown_refuses_with_retry_after_then_admits(
     shown = (await api.get(f"/v1/pumps/{pump['id']}")).json()
     assert shown["status"] == "cooldown"
 
+    # Not a poll, on purpose: what is checked is Retry-After's promise, that a client who
+    # waits as long as it said is admitted.
     await asyncio.sleep(retry_after + 0.1)
     second = await activate(api, {}, pump["id"], 1)
     assert second.status_code == 202, second.text
@@ -210,7 +212,13 @@ async def test_job_delivered_twice_and_worker_restarted_mid_job_start_the_pump_o
         for i in range(3):
             await redis.enqueue_job(queue.START_ACTIVATION, run["id"], _job_id=f"dup-{i}")
         first = spawn("worker")
-        await asyncio.sleep(0.7)
+
+        async def taken() -> bool:
+            shown = (await api.get(f"/v1/activations/{run['id']}")).json()
+            return bool(shown["status"] != "queued")
+
+        # The worker has taken the job: with the device's latency, its start is in flight.
+        await wait_for(taken, interval_s=0.02)
         first.kill()
         spawn("worker")
         spawn("worker")
@@ -235,6 +243,8 @@ async def test_crash_between_commit_and_enqueue_is_delivered_by_the_outbox_relay
     async with httpx.AsyncClient(base_url=url, headers=admin, timeout=10) as api:
         pump = await make_pump(api, {}, "relay-1", cooldown_s=1)
         run = (await activate(api, {}, pump["id"], 1)).json()
+        # Time passes on purpose: the outbox entry ages past the relay's 1 s, and without a
+        # worker (and with the fast path off) nothing may have moved the run meanwhile.
         await asyncio.sleep(1.5)
         assert (await api.get(f"/v1/activations/{run['id']}")).json()["status"] == "queued"
         spawn("worker")
@@ -265,7 +275,12 @@ async def test_gateway_errors_fail_the_run_and_latch_the_fault_until_reset(
 
     await device.delete("/faults")
     assert (await api.post(f"/v1/pumps/{pump['id']}/reset")).status_code == 200
-    await asyncio.sleep(1.1)  # the cooldown that follows a failure (the device may have run)
+
+    # The cooldown that follows a failure (the device may have run) must end first.
+    async def idle() -> bool:
+        return bool((await api.get(f"/v1/pumps/{pump['id']}")).json()["status"] == "idle")
+
+    await wait_for(idle, timeout_s=5)
     again = (await activate(api, {}, pump["id"], 1)).json()
     done = await wait_for(lambda: terminal(api, again["id"]))
     assert done["status"] == "completed"

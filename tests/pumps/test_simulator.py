@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.polling import wait_for
 from tests.support.simulator import runs, seconds_on
 
 PUMP = "pump-a"
@@ -31,6 +32,12 @@ async def start(
 
 async def stop(device: httpx.AsyncClient, hardware_id: str = PUMP) -> httpx.Response:
     return await device.post(f"/pumps/{hardware_id}/stop", json={"command_id": "stop-1"})
+
+
+async def stopped(device: httpx.AsyncClient) -> bool:
+    """Every run the simulator saw has ended (and there is one)."""
+    found = await runs(device)
+    return bool(found) and all(run["stopped_at"] for run in found)
 
 
 async def set_fault(device: httpx.AsyncClient, **fault: Any) -> None:
@@ -66,7 +73,7 @@ async def test_pump_turns_itself_off_after_its_duration(device: httpx.AsyncClien
         "last_sequence": 1,
     }
 
-    await asyncio.sleep(0.45)
+    await wait_for(lambda: stopped(device))
 
     [run] = await runs(device)
     assert run["command_id"] == "cmd-1"
@@ -174,7 +181,7 @@ async def test_dropped_response_still_starts_the_pump(device: httpx.AsyncClient)
     [run] = await runs(device)
     assert run["command_id"] == "cmd-1"
     assert run["stopped_by"] is None
-    await asyncio.sleep(0.35)
+    await wait_for(lambda: stopped(device))
     [run] = await runs(device)
     assert run["stopped_by"] == "auto_off"
     assert seconds_on(run) == pytest.approx(0.5, abs=0.2)
