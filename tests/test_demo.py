@@ -159,6 +159,7 @@ async def test_a_wrong_key_is_one_clear_error(
         await find_sensor(client)
 
 
+@pytest.mark.slow
 async def test_the_cli_feeds_a_real_api(
     settings: Settings,
     api_url: str,

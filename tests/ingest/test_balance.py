@@ -96,6 +96,7 @@ async def _healthz_count(client: httpx.AsyncClient) -> float:
     return float(line.rsplit(" ", 1)[1])
 
 
+@pytest.mark.slow
 async def test_every_served_worker_counts_into_the_metrics_any_of_them_answers(
     spawn: StartProcess,
 ) -> None:

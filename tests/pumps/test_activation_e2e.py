@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
 from irrigation import queue
 from irrigation.settings import Settings
@@ -24,6 +25,9 @@ from tests.support.factories import activate, make_pump
 from tests.support.polling import wait_for
 from tests.support.processes import StartProcess, free_port, wait_http
 from tests.support.simulator import runs, seconds_on
+
+# Real API and worker processes: left out of `make test-quick`.
+pytestmark = pytest.mark.slow
 
 RUN_TOLERANCE_S = 0.25
 WATCHDOG_BOUND_S = 10.0
