@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 UP_ARGS ?=
 
-.PHONY: install up test lint format openapi clean
+.PHONY: install up test test-quick lint format openapi clean
 
 install: $(STAMP)
 
@@ -19,12 +19,17 @@ up: install
 	$(BIN)/irrigation up $(UP_ARGS)
 
 # Every check runs even when an earlier one fails; the exit status says if any did.
-test: install
+# `test-quick` runs the same checks, without the slow end-to-end tests (real processes,
+# a real browser): pytest's own arguments stay out of the loop's word splitting.
+test test-quick: install
 	@status=0; \
-	for check in "ruff check src tests" "ruff format --check src tests" "mypy src" "lint-imports" "pytest"; do \
+	for check in "ruff check src tests" "ruff format --check src tests" "mypy src" "lint-imports"; do \
 		echo "==> $$check"; $(BIN)/$$check || status=1; \
 	done; \
+	echo '==> pytest $(PYTEST_ARGS)'; $(BIN)/pytest $(PYTEST_ARGS) || status=1; \
 	exit $$status
+
+test-quick: PYTEST_ARGS = -m "not slow"
 
 lint: install
 	$(BIN)/ruff check src tests

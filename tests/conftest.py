@@ -3,10 +3,11 @@ embedded ones. The schema is built once by the migrations into a template databa
 each test gets its own copy (CREATE DATABASE ... TEMPLATE), so tests never share rows."""
 
 import asyncio
+import functools
 import os
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -16,13 +17,14 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from irrigation.app import create_app
-from irrigation.auth import service as auth_service
-from irrigation.auth.schemas import Scope
 from irrigation.common import clock
 from irrigation.db import create_engine, create_sessionmaker
 from irrigation.migrate import upgrade
 from irrigation.settings import Settings
 from irrigation.stack import Stack, plain_url, resolve_stack, with_database
+from tests.support import factories
+from tests.support.api import bearer
+from tests.support.factories import MakeKey
 
 ROOT = Path(__file__).resolve().parents[1]
 # One template per pytest process: concurrent runs on one server never drop each other's.
@@ -176,29 +178,12 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-MakeKey = Callable[..., Awaitable[str]]
-
-
 @pytest.fixture
 async def make_key(settings: Settings) -> AsyncIterator[MakeKey]:
     """`await make_key("admin", site="farm-a")`: a real key, created as the CLI does."""
     engine = create_engine(settings)
-    maker = create_sessionmaker(engine)
-
-    async def make(*scopes: str, site: str = "site-a") -> str:
-        async with maker() as session, session.begin():
-            owner = await auth_service.get_or_create_site(session, site, create=True)
-            _, secret = await auth_service.create_key(
-                session, owner.id, "test", [Scope(s) for s in scopes]
-            )
-        return secret
-
-    yield make
+    yield functools.partial(factories.make_key, create_sessionmaker(engine))
     await engine.dispose()
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture

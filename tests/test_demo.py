@@ -28,9 +28,9 @@ from irrigation.demo_soil import DRY_PER_READING, START_PCT, WET_PER_RUN
 from irrigation.fleet import service as fleet
 from irrigation.fleet.schemas import ZoneCreate
 from irrigation.settings import Settings
-from tests.conftest import bearer
-from tests.processes import free_port
 from tests.pumps.conftest import api_url, device, e2e_env, simulator_url, spawn
+from tests.support.api import bearer
+from tests.support.processes import free_port
 
 __all__ = ["api_url", "device", "e2e_env", "simulator_url", "spawn"]  # fixtures in use
 
@@ -159,6 +159,7 @@ async def test_a_wrong_key_is_one_clear_error(
         await find_sensor(client)
 
 
+@pytest.mark.slow
 async def test_the_cli_feeds_a_real_api(
     settings: Settings,
     api_url: str,

@@ -15,8 +15,9 @@ import pytest
 
 from irrigation.settings import Settings
 from irrigation.stack import plain_url
-from tests.fleet.helpers import Headers, assert_problem, make_sensor, make_zone
-from tests.pumps.helpers import activate, make_pump
+from tests.support.api import Headers
+from tests.support.factories import activate, make_pump, make_sensor, make_zone
+from tests.support.problems import assert_problem
 
 
 @pytest.fixture

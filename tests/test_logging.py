@@ -16,7 +16,7 @@ import pytest
 
 from irrigation.logging import resolve_log_format
 from irrigation.settings import Settings
-from tests.processes import Process, free_port, settings_env, wait_http
+from tests.support.processes import Process, free_port, settings_env, wait_http
 
 ACCESS_LINE = '127.0.0.1:5000 - "GET /healthz HTTP/1.1" 200'
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

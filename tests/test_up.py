@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,18 +27,13 @@ import httpx
 import psutil
 import pytest
 
+from tests.support.processes import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 CONSOLE_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[info *\] \S")
 READY_WITHIN_S = 20.0
 STOPPED_WITHIN_S = 15.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -256,7 +250,7 @@ def test_up_with_the_local_services(database_url: str, redis_url: str, scratch_d
         IRRIGATION_REDIS_URL=redis_url,
         IRRIGATION_DATA_DIR=str(data_dir),
     )
-    up = Up(env, scratch_dir, _free_port(), _free_port(), on_terminal=True)
+    up = Up(env, scratch_dir, free_port(), free_port(), on_terminal=True)
     try:
         stack = _exercise(up, data_dir, "console")
     finally:
@@ -268,7 +262,7 @@ def test_up_with_the_local_services(database_url: str, redis_url: str, scratch_d
 def test_up_with_embedded_servers(scratch_dir: Path) -> None:
     data_dir = scratch_dir / "data"
     env = _clean_env(IRRIGATION_EMBEDDED="always", IRRIGATION_DATA_DIR=str(data_dir))
-    up = Up(env, scratch_dir, _free_port(), _free_port())
+    up = Up(env, scratch_dir, free_port(), free_port())
     try:
         stack = _exercise(up, data_dir, "json")
     finally:

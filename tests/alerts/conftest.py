@@ -8,15 +8,15 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import uvicorn
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import Request
 from starlette.responses import Response
 
 from irrigation.db import create_engine, create_sessionmaker
 from irrigation.settings import Settings
-from tests.conftest import MakeKey, bearer
-from tests.fleet.helpers import Headers
+from tests.support.api import Headers, bearer
+from tests.support.factories import MakeKey
+from tests.support.servers import serve
 
 WEBHOOK_TIMEOUT_S = 0.5
 
@@ -100,23 +100,7 @@ class Receiver:
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     recorder = Receiver()
-    config = uvicorn.Config(
-        recorder.handle,
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        lifespan="off",
-        interface="asgi3",
-        timeout_graceful_shutdown=1,
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        if serving.done():
-            serving.result()
-        await asyncio.sleep(0.01)
-    recorder.url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    yield recorder
-    recorder.release.set()
-    server.should_exit = True
-    await serving
+    async with serve(recorder.handle) as url:
+        recorder.url = url
+        yield recorder
+        recorder.release.set()

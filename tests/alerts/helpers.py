@@ -1,6 +1,5 @@
 """What the alert tests share: readings, evaluation, and reading alerts back."""
 
-import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -10,14 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from irrigation.alerts.evaluate import Evaluation, evaluate_alerts
 from irrigation.common.clock import utcnow
 from irrigation.settings import Settings
-from tests.fleet.helpers import Headers, make_sensor, make_zone
-
-
-async def new_sensor(
-    client: httpx.AsyncClient, headers: Headers, name: str = "North moisture", **fields: Any
-) -> dict[str, Any]:
-    zone = await make_zone(client, headers, f"Zone {uuid.uuid4().hex[:8]}")
-    return await make_sensor(client, headers, zone["id"], name=name, **fields)
+from tests.support.api import Headers
 
 
 async def send(

@@ -10,8 +10,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from irrigation.common import clock
 from irrigation.settings import Settings
-from tests.alerts.helpers import alerts, evaluate, new_sensor, send
-from tests.fleet.helpers import Headers, assert_invalid, assert_problem, walk
+from tests.alerts.helpers import alerts, evaluate, send
+from tests.support.api import Headers, walk
+from tests.support.factories import make_sensor
+from tests.support.problems import assert_invalid, assert_problem
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -21,7 +23,7 @@ async def raise_out_of_band(
 ) -> list[dict[str, Any]]:
     sensors = []
     for i in range(n):
-        sensor = await new_sensor(client, headers, name=f"Probe {i}", alert_max=50)
+        sensor = await make_sensor(client, headers, name=f"Probe {i}", alert_max=50)
         await send(client, headers, sensor["id"], 60 + i)
         sensors.append(sensor)
     await evaluate(sessions, settings)
@@ -49,7 +51,7 @@ async def test_list_filters_by_status_kind_severity_and_subject(
     client: httpx.AsyncClient, admin: Headers, sessions: Sessions, settings: Settings
 ) -> None:
     first, second = await raise_out_of_band(client, admin, sessions, settings, 2)
-    await new_sensor(client, admin, name="Quiet", silent_after_s=60)
+    await make_sensor(client, admin, name="Quiet", silent_after_s=60)
     clock.move(timedelta(minutes=2))
     await send(client, admin, first["id"], 10)  # back in band, and not silent
     await send(client, admin, second["id"], 70)

@@ -11,8 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from irrigation.common import clock
 from irrigation.settings import Settings
-from tests.alerts.helpers import alerts, evaluate, new_sensor, open_alerts, send
-from tests.fleet.helpers import Headers
+from tests.alerts.helpers import alerts, evaluate, open_alerts, send
+from tests.support.api import Headers
+from tests.support.factories import make_sensor
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -20,7 +21,7 @@ Sessions = async_sessionmaker[AsyncSession]
 async def test_out_of_band_value_raises_once_clears_and_raises_again_as_a_new_alert(
     client: httpx.AsyncClient, admin: Headers, sessions: Sessions, settings: Settings
 ) -> None:
-    sensor = await new_sensor(client, admin, alert_min=10, alert_max=80)
+    sensor = await make_sensor(client, admin, alert_min=10, alert_max=80)
     await send(client, admin, sensor["id"], 50, 4.2)
 
     first = await evaluate(sessions, settings)
@@ -61,7 +62,7 @@ async def test_out_of_band_value_raises_once_clears_and_raises_again_as_a_new_al
 async def test_an_open_alert_follows_the_latest_value_while_it_holds(
     client: httpx.AsyncClient, admin: Headers, sessions: Sessions, settings: Settings
 ) -> None:
-    sensor = await new_sensor(client, admin, alert_min=10)
+    sensor = await make_sensor(client, admin, alert_min=10)
     await send(client, admin, sensor["id"], 5)
     await evaluate(sessions, settings)
     (raised,) = await alerts(client, admin)
@@ -80,7 +81,7 @@ async def test_an_open_alert_follows_the_latest_value_while_it_holds(
 async def test_a_sensor_without_a_band_never_alerts_on_its_value(
     client: httpx.AsyncClient, admin: Headers, sessions: Sessions, settings: Settings
 ) -> None:
-    sensor = await new_sensor(client, admin)
+    sensor = await make_sensor(client, admin)
     await send(client, admin, sensor["id"], 0, 100)
 
     assert (await evaluate(sessions, settings)).raised == []
@@ -89,7 +90,7 @@ async def test_a_sensor_without_a_band_never_alerts_on_its_value(
 async def test_removing_the_band_clears_the_alert(
     client: httpx.AsyncClient, admin: Headers, sessions: Sessions, settings: Settings
 ) -> None:
-    sensor = await new_sensor(client, admin, alert_max=30)
+    sensor = await make_sensor(client, admin, alert_max=30)
     await send(client, admin, sensor["id"], 40)
     await evaluate(sessions, settings)
     response = await client.patch(
@@ -103,7 +104,7 @@ async def test_removing_the_band_clears_the_alert(
 async def test_silent_sensor_raises_after_its_limit_and_clears_when_it_reports(
     client: httpx.AsyncClient, admin: Headers, sessions: Sessions, settings: Settings
 ) -> None:
-    sensor = await new_sensor(client, admin, silent_after_s=600)
+    sensor = await make_sensor(client, admin, silent_after_s=600)
     await send(client, admin, sensor["id"], 40)
     clock.move(timedelta(minutes=9))
     assert (await evaluate(sessions, settings)).raised == []
@@ -124,7 +125,7 @@ async def test_silent_sensor_raises_after_its_limit_and_clears_when_it_reports(
 async def test_a_sensor_that_never_reported_is_silent_counting_from_its_creation(
     client: httpx.AsyncClient, admin: Headers, sessions: Sessions, settings: Settings
 ) -> None:
-    await new_sensor(client, admin, name="Fresh probe", silent_after_s=60)
+    await make_sensor(client, admin, name="Fresh probe", silent_after_s=60)
     assert (await evaluate(sessions, settings)).raised == []
 
     clock.move(timedelta(minutes=5))
@@ -140,7 +141,7 @@ async def test_a_sensor_that_never_reported_is_silent_counting_from_its_creation
 async def test_quarantine_rate_above_the_threshold_raises_and_clears_when_the_window_passes(
     client: httpx.AsyncClient, admin: Headers, sessions: Sessions, settings: Settings
 ) -> None:
-    sensor = await new_sensor(client, admin)
+    sensor = await make_sensor(client, admin)
     # soil moisture is 0-100: 150 is out of range, quarantined
     body = await send(client, admin, sensor["id"], *([50.0] * 14 + [150.0] * 6))
     assert body["quarantined"] == 6
@@ -159,7 +160,7 @@ async def test_quarantine_rate_above_the_threshold_raises_and_clears_when_the_wi
 async def test_quarantine_rate_needs_a_minimum_number_of_items(
     client: httpx.AsyncClient, admin: Headers, sessions: Sessions, settings: Settings
 ) -> None:
-    sensor = await new_sensor(client, admin)
+    sensor = await make_sensor(client, admin)
     await send(client, admin, sensor["id"], *([150.0] * 19))  # all bad, but only 19
 
     assert (await evaluate(sessions, settings)).raised == []
@@ -168,7 +169,7 @@ async def test_quarantine_rate_needs_a_minimum_number_of_items(
 async def test_an_acknowledged_alert_clears_too(
     client: httpx.AsyncClient, admin: Headers, sessions: Sessions, settings: Settings
 ) -> None:
-    sensor = await new_sensor(client, admin, alert_min=10)
+    sensor = await make_sensor(client, admin, alert_min=10)
     await send(client, admin, sensor["id"], 1)
     await evaluate(sessions, settings)
     (alert,) = await alerts(client, admin)
@@ -187,7 +188,7 @@ async def test_an_acknowledged_alert_clears_too(
 async def test_deleting_the_subject_clears_its_alert(
     client: httpx.AsyncClient, admin: Headers, sessions: Sessions, settings: Settings
 ) -> None:
-    sensor: dict[str, Any] = await new_sensor(client, admin, silent_after_s=60)
+    sensor: dict[str, Any] = await make_sensor(client, admin, silent_after_s=60)
     clock.move(timedelta(minutes=2))
     await evaluate(sessions, settings)
     assert (await client.delete(f"/v1/sensors/{sensor['id']}", headers=admin)).status_code == 204
@@ -199,7 +200,7 @@ async def test_overlapping_evaluations_never_raise_twice(
     client: httpx.AsyncClient, admin: Headers, sessions: Sessions, settings: Settings
 ) -> None:
     for i in range(5):
-        sensor = await new_sensor(client, admin, name=f"Probe {i}", alert_max=10)
+        sensor = await make_sensor(client, admin, name=f"Probe {i}", alert_max=10)
         await send(client, admin, sensor["id"], 20)
 
     results = await asyncio.gather(*(evaluate(sessions, settings) for _ in range(4)))

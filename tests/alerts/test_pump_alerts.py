@@ -15,9 +15,9 @@ from irrigation.gateway import HttpGateway
 from irrigation.pumps import jobs
 from irrigation.settings import Settings
 from tests.alerts.helpers import evaluate, open_alerts
-from tests.fleet.helpers import Headers
-from tests.processes import free_port
-from tests.pumps.helpers import activate, make_pump
+from tests.support.api import Headers
+from tests.support.factories import activate, make_pump
+from tests.support.processes import free_port
 
 Sessions = async_sessionmaker[AsyncSession]
 

@@ -17,9 +17,11 @@ from irrigation.alerts.webhooks import deliver_webhooks
 from irrigation.common import clock
 from irrigation.settings import Settings
 from tests.alerts.conftest import WEBHOOK_TIMEOUT_S, Receiver
-from tests.alerts.helpers import alerts, evaluate, new_sensor, send
-from tests.fleet.helpers import Headers, assert_invalid, assert_problem, walk
-from tests.processes import free_port
+from tests.alerts.helpers import alerts, evaluate, send
+from tests.support.api import Headers, walk
+from tests.support.factories import make_sensor
+from tests.support.problems import assert_invalid, assert_problem
+from tests.support.processes import free_port
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -47,7 +49,7 @@ async def deliveries(
 async def raise_alert(
     client: httpx.AsyncClient, headers: Headers, sessions: Sessions, settings: Settings
 ) -> dict[str, Any]:
-    sensor = await new_sensor(client, headers, alert_min=10)
+    sensor = await make_sensor(client, headers, alert_min=10)
     await send(client, headers, sensor["id"], 2)
     await evaluate(sessions, settings)
     return sensor
@@ -239,7 +241,7 @@ async def test_concurrent_runs_send_each_delivery_once(
 ) -> None:
     await subscribe(client, admin, f"{receiver.url}/slow")
     for i in range(3):
-        sensor = await new_sensor(client, admin, name=f"Probe {i}", alert_min=10)
+        sensor = await make_sensor(client, admin, name=f"Probe {i}", alert_min=10)
         await send(client, admin, sensor["id"], 2)
     await evaluate(sessions, settings)
 

@@ -5,8 +5,9 @@ import uuid
 import httpx
 import pytest
 
-from tests.conftest import MakeKey, bearer
-from tests.fleet.helpers import Headers, assert_problem, make_zone
+from tests.support.api import Headers, bearer
+from tests.support.factories import MakeKey, make_zone
+from tests.support.problems import assert_problem
 
 # One route of each kind and scope, with a body that would otherwise be valid.
 READS = ["/v1/zones", "/v1/water-sources", "/v1/pumps", "/v1/sensors", "/v1/sites/current"]

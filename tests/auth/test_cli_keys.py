@@ -7,9 +7,13 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.conftest import bearer
-from tests.fleet.helpers import assert_problem
+from tests.support.api import bearer
+from tests.support.problems import assert_problem
+
+# Real `irrigation keys` processes (seconds each): left out of `make test-quick`.
+pytestmark = pytest.mark.slow
 
 IRRIGATION = Path(sys.executable).with_name("irrigation")
 

@@ -8,7 +8,8 @@ import pytest
 
 from irrigation.app import create_app
 from irrigation.settings import Settings
-from tests.conftest import MakeKey, bearer
+from tests.support.api import bearer
+from tests.support.factories import MakeKey
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ import uuid
 import httpx
 import pytest
 
-from tests.conftest import bearer
-from tests.fleet.helpers import Headers, assert_invalid, assert_problem, walk
+from tests.support.api import Headers, bearer, walk
+from tests.support.problems import assert_invalid, assert_problem
 
 
 async def _create(client: httpx.AsyncClient, admin: Headers, *scopes: str) -> dict[str, object]:

@@ -11,10 +11,16 @@ import httpx
 import pytest
 
 from irrigation.common import clock
-from tests.conftest import MakeKey, bearer
-from tests.fleet.helpers import Headers, assert_invalid, assert_problem, created, make_zone
-from tests.pumps.helpers import activate
-from tests.pumps.helpers import make_pump as make_pump_with_zone
+from tests.support.api import Headers, bearer
+from tests.support.factories import (
+    MakeKey,
+    activate,
+    make_pump,
+    make_rule,
+    make_schedule,
+    make_zone,
+)
+from tests.support.problems import assert_invalid, assert_problem
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -31,26 +37,6 @@ def at(value: str | None) -> datetime | None:
 
 def travel_to(moment: datetime) -> None:
     clock.move(moment - clock.utcnow())
-
-
-async def make_rule(
-    client: httpx.AsyncClient, headers: Headers, zone_id: str, **fields: Any
-) -> dict[str, Any]:
-    body = {"zone_id": zone_id, "start_below": 20.0, "stop_above": 30.0, "duration_s": 60}
-    return await created(client, "/v1/threshold-rules", {**body, **fields}, headers)
-
-
-async def make_schedule(
-    client: httpx.AsyncClient, headers: Headers, zone_id: str, **fields: Any
-) -> dict[str, Any]:
-    body = {"zone_id": zone_id, "duration_s": 60, "start_times": ["06:00"]}
-    return await created(client, "/v1/schedules", {**body, **fields}, headers)
-
-
-async def make_pump(
-    client: httpx.AsyncClient, headers: Headers, zone_id: str, hardware_id: str
-) -> dict[str, Any]:
-    return await make_pump_with_zone(client, headers, hardware_id, zone_id=zone_id)
 
 
 # Threshold rules -----------------------------------------------------------------------
@@ -80,7 +66,7 @@ async def test_rule_with_a_pump_of_its_zone_is_accepted(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
     zone = await make_zone(client, admin)
-    pump = await make_pump(client, admin, zone["id"], "hw-rule")
+    pump = await make_pump(client, admin, "hw-rule", zone_id=zone["id"])
     rule = await make_rule(client, admin, zone["id"], pump_id=pump["id"])
     assert rule["pump_id"] == pump["id"]
 
@@ -89,7 +75,7 @@ async def test_rule_fields_other_than_the_defaults_are_kept_and_patched(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
     zone = await make_zone(client, admin)
-    pump = await make_pump(client, admin, zone["id"], "hw-rule")
+    pump = await make_pump(client, admin, "hw-rule", zone_id=zone["id"])
     rule = await make_rule(
         client,
         admin,
@@ -144,8 +130,8 @@ async def test_rule_on_another_sites_zone_or_another_zones_pump_is_422(
     zone = await make_zone(client, admin)
     other_zone = await make_zone(client, admin, "South field")
     foreign_zone = await make_zone(client, other_admin)
-    pump_elsewhere = await make_pump(client, admin, other_zone["id"], "hw-south")
-    foreign_pump = await make_pump(client, other_admin, foreign_zone["id"], "hw-foreign")
+    pump_elsewhere = await make_pump(client, admin, "hw-south", zone_id=other_zone["id"])
+    foreign_pump = await make_pump(client, other_admin, "hw-foreign", zone_id=foreign_zone["id"])
     body = {"start_below": 20.0, "stop_above": 30.0, "duration_s": 60}
 
     response = await client.post(
@@ -262,7 +248,7 @@ async def test_rule_patch_may_not_null_a_required_field_nor_move_to_another_zone
 ) -> None:
     zone = await make_zone(client, admin)
     other = await make_zone(client, admin, "South field")
-    pump_elsewhere = await make_pump(client, admin, other["id"], "hw-south")
+    pump_elsewhere = await make_pump(client, admin, "hw-south", zone_id=other["id"])
     rule = await make_rule(client, admin, zone["id"])
     path = f"/v1/threshold-rules/{rule['id']}"
     nulled = await client.patch(path, json={"version": 1, "duration_s": None}, headers=admin)
@@ -460,7 +446,7 @@ async def test_schedule_with_another_zones_pump_is_422(
 ) -> None:
     zone = await make_zone(client, admin)
     other = await make_zone(client, admin, "South field")
-    pump = await make_pump(client, admin, other["id"], "hw-south")
+    pump = await make_pump(client, admin, "hw-south", zone_id=other["id"])
     body = {"zone_id": zone["id"], "pump_id": pump["id"], "duration_s": 60, "cron": "0 6 * * *"}
     assert_invalid(await client.post("/v1/schedules", json=body, headers=admin), "body.pump_id")
 
@@ -769,7 +755,7 @@ async def test_site_state_needs_a_future_aware_time_and_control(
 
 async def busy_pump(client: httpx.AsyncClient, admin: Headers) -> dict[str, Any]:
     """A pump whose manual run was admitted; no worker runs, so it stays queued and busy."""
-    pump = await make_pump_with_zone(client, admin, "hw-busy")
+    pump = await make_pump(client, admin, "hw-busy")
     first = await activate(client, admin, pump["id"], 5)
     assert first.status_code == 202, first.text
     assert first.json()["kind"] == "activation"
@@ -921,7 +907,7 @@ async def test_idempotency_key_replays_a_queued_request(
 async def test_queue_on_a_free_pump_starts_at_once(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
-    pump = await make_pump_with_zone(client, admin, "hw-free")
+    pump = await make_pump(client, admin, "hw-free")
     response = await activate(client, admin, pump["id"], 5, queue="append")
     assert response.status_code == 202, response.text
     assert response.json()["kind"] == "run_request"
@@ -939,7 +925,7 @@ async def test_queue_on_a_free_pump_starts_at_once(
 async def test_queued_request_for_another_sites_pump_is_404(
     client: httpx.AsyncClient, admin: Headers, other_admin: Headers
 ) -> None:
-    theirs = await make_pump_with_zone(client, other_admin, "hw-theirs")
+    theirs = await make_pump(client, other_admin, "hw-theirs")
     response = await activate(client, admin, theirs["id"], 5, queue="append")
     assert_problem(response, 404, "not_found")
     assert (await client.get("/v1/run-queue", headers=other_admin)).json()["items"] == []

@@ -5,10 +5,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.automation.conftest import post_moisture
-from tests.processes import StartProcess
-from tests.pumps.test_activation_e2e import runs, wait_for
+from tests.support.polling import wait_for
+from tests.support.processes import StartProcess
+from tests.support.simulator import runs
+
+# Real API and worker processes: left out of `make test-quick`.
+pytestmark = pytest.mark.slow
 
 
 async def dry_zone(

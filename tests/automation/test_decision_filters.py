@@ -3,7 +3,7 @@ guess (or a 500)."""
 
 import httpx
 
-from tests.pumps.helpers import make_pump
+from tests.support.factories import make_pump
 
 
 async def test_since_and_until_need_an_offset(

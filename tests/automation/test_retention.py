@@ -11,7 +11,7 @@ from irrigation.common import clock
 from irrigation.settings import Settings
 from irrigation.stack import plain_url
 from tests.automation.conftest import Engine, decisions, run_requests
-from tests.pumps.helpers import activate, make_pump
+from tests.support.factories import activate, make_pump
 
 
 async def test_old_decisions_and_finished_requests_go_waiting_ones_stay(

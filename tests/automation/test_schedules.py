@@ -10,7 +10,7 @@ from irrigation.automation.et import compute_water_level
 from irrigation.common import clock
 from irrigation.weather import DailyWeather
 from tests.automation.conftest import Engine, decisions, post_moisture, run_requests
-from tests.pumps.helpers import make_pump
+from tests.support.factories import make_pump
 
 
 def travel_to(moment: datetime) -> None:

@@ -16,7 +16,7 @@ from irrigation.common import clock
 from irrigation.settings import Settings
 from irrigation.stack import plain_url
 from tests.automation.conftest import Engine, decisions, post_moisture, run_requests
-from tests.pumps.helpers import make_pump
+from tests.support.factories import make_pump
 
 
 async def zone_with_pump_and_sensor(

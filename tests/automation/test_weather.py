@@ -9,7 +9,6 @@ from datetime import UTC, date, datetime, timedelta
 import httpx
 import pytest
 import redis.asyncio as aioredis
-import uvicorn
 
 from irrigation.settings import Settings
 from irrigation.simulator.app import create_simulator_app
@@ -22,25 +21,17 @@ from irrigation.weather import (
     WeatherUnavailable,
     create_provider,
 )
-from tests.processes import free_port
+from tests.support.processes import free_port
+from tests.support.servers import serve
 
 LAT, LON = 45.7167, 4.8333
 
 
 @pytest.fixture(scope="module")
 async def simulator_url() -> AsyncIterator[str]:
-    """A real simulator on uvicorn, as in tests/pumps/conftest.py."""
-    server = uvicorn.Server(
-        uvicorn.Config(create_simulator_app(), host="127.0.0.1", port=0, log_level="warning")
-    )
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        if serving.done():
-            serving.result()
-        await asyncio.sleep(0.01)
-    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    server.should_exit = True
-    await serving
+    """A real simulator of this module's own, as in tests/pumps/conftest.py."""
+    async with serve(create_simulator_app(), lifespan="on") as url:
+        yield url
 
 
 @pytest.fixture
@@ -204,6 +195,8 @@ async def test_bad_answers_are_weather_unavailable_and_not_cached(
 
 async def test_a_slow_server_is_weather_unavailable(make_provider: MakeProvider) -> None:
     async def never(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Not a wait for anything: a server that says nothing for far longer than the
+        # provider's 0.2 s timeout.
         await asyncio.sleep(5)
         writer.close()
 

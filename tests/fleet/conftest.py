@@ -5,16 +5,20 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import MakeKey, bearer
-from tests.fleet.helpers import Headers, make_pump, make_sensor, make_water_source, make_zone
+from tests.support.api import Headers, bearer
+from tests.support.factories import MakeKey, make_pump, make_sensor, make_water_source, make_zone
 
 Fleet = dict[str, dict[str, Any]]
 
 
 async def build_fleet(client: httpx.AsyncClient, headers: Headers) -> Fleet:
-    zone = await make_zone(client, headers)
+    """The same names in every site (hardware ids differ): what one site may not see of
+    another's objects can be searched for by name."""
+    zone = await make_zone(client, headers, "North field")
     source = await make_water_source(client, headers)
-    pump = await make_pump(client, headers, zone["id"], water_source_id=source["id"])
+    pump = await make_pump(
+        client, headers, zone_id=zone["id"], water_source_id=source["id"], name="Pump"
+    )
     sensor = await make_sensor(client, headers, zone["id"])
     return {"zone": zone, "water_source": source, "pump": pump, "sensor": sensor}
 

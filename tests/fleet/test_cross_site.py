@@ -9,7 +9,9 @@ import httpx
 import pytest
 
 from tests.fleet.conftest import Fleet
-from tests.fleet.helpers import Headers, assert_invalid, assert_problem, make_zone
+from tests.support.api import Headers
+from tests.support.factories import make_zone
+from tests.support.problems import assert_invalid, assert_problem
 
 RESOURCES = [
     ("/v1/zones", "zone"),

@@ -7,7 +7,9 @@ import pytest
 
 from irrigation.settings import Settings
 from tests.fleet.conftest import Fleet
-from tests.fleet.helpers import Headers, assert_invalid, assert_problem, make_zone
+from tests.support.api import Headers
+from tests.support.factories import make_zone
+from tests.support.problems import assert_invalid, assert_problem
 
 
 async def test_unknown_timezone_is_422_naming_body_timezone(

@@ -7,15 +7,9 @@ import uuid
 import httpx
 import pytest
 
-from tests.fleet.helpers import (
-    Headers,
-    assert_invalid,
-    make_pump,
-    make_sensor,
-    make_water_source,
-    make_zone,
-    walk,
-)
+from tests.support.api import Headers, walk
+from tests.support.factories import make_pump, make_sensor, make_water_source, make_zone
+from tests.support.problems import assert_invalid
 
 
 async def test_walking_seven_zones_three_at_a_time_returns_each_once_in_order(
@@ -34,7 +28,7 @@ async def test_walking_pumps_and_sensors_returns_each_once(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
     zone = await make_zone(client, admin)
-    pumps = [(await make_pump(client, admin, zone["id"]))["id"] for _ in range(7)]
+    pumps = [(await make_pump(client, admin, zone_id=zone["id"]))["id"] for _ in range(7)]
     sensors = [(await make_sensor(client, admin, zone["id"]))["id"] for _ in range(7)]
     assert [p["id"] for page in await walk(client, "/v1/pumps", admin, 3) for p in page] == pumps
     walked = [s["id"] for page in await walk(client, "/v1/sensors", admin, 3) for s in page]
@@ -105,9 +99,9 @@ async def test_pumps_filter_by_zone_and_water_source(
     north = await make_zone(client, admin, "North")
     south = await make_zone(client, admin, "South")
     well = await make_water_source(client, admin, "Well")
-    a = await make_pump(client, admin, north["id"], water_source_id=well["id"])
-    b = await make_pump(client, admin, north["id"])
-    c = await make_pump(client, admin, south["id"], water_source_id=well["id"])
+    a = await make_pump(client, admin, zone_id=north["id"], water_source_id=well["id"])
+    b = await make_pump(client, admin, zone_id=north["id"])
+    c = await make_pump(client, admin, zone_id=south["id"], water_source_id=well["id"])
 
     async def ids(**params: str) -> list[str]:
         response = await client.get("/v1/pumps", params=params, headers=reader)
@@ -148,8 +142,8 @@ async def test_filtered_list_paginates_over_the_filtered_rows_only(
     south = await make_zone(client, admin, "South")
     wanted = []
     for _ in range(4):
-        wanted.append((await make_pump(client, admin, north["id"]))["id"])
-        await make_pump(client, admin, south["id"])
+        wanted.append((await make_pump(client, admin, zone_id=north["id"]))["id"])
+        await make_pump(client, admin, zone_id=south["id"])
     pages = await walk(client, "/v1/pumps", admin, limit=3, zone_id=north["id"])
     assert [p["id"] for page in pages for p in page] == wanted
 

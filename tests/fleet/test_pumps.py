@@ -11,14 +11,9 @@ from fastapi import FastAPI
 from irrigation.app import create_app
 from irrigation.settings import Settings
 from tests.fleet.conftest import Fleet
-from tests.fleet.helpers import (
-    Headers,
-    assert_invalid,
-    assert_problem,
-    make_pump,
-    make_water_source,
-    make_zone,
-)
+from tests.support.api import Headers
+from tests.support.factories import make_pump, make_water_source, make_zone
+from tests.support.problems import assert_invalid, assert_problem
 
 
 async def test_create_pump_returns_201_with_the_full_pump(
@@ -59,7 +54,7 @@ async def test_pump_without_limits_gets_the_safe_defaults(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
     zone = await make_zone(client, admin)
-    pump = await make_pump(client, admin, zone["id"])
+    pump = await make_pump(client, admin, zone_id=zone["id"])
     assert pump["max_runtime_s"] == 30
     assert pump["cooldown_s"] == 900
 
@@ -68,7 +63,7 @@ async def test_pump_without_water_source_uses_the_zones_default_made_once(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
     zone = await make_zone(client, admin, "Orchard")
-    first = await make_pump(client, admin, zone["id"])
+    first = await make_pump(client, admin, zone_id=zone["id"])
     source_id = first["water_source_id"]
     source = await client.get(f"/v1/water-sources/{source_id}", headers=admin)
     assert source.status_code == 200
@@ -76,7 +71,7 @@ async def test_pump_without_water_source_uses_the_zones_default_made_once(
     after = (await client.get(f"/v1/zones/{zone['id']}", headers=admin)).json()
     assert after["default_water_source_id"] == source_id
 
-    second = await make_pump(client, admin, zone["id"])
+    second = await make_pump(client, admin, zone_id=zone["id"])
     assert second["water_source_id"] == source_id
     sources = (await client.get("/v1/water-sources", headers=admin)).json()["items"]
     assert [s["id"] for s in sources] == [source_id]
@@ -86,7 +81,7 @@ async def test_concurrent_first_pumps_of_a_zone_share_one_default_water_source(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
     zone = await make_zone(client, admin)
-    pumps = await asyncio.gather(*(make_pump(client, admin, zone["id"]) for _ in range(4)))
+    pumps = await asyncio.gather(*(make_pump(client, admin, zone_id=zone["id"]) for _ in range(4)))
     assert len({p["water_source_id"] for p in pumps}) == 1
     sources = (await client.get("/v1/water-sources", headers=admin)).json()["items"]
     assert len(sources) == 1
@@ -152,7 +147,7 @@ async def test_second_pump_with_the_same_hardware_id_is_409_duplicate(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
     zone = await make_zone(client, admin)
-    await make_pump(client, admin, zone["id"], hardware_id="relay-07")
+    await make_pump(client, admin, "relay-07", zone_id=zone["id"])
     response = await client.post(
         "/v1/pumps",
         json={"zone_id": zone["id"], "name": "Again", "hardware_id": "relay-07"},
@@ -214,7 +209,9 @@ async def test_max_runtime_at_the_hard_cap_is_accepted(
     client: httpx.AsyncClient, admin: Headers, settings: Settings
 ) -> None:
     zone = await make_zone(client, admin)
-    pump = await make_pump(client, admin, zone["id"], max_runtime_s=settings.max_runtime_cap_s)
+    pump = await make_pump(
+        client, admin, zone_id=zone["id"], max_runtime_s=settings.max_runtime_cap_s
+    )
     assert pump["max_runtime_s"] == settings.max_runtime_cap_s
 
 
@@ -291,7 +288,7 @@ async def test_cooldown_below_the_site_minimum_is_422_naming_the_limit(
     body = assert_invalid(response, "body.cooldown_s")
     assert body["limit"] == 900
     assert "900" in body["detail"]
-    at_minimum = await make_pump(strict_client, admin, zone["id"], cooldown_s=900)
+    at_minimum = await make_pump(strict_client, admin, zone_id=zone["id"], cooldown_s=900)
     assert at_minimum["cooldown_s"] == 900
 
 
@@ -299,7 +296,7 @@ async def test_lowering_cooldown_below_the_site_minimum_by_patch_is_422(
     strict_client: httpx.AsyncClient, admin: Headers
 ) -> None:
     zone = await make_zone(strict_client, admin)
-    pump = await make_pump(strict_client, admin, zone["id"])
+    pump = await make_pump(strict_client, admin, zone_id=zone["id"])
     response = await strict_client.patch(
         f"/v1/pumps/{pump['id']}", json={"version": 1, "cooldown_s": 0}, headers=admin
     )

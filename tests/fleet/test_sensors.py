@@ -6,7 +6,9 @@ import httpx
 import pytest
 
 from tests.fleet.conftest import Fleet
-from tests.fleet.helpers import Headers, assert_invalid, assert_problem, make_sensor, make_zone
+from tests.support.api import Headers
+from tests.support.factories import make_sensor, make_zone
+from tests.support.problems import assert_invalid, assert_problem
 
 
 async def test_create_sensor_returns_201_with_the_full_sensor(

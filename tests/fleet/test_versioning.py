@@ -6,7 +6,8 @@ import httpx
 import pytest
 
 from tests.fleet.conftest import Fleet
-from tests.fleet.helpers import Headers, assert_invalid, assert_problem
+from tests.support.api import Headers
+from tests.support.problems import assert_invalid, assert_problem
 
 # (collection path, fleet fixture key): every versioned resource.
 RESOURCES = [

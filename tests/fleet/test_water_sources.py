@@ -6,14 +6,9 @@ import httpx
 import pytest
 
 from tests.fleet.conftest import Fleet
-from tests.fleet.helpers import (
-    Headers,
-    assert_invalid,
-    assert_problem,
-    make_pump,
-    make_water_source,
-    make_zone,
-)
+from tests.support.api import Headers
+from tests.support.factories import make_pump, make_water_source, make_zone
+from tests.support.problems import assert_invalid, assert_problem
 
 
 async def test_create_water_source_returns_201_with_the_full_source(
@@ -97,7 +92,7 @@ async def test_zone_default_water_source_feeding_a_pump_cannot_be_deleted(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
     zone = await make_zone(client, admin)
-    pump = await make_pump(client, admin, zone["id"])
+    pump = await make_pump(client, admin, zone_id=zone["id"])
     response = await client.delete(f"/v1/water-sources/{pump['water_source_id']}", headers=admin)
     assert_problem(response, 409, "in_use")
 
@@ -106,12 +101,12 @@ async def test_deleting_an_unused_default_source_clears_it_from_the_zone(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
     zone = await make_zone(client, admin)
-    pump = await make_pump(client, admin, zone["id"])
+    pump = await make_pump(client, admin, zone_id=zone["id"])
     assert (await client.delete(f"/v1/pumps/{pump['id']}", headers=admin)).status_code == 204
     response = await client.delete(f"/v1/water-sources/{pump['water_source_id']}", headers=admin)
     assert response.status_code == 204
     after = await client.get(f"/v1/zones/{zone['id']}", headers=admin)
     assert after.json()["default_water_source_id"] is None
     # The next pump without a source gets a fresh default.
-    second = await make_pump(client, admin, zone["id"])
+    second = await make_pump(client, admin, zone_id=zone["id"])
     assert second["water_source_id"] != pump["water_source_id"]

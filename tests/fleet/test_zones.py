@@ -5,14 +5,9 @@ import uuid
 import httpx
 
 from tests.fleet.conftest import Fleet
-from tests.fleet.helpers import (
-    Headers,
-    assert_invalid,
-    assert_problem,
-    make_pump,
-    make_sensor,
-    make_zone,
-)
+from tests.support.api import Headers
+from tests.support.factories import make_pump, make_sensor, make_zone
+from tests.support.problems import assert_invalid, assert_problem
 
 
 async def test_create_zone_returns_201_with_the_full_zone(
@@ -130,7 +125,7 @@ async def test_zone_with_a_pump_cannot_be_deleted_409_in_use(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
     zone = await make_zone(client, admin)
-    await make_pump(client, admin, zone["id"])
+    await make_pump(client, admin, zone_id=zone["id"])
     response = await client.delete(f"/v1/zones/{zone['id']}", headers=admin)
     assert_problem(response, 409, "in_use")
     still = await client.get(f"/v1/zones/{zone['id']}", headers=admin)
@@ -162,7 +157,7 @@ async def test_deleting_a_zone_keeps_its_default_water_source(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
     zone = await make_zone(client, admin)
-    pump = await make_pump(client, admin, zone["id"])
+    pump = await make_pump(client, admin, zone_id=zone["id"])
     assert (await client.delete(f"/v1/pumps/{pump['id']}", headers=admin)).status_code == 204
     assert (await client.delete(f"/v1/zones/{zone['id']}", headers=admin)).status_code == 204
     source = await client.get(f"/v1/water-sources/{pump['water_source_id']}", headers=admin)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from irrigation.settings import Settings
-from tests.processes import StartProcess, settings_env, spawner
+from tests.support.processes import StartProcess, settings_env, spawner
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""What the ingestion tests share: a sensor to send to, sending, and the rollup table."""
+"""What the ingestion tests share: sending, the answer's counts, the rollup table and the
+quarantine."""
 
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -7,20 +8,13 @@ from typing import Any
 import asyncpg
 import httpx
 
-from tests.fleet.helpers import Headers, make_sensor, make_zone
+from tests.support.api import Headers
 
 NOBODYS_SENSOR = "00000000-0000-0000-0000-000000000000"
 
 
 def ago(**delta: float) -> str:
     return (datetime.now(UTC) - timedelta(**delta)).isoformat()
-
-
-async def new_sensor(client: httpx.AsyncClient, headers: Headers, **fields: Any) -> str:
-    zone = await make_zone(client, headers, f"Zone {uuid.uuid4().hex[:8]}")
-    sensor = await make_sensor(client, headers, zone["id"], **fields)
-    sensor_id: str = sensor["id"]
-    return sensor_id
 
 
 async def send(

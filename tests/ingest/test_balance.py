@@ -15,9 +15,9 @@ from fastapi import FastAPI
 from irrigation.app import create_app
 from irrigation.common.balance import WorkerLoad
 from irrigation.settings import Settings
-from tests.conftest import MakeKey, bearer
-from tests.ingest.helpers import new_sensor
-from tests.processes import StartProcess, free_port, wait_http
+from tests.support.api import bearer
+from tests.support.factories import MakeKey, make_sensor
+from tests.support.processes import StartProcess, free_port, wait_http
 
 
 def test_only_a_worker_with_siblings_and_another_batch_in_flight_is_crowded() -> None:
@@ -46,7 +46,7 @@ async def test_of_two_batches_in_flight_the_first_answered_closes_its_connection
 ) -> None:
     load: WorkerLoad = app.state.worker_load
     headers = bearer(await make_key("admin"))
-    sensor = await new_sensor(client, headers, kind="soil_moisture", unit="%")
+    sensor = (await make_sensor(client, headers, kind="soil_moisture", unit="%"))["id"]
     start = datetime.now(UTC) - timedelta(hours=1)
 
     def post(first: int) -> "asyncio.Task[httpx.Response]":
@@ -96,6 +96,7 @@ async def _healthz_count(client: httpx.AsyncClient) -> float:
     return float(line.rsplit(" ", 1)[1])
 
 
+@pytest.mark.slow
 async def test_every_served_worker_counts_into_the_metrics_any_of_them_answers(
     spawn: StartProcess,
 ) -> None:

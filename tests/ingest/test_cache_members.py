@@ -79,7 +79,8 @@ async def test_batches_mark_their_zones_and_queue_one_evaluation_until_it_has_ru
         marked = await redis.smembers(queue.dirty_zones_key(arq))
         assert {uuid.UUID(m.decode()) for m in marked} == set(zones[:2])
 
-        # The worker takes the job when it is due; the next batch queues it again.
+        # The worker takes the job when it is due; the next batch queues it again. Time
+        # passes on purpose (no condition to poll): a worker takes nothing before it is due.
         await asyncio.sleep(max(0.0, due / 1000 - time.time()) + 0.05)
         await redis.zrem(queue_name, job_id)
         await redis.delete(f"arq:job:{job_id}")

@@ -31,8 +31,7 @@ from irrigation.ingest import import_jobs
 from irrigation.settings import Settings
 from irrigation.stack import plain_url
 from irrigation.worker import create_worker
-from tests.ingest.conftest import StartProcess
-from tests.processes import free_port, wait_http
+from tests.support.processes import StartProcess, free_port, wait_http
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 CSV = {"Content-Type": "text/csv"}
@@ -146,6 +145,7 @@ def write_csv(path: Path, sensor_id: str) -> Path:
 # The big one ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_200k_line_ndjson_import_completes_with_exact_counts_and_visible_progress(
     client: httpx.AsyncClient,
     admin: dict[str, str],
@@ -185,6 +185,7 @@ async def test_200k_line_ndjson_import_completes_with_exact_counts_and_visible_p
 # Line-level problems ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_csv_import_quarantines_bad_lines_as_parse_errors_at_their_line_index(
     client: httpx.AsyncClient,
     admin: dict[str, str],
@@ -213,6 +214,7 @@ async def test_csv_import_quarantines_bad_lines_as_parse_errors_at_their_line_in
     assert [r["value"] for r in latest["recent"]] == [30.5, 32.5, 34.0]
 
 
+@pytest.mark.slow
 async def test_an_ndjson_line_that_is_not_json_is_quarantined_and_the_job_goes_on(
     client: httpx.AsyncClient,
     admin: dict[str, str],
@@ -234,6 +236,7 @@ async def test_an_ndjson_line_that_is_not_json_is_quarantined_and_the_job_goes_o
     assert quarantine[2][0] == "parse_error"
 
 
+@pytest.mark.slow
 async def test_a_duplicate_with_another_value_counts_as_duplicate_and_the_stored_value_shows(
     client: httpx.AsyncClient,
     admin: dict[str, str],
@@ -384,6 +387,7 @@ async def test_an_upload_the_queue_cannot_take_is_503_and_its_job_failed(
 # Redelivery and slices ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_redelivering_the_job_of_a_completed_import_changes_nothing(
     client: httpx.AsyncClient,
     admin: dict[str, str],
@@ -468,6 +472,7 @@ async def test_an_import_runs_in_slices_each_resuming_where_the_last_stopped(
     assert await fetch(settings, "SELECT count(*) FROM sensor_readings") == 3_497
 
 
+@pytest.mark.slow
 async def test_a_job_whose_file_is_gone_fails_with_an_error(
     client: httpx.AsyncClient,
     admin: dict[str, str],
@@ -489,6 +494,7 @@ async def test_a_job_whose_file_is_gone_fails_with_an_error(
 # The command line ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_irrigation_import_uploads_follows_and_prints_the_final_counts(
     client: httpx.AsyncClient,
     admin: dict[str, str],
@@ -519,6 +525,7 @@ async def test_irrigation_import_uploads_follows_and_prints_the_final_counts(
     assert "401" in refused.stderr
 
 
+@pytest.mark.slow
 async def test_an_import_whose_queue_entry_was_lost_is_enqueued_again_and_completes(
     client: httpx.AsyncClient,
     admin: dict[str, str],

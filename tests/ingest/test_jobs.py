@@ -8,9 +8,10 @@ from typing import Any
 import asyncpg
 import httpx
 
-from tests.conftest import MakeKey, bearer
-from tests.fleet.helpers import Headers, assert_invalid, assert_problem, walk
-from tests.ingest.helpers import ago, new_sensor, send
+from tests.ingest.helpers import ago, send
+from tests.support.api import Headers, bearer, walk
+from tests.support.factories import MakeKey, make_sensor
+from tests.support.problems import assert_invalid, assert_problem
 
 
 async def job(client: httpx.AsyncClient, headers: Headers, job_id: str) -> dict[str, Any]:
@@ -50,7 +51,7 @@ async def add_import_job(database_url: str, like_job_id: str, **fields: Any) -> 
 async def test_each_batch_leaves_a_completed_api_job_with_its_counts_and_success_rate(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
-    sid = await new_sensor(client, admin)
+    sid = (await make_sensor(client, admin))["id"]
     ts = ago(minutes=1)
     batch = await send(
         client,
@@ -92,7 +93,7 @@ async def test_each_batch_leaves_a_completed_api_job_with_its_counts_and_success
 async def test_jobs_are_listed_newest_first_a_page_at_a_time(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
-    sid = await new_sensor(client, admin)
+    sid = (await make_sensor(client, admin))["id"]
     made = [
         (await send(client, admin, [{"sensor_id": sid, "ts": ago(minutes=m + 1), "value": m}]))[
             "job_id"
@@ -115,7 +116,7 @@ async def test_jobs_are_listed_newest_first_a_page_at_a_time(
 async def test_jobs_filter_by_source_and_status(
     client: httpx.AsyncClient, admin: Headers, database_url: str
 ) -> None:
-    sid = await new_sensor(client, admin)
+    sid = (await make_sensor(client, admin))["id"]
     api_job = (await send(client, admin, [{"sensor_id": sid, "ts": ago(minutes=1), "value": 1}]))[
         "job_id"
     ]
@@ -143,7 +144,7 @@ async def test_jobs_filter_by_source_and_status(
 async def test_jobs_are_read_with_read_or_ingest_and_another_sites_are_not_found(
     client: httpx.AsyncClient, admin: Headers, other_admin: Headers, make_key: MakeKey
 ) -> None:
-    sid = await new_sensor(client, admin)
+    sid = (await make_sensor(client, admin))["id"]
     device = bearer(await make_key("ingest"))
     job_id = (await send(client, device, [{"sensor_id": sid, "ts": ago(minutes=1), "value": 1}]))[
         "job_id"

@@ -10,16 +10,11 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import MakeKey, bearer
-from tests.fleet.helpers import Headers, assert_invalid, assert_problem, walk
-from tests.ingest.helpers import (
-    NOBODYS_SENSOR,
-    ago,
-    new_sensor,
-    quarantined,
-    rollups,
-    send,
-)
+from tests.ingest.helpers import NOBODYS_SENSOR, ago, quarantined, rollups, send
+from tests.support.api import Headers, bearer, walk
+from tests.support.factories import MakeKey, make_sensor
+from tests.support.polling import wait_for
+from tests.support.problems import assert_invalid, assert_problem
 
 
 def hour_of(ts: datetime) -> datetime:
@@ -43,7 +38,7 @@ async def readings_of(client: httpx.AsyncClient, headers: Headers, sid: str) -> 
 @pytest.fixture
 async def sid(client: httpx.AsyncClient, admin: Headers) -> str:
     """A soil moisture sensor (0-100 %) of site A."""
-    return await new_sensor(client, admin)
+    return (await make_sensor(client, admin))["id"]
 
 
 # Listing --------------------------------------------------------------------------------
@@ -300,6 +295,16 @@ async def test_a_reviewer_waits_for_another_ones_decision_and_then_gets_409(
     )
     item_id = (await quarantined(client, admin, batch["job_id"]))[0]["id"]
     other_reviewer = await asyncpg.connect(database_url)
+    # Outside the reviewer's transaction, which would see pg_stat_activity as it first did.
+    watcher = await asyncpg.connect(database_url)
+
+    async def approval_waits_or_is_done() -> bool:
+        waiting = await watcher.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return bool(waiting) or pending.done()
+
     try:
         async with other_reviewer.transaction():
             await other_reviewer.execute(
@@ -307,7 +312,7 @@ async def test_a_reviewer_waits_for_another_ones_decision_and_then_gets_409(
                 uuid.UUID(item_id),
             )
             pending = asyncio.create_task(approve(client, admin, item_id))
-            await asyncio.sleep(0.3)
+            await wait_for(approval_waits_or_is_done, timeout_s=5, interval_s=0.02)
             assert not pending.done(), "the approval did not wait for the row lock"
             await other_reviewer.execute(
                 "UPDATE quarantined_readings SET review_status = 'rejected', "
@@ -316,6 +321,7 @@ async def test_a_reviewer_waits_for_another_ones_decision_and_then_gets_409(
             )
         response = await pending
     finally:
+        await watcher.close()
         await other_reviewer.close()
     assert assert_problem(response, 409, "already_reviewed")["review_status"] == "rejected"
     assert await readings_of(client, admin, sid) == []
@@ -361,7 +367,7 @@ async def test_rejecting_keeps_the_reading_out_and_a_reviewed_item_is_409(
 async def test_bulk_approve_answers_for_each_id_in_the_order_sent(
     client: httpx.AsyncClient, admin: Headers, other_admin: Headers, sid: str
 ) -> None:
-    theirs = await new_sensor(client, other_admin)
+    theirs = (await make_sensor(client, other_admin))["id"]
     their_batch = await send(
         client, other_admin, [{"sensor_id": theirs, "ts": ago(minutes=1), "value": 500}]
     )
@@ -402,7 +408,7 @@ async def test_bulk_approve_answers_for_each_id_in_the_order_sent(
 async def test_bulk_reject_answers_for_each_id(
     client: httpx.AsyncClient, admin: Headers, other_admin: Headers, sid: str
 ) -> None:
-    theirs = await new_sensor(client, other_admin)
+    theirs = (await make_sensor(client, other_admin))["id"]
     their_batch = await send(
         client, other_admin, [{"sensor_id": theirs, "ts": ago(minutes=1), "value": 500}]
     )

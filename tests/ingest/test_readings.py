@@ -17,17 +17,10 @@ import redis.asyncio as aioredis
 
 from irrigation.app import create_app
 from irrigation.settings import Settings
-from tests.conftest import MakeKey, bearer
-from tests.fleet.helpers import Headers, assert_problem
-from tests.ingest.helpers import (
-    NOBODYS_SENSOR,
-    ago,
-    counts,
-    new_sensor,
-    reasons,
-    rollups,
-    send,
-)
+from tests.ingest.helpers import NOBODYS_SENSOR, ago, counts, reasons, rollups, send
+from tests.support.api import Headers, bearer
+from tests.support.factories import MakeKey, make_sensor
+from tests.support.problems import assert_problem
 
 # Quarantine reasons ---------------------------------------------------------------------
 
@@ -35,7 +28,7 @@ from tests.ingest.helpers import (
 async def test_nan_infinity_wrong_types_missing_and_extra_fields_are_parse_errors(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
-    sid = await new_sensor(client, admin)
+    sid = (await make_sensor(client, admin))["id"]
     ts = ago(minutes=1)
     good = {"sensor_id": sid, "ts": ts, "value": 1.5}
     items: list[Any] = [
@@ -89,8 +82,8 @@ async def test_nan_infinity_wrong_types_missing_and_extra_fields_are_parse_error
 async def test_unknown_sensor_gives_no_hint_that_another_sites_sensor_exists(
     client: httpx.AsyncClient, admin: Headers, other_admin: Headers
 ) -> None:
-    mine = await new_sensor(client, admin)
-    theirs = await new_sensor(client, other_admin)
+    mine = (await make_sensor(client, admin))["id"]
+    theirs = (await make_sensor(client, other_admin))["id"]
     ts = ago(minutes=1)
     items = [
         {"sensor_id": theirs, "ts": ts, "value": 1},
@@ -110,7 +103,7 @@ async def test_unknown_sensor_gives_no_hint_that_another_sites_sensor_exists(
 async def test_a_unit_other_than_the_sensors_is_invalid_and_the_same_or_none_is_fine(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
-    sid = await new_sensor(client, admin, kind="temperature", unit="°C")
+    sid = (await make_sensor(client, admin, kind="temperature", unit="°C"))["id"]
     items = [
         {"sensor_id": sid, "ts": ago(minutes=1), "value": 20, "unit": "°F"},
         {"sensor_id": sid, "ts": ago(minutes=2), "value": 20, "unit": "°C"},
@@ -136,7 +129,7 @@ async def test_values_outside_the_kinds_range_or_the_sensors_own_are_out_of_rang
 ) -> None:
     for kind, (low, high) in DEFAULT_RANGES.items():
         with subtests.test(kind=kind):
-            sid = await new_sensor(client, admin, kind=kind, unit="u")
+            sid = (await make_sensor(client, admin, kind=kind, unit="u"))["id"]
             values = [low, high, low - 0.01, high + 0.01, (low + high) / 2, -1e6, 1e6]
             items = [
                 {"sensor_id": sid, "ts": ago(minutes=i + 1), "value": v}
@@ -147,7 +140,7 @@ async def test_values_outside_the_kinds_range_or_the_sensors_own_are_out_of_rang
             assert reasons(body) == dict.fromkeys([2, 3, 5, 6], "out_of_range")
             assert f"[{float(low)}, {float(high)}]" in body["quarantine"][0]["detail"]
     with subtests.test("the sensor's own min_value and max_value"):
-        sid = await new_sensor(client, admin, min_value=10, max_value=40)
+        sid = (await make_sensor(client, admin, min_value=10, max_value=40))["id"]
         values = [10, 40, 9.99, 40.01, 0, 100, 25]
         items = [
             {"sensor_id": sid, "ts": ago(minutes=i + 1), "value": v} for i, v in enumerate(values)
@@ -160,7 +153,7 @@ async def test_values_outside_the_kinds_range_or_the_sensors_own_are_out_of_rang
 async def test_naive_future_and_too_old_timestamps_are_invalid(
     client: httpx.AsyncClient, admin: Headers, settings: Settings
 ) -> None:
-    sid = await new_sensor(client, admin)
+    sid = (await make_sensor(client, admin))["id"]
     retention = settings.raw_retention_days
     stamps = [
         datetime.now(UTC).replace(tzinfo=None).isoformat(),  # naive
@@ -184,7 +177,7 @@ async def test_naive_future_and_too_old_timestamps_are_invalid(
 async def test_quality_below_50_is_low_quality_and_50_is_accepted(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
-    sid = await new_sensor(client, admin)
+    sid = (await make_sensor(client, admin))["id"]
     qualities = [0, 49, 50, 100]
     items = [
         {"sensor_id": sid, "ts": ago(minutes=i + 1), "value": 1, "quality": q}
@@ -203,7 +196,7 @@ async def test_quality_below_50_is_low_quality_and_50_is_accepted(
 async def test_duplicates_in_a_batch_and_against_stored_rows_are_counted_not_errors(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
-    sid = await new_sensor(client, admin)
+    sid = (await make_sensor(client, admin))["id"]
     t1, t2, t3 = ago(minutes=1), ago(minutes=2), ago(minutes=3)
     first = await send(
         client,
@@ -245,7 +238,7 @@ async def test_duplicates_in_a_batch_and_against_stored_rows_are_counted_not_err
 async def test_the_envelope_takes_1_to_10_000_items_and_a_broken_one_stores_nothing(
     client: httpx.AsyncClient, admin: Headers, settings: Settings, subtests: pytest.Subtests
 ) -> None:
-    sid = await new_sensor(client, admin)
+    sid = (await make_sensor(client, admin))["id"]
     start = datetime.now(UTC) - timedelta(days=1)
     items = [
         {"sensor_id": sid, "ts": (start + timedelta(seconds=i)).isoformat(), "value": i % 100}
@@ -284,7 +277,7 @@ async def test_the_envelope_takes_1_to_10_000_items_and_a_broken_one_stores_noth
 async def test_hourly_rollups_are_exact_after_late_data_and_duplicates(
     client: httpx.AsyncClient, admin: Headers, database_url: str
 ) -> None:
-    sid = await new_sensor(client, admin)
+    sid = (await make_sensor(client, admin))["id"]
     h0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=5)
     h1, h2 = h0 + timedelta(hours=1), h0 + timedelta(hours=2)
 
@@ -317,7 +310,7 @@ async def test_hourly_rollups_are_exact_after_late_data_and_duplicates(
 async def test_last_seen_at_moves_to_the_newest_ts_and_never_back(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
-    sid = await new_sensor(client, admin)
+    sid = (await make_sensor(client, admin))["id"]
 
     async def last_seen() -> datetime | None:
         sensor = (await client.get(f"/v1/sensors/{sid}", headers=admin)).json()
@@ -363,7 +356,7 @@ async def test_last_seen_at_moves_to_the_newest_ts_and_never_back(
 async def test_an_idempotency_key_replays_the_first_answer_without_inserting_again(
     client: httpx.AsyncClient, admin: Headers, database_url: str
 ) -> None:
-    sid = await new_sensor(client, admin)
+    sid = (await make_sensor(client, admin))["id"]
     items = [
         {"sensor_id": sid, "ts": ago(minutes=1), "value": 7},
         {"sensor_id": sid, "ts": "x", "value": 1},
@@ -404,7 +397,7 @@ async def test_latest_comes_from_the_cache_and_falls_back_to_the_database(
     redis: aioredis.Redis,
     redis_namespace: str,
 ) -> None:
-    sid = await new_sensor(client, admin)
+    sid = (await make_sensor(client, admin))["id"]
     empty = (await client.get(f"/v1/sensors/{sid}/latest", headers=admin)).json()
     assert (empty["value"], empty["recent"]) == (None, [])
 
@@ -493,7 +486,7 @@ async def test_with_redis_down_readings_are_stored_and_the_next_batch_is_not_slo
 ) -> None:
     url = "redis://127.0.0.1:1/0" if redis_is == "refusing" else silent_redis
     async with app_client(settings, redis_url=url) as down:
-        sid = await new_sensor(down, admin)
+        sid = (await make_sensor(down, admin))["id"]
         first = [{"sensor_id": sid, "ts": ago(minutes=2), "value": 1}]
         assert counts(await send(down, admin, first)) == (1, 1, 0, 0)
         started = time.perf_counter()
@@ -511,7 +504,7 @@ async def test_with_redis_down_readings_are_stored_and_the_next_batch_is_not_slo
 async def test_a_device_key_may_send_and_a_read_key_may_not(
     client: httpx.AsyncClient, admin: Headers, make_key: MakeKey
 ) -> None:
-    sid = await new_sensor(client, admin)
+    sid = (await make_sensor(client, admin))["id"]
     items = [{"sensor_id": sid, "ts": ago(minutes=1), "value": 1}]
     device = bearer(await make_key("ingest"))
     assert counts(await send(client, device, items)) == (1, 1, 0, 0)
@@ -526,7 +519,7 @@ async def test_a_batch_that_cannot_take_a_row_lock_in_time_is_503_and_stores_not
     settings: Settings, admin: Headers, database_url: str
 ) -> None:
     async with app_client(settings, lock_timeout_ms=100) as client:
-        sid = await new_sensor(client, admin)
+        sid = (await make_sensor(client, admin))["id"]
         items = [{"sensor_id": sid, "ts": ago(minutes=1), "value": 1}]
         holder = await asyncpg.connect(database_url)
         try:

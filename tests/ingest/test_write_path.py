@@ -22,8 +22,9 @@ from irrigation.ingest import store
 from irrigation.ingest.rows import encode
 from irrigation.ingest.schemas import ReadingIn
 from irrigation.settings import Settings
-from tests.fleet.helpers import Headers
-from tests.ingest.helpers import new_sensor, send
+from tests.ingest.helpers import send
+from tests.support.api import Headers
+from tests.support.factories import make_sensor
 
 STEP = timedelta(seconds=20)
 
@@ -35,7 +36,7 @@ def value_of(sensor: int, slot: int) -> float:
 async def test_racing_overlapping_batches_store_count_and_roll_up_each_reading_once(
     client: httpx.AsyncClient, admin: Headers, database_url: str
 ) -> None:
-    sensors = [await new_sensor(client, admin) for _ in range(3)]
+    sensors = [(await make_sensor(client, admin))["id"] for _ in range(3)]
     start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=4)
     slots = 540  # three hours of one reading every 20 s per sensor
     rng = random.Random(7)
@@ -101,7 +102,7 @@ async def test_racing_overlapping_batches_store_count_and_roll_up_each_reading_o
 async def test_each_sensor_of_a_batch_gets_one_live_event_with_its_newest_reading(
     client: httpx.AsyncClient, admin: Headers, redis: aioredis.Redis, redis_namespace: str
 ) -> None:
-    a, b = await new_sensor(client, admin), await new_sensor(client, admin)
+    a, b = (await make_sensor(client, admin))["id"], (await make_sensor(client, admin))["id"]
     newest = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
     pubsub = redis.pubsub()
     await pubsub.subscribe(f"{redis_namespace}:readings")
@@ -134,7 +135,7 @@ async def test_concurrent_batches_of_the_same_sensors_never_deadlock(
     """Every batch touches the same sensors' rollup rows and last_seen_at: they must take
     those locks in one order and wait for each other, never deadlock (each deadlock stalls
     a batch for PostgreSQL's deadlock_timeout, then runs it again)."""
-    sensors = [await new_sensor(client, admin) for _ in range(30)]
+    sensors = [(await make_sensor(client, admin))["id"] for _ in range(30)]
     start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=7)
     before = _deadlock_retries()
     for round_ in range(3):
@@ -179,7 +180,7 @@ async def test_the_raw_write_path_is_in_the_sessions_transaction_even_as_its_fir
     """SQLAlchemy's asyncpg dialect sends BEGIN with its own first statement. The write path
     talks to asyncpg directly; when it comes first in a transaction, its COPY must still be
     inside it: rolled back, nothing stays."""
-    sensor = uuid.UUID(await new_sensor(client, admin))
+    sensor = uuid.UUID((await make_sensor(client, admin))["id"])
     reading = ReadingIn(sensor_id=sensor, ts=datetime.now(UTC) - timedelta(minutes=1), value=1.0)
     engine = create_engine(settings)
     try:

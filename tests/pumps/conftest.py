@@ -1,38 +1,21 @@
 """A real device simulator served by uvicorn for the whole session, reset for every test."""
 
-import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
-import uvicorn
 
 from irrigation.settings import Settings
 from irrigation.simulator.app import create_simulator_app
-from tests.processes import StartProcess, free_port, settings_env, spawner, wait_http
+from tests.support.processes import StartProcess, free_port, settings_env, spawner, wait_http
+from tests.support.servers import serve
 
 
 @pytest.fixture(scope="session")
 async def simulator_url() -> AsyncIterator[str]:
-    config = uvicorn.Config(
-        create_simulator_app(),
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        # A test that leaves a hanging request behind must not stall the end of the session.
-        timeout_graceful_shutdown=1,
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        if serving.done():
-            serving.result()  # surfaces why the server could not start
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await serving
+    async with serve(create_simulator_app(), lifespan="on") as url:
+        yield url
 
 
 @pytest.fixture

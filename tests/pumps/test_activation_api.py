@@ -7,8 +7,8 @@ import asyncpg
 import httpx
 
 from irrigation.stack import plain_url
-from tests.conftest import MakeKey, bearer
-from tests.pumps.helpers import activate, make_pump
+from tests.support.api import bearer
+from tests.support.factories import MakeKey, activate, make_pump
 
 
 async def test_accepted_request_is_queued_with_location_and_audit_trail(

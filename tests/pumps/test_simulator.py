@@ -8,6 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.polling import wait_for
+from tests.support.simulator import runs, seconds_on
+
 PUMP = "pump-a"
 OTHER_PUMP = "pump-b"
 
@@ -31,23 +34,15 @@ async def stop(device: httpx.AsyncClient, hardware_id: str = PUMP) -> httpx.Resp
     return await device.post(f"/pumps/{hardware_id}/stop", json={"command_id": "stop-1"})
 
 
-async def truth(device: httpx.AsyncClient, hardware_id: str | None = None) -> list[dict[str, Any]]:
-    params = {"hardware_id": hardware_id} if hardware_id else {}
-    response = await device.get("/truth", params=params)
-    assert response.status_code == 200
-    runs: list[dict[str, Any]] = response.json()["runs"]
-    return runs
+async def stopped(device: httpx.AsyncClient) -> bool:
+    """Every run the simulator saw has ended (and there is one)."""
+    found = await runs(device)
+    return bool(found) and all(run["stopped_at"] for run in found)
 
 
 async def set_fault(device: httpx.AsyncClient, **fault: Any) -> None:
     response = await device.post("/faults", json=fault)
     assert response.status_code == 200, response.text
-
-
-def seconds_on(run: dict[str, Any]) -> float:
-    started = datetime.fromisoformat(run["started_at"])
-    stopped = datetime.fromisoformat(run["stopped_at"])
-    return (stopped - started).total_seconds()
 
 
 async def test_healthz(device: httpx.AsyncClient) -> None:
@@ -78,9 +73,9 @@ async def test_pump_turns_itself_off_after_its_duration(device: httpx.AsyncClien
         "last_sequence": 1,
     }
 
-    await asyncio.sleep(0.45)
+    await wait_for(lambda: stopped(device))
 
-    [run] = await truth(device)
+    [run] = await runs(device)
     assert run["command_id"] == "cmd-1"
     assert run["sequence"] == 1
     assert run["stopped_by"] == "auto_off"
@@ -98,7 +93,7 @@ async def test_stop_command_turns_the_pump_off_and_a_repeat_is_harmless(
 
     assert first.json() == {"hardware_id": PUMP, "running": False, "stopped": True}
     assert again.json() == {"hardware_id": PUMP, "running": False, "stopped": False}
-    [run] = await truth(device)
+    [run] = await runs(device)
     assert run["stopped_by"] == "command"
     assert seconds_on(run) < 1
     assert (await device.get(f"/pumps/{PUMP}")).json()["running"] is False
@@ -107,7 +102,7 @@ async def test_stop_command_turns_the_pump_off_and_a_repeat_is_harmless(
 async def test_running_pump_has_no_stop_time_in_the_truth(device: httpx.AsyncClient) -> None:
     await start(device, "cmd-1")
 
-    [run] = await truth(device)
+    [run] = await runs(device)
 
     assert run["stopped_at"] is None
     assert run["stopped_by"] is None
@@ -124,7 +119,7 @@ async def test_repeated_command_id_answers_the_same_without_a_new_run(
     assert repeat.status_code == 200
     assert repeat.json() == {**first, "duplicate": True}
     assert after_stop.json() == {**first, "duplicate": True}
-    assert len(await truth(device)) == 1
+    assert len(await runs(device)) == 1
 
 
 async def test_concurrent_starts_turn_the_pump_on_exactly_once(
@@ -137,7 +132,7 @@ async def test_concurrent_starts_turn_the_pump_on_exactly_once(
     assert len(winners) == 1
     assert len(refused) == 49
     assert all(r.json() == {"error": "busy", "command_id": winners[0]} for r in refused)
-    [run] = await truth(device)
+    [run] = await runs(device)
     assert run["command_id"] == winners[0]
 
 
@@ -153,7 +148,7 @@ async def test_stale_sequence_is_refused(device: httpx.AsyncClient) -> None:
     assert same.json() == {"error": "stale_sequence", "last_sequence": 5}
     assert older.status_code == 409
     assert newer.status_code == 200
-    assert [run["command_id"] for run in await truth(device)] == ["cmd-5", "cmd-6"]
+    assert [run["command_id"] for run in await runs(device)] == ["cmd-5", "cmd-6"]
     assert (await device.get(f"/pumps/{PUMP}")).json()["last_sequence"] == 6
 
 
@@ -174,7 +169,7 @@ async def test_injected_errors_refuse_without_applying(device: httpx.AsyncClient
     assert response.status_code == 503
     assert response.json() == {"error": "injected"}
     assert status.status_code == 503
-    assert await truth(device) == []
+    assert await runs(device) == []
 
 
 async def test_dropped_response_still_starts_the_pump(device: httpx.AsyncClient) -> None:
@@ -183,11 +178,11 @@ async def test_dropped_response_still_starts_the_pump(device: httpx.AsyncClient)
     with pytest.raises(httpx.ReadTimeout):
         await start(device, "cmd-1", duration_s=0.5, client_timeout_s=0.3)
 
-    [run] = await truth(device)
+    [run] = await runs(device)
     assert run["command_id"] == "cmd-1"
     assert run["stopped_by"] is None
-    await asyncio.sleep(0.35)
-    [run] = await truth(device)
+    await wait_for(lambda: stopped(device))
+    [run] = await runs(device)
     assert run["stopped_by"] == "auto_off"
     assert seconds_on(run) == pytest.approx(0.5, abs=0.2)
 
@@ -198,7 +193,7 @@ async def test_hanging_device_does_not_start_the_pump(device: httpx.AsyncClient)
     with pytest.raises(httpx.ReadTimeout):
         await start(device, "cmd-1", client_timeout_s=0.3)
 
-    assert await truth(device) == []
+    assert await runs(device) == []
 
 
 async def test_latency_delays_the_answer(device: httpx.AsyncClient) -> None:
@@ -219,7 +214,7 @@ async def test_pump_fault_leaves_other_pumps_alone(device: httpx.AsyncClient) ->
 
     assert faulty.status_code == 503
     assert healthy.status_code == 200
-    assert [run["hardware_id"] for run in await truth(device)] == [OTHER_PUMP]
+    assert [run["hardware_id"] for run in await runs(device)] == [OTHER_PUMP]
 
 
 async def test_pump_fault_overrides_the_global_one(device: httpx.AsyncClient) -> None:
@@ -257,9 +252,9 @@ async def test_truth_can_be_filtered_by_pump(device: httpx.AsyncClient) -> None:
     await start(device, "cmd-a")
     await start(device, "cmd-b", hardware_id=OTHER_PUMP)
 
-    runs = await truth(device, hardware_id=OTHER_PUMP)
+    found = await runs(device, hardware_id=OTHER_PUMP)
 
-    assert [run["command_id"] for run in runs] == ["cmd-b"]
+    assert [run["command_id"] for run in found] == ["cmd-b"]
 
 
 async def test_deleting_the_truth_resets_everything(device: httpx.AsyncClient) -> None:
@@ -268,7 +263,7 @@ async def test_deleting_the_truth_resets_everything(device: httpx.AsyncClient) -
 
     assert (await device.delete("/truth")).status_code == 200
 
-    assert await truth(device) == []
+    assert await runs(device) == []
     assert (await device.get("/faults")).json() == {"faults": []}
     status = (await device.get(f"/pumps/{PUMP}")).json()
     assert status["running"] is False
@@ -307,7 +302,7 @@ async def test_bad_start_is_unprocessable(device: httpx.AsyncClient, body: dict[
     response = await device.post(f"/pumps/{PUMP}/start", json=body)
 
     assert response.status_code == 422
-    assert await truth(device) == []
+    assert await runs(device) == []
 
 
 async def test_bad_fault_is_unprocessable(device: httpx.AsyncClient) -> None:

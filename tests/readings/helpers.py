@@ -1,7 +1,6 @@
-"""Fleet set-up, ingestion through `POST /v1/readings`, and the expected aggregates computed
+"""Ingestion through `POST /v1/readings`, and the expected aggregates computed
 here from the readings a test inserted (independently of the service's SQL)."""
 
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
-Headers = dict[str, str]
+from tests.support.api import Headers
 
 
 @dataclass(frozen=True)
@@ -35,36 +34,6 @@ class Expected:
     avg: float
     min: float
     max: float
-
-
-async def make_zone(
-    client: httpx.AsyncClient, headers: Headers, timezone: str, name: str | None = None
-) -> str:
-    response = await client.post(
-        "/v1/zones",
-        json={"name": name or f"zone {uuid.uuid4().hex[:6]}", "timezone": timezone},
-        headers=headers,
-    )
-    assert response.status_code == 201, response.text
-    zone_id: str = response.json()["id"]
-    return zone_id
-
-
-async def make_sensor(
-    client: httpx.AsyncClient,
-    headers: Headers,
-    zone_id: str,
-    kind: str = "soil_moisture",
-    unit: str = "%",
-) -> str:
-    response = await client.post(
-        "/v1/sensors",
-        json={"zone_id": zone_id, "name": f"s {uuid.uuid4().hex[:6]}", "kind": kind, "unit": unit},
-        headers=headers,
-    )
-    assert response.status_code == 201, response.text
-    sensor_id: str = response.json()["id"]
-    return sensor_id
 
 
 async def ingest(

@@ -11,7 +11,6 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from tests.fleet.helpers import assert_invalid, assert_problem
 from tests.readings.helpers import (
     Reading,
     aggregates,
@@ -19,11 +18,11 @@ from tests.readings.helpers import (
     by_instant,
     expected_points,
     ingest,
-    make_sensor,
-    make_zone,
 )
+from tests.support.api import Headers
+from tests.support.factories import make_sensor, make_zone
+from tests.support.problems import assert_invalid, assert_problem
 
-Headers = dict[str, str]
 INDIA = timezone(timedelta(hours=5, minutes=30))
 
 
@@ -47,8 +46,8 @@ def hour_now() -> datetime:
 async def test_hour_and_day_points_match_the_readings_including_late_and_duplicates(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
-    zone = await make_zone(client, admin, "Europe/Berlin")
-    sensor = await make_sensor(client, admin, zone)
+    zone = (await make_zone(client, admin, timezone="Europe/Berlin"))["id"]
+    sensor = (await make_sensor(client, admin, zone))["id"]
     rng = random.Random(7)
     first = hour_now() - timedelta(days=4, minutes=23)
     readings: list[Reading] = []
@@ -82,8 +81,8 @@ async def test_hour_and_day_points_match_the_readings_including_late_and_duplica
 async def test_edge_buckets_count_only_the_readings_inside_the_range(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
-    zone = await make_zone(client, admin, "America/New_York")
-    sensor = await make_sensor(client, admin, zone)
+    zone = (await make_zone(client, admin, timezone="America/New_York"))["id"]
+    sensor = (await make_sensor(client, admin, zone))["id"]
     base = hour_now() - timedelta(days=3)
     readings = spaced(sensor, base, base + timedelta(hours=30), timedelta(minutes=5), seed=1)
     await ingest(client, admin, readings)
@@ -131,8 +130,8 @@ async def test_dst_days_have_23_or_25_hour_buckets_and_one_day_bucket(
     client: httpx.AsyncClient, admin: Headers, tz: str, day: date, hours: int
 ) -> None:
     zone_info = ZoneInfo(tz)
-    zone = await make_zone(client, admin, tz)
-    sensor = await make_sensor(client, admin, zone)
+    zone = (await make_zone(client, admin, timezone=tz))["id"]
+    sensor = (await make_sensor(client, admin, zone))["id"]
     # In UTC: an aware datetime of a zone adds and subtracts wall-clock time.
     midnight = datetime(day.year, day.month, day.day, tzinfo=zone_info).astimezone(UTC)
     following = day + timedelta(days=1)
@@ -182,8 +181,8 @@ async def test_half_hour_zone_buckets_are_its_own_whole_hours_and_days(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
     tz = "Asia/Kolkata"
-    zone = await make_zone(client, admin, tz)
-    sensor = await make_sensor(client, admin, zone)
+    zone = (await make_zone(client, admin, timezone=tz))["id"]
+    sensor = (await make_sensor(client, admin, zone))["id"]
     base = hour_now() - timedelta(days=3)
     readings = spaced(sensor, base, base + timedelta(hours=50), timedelta(minutes=11), seed=3)
     await ingest(client, admin, readings)
@@ -210,8 +209,8 @@ async def test_half_hour_zone_buckets_are_its_own_whole_hours_and_days(
 async def test_empty_range_has_no_points_or_only_nulls_with_fill(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
-    zone = await make_zone(client, admin, "Europe/Berlin")
-    sensor = await make_sensor(client, admin, zone)
+    zone = (await make_zone(client, admin, timezone="Europe/Berlin"))["id"]
+    sensor = (await make_sensor(client, admin, zone))["id"]
     start = hour_now() - timedelta(days=2)
     end = start + timedelta(hours=6)
     path = f"/v1/sensors/{sensor}/aggregates"
@@ -225,8 +224,8 @@ async def test_fill_null_returns_every_bucket_with_nulls_where_nothing_was_read(
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
     tz = "Europe/Berlin"
-    zone = await make_zone(client, admin, tz)
-    sensor = await make_sensor(client, admin, zone)
+    zone = (await make_zone(client, admin, timezone=tz))["id"]
+    sensor = (await make_sensor(client, admin, zone))["id"]
     base = hour_now() - timedelta(days=2)
     # Readings in hours 1, 2 and 5 only.
     readings = [
@@ -264,11 +263,12 @@ async def test_zone_average_weighs_every_reading_and_per_sensor_gives_each_serie
     client: httpx.AsyncClient, admin: Headers
 ) -> None:
     tz = "Europe/Berlin"
-    zone = await make_zone(client, admin, tz)
-    busy = await make_sensor(client, admin, zone)
-    quiet = await make_sensor(client, admin, zone)
-    thermometer = await make_sensor(client, admin, zone, kind="temperature", unit="°C")
-    elsewhere = await make_sensor(client, admin, await make_zone(client, admin, tz))
+    zone = (await make_zone(client, admin, timezone=tz))["id"]
+    busy = (await make_sensor(client, admin, zone))["id"]
+    quiet = (await make_sensor(client, admin, zone))["id"]
+    thermometer = (await make_sensor(client, admin, zone, kind="temperature", unit="°C"))["id"]
+    other_zone = (await make_zone(client, admin, timezone=tz))["id"]
+    elsewhere = (await make_sensor(client, admin, other_zone))["id"]
     base = hour_now() - timedelta(days=1)
     readings = [Reading(busy, base + timedelta(minutes=3 * i), 10.0) for i in range(40)]
     readings += [Reading(quiet, base + timedelta(minutes=50 * i + 1), 40.0) for i in range(3)]
@@ -305,8 +305,8 @@ async def test_zone_average_weighs_every_reading_and_per_sensor_gives_each_serie
 
 
 async def test_bad_ranges_are_refused_with_422(client: httpx.AsyncClient, admin: Headers) -> None:
-    zone = await make_zone(client, admin, "Europe/Berlin")
-    sensor = await make_sensor(client, admin, zone)
+    zone = (await make_zone(client, admin, timezone="Europe/Berlin"))["id"]
+    sensor = (await make_sensor(client, admin, zone))["id"]
     now = hour_now()
     paths = [f"/v1/sensors/{sensor}/aggregates", f"/v1/zones/{zone}/aggregates"]
     for path in paths:
@@ -350,8 +350,8 @@ async def test_bad_ranges_are_refused_with_422(client: httpx.AsyncClient, admin:
 async def test_another_sites_sensor_and_zone_are_404(
     client: httpx.AsyncClient, admin: Headers, other_admin: Headers
 ) -> None:
-    zone = await make_zone(client, other_admin, "Europe/Berlin")
-    sensor = await make_sensor(client, other_admin, zone)
+    zone = (await make_zone(client, other_admin, timezone="Europe/Berlin"))["id"]
+    sensor = (await make_sensor(client, other_admin, zone))["id"]
     for path in (
         f"/v1/sensors/{sensor}/aggregates",
         f"/v1/zones/{zone}/aggregates",

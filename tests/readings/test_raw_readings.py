@@ -7,18 +7,18 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from tests.fleet.helpers import assert_invalid
-from tests.readings.helpers import Reading, ingest, make_sensor, make_zone
-
-Headers = dict[str, str]
+from tests.readings.helpers import Reading, ingest
+from tests.support.api import Headers
+from tests.support.factories import make_sensor, make_zone
+from tests.support.problems import assert_invalid
 
 
 async def readings_of_one_sensor(
     client: httpx.AsyncClient, admin: Headers, count: int
 ) -> tuple[str, list[Reading]]:
-    zone = await make_zone(client, admin, "Europe/Berlin")
-    sensor = await make_sensor(client, admin, zone)
-    other = await make_sensor(client, admin, zone)
+    zone = (await make_zone(client, admin, timezone="Europe/Berlin"))["id"]
+    sensor = (await make_sensor(client, admin, zone))["id"]
+    other = (await make_sensor(client, admin, zone))["id"]
     base = datetime.now(UTC).replace(microsecond=0) - timedelta(days=5)
     readings = [
         Reading(
@@ -58,8 +58,8 @@ async def test_pages_walk_every_reading_of_the_range_once_in_order(
 
 
 async def test_bad_cursor_and_range_are_422(client: httpx.AsyncClient, admin: Headers) -> None:
-    zone = await make_zone(client, admin, "UTC")
-    sensor = await make_sensor(client, admin, zone)
+    zone = (await make_zone(client, admin, timezone="UTC"))["id"]
+    sensor = (await make_sensor(client, admin, zone))["id"]
     path = f"/v1/sensors/{sensor}/readings"
     assert_invalid(
         await client.get(path, params={"cursor": "not-a-cursor"}, headers=admin),

@@ -26,16 +26,10 @@ from irrigation.readings.queries import raw_horizon
 from irrigation.settings import Settings
 from irrigation.stack import plain_url
 from irrigation.worker import PUMP_JOB_TIMEOUT_S, create_worker
-from tests.readings.helpers import (
-    Reading,
-    aggregates,
-    assert_points,
-    expected_points,
-    make_sensor,
-    make_zone,
-)
+from tests.readings.helpers import Reading, aggregates, assert_points, expected_points
+from tests.support.api import Headers
+from tests.support.factories import make_sensor, make_zone
 
-Headers = dict[str, str]
 RETENTION_DAYS = 30
 
 
@@ -90,8 +84,9 @@ async def test_purge_deletes_expired_readings_in_chunks_and_keeps_rollups(
     db: asyncpg.Connection,
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    zone = await make_zone(client, admin, "Europe/Berlin")
-    first, second = await make_sensor(client, admin, zone), await make_sensor(client, admin, zone)
+    zone = (await make_zone(client, admin, timezone="Europe/Berlin"))["id"]
+    first = (await make_sensor(client, admin, zone))["id"]
+    second = (await make_sensor(client, admin, zone))["id"]
     cutoff = raw_horizon(utcnow(), RETENTION_DAYS)
     expired = every(first, cutoff - timedelta(hours=23), 23, timedelta(hours=1))
     expired += every(second, cutoff - timedelta(days=9), 7, timedelta(minutes=13))
@@ -117,8 +112,8 @@ async def test_purge_stops_after_its_time_budget_and_the_next_run_goes_on(
     db: asyncpg.Connection,
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    zone = await make_zone(client, admin, "UTC")
-    sensor = await make_sensor(client, admin, zone)
+    zone = (await make_zone(client, admin, timezone="UTC"))["id"]
+    sensor = (await make_sensor(client, admin, zone))["id"]
     cutoff = raw_horizon(utcnow(), RETENTION_DAYS)
     await insert_directly(db, every(sensor, cutoff - timedelta(days=2), 12, timedelta(hours=1)))
 
@@ -140,8 +135,10 @@ async def test_cron_job_applies_the_retention_setting_and_aggregates_still_answe
     sessions: async_sessionmaker[AsyncSession],
     settings: Settings,
 ) -> None:
-    berlin = await make_sensor(client, admin, await make_zone(client, admin, "Europe/Berlin"))
-    india = await make_sensor(client, admin, await make_zone(client, admin, "Asia/Kolkata"))
+    berlin_zone = (await make_zone(client, admin, timezone="Europe/Berlin"))["id"]
+    berlin = (await make_sensor(client, admin, berlin_zone))["id"]
+    india_zone = (await make_zone(client, admin, timezone="Asia/Kolkata"))["id"]
+    india = (await make_sensor(client, admin, india_zone))["id"]
     day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     old_start, recent_start = day - timedelta(days=40), day - timedelta(days=20)
     step = timedelta(minutes=17)

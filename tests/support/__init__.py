@@ -1,1 +1,1 @@
-"""Shared test toolkit: servers, and (in time) factories and problem assertions."""
+"""Shared test toolkit: factories, problem assertions, polling, servers and processes."""

@@ -3,21 +3,25 @@
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 
 
 @asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[str]:
-    """Serve `app` on 127.0.0.1 and a free port; yields its base URL."""
+async def serve(app: Any, *, lifespan: Literal["on", "off"] = "off") -> AsyncIterator[str]:
+    """Serve `app` on 127.0.0.1 and a free port; yields its base URL. `lifespan="on"` for an
+    app whose shutdown cleans up (the simulator cancels its auto-off timers)."""
     server = uvicorn.Server(
         uvicorn.Config(
             app,
             host="127.0.0.1",
             port=0,
             log_level="warning",
-            lifespan="off",
+            lifespan=lifespan,
+            # Said, not guessed: uvicorn takes a bound method (a recorder's handler) for
+            # ASGI 2 otherwise.
+            interface="asgi3",
             # A test that leaves a hanging request behind must not stall its teardown.
             timeout_graceful_shutdown=1,
         )

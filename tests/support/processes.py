@@ -1,4 +1,5 @@
-"""Real processes for end-to-end tests: `irrigation serve` and `irrigation worker`."""
+"""Real processes for end-to-end tests: `irrigation serve`, `worker` and the like as
+children of the test, on free ports, stopped for sure at teardown."""
 
 import asyncio
 import os
