@@ -2,6 +2,7 @@
 about errors (every error response is an RFC 9457 problem)."""
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +84,12 @@ def test_every_operation_documents_its_errors(document: dict[str, Any]) -> None:
 def test_the_problem_schema_is_published(document: dict[str, Any]) -> None:
     problem = document["components"]["schemas"]["Problem"]
     assert {"type", "title", "status", "detail", "code"} <= set(problem["required"])
+
+
+def test_operation_ids_are_unique_method_names(document: dict[str, Any]) -> None:
+    """Generated clients name their methods after operation ids: `{tag}_{route function}`."""
+    ids = [op["operationId"] for _, _, op in _operations(document)]
+    assert len(ids) == len(set(ids)), sorted({i for i in ids if ids.count(i) > 1})
+    badly_named = [i for i in ids if not re.fullmatch(r"[a-z][a-z0-9_]*", i)]
+    assert not badly_named
+    assert document["paths"]["/v1/zones"]["post"]["operationId"] == "zones_create_zone"

@@ -4,6 +4,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from irrigation.common.errors import PROBLEM_JSON
@@ -54,6 +55,13 @@ def problems(*codes: int, authenticated: bool = True) -> dict[int | str, dict[st
         }
         for code in sorted(wanted)
     }
+
+
+def operation_id(route: APIRoute) -> str:
+    """`{first tag}_{function name}`, e.g. `zones_create_zone`: generated clients name their
+    methods after it, so it must read as one (FastAPI's default appends path and method)."""
+    tag = str(route.tags[0]) if route.tags else "default"
+    return f"{tag}_{route.name}".replace("-", "_").lower()
 
 
 def install_openapi(app: FastAPI) -> None:

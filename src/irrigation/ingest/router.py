@@ -58,7 +58,7 @@ _BATCH_SCHEMA: dict[str, Any] = ReadingsBatch.model_json_schema()
         }
     },
 )
-async def post_readings(
+async def send_readings(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
@@ -90,7 +90,7 @@ async def post_readings(
     responses=problems(404),
     summary="The sensor's newest value and its last 60, from the hot cache",
 )
-async def latest_reading(
+async def get_latest_reading(
     sensor_id: uuid.UUID, session: SessionDep, cache: CacheDep, who: ReadPrincipal
 ) -> LatestReading:
     recent, source = await service.latest(session, cache, who.site_id, sensor_id)

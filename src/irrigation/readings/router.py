@@ -46,7 +46,7 @@ Fill = Annotated[
     responses=problems(404),
     summary="Hourly or daily avg/min/max/count of one sensor",
 )
-async def sensor_aggregates(
+async def get_sensor_aggregates(
     sensor_id: uuid.UUID,
     session: SessionDep,
     settings: SettingsDep,
@@ -74,7 +74,7 @@ async def sensor_aggregates(
     responses=problems(404),
     summary="A zone's sensors of one kind: combined (a true average over readings) or per sensor",
 )
-async def zone_aggregates(
+async def get_zone_aggregates(
     zone_id: uuid.UUID,
     session: SessionDep,
     settings: SettingsDep,
@@ -129,7 +129,7 @@ def _after(cursor: str | None) -> datetime | None:
     },
     summary="Raw readings, oldest first; `Accept: text/csv` streams them all as CSV",
 )
-async def raw_readings(
+async def list_raw_readings(
     sensor_id: uuid.UUID,
     request: Request,
     session: SessionDep,
