@@ -93,3 +93,17 @@ def test_operation_ids_are_unique_method_names(document: dict[str, Any]) -> None
     badly_named = [i for i in ids if not re.fullmatch(r"[a-z][a-z0-9_]*", i)]
     assert not badly_named
     assert document["paths"]["/v1/zones"]["post"]["operationId"] == "zones_create_zone"
+
+
+def test_every_response_body_has_a_schema(document: dict[str, Any]) -> None:
+    """A generated client cannot parse a body without a schema (e.g. /metrics' text)."""
+    missing = [
+        f"{method} {path} {status} {media_type}"
+        for method, path, op in _operations(document)
+        for status, response in op["responses"].items()
+        for media_type, content in response.get("content", {}).items()
+        if "schema" not in content
+    ]
+    assert not missing
+    metrics = document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert metrics == {"text/plain": {"schema": {"type": "string"}}}
