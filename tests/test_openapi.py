@@ -3,13 +3,18 @@ about errors (every error response is an RFC 9457 problem)."""
 
 import difflib
 import re
+import uuid
+import zoneinfo
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
+from irrigation.automation.schemas import CRON_PATTERN, ScheduleCreate
 from irrigation.cli import render_openapi
+from irrigation.fleet.schemas import TIMEZONE_PATTERN
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBLEM_JSON = "application/problem+json"
@@ -107,3 +112,65 @@ def test_every_response_body_has_a_schema(document: dict[str, Any]) -> None:
     assert not missing
     metrics = document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
     assert metrics == {"text/plain": {"schema": {"type": "string"}}}
+
+
+def test_parameters_are_absent_or_a_value_never_null(document: dict[str, Any]) -> None:
+    """HTTP has no null: a `str | None` parameter documented as nullable is sent as `null`."""
+    nullable = [
+        f"{method} {path} {parameter['name']}"
+        for method, path, op in _operations(document)
+        for parameter in op.get("parameters", ())
+        if {"type": "null"} in parameter["schema"].get("anyOf", ())
+    ]
+    assert not nullable
+
+
+def test_patch_bodies_are_nullable_only_where_null_clears(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    zone = schemas["ZoneUpdate"]["properties"]
+    assert zone["name"]["type"] == "string"  # may be left out, not cleared
+    assert "default" not in zone["name"]
+    assert zone["version"]["type"] == "integer"
+    assert {"type": "null"} in zone["latitude"]["anyOf"]  # null clears it
+    schedule = schemas["ScheduleUpdate"]
+    assert {"type": "null"} in schedule["properties"]["cron"]["anyOf"]
+    assert schedule["not"]["anyOf"], "the fields that never go together"
+
+
+def test_every_tz_database_name_has_the_documented_shape() -> None:
+    shape = re.compile(TIMEZONE_PATTERN)
+    assert not [name for name in zoneinfo.available_timezones() if not shape.match(name)]
+
+
+@pytest.mark.parametrize(
+    "cron",
+    [
+        "0 6 * * 1-5",
+        "*/15 6-18 * * mon-fri",
+        "0 0 1,15 jan-jun/2 *",
+        "30 5 * * 0,7",
+        "59-0 23 31 12 sun",
+        "05 06 01 01 *",
+    ],
+)
+def test_a_cron_of_the_documented_grammar_is_accepted(cron: str) -> None:
+    assert re.fullmatch(CRON_PATTERN, cron)
+    ScheduleCreate.model_validate({"zone_id": str(uuid.uuid4()), "cron": cron, "duration_s": 60})
+
+
+@pytest.mark.parametrize(
+    "cron", ["0 24 * * *", "60 * * * *", "0 0 0 * *", "0 0 * 13 *", "0 0 * * 8", "* * * *"]
+)
+def test_a_cron_the_api_refuses_is_outside_the_documented_grammar(cron: str) -> None:
+    assert not re.fullmatch(CRON_PATTERN, cron)
+    with pytest.raises(ValidationError):
+        ScheduleCreate.model_validate(
+            {"zone_id": str(uuid.uuid4()), "cron": cron, "duration_s": 60}
+        )
+
+
+def test_the_documented_schedule_examples_are_valid(document: dict[str, Any]) -> None:
+    examples = document["components"]["schemas"]["ScheduleCreate"]["examples"]
+    assert len(examples) == 2
+    for example in examples:
+        ScheduleCreate.model_validate(example)

@@ -64,6 +64,15 @@ def operation_id(route: APIRoute) -> str:
     return f"{tag}_{route.name}".replace("-", "_").lower()
 
 
+def _absent_not_null(schema: dict[str, Any]) -> None:
+    """A query or header parameter is absent or has a value; FastAPI documents `str | None`
+    as "string or null", which clients then send as the text `null`."""
+    branches = [b for b in schema.get("anyOf", ()) if b != {"type": "null"}]
+    if len(branches) == 1:
+        del schema["anyOf"]
+        schema.update({**branches[0], **schema})
+
+
 def install_openapi(app: FastAPI) -> None:
     def build() -> dict[str, Any]:
         if app.openapi_schema:
@@ -91,6 +100,11 @@ def install_openapi(app: FastAPI) -> None:
                             "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF}},
                         },
                     )
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                if isinstance(operation, dict):
+                    for parameter in operation.get("parameters", ()):
+                        _absent_not_null(parameter["schema"])
         # FastAPI's default 422 body is not what we send: drop its unused schemas.
         for name in ("HTTPValidationError", "ValidationError"):
             components.pop(name, None)

@@ -43,7 +43,8 @@ _FORM: dict[str, Any] = {
                 "else its file name's extension (`.ndjson`, `.jsonl`, `.csv`).",
             }
         },
-    }
+    },
+    "encoding": {multipart.FILE_FIELD: {"contentType": "application/x-ndjson, text/csv"}},
 }
 # The multipart variant's file name says what a generic part type (octet-stream) does not.
 _EXTENSIONS = {
@@ -57,6 +58,7 @@ Format = Annotated[
     Query(
         description="`ndjson` or `csv`; overrides `Content-Type`. Anything else is 415.",
         examples=["ndjson"],
+        json_schema_extra={"enum": [f.value for f in imports.ImportFormat]},
     ),
 ]
 
