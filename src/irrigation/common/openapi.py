@@ -57,6 +57,18 @@ def problems(*codes: int, authenticated: bool = True) -> dict[int | str, dict[st
     }
 
 
+# Models of request bodies that routes read themselves (streamed, or parsed from the raw
+# bytes), so FastAPI does not see them: added to the components when the document is built.
+_BODY_MODELS: dict[str, type[BaseModel]] = {}
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """`{"schema": {"$ref": ...}}` for a requestBody content: a named component, which client
+    generators turn into a class of that name (an inline schema gets a made-up one)."""
+    _BODY_MODELS[model.__name__] = model
+    return {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+
+
 def operation_id(route: APIRoute) -> str:
     """`{first tag}_{function name}`, e.g. `zones_create_zone`: generated clients name their
     methods after it, so it must read as one (FastAPI's default appends path and method)."""
@@ -85,10 +97,12 @@ def install_openapi(app: FastAPI) -> None:
             tags=app.openapi_tags,
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components["Problem"] = Problem.model_json_schema(
-            ref_template="#/components/schemas/{model}"
-        )
-        components.update(components["Problem"].pop("$defs", {}))
+        models: list[type[BaseModel]] = [Problem, *_BODY_MODELS.values()]
+        for model in models:
+            components[model.__name__] = model.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            components.update(components[model.__name__].pop("$defs", {}))
         # A body that is not even text (bad UTF-8) is refused by FastAPI before validation.
         for operations in schema.get("paths", {}).values():
             for operation in operations.values():

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Query, Request, Response
 
 from irrigation.auth.deps import IngestPrincipal
 from irrigation.common.deps import RedisDep, SettingsDep
-from irrigation.common.openapi import problems
+from irrigation.common.openapi import body_schema, problems
 from irrigation.db import SessionDep
 from irrigation.ingest import imports, multipart, service
-from irrigation.ingest.schemas import IngestionJobOut
+from irrigation.ingest.schemas import ImportUpload, IngestionJobOut
 
 router = APIRouter(prefix="/v1", tags=["readings"])
 
@@ -28,22 +28,9 @@ _RESPONSES[422]["description"] = (
     "a `file` part (`validation_error`)"
 )
 _RESPONSES[503]["description"] = "The upload could not be stored or queued; send it again"
-_FILE = {"schema": {"type": "string", "format": "binary"}}
+_FILE = {"schema": {"type": "string", "format": "binary", "minLength": 1}}
 _FORM: dict[str, Any] = {
-    "schema": {
-        "title": "ImportUpload",
-        "type": "object",
-        "required": [multipart.FILE_FIELD],
-        "properties": {
-            multipart.FILE_FIELD: {
-                "type": "string",
-                "format": "binary",
-                "description": "The NDJSON or CSV file. Its format is `format` if given, "
-                "else the part's `Content-Type` (`application/x-ndjson`, `text/csv`), "
-                "else its file name's extension (`.ndjson`, `.jsonl`, `.csv`).",
-            }
-        },
-    },
+    **body_schema(ImportUpload),
     "encoding": {multipart.FILE_FIELD: {"contentType": "application/x-ndjson, text/csv"}},
 }
 # The multipart variant's file name says what a generic part type (octet-stream) does not.

@@ -1,7 +1,7 @@
 """HTTP routes for readings in: the batch endpoint and the latest value of a sensor."""
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,7 +12,7 @@ from irrigation.auth.deps import IngestPrincipal, ReadPrincipal
 from irrigation.common.balance import WorkerLoad
 from irrigation.common.deps import SettingsDep
 from irrigation.common.idempotency import IdempotencyKeyHeader, post_request
-from irrigation.common.openapi import problems
+from irrigation.common.openapi import body_schema, problems
 from irrigation.db import SessionDep
 from irrigation.ingest import service
 from irrigation.ingest.cache import HotCache
@@ -37,8 +37,6 @@ async def _load(request: Request) -> WorkerLoad:
 
 LoadDep = Annotated[WorkerLoad, Depends(_load)]
 
-_BATCH_SCHEMA: dict[str, Any] = ReadingsBatch.model_json_schema()
-
 
 @router.post(
     "/readings",
@@ -54,7 +52,7 @@ _BATCH_SCHEMA: dict[str, Any] = ReadingsBatch.model_json_schema()
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": _BATCH_SCHEMA}},
+            "content": {"application/json": body_schema(ReadingsBatch)},
         }
     },
 )
