@@ -20,7 +20,7 @@ from irrigation.alerts.models import (
     SubjectType,
     WebhookEvent,
 )
-from irrigation.common.schemas import NO_NUL, Body, StoredOut, UpdateBody
+from irrigation.common.schemas import Body, NoNulText, StoredOut, UpdateBody
 from irrigation.common.text import NoNul
 
 
@@ -71,7 +71,7 @@ Description = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=500),
     NoNul,
-    Field(json_schema_extra={"pattern": NO_NUL}),
+    NoNulText,
 ]
 Events = Annotated[
     list[WebhookEvent],

@@ -103,10 +103,14 @@ def install_openapi(app: FastAPI) -> None:
                 ref_template="#/components/schemas/{model}"
             )
             components.update(components[model.__name__].pop("$defs", {}))
-        # A body that is not even text (bad UTF-8) is refused by FastAPI before validation.
         for operations in schema.get("paths", {}).values():
             for operation in operations.values():
-                if isinstance(operation, dict) and "requestBody" in operation:
+                if not isinstance(operation, dict):
+                    continue
+                for parameter in operation.get("parameters", ()):
+                    _absent_not_null(parameter["schema"])
+                # A body that is not even text (bad UTF-8) is refused before validation.
+                if "requestBody" in operation:
                     operation.setdefault("responses", {}).setdefault(
                         "400",
                         {
@@ -114,11 +118,6 @@ def install_openapi(app: FastAPI) -> None:
                             "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF}},
                         },
                     )
-        for operations in schema.get("paths", {}).values():
-            for operation in operations.values():
-                if isinstance(operation, dict):
-                    for parameter in operation.get("parameters", ()):
-                        _absent_not_null(parameter["schema"])
         # FastAPI's default 422 body is not what we send: drop its unused schemas.
         for name in ("HTTPValidationError", "ValidationError"):
             components.pop(name, None)
