@@ -2,13 +2,19 @@
 about errors (every error response is an RFC 9457 problem)."""
 
 import difflib
+import re
+import uuid
+import zoneinfo
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
+from irrigation.automation.schemas import CRON_PATTERN, ScheduleCreate
 from irrigation.cli import render_openapi
+from irrigation.fleet.schemas import TIMEZONE_PATTERN
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBLEM_JSON = "application/problem+json"
@@ -83,3 +89,88 @@ def test_every_operation_documents_its_errors(document: dict[str, Any]) -> None:
 def test_the_problem_schema_is_published(document: dict[str, Any]) -> None:
     problem = document["components"]["schemas"]["Problem"]
     assert {"type", "title", "status", "detail", "code"} <= set(problem["required"])
+
+
+def test_operation_ids_are_unique_method_names(document: dict[str, Any]) -> None:
+    """Generated clients name their methods after operation ids: `{tag}_{route function}`."""
+    ids = [op["operationId"] for _, _, op in _operations(document)]
+    assert len(ids) == len(set(ids)), sorted({i for i in ids if ids.count(i) > 1})
+    badly_named = [i for i in ids if not re.fullmatch(r"[a-z][a-z0-9_]*", i)]
+    assert not badly_named
+    assert document["paths"]["/v1/zones"]["post"]["operationId"] == "zones_create_zone"
+
+
+def test_every_response_body_has_a_schema(document: dict[str, Any]) -> None:
+    """A generated client cannot parse a body without a schema (e.g. /metrics' text)."""
+    missing = [
+        f"{method} {path} {status} {media_type}"
+        for method, path, op in _operations(document)
+        for status, response in op["responses"].items()
+        for media_type, content in response.get("content", {}).items()
+        if "schema" not in content
+    ]
+    assert not missing
+    metrics = document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert metrics == {"text/plain": {"schema": {"type": "string"}}}
+
+
+def test_parameters_are_absent_or_a_value_never_null(document: dict[str, Any]) -> None:
+    """HTTP has no null: a `str | None` parameter documented as nullable is sent as `null`."""
+    nullable = [
+        f"{method} {path} {parameter['name']}"
+        for method, path, op in _operations(document)
+        for parameter in op.get("parameters", ())
+        if {"type": "null"} in parameter["schema"].get("anyOf", ())
+    ]
+    assert not nullable
+
+
+def test_patch_bodies_are_nullable_only_where_null_clears(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    zone = schemas["ZoneUpdate"]["properties"]
+    assert zone["name"]["type"] == "string"  # may be left out, not cleared
+    assert "default" not in zone["name"]
+    assert zone["version"]["type"] == "integer"
+    assert {"type": "null"} in zone["latitude"]["anyOf"]  # null clears it
+    schedule = schemas["ScheduleUpdate"]
+    assert {"type": "null"} in schedule["properties"]["cron"]["anyOf"]
+    assert schedule["not"]["anyOf"], "the fields that never go together"
+
+
+def test_every_tz_database_name_has_the_documented_shape() -> None:
+    shape = re.compile(TIMEZONE_PATTERN)
+    assert not [name for name in zoneinfo.available_timezones() if not shape.match(name)]
+
+
+@pytest.mark.parametrize(
+    "cron",
+    [
+        "0 6 * * 1-5",
+        "*/15 6-18 * * mon-fri",
+        "0 0 1,15 jan-jun/2 *",
+        "30 5 * * 0,7",
+        "59-0 23 31 12 sun",
+        "05 06 01 01 *",
+    ],
+)
+def test_a_cron_of_the_documented_grammar_is_accepted(cron: str) -> None:
+    assert re.fullmatch(CRON_PATTERN, cron)
+    ScheduleCreate.model_validate({"zone_id": str(uuid.uuid4()), "cron": cron, "duration_s": 60})
+
+
+@pytest.mark.parametrize(
+    "cron", ["0 24 * * *", "60 * * * *", "0 0 0 * *", "0 0 * 13 *", "0 0 * * 8", "* * * *"]
+)
+def test_a_cron_the_api_refuses_is_outside_the_documented_grammar(cron: str) -> None:
+    assert not re.fullmatch(CRON_PATTERN, cron)
+    with pytest.raises(ValidationError):
+        ScheduleCreate.model_validate(
+            {"zone_id": str(uuid.uuid4()), "cron": cron, "duration_s": 60}
+        )
+
+
+def test_the_documented_schedule_examples_are_valid(document: dict[str, Any]) -> None:
+    examples = document["components"]["schemas"]["ScheduleCreate"]["examples"]
+    assert len(examples) == 2
+    for example in examples:
+        ScheduleCreate.model_validate(example)

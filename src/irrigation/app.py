@@ -16,7 +16,7 @@ from irrigation.automation.router import router as automation_router
 from irrigation.common.balance import WorkerLoad
 from irrigation.common.errors import install_error_handlers
 from irrigation.common.middleware import BodyLimitMiddleware, MetricsMiddleware
-from irrigation.common.openapi import install_openapi
+from irrigation.common.openapi import install_openapi, operation_id
 from irrigation.db import create_engine, create_sessionmaker
 from irrigation.fleet.router import routers as fleet_routers
 from irrigation.health import router as health_router
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
         static_url=DOCS_ASSETS,
         redoc_url=None,
         # Swagger UI would otherwise ask validator.swagger.io about our document.

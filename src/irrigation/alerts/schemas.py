@@ -20,7 +20,7 @@ from irrigation.alerts.models import (
     SubjectType,
     WebhookEvent,
 )
-from irrigation.common.schemas import Body, StoredOut, UpdateBody
+from irrigation.common.schemas import Body, NoNulText, StoredOut, UpdateBody
 from irrigation.common.text import NoNul
 
 
@@ -60,9 +60,19 @@ WebhookUrl = Annotated[
     StringConstraints(strip_whitespace=True, min_length=1, max_length=2000),
     NoNul,
     AfterValidator(_http_url),
-    Field(examples=["https://example.com/hooks/irrigation"]),
+    Field(
+        examples=["https://example.com/hooks/irrigation"],
+        description="An absolute `http://` or `https://` URL, without whitespace.",
+        # What _http_url checks: a scheme, a non-empty host part, no whitespace, no NUL.
+        json_schema_extra={"pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/\u0000]+([/][^\s\u0000]*)?$"},
+    ),
 ]
-Description = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500), NoNul]
+Description = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, max_length=500),
+    NoNul,
+    NoNulText,
+]
 Events = Annotated[
     list[WebhookEvent],
     Field(

@@ -15,7 +15,7 @@ router = APIRouter(prefix="/v1", tags=["keys"])
 
 
 @router.get("/sites/current", response_model=SiteOut, responses=problems())
-async def current_site(session: SessionDep, principal: ReadPrincipal) -> SiteOut:
+async def get_current_site(session: SessionDep, principal: ReadPrincipal) -> SiteOut:
     return SiteOut.model_validate(await service.get_site(session, principal.site_id))
 
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from irrigation.common.schemas import NotBlankText
 from irrigation.common.text import NoNul
 
 
@@ -17,7 +18,12 @@ class Scope(StrEnum):
     admin = "admin"
 
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), NoNul]
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    NoNul,
+    NotBlankText,
+]
 
 
 class ApiKeyCreate(BaseModel):

@@ -9,27 +9,88 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     StringConstraints,
     model_validator,
 )
+from pydantic.config import JsonDict
 
 from irrigation.automation.calendar import Weekday, When
 from irrigation.automation.models import Outcome, RunStatus
-from irrigation.common.schemas import Body, StoredOut, UpdateBody
+from irrigation.common.schemas import Body, NotBlankText, StoredOut, UpdateBody
 from irrigation.common.text import NoNul
 from irrigation.fleet.schemas import Finite, SensorKind
 from irrigation.pumps.models import Priority
 
 RuleName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), NoNul
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    NoNul,
+    NotBlankText,
 ]
 Duration = Annotated[int, Field(ge=1, le=3600, description="Run time of each pump, seconds.")]
 WindowSeconds = Annotated[int, Field(ge=60, le=86400)]
-Cron = Annotated[str, StringConstraints(min_length=1, max_length=100), NoNul]
-StartTime = Annotated[str, StringConstraints(pattern=r"^\d{2}:\d{2}$")]
+
+
+def _cron_field(value: str) -> str:
+    """`*` or a value or range, each with an optional step; a comma-separated list of those."""
+    item = rf"(\*|({value})(-({value}))?)(/[1-9][0-9]?)?"
+    return rf"{item}(,{item})*"
+
+
+_MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"
+_DAYS = "sun|mon|tue|wed|thu|fri|sat"
+# The grammar the schedule's cron check (croniter) accepts, field by field with each field's
+# range, in its common form (croniter also knows `L`, `W`, `#`, `?` and capitals: still
+# accepted, not advertised). Documentation only: the check itself stays croniter's.
+CRON_PATTERN = (
+    "^"
+    + " ".join(
+        _cron_field(value)
+        for value in (
+            "[0-5]?[0-9]",
+            "[01]?[0-9]|2[0-3]",
+            "0?[1-9]|[12][0-9]|3[01]",
+            f"0?[1-9]|1[0-2]|{_MONTHS}",
+            f"[0-7]|{_DAYS}",
+        )
+    )
+    + "$"
+)
+Cron = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=100),
+    NoNul,
+    Field(
+        description="5-field cron expression (minute hour day-of-month month day-of-week) in "
+        "the zone's local time, e.g. `0 6 * * 1-5`: `*`, values, ranges, steps and lists, "
+        "month and day names (`jan`, `mon`; 0 and 7 are Sunday). No seconds, years, "
+        "`@daily` aliases or `H`/`R`; a date that never exists (`0 0 30 2 *`) is refused. "
+        "Either `cron` or `start_times`, not both.",
+        json_schema_extra={"pattern": CRON_PATTERN},
+    ),
+]
+# The document states calendar's own HH:MM check (00:00-23:59), which answers "25:00".
+StartTime = Annotated[
+    str,
+    StringConstraints(pattern=r"^\d{2}:\d{2}$"),
+    Field(json_schema_extra={"pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"}),
+]
+_WEEKDAYS = "With `start_times`, never with `cron`; each day once. Omitted: every day."
+_START_TIMES = (
+    "Local `HH:MM` times, each once. Either `start_times` or `cron`, not both; one of them is "
+    "required."
+)
 
 
 # Threshold rules -----------------------------------------------------------------------
+
+
+_START_BELOW = (
+    "Ask for water when the average falls below this; must be below `stop_above` (the "
+    "stored one on PATCH)."
+)
+_STOP_ABOVE = "Hysteresis: trigger again only after the average rose above this."
 
 
 class ThresholdRuleCreate(Body):
@@ -42,10 +103,8 @@ class ThresholdRuleCreate(Body):
     window_s: WindowSeconds = Field(
         default=900, description="The average of the zone's sensors over this window."
     )
-    start_below: Finite = Field(description="Ask for water when the average falls below this.")
-    stop_above: Finite = Field(
-        description="Hysteresis: trigger again only after the average rose above this."
-    )
+    start_below: Finite = Field(description=_START_BELOW)
+    stop_above: Finite = Field(description=_STOP_ABOVE)
     duration_s: Duration
     enabled: bool = True
 
@@ -63,8 +122,8 @@ class ThresholdRuleUpdate(UpdateBody):
     name: RuleName | None = None
     sensor_kind: SensorKind | None = None
     window_s: WindowSeconds | None = None
-    start_below: Finite | None = None
-    stop_above: Finite | None = None
+    start_below: Finite | None = Field(default=None, description=_START_BELOW)
+    stop_above: Finite | None = Field(default=None, description=_STOP_ABOVE)
     duration_s: Duration | None = None
     enabled: bool | None = None
 
@@ -88,22 +147,58 @@ class ThresholdRuleOut(StoredOut):
 # Schedules -----------------------------------------------------------------------------
 
 
+# Duplicates are refused (calendar.When); JSON Schema can say so.
+_UNIQUE: JsonDict = {"uniqueItems": True}
+
+
+_GIVEN: JsonDict = {"type": "string"}
+_SOME: JsonDict = {"type": "array", "minItems": 1}
+_NONE: JsonDict = {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]}
+# calendar.When's rules between fields, as JSON Schema can say them: never both `cron` and
+# `start_times`, nor `cron` with `weekdays`; on create, never neither (on update that also
+# depends on the stored schedule). `not`, not `oneOf`: client generators turn a top-level
+# `oneOf` into a union of partial models.
+_BOTH: list[JsonValue] = [
+    {"required": ["cron", "start_times"], "properties": {"cron": _GIVEN, "start_times": _SOME}},
+    {"required": ["cron", "weekdays"], "properties": {"cron": _GIVEN, "weekdays": _SOME}},
+]
+_NEITHER: JsonDict = {"properties": {"cron": {"type": "null"}, "start_times": _NONE}}
+_ZONE = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+_CREATE_WHEN: JsonDict = {
+    "not": {"anyOf": [*_BOTH, _NEITHER]},
+    "examples": [
+        {"zone_id": _ZONE, "cron": "0 6 * * 1-5", "duration_s": 600},
+        {
+            "zone_id": _ZONE,
+            "weekdays": ["mon", "thu"],
+            "start_times": ["06:00", "18:30"],
+            "duration_s": 300,
+        },
+    ],
+}
+_UPDATE_WHEN: JsonDict = {"not": {"anyOf": [*_BOTH]}}
+
+
 class ScheduleCreate(Body):
+    """When: either `cron`, or `start_times` (on `weekdays`, or every day)."""
+
+    model_config = ConfigDict(json_schema_extra=_CREATE_WHEN)
+
     zone_id: uuid.UUID
     pump_id: uuid.UUID | None = Field(
         default=None, description="Omitted: every enabled pump of the zone, one after another."
     )
     name: RuleName | None = None
-    cron: Cron | None = Field(
-        default=None,
-        description="5-field cron expression in the zone's local time, e.g. `0 6 * * 1-5`.",
-        examples=["0 6 * * *"],
-    )
+    cron: Cron | None = Field(default=None, examples=["0 6 * * *"])
     weekdays: list[Weekday] | None = Field(
-        default=None, max_length=7, description="With `start_times`; omitted: every day."
+        default=None, max_length=7, description=_WEEKDAYS, json_schema_extra=_UNIQUE
     )
     start_times: list[StartTime] | None = Field(
-        default=None, max_length=48, description="Local `HH:MM` times.", examples=[["06:00"]]
+        default=None,
+        max_length=48,
+        description=_START_TIMES,
+        examples=[["06:00"]],
+        json_schema_extra=_UNIQUE,
     )
     duration_s: Duration
     enabled: bool = True
@@ -125,6 +220,10 @@ class ScheduleCreate(Body):
 
 
 class ScheduleUpdate(UpdateBody):
+    """To switch from `start_times` to `cron`, send `start_times` (and `weekdays`) as null;
+    from `cron` to `start_times`, send `cron` as null."""
+
+    schema_rules = _UPDATE_WHEN
     nullable = frozenset(
         {
             "name",
@@ -140,8 +239,12 @@ class ScheduleUpdate(UpdateBody):
     pump_id: uuid.UUID | None = None
     name: RuleName | None = None
     cron: Cron | None = None
-    weekdays: list[Weekday] | None = Field(default=None, max_length=7)
-    start_times: list[StartTime] | None = Field(default=None, max_length=48)
+    weekdays: list[Weekday] | None = Field(
+        default=None, max_length=7, description=_WEEKDAYS, json_schema_extra=_UNIQUE
+    )
+    start_times: list[StartTime] | None = Field(
+        default=None, max_length=48, description=_START_TIMES, json_schema_extra=_UNIQUE
+    )
     duration_s: Duration | None = None
     enabled: bool | None = None
     max_delay_s: int | None = Field(default=None, ge=60, le=86400)
@@ -212,7 +315,9 @@ class DecisionOut(BaseModel):
 
 
 class Until(Body):
-    until: AwareDatetime = Field(description="When it ends (with a UTC offset).")
+    until: AwareDatetime = Field(
+        description="When it ends, with a UTC offset; must be in the future (422 otherwise)."
+    )
 
 
 class AutomationState(BaseModel):

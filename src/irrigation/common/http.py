@@ -13,6 +13,8 @@ async def if_match_version(
         Header(
             max_length=40,
             description='The version you read (`3`, `"3"` or `W/"3"`); or send `version`.',
+            # The form parsed below, for versions up to 999,999,999 (the check allows 2**31-1).
+            json_schema_extra={"pattern": r'^(W/)?"?[1-9][0-9]{0,8}"?$'},
         ),
     ] = None,
 ) -> int | None:

@@ -50,7 +50,9 @@ IdempotencyKeyHeader = Annotated[
         alias="Idempotency-Key",
         min_length=1,
         max_length=200,
-        description="Retry safely: the same key returns the first answer.",
+        description="Retry safely: the same key returns the first answer. A key belongs to "
+        "one request body: the same key with another body is 422 `idempotency_key_reused` "
+        "(for `IRRIGATION_IDEMPOTENCY_TTL_S`, a day unless configured).",
     ),
 ]
 

@@ -4,6 +4,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from irrigation.common.errors import PROBLEM_JSON
@@ -67,6 +68,34 @@ IN_FLIGHT = (
 )
 
 
+# Models of request bodies that routes read themselves (streamed, or parsed from the raw
+# bytes), so FastAPI does not see them: added to the components when the document is built.
+_BODY_MODELS: dict[str, type[BaseModel]] = {}
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """`{"schema": {"$ref": ...}}` for a requestBody content: a named component, which client
+    generators turn into a class of that name (an inline schema gets a made-up one)."""
+    _BODY_MODELS[model.__name__] = model
+    return {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+
+
+def operation_id(route: APIRoute) -> str:
+    """`{first tag}_{function name}`, e.g. `zones_create_zone`: generated clients name their
+    methods after it, so it must read as one (FastAPI's default appends path and method)."""
+    tag = str(route.tags[0]) if route.tags else "default"
+    return f"{tag}_{route.name}".replace("-", "_").lower()
+
+
+def _absent_not_null(schema: dict[str, Any]) -> None:
+    """A query or header parameter is absent or has a value; FastAPI documents `str | None`
+    as "string or null", which clients then send as the text `null`."""
+    branches = [b for b in schema.get("anyOf", ()) if b != {"type": "null"}]
+    if len(branches) == 1:
+        del schema["anyOf"]
+        schema.update({**branches[0], **schema})
+
+
 def install_openapi(app: FastAPI) -> None:
     def build() -> dict[str, Any]:
         if app.openapi_schema:
@@ -79,14 +108,20 @@ def install_openapi(app: FastAPI) -> None:
             tags=app.openapi_tags,
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components["Problem"] = Problem.model_json_schema(
-            ref_template="#/components/schemas/{model}"
-        )
-        components.update(components["Problem"].pop("$defs", {}))
-        # A body that is not even text (bad UTF-8) is refused by FastAPI before validation.
+        models: list[type[BaseModel]] = [Problem, *_BODY_MODELS.values()]
+        for model in models:
+            components[model.__name__] = model.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            components.update(components[model.__name__].pop("$defs", {}))
         for operations in schema.get("paths", {}).values():
             for operation in operations.values():
-                if isinstance(operation, dict) and "requestBody" in operation:
+                if not isinstance(operation, dict):
+                    continue
+                for parameter in operation.get("parameters", ()):
+                    _absent_not_null(parameter["schema"])
+                # A body that is not even text (bad UTF-8) is refused before validation.
+                if "requestBody" in operation:
                     operation.setdefault("responses", {}).setdefault(
                         "400",
                         {

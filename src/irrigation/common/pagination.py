@@ -18,6 +18,11 @@ from irrigation.common.errors import Invalid
 
 T = TypeVar("T")
 MAX_LIMIT = 500
+# Cursors are unpadded base64url; their content is the server's business.
+CURSOR_PATTERN = "^[A-Za-z0-9_-]*$"
+CURSOR_DESCRIPTION = (
+    "Opaque: a previous page's `next_cursor`, unchanged. Anything else is 422 `invalid_cursor`."
+)
 
 
 class Page(BaseModel, Generic[T]):
@@ -35,7 +40,11 @@ async def page_params(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size (1-500).")] = 50,
     cursor: Annotated[
         str | None,
-        Query(max_length=200, description="Opaque cursor from a previous page's `next_cursor`."),
+        Query(
+            max_length=200,
+            description=CURSOR_DESCRIPTION,
+            json_schema_extra={"pattern": CURSOR_PATTERN},
+        ),
     ] = None,
 ) -> PageParams:
     return PageParams(limit=limit, cursor=cursor)

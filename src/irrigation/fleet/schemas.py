@@ -13,15 +13,23 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
+from pydantic.config import JsonDict
 
-from irrigation.common.schemas import Body, StoredOut, UpdateBody
+from irrigation.common.schemas import Body, NotBlankText, StoredOut, UpdateBody
 from irrigation.common.text import NoNul
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), NoNul]
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    NoNul,
+    NotBlankText,
+]
 HardwareId = Annotated[
     str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")
 ]
-Unit = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=16), NoNul]
+Unit = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=16), NoNul, NotBlankText
+]
 Finite = Annotated[float, Field(allow_inf_nan=False, ge=-1e9, le=1e9)]
 # No upper bound in policy (the site minimum is the lower one); this one is the column's.
 CooldownSeconds = Annotated[int, Field(ge=0, le=2**31 - 1)]
@@ -38,11 +46,21 @@ def _check_timezone(name: str) -> str:
     return name
 
 
+# The shape of every name in the tz database. Not an enum of the names themselves: the list
+# comes from the installed tz database (tzdata), so it changes with it, and a client built
+# from an older list would refuse a zone that a newer server returns.
+TIMEZONE_PATTERN = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}$"
 TimeZone = Annotated[
     str,
     StringConstraints(min_length=1, max_length=64),
     AfterValidator(_check_timezone),
-    Field(examples=["Europe/Berlin"], description="IANA time zone name"),
+    Field(
+        examples=["Europe/Berlin"],
+        description="IANA time zone name (`Europe/Berlin`, `America/Argentina/Cordoba`, "
+        "`UTC`), exactly as in the tz database: a name of the right shape that the tz "
+        "database does not know is refused (422).",
+        json_schema_extra={"pattern": TIMEZONE_PATTERN},
+    ),
 ]
 
 
@@ -81,6 +99,8 @@ Latitude = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)]
 Longitude = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)]
 Percent = Annotated[int, Field(ge=0, le=1000)]
 BaselineMm = Annotated[float, Field(gt=0, le=50, allow_inf_nan=False)]
+_ET_MIN = "Lower bound of the ET water level, %; not above `et_max_pct` (the stored one on PATCH)."
+_ET_MAX = "Upper bound of the ET water level, %; not below `et_min_pct`."
 
 
 class _ZoneWeather(Body):
@@ -103,8 +123,8 @@ class ZoneCreate(_ZoneWeather):
         "(Hargreaves) against `et_baseline_mm`; needs `latitude` and `longitude`.",
     )
     et_baseline_mm: BaselineMm = Field(default=5.0, description="ET0 (mm/day) that means 100 %.")
-    et_min_pct: Percent = 0
-    et_max_pct: Percent = 200
+    et_min_pct: Percent = Field(default=0, description=_ET_MIN)
+    et_max_pct: Percent = Field(default=200, description=_ET_MAX)
 
 
 class ZoneUpdate(_ZoneWeather, UpdateBody):
@@ -116,8 +136,8 @@ class ZoneUpdate(_ZoneWeather, UpdateBody):
     longitude: Longitude | None = None
     et_scaling: bool | None = None
     et_baseline_mm: BaselineMm | None = None
-    et_min_pct: Percent | None = None
-    et_max_pct: Percent | None = None
+    et_min_pct: Percent | None = Field(default=None, description=_ET_MIN)
+    et_max_pct: Percent | None = Field(default=None, description=_ET_MAX)
 
 
 class ZoneOut(StoredOut):
@@ -166,6 +186,19 @@ class PumpStatus(StrEnum):
     disabled = "disabled"
 
 
+# Server settings, not constants of the API: the document would otherwise change with them.
+_MAX_RUNTIME = (
+    "Seconds; default 30. At most the server's hard cap (`IRRIGATION_MAX_RUNTIME_CAP_S`, 30 "
+    "unless configured): above it is 422."
+)
+# The cap itself is at most an hour (Settings.max_runtime_cap_s).
+_AT_MOST_THE_CAP: JsonDict = {"maximum": 3600}
+_COOLDOWN = (
+    "Seconds; default 900. At least the server's minimum (`IRRIGATION_MIN_COOLDOWN_S`, 900 "
+    "unless configured): below it is 422."
+)
+
+
 class PumpCreate(Body):
     zone_id: uuid.UUID
     water_source_id: uuid.UUID | None = Field(
@@ -174,11 +207,9 @@ class PumpCreate(Body):
     name: Name
     hardware_id: HardwareId
     max_runtime_s: int | None = Field(
-        default=None, ge=1, description="Default 30; never above the site's hard cap."
+        default=None, ge=1, description=_MAX_RUNTIME, json_schema_extra=_AT_MOST_THE_CAP
     )
-    cooldown_s: CooldownSeconds | None = Field(
-        default=None, description="Default 900; never below the site's minimum."
-    )
+    cooldown_s: CooldownSeconds | None = Field(default=None, description=_COOLDOWN)
     enabled: bool = True
 
 
@@ -187,8 +218,10 @@ class PumpUpdate(UpdateBody):
     water_source_id: uuid.UUID | None = None
     name: Name | None = None
     hardware_id: HardwareId | None = None
-    max_runtime_s: int | None = Field(default=None, ge=1)
-    cooldown_s: CooldownSeconds | None = None
+    max_runtime_s: int | None = Field(
+        default=None, ge=1, description=_MAX_RUNTIME, json_schema_extra=_AT_MOST_THE_CAP
+    )
+    cooldown_s: CooldownSeconds | None = Field(default=None, description=_COOLDOWN)
     enabled: bool | None = None
 
 
@@ -213,8 +246,14 @@ class PumpOut(StoredOut):
 
 
 class _RangeChecked(Body):
-    min_value: Finite | None = None
-    max_value: Finite | None = None
+    min_value: Finite | None = Field(
+        default=None,
+        description="Readings below are out of range; must be below `max_value` (the stored "
+        "one on PATCH). Null: the kind's default range.",
+    )
+    max_value: Finite | None = Field(
+        default=None, description="Readings above are out of range; must be above `min_value`."
+    )
 
     @model_validator(mode="after")
     def _range_order(self) -> Self:
@@ -226,10 +265,14 @@ class _RangeChecked(Body):
 
 class _AlertBand(Body):
     alert_min: Finite | None = Field(
-        default=None, description="An alert is raised while the latest value is below this."
+        default=None,
+        description="An alert is raised while the latest value is below this; must be below "
+        "`alert_max` (the stored one on PATCH).",
     )
     alert_max: Finite | None = Field(
-        default=None, description="An alert is raised while the latest value is above this."
+        default=None,
+        description="An alert is raised while the latest value is above this; must be above "
+        "`alert_min`.",
     )
     silent_after_s: int | None = Field(
         default=None, ge=60, le=30 * 86400, description="Alert when no reading came for this long."

@@ -1,16 +1,18 @@
 """HTTP route for history file imports: the upload that queues an import job."""
 
-from typing import Annotated
+from collections.abc import AsyncIterator
+from pathlib import PurePath
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
 from irrigation.auth.deps import IngestPrincipal
 from irrigation.common.deps import RedisDep, SettingsDep
-from irrigation.common.openapi import problems
+from irrigation.common.openapi import body_schema, problems
 from irrigation.db import SessionDep
-from irrigation.ingest import import_upload as imports
-from irrigation.ingest import service
-from irrigation.ingest.schemas import IngestionJobOut
+from irrigation.ingest import import_upload, multipart, service
+from irrigation.ingest.import_formats import ImportFormat
+from irrigation.ingest.schemas import ImportUpload, IngestionJobOut
 
 router = APIRouter(prefix="/v1", tags=["readings"])
 
@@ -19,19 +21,32 @@ UPLOAD_PATH = "/v1/ingest/jobs"
 _RESPONSES = problems(413, 415, 503)
 _RESPONSES[413]["description"] = "The file is above `IRRIGATION_MAX_UPLOAD_BYTES`"
 _RESPONSES[415]["description"] = (
-    "Neither `format` nor `Content-Type` names NDJSON or CSV (`unsupported_media_type`)"
+    "Neither `format` nor the `Content-Type` (of the body, or of the `file` part) names "
+    "NDJSON or CSV (`unsupported_media_type`)"
 )
 _RESPONSES[422]["description"] = (
-    "An empty file, or a CSV header without `sensor_id,ts,value` (`validation_error`)"
+    "An empty file, a CSV header without `sensor_id,ts,value`, or a multipart body without "
+    "a `file` part (`validation_error`)"
 )
 _RESPONSES[503]["description"] = "The upload could not be stored or queued; send it again"
-_FILE = {"schema": {"type": "string", "format": "binary"}}
+_FILE = {"schema": {"type": "string", "format": "binary", "minLength": 1}}
+_FORM: dict[str, Any] = {
+    **body_schema(ImportUpload),
+    "encoding": {multipart.FILE_FIELD: {"contentType": "application/x-ndjson, text/csv"}},
+}
+# The multipart variant's file name says what a generic part type (octet-stream) does not.
+_EXTENSIONS = {
+    ".ndjson": "application/x-ndjson",
+    ".jsonl": "application/x-ndjson",
+    ".csv": "text/csv",
+}
 
 Format = Annotated[
     str | None,
     Query(
         description="`ndjson` or `csv`; overrides `Content-Type`. Anything else is 415.",
         examples=["ndjson"],
+        json_schema_extra={"enum": [f.value for f in ImportFormat]},
     ),
 ]
 
@@ -51,7 +66,9 @@ Format = Annotated[
     description=(
         "The raw body is the file: `application/x-ndjson` (one reading object per line, "
         "as in `POST /v1/readings`) or `text/csv` (header row required: `sensor_id,ts,value` "
-        "and optionally `unit,quality`, in any order), or any type with `?format=`. It is "
+        "and optionally `unit,quality`, in any order), or any type with `?format=`. Or the "
+        "file is the `file` part of a `multipart/form-data` body (a browser form's upload), "
+        "whose own `Content-Type` or file name gives the format unless `?format=` does. It is "
         "streamed to disk, up to `IRRIGATION_MAX_UPLOAD_BYTES`. The answer is the queued "
         "job (`Location` points at it); a worker then processes the file in chunks, "
         "`processed` of `total` lines. A line that cannot be parsed is quarantined as a "
@@ -60,7 +77,11 @@ Format = Annotated[
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/x-ndjson": _FILE, "text/csv": _FILE},
+            "content": {
+                "application/x-ndjson": _FILE,
+                "text/csv": _FILE,
+                "multipart/form-data": _FORM,
+            },
         }
     },
 )
@@ -73,9 +94,19 @@ async def upload_import(
     who: IngestPrincipal,
     format: Format = None,
 ) -> IngestionJobOut:
-    file_format = imports.resolve_format(format, request.headers.get("content-type"))
-    job = await imports.receive(
-        session, settings, redis, who.site_id, file_format, request.stream()
-    )
+    content_type = request.headers.get("content-type")
+    body: AsyncIterator[bytes] = request.stream()
+    if (content_type or "").lower().startswith("multipart/form-data"):
+        part = await multipart.open_file_part(body, content_type or "")
+        content_type, body = _part_media_type(part), part.chunks
+    file_format = import_upload.resolve_format(format, content_type)
+    job = await import_upload.receive(session, settings, redis, who.site_id, file_format, body)
     response.headers["Location"] = f"{UPLOAD_PATH}/{job.id}"
     return service.job_out(job)
+
+
+def _part_media_type(part: multipart.FilePart) -> str | None:
+    media_type = (part.content_type or "").split(";", 1)[0].strip().lower()
+    if media_type in import_upload.MEDIA_TYPES or not part.filename:
+        return part.content_type
+    return _EXTENSIONS.get(PurePath(part.filename).suffix.lower(), part.content_type)

@@ -68,7 +68,7 @@ async def list_quarantine(
         "`not_found`. Send corrections through the single-item route."
     ),
 )
-async def approve_many(
+async def approve_quarantined_items(
     body: ReviewIds,
     session: SessionDep,
     settings: SettingsDep,
@@ -88,7 +88,9 @@ async def approve_many(
     summary="Reject up to 500 quarantined items",
     description="Each id on its own: `rejected`, `already_reviewed` or `not_found`.",
 )
-async def reject_many(body: ReviewIds, session: SessionDep, who: IngestPrincipal) -> ReviewResults:
+async def reject_quarantined_items(
+    body: ReviewIds, session: SessionDep, who: IngestPrincipal
+) -> ReviewResults:
     return ReviewResults(
         results=await review.reject_many(session, who.site_id, body.ids, f"api_key:{who.key_id}")
     )
@@ -106,7 +108,7 @@ async def reject_many(body: ReviewIds, session: SessionDep, who: IngestPrincipal
         "the `reason`. Already approved or rejected: 409 `already_reviewed`."
     ),
 )
-async def approve(
+async def approve_quarantined_item(
     item_id: uuid.UUID,
     session: SessionDep,
     settings: SettingsDep,
@@ -130,7 +132,7 @@ async def approve(
     responses=problems(404, 409),
     summary="Reject a quarantined item: it stays out of the readings",
 )
-async def reject(
+async def reject_quarantined_item(
     item_id: uuid.UUID, session: SessionDep, who: IngestPrincipal
 ) -> QuarantinedReadingOut:
     return QuarantinedReadingOut.model_validate(
@@ -147,7 +149,7 @@ async def reject(
     responses=problems(),
     summary="Ingestion jobs of the caller's site, newest first",
 )
-async def list_jobs(
+async def list_ingestion_jobs(
     session: SessionDep,
     who: ReadOrIngestPrincipal,
     params: Params,
@@ -166,7 +168,7 @@ async def list_jobs(
     responses=problems(404),
     summary="One ingestion job: status, counts, processing time and success rate",
 )
-async def get_job(
+async def get_ingestion_job(
     job_id: uuid.UUID, session: SessionDep, who: ReadOrIngestPrincipal
 ) -> IngestionJobOut:
     return job_out(await review.get_job(session, who.site_id, job_id))

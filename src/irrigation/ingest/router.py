@@ -1,7 +1,7 @@
 """HTTP routes for readings in: the batch endpoint and the latest value of a sensor."""
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,7 +12,7 @@ from irrigation.auth.deps import IngestPrincipal, ReadPrincipal
 from irrigation.common.balance import WorkerLoad
 from irrigation.common.deps import SettingsDep
 from irrigation.common.idempotency import IdempotencyKeyHeader, post_request
-from irrigation.common.openapi import IN_FLIGHT, problems
+from irrigation.common.openapi import IN_FLIGHT, body_schema, problems
 from irrigation.db import SessionDep
 from irrigation.ingest import service
 from irrigation.ingest.cache import HotCache
@@ -37,8 +37,6 @@ async def _load(request: Request) -> WorkerLoad:
 
 LoadDep = Annotated[WorkerLoad, Depends(_load)]
 
-_BATCH_SCHEMA: dict[str, Any] = ReadingsBatch.model_json_schema()
-
 
 @router.post(
     "/readings",
@@ -56,11 +54,11 @@ _BATCH_SCHEMA: dict[str, Any] = ReadingsBatch.model_json_schema()
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": _BATCH_SCHEMA}},
+            "content": {"application/json": body_schema(ReadingsBatch)},
         }
     },
 )
-async def post_readings(
+async def send_readings(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
@@ -92,7 +90,7 @@ async def post_readings(
     responses=problems(404),
     summary="The sensor's newest value and its last 60, from the hot cache",
 )
-async def latest_reading(
+async def get_latest_reading(
     sensor_id: uuid.UUID, session: SessionDep, cache: CacheDep, who: ReadPrincipal
 ) -> LatestReading:
     recent, source = await service.latest(session, cache, who.site_id, sensor_id)

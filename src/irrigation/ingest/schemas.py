@@ -74,6 +74,17 @@ class QuarantinedItem(BaseModel):
     detail: str
 
 
+class ImportUpload(BaseModel):
+    """A history file as a `multipart/form-data` body (the route streams it: this model only
+    documents the form)."""
+
+    file: bytes = Field(
+        description="The NDJSON or CSV file. Its format is `format` if given, else the "
+        "part's `Content-Type` (`application/x-ndjson`, `text/csv`), else its file name's "
+        "extension (`.ndjson`, `.jsonl`, `.csv`)."
+    )
+
+
 class IngestResult(BaseModel):
     job_id: uuid.UUID
     total: int

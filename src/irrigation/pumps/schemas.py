@@ -9,6 +9,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from irrigation.common.errors import problem_body
 from irrigation.common.idempotency import StoredAnswer
+from irrigation.common.schemas import NO_NUL
 from irrigation.pumps.errors import Refused
 from irrigation.pumps.models import ActivationStatus, Priority, PumpActivation
 
@@ -27,7 +28,7 @@ class ActivationRequest(BaseModel):
         ge=1, le=3600, description="Run time; at most the pump's max_runtime_s."
     )
     priority: RequestPriority = RequestPriority.manual
-    reason: str | None = Field(default=None, max_length=500)
+    reason: str | None = Field(default=None, max_length=500, json_schema_extra={"pattern": NO_NUL})
     queue: Literal["append", "front", "replace"] | None = Field(
         default=None,
         description="Absent: a busy pump, cooldown or full water source is refused (409). "
@@ -38,8 +39,8 @@ class ActivationRequest(BaseModel):
     )
     deadline: AwareDatetime | None = Field(
         default=None,
-        description="With `queue`: skip the run if it cannot start by then (default 1 h, "
-        "at most 7 days ahead).",
+        description="With `queue`: skip the run if it cannot start by then (default 1 h). "
+        "Must be in the future and at most 7 days ahead (422 otherwise).",
     )
 
 

@@ -11,13 +11,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
+from pydantic.config import JsonDict
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from irrigation.auth.deps import ReadPrincipal
 from irrigation.common.deps import SettingsDep
 from irrigation.common.errors import Invalid
 from irrigation.common.openapi import problems
-from irrigation.common.pagination import MAX_LIMIT, Page
+from irrigation.common.pagination import CURSOR_DESCRIPTION, CURSOR_PATTERN, MAX_LIMIT, Page
 from irrigation.db import SessionDep
 from irrigation.fleet.schemas import SensorKind
 from irrigation.readings import service
@@ -25,14 +26,25 @@ from irrigation.readings.schemas import Bucket, ReadingOut, SensorAggregates, Zo
 
 router = APIRouter(prefix="/v1", tags=["readings"])
 
+# Both must lie within 1900-2200 in UTC; any offset keeps years 1901-2198 inside.
+_YEARS: JsonDict = {"pattern": "^(190[1-9]|19[1-9][0-9]|20[0-9]{2}|21[0-8][0-9]|219[0-8])-"}
 Start = Annotated[
     datetime | None,
     Query(
-        description="Inclusive, with a time zone. Default: `end` - 1 day (hour buckets) "
-        "or 30 days (day buckets, raw readings)."
+        description="Inclusive, with a time zone; must be before `end`, and both within "
+        "1900-2200. Default: `end` - 1 day (hour buckets) or 30 days (day buckets, raw "
+        "readings). Aggregates: at most 10,000 buckets from `start` to `end` "
+        "(`too_many_buckets` otherwise).",
+        json_schema_extra=_YEARS,
     ),
 ]
-End = Annotated[datetime | None, Query(description="Exclusive, with a time zone. Default: now.")]
+End = Annotated[
+    datetime | None,
+    Query(
+        description="Exclusive, with a time zone; after `start`. Default: now.",
+        json_schema_extra=_YEARS,
+    ),
+]
 BucketQ = Annotated[Bucket, Query(description="`hour` or `day`, in the zone's time zone.")]
 Fill = Annotated[
     str | None,
@@ -46,7 +58,7 @@ Fill = Annotated[
     responses=problems(404),
     summary="Hourly or daily avg/min/max/count of one sensor",
 )
-async def sensor_aggregates(
+async def get_sensor_aggregates(
     sensor_id: uuid.UUID,
     session: SessionDep,
     settings: SettingsDep,
@@ -74,7 +86,7 @@ async def sensor_aggregates(
     responses=problems(404),
     summary="A zone's sensors of one kind: combined (a true average over readings) or per sensor",
 )
-async def zone_aggregates(
+async def get_zone_aggregates(
     zone_id: uuid.UUID,
     session: SessionDep,
     settings: SettingsDep,
@@ -129,7 +141,7 @@ def _after(cursor: str | None) -> datetime | None:
     },
     summary="Raw readings, oldest first; `Accept: text/csv` streams them all as CSV",
 )
-async def raw_readings(
+async def list_raw_readings(
     sensor_id: uuid.UUID,
     request: Request,
     session: SessionDep,
@@ -137,7 +149,14 @@ async def raw_readings(
     start: Start = None,
     end: End = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description=CURSOR_DESCRIPTION,
+            json_schema_extra={"pattern": CURSOR_PATTERN},
+        ),
+    ] = None,
     accept: Annotated[str | None, Header()] = None,
 ) -> Page[ReadingOut] | StreamingResponse:
     start, end = service.window(start, end, service.RAW_DEFAULT_SPAN)
