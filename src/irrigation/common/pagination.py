@@ -36,16 +36,19 @@ class PageParams:
     cursor: str | None
 
 
+CursorQuery = Annotated[
+    str | None,
+    Query(
+        max_length=200,
+        description=CURSOR_DESCRIPTION,
+        json_schema_extra={"pattern": CURSOR_PATTERN},
+    ),
+]
+
+
 async def page_params(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size (1-500).")] = 50,
-    cursor: Annotated[
-        str | None,
-        Query(
-            max_length=200,
-            description=CURSOR_DESCRIPTION,
-            json_schema_extra={"pattern": CURSOR_PATTERN},
-        ),
-    ] = None,
+    cursor: CursorQuery = None,
 ) -> PageParams:
     return PageParams(limit=limit, cursor=cursor)
 

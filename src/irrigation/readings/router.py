@@ -18,7 +18,7 @@ from irrigation.auth.deps import ReadPrincipal
 from irrigation.common.deps import SettingsDep
 from irrigation.common.errors import Invalid
 from irrigation.common.openapi import problems
-from irrigation.common.pagination import CURSOR_DESCRIPTION, CURSOR_PATTERN, MAX_LIMIT, Page
+from irrigation.common.pagination import MAX_LIMIT, CursorQuery, Page
 from irrigation.db import SessionDep
 from irrigation.fleet.schemas import SensorKind
 from irrigation.readings import service
@@ -149,14 +149,7 @@ async def list_raw_readings(
     start: Start = None,
     end: End = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
-    cursor: Annotated[
-        str | None,
-        Query(
-            max_length=200,
-            description=CURSOR_DESCRIPTION,
-            json_schema_extra={"pattern": CURSOR_PATTERN},
-        ),
-    ] = None,
+    cursor: CursorQuery = None,
     accept: Annotated[str | None, Header()] = None,
 ) -> Page[ReadingOut] | StreamingResponse:
     start, end = service.window(start, end, service.RAW_DEFAULT_SPAN)
