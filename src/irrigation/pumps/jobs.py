@@ -108,6 +108,7 @@ async def start_activation(ctx: dict[str, Any], activation_id: str) -> str:
             locked = await _lock(session, act_id)
             assert locked is not None
             pump, activation, now = locked
+            stop_cause = activation.stop_cause or "operator"
             if activation.status != ActivationStatus.starting:
                 # Stopped (operator, watchdog) while the start was in flight: make sure the
                 # device is off, whatever order the two commands reached it in.
@@ -120,7 +121,7 @@ async def start_activation(ctx: dict[str, Any], activation_id: str) -> str:
     if not still_on:
         with contextlib.suppress(GatewayError):
             await jc.gateway.stop(command.hardware_id, command.command_id)
-        await stop_activation(ctx, activation_id, "operator")
+        await stop_activation(ctx, activation_id, stop_cause)
         return "stopped"
     await queue.enqueue_stop(jc.redis, act_id, "deadline", defer_by=command.duration_s)
     return "running"

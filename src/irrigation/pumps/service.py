@@ -309,6 +309,9 @@ async def stop_locked(
         session.add(_event(activation, now, cause))
     elif activation.stop_requested_at is None:
         activation.stop_requested_at = now
+        # Why it stops, for whichever job ends the run (the stop job, or the start job
+        # that finds the request when the device answers).
+        activation.stop_cause = cause
         session.add(_event(activation, now, "stop_requested", by=cause))
     await session.flush()
     return activation
