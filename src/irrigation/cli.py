@@ -39,17 +39,23 @@ def load_settings() -> Settings:
     """Settings from the environment; unset URLs fall back to those of a running `up`
     (in the same data directory), so `irrigation keys ...` works beside it."""
     settings = Settings()
-    if settings.database_url is not None and settings.redis_url is not None:
+    mqtt_set = "mqtt_url" in settings.model_fields_set
+    if settings.database_url is not None and settings.redis_url is not None and mqtt_set:
         return settings
     saved = _running_stack(Path(settings.data_dir) / STACK_FILE)
     if saved is None:
         return settings
-    return settings.model_copy(
-        update={
-            "database_url": settings.database_url or saved.get("database_url"),
-            "redis_url": settings.redis_url or saved.get("redis_url"),
+    update = {
+        "database_url": settings.database_url or saved.get("database_url"),
+        "redis_url": settings.redis_url or saved.get("redis_url"),
+    }
+    if not mqtt_set and saved.get("mqtt_url"):
+        # The broker `up` chose (its embedded one speaks MQTT 3.1.1 only).
+        update |= {
+            "mqtt_url": saved["mqtt_url"],
+            "mqtt_protocol": saved.get("mqtt_protocol", "auto"),
         }
-    )
+    return settings.model_copy(update=update)
 
 
 def _running_stack(stack_file: Path) -> dict[str, Any] | None:
@@ -141,6 +147,40 @@ def worker(
     if check:
         raise typer.Exit(code=0 if asyncio.run(is_healthy(settings)) else 1)
     run_worker(settings)
+
+
+@app.command()
+def mqtt(
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Exit 0 if the running bridge is ready (healthchecks), else 1"
+        ),
+    ] = False,
+) -> None:
+    """Run the MQTT readings bridge: readings published to the broker go the way of
+    POST /v1/readings, acknowledged only once committed.
+
+    Topics: {root}/{site_id}/sensors/{sensor_id}/reading (one reading) and
+    {root}/{site_id}/readings (a batch). Its /healthz, /readyz and /metrics are on
+    IRRIGATION_MQTT_BRIDGE_PORT."""
+    settings = load_settings()
+    if check:
+        from irrigation.ingest.mqtt_probe import is_ready
+
+        raise typer.Exit(code=0 if is_ready(settings.mqtt_bridge_port) else 1)
+    from irrigation.ingest.mqtt_bridge import run_bridge
+
+    configure_logging(settings.log_level, settings.log_format)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await run_bridge(settings, stop)
+
+    asyncio.run(run())
 
 
 @app.command()
