@@ -139,3 +139,42 @@ async def quarantine(database_url: str) -> list[dict[str, Any]]:
         }
         for r in rows
     ]
+
+
+def mqtt_env(settings: Settings) -> dict[str, str]:
+    """The MQTT part of a child process's environment (`irrigation mqtt`)."""
+    return {
+        "IRRIGATION_MQTT_URL": settings.mqtt_url,
+        "IRRIGATION_MQTT_TOPIC_ROOT": settings.mqtt_topic_root,
+        "IRRIGATION_MQTT_CLIENT_ID_PREFIX": settings.mqtt_client_id_prefix,
+        "IRRIGATION_MQTT_INSTANCE": settings.mqtt_instance,
+        "IRRIGATION_MQTT_BRIDGE_PORT": str(settings.mqtt_bridge_port),
+        "IRRIGATION_MQTT_PROTOCOL": settings.mqtt_protocol,
+    }
+
+
+async def rolled_up(database_url: str) -> int:
+    """Readings counted in the hourly rollups: a reading counted twice shows here."""
+    conn = await asyncpg.connect(plain_url(database_url))
+    try:
+        total: int = await conn.fetchval(
+            "SELECT coalesce(sum(count), 0) FROM reading_rollups_hourly"
+        )
+    finally:
+        await conn.close()
+    return total
+
+
+def stream(
+    settings: Settings, site: str, sensors: list[str], count: int, *, start_ago_s: float = 86400
+) -> list[tuple[str, bytes]]:
+    """`count` single-reading messages spread over `sensors`, each reading at its own
+    instant (one second apart per sensor), so every one of them is a distinct reading."""
+    start = datetime.now(UTC) - timedelta(seconds=start_ago_s)
+    messages = []
+    for i in range(count):
+        sensor = sensors[i % len(sensors)]
+        ts = start + timedelta(seconds=i // len(sensors))
+        payload = dumps({"ts": ts.isoformat(), "value": float(i % 100)})
+        messages.append((single_topic(settings, site, sensor), payload))
+    return messages

@@ -5,6 +5,7 @@ amqtt broker. Never the machine's broker on 1883: its default configuration drop
 messages. `restart()` stops it cleanly (Mosquitto saves its sessions) and starts it again
 on the same port; `kill()` is a power cut."""
 
+import ctypes
 import getpass
 import os
 import shutil
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +40,12 @@ REPLACED = {
     "user",
 }
 BrokerKind = Literal["mosquitto", "amqtt"]
+
+
+def _die_with_parent() -> None:
+    """In the broker's process before exec: SIGTERM it when the test run dies, even killed."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def default_kind() -> BrokerKind:
@@ -100,7 +108,9 @@ class Broker:
         else:
             command = [sys.executable, "-m", "irrigation.mqtt.broker", "--port", str(self.port)]
         log = (self.directory / f"{self.kind}.out").open("ab")
-        self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        )
         log.close()
         deadline = time.monotonic() + 15
         while not port_answers("127.0.0.1", self.port):
@@ -168,14 +178,25 @@ def publish_many(
     client.max_queued_messages_set(0)
     client.connect(host, int(port))
     client.loop_start()
+    deadline = time.monotonic() + timeout_s
+    waiting: deque[paho.MQTTMessageInfo] = deque()
+
+    def settle(info: paho.MQTTMessageInfo) -> None:
+        info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+        if not info.is_published():
+            raise TimeoutError(f"message {info.mid} not acknowledged by the broker")
+
+    count = 0
     try:
-        infos = [client.publish(topic, payload, qos=qos) for topic, payload in messages]
-        deadline = time.monotonic() + timeout_s
-        for info in infos:
-            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
-            if not info.is_published():
-                raise TimeoutError(f"message {info.mid} not acknowledged by the broker")
+        for topic, payload in messages:
+            # Packet ids are 16 bits: no more than 20,000 queued ahead of the broker.
+            if len(waiting) >= 20_000:
+                settle(waiting.popleft())
+            waiting.append(client.publish(topic, payload, qos=qos))
+            count += 1
+        while waiting:
+            settle(waiting.popleft())
     finally:
         client.disconnect()
         client.loop_stop()
-    return len(infos)
+    return count

@@ -71,6 +71,8 @@ BACKOFF_MAX_S = 10.0
 REFUSALS_BEFORE_QUARANTINE = 3
 """A batch the database keeps refusing while it answers (not an outage) is quarantined
 message by message after this many tries, so that one bad batch cannot stall the bridge."""
+SUBSCRIBE_WITHIN_S = 120.0
+"""Generous: behind a resumed session's backlog, the SUBACK can take a while."""
 STOP_WITHIN_S = 10.0
 """On SIGTERM, how long the last batches may take to commit; after that their messages stay
 unacknowledged and come again on the next start."""
@@ -115,12 +117,19 @@ class Bridge:
         self.connected = False
         self.database_error: str | None = None
         self._in_flight = 0
+        self._client: aiomqtt.Client | None = None
+        self.received = 0
+        """Messages received since start (redeliveries included)."""
         self._flush_s = settings.mqtt_flush_interval_ms / 1000
+        IN_FLIGHT.set_function(lambda: self.in_flight)
 
     @property
     def in_flight(self) -> int:
-        """Messages received and not yet acknowledged."""
-        return self._in_flight
+        """Messages received and not yet acknowledged: in batches, and still in aiomqtt's
+        queue (while the bridge reads no more, the broker's sending fills it up to the
+        receive maximum)."""
+        queued = len(self._client.messages) if self._client is not None else 0
+        return self._in_flight + queued
 
     # The connection ----------------------------------------------------------------------
 
@@ -130,8 +139,7 @@ class Bridge:
         while not stop.is_set():
             try:
                 async with self.link.connect() as client:
-                    await self._subscribe(client)
-                    self._set_connected(True)
+                    self._client = client
                     delay = BACKOFF_MIN_S
                     await self._serve(client, stop)
             except aiomqtt.MqttError as exc:
@@ -142,6 +150,7 @@ class Bridge:
                     retry_in_s=delay,
                 )
             finally:
+                self._client = None
                 self._set_connected(False)
             if stop.is_set():
                 break
@@ -161,17 +170,19 @@ class Bridge:
         CONNECTED.set(1 if connected else 0)
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
-        """Subscribed on every connection (a broker that lost the session lost them too).
-        Shared (MQTT 5 and a group set) or plain; the other kind is dropped, so that a
-        changed setting does not leave both delivering to this session."""
+        """Subscribed on every connection (a broker that lost the session lost them too;
+        Mosquitto 2.0 restores no shared subscription after a restart). Shared (MQTT 5 and a
+        group set) or plain; the other kind is dropped, so that a changed setting does not
+        leave both delivering to this session. Runs beside the reading: a resumed session's
+        backlog (up to the receive maximum) arrives before the SUBACK."""
         plain = topics.reading_filters(self.settings.mqtt_topic_root)
         group = self.settings.mqtt_shared_group if self.link.has_shared_subscriptions else ""
         wanted = [topics.shared(f, group) for f in plain]
-        await client.subscribe([(f, 1) for f in wanted])
+        await client.subscribe([(f, 1) for f in wanted], timeout=SUBSCRIBE_WITHIN_S)
         if self.link.has_shared_subscriptions:
             other = plain if group else [topics.shared(f, "irrigation") for f in plain]
             with suppress(aiomqtt.MqttError):
-                await client.unsubscribe(other)
+                await client.unsubscribe(other, timeout=SUBSCRIBE_WITHIN_S)
 
     # Gathering ---------------------------------------------------------------------------
 
@@ -183,6 +194,7 @@ class Bridge:
         # message that was already taken off aiomqtt's queue.
         incoming: asyncio.Future[aiomqtt.Message] | None = None
         stopping = asyncio.ensure_future(stop.wait())
+        subscribing: asyncio.Task[None] | None = asyncio.create_task(self._subscribe(client))
         try:
             while not stopping.done():
                 if held.messages and self._is_due(held):
@@ -202,21 +214,26 @@ class Bridge:
                         if held.messages
                         else None
                     )
+                if subscribing is not None:
+                    waits.add(subscribing)
                 await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if subscribing is not None and subscribing.done():
+                    subscribing.result()  # not subscribed: reconnect and try again
+                    subscribing = None
+                    self._set_connected(True)
                 if incoming is not None and incoming.done():
                     message = incoming.result()  # MqttError once the connection is lost
                     incoming = None
                     self._take(held, message)
             await self._finish(client, held, writer)
         finally:
-            for task in (incoming, stopping, writer):
+            for task in (incoming, stopping, writer, subscribing):
                 if task is not None and not task.done():
                     task.cancel()
                     with suppress(asyncio.CancelledError, aiomqtt.MqttError):
                         await task
             # Whatever was not acknowledged comes again on the next connection.
             self._in_flight = 0
-            IN_FLIGHT.set(0)
 
     def _is_due(self, held: Held) -> bool:
         return (
@@ -228,8 +245,8 @@ class Bridge:
         if not held.messages:
             held.first_at = time.monotonic()
         held.messages.append(message)
+        self.received += 1
         self._in_flight += 1
-        IN_FLIGHT.set(self._in_flight)
         topic = message.topic.value
         payload = message.payload
         if not isinstance(payload, bytes):  # aiomqtt's type allows others; paho gives bytes
@@ -264,7 +281,6 @@ class Bridge:
         for message in held.messages:
             ack(client, message)
         self._in_flight -= len(held.messages)
-        IN_FLIGHT.set(self._in_flight)
         BATCHES.inc()
         FLUSH_SECONDS.observe(time.monotonic() - started)
 
