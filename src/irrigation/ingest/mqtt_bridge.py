@@ -35,7 +35,7 @@ from irrigation.ingest.mqtt_probe import serve_probe
 from irrigation.ingest.validation import Rejected
 from irrigation.mqtt import topics
 from irrigation.mqtt.address import BrokerAddress
-from irrigation.mqtt.client import BrokerLink, SessionOptions, ack, client_id
+from irrigation.mqtt.client import BrokerLink, SessionOptions, ack, client_id, next_waiting
 from irrigation.queue import create_redis
 from irrigation.settings import Settings
 
@@ -225,6 +225,11 @@ class Bridge:
                     message = incoming.result()  # MqttError once the connection is lost
                     incoming = None
                     self._take(held, message)
+                    # And whatever else has arrived, up to a full batch, without waiting.
+                    while held.batch.items < self.settings.mqtt_batch_size and (
+                        waiting := next_waiting(client)
+                    ):
+                        self._take(held, waiting)
             await self._finish(client, held, writer)
         finally:
             for task in (incoming, stopping, writer, subscribing):

@@ -3,7 +3,8 @@ speaks it (else 3.1.1), and manual acknowledgement for consumers that must ackno
 message only once they have made it durable.
 
 aiomqtt (on paho-mqtt) is the client. It has no public manual acknowledgement: paho's own
-(`manual_ack_set`, `ack`) is reached through the client's paho instance, here only."""
+(`manual_ack_set`, `ack`) is reached through the client's paho instance, here only; and no
+way to take an already received message without a task per message (`next_waiting`)."""
 
 import asyncio
 import logging
@@ -110,6 +111,17 @@ def ack(client: aiomqtt.Client, message: aiomqtt.Message) -> None:
     came on: a packet id means another message on the next one."""
     if message.qos > 0:
         _paho(client).ack(message.mid, message.qos)
+
+
+def next_waiting(client: aiomqtt.Client) -> aiomqtt.Message | None:
+    """A message already received and waiting in aiomqtt's queue, without waiting for one:
+    aiomqtt's iterator makes a task and an `asyncio.wait` per message, which cost a
+    consumer of single-reading messages about a fifth of its time."""
+    queue: asyncio.Queue[aiomqtt.Message] = client._queue
+    try:
+        return queue.get_nowait()
+    except asyncio.QueueEmpty:
+        return None
 
 
 def _paho(client: aiomqtt.Client) -> paho.Client:
