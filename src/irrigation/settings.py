@@ -183,7 +183,10 @@ class Settings(BaseSettings):
         default=4 * 1024 * 1024, ge=1024, description="A larger message is quarantined."
     )
     mqtt_bridge_port: int = Field(
-        default=8082, ge=0, le=65535, description="The bridge's /healthz, /readyz and /metrics."
+        default=8082,
+        ge=0,
+        le=65535,
+        description="The bridge's /healthz, /readyz and /metrics (on IRRIGATION_HOST).",
     )
 
     # Alerts (evaluated every ~10 s by the worker) and their webhook deliveries
