@@ -115,7 +115,6 @@ class Bridge:
         self.link = link or bridge_link(settings)
         self.decoder = Decoder(settings.mqtt_topic_root, settings.mqtt_max_payload_bytes)
         self.connected = False
-        self.database_error: str | None = None
         self._in_flight = 0
         self._client: aiomqtt.Client | None = None
         self.received = 0
@@ -197,12 +196,15 @@ class Bridge:
         subscribing: asyncio.Task[None] | None = asyncio.create_task(self._subscribe(client))
         try:
             while not stopping.done():
+                if writer is not None and writer.done():
+                    writer.result()  # a bug in the write path: reconnect, nothing acknowledged
                 if held.messages and self._is_due(held):
                     if writer is None or writer.done():
                         writer = asyncio.create_task(self._commit_and_ack(client, held))
                         held = Held()
                         continue
-                    # Both batches full: read no more until the write is done.
+                    # The next batch is due too: read no more until the write is done (the
+                    # broker keeps the rest, beyond the receive maximum).
                     waits: set[asyncio.Future[Any]] = {stopping, writer}
                     timeout = None
                 else:
@@ -305,19 +307,16 @@ class Bridge:
             except Exception as exc:  # the database's trouble must never end the bridge
                 last_error = exc
                 WRITE_FAILURES.inc()
-                self.database_error = f"{type(exc).__name__}: {exc}"[:300]
                 if await self._database_answers():
                     refusals += 1
                 log.warning(
                     "mqtt_bridge_write_failed",
-                    error=self.database_error,
+                    error=f"{type(exc).__name__}: {exc}"[:300],
                     sites=len(pending),
                     retry_in_s=delay,
                 )
                 await asyncio.sleep(delay)
                 delay = min(BACKOFF_MAX_S, delay * 2)
-            else:
-                self.database_error = None
 
     async def _write_sites(self, pending: dict[uuid.UUID | None, SiteItems]) -> None:
         """Each known site's items through the ingest path, in a transaction each (removed
@@ -325,8 +324,7 @@ class Bridge:
         async with self.sessions() as session:
             async with session.begin():
                 known = await service.existing_sites(session, {s for s in pending if s})
-            for site_id in [s for s in pending if s in known]:
-                assert site_id is not None
+            for site_id in [s for s in pending if s is not None and s in known]:
                 answer = await service.ingest_batch(
                     session,
                     self.settings,
