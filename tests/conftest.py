@@ -25,6 +25,8 @@ from irrigation.stack import Stack, plain_url, resolve_stack, with_database
 from tests.support import factories
 from tests.support.api import bearer
 from tests.support.factories import MakeKey
+from tests.support.mqtt import Broker, running_broker
+from tests.support.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 # One template per pytest process: concurrent runs on one server never drop each other's.
@@ -202,3 +204,29 @@ async def other_admin(make_key: MakeKey) -> dict[str, str]:
 def stack_postgres_url(stack: Stack) -> str:
     """The server's maintenance database: reachable, but never migrated."""
     return stack.database_url
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """The session's broker: Mosquitto from the project's configuration on a free port (the
+    embedded broker where there is no Mosquitto), never the machine's own. A test that
+    restarts or kills its broker starts one of its own (`running_broker`)."""
+    with running_broker(tmp_path_factory.mktemp("mqtt")) as broker:
+        SERVERS_USED.append(f"MQTT {broker.kind} at {broker.url}")
+        yield broker
+
+
+@pytest.fixture
+def mqtt_settings(settings: Settings, mqtt_broker: Broker) -> Settings:
+    """The test's settings on the session's broker, with a topic root and client ids of the
+    test's own: no other test's messages, no other test's persistent sessions."""
+    tag = uuid.uuid4().hex[:10]
+    return settings.model_copy(
+        update={
+            "mqtt_url": mqtt_broker.url,
+            "mqtt_topic_root": f"test-{tag}",
+            "mqtt_client_id_prefix": f"test-{tag}",
+            "mqtt_instance": "1",
+            "mqtt_bridge_port": free_port(),
+        }
+    )

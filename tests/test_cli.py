@@ -19,7 +19,18 @@ runner = CliRunner()
 def test_help_lists_every_command() -> None:
     result = runner.invoke(app, ["--help"], env={"COLUMNS": "120"})
     assert result.exit_code == 0, result.output
-    for command in ("serve", "worker", "migrate", "keys", "openapi", "up", "simulator", "demo"):
+    for command in (
+        "serve",
+        "worker",
+        "migrate",
+        "keys",
+        "openapi",
+        "up",
+        "simulator",
+        "demo",
+        "mqtt",
+        "mqtt-publish",
+    ):
         assert command in result.output
 
 
@@ -63,17 +74,21 @@ def test_commands_beside_a_running_up_use_its_urls(
     monkeypatch.chdir(tmp_path)  # no stray .env
     monkeypatch.delenv("IRRIGATION_DATABASE_URL", raising=False)
     monkeypatch.delenv("IRRIGATION_REDIS_URL", raising=False)
+    monkeypatch.delenv("IRRIGATION_MQTT_URL", raising=False)
     monkeypatch.setenv("IRRIGATION_DATA_DIR", str(tmp_path))
     saved = {
         "pid": os.getpid(),  # a live process: this `up` is running
         "database_url": "postgresql+asyncpg://postgres:@/irrigation?host=/tmp/pg",
         "redis_url": "unix:///tmp/redis.socket",
+        "mqtt_url": "mqtt://127.0.0.1:18830",
+        "mqtt_protocol": "3.1.1",
         "embedded": {},
     }
     (tmp_path / STACK_FILE).write_text(json.dumps(saved))
     settings = load_settings()
     assert settings.database_url == saved["database_url"]
     assert settings.redis_url == saved["redis_url"]
+    assert (settings.mqtt_url, settings.mqtt_protocol) == ("mqtt://127.0.0.1:18830", "3.1.1")
 
     monkeypatch.setenv("IRRIGATION_REDIS_URL", "redis://elsewhere:6379/0")
     assert load_settings().redis_url == "redis://elsewhere:6379/0"  # the environment wins

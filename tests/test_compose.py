@@ -37,13 +37,23 @@ def _healthcheck(service: dict[str, Any]) -> str:
 
 
 def test_the_stack_has_every_service(services: dict[str, Any]) -> None:
-    assert {"postgres", "redis", "migrate", "api", "worker", "simulator"} <= set(services)
+    assert {
+        "postgres",
+        "redis",
+        "mosquitto",
+        "migrate",
+        "api",
+        "worker",
+        "bridge",
+        "simulator",
+    } <= set(services)
     assert services["postgres"]["image"] == "postgres:16"
     assert services["redis"]["image"] == "redis:7"
+    assert services["mosquitto"]["image"] == "eclipse-mosquitto:2"
 
 
 def test_the_service_images_are_built_from_the_dockerfile(services: dict[str, Any]) -> None:
-    for name in ("migrate", "api", "worker", "simulator"):
+    for name in ("migrate", "api", "worker", "bridge", "simulator"):
         build = services[name].get("build")
         context = build if isinstance(build, str) else (build or {}).get("context")
         assert context == ".", name
@@ -60,6 +70,7 @@ def test_each_service_runs_its_command(services: dict[str, Any]) -> None:
     assert _command(services["api"]).startswith("irrigation serve")
     assert _command(services["worker"]).startswith("irrigation worker")
     assert _command(services["simulator"]).startswith("irrigation simulator")
+    assert _command(services["bridge"]) == "irrigation mqtt"
 
 
 def test_healthchecks(services: dict[str, Any]) -> None:
@@ -67,10 +78,12 @@ def test_healthchecks(services: dict[str, Any]) -> None:
     assert "redis-cli ping" in _healthcheck(services["redis"])
     assert ":8000/healthz" in _healthcheck(services["api"])
     assert ":8081/healthz" in _healthcheck(services["simulator"])
+    assert _healthcheck(services["bridge"]) == "CMD irrigation mqtt --check"
+    assert "mosquitto_sub" in _healthcheck(services["mosquitto"])
 
 
-def test_api_and_worker_wait_for_the_migrations(services: dict[str, Any]) -> None:
-    for name in ("api", "worker"):
+def test_api_worker_and_bridge_wait_for_the_migrations(services: dict[str, Any]) -> None:
+    for name in ("api", "worker", "bridge"):
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
         assert depends["postgres"]["condition"] == "service_healthy", name
@@ -79,7 +92,7 @@ def test_api_and_worker_wait_for_the_migrations(services: dict[str, Any]) -> Non
 
 
 def test_the_services_reach_each_other_by_name(services: dict[str, Any]) -> None:
-    for name in ("migrate", "api", "worker", "simulator"):
+    for name in ("migrate", "api", "worker", "bridge", "simulator"):
         env = _environment(services[name])
         assert (
             env["IRRIGATION_DATABASE_URL"]
@@ -98,3 +111,32 @@ def test_every_irrigation_variable_is_a_setting() -> None:
     assert names
     fields = {f"IRRIGATION_{name.upper()}" for name in Settings.model_fields}
     assert names <= fields, f"not settings: {sorted(names - fields)}"
+
+
+def test_mosquitto_runs_the_projects_configuration_and_acl(services: dict[str, Any]) -> None:
+    """The broker's delivery settings and ACL are the project's files; its messages outlive
+    the container."""
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["mosquitto"]["volumes"]}
+    assert mounts["/mosquitto/config/mosquitto.conf"] == "./deploy/mosquitto/mosquitto.conf"
+    assert mounts["/mosquitto/config/acl"] == "./deploy/mosquitto/acl"
+    assert mounts["/mosquitto/config/passwd"] == "./deploy/mosquitto/passwd.example"
+    assert mounts["/mosquitto/data"] == "mosquittodata"
+    for host_path in ("mosquitto.conf", "acl", "passwd.example"):
+        assert (ROOT / "deploy" / "mosquitto" / host_path).is_file(), host_path
+    config = (ROOT / "deploy" / "mosquitto" / "mosquitto.conf").read_text()
+    for line in ("persistence true", "max_queued_messages 0", "allow_anonymous false"):
+        assert re.search(rf"^{line}$", config, re.M), line
+    assert re.search(r"^acl_file /mosquitto/config/acl$", config, re.M)
+
+
+def test_the_bridge_reaches_the_broker_by_name_with_its_own_credential(
+    services: dict[str, Any],
+) -> None:
+    env = _environment(services["bridge"])
+    assert env["IRRIGATION_MQTT_URL"] == "mqtt://bridge:change-me@mosquitto:1883"
+    assert env["IRRIGATION_MQTT_INSTANCE"]  # a stable client id: its session outlives restarts
+    depends = services["bridge"]["depends_on"]
+    assert depends["mosquitto"]["condition"] == "service_healthy"
+    acl = (ROOT / "deploy" / "mosquitto" / "acl").read_text()
+    assert "user bridge" in acl
+    assert re.search(r"^bridge:\$7\$", (ROOT / "deploy/mosquitto/passwd.example").read_text(), re.M)

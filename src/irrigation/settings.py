@@ -122,6 +122,73 @@ class Settings(BaseSettings):
         default=1024 * 1024 * 1024, ge=1024, description="Largest history file for an import."
     )
 
+    # MQTT: the broker shared by the readings bridge and the devices
+    mqtt_url: str = Field(
+        default="mqtt://127.0.0.1:1883",
+        pattern=r"^mqtts?://",
+        description="The broker: `mqtt://[user:password@]host[:port]` (`mqtts://` for TLS). "
+        "`up` starts an embedded broker when a local one does not answer.",
+    )
+    mqtt_protocol: Literal["auto", "5", "3.1.1"] = Field(
+        default="auto",
+        description="MQTT version: auto tries 5 (shared subscriptions, session expiry, "
+        "receive maximum) and falls back to 3.1.1 (the embedded broker speaks only that).",
+    )
+    mqtt_client_id_prefix: str = Field(
+        default="irrigation",
+        pattern=r"^[A-Za-z0-9_.:-]{1,40}$",
+        description="Start of every client id this service connects with.",
+    )
+    mqtt_instance: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9_.:-]{0,40}$",
+        description="This process's name within its role, for a stable client id (the "
+        "broker keeps a persistent session per id); empty: the host name.",
+    )
+    mqtt_topic_root: str = Field(
+        default="irrigation",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="First level of every topic: `{root}/{site_id}/...` (one broker, many stacks).",
+    )
+    mqtt_session_expiry_s: int = Field(
+        default=7 * 86400,
+        ge=0,
+        le=0xFFFFFFFF,
+        description="MQTT 5: how long the broker keeps a disconnected bridge's session and "
+        "queued messages.",
+    )
+    mqtt_shared_group: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9_-]{0,40}$",
+        description="MQTT 5 shared subscription group (`$share/GROUP/...`) for several "
+        "bridges to split the load; empty: a plain subscription, which (unlike a shared one, "
+        "in Mosquitto 2.0) survives a broker restart.",
+    )
+    mqtt_batch_size: int = Field(
+        default=10_000, ge=1, le=10_000, description="Readings per flushed batch at most."
+    )
+    mqtt_flush_interval_ms: int = Field(
+        default=250,
+        ge=1,
+        description="A batch is flushed at the latest this long after its first message.",
+    )
+    mqtt_max_in_flight: int = Field(
+        default=20_000,
+        ge=1,
+        le=65_535,
+        description="Messages the bridge holds unacknowledged at most (MQTT 5 receive "
+        "maximum); while PostgreSQL is down the broker keeps the rest.",
+    )
+    mqtt_max_payload_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="A larger message is quarantined."
+    )
+    mqtt_bridge_port: int = Field(
+        default=8082,
+        ge=0,
+        le=65535,
+        description="The bridge's /healthz, /readyz and /metrics (on IRRIGATION_HOST).",
+    )
+
     # Alerts (evaluated every ~10 s by the worker) and their webhook deliveries
     alert_gateway_window_s: int = Field(
         default=600, ge=60, description="A failed activation keeps its alert this long."

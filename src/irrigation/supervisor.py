@@ -1,6 +1,6 @@
-"""`irrigation up`'s process supervisor: starts the API, worker, simulator and demo feeder,
-restarts any that dies, says where everything is once the API is ready, and stops them in
-order (the API and worker before the simulator they talk to)."""
+"""`irrigation up`'s process supervisor: starts the API, worker, MQTT readings bridge,
+simulator and demo feeder, restarts any that dies, says where everything is once the API
+is ready, and stops them in order (the API, worker and bridge before the simulator)."""
 
 import os
 import signal
@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import typer
 
+from irrigation.mqtt.address import BrokerAddress
 from irrigation.settings import Settings
 
 
@@ -44,6 +45,10 @@ def child_env(settings: Settings, data_dir: Path) -> dict[str, str]:
         "IRRIGATION_SIMULATOR_PORT": str(settings.simulator_port),
         "IRRIGATION_GATEWAY_URL": settings.gateway_url,
         "IRRIGATION_WEATHER_URL": settings.weather_url,
+        "IRRIGATION_MQTT_URL": settings.mqtt_url,
+        "IRRIGATION_MQTT_PROTOCOL": settings.mqtt_protocol,
+        "IRRIGATION_MQTT_INSTANCE": settings.mqtt_instance,
+        "IRRIGATION_MQTT_BRIDGE_PORT": str(settings.mqtt_bridge_port),
         "IRRIGATION_DATA_DIR": str(data_dir),
         # Their output is `up`'s: the format `up` resolved for its own terminal.
         "IRRIGATION_LOG_FORMAT": settings.log_format,
@@ -112,8 +117,8 @@ def supervise(
     demo: bool = True,
     zone_id: uuid.UUID | None = None,
 ) -> None:
-    """Run the simulator, API and worker (and, once the API is ready, the demo feeder)
-    until SIGINT or SIGTERM, restarting any that dies; then stop them all."""
+    """Run the simulator, API, worker and MQTT bridge (and, once the API is ready, the demo
+    feeder) until SIGINT or SIGTERM, restarting any that dies; then stop them all."""
     global _LIBC
     if sys.platform.startswith("linux") and _LIBC is None:
         import ctypes
@@ -124,6 +129,7 @@ def supervise(
     simulator = _Child("simulator", [*python, "simulator", "--port", str(settings.simulator_port)])
     api = _Child("api", [*python, "serve"])
     worker = _Child("worker", [*python, "worker"])
+    bridge = _Child("mqtt bridge", [*python, "mqtt"])
     base_url = api_url(settings)
     simulator_url = f"http://127.0.0.1:{settings.simulator_port}"
     # Started once the API is ready (it exits at once on an API it cannot reach); it
@@ -132,7 +138,7 @@ def supervise(
         "demo feeder",
         [*python, "demo", "--url", base_url, "--simulator", simulator_url, "--quiet"],
     )
-    children = [simulator, api, worker]
+    children = [simulator, api, worker, bridge]
     signals = 0
 
     def on_signal(*_: Any) -> None:
@@ -166,7 +172,7 @@ def supervise(
     finally:
         # API and worker first (they may still talk to the devices), the simulator last;
         # a second Ctrl-C kills whatever is left at once.
-        _stop([feeder, api, worker], 6.0, lambda: signals > 1)
+        _stop([feeder, api, worker, bridge], 6.0, lambda: signals > 1)
         _stop([simulator], 4.0, lambda: signals > 1)
 
 
@@ -214,6 +220,9 @@ def _announce(
                 f"  API          {base_url}",
                 f"  Swagger UI   {base_url}/docs",
                 f"  simulator    {simulator_url}  (physical truth: {simulator_url}/truth)",
+                f"  MQTT         {BrokerAddress.parse(settings.mqtt_url).url()}  readings: "
+                f"{settings.mqtt_topic_root}/SITE_ID/sensors/SENSOR_ID/reading",
+                f"  MQTT bridge  http://127.0.0.1:{settings.mqtt_bridge_port}/readyz",
                 f"  admin key    {key}",
                 "",
                 f'  curl -H "Authorization: Bearer {key}" {base_url}/v1/pumps',

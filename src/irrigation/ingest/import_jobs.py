@@ -186,7 +186,8 @@ async def _commit_chunk(
     async def commit() -> Rows:
         async with session.begin():
             job = await _lock(session, job_id)
-            if job.status != JobStatus.running or job.processed != offset:
+            # An import always has its site (only the MQTT bridge writes jobs of none).
+            if job.status != JobStatus.running or job.processed != offset or not job.site_id:
                 raise _Superseded
             checked = await service.check(session, settings, job.site_id, parsed, offset)
             written = await service.write_checked(session, job.site_id, job_id, checked)

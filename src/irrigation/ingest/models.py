@@ -84,7 +84,8 @@ class IngestionJob(IdMixin, Base):
     __tablename__ = "ingestion_jobs"
     __table_args__ = (Index("ix_ingestion_jobs_site_page", "site_id", "created_at", "id"),)
 
-    site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
+    # None only for the MQTT bridge's job of messages whose topic names no known site.
+    site_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
     source: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))
     total: Mapped[int] = mapped_column(Integer, default=0)
@@ -108,7 +109,8 @@ class QuarantinedReading(IdMixin, Base):
         Index("ix_quarantined_readings_job", "job_id"),
     )
 
-    site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
+    # None for an MQTT message whose topic names no known site (its job's site is None too).
+    site_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("ingestion_jobs.id", ondelete="CASCADE"))
     item_index: Mapped[int] = mapped_column(Integer)
     raw: Mapped[Any] = mapped_column(JSONB)

@@ -12,6 +12,7 @@ from prometheus_client import Counter
 from sqlalchemy import ARRAY, Uuid, any_, insert, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from irrigation.auth.models import Site
 from irrigation.common import idempotency
 from irrigation.common.clock import utcnow
 from irrigation.common.errors import NotFound
@@ -25,7 +26,14 @@ from irrigation.ingest.cache import HotCache
 from irrigation.ingest.models import IngestionJob, JobSource, JobStatus, SensorReading
 from irrigation.ingest.rows import Rows, encode
 from irrigation.ingest.schemas import IngestionJobOut, IngestResult, QuarantinedItem
-from irrigation.ingest.validation import Checked, Parsed, SensorSpec, check_items, sensor_ids
+from irrigation.ingest.validation import (
+    Checked,
+    Parsed,
+    Rejected,
+    SensorSpec,
+    check_items,
+    sensor_ids,
+)
 from irrigation.settings import Settings
 
 DEADLOCK_RETRIES = Counter(
@@ -107,8 +115,10 @@ async def ingest_batch(
     site_id: uuid.UUID,
     parsed: Parsed,
     idem: IdempotentRequest | None,
+    source: JobSource = JobSource.api,
 ) -> StoredAnswer:
-    """Acknowledged means durable: the answer is built only after the commit."""
+    """Acknowledged means durable: the answer is built only after the commit. The one way
+    in for live readings: `POST /v1/readings` and the MQTT bridge (`source`)."""
     started = time.perf_counter()
     mode = store.CopyMode.bare
 
@@ -116,7 +126,9 @@ async def ingest_batch(
         nonlocal mode
         while True:
             try:
-                return await _ingest_once(session, settings, site_id, parsed, idem, started, mode)
+                return await _ingest_once(
+                    session, settings, site_id, parsed, idem, started, mode, source
+                )
             except store.StoredAlready:
                 # A batch (partly) sent before: again, merged with what is stored.
                 mode = store.CopyMode.merge
@@ -124,7 +136,7 @@ async def ingest_batch(
     # Two batches touching the same sensors can still deadlock on rollup rows; PostgreSQL
     # picks a victim, which simply tries again.
     answer, fresh, zones = await retry_on_deadlock(
-        ingest_once, on_retry=lambda: deadlock_retried("api")
+        ingest_once, on_retry=lambda: deadlock_retried(source.value)
     )
     if fresh is not None:
         await cache.record(fresh, zones, settings.evaluation_delay_s)
@@ -139,6 +151,7 @@ async def _ingest_once(
     idem: IdempotentRequest | None,
     started: float,
     mode: store.CopyMode,
+    source: JobSource,
 ) -> tuple[StoredAnswer, Rows | None, set[uuid.UUID]]:
     """The answer, and the readings as stored, for the cache (None for a replayed answer)."""
     async with idempotency.begin(session, idem, settings.idempotency_ttl_s) as claim:
@@ -164,7 +177,7 @@ async def _ingest_once(
             insert(IngestionJob).values(
                 id=result.job_id,
                 site_id=site_id,
-                source=JobSource.api,
+                source=source,
                 status=JobStatus.completed,
                 total=result.total,
                 processed=result.total,
@@ -184,6 +197,45 @@ async def _ingest_once(
         # every concurrent batch of these sensors waits for.
         await store.roll_up(session, inserted)
     return answer, inserted.stored, checked.zone_ids
+
+
+async def existing_sites(session: AsyncSession, site_ids: set[uuid.UUID]) -> set[uuid.UUID]:
+    """Those of these ids that name a site."""
+    if not site_ids:
+        return set()
+    rows = await session.execute(
+        select(Site.id).where(Site.id == any_(literal(list(site_ids), ARRAY(Uuid))))
+    )
+    return set(rows.scalars())
+
+
+async def quarantine_all(
+    session: AsyncSession, site_id: uuid.UUID | None, rejected: list[Rejected], source: JobSource
+) -> uuid.UUID:
+    """Items that cannot be checked, quarantined under a job of their own in one transaction:
+    MQTT messages whose topic names no known site (`site_id` None: no site's API shows them,
+    operators find them by `site_id IS NULL`), or that the database refused. Returns the
+    job's id."""
+    job_id = uuid.uuid4()
+    now = utcnow()
+    async with session.begin():
+        await session.execute(
+            insert(IngestionJob).values(
+                id=job_id,
+                site_id=site_id,
+                source=source,
+                status=JobStatus.completed,
+                total=len(rejected),
+                processed=len(rejected),
+                quarantined=len(rejected),
+                created_at=now,
+                started_at=now,
+                finished_at=now,
+                processing_time_ms=0,
+            )
+        )
+        await store.insert_quarantine(session, site_id, job_id, rejected)
+    return job_id
 
 
 async def latest(

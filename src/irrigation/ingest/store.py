@@ -276,7 +276,10 @@ def _storable(raw: Any) -> Any:
 
 
 async def insert_quarantine(
-    session: AsyncSession, site_id: uuid.UUID, job_id: uuid.UUID, rejected: Sequence[Rejected]
+    session: AsyncSession,
+    site_id: uuid.UUID | None,
+    job_id: uuid.UUID,
+    rejected: Sequence[Rejected],
 ) -> None:
     if not rejected:
         return

@@ -1,5 +1,6 @@
 """Per-item checks of a batch: each bad item gets one reason; the good ones go through."""
 
+import dataclasses
 import math
 import uuid
 from dataclasses import dataclass, field
@@ -68,8 +69,22 @@ class Rejected:
     sensor_id: uuid.UUID | None = None
 
 
-Parsed = Columns | list[ReadingIn | Rejected]
-"""A clean batch as columns, or item by item with a parse_error in each bad item's place."""
+@dataclass(frozen=True)
+class Gathered:
+    """Items gathered from many messages (the MQTT bridge): the typed ones as columns with
+    their places in the batch, and the parse_errors, numbered in the same sequence."""
+
+    typed: Columns
+    positions: list[int]
+    rejected: list[Rejected]
+
+    def __len__(self) -> int:
+        return len(self.typed) + len(self.rejected)
+
+
+Parsed = Columns | list[ReadingIn | Rejected] | Gathered
+"""A clean batch as columns, or item by item with a parse_error in each bad item's place, or
+gathered from messages."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +95,7 @@ class Checked:
     zone_ids: set[uuid.UUID] = field(default_factory=set)
 
 
-def parse_batch(raw_body: bytes) -> Parsed:
+def parse_batch(raw_body: bytes) -> Columns | list[ReadingIn | Rejected]:
     """Parse straight from the request bytes. A clean batch validates in one call, into
     columns; otherwise the envelope is checked (422 when it is broken, raised as
     ValidationError) and then each item on its own, the bad ones becoming parse_errors."""
@@ -137,6 +152,8 @@ def parse_items(raw_items: list[Any]) -> list[ReadingIn | Rejected]:
 
 def sensor_ids(parsed: Parsed) -> set[uuid.UUID]:
     """The distinct sensors of the typed items."""
+    if isinstance(parsed, Gathered):
+        parsed = parsed.typed
     if isinstance(parsed, Columns):
         return {uuid.UUID(bytes=key) for key in set(parsed.sensors)}
     # By their `int` (a slot, and ints hash in C): `UUID.__hash__` is Python code.
@@ -177,6 +194,11 @@ def _split(parsed: Parsed, offset: int) -> tuple[Columns, list[int] | None, list
     and the parse_errors, numbered from `offset`."""
     if isinstance(parsed, Columns):
         return parsed, None, []
+    if isinstance(parsed, Gathered):
+        if not parsed.rejected:
+            return parsed.typed, None, []
+        rejected = [dataclasses.replace(r, index=r.index + offset) for r in parsed.rejected]
+        return parsed.typed, parsed.positions, rejected
     typed = [item for item in parsed if isinstance(item, ReadingIn)]
     if len(typed) == len(parsed):
         return Columns.of(typed), None, []
