@@ -21,7 +21,7 @@ def test_the_same_seed_gives_the_same_plan_and_another_seed_another() -> None:
 def test_the_plan_spreads_requests_and_faults_over_the_window() -> None:
     plan = make_plan(SoakParams(seed=5, minutes=2, ops_per_s=2))
     assert len(plan.ops) == 240
-    assert {o.action for o in plan.ops} == {"activate", "queue", "stop", "stop_all"}
+    assert {o.action for o in plan.ops} == {"activate", "queue", "stop", "stop_all", "reset"}
     assert all(0 <= o.at_s <= 120 for o in plan.ops)
     assert [o.at_s for o in plan.ops] == sorted(o.at_s for o in plan.ops)
     assert {f.action for f in plan.faults} >= {"device_fault", "worker_kill"}

@@ -1,15 +1,17 @@
 """What a soak records, and its reader: one JSON object per line (JSON Lines), each with
 its `type`, written as the soak goes so that a soak that dies still leaves its history.
 
-- `header`: `format` (`irrigation-soak-history`), `version`, `seed`, `params`, `started_at`.
+- `header`: `format` (`irrigation-soak-history`), `version`, `seed`, `params` (the
+  soak's parameters, and the `plan` drawn from the seed), `started_at`.
 - `config`: `sites` (`id`, `name`), `water_sources` (`id`, `site_id`, `name`,
   `max_concurrent_pumps`), `pumps` (`id`, `site_id`, `name`, `hardware_id`,
   `max_runtime_s`, `cooldown_s`, `water_source_id`).
-- `op`: one client operation: `id`, `client`, `action` (`activate`, `queue`, `stop`,
-  `stop_all`, `cancel`, `disable_schedule`), `site_id`, `pump_id`, `request` (method, path,
-  body), `sent_at`, `answered_at`, `status` (null: no answer), `body`, `error`, and what the
-  body says: `activation_id` (a 202 activation), `run_request_id` (a 202 run request),
-  `code` (a refusal's), `stopped` (activation ids a stop stopped).
+- `op`: one client operation: `id`, `client` (-1: the runner's own at the end), `action`
+  (`activate`, `queue`, `stop`, `stop_all`, `reset`, `cancel`, `disable_schedule`),
+  `site_id`, `pump_id`, `request` (method, path, body, attempts), `sent_at`, `answered_at`,
+  `status` (null: no answer), `body`, `error`, and what the body says: `activation_id` (a
+  202 activation), `run_request_id` (a 202 run request), `code` (a refusal's), `stopped`
+  (activation ids a stop stopped).
 - `fault`: one fault applied: `id`, `action`, `target`, `params`, `at`, `until`, `outcome`.
 - `final`: read from the API once the stack is quiet: `read_at`, `quiescent`, `activations`
   (as the API reports them, with `site_id` and `reached_starting`: whether the audit trail
@@ -392,11 +394,13 @@ class History:
 
 
 def header(seed: int, params: Json, started_at: datetime) -> Json:
+    """The header line's fields; `params` as JSON gives them back (tuples as lists), so a
+    history read from its file equals the one recorded."""
     return {
         "format": FORMAT,
         "version": VERSION,
         "seed": seed,
-        "params": params,
+        "params": json.loads(json.dumps(params, default=str)),
         "started_at": iso(started_at),
     }
 

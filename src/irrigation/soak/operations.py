@@ -27,8 +27,8 @@ def _request(op: OpPlan, fleet: Fleet, params: SoakParams) -> tuple[str, dict[st
         return "/v1/pumps/stop-all", None
     assert op.pump is not None
     pump_id = site.pump_ids[op.pump]
-    if op.action == "stop":
-        return f"/v1/pumps/{pump_id}/stop", None
+    if op.action in ("stop", "reset"):
+        return f"/v1/pumps/{pump_id}/{op.action}", None
     body: dict[str, Any] = {"duration_s": op.duration_s, "priority": op.priority}
     if op.action == "queue":
         deadline = datetime.now(UTC) + timedelta(seconds=params.queue_deadline_s)

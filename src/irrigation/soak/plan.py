@@ -16,7 +16,9 @@ PROCESS_FAULTS = ("worker_kill", "worker_pause", "redis_restart", "pg_kill")
 ARQ_LEASE_S = 40.0
 WORKERS = 2
 
-ACTIONS = {"activate": 60, "queue": 12, "stop": 20, "stop_all": 4, "over_cap": 4}
+# Weights of the requests. `reset` clears a pump's fault latch, as an operator does once
+# the device looks fine again: without it, a faulted pump would sit out the rest of a soak.
+ACTIONS = {"activate": 58, "queue": 12, "stop": 18, "stop_all": 4, "over_cap": 4, "reset": 4}
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ class OpPlan:
     id: int
     client: int
     at_s: float
-    action: str  # activate | queue | stop | stop_all
+    action: str  # activate | queue | stop | stop_all | reset
     site: int
     pump: int | None = None
     duration_s: int | None = None
@@ -166,8 +168,8 @@ def _operations(
                     else None,
                 )
             )
-        elif action == "stop":
-            ops.append(OpPlan(i, client, round(at, 3), "stop", site, pump))
+        elif action in ("stop", "reset"):
+            ops.append(OpPlan(i, client, round(at, 3), action, site, pump))
         else:
             ops.append(OpPlan(i, client, round(at, 3), "stop_all", site))
     return ops
