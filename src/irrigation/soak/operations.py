@@ -17,6 +17,8 @@ from irrigation.soak.plan import OpPlan, SoakParams
 
 Record = Callable[[Operation], None]
 RETRY_AFTER_S = 0.5
+READ_ATTEMPTS = 5
+PAGE = 500
 # The runner's own requests at the end (not a planned client's).
 RUNNER = -1
 
@@ -54,6 +56,43 @@ def _answer(response: httpx.Response) -> dict[str, Any]:
     elif "code" in body:
         said["code"] = body["code"]
     return said
+
+
+async def read_json(
+    client: httpx.AsyncClient, path: str, headers: dict[str, str] | None = None, **params: Any
+) -> Any:
+    """GET, tried again on a server error or a lost connection: the runner's own reads
+    must not fail on what the faults left behind (a pooled database connection that was
+    killed answers 500 once)."""
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            response = await client.get(path, params=params, headers=headers)
+        except httpx.TransportError:
+            if attempt == READ_ATTEMPTS:
+                raise
+        else:
+            if response.status_code < 500 or attempt == READ_ATTEMPTS:
+                response.raise_for_status()
+                return response.json()
+        await asyncio.sleep(RETRY_AFTER_S)
+    raise AssertionError("unreachable")
+
+
+async def pages(
+    api: httpx.AsyncClient, path: str, headers: dict[str, str], **filters: str
+) -> list[dict[str, Any]]:
+    """Every item of a list, following `next_cursor`."""
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {**filters, "limit": PAGE}
+        if cursor is not None:
+            params["cursor"] = cursor
+        page = await read_json(api, path, headers, **params)
+        items += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return items
 
 
 async def send(
@@ -138,14 +177,13 @@ async def wind_down(api: httpx.AsyncClient, fleet: Fleet, first_id: int, record:
     op_id = first_id
     for site in fleet.sites:
         for schedule_id in site.schedule_ids:
-            read = await api.get(f"/v1/schedules/{schedule_id}", headers=site.headers)
-            read.raise_for_status()
+            schedule = await read_json(api, f"/v1/schedules/{schedule_id}", site.headers)
             record(
                 await send(
                     api,
                     "PATCH",
                     f"/v1/schedules/{schedule_id}",
-                    {"enabled": False, "version": read.json()["version"]},
+                    {"enabled": False, "version": schedule["version"]},
                     site.headers,
                     op_id=op_id,
                     client=RUNNER,
@@ -156,11 +194,7 @@ async def wind_down(api: httpx.AsyncClient, fleet: Fleet, first_id: int, record:
             )
             op_id += 1
     for site in fleet.sites:
-        response = await api.get(
-            "/v1/run-queue", params={"status": "waiting", "limit": 500}, headers=site.headers
-        )
-        response.raise_for_status()
-        for request in response.json()["items"]:
+        for request in await pages(api, "/v1/run-queue", site.headers, status="waiting"):
             record(
                 await send(
                     api,

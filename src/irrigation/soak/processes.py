@@ -41,6 +41,9 @@ SERVICE_ENV = {
 }
 
 
+RESTART_EVERY_S = 1.0
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -76,6 +79,7 @@ class Child:
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.started_at = 0.0
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
@@ -89,6 +93,7 @@ class Child:
                 preexec_fn=_die_with_parent,
             )
         self.starts += 1
+        self.started_at = time.monotonic()
 
     @property
     def alive(self) -> bool:
@@ -251,7 +256,11 @@ class SoakStack:
         while True:
             now = time.monotonic()
             for worker in self.workers:
-                if not worker.alive and now >= self.down_until.get(worker.name, 0.0):
+                # At most once a second: a worker started while Redis is down dies at once.
+                may_start = max(
+                    self.down_until.get(worker.name, 0.0), worker.started_at + RESTART_EVERY_S
+                )
+                if not worker.alive and now >= may_start:
                     worker.start()
             await asyncio.sleep(0.2)
 

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -23,13 +22,12 @@ from irrigation.soak import history
 from irrigation.soak.checker import Tolerances, Violation, check, summary
 from irrigation.soak.faults import Injector
 from irrigation.soak.fleet import Fleet, build_fleet
-from irrigation.soak.operations import run_client, wind_down
+from irrigation.soak.operations import pages, read_json, run_client, wind_down
 from irrigation.soak.plan import Plan, SoakParams, make_plan
 from irrigation.soak.processes import SoakStack
 from irrigation.stack import LOCAL_POSTGRES, ensure_database, plain_url, with_database
 
 Echo = Callable[[str], None]
-PAGE = 500
 # From the end of the faults: the watchdog, a worker started again and a job whose lease
 # ran out all have their seconds; a pump's longest run is 30 s.
 QUIET_TIMEOUT_S = 120.0
@@ -184,32 +182,14 @@ async def _run(
     return history.History(header, fleet.config, operations, faults, final, truth)
 
 
-async def _pages(
-    api: httpx.AsyncClient, path: str, headers: dict[str, str], **filters: str
-) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    cursor: str | None = None
-    while True:
-        params: dict[str, Any] = {**filters, "limit": PAGE}
-        if cursor is not None:
-            params["cursor"] = cursor
-        response = await api.get(path, params=params, headers=headers)
-        response.raise_for_status()
-        page = response.json()
-        items += page["items"]
-        cursor = page["next_cursor"]
-        if cursor is None:
-            return items
-
-
 async def _is_quiet(api: httpx.AsyncClient, simulator: httpx.AsyncClient, fleet: Fleet) -> bool:
     for site in fleet.sites:
-        pumps = await _pages(api, "/v1/pumps", site.headers)
+        pumps = await pages(api, "/v1/pumps", site.headers)
         if any(p["active_activation_id"] is not None for p in pumps):
             return False
-        if await _pages(api, "/v1/run-queue", site.headers, status="waiting"):
+        if await pages(api, "/v1/run-queue", site.headers, status="waiting"):
             return False
-    truth = (await simulator.get("/truth")).json()
+    truth = await read_json(simulator, "/truth")
     return all(r["stopped_at"] is not None for r in truth["runs"])
 
 
@@ -230,12 +210,12 @@ async def _final_read(api: httpx.AsyncClient, fleet: Fleet, quiet: bool) -> hist
     requests: list[history.RunRequestState] = []
     for site in fleet.sites:
         for pump_id in site.pump_ids:
-            for a in await _pages(api, f"/v1/pumps/{pump_id}/activations", site.headers):
+            for a in await pages(api, f"/v1/pumps/{pump_id}/activations", site.headers):
                 reached = a["started_at"] is not None or a["status"] == "failed"
                 if a["status"] == "aborted" and not reached:
                     # Aborted while queued, or while starting (the command may be out):
                     # only the audit trail tells.
-                    events = await _pages(api, f"/v1/activations/{a['id']}/events", site.headers)
+                    events = await pages(api, f"/v1/activations/{a['id']}/events", site.headers)
                     reached = any(e["status"] == "starting" for e in events)
                 activations.append(
                     history.Activation.from_json(
@@ -244,16 +224,15 @@ async def _final_read(api: httpx.AsyncClient, fleet: Fleet, quiet: bool) -> hist
                 )
         requests += [
             history.RunRequestState.from_json(r)
-            for r in await _pages(api, "/v1/run-queue", site.headers)
+            for r in await pages(api, "/v1/run-queue", site.headers)
         ]
     return history.Final(read_at, quiet, activations, requests)
 
 
 async def _truth(simulator: httpx.AsyncClient) -> history.Truth:
     read_at = datetime.now(UTC)
-    response = await simulator.get("/truth")
-    response.raise_for_status()
-    return history.Truth(read_at, [history.TruthRun.from_json(r) for r in response.json()["runs"]])
+    truth = await read_json(simulator, "/truth")
+    return history.Truth(read_at, [history.TruthRun.from_json(r) for r in truth["runs"]])
 
 
 async def _drop(database_url: str, name: str) -> None:
