@@ -78,7 +78,6 @@ class Child:
         self.env = dict(env)
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
         self.started_at = 0.0
 
     def start(self) -> None:
@@ -92,7 +91,6 @@ class Child:
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
-        self.starts += 1
         self.started_at = time.monotonic()
 
     @property
@@ -146,7 +144,6 @@ class SoakStack:
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.log_dir = log_dir
-        self.own_redis = redis_url is None
         self.redis_port = free_port() if redis_url is None else None
         self.redis_url = redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
         self.simulator_url = f"http://127.0.0.1:{free_port()}"
@@ -182,7 +179,6 @@ class SoakStack:
         self.workers = [self._irrigation(f"worker-{i}", "worker") for i in range(WORKERS)]
         # A killed worker stays down until then (monotonic time), then is started again.
         self.down_until: dict[str, float] = {}
-        self.redis_down = False
         self._supervising: asyncio.Task[None] | None = None
 
     def _irrigation(self, name: str, *args: str) -> Child:
@@ -191,10 +187,6 @@ class SoakStack:
 
     def worker(self, name: str) -> Child:
         return next(w for w in self.workers if w.name == name)
-
-    @property
-    def children(self) -> list[Child]:
-        return [c for c in (self.redis, self.simulator, self.api, *self.workers) if c]
 
     async def migrate(self) -> None:
         """`irrigation migrate` on the soak's database (a no-op when it is up to date)."""
@@ -278,14 +270,10 @@ class SoakStack:
     async def restart_redis(self, down_s: float) -> bool:
         if self.redis is None:
             return False
-        self.redis_down = True
-        try:
-            self.redis.kill()
-            await asyncio.sleep(down_s)
-            self.redis.start()
-            await self._wait_redis()
-        finally:
-            self.redis_down = False
+        self.redis.kill()
+        await asyncio.sleep(down_s)
+        self.redis.start()
+        await self._wait_redis()
         return True
 
     async def ensure_redis(self) -> None:

@@ -125,14 +125,15 @@ async def _run(
     writer.write({"type": "header", **header})
     await stack.migrate()
     await stack.start()
-    engine = create_engine(Settings(database_url=database_url, db_pool_size=1))
     limits = httpx.Limits(max_connections=100)
     timeout = httpx.Timeout(10, connect=3)
-    try:
-        async with (
-            httpx.AsyncClient(base_url=stack.api_url, timeout=timeout, limits=limits) as api,
-            httpx.AsyncClient(base_url=stack.simulator_url, timeout=timeout) as simulator,
-        ):
+    async with (
+        httpx.AsyncClient(base_url=stack.api_url, timeout=timeout, limits=limits) as api,
+        httpx.AsyncClient(base_url=stack.simulator_url, timeout=timeout) as simulator,
+    ):
+        # Keys are made as the CLI makes them; the engine goes before the faults begin.
+        engine = create_engine(Settings(database_url=database_url, db_pool_size=1))
+        try:
             fleet = await build_fleet(
                 api,
                 create_sessionmaker(engine),
@@ -140,45 +141,45 @@ async def _run(
                 f"soak {params.seed} {run}",
                 schedules=params.schedules,
             )
-            writer.write(fleet.config.to_json())
-            operations: list[history.Operation] = []
-            faults: list[history.FaultEvent] = []
+        finally:
+            await engine.dispose()
+        writer.write(fleet.config.to_json())
+        operations: list[history.Operation] = []
+        faults: list[history.FaultEvent] = []
 
-            def record_op(op: history.Operation) -> None:
-                operations.append(op)
-                writer.write(op.to_json())
+        def record_op(op: history.Operation) -> None:
+            operations.append(op)
+            writer.write(op.to_json())
 
-            def record_fault(fault: history.FaultEvent) -> None:
-                faults.append(fault)
-                writer.write(fault.to_json())
+        def record_fault(fault: history.FaultEvent) -> None:
+            faults.append(fault)
+            writer.write(fault.to_json())
 
-            admin = plain_url(with_database(database_url, "postgres"))
-            database = urlsplit(plain_url(database_url)).path.lstrip("/")
-            injector = Injector(stack, simulator, fleet, admin, database, record_fault)
-            started = time.monotonic()
-            clients = [
-                run_client(
-                    api, fleet, params, [o for o in plan.ops if o.client == c], started, record_op
-                )
-                for c in range(params.clients)
-            ]
-            injecting = asyncio.create_task(injector.run(plan.faults, started))
-            try:
-                await asyncio.gather(*clients)
-                # Faults planned past the last request are not applied: the soak ends.
-                injecting.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await injecting
-            finally:
-                await injector.lift_all()
-            await wind_down(api, fleet, len(plan.ops), record_op)
-            quiet = await _wait_quiet(api, simulator, fleet)
-            final = await _final_read(api, fleet, quiet)
-            writer.write(final.to_json())
-            truth = await _truth(simulator)
-            writer.write(truth.to_json())
-    finally:
-        await engine.dispose()
+        admin = plain_url(with_database(database_url, "postgres"))
+        database = urlsplit(plain_url(database_url)).path.lstrip("/")
+        injector = Injector(stack, simulator, fleet, admin, database, record_fault)
+        started = time.monotonic()
+        clients = [
+            run_client(
+                api, fleet, params, [o for o in plan.ops if o.client == c], started, record_op
+            )
+            for c in range(params.clients)
+        ]
+        injecting = asyncio.create_task(injector.run(plan.faults, started))
+        try:
+            await asyncio.gather(*clients)
+        finally:
+            # Faults planned past the last request are not applied: the soak ends.
+            injecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await injecting
+            await injector.lift_all()
+        await wind_down(api, fleet, len(plan.ops), record_op)
+        quiet = await _wait_quiet(api, simulator, fleet)
+        final = await _final_read(api, fleet, quiet)
+        writer.write(final.to_json())
+        truth = await _truth(simulator)
+        writer.write(truth.to_json())
     return history.History(header, fleet.config, operations, faults, final, truth)
 
 
