@@ -5,10 +5,12 @@ site of each run or (an older simulator) not."""
 import dataclasses
 import io
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from irrigation.soak import history as h
+from irrigation.soak.__main__ import main as judge
 from irrigation.soak.checker import (
     CAPACITY,
     COOLDOWN,
@@ -318,3 +320,16 @@ def test_the_reader_refuses_another_format() -> None:
         h.parse(['{"type": "header", "format": "something-else"}'])
     with pytest.raises(ValueError, match="header and config"):
         h.parse([])
+
+
+def test_recorded_histories_are_judged_again_offline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    for path, recorded in ((good, clean()), (bad, clean(runs=[*RUNS, run(A, "a-2", "x", 20, 21)]))):
+        with path.open("w") as out:
+            h.Writer(out).write_all(recorded)
+    assert judge([str(good)]) == 0
+    assert judge([str(good), str(bad)]) == 1
+    printed = capsys.readouterr().out
+    assert f"{bad}: seed 7, 1 violations {{'unowned_run': 1}}" in printed
