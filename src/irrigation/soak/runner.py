@@ -7,7 +7,7 @@ import contextlib
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,13 +68,15 @@ async def soak(
     redis_url: str | None = None,
     redis_namespace: str | None = None,
     keep_database: bool = False,
+    service_env: Mapping[str, str] | None = None,
     tolerances: Tolerances | None = None,
     echo: Echo = print,
 ) -> SoakResult:
     """One soak. `database_url` is used as it is (its service connections get killed);
     without it, a fresh database on `server_url`'s server (else localhost) is made and
     dropped afterwards. Without `redis_url` the soak runs its own Redis (and restarts it);
-    with one, it leaves it alone."""
+    with one, it leaves it alone. `service_env` (`IRRIGATION_*`) goes to every process of
+    the stack, over the soak's own settings (processes.SERVICE_ENV)."""
     run = uuid.uuid4().hex[:8]
     if redis_url is not None:
         kept = tuple(f for f in params.process_faults if f != "redis_restart")
@@ -93,6 +95,7 @@ async def soak(
         database_url,
         redis_namespace or f"soak-{params.seed}-{run}",
         redis_url=redis_url,
+        env=service_env,
     )
     echo(
         f"soak seed {params.seed}: {len(plan.ops)} requests, {len(plan.faults)} faults over "
