@@ -269,6 +269,16 @@ def test_a_stop_from_another_site_cutting_a_run_short_is_a_disagreement() -> Non
     assert "ran command cmd-a1 for 2.000 s" in found[0].detail
 
 
+def test_a_run_the_device_ended_early_agrees_when_the_api_saw_it_end() -> None:
+    """Reconciliation's case: the device stopped on its own, and the API recorded the
+    device's stop time."""
+    runs = replaced(RUNS, "a1", stopped_at=t(2), stopped_by="command")
+    seen = [dataclasses.replace(a, stopped_at=t(2.2)) if a.id == "a1" else a for a in ACTIVATIONS]
+    assert check(clean(runs=runs, activations=seen)) == []
+    late = [dataclasses.replace(a, stopped_at=t(2.6)) if a.id == "a1" else a for a in ACTIVATIONS]
+    assert invariants(clean(runs=runs, activations=late)) == [DB_TRUTH]
+
+
 def test_a_run_whose_activation_never_started_is_a_disagreement() -> None:
     assert invariants(clean(runs=[*RUNS, run(A, "a-2", "x1", 20, 21)])) == [DB_TRUTH]
 

@@ -23,8 +23,9 @@ Invariants (`Violation.invariant`):
   reports as never having run (expired, rejected, aborted before it was handed to the
   device), or as belonging to another device; an activation the API reports completed or
   aborted after it started with no run in truth; an activation completed (ran its course)
-  whose run in truth was shorter than asked by more than `Tolerances.agreement_s`; a device
-  still running when the history ends."""
+  whose run in truth was shorter than asked, and ended before the stop time the API
+  reports, each by more than `Tolerances.agreement_s`; a device still running when the
+  history ends."""
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -416,22 +417,40 @@ class _Check:
                     )
                 )
             if activation.status == "completed" and mine:
-                longest = max(_seconds(r.started_at, self.stop_of(r) or r.started_at) for r in mine)
-                if longest < activation.duration_s - self.tol.agreement_s:
-                    found.append(
-                        Violation(
-                            DB_TRUTH,
-                            f"the API reports it completed its {activation.duration_s} s, "
-                            f"but the device ran command {activation.command_id} for "
-                            f"{longest:.3f} s",
-                            at=mine[0].started_at,
-                            until=mine[0].stopped_at,
-                            site_id=site_id,
-                            hardware_id=hardware_id,
-                            activation_id=activation.id,
-                        )
-                    )
+                found += self._cut_short(activation, mine, site_id, hardware_id)
         return found
+
+    def _cut_short(
+        self,
+        activation: Activation,
+        mine: list[TruthRun],
+        site_id: str,
+        hardware_id: str | None,
+    ) -> list[Violation]:
+        """A completed run that the device ended early, while the API went on believing it
+        ran (its stop time is later than the device's). One the API saw end early, with
+        the device's own stop time, agrees with truth."""
+        run = max(mine, key=lambda r: _seconds(r.started_at, self.stop_of(r) or r.started_at))
+        stop = self.stop_of(run) or run.started_at
+        ran = _seconds(run.started_at, stop)
+        if ran >= activation.duration_s - self.tol.agreement_s:
+            return []
+        believed = activation.stopped_at
+        if believed is not None and _seconds(stop, believed) <= self.tol.agreement_s:
+            return []
+        return [
+            Violation(
+                DB_TRUTH,
+                f"the API reports it completed its {activation.duration_s} s (stopped at "
+                f"{iso(believed)}), but the device ran command {activation.command_id} for "
+                f"{ran:.3f} s",
+                at=run.started_at,
+                until=stop,
+                site_id=site_id,
+                hardware_id=hardware_id,
+                activation_id=activation.id,
+            )
+        ]
 
 
 def summary(violations: list[Violation]) -> dict[str, int]:
