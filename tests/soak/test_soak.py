@@ -5,8 +5,8 @@ every kind of fault, judged by the offline checker from the simulator's truth.
 Parameters under which today's code holds, and why:
 - `shared_hardware_ids=False`: today's device boundary addresses a device by hardware_id
   alone, so two sites' pumps with one hardware_id drive one simulated relay, and a refused
-  start of one site stops the other's run (issue 15; `irrigation soak --seed 1 --minutes
-  0.3 --faults none` shows it as `db_truth` at once). Shared ids come back with the
+  start of one site stops the other's run (issue 15; `irrigation soak --seed 2 --minutes 1
+  --faults none` shows it as `db_truth`, without any fault). Shared ids come back with the
   rewritten boundary.
 - `pause_hold_s=6`: a paused worker is held past the watchdog's limit for a start in
   flight (gateway calls of 3 x 0.5 s + 1 s grace), not past arq's 40 s lease, which a
