@@ -1,4 +1,4 @@
-"""The `irrigation` command: serve, worker, migrate, keys, openapi, up, import, demo."""
+"""The `irrigation` command: serve, worker, migrate, keys, openapi, up, import, demo, soak."""
 
 import asyncio
 import json
@@ -197,6 +197,51 @@ def simulator(
     settings = load_settings()
     _export_log_format(settings)
     run_simulator(host, port or settings.simulator_port)
+
+
+@app.command()
+def soak(
+    seed: Annotated[int, typer.Option(help="The plan's seed: same seed, same requests and faults")],
+    minutes: Annotated[
+        float, typer.Option(min=0.05, help="How long requests and faults go on")
+    ] = 1.0,
+    sites: Annotated[int, typer.Option(min=1, help="Sites, each with its pumps")] = 3,
+    shared_hardware_ids: Annotated[
+        bool,
+        typer.Option(
+            "--shared-hardware-ids/--no-shared-hardware-ids",
+            help="Pumps of several sites with one hardware_id",
+        ),
+    ] = True,
+    faults: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated fault kinds (default: every one); `none`: no fault"),
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="Use this database as it is (default: a fresh one, dropped after)"),
+    ] = None,
+    keep_database: Annotated[bool, typer.Option(help="Keep the fresh database")] = False,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Logs and history (default: DATA_DIR/soak/seed-N-...)")
+    ] = None,
+) -> None:
+    """Fault soak: the stack as processes under random requests and faults, judged from the
+    simulator's truth. Exits 1 on any violation, printing the seed that replays it."""
+    from irrigation.soak.plan import SoakParams, fault_kinds
+    from irrigation.soak.runner import main
+
+    device_faults, process_faults = fault_kinds(faults)
+    params = SoakParams(
+        seed=seed,
+        minutes=minutes,
+        sites=sites,
+        shared_hardware_ids=shared_hardware_ids,
+        device_faults=device_faults,
+        process_faults=process_faults,
+    )
+    code = main(params, workdir=workdir, database_url=database_url, keep_database=keep_database)
+    raise typer.Exit(code=code)
 
 
 @app.command()
