@@ -358,10 +358,10 @@ def demo(
             httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout) as api,
             httpx.AsyncClient(base_url=simulator_url, timeout=timeout) as sim,
         ):
-            found, hardware_ids = await find_sensor(api, sensor_id)
+            found, site_id, hardware_ids = await find_sensor(api, sensor_id)
             pumps = ", ".join(hardware_ids) or "none"
             typer.echo(f"feeding sensor {found} at {url} (wetted by runs of: {pumps})", err=True)
-            feeder = Feeder(api, sim, found, hardware_ids)
+            feeder = Feeder(api, sim, found, site_id, hardware_ids)
             await run_feeder(feeder, interval_s=interval, count=count, echo=typer.echo, quiet=quiet)
 
     try:

@@ -16,7 +16,7 @@ from irrigation.automation.retention import purge_automation_history
 from irrigation.common import idempotency
 from irrigation.common.worker_context import CONTEXT_KEY, WorkerContext, worker_context
 from irrigation.db import create_engine, create_sessionmaker
-from irrigation.gateway import HttpGateway
+from irrigation.gateway import create_gateway
 from irrigation.ingest import import_jobs
 from irrigation.logging import configure_logging
 from irrigation.pumps import jobs
@@ -45,11 +45,7 @@ def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
     redis = queue.create_redis(
         settings.effective_redis_url, settings.redis_timeout_s, settings.queue_name
     )
-    gateway = HttpGateway(
-        settings.gateway_url,
-        timeout_s=settings.gateway_timeout_s,
-        retries=settings.gateway_retries,
-    )
+    gateway = create_gateway(settings)
 
     weather = create_provider(settings, redis)
 

@@ -18,7 +18,7 @@ from irrigation import queue
 from irrigation.common.clock import db_now_expr
 from irrigation.common.worker_context import WorkerContext, worker_context
 from irrigation.fleet.models import Pump
-from irrigation.gateway import GatewayError, HttpGateway
+from irrigation.gateway import AckResult, Command, DeviceAddress, GatewayError
 from irrigation.pumps.models import ActivationEvent, ActivationStatus, OutboxJob, PumpActivation
 from irrigation.pumps.service import lock_activation, lock_pump
 
@@ -26,11 +26,21 @@ log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
-class _Command:
-    hardware_id: str
-    command_id: str
-    sequence: int
-    duration_s: int
+class _Send:
+    """A command decided under the row locks, sent after they are released."""
+
+    device: DeviceAddress
+    command: Command
+
+
+def _device(pump: Pump) -> DeviceAddress:
+    return DeviceAddress.of(pump.site_id, pump.hardware_id)
+
+
+def _next_sequence(pump: Pump) -> int:
+    """A fresh fencing number, above every command this pump has sent (the row is locked)."""
+    pump.last_sequence += 1
+    return pump.last_sequence
 
 
 async def _lock(
@@ -92,16 +102,22 @@ async def start_activation(ctx: dict[str, Any], activation_id: str) -> str:
             duration = min(activation.duration_s, pump.max_runtime_s, jc.settings.max_runtime_cap_s)
             _transition(session, activation, ActivationStatus.starting, now, "worker")
             activation.starting_at = now
-            command = _Command(
-                pump.hardware_id, activation.command_id, activation.sequence, duration
+            # The device's own end of the run, whenever the command reaches it.
+            activation.auto_off_at = now + timedelta(seconds=duration)
+            start = _Send(
+                _device(pump),
+                Command.start(
+                    activation.command_id, activation.sequence, duration, activation.auto_off_at
+                ),
             )
 
         try:
-            await jc.gateway.start(
-                command.hardware_id, command.command_id, command.duration_s, command.sequence
-            )
+            ack = await jc.gateway.send(start.device, start.command)
         except GatewayError as exc:
             await _fail(jc, session, act_id, str(exc))
+            return "failed"
+        if ack.result != AckResult.ok:
+            await _fail(jc, session, act_id, f"device answered {ack.result}: {ack.detail}")
             return "failed"
 
         async with session.begin():
@@ -109,21 +125,23 @@ async def start_activation(ctx: dict[str, Any], activation_id: str) -> str:
             assert locked is not None
             pump, activation, now = locked
             if activation.status != ActivationStatus.starting:
-                # Stopped (operator, watchdog) while the start was in flight: make sure the
-                # device is off, whatever order the two commands reached it in.
-                still_on = False
-            else:
-                _transition(session, activation, ActivationStatus.running, now, "device_started")
-                activation.started_at = now
-                activation.run_deadline = now + timedelta(seconds=command.duration_s)
-                still_on = activation.stop_requested_at is None
-    if not still_on:
-        with contextlib.suppress(GatewayError):
-            await jc.gateway.stop(command.hardware_id, command.command_id)
-        await stop_activation(ctx, activation_id, "operator")
-        return "stopped"
-    await queue.enqueue_stop(jc.redis, act_id, "deadline", defer_by=command.duration_s)
+                # Ended while the start was in flight (an operator's stop, the watchdog): its
+                # stop carried a higher sequence, so whichever of the two reached the device
+                # first, the device is off.
+                return "stopped"
+            _transition(session, activation, ActivationStatus.running, now, "device_started")
+            activation.started_at = now
+            activation.run_deadline = activation.auto_off_at
+            # A stop requested meanwhile is the stop job's (queued with the request).
+            deadline = activation.run_deadline or now
+    left_s = max(0.0, (deadline - now).total_seconds())
+    await queue.enqueue_stop(jc.redis, act_id, "deadline", defer_by=left_s)
     return "running"
+
+
+def _latest_end(activation: PumpActivation, now: datetime) -> datetime:
+    """The latest moment the device can have stopped this run: its own auto-off."""
+    return max(now, activation.auto_off_at or now)
 
 
 async def _fail(jc: WorkerContext, session: AsyncSession, act_id: uuid.UUID, error: str) -> None:
@@ -140,12 +158,13 @@ async def _fail(jc: WorkerContext, session: AsyncSession, act_id: uuid.UUID, err
         _release(pump, activation)
         pump.fault = f"gateway: {error}"[:500]
         pump.fault_at = now
-        # The device may have started (the answer, not the command, was lost): rest anyway.
-        pump.cooldown_until = now + timedelta(seconds=pump.cooldown_s)
-        hardware_id, command_id = pump.hardware_id, activation.command_id
+        # The device may have started (the answer, not the command, was lost): rest from
+        # the latest moment it could have stopped by itself.
+        pump.cooldown_until = _latest_end(activation, now) + timedelta(seconds=pump.cooldown_s)
+        halt = _Send(_device(pump), Command.halt(_next_sequence(pump)))
     log.warning("activation_failed", activation_id=str(act_id), error=error)
     with contextlib.suppress(GatewayError):
-        await jc.gateway.stop(hardware_id, command_id)
+        await jc.gateway.send(halt.device, halt.command)
 
 
 async def stop_activation(ctx: dict[str, Any], activation_id: str, cause: str) -> str:
@@ -160,13 +179,18 @@ async def stop_activation(ctx: dict[str, Any], activation_id: str, cause: str) -
             pump, activation, _ = locked
             if activation.status not in (ActivationStatus.starting, ActivationStatus.running):
                 return f"skipped: {activation.status}"
-            hardware_id, command_id = pump.hardware_id, activation.command_id
+            # A fresh number, so a start still in flight for this run is refused by the
+            # device if it arrives after this stop.
+            stop = _Send(_device(pump), Command.stop(activation.command_id, _next_sequence(pump)))
 
         error: str | None = None
         try:
-            await jc.gateway.stop(hardware_id, command_id)
+            ack = await jc.gateway.send(stop.device, stop.command)
         except GatewayError as exc:
             error = str(exc)
+        else:
+            if ack.result not in (AckResult.ok, AckResult.not_running):
+                error = f"device answered {ack.result}: {ack.detail}"
 
         async with session.begin():
             locked = await _lock(session, act_id)
@@ -200,9 +224,7 @@ async def watchdog(ctx: dict[str, Any]) -> int:
     """Reconcile what a dead worker or a lost job left behind; returns how many it touched."""
     jc = worker_context(ctx)
     s = jc.settings
-    starting_limit = (
-        HttpGateway.max_call_s(s.gateway_timeout_s, s.gateway_retries) + s.watchdog_grace_s
-    )
+    starting_limit = jc.gateway.call_budget_s + s.watchdog_grace_s
     async with jc.sessions() as session:
         now = (await session.execute(select(db_now_expr()))).scalar_one()
         grace = timedelta(seconds=s.watchdog_grace_s)

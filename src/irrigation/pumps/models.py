@@ -72,6 +72,8 @@ class PumpActivation(IdMixin, Base):
     start_deadline: Mapped[datetime]
     starting_at: Mapped[datetime | None] = mapped_column(default=None)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The start command's own auto-off time: the latest the device can run it, sent or not.
+    auto_off_at: Mapped[datetime | None] = mapped_column(default=None)
     run_deadline: Mapped[datetime | None] = mapped_column(default=None)
     stop_requested_at: Mapped[datetime | None] = mapped_column(default=None)
     stopped_at: Mapped[datetime | None] = mapped_column(default=None)
