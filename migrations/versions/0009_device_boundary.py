@@ -1,19 +1,56 @@
-"""device boundary: the start command's auto-off time
+"""device boundary: the start command's auto-off time; hardware ids outside the address
+pattern are reported, never changed
 
 Revision ID: 0009
 Revises: 0008
 Create Date: 2026-12-01 09:00:00.000000+00:00
 """
 
+import logging
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
 
 revision: str = "0009"
 down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+# The device address pattern of this revision (irrigation.gateway.HARDWARE_ID_PATTERN then),
+# written out: a migration must not change when the code does.
+HARDWARE_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+log = logging.getLogger("alembic.runtime.migration")
+
+
+def report_unaddressable_pumps() -> None:
+    """Pumps whose hardware_id cannot be a device address any more are listed, not renamed:
+    a device answers to its id, and only its operator knows the new one. Until they get a
+    valid id (PATCH), the API refuses to run them (409 `invalid_hardware_id`)."""
+    query = (
+        "SELECT site_id, id, hardware_id FROM pumps "
+        f"WHERE hardware_id !~ '{HARDWARE_ID_PATTERN}' ORDER BY site_id, hardware_id"
+    )
+    if context.is_offline_mode():
+        # A script run by hand: the server tells whoever runs it.
+        op.execute(
+            "DO $$ DECLARE p record; BEGIN "
+            f"FOR p IN {query} LOOP RAISE WARNING 'pump % of site % has hardware_id % "
+            "outside the device address pattern; it cannot run until it gets a valid one', "
+            "p.id, p.site_id, quote_literal(p.hardware_id); END LOOP; END $$"
+        )
+        return
+    rows = op.get_bind().execute(sa.text(query)).all()
+    if rows:
+        listed = "; ".join(f"pump {r.id} of site {r.site_id}: {r.hardware_id!r}" for r in rows)
+        log.warning(
+            "%d pump(s) have a hardware_id outside the device address pattern %s and cannot "
+            "run until an operator gives them a valid one (PATCH /v1/pumps/{id}); left as "
+            "they are: %s",
+            len(rows),
+            HARDWARE_ID_PATTERN,
+            listed,
+        )
 
 
 def upgrade() -> None:
@@ -21,6 +58,7 @@ def upgrade() -> None:
         "pump_activations",
         sa.Column("auto_off_at", sa.DateTime(timezone=True), nullable=True),
     )
+    report_unaddressable_pumps()
 
 
 def downgrade() -> None:

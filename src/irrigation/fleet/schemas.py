@@ -16,10 +16,12 @@ from pydantic import (
 
 from irrigation.common.schemas import Body, StoredOut, UpdateBody
 from irrigation.common.text import NoNul
+from irrigation.gateway import HARDWARE_ID_PATTERN
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), NoNul]
+# One path segment or MQTT topic level (the device address is `(site_id, hardware_id)`).
 HardwareId = Annotated[
-    str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")
+    str, StringConstraints(min_length=1, max_length=64, pattern=HARDWARE_ID_PATTERN)
 ]
 Unit = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=16), NoNul]
 Finite = Annotated[float, Field(allow_inf_nan=False, ge=-1e9, le=1e9)]
@@ -172,7 +174,9 @@ class PumpCreate(Body):
         default=None, description="Omitted: the zone's default water source (made on first use)."
     )
     name: Name
-    hardware_id: HardwareId
+    hardware_id: HardwareId = Field(
+        description="The device's id within the site: its address is (site, hardware_id)."
+    )
     max_runtime_s: int | None = Field(
         default=None, ge=1, description="Default 30; never above the site's hard cap."
     )
@@ -186,7 +190,9 @@ class PumpUpdate(UpdateBody):
     zone_id: uuid.UUID | None = None
     water_source_id: uuid.UUID | None = None
     name: Name | None = None
-    hardware_id: HardwareId | None = None
+    hardware_id: HardwareId | None = Field(
+        default=None, description="Not while the pump has an active run (409 `pump_running`)."
+    )
     max_runtime_s: int | None = Field(default=None, ge=1)
     cooldown_s: CooldownSeconds | None = None
     enabled: bool | None = None

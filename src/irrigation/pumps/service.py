@@ -24,6 +24,7 @@ from irrigation.common.errors import Invalid, NotFound, Unavailable
 from irrigation.common.idempotency import IdempotentRequest, StoredAnswer
 from irrigation.common.pagination import PageParams, page_of, paginate
 from irrigation.fleet.models import Pump, WaterSource
+from irrigation.gateway import is_addressable
 from irrigation.pumps.errors import (
     CapacityFull,
     InCooldown,
@@ -31,6 +32,7 @@ from irrigation.pumps.errors import (
     PumpDisabled,
     PumpFault,
     Refused,
+    Unaddressable,
 )
 from irrigation.pumps.models import (
     ACTIVE,
@@ -203,6 +205,8 @@ async def admit(
     if pump.water_source_id != source.id:
         raise Unavailable("the pump was moved to another water source; try again", code="retry")
 
+    if not is_addressable(pump.hardware_id):
+        raise Unaddressable(pump.hardware_id)
     if not pump.enabled:
         raise PumpDisabled()
     if pump.fault:
