@@ -1,5 +1,5 @@
-"""device boundary: the start command's auto-off time; hardware ids outside the address
-pattern are reported, never changed
+"""device boundary: the start command's auto-off time, the outbox relay's claim; hardware
+ids outside the address pattern are reported, never changed
 
 Revision ID: 0009
 Revises: 0008
@@ -58,8 +58,10 @@ def upgrade() -> None:
         "pump_activations",
         sa.Column("auto_off_at", sa.DateTime(timezone=True), nullable=True),
     )
+    op.add_column("outbox", sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=True))
     report_unaddressable_pumps()
 
 
 def downgrade() -> None:
+    op.drop_column("outbox", "claimed_at")
     op.drop_column("pump_activations", "auto_off_at")

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation import queue
@@ -267,31 +267,38 @@ async def watchdog(ctx: dict[str, Any]) -> int:
 
 
 async def relay_outbox(ctx: dict[str, Any]) -> int:
-    """Enqueue what a crash between commit and enqueue left in the outbox."""
+    """Enqueue what a crash between commit and enqueue left in the outbox.
+
+    The rows are claimed (`claimed_at`) and committed first, then enqueued: no row lock is
+    held while Redis is awaited (a slow Redis would otherwise hold the start job, which
+    deletes the row, and every relay behind it). A claim lost with a crash is taken again
+    once it is older than the relay delay, like a new row."""
     jc = worker_context(ctx)
     async with jc.sessions() as session, session.begin():
-        cutoff = (await session.execute(select(db_now_expr()))).scalar_one() - timedelta(
-            seconds=jc.settings.outbox_relay_after_s
+        now = (await session.execute(select(db_now_expr()))).scalar_one()
+        cutoff = now - timedelta(seconds=jc.settings.outbox_relay_after_s)
+        due = (
+            select(OutboxJob.id)
+            .where(
+                OutboxJob.created_at < cutoff,
+                or_(OutboxJob.claimed_at.is_(None), OutboxJob.claimed_at < cutoff),
+            )
+            .order_by(OutboxJob.created_at)
+            .limit(500)
+            .with_for_update(skip_locked=True)
         )
-        rows = (
+        claimed = (
             (
                 await session.execute(
-                    select(OutboxJob)
-                    .where(OutboxJob.created_at < cutoff)
-                    .order_by(OutboxJob.created_at)
-                    .limit(500)
-                    .with_for_update(skip_locked=True)
+                    update(OutboxJob)
+                    .where(OutboxJob.id.in_(due.scalar_subquery()))
+                    .values(attempts=OutboxJob.attempts + 1, claimed_at=now)
+                    .returning(OutboxJob.activation_id)
                 )
             )
             .scalars()
             .all()
         )
-        for row in rows:
-            await queue.enqueue_start(jc.redis, row.activation_id)
-        if rows:
-            await session.execute(
-                update(OutboxJob)
-                .where(OutboxJob.id.in_([r.id for r in rows]))
-                .values(attempts=OutboxJob.attempts + 1)
-            )
-    return len(rows)
+    for activation_id in claimed:
+        await queue.enqueue_start(jc.redis, activation_id)
+    return len(claimed)

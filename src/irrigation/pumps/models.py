@@ -100,7 +100,9 @@ class OutboxJob(IdMixin, Base):
     """A job to enqueue, committed with the state it acts on (a crash cannot lose it).
 
     The worker deletes the row when it handles the job; the relay re-enqueues rows that
-    are still here after a while (the enqueue after commit never happened)."""
+    are still here after a while (the enqueue after commit never happened): it claims
+    them in one committed statement, then enqueues, so no row lock is held while it waits
+    on Redis."""
 
     __tablename__ = "outbox"
     __table_args__ = (Index("ix_outbox_created", "created_at"),)
@@ -110,3 +112,5 @@ class OutboxJob(IdMixin, Base):
         ForeignKey("pump_activations.id", ondelete="CASCADE"), index=True
     )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # When a relay last took the row: another relay leaves it alone for the relay delay.
+    claimed_at: Mapped[datetime | None] = mapped_column(default=None)

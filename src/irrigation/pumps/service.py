@@ -273,11 +273,15 @@ async def stop_pump(
             if pump_id is not None:
                 pumps = [(await lock_pump(session, pump_id, site_id))[0]]
             else:
+                # Every pump of the site, idle ones too: an admission in flight holds its
+                # pump's lock until its run is on the row, so this waits for it and then
+                # sees the run. Locking only the pumps whose committed row shows a run would
+                # miss it, and leave a run admitted before stop-all returned running.
                 pumps = list(
                     (
                         await session.execute(
                             select(Pump)
-                            .where(Pump.site_id == site_id, Pump.active_activation_id.is_not(None))
+                            .where(Pump.site_id == site_id)
                             .order_by(Pump.id)  # one order for every multi-row lock
                             .with_for_update(key_share=True)
                             .execution_options(populate_existing=True)
