@@ -1,5 +1,6 @@
-"""device boundary: the start command's auto-off time, the outbox relay's claim; hardware
-ids outside the address pattern are reported, never changed
+"""device boundary: the start command's auto-off time, the outbox relay's claim, device
+incidents and their alert kinds; hardware ids outside the address pattern are reported,
+never changed
 
 Revision ID: 0009
 Revises: 0008
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import context, op
+from sqlalchemy.dialects import postgresql
 
 revision: str = "0009"
 down_revision: str | None = "0008"
@@ -21,6 +23,21 @@ depends_on: str | Sequence[str] | None = None
 # written out: a migration must not change when the code does.
 HARDWARE_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 log = logging.getLogger("alembic.runtime.migration")
+
+ALERT_KINDS = (
+    "sensor_out_of_band",
+    "sensor_silent",
+    "pump_fault",
+    "gateway_failure",
+    "quarantine_rate",
+)
+DEVICE_ALERT_KINDS = ("actuation_unconfirmed", "stop_unconfirmed", "unexpected_run")
+
+
+def _alert_kinds(kinds: tuple[str, ...]) -> None:
+    op.drop_constraint(op.f("ck_alerts_kind_known"), "alerts", type_="check")
+    listed = ", ".join(f"'{kind}'" for kind in kinds)
+    op.create_check_constraint(op.f("ck_alerts_kind_known"), "alerts", f"kind IN ({listed})")
 
 
 def report_unaddressable_pumps() -> None:
@@ -59,9 +76,52 @@ def upgrade() -> None:
         sa.Column("auto_off_at", sa.DateTime(timezone=True), nullable=True),
     )
     op.add_column("outbox", sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=True))
+    op.create_table(
+        "device_incidents",
+        sa.Column("site_id", sa.Uuid(), nullable=False),
+        sa.Column("pump_id", sa.Uuid(), nullable=False),
+        sa.Column("kind", sa.String(length=32), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("command_id", sa.String(length=100), nullable=True),
+        sa.Column("detail", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["pump_id"],
+            ["pumps.id"],
+            name=op.f("fk_device_incidents_pump_id_pumps"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["site_id"],
+            ["sites.id"],
+            name=op.f("fk_device_incidents_site_id_sites"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_device_incidents")),
+    )
+    op.create_index(
+        op.f("ix_device_incidents_pump_id"), "device_incidents", ["pump_id"], unique=False
+    )
+    op.create_index("ix_device_incidents_recent", "device_incidents", ["kind", "at"], unique=False)
+    _alert_kinds(ALERT_KINDS + DEVICE_ALERT_KINDS)
     report_unaddressable_pumps()
 
 
 def downgrade() -> None:
+    op.execute(
+        "DELETE FROM alerts WHERE kind IN ("
+        + ", ".join(f"'{kind}'" for kind in DEVICE_ALERT_KINDS)
+        + ")"
+    )
+    _alert_kinds(ALERT_KINDS)
+    op.drop_index("ix_device_incidents_recent", table_name="device_incidents")
+    op.drop_index(op.f("ix_device_incidents_pump_id"), table_name="device_incidents")
+    op.drop_table("device_incidents")
     op.drop_column("outbox", "claimed_at")
     op.drop_column("pump_activations", "auto_off_at")

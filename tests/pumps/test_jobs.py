@@ -12,10 +12,12 @@ import pytest
 
 from irrigation import queue
 from irrigation.common.worker_context import WorkerContext
-from irrigation.pumps import jobs
+from irrigation.pumps import jobs, reconcile
 from irrigation.settings import Settings
 from irrigation.stack import plain_url
 from tests.support.factories import activate, make_pump
+from tests.support.polling import wait_for
+from tests.support.simulator import runs, start_run, state
 
 Ctx = dict[str, WorkerContext]
 
@@ -86,3 +88,50 @@ async def test_the_outbox_relay_holds_no_row_lock_while_it_waits_on_redis(
     finally:
         await conn.close()
         await mute.aclose()
+
+
+async def test_a_run_queued_before_a_halt_starts_above_it(
+    client: httpx.AsyncClient, admin: dict[str, str], job_ctx: Ctx, device: httpx.AsyncClient
+) -> None:
+    pump = await make_pump(client, admin, "queued-1")
+    site = pump["site_id"]
+    run = (await activate(client, admin, pump["id"], 2)).json()  # admitted, not started
+    # Meanwhile the device runs something of nobody's; the reconciliation halts it.
+    await start_run(device, site, "queued-1", "rogue", 30, sequence=7)
+    assert await reconcile.reconcile_devices(job_ctx) == 1
+    fence = (await state(device, site, "queued-1"))["sequence"]
+    assert fence > run["sequence"]
+
+    assert await jobs.start_activation(job_ctx, run["id"]) == "running"
+
+    started = (await client.get(f"/v1/activations/{run['id']}", headers=admin)).json()
+    assert started["sequence"] > fence
+    assert [r["command_id"] for r in await runs(device, "queued-1")] == ["rogue", run["command_id"]]
+
+
+async def test_a_pump_counter_behind_its_device_fails_one_start_then_catches_up(
+    client: httpx.AsyncClient, admin: dict[str, str], job_ctx: Ctx, device: httpx.AsyncClient
+) -> None:
+    pump = await make_pump(client, admin, "reused-1", cooldown_s=1)
+    site = pump["site_id"]
+    # The device has seen higher numbers (a pump deleted since, a restored database).
+    await start_run(device, site, "reused-1", "long-ago", 0.05, sequence=50)
+    first = (await activate(client, admin, pump["id"], 2)).json()
+
+    assert await jobs.start_activation(job_ctx, first["id"]) == "failed"
+
+    done = (await client.get(f"/v1/activations/{first['id']}", headers=admin)).json()
+    assert done["status"] == "failed"
+    assert done["error"] == "stale_sequence: sequence 1 is not above 50"
+    shown = (await client.get(f"/v1/pumps/{pump['id']}", headers=admin)).json()
+    assert shown["fault"] is None  # the device did nothing: a bookkeeping refusal
+    assert [r["command_id"] for r in await runs(device, "reused-1")] == ["long-ago"]
+
+    async def rested() -> bool:
+        return (await activate(client, admin, pump["id"], 2)).status_code == 202
+
+    await wait_for(rested, timeout_s=10)
+    listed = (await client.get(f"/v1/pumps/{pump['id']}/activations", headers=admin)).json()
+    second = listed["items"][0]
+    assert second["sequence"] > 50
+    assert await jobs.start_activation(job_ctx, second["id"]) == "running"

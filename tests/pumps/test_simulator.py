@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.support.polling import wait_for
-from tests.support.simulator import runs, seconds_on, send, set_fault, state
+from tests.support.simulator import commands, runs, seconds_on, send, set_fault, state
 
 SITE = "site-a"
 OTHER_SITE = "site-b"
@@ -435,3 +435,33 @@ async def test_bad_fault_is_unprocessable(device: httpx.AsyncClient) -> None:
     response = await device.post("/faults", json={"error_rate": 1.5})
 
     assert response.status_code == 422
+
+
+async def test_the_command_log_keeps_what_each_device_received_and_answered(
+    device: httpx.AsyncClient,
+) -> None:
+    await start(device, "cmd-1", sequence=1)
+    await start(device, "cmd-1", sequence=1)
+    await stop(device, "cmd-1", sequence=2)
+    await start(device, "b-1", sequence=1, site_id=OTHER_SITE)
+
+    log = await commands(device, PUMP, site_id=SITE)
+
+    assert [
+        (c["op"], c["command_id"], c["sequence"], c["result"], c["duplicate"]) for c in log
+    ] == [
+        ("start", "cmd-1", 1, "ok", False),
+        ("start", "cmd-1", 1, "ok", True),
+        ("stop", "cmd-1", 2, "ok", False),
+    ]
+    assert len(await commands(device)) == 4
+    await device.delete("/truth")
+    assert await commands(device) == []
+
+
+async def test_answer_faults_can_be_kept_to_some_requests(device: httpx.AsyncClient) -> None:
+    await set_fault(device, hardware_id=PUMP, error_rate=1, ops=["start"])
+
+    assert (await start(device, "cmd-1")).status_code == 503
+    assert (await device.get(f"/devices/{SITE}/{PUMP}")).status_code == 200
+    assert result(await stop(device, "cmd-1", sequence=2)) == "not_running"

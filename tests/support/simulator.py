@@ -70,3 +70,16 @@ async def state(device: httpx.AsyncClient, site_id: str, hardware_id: str) -> di
 async def set_fault(device: httpx.AsyncClient, **fault: Any) -> None:
     response = await device.post("/faults", json=fault)
     assert response.status_code == 200, response.text
+
+
+async def commands(
+    device: httpx.AsyncClient, hardware_id: str | None = None, site_id: str | None = None
+) -> list[dict[str, Any]]:
+    """The command log: what the devices received and answered, oldest first."""
+    params = {
+        k: v for k, v in {"hardware_id": hardware_id, "site_id": site_id}.items() if v is not None
+    }
+    response = await device.get("/commands", params=params)
+    assert response.status_code == 200, response.text
+    found: list[dict[str, Any]] = response.json()["commands"]
+    return found

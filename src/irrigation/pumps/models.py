@@ -32,6 +32,13 @@ class ActivationStatus(StrEnum):
 
 
 ACTIVE = (ActivationStatus.queued, ActivationStatus.starting, ActivationStatus.running)
+
+# What a device did not confirm: an activation's `error`, and the code a latched pump
+# fault starts with (`code: detail`), which the alerts evaluation reads.
+NOT_CONFIRMED = "not_confirmed"
+STOP_UNCONFIRMED = "stop_unconfirmed"
+# What the reconciliation found a device doing that no run of ours asked for.
+UNEXPECTED_RUN = "unexpected_run"
 _ACTIVE_SQL = "status IN ('queued', 'starting', 'running')"
 
 
@@ -114,3 +121,21 @@ class OutboxJob(IdMixin, Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # When a relay last took the row: another relay leaves it alone for the relay delay.
     claimed_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class DeviceIncident(IdMixin, Base):
+    """Something a device did that no run asked for, found by the reconciliation (a run
+    with no active activation, which it halted): append-only; alerts raise on recent ones."""
+
+    __tablename__ = "device_incidents"
+    __table_args__ = (Index("ix_device_incidents_recent", "kind", "at"),)
+
+    site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
+    pump_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("pumps.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime]
+    # The device's own account: the command it ran, its fence, since when.
+    command_id: Mapped[str | None] = mapped_column(String(100), default=None)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONB, default=None)

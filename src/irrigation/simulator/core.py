@@ -89,6 +89,32 @@ class Run:
         }
 
 
+@dataclass(frozen=True)
+class Received:
+    """One command as the device received it, and what it answered (the command log)."""
+
+    site_id: str
+    hardware_id: str
+    at: datetime
+    op: str
+    command_id: str
+    sequence: int
+    result: str
+    duplicate: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "site_id": self.site_id,
+            "hardware_id": self.hardware_id,
+            "at": self.at.isoformat(),
+            "op": self.op,
+            "command_id": self.command_id,
+            "sequence": self.sequence,
+            "result": self.result,
+            "duplicate": self.duplicate,
+        }
+
+
 @dataclass
 class Commanded:
     """The start the firmware believes it runs (the relay may disagree: stuck faults)."""
@@ -145,6 +171,7 @@ class DeviceFleet:
         self.clock = clock
         self.devices: dict[DeviceKey, Device] = {}
         self.runs: list[Run] = []
+        self.received: list[Received] = []
         self._listeners: list[StateListener] = []
 
     # What a transport calls --------------------------------------------------------------
@@ -165,10 +192,23 @@ class DeviceFleet:
                 "state": self._publish(device),
             }
         answer = device.answers.get((parsed.op, parsed.command_id))
+        duplicate = answer is not None
         if answer is None:
             answer = self._apply(device, parsed, now)
             device.answers[(parsed.op, parsed.command_id)] = answer
         device.fence = max(device.fence if device.fence is not None else -1, parsed.sequence)
+        self.received.append(
+            Received(
+                site_id,
+                hardware_id,
+                now,
+                parsed.op,
+                parsed.command_id,
+                parsed.sequence,
+                answer["result"],
+                duplicate,
+            )
+        )
         return {**answer, "state": self._publish(device)}
 
     def state(self, site_id: str, hardware_id: str) -> dict[str, Any]:
@@ -192,6 +232,17 @@ class DeviceFleet:
             and (hardware_id is None or r.hardware_id == hardware_id)
         ]
 
+    def commands(
+        self, site_id: str | None = None, hardware_id: str | None = None
+    ) -> list[Received]:
+        """Every well-formed command the devices received, oldest first."""
+        return [
+            c
+            for c in self.received
+            if (site_id is None or c.site_id == site_id)
+            and (hardware_id is None or c.hardware_id == hardware_id)
+        ]
+
     def settle_all(self) -> None:
         now = self.clock()
         for device in self.devices.values():
@@ -199,10 +250,11 @@ class DeviceFleet:
             self._publish(device)
 
     def reset(self) -> None:
-        """No devices, runs or faults (listeners stay)."""
+        """No devices, runs, commands or faults (listeners stay)."""
         self.close()
         self.devices.clear()
         self.runs.clear()
+        self.received.clear()
         self.faults.reset()
 
     def close(self) -> None:

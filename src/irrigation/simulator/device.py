@@ -1,7 +1,7 @@
 """The simulated pump controllers over HTTP: a thin transport over the `DeviceFleet` core
 (`POST /devices/{site_id}/{hardware_id}/start|stop|halt`, `GET /devices/{site_id}/
 {hardware_id}`), the faults about answers, and the routes tests use to inject faults
-(`/faults`) and read the physical truth (`/truth`)."""
+(`/faults`), read the physical truth (`/truth`) and the command log (`/commands`)."""
 
 import asyncio
 from collections.abc import Callable
@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from irrigation.gateway import HARDWARE_ID_PATTERN
 from irrigation.simulator.core import DeviceFleet, HaltCommand, StartCommand, StopCommand
-from irrigation.simulator.faults import Fault, FaultRequest
+from irrigation.simulator.faults import Fault, FaultRequest, RequestKind
 
 SiteId = Annotated[str, Path(pattern=HARDWARE_ID_PATTERN)]
 HardwareId = Annotated[str, Path(pattern=HARDWARE_ID_PATTERN)]
@@ -30,14 +30,15 @@ async def _through_faults(
     hardware_id: str,
     request: Request,
     apply: Callable[[], dict[str, Any]],
-    *,
-    is_command: bool,
+    what: RequestKind,
 ) -> JSONResponse:
     """Play the device's answer faults (if any) around applying one request.
 
     Latency is spent even if the client gives up meanwhile: the command was already on the
     wire, so a real device would still act on it."""
     fault = fleet.faults.for_device(site_id, hardware_id)
+    if fault is not None and not fault.answers(what):
+        fault = None
     if fault is not None:
         if fault.offline:
             await _until_disconnected(request)
@@ -49,7 +50,7 @@ async def _through_faults(
             await _until_disconnected(request)
             return JSONResponse({"error": "hung"}, status_code=503)
     body = apply()
-    if fault is not None and fault.drop_ack and is_command:
+    if fault is not None and fault.drop_ack and what != "state":
         await _until_disconnected(request)
     return JSONResponse(body)
 
@@ -67,7 +68,7 @@ def device_router(fleet: DeviceFleet) -> APIRouter:
             hardware_id,
             request,
             lambda: fleet.handle(site_id, hardware_id, body),
-            is_command=True,
+            body["op"],
         )
 
     @router.post("/devices/{site_id}/{hardware_id}/start")
@@ -96,7 +97,7 @@ def device_router(fleet: DeviceFleet) -> APIRouter:
             hardware_id,
             request,
             lambda: fleet.state(site_id, hardware_id),
-            is_command=False,
+            "state",
         )
 
     @router.post("/faults")
@@ -113,6 +114,13 @@ def device_router(fleet: DeviceFleet) -> APIRouter:
     async def clear_faults() -> dict[str, Any]:
         fleet.faults.clear()
         return {"faults": []}
+
+    @router.get("/commands")
+    async def commands(
+        site_id: str | None = None, hardware_id: str | None = None
+    ) -> dict[str, Any]:
+        """The command log: what each device received and answered, oldest first."""
+        return {"commands": [c.to_json() for c in fleet.commands(site_id, hardware_id)]}
 
     @router.get("/truth")
     async def truth(site_id: str | None = None, hardware_id: str | None = None) -> dict[str, Any]:

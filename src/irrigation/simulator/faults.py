@@ -8,10 +8,13 @@ and `stuck_on` (a stop or halt is acknowledged, the relay stays on until its aut
 
 import random
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, Field
 
 from irrigation.gateway import HARDWARE_ID_PATTERN
+
+RequestKind = Literal["start", "stop", "halt", "state"]
 
 
 class Fault(BaseModel):
@@ -31,6 +34,15 @@ class Fault(BaseModel):
     offline: bool = False
     stuck_off: bool = False
     stuck_on: bool = False
+    ops: list[RequestKind] | None = Field(
+        default=None,
+        description="The requests whose answers the answer faults play on (e.g. only "
+        "`start`, to delay starts and nothing else); absent: every request.",
+    )
+
+    def answers(self, request: RequestKind) -> bool:
+        """Whether the answer faults play on this request."""
+        return self.ops is None or request in self.ops
 
 
 class FaultRequest(Fault):
