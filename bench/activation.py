@@ -222,8 +222,11 @@ async def baseline_spread(
 # Checks on the physical truth -----------------------------------------------------------
 
 
-async def truth(sim: httpx.AsyncClient, hardware_id: str | None = None) -> list[dict[str, Any]]:
-    params = {"hardware_id": hardware_id} if hardware_id else None
+async def truth(
+    sim: httpx.AsyncClient, hardware_id: str | None = None, site_id: str | None = None
+) -> list[dict[str, Any]]:
+    """The physical runs (of one device `(site_id, hardware_id)` when both are given)."""
+    params = {k: v for k, v in (("hardware_id", hardware_id), ("site_id", site_id)) if v}
     response = await sim.get("/truth", params=params)
     response.raise_for_status()
     runs: list[dict[str, Any]] = response.json()["runs"]
@@ -407,14 +410,14 @@ async def herd(b: Bench, variant: Variant, api: httpx.AsyncClient, pump: dict[st
             f"HERD ACCEPTED {len(accepted)} REQUESTS (must be exactly 1); {_codes(result)}; "
             f"client errors: {result.errors[:3]}"
         )
-    hw = pump["hardware_id"]
+    hw, site = pump["hardware_id"], pump["site_id"]
     command_id = accepted[0].fields["command_id"]
-    await wait_until(lambda: truth(b.sim, hw), 15, f"herd run of {hw} on the device")
+    await wait_until(lambda: truth(b.sim, hw, site), 15, f"herd run of {hw} on the device")
     # Free the pump (the run asked for 30 s), then judge the truth once more.
     (await api.post(f"/v1/pumps/{pump['id']}/stop")).raise_for_status()
 
     async def stopped() -> list[dict[str, Any]]:
-        found = await truth(b.sim, hw)
+        found = await truth(b.sim, hw, site)
         return found if all(r["stopped_at"] for r in found) else []
 
     runs = await wait_until(stopped, 15, f"herd run of {hw} stopped")

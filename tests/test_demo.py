@@ -31,6 +31,7 @@ from irrigation.settings import Settings
 from tests.pumps.conftest import api_url, device, e2e_env, simulator_url, spawn
 from tests.support.api import bearer
 from tests.support.processes import free_port
+from tests.support.simulator import start_run
 
 __all__ = ["api_url", "device", "e2e_env", "simulator_url", "spawn"]  # fixtures in use
 
@@ -114,12 +115,12 @@ async def test_an_older_demo_site_gains_a_place_a_rule_and_a_schedule(
 async def test_the_feeder_dries_the_soil_and_a_pump_run_wets_it(
     api: httpx.AsyncClient, device: httpx.AsyncClient
 ) -> None:
-    sensor_id, hardware_ids = await find_sensor(api)
+    sensor_id, site_id, hardware_ids = await find_sensor(api)
     assert hardware_ids == [DEMO_HARDWARE_ID]
+    demo_pump = (str(site_id), DEMO_HARDWARE_ID)
     # A run from before the feeder started does not count.
-    start = {"command_id": "before", "duration_s": 0.05}
-    (await device.post(f"/pumps/{DEMO_HARDWARE_ID}/start", json=start)).raise_for_status()
-    feeder = Feeder(api, device, sensor_id, hardware_ids)
+    await start_run(device, *demo_pump, "before", 0.05)
+    feeder = Feeder(api, device, sensor_id, site_id, hardware_ids)
     lines: list[str] = []
 
     await run_feeder(feeder, interval_s=0.01, count=3, echo=lines.append)
@@ -129,8 +130,9 @@ async def test_the_feeder_dries_the_soil_and_a_pump_run_wets_it(
     assert "moisture  48.0 %" in lines[-1]
     assert not any("watered" in line or "[" in line for line in lines), lines
 
-    start = {"command_id": "demo-run-1", "duration_s": 0.1}
-    (await device.post(f"/pumps/{DEMO_HARDWARE_ID}/start", json=start)).raise_for_status()
+    # Another site's device with the same hardware id is not this zone's pump.
+    await start_run(device, "another-site", DEMO_HARDWARE_ID, "elsewhere", 0.1)
+    await start_run(device, *demo_pump, "demo-run-1", 0.1, sequence=2)
     await run_feeder(feeder, interval_s=0.01, count=2, echo=lines.append)
     latest = await _get(api, f"/v1/sensors/{sensor_id}/latest")
     assert [r["value"] for r in latest["recent"]][:3] == [72, 73, 48]  # +25, then dries on
@@ -139,9 +141,9 @@ async def test_the_feeder_dries_the_soil_and_a_pump_run_wets_it(
 
 
 async def test_the_feeder_goes_on_without_the_simulator(api: httpx.AsyncClient) -> None:
-    sensor_id, hardware_ids = await find_sensor(api)
+    sensor_id, site_id, hardware_ids = await find_sensor(api)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{free_port()}") as gone:
-        feeder = Feeder(api, gone, sensor_id, hardware_ids)
+        feeder = Feeder(api, gone, sensor_id, site_id, hardware_ids)
         lines: list[str] = []
         await run_feeder(feeder, interval_s=0.01, count=2, echo=lines.append, quiet=True)
     assert len(lines) == 2

@@ -136,3 +136,37 @@ def test_the_api_does_not_load_alembic_or_httpx() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_device_address_migration_reports_pumps_it_cannot_address_and_keeps_them(
+    empty_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = _config(empty_database)
+    _in_thread(lambda: command.upgrade(config, "0009"))
+    site, zone, source = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    pumps = {"old:relay/1": uuid.uuid4(), "relay-2": uuid.uuid4(), "-x": uuid.uuid4()}
+    values = ", ".join(
+        f"('{pid}', '{site}', '{zone}', '{source}', 'P{i}', '{hw}', 30, 900, true, 1)"
+        for i, (hw, pid) in enumerate(pumps.items())
+    )
+    for query in (
+        f"INSERT INTO sites (id, name) VALUES ('{site}', 'farm')",
+        "INSERT INTO zones (id, site_id, name, timezone, version) "
+        f"VALUES ('{zone}', '{site}', 'Z', 'UTC', 1)",
+        "INSERT INTO water_sources (id, site_id, name, max_concurrent_pumps, version) "
+        f"VALUES ('{source}', '{site}', 'W', 1, 1)",
+        "INSERT INTO pumps (id, site_id, zone_id, water_source_id, name, hardware_id, "
+        f"max_runtime_s, cooldown_s, enabled, version) VALUES {values}",
+    ):
+        _sql(empty_database, query)
+
+    with caplog.at_level("WARNING", logger="alembic.runtime.migration"):
+        _in_thread(lambda: command.upgrade(config, "0010"))
+
+    [report] = [r.getMessage() for r in caplog.records if "device address" in r.getMessage()]
+    assert report.startswith("2 pump(s) have a hardware_id outside the device address pattern")
+    assert f"pump {pumps['old:relay/1']} of site {site}: 'old:relay/1'" in report
+    assert f"pump {pumps['-x']} of site {site}: '-x'" in report
+    assert "relay-2" not in report
+    kept = _sql(empty_database, "SELECT hardware_id FROM pumps ORDER BY hardware_id")
+    assert [row["hardware_id"] for row in kept] == ["-x", "old:relay/1", "relay-2"]

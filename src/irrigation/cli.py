@@ -429,7 +429,7 @@ def demo(
 ) -> None:
     from aiomqtt import MqttError
 
-    from irrigation.demo import Feeder, FeederError, current_site, find_sensor, run_feeder
+    from irrigation.demo import Feeder, FeederError, find_sensor, run_feeder
     from irrigation.mqtt import topics
     from irrigation.mqtt.replay import single_message
 
@@ -458,18 +458,17 @@ def demo(
             httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout) as api,
             httpx.AsyncClient(base_url=simulator_url, timeout=timeout) as sim,
         ):
-            found, hardware_ids = await find_sensor(api, sensor_id)
+            found, site_id, hardware_ids = await find_sensor(api, sensor_id)
             pumps = ", ".join(hardware_ids) or "none"
             if not mqtt:
                 typer.echo(
                     f"feeding sensor {found} at {url} (wetted by runs of: {pumps})", err=True
                 )
-                feeder = Feeder(api, sim, found, hardware_ids)
+                feeder = Feeder(api, sim, found, site_id, hardware_ids)
                 await run_feeder(
                     feeder, interval_s=interval, count=count, echo=typer.echo, quiet=quiet
                 )
                 return
-            site_id = await current_site(api)
             mqtt_settings = load_settings()
             link = _publisher_link(mqtt_settings)
             topic = topics.sensor_reading(mqtt_settings.mqtt_topic_root, site_id, found)
@@ -487,7 +486,7 @@ def demo(
                         f"{link.address.url()} (wetted by runs of: {pumps})",
                         err=True,
                     )
-                    feeder = Feeder(api, sim, found, hardware_ids, publish=publish)
+                    feeder = Feeder(api, sim, found, site_id, hardware_ids, publish=publish)
                     await run_feeder(
                         feeder, interval_s=interval, count=count, echo=typer.echo, quiet=quiet
                     )

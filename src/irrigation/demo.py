@@ -165,9 +165,9 @@ async def _get(api: httpx.AsyncClient, path: str, what: str, **params: Any) -> A
 
 async def find_sensor(
     api: httpx.AsyncClient, sensor_id: uuid.UUID | None = None
-) -> tuple[uuid.UUID, list[str]]:
-    """The sensor to feed (by id, else the demo site's "Demo moisture") and the hardware
-    ids of the pumps of its zone, whose runs wet the soil."""
+) -> tuple[uuid.UUID, uuid.UUID, list[str]]:
+    """The sensor to feed (by id, else the demo site's "Demo moisture"), its site, and the
+    hardware ids of the pumps of its zone, whose runs wet the soil."""
     if sensor_id is None:
         page = await _get(
             api, "/v1/sensors", "list sensors", kind=SensorKind.soil_moisture.value, limit=500
@@ -179,13 +179,8 @@ async def find_sensor(
     else:
         sensor = await _get(api, f"/v1/sensors/{sensor_id}", f"read sensor {sensor_id}")
     pumps = await _get(api, "/v1/pumps", "list pumps", zone_id=sensor["zone_id"], limit=500)
-    return uuid.UUID(sensor["id"]), sorted({p["hardware_id"] for p in pumps["items"]})
-
-
-async def current_site(api: httpx.AsyncClient) -> uuid.UUID:
-    """The key's site: its id is the second level of the site's MQTT topics."""
-    site = await _get(api, "/v1/sites/current", "read its site")
-    return uuid.UUID(site["id"])
+    hardware_ids = sorted({p["hardware_id"] for p in pumps["items"]})
+    return uuid.UUID(sensor["id"]), uuid.UUID(sensor["site_id"]), hardware_ids
 
 
 RunKey = tuple[str, str, str]
@@ -214,11 +209,13 @@ class Tick:
 @dataclass
 class Feeder:
     """Soil that dries by DRY_PER_READING points per reading and is wetted by WET_PER_RUN
-    (up to 100) for each new run of its pumps in the simulator's truth."""
+    (up to 100) for each new run of its pumps (its site's devices) in the simulator's
+    truth."""
 
     api: httpx.AsyncClient
     simulator: httpx.AsyncClient
     sensor_id: uuid.UUID
+    site_id: uuid.UUID
     hardware_ids: list[str]
     value: float = START_PCT
     readings: int = 0
@@ -227,7 +224,7 @@ class Feeder:
     """Sends each reading over MQTT instead of `POST /v1/readings` (`demo --mqtt`)."""
 
     async def _runs(self) -> set[RunKey]:
-        response = await self.simulator.get("/truth")
+        response = await self.simulator.get("/truth", params={"site_id": str(self.site_id)})
         response.raise_for_status()
         return {
             (run["hardware_id"], run["command_id"], run["started_at"])

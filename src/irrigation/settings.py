@@ -86,6 +86,20 @@ class Settings(BaseSettings):
     )
     gateway_timeout_s: float = Field(default=2.0, gt=0)
     gateway_retries: int = Field(default=2, ge=0, le=10)
+    confirm_timeout_s: float = Field(
+        default=3.0,
+        gt=0,
+        le=10,
+        description="A start or stop counts once the device's reported state confirms it "
+        "within this; an unconfirmed start fails (not_confirmed) and latches a fault.",
+    )
+    stop_retries: int = Field(
+        default=2,
+        ge=0,
+        le=5,
+        description="An unconfirmed stop is sent again as a halt this many times, with "
+        "back-off, before the pump latches a fault (stop_unconfirmed).",
+    )
     watchdog_grace_s: float = Field(
         default=2.0, ge=0, description="How long past its deadline a run may go unreconciled."
     )

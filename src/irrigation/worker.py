@@ -1,4 +1,5 @@
-"""The arq worker: pump jobs, the watchdog and the outbox relay, with their shared clients."""
+"""The arq worker: pump jobs, the watchdog, the outbox relay and the devices' reconciliation,
+with their shared clients."""
 
 import logging
 from typing import Any
@@ -16,10 +17,10 @@ from irrigation.automation.retention import purge_automation_history
 from irrigation.common import idempotency
 from irrigation.common.worker_context import CONTEXT_KEY, WorkerContext, worker_context
 from irrigation.db import create_engine, create_sessionmaker
-from irrigation.gateway import HttpGateway
+from irrigation.gateway import create_gateway
 from irrigation.ingest import import_jobs
 from irrigation.logging import configure_logging
-from irrigation.pumps import jobs
+from irrigation.pumps import jobs, reconcile
 from irrigation.readings import retention
 from irrigation.settings import Settings
 from irrigation.weather import create_provider
@@ -30,6 +31,9 @@ assert registry.metadata.tables
 EVERY_SECOND = set(range(60))
 # Short on purpose: a SIGKILLed job is retried only after the longest job timeout + 10 s.
 PUMP_JOB_TIMEOUT_S = 30
+# How often the devices' states are compared with the database (one state read per pump
+# per sweep over HTTP).
+RECONCILE_EVERY_S = 5
 # 10 s slices: 100,000 tries is more than a week of one import.
 IMPORT_MAX_TRIES = 100_000
 
@@ -45,11 +49,7 @@ def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
     redis = queue.create_redis(
         settings.effective_redis_url, settings.redis_timeout_s, settings.queue_name
     )
-    gateway = HttpGateway(
-        settings.gateway_url,
-        timeout_s=settings.gateway_timeout_s,
-        retries=settings.gateway_retries,
-    )
+    gateway = create_gateway(settings)
 
     weather = create_provider(settings, redis)
 
@@ -95,6 +95,7 @@ def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
         cron_jobs=[
             every_second(jobs.watchdog),
             every_second(jobs.relay_outbox),
+            scheduled(reconcile.reconcile_devices, second=set(range(0, 60, RECONCILE_EVERY_S))),
             every_second(webhooks.deliver_webhooks),
             every_second(automation.dispatch_runs),
             scheduled(alert_jobs.evaluate_alerts, second=set(range(0, 60, 10))),

@@ -9,10 +9,11 @@ import pytest
 from fastapi import FastAPI
 
 from irrigation.app import create_app
+from irrigation.gateway import HARDWARE_ID_PATTERN
 from irrigation.settings import Settings
 from tests.fleet.conftest import Fleet
 from tests.support.api import Headers
-from tests.support.factories import make_pump, make_water_source, make_zone
+from tests.support.factories import activate, make_pump, make_water_source, make_zone
 from tests.support.problems import assert_invalid, assert_problem
 
 
@@ -167,18 +168,113 @@ async def test_pump_naming_a_zone_that_does_not_exist_is_422(
     assert_invalid(response, "body.zone_id")
 
 
-async def test_malformed_hardware_id_is_422(
-    client: httpx.AsyncClient, admin: Headers, subtests: pytest.Subtests
+# Not a device address: empty, too long, no path separators or `..` alone, no MQTT
+# wildcards, no leading punctuation, nothing outside [A-Za-z0-9._-].
+NOT_AN_ADDRESS = [
+    "",
+    "x" * 65,
+    "has space",
+    "semi;colon",
+    "a/b",
+    "..",
+    ".hidden",
+    "-lead",
+    "_lead",
+    "a+b",
+    "a#b",
+    "a:b",
+    "pump\u00e9",
+]
+ADDRESSES = ["a", "7", "relay-01", "Relay_01.b", "x" * 64, "a..b"]
+
+
+async def test_a_hardware_id_that_cannot_be_a_device_address_is_422(
+    client: httpx.AsyncClient, admin: Headers, fleet: Fleet, subtests: pytest.Subtests
 ) -> None:
-    zone = await make_zone(client, admin)
-    for hardware_id in ["", "has space", "semi;colon", "x" * 101]:
-        with subtests.test(hardware_id=hardware_id):
+    pump = fleet["pump"]
+    for hardware_id in NOT_AN_ADDRESS:
+        with subtests.test(hardware_id=hardware_id, method="POST"):
             response = await client.post(
                 "/v1/pumps",
-                json={"zone_id": zone["id"], "name": "P", "hardware_id": hardware_id},
+                json={"zone_id": pump["zone_id"], "name": "P", "hardware_id": hardware_id},
                 headers=admin,
             )
             assert_invalid(response, "body.hardware_id")
+        with subtests.test(hardware_id=hardware_id, method="PATCH"):
+            response = await client.patch(
+                f"/v1/pumps/{pump['id']}",
+                json={"version": 1, "hardware_id": hardware_id},
+                headers=admin,
+            )
+            assert_invalid(response, "body.hardware_id")
+    assert (await client.get(f"/v1/pumps/{pump['id']}", headers=admin)).json() == pump
+
+
+async def test_every_device_address_is_accepted(
+    client: httpx.AsyncClient, admin: Headers, fleet: Fleet
+) -> None:
+    for hardware_id in ADDRESSES:
+        made = await make_pump(client, admin, hardware_id, zone_id=fleet["zone"]["id"])
+        assert made["hardware_id"] == hardware_id
+
+
+def test_the_hardware_id_pattern_is_in_the_openapi_document() -> None:
+    schemas = create_app(Settings()).openapi()["components"]["schemas"]
+    for name in ("PumpCreate", "PumpUpdate"):
+        field = schemas[name]["properties"]["hardware_id"]
+        constraint = field if "pattern" in field else field["anyOf"][0]
+        assert constraint["pattern"] == HARDWARE_ID_PATTERN, name
+        assert constraint["maxLength"] == 64
+
+
+# A run in progress ----------------------------------------------------------------------
+
+
+async def test_what_a_running_pump_is_bound_to_cannot_change_until_its_run_ends(
+    client: httpx.AsyncClient, admin: Headers, fleet: Fleet, subtests: pytest.Subtests
+) -> None:
+    pump = fleet["pump"]
+    other_zone = await make_zone(client, admin)
+    other_source = await make_water_source(client, admin, "Tank")
+    run = await activate(client, admin, pump["id"], 5)  # admitted, queued: the pump is taken
+    assert run.status_code == 202, run.text
+    changes = {
+        "hardware_id": "relay-other",
+        "water_source_id": other_source["id"],
+        "zone_id": other_zone["id"],
+    }
+    for field, value in changes.items():
+        with subtests.test(field=field):
+            response = await client.patch(
+                f"/v1/pumps/{pump['id']}", json={"version": 1, field: value}, headers=admin
+            )
+            body = assert_problem(response, 409, "pump_running")
+            assert body["fields"] == [field]
+    unchanged = (await client.get(f"/v1/pumps/{pump['id']}", headers=admin)).json()
+    assert {k: unchanged[k] for k in changes} == {k: pump[k] for k in changes}
+
+    # What does not move the run is allowed, and so is naming the same values again.
+    same = {**{k: pump[k] for k in changes}, "name": "Renamed", "version": 1}
+    renamed = await client.patch(f"/v1/pumps/{pump['id']}", json=same, headers=admin)
+    assert renamed.status_code == 200, renamed.text
+
+    assert (await client.post(f"/v1/pumps/{pump['id']}/stop", headers=admin)).status_code == 200
+    moved = await client.patch(
+        f"/v1/pumps/{pump['id']}", json={"version": 2, **changes}, headers=admin
+    )
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["hardware_id"] == "relay-other"
+
+
+async def test_a_stale_version_is_told_before_the_running_pump(
+    client: httpx.AsyncClient, admin: Headers, fleet: Fleet
+) -> None:
+    pump = fleet["pump"]
+    assert (await activate(client, admin, pump["id"], 5)).status_code == 202
+    response = await client.patch(
+        f"/v1/pumps/{pump['id']}", json={"version": 7, "hardware_id": "x-1"}, headers=admin
+    )
+    assert_problem(response, 409, "stale_version")
 
 
 # Limits ----------------------------------------------------------------------------------

@@ -5,7 +5,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from irrigation import queue
+from irrigation.common.worker_context import WorkerContext
+from irrigation.db import create_engine, create_sessionmaker
+from irrigation.gateway import HttpGateway
 from irrigation.settings import Settings
 from irrigation.simulator.app import create_simulator_app
 from tests.support.processes import StartProcess, free_port, settings_env, spawner, wait_http
@@ -24,6 +29,32 @@ async def device(simulator_url: str) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=simulator_url, timeout=5) as client:
         (await client.delete("/truth")).raise_for_status()
         yield client
+
+
+# The worker's jobs in-process: called as arq calls them, against the real simulator ------
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+@pytest.fixture
+async def sessions(settings: Settings) -> AsyncIterator[Sessions]:
+    engine = create_engine(settings)
+    yield create_sessionmaker(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+async def job_ctx(
+    settings: Settings, sessions: Sessions, simulator_url: str, device: httpx.AsyncClient
+) -> AsyncIterator[dict[str, WorkerContext]]:
+    """What the worker hands its jobs: this test's database and Redis namespace, and a
+    gateway to the (reset) simulator with the end-to-end tests' short timeouts."""
+    del device  # requested for its reset of the simulator
+    gateway = HttpGateway(simulator_url, timeout_s=0.5, retries=2)
+    redis = queue.create_redis(settings.effective_redis_url, 1.0, settings.queue_name)
+    yield {"irrigation": WorkerContext(settings, sessions, gateway, redis)}
+    await gateway.aclose()
+    await redis.aclose()
 
 
 # End-to-end: a real uvicorn API and real arq workers in their own processes --------------

@@ -355,3 +355,28 @@ async def test_history_is_paginated_newest_first(
         if cursor is None:
             break
     assert seen == list(reversed(ids))
+
+
+async def test_a_pump_whose_hardware_id_predates_the_address_pattern_is_refused_until_fixed(
+    client: httpx.AsyncClient, admin: dict[str, str], database_url: str
+) -> None:
+    pump = await make_pump(client, admin, "hw-1")
+    # What the migration reports and leaves alone: an id from before the pattern.
+    await _sql(
+        database_url, "UPDATE pumps SET hardware_id = 'old:relay/1' WHERE id = $1::uuid", pump["id"]
+    )
+    refused = await activate(client, admin, pump["id"])
+    assert refused.status_code == 409
+    problem = refused.json()
+    assert problem["code"] == "invalid_hardware_id"
+    assert problem["hardware_id"] == "old:relay/1"
+    assert "PATCH" in problem["detail"]
+    shown = (await client.get(f"/v1/pumps/{pump['id']}", headers=admin)).json()
+    assert shown["hardware_id"] == "old:relay/1"
+    assert shown["active_activation_id"] is None
+
+    fixed = await client.patch(
+        f"/v1/pumps/{pump['id']}", json={"version": 1, "hardware_id": "relay-1"}, headers=admin
+    )
+    assert fixed.status_code == 200, fixed.text
+    assert (await activate(client, admin, pump["id"])).status_code == 202

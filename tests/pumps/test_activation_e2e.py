@@ -361,3 +361,57 @@ async def test_worker_health_check_sees_a_live_worker_only(
         return await check() == 0
 
     await wait_for(healthy, timeout_s=20, interval_s=0.5)
+
+
+async def _lock_waiters(conn: asyncpg.Connection) -> int:
+    """Backends of this database waiting for a lock (not this connection)."""
+    found = await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+    )
+    return int(found)
+
+
+async def test_stop_all_stops_a_run_admitted_while_it_was_running(
+    api: httpx.AsyncClient, device: httpx.AsyncClient, spawn: StartProcess, database_url: str
+) -> None:
+    spawn("worker")
+    pumps = [await make_pump(api, {}, f"race-{i}", cooldown_s=1) for i in range(3)]
+    running = (await activate(api, {}, pumps[0]["id"], 20)).json()
+    await wait_for(lambda: runs(device, "race-0"))
+
+    conn = await asyncpg.connect(plain_url(database_url))
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        # An admission writes its outbox row last: with the table held, the admission of
+        # race-1 is in flight, holding race-1's row lock, its run not yet committed.
+        await conn.execute("LOCK TABLE outbox IN SHARE MODE")
+        admitting = asyncio.create_task(activate(api, {}, pumps[1]["id"], 20))
+        await wait_for(lambda: _lock_waiters(conn), interval_s=0.02)
+        stopping = asyncio.create_task(api.post("/v1/pumps/stop-all"))
+
+        async def stop_all_waits_or_answered() -> bool:
+            return stopping.done() or await _lock_waiters(conn) >= 2
+
+        await wait_for(stop_all_waits_or_answered, timeout_s=1.5, interval_s=0.02)
+        await tx.rollback()  # the admission commits; stop-all goes on
+    finally:
+        await conn.close()
+    admitted = await admitting
+    assert admitted.status_code == 202, admitted.text
+    stop = await stopping
+    assert stop.status_code == 200, stop.text
+    stopped = {a["id"] for a in stop.json()["stopped"]}
+    assert stopped == {running["id"], admitted.json()["id"]}
+
+    done = await wait_for(lambda: terminal(api, admitted.json()["id"]))
+    assert (done["status"], done["stop_cause"]) == ("aborted", "stop_all")
+    await wait_for(lambda: terminal(api, running["id"]))
+    # Judged from the truth: the running one was stopped, the admitted one never ran.
+    [first] = await runs(device, "race-0")
+    assert first["stopped_by"] == "halt"  # stop-all stops whatever runs
+    assert seconds_on(first) < 20
+    events = (await api.get(f"/v1/activations/{done['id']}/events")).json()["items"]
+    assert [e["cause"] for e in events] == ["requested", "stop_all"]
+    assert await runs(device, "race-1") == []

@@ -1,16 +1,19 @@
-"""The device simulator over real HTTP: the pump's behaviour, its faults and its truth."""
+"""The device simulator over real HTTP: a device's behaviour at its address `(site_id,
+hardware_id)`, its fencing, its faults and its truth."""
 
 import asyncio
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.support.polling import wait_for
-from tests.support.simulator import runs, seconds_on
+from tests.support.simulator import commands, runs, seconds_on, send, set_fault, state
 
+SITE = "site-a"
+OTHER_SITE = "site-b"
 PUMP = "pump-a"
 OTHER_PUMP = "pump-b"
 
@@ -20,18 +23,33 @@ async def start(
     command_id: str,
     duration_s: float = 10,
     *,
+    sequence: int = 1,
+    site_id: str = SITE,
     hardware_id: str = PUMP,
-    sequence: int | None = None,
     client_timeout_s: float = 5,
+    **extra: Any,
 ) -> httpx.Response:
-    body: dict[str, Any] = {"command_id": command_id, "duration_s": duration_s}
-    if sequence is not None:
-        body["sequence"] = sequence
-    return await device.post(f"/pumps/{hardware_id}/start", json=body, timeout=client_timeout_s)
+    body = {"command_id": command_id, "sequence": sequence, "duration_s": duration_s, **extra}
+    return await send(device, site_id, hardware_id, "start", body, timeout_s=client_timeout_s)
 
 
-async def stop(device: httpx.AsyncClient, hardware_id: str = PUMP) -> httpx.Response:
-    return await device.post(f"/pumps/{hardware_id}/stop", json={"command_id": "stop-1"})
+async def stop(
+    device: httpx.AsyncClient,
+    command_id: str,
+    sequence: int,
+    *,
+    site_id: str = SITE,
+    hardware_id: str = PUMP,
+) -> httpx.Response:
+    body = {"command_id": command_id, "sequence": sequence}
+    return await send(device, site_id, hardware_id, "stop", body)
+
+
+async def halt(
+    device: httpx.AsyncClient, command_id: str, sequence: int, *, site_id: str = SITE
+) -> httpx.Response:
+    body = {"command_id": command_id, "sequence": sequence}
+    return await send(device, site_id, PUMP, "halt", body)
 
 
 async def stopped(device: httpx.AsyncClient) -> bool:
@@ -40,9 +58,10 @@ async def stopped(device: httpx.AsyncClient) -> bool:
     return bool(found) and all(run["stopped_at"] for run in found)
 
 
-async def set_fault(device: httpx.AsyncClient, **fault: Any) -> None:
-    response = await device.post("/faults", json=fault)
+def result(response: httpx.Response) -> str:
     assert response.status_code == 200, response.text
+    found: str = response.json()["result"]
+    return found
 
 
 async def test_healthz(device: httpx.AsyncClient) -> None:
@@ -50,121 +69,193 @@ async def test_healthz(device: httpx.AsyncClient) -> None:
     assert response.json() == {"status": "ok"}
 
 
-async def test_pump_turns_itself_off_after_its_duration(device: httpx.AsyncClient) -> None:
+async def test_device_turns_itself_off_after_its_duration(device: httpx.AsyncClient) -> None:
     response = await start(device, "cmd-1", duration_s=0.3, sequence=1)
 
     assert response.status_code == 200
-    answer = response.json()
-    assert answer["hardware_id"] == PUMP
-    assert answer["command_id"] == "cmd-1"
-    assert answer["running"] is True
-    assert answer["duplicate"] is False
-    started_at = datetime.fromisoformat(answer["started_at"])
-    auto_off_at = datetime.fromisoformat(answer["auto_off_at"])
-    assert started_at.utcoffset() is not None
-    assert (auto_off_at - started_at).total_seconds() == pytest.approx(0.3)
-    status = (await device.get(f"/pumps/{PUMP}")).json()
-    assert status == {
-        "hardware_id": PUMP,
+    ack = response.json()
+    assert (ack["command_id"], ack["result"]) == ("cmd-1", "ok")
+    assert "detail" not in ack
+    since = datetime.fromisoformat(ack["state"]["since"])
+    auto_off_at = datetime.fromisoformat(ack["state"]["auto_off_at"])
+    assert since.utcoffset() is not None
+    assert (auto_off_at - since).total_seconds() == pytest.approx(0.3)
+    assert ack["state"] == {
         "running": True,
         "command_id": "cmd-1",
-        "started_at": answer["started_at"],
-        "auto_off_at": answer["auto_off_at"],
-        "last_sequence": 1,
+        "sequence": 1,
+        "since": ack["state"]["since"],
+        "auto_off_at": ack["state"]["auto_off_at"],
     }
+    assert await state(device, SITE, PUMP) == ack["state"]
 
     await wait_for(lambda: stopped(device))
 
     [run] = await runs(device)
+    assert run["site_id"] == SITE
+    assert run["hardware_id"] == PUMP
     assert run["command_id"] == "cmd-1"
     assert run["sequence"] == 1
     assert run["stopped_by"] == "auto_off"
     assert seconds_on(run) == pytest.approx(0.3, abs=0.2)
-    assert (await device.get(f"/pumps/{PUMP}")).json()["running"] is False
+    # Idle, the state names the last run and when it ended.
+    assert await state(device, SITE, PUMP) == {
+        "running": False,
+        "command_id": "cmd-1",
+        "sequence": 1,
+        "since": run["stopped_at"],
+        "auto_off_at": None,
+    }
 
 
-async def test_stop_command_turns_the_pump_off_and_a_repeat_is_harmless(
+async def test_auto_off_at_ends_the_run_before_its_duration(device: httpx.AsyncClient) -> None:
+    off = datetime.now(UTC) + timedelta(seconds=0.3)
+
+    ack = (await start(device, "cmd-1", duration_s=30, auto_off_at=off.isoformat())).json()
+
+    assert datetime.fromisoformat(ack["state"]["auto_off_at"]) == off
+    await wait_for(lambda: stopped(device))
+    [run] = await runs(device)
+    assert datetime.fromisoformat(run["stopped_at"]) == off
+
+
+async def test_a_start_whose_auto_off_time_has_passed_never_runs(
     device: httpx.AsyncClient,
 ) -> None:
-    assert (await start(device, "cmd-1")).status_code == 200
+    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
 
-    first = await stop(device)
-    again = await stop(device)
+    ack = (await start(device, "late", auto_off_at=past)).json()
 
-    assert first.json() == {"hardware_id": PUMP, "running": False, "stopped": True}
-    assert again.json() == {"hardware_id": PUMP, "running": False, "stopped": False}
+    assert (ack["result"], ack["detail"]) == ("error", "expired: auto_off_at is past")
+    assert await runs(device) == []
+
+
+async def test_stop_ends_only_the_command_it_names(device: httpx.AsyncClient) -> None:
+    await start(device, "cmd-1", sequence=1)
+
+    other = await stop(device, "cmd-0", sequence=2)
+    assert result(other) == "not_running"
+    assert (await state(device, SITE, PUMP))["running"] is True
+
+    first = await stop(device, "cmd-1", sequence=3)
+    again = await stop(device, "cmd-1", sequence=4)
+
+    assert result(first) == "ok"
+    assert first.json()["state"]["running"] is False
+    # De-duplicated: the first answer, nothing done again (the fence still rises).
+    assert result(again) == "ok"
+    assert {**again.json()["state"], "sequence": 3} == first.json()["state"]
     [run] = await runs(device)
     assert run["stopped_by"] == "command"
     assert seconds_on(run) < 1
-    assert (await device.get(f"/pumps/{PUMP}")).json()["running"] is False
+    assert (await state(device, SITE, PUMP))["sequence"] == 4
 
 
-async def test_running_pump_has_no_stop_time_in_the_truth(device: httpx.AsyncClient) -> None:
-    await start(device, "cmd-1")
-
-    [run] = await runs(device)
-
-    assert run["stopped_at"] is None
-    assert run["stopped_by"] is None
-
-
-async def test_repeated_command_id_answers_the_same_without_a_new_run(
+async def test_halt_stops_whatever_runs_unless_a_newer_command_was_seen(
     device: httpx.AsyncClient,
 ) -> None:
-    first = (await start(device, "cmd-1")).json()
-    repeat = await start(device, "cmd-1")
-    await stop(device)
-    after_stop = await start(device, "cmd-1")
+    await start(device, "cmd-1", sequence=5)
 
-    assert repeat.status_code == 200
-    assert repeat.json() == {**first, "duplicate": True}
-    assert after_stop.json() == {**first, "duplicate": True}
+    stale = await halt(device, "halt-old", sequence=4)
+    assert result(stale) == "stale_sequence"
+    assert stale.json()["state"]["running"] is True
+
+    assert result(await halt(device, "halt-1", sequence=6)) == "ok"
+    [run] = await runs(device)
+    assert run["stopped_by"] == "halt"
+    assert result(await halt(device, "halt-2", sequence=7)) == "ok"  # idle: nothing to do
+
+
+async def test_a_start_arriving_after_its_own_stop_is_refused_and_never_runs(
+    device: httpx.AsyncClient,
+) -> None:
+    # The worker's start (sequence 5) was delayed; the stop that aborted it (6) came first.
+    assert result(await stop(device, "cmd-5", sequence=6)) == "not_running"
+
+    late = await start(device, "cmd-5", sequence=5)
+
+    assert result(late) == "stale_sequence"
+    assert late.json()["detail"] == "sequence 5 is not above 6"
+    assert await runs(device) == []
+
+
+async def test_repeated_start_answers_the_same_without_a_new_run(
+    device: httpx.AsyncClient,
+) -> None:
+    first = (await start(device, "cmd-1", sequence=1)).json()
+    repeat = (await start(device, "cmd-1", sequence=1)).json()
+    await stop(device, "cmd-1", sequence=2)
+    after_stop = (await start(device, "cmd-1", sequence=1)).json()
+
+    assert repeat == first
+    assert after_stop["result"] == "ok"
+    assert after_stop["state"]["running"] is False
     assert len(await runs(device)) == 1
 
 
-async def test_concurrent_starts_turn_the_pump_on_exactly_once(
+async def test_concurrent_starts_turn_the_device_on_exactly_once(
     device: httpx.AsyncClient,
 ) -> None:
-    responses = await asyncio.gather(*(start(device, f"cmd-{i}") for i in range(50)))
+    responses = await asyncio.gather(
+        *(start(device, f"cmd-{i}", sequence=i + 1) for i in range(50))
+    )
 
-    winners = [r.json()["command_id"] for r in responses if r.status_code == 200]
-    refused = [r for r in responses if r.status_code == 409]
+    answers = [r.json() for r in responses]
+    winners = [a["command_id"] for a in answers if a["result"] == "ok"]
     assert len(winners) == 1
-    assert len(refused) == 49
-    assert all(r.json() == {"error": "busy", "command_id": winners[0]} for r in refused)
+    # The rest arrived either below the fence or while the winner ran.
+    assert {a["result"] for a in answers if a["result"] != "ok"} <= {"stale_sequence", "error"}
     [run] = await runs(device)
     assert run["command_id"] == winners[0]
 
 
-async def test_stale_sequence_is_refused(device: httpx.AsyncClient) -> None:
-    assert (await start(device, "cmd-5", sequence=5)).status_code == 200
-    await stop(device)
+async def test_the_fence_counts_every_command(device: httpx.AsyncClient) -> None:
+    assert result(await start(device, "cmd-5", sequence=5)) == "ok"
+    assert result(await stop(device, "cmd-5", sequence=6)) == "ok"
 
-    same = await start(device, "cmd-late", sequence=5)
+    same = await start(device, "cmd-late", sequence=6)
     older = await start(device, "cmd-older", sequence=4)
-    newer = await start(device, "cmd-6", sequence=6)
+    newer = await start(device, "cmd-7", sequence=7)
 
-    assert same.status_code == 409
-    assert same.json() == {"error": "stale_sequence", "last_sequence": 5}
-    assert older.status_code == 409
-    assert newer.status_code == 200
-    assert [run["command_id"] for run in await runs(device)] == ["cmd-5", "cmd-6"]
-    assert (await device.get(f"/pumps/{PUMP}")).json()["last_sequence"] == 6
+    assert result(same) == "stale_sequence"
+    assert result(older) == "stale_sequence"
+    assert result(newer) == "ok"
+    assert [run["command_id"] for run in await runs(device)] == ["cmd-5", "cmd-7"]
+    assert (await state(device, SITE, PUMP))["sequence"] == 7
 
 
-async def test_sequences_are_fenced_per_pump(device: httpx.AsyncClient) -> None:
-    await start(device, "cmd-a", sequence=9)
+async def test_two_sites_share_a_hardware_id_and_never_touch_each_others_device(
+    device: httpx.AsyncClient,
+) -> None:
+    await start(device, "a-1", sequence=9, site_id=SITE)
 
-    response = await start(device, "cmd-b", sequence=1, hardware_id=OTHER_PUMP)
+    b_start = await start(device, "b-1", sequence=1, site_id=OTHER_SITE)
+    b_stop_of_a = await stop(device, "a-1", sequence=2, site_id=OTHER_SITE)
 
-    assert response.status_code == 200
+    assert result(b_start) == "ok"  # site A's fence is not site B's
+    assert result(b_stop_of_a) == "not_running"
+    assert (await state(device, SITE, PUMP))["command_id"] == "a-1"
+    assert (await state(device, SITE, PUMP))["running"] is True
+    assert [r["command_id"] for r in await runs(device, PUMP, site_id=SITE)] == ["a-1"]
+    assert [r["command_id"] for r in await runs(device, site_id=OTHER_SITE)] == ["b-1"]
+    assert len(await runs(device, PUMP)) == 2
+
+
+async def test_unknown_device_is_idle(device: httpx.AsyncClient) -> None:
+    assert await state(device, SITE, "never-seen") == {
+        "running": False,
+        "command_id": None,
+        "sequence": None,
+        "since": None,
+        "auto_off_at": None,
+    }
 
 
 async def test_injected_errors_refuse_without_applying(device: httpx.AsyncClient) -> None:
     await set_fault(device, hardware_id=PUMP, error_rate=1)
 
     response = await start(device, "cmd-1")
-    status = await device.get(f"/pumps/{PUMP}")
+    status = await device.get(f"/devices/{SITE}/{PUMP}")
 
     assert response.status_code == 503
     assert response.json() == {"error": "injected"}
@@ -172,8 +263,9 @@ async def test_injected_errors_refuse_without_applying(device: httpx.AsyncClient
     assert await runs(device) == []
 
 
-async def test_dropped_response_still_starts_the_pump(device: httpx.AsyncClient) -> None:
-    await set_fault(device, hardware_id=PUMP, drop_response=True)
+@pytest.mark.parametrize("name", ["drop_ack", "drop_response"])
+async def test_a_dropped_ack_still_starts_the_device(device: httpx.AsyncClient, name: str) -> None:
+    await set_fault(device, hardware_id=PUMP, **{name: True})
 
     with pytest.raises(httpx.ReadTimeout):
         await start(device, "cmd-1", duration_s=0.5, client_timeout_s=0.3)
@@ -181,56 +273,103 @@ async def test_dropped_response_still_starts_the_pump(device: httpx.AsyncClient)
     [run] = await runs(device)
     assert run["command_id"] == "cmd-1"
     assert run["stopped_by"] is None
+    assert (await state(device, SITE, PUMP))["running"] is True  # the state still answers
     await wait_for(lambda: stopped(device))
     [run] = await runs(device)
     assert run["stopped_by"] == "auto_off"
     assert seconds_on(run) == pytest.approx(0.5, abs=0.2)
 
 
-async def test_hanging_device_does_not_start_the_pump(device: httpx.AsyncClient) -> None:
-    await set_fault(device, hardware_id=PUMP, hang=True)
+@pytest.mark.parametrize("name", ["hang", "offline"])
+async def test_a_hanging_or_offline_device_does_nothing(
+    device: httpx.AsyncClient, name: str
+) -> None:
+    await set_fault(device, hardware_id=PUMP, **{name: True})
 
     with pytest.raises(httpx.ReadTimeout):
         await start(device, "cmd-1", client_timeout_s=0.3)
+    with pytest.raises(httpx.ReadTimeout):
+        await device.get(f"/devices/{SITE}/{PUMP}", timeout=0.3)
 
     assert await runs(device) == []
+
+
+async def test_stuck_off_acknowledges_a_start_but_the_relay_stays_off(
+    device: httpx.AsyncClient,
+) -> None:
+    await set_fault(device, site_id=SITE, hardware_id=PUMP, stuck_off=True)
+
+    ack = (await start(device, "cmd-1")).json()
+
+    assert ack["result"] == "ok"
+    assert ack["state"]["running"] is False
+    assert (await state(device, SITE, PUMP))["running"] is False
+    assert await runs(device) == []
+    assert result(await stop(device, "cmd-1", sequence=2)) == "ok"  # the firmware obeys
+
+
+async def test_stuck_on_acknowledges_a_stop_but_runs_until_its_auto_off(
+    device: httpx.AsyncClient,
+) -> None:
+    await start(device, "cmd-1", duration_s=0.6)
+    await set_fault(device, hardware_id=PUMP, stuck_on=True)
+
+    assert result(await stop(device, "cmd-1", sequence=2)) == "ok"
+    assert result(await halt(device, "halt-1", sequence=3)) == "ok"
+
+    assert (await state(device, SITE, PUMP))["running"] is True
+    await wait_for(lambda: stopped(device))
+    [run] = await runs(device)
+    assert run["stopped_by"] == "auto_off"
+    assert seconds_on(run) == pytest.approx(0.6, abs=0.2)
 
 
 async def test_latency_delays_the_answer(device: httpx.AsyncClient) -> None:
     await set_fault(device, hardware_id=PUMP, latency_ms=200)
 
     began = time.monotonic()
-    response = await device.get(f"/pumps/{PUMP}")
+    response = await device.get(f"/devices/{SITE}/{PUMP}")
 
     assert response.status_code == 200
     assert time.monotonic() - began >= 0.2
 
 
-async def test_pump_fault_leaves_other_pumps_alone(device: httpx.AsyncClient) -> None:
-    await set_fault(device, hardware_id=PUMP, error_rate=1)
+async def test_device_fault_leaves_other_devices_alone(device: httpx.AsyncClient) -> None:
+    await set_fault(device, site_id=SITE, hardware_id=PUMP, error_rate=1)
 
     faulty = await start(device, "cmd-a")
-    healthy = await start(device, "cmd-b", hardware_id=OTHER_PUMP)
+    other_site = await start(device, "cmd-b", site_id=OTHER_SITE)
+    other_pump = await start(device, "cmd-c", hardware_id=OTHER_PUMP)
 
     assert faulty.status_code == 503
-    assert healthy.status_code == 200
-    assert [run["hardware_id"] for run in await runs(device)] == [OTHER_PUMP]
+    assert result(other_site) == "ok"
+    assert result(other_pump) == "ok"
+    assert {(r["site_id"], r["hardware_id"]) for r in await runs(device)} == {
+        (OTHER_SITE, PUMP),
+        (SITE, OTHER_PUMP),
+    }
 
 
-async def test_pump_fault_overrides_the_global_one(device: httpx.AsyncClient) -> None:
-    await set_fault(device, hardware_id=None, error_rate=1)
+async def test_the_most_specific_fault_wins(device: httpx.AsyncClient) -> None:
+    await set_fault(device, error_rate=1)
+    await set_fault(device, site_id=OTHER_SITE, latency_ms=0)
     await set_fault(device, hardware_id=OTHER_PUMP, latency_ms=0)
 
     assert (await start(device, "cmd-a")).status_code == 503
-    assert (await start(device, "cmd-b", hardware_id=OTHER_PUMP)).status_code == 200
+    assert result(await start(device, "cmd-b", site_id=OTHER_SITE)) == "ok"
+    assert result(await start(device, "cmd-c", hardware_id=OTHER_PUMP)) == "ok"
     faults = (await device.get("/faults")).json()["faults"]
-    assert {fault["hardware_id"] for fault in faults} == {None, OTHER_PUMP}
+    assert {(f["site_id"], f["hardware_id"]) for f in faults} == {
+        (None, None),
+        (OTHER_SITE, None),
+        (None, OTHER_PUMP),
+    }
 
 
 async def test_seeded_error_rate_is_reproducible(device: httpx.AsyncClient) -> None:
     async def status_codes() -> list[int]:
         await set_fault(device, hardware_id=PUMP, error_rate=0.5, seed=42)
-        return [(await device.get(f"/pumps/{PUMP}")).status_code for _ in range(20)]
+        return [(await device.get(f"/devices/{SITE}/{PUMP}")).status_code for _ in range(20)]
 
     first = await status_codes()
 
@@ -238,23 +377,14 @@ async def test_seeded_error_rate_is_reproducible(device: httpx.AsyncClient) -> N
     assert set(first) == {200, 503}
 
 
-async def test_clearing_faults_restores_the_pump(device: httpx.AsyncClient) -> None:
+async def test_clearing_faults_restores_the_device(device: httpx.AsyncClient) -> None:
     await set_fault(device, error_rate=1)
 
     cleared = await device.delete("/faults")
 
     assert cleared.status_code == 200
     assert (await device.get("/faults")).json() == {"faults": []}
-    assert (await start(device, "cmd-1")).status_code == 200
-
-
-async def test_truth_can_be_filtered_by_pump(device: httpx.AsyncClient) -> None:
-    await start(device, "cmd-a")
-    await start(device, "cmd-b", hardware_id=OTHER_PUMP)
-
-    found = await runs(device, hardware_id=OTHER_PUMP)
-
-    assert [run["command_id"] for run in found] == ["cmd-b"]
+    assert result(await start(device, "cmd-1")) == "ok"
 
 
 async def test_deleting_the_truth_resets_everything(device: httpx.AsyncClient) -> None:
@@ -265,47 +395,73 @@ async def test_deleting_the_truth_resets_everything(device: httpx.AsyncClient) -
 
     assert await runs(device) == []
     assert (await device.get("/faults")).json() == {"faults": []}
-    status = (await device.get(f"/pumps/{PUMP}")).json()
-    assert status["running"] is False
-    assert status["last_sequence"] is None
-    again = await start(device, "cmd-1", sequence=1)
-    assert again.status_code == 200
-    assert again.json()["duplicate"] is False
-    assert (await start(device, "cmd-b", hardware_id=OTHER_PUMP)).status_code == 200
-
-
-async def test_unknown_pump_is_idle(device: httpx.AsyncClient) -> None:
-    response = await device.get("/pumps/never-seen")
-
-    assert response.json() == {
-        "hardware_id": "never-seen",
-        "running": False,
-        "command_id": None,
-        "started_at": None,
-        "auto_off_at": None,
-        "last_sequence": None,
-    }
+    assert (await state(device, SITE, PUMP))["sequence"] is None
+    again = (await start(device, "cmd-1", sequence=1)).json()
+    assert again["result"] == "ok"
+    assert again["state"]["running"] is True
+    assert result(await start(device, "cmd-b", hardware_id=OTHER_PUMP)) == "ok"
 
 
 @pytest.mark.parametrize(
     "body",
     [
-        {"command_id": "cmd", "duration_s": 0},
-        {"command_id": "cmd", "duration_s": 3601},
-        {"command_id": "", "duration_s": 1},
-        {"command_id": "x" * 101, "duration_s": 1},
+        {"command_id": "cmd", "sequence": 1, "duration_s": 0},
+        {"command_id": "cmd", "sequence": 1, "duration_s": 3601},
+        {"command_id": "", "sequence": 1, "duration_s": 1},
+        {"command_id": "x" * 101, "sequence": 1, "duration_s": 1},
         {"command_id": "cmd", "duration_s": 1, "sequence": -1},
-        {"duration_s": 1},
+        {"command_id": "cmd", "duration_s": 1},
+        {"command_id": "cmd", "sequence": 1, "duration_s": 1, "auto_off_at": "2030-01-01T00:00"},
+        {"sequence": 1, "duration_s": 1},
     ],
 )
 async def test_bad_start_is_unprocessable(device: httpx.AsyncClient, body: dict[str, Any]) -> None:
-    response = await device.post(f"/pumps/{PUMP}/start", json=body)
+    response = await send(device, SITE, PUMP, "start", body)
 
     assert response.status_code == 422
     assert await runs(device) == []
+
+
+@pytest.mark.parametrize("hardware_id", ["-lead", "a:b", "a+b", "x" * 65])
+async def test_an_address_outside_the_pattern_is_unprocessable(
+    device: httpx.AsyncClient, hardware_id: str
+) -> None:
+    body = {"command_id": "cmd", "sequence": 1, "duration_s": 1}
+    assert (await send(device, SITE, hardware_id, "start", body)).status_code == 422
+    assert (await device.get(f"/devices/{SITE}/{hardware_id}")).status_code == 422
 
 
 async def test_bad_fault_is_unprocessable(device: httpx.AsyncClient) -> None:
     response = await device.post("/faults", json={"error_rate": 1.5})
 
     assert response.status_code == 422
+
+
+async def test_the_command_log_keeps_what_each_device_received_and_answered(
+    device: httpx.AsyncClient,
+) -> None:
+    await start(device, "cmd-1", sequence=1)
+    await start(device, "cmd-1", sequence=1)
+    await stop(device, "cmd-1", sequence=2)
+    await start(device, "b-1", sequence=1, site_id=OTHER_SITE)
+
+    log = await commands(device, PUMP, site_id=SITE)
+
+    assert [
+        (c["op"], c["command_id"], c["sequence"], c["result"], c["duplicate"]) for c in log
+    ] == [
+        ("start", "cmd-1", 1, "ok", False),
+        ("start", "cmd-1", 1, "ok", True),
+        ("stop", "cmd-1", 2, "ok", False),
+    ]
+    assert len(await commands(device)) == 4
+    await device.delete("/truth")
+    assert await commands(device) == []
+
+
+async def test_answer_faults_can_be_kept_to_some_requests(device: httpx.AsyncClient) -> None:
+    await set_fault(device, hardware_id=PUMP, error_rate=1, ops=["start"])
+
+    assert (await start(device, "cmd-1")).status_code == 503
+    assert (await device.get(f"/devices/{SITE}/{PUMP}")).status_code == 200
+    assert result(await stop(device, "cmd-1", sequence=2)) == "not_running"

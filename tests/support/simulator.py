@@ -1,4 +1,6 @@
-"""The device simulator's truth as the tests read it: the physical runs of a pump."""
+"""The device simulator as the tests use it: its truth (the physical runs of a device),
+commands sent to one device `(site_id, hardware_id)` as a controller would receive them,
+its reported state, and its faults."""
 
 from datetime import datetime
 from typing import Any
@@ -6,9 +8,14 @@ from typing import Any
 import httpx
 
 
-async def runs(device: httpx.AsyncClient, hardware_id: str | None = None) -> list[dict[str, Any]]:
-    """Every run the simulator saw (of one pump, if given), oldest first."""
-    params = {"hardware_id": hardware_id} if hardware_id else {}
+async def runs(
+    device: httpx.AsyncClient, hardware_id: str | None = None, site_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Every run the simulator saw (of one hardware id, of one site, if given), oldest
+    first."""
+    params = {
+        k: v for k, v in {"hardware_id": hardware_id, "site_id": site_id}.items() if v is not None
+    }
     response = await device.get("/truth", params=params)
     assert response.status_code == 200, response.text
     found: list[dict[str, Any]] = response.json()["runs"]
@@ -20,3 +27,59 @@ def seconds_on(run: dict[str, Any]) -> float:
     started = datetime.fromisoformat(run["started_at"])
     stopped = datetime.fromisoformat(run["stopped_at"])
     return (stopped - started).total_seconds()
+
+
+async def send(
+    device: httpx.AsyncClient,
+    site_id: str,
+    hardware_id: str,
+    op: str,
+    body: dict[str, Any],
+    *,
+    timeout_s: float = 5,
+) -> httpx.Response:
+    """One command over HTTP, `op` start, stop or halt."""
+    return await device.post(f"/devices/{site_id}/{hardware_id}/{op}", json=body, timeout=timeout_s)
+
+
+async def start_run(
+    device: httpx.AsyncClient,
+    site_id: str,
+    hardware_id: str,
+    command_id: str,
+    duration_s: float,
+    *,
+    sequence: int = 1,
+) -> dict[str, Any]:
+    """A start the device accepts (checked); returns its acknowledgement."""
+    body = {"command_id": command_id, "sequence": sequence, "duration_s": duration_s}
+    response = await send(device, site_id, hardware_id, "start", body)
+    assert response.status_code == 200, response.text
+    ack: dict[str, Any] = response.json()
+    assert ack["result"] == "ok", ack
+    return ack
+
+
+async def state(device: httpx.AsyncClient, site_id: str, hardware_id: str) -> dict[str, Any]:
+    response = await device.get(f"/devices/{site_id}/{hardware_id}")
+    assert response.status_code == 200, response.text
+    found: dict[str, Any] = response.json()
+    return found
+
+
+async def set_fault(device: httpx.AsyncClient, **fault: Any) -> None:
+    response = await device.post("/faults", json=fault)
+    assert response.status_code == 200, response.text
+
+
+async def commands(
+    device: httpx.AsyncClient, hardware_id: str | None = None, site_id: str | None = None
+) -> list[dict[str, Any]]:
+    """The command log: what the devices received and answered, oldest first."""
+    params = {
+        k: v for k, v in {"hardware_id": hardware_id, "site_id": site_id}.items() if v is not None
+    }
+    response = await device.get("/commands", params=params)
+    assert response.status_code == 200, response.text
+    found: list[dict[str, Any]] = response.json()["commands"]
+    return found

@@ -1,7 +1,10 @@
 """Alert evaluation: every condition of every site in a few set-based statements.
 
 One statement finds every condition that holds now (latest value outside the band, sensor
-silent, pump in fault, recent gateway failures, quarantine rate). Then, in the same
+silent, pump in fault, a start or stop the device did not confirm, a device found running
+with no run of ours, recent gateway failures, quarantine rate). The pumps domain records
+the device boundary's findings (the fault it latches, its device incidents); alerts, a
+layer above, read them here. Then, in the same
 transaction: open alerts whose condition no longer holds are cleared, open alerts whose
 condition holds are touched (`last_seen_at`), and conditions without an open alert get a
 new one (INSERT ... ON CONFLICT DO NOTHING on the partial unique index). Every transition
@@ -30,6 +33,7 @@ from irrigation.alerts.models import (
     WebhookEvent,
 )
 from irrigation.common.clock import utcnow
+from irrigation.pumps.models import NOT_CONFIRMED, STOP_UNCONFIRMED, UNEXPECTED_RUN
 from irrigation.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -64,6 +68,27 @@ SELECT p.site_id, 'pump_fault', p.id,
 FROM pumps AS p
 WHERE p.fault IS NOT NULL
 UNION ALL
+SELECT p.site_id, 'actuation_unconfirmed', p.id,
+       jsonb_build_object('pump_name', p.name, 'fault', p.fault, 'fault_at', p.fault_at)
+FROM pumps AS p
+WHERE p.fault LIKE :not_confirmed
+UNION ALL
+SELECT p.site_id, 'stop_unconfirmed', p.id,
+       jsonb_build_object('pump_name', p.name, 'fault', p.fault, 'fault_at', p.fault_at)
+FROM pumps AS p
+WHERE p.fault LIKE :stop_unconfirmed
+UNION ALL
+SELECT i.site_id, 'unexpected_run', i.pump_id,
+       jsonb_build_object('pump_name', p.name, 'hardware_id', p.hardware_id,
+                          'runs', count(*), 'window_s', CAST(:gateway_window_s AS int),
+                          'latest_at', max(i.at),
+                          'latest_command_id', (array_agg(i.command_id ORDER BY i.at DESC))[1])
+FROM device_incidents AS i
+JOIN pumps AS p ON p.id = i.pump_id
+WHERE i.kind = :unexpected_run
+  AND i.at >= CAST(:now AS timestamptz) - make_interval(secs => :gateway_window_s)
+GROUP BY i.site_id, i.pump_id, p.name, p.hardware_id
+UNION ALL
 SELECT a.site_id, 'gateway_failure', a.site_id,
        jsonb_build_object('failures', count(*), 'window_s', CAST(:gateway_window_s AS int),
                           'latest_at', max(a.stopped_at),
@@ -74,6 +99,8 @@ FROM pump_activations AS a
 JOIN pumps AS p ON p.id = a.pump_id
 WHERE (a.status = 'failed' OR a.error IS NOT NULL)
   AND a.stopped_at >= CAST(:now AS timestamptz) - make_interval(secs => :gateway_window_s)
+  -- what the device did not confirm has its own alerts
+  AND coalesce(a.error, '') NOT IN (:not_confirmed_error, :stop_unconfirmed_error)
 GROUP BY a.site_id
 UNION ALL
 SELECT site.id, 'quarantine_rate', site.id,
@@ -160,6 +187,11 @@ SEVERITY = {
     AlertKind.pump_fault: Severity.critical,
     AlertKind.gateway_failure: Severity.critical,
     AlertKind.quarantine_rate: Severity.warning,
+    # The pump is latched in fault too (pump_fault, critical): this one says why.
+    AlertKind.actuation_unconfirmed: Severity.warning,
+    # Water may be running that nobody can stop from here.
+    AlertKind.stop_unconfirmed: Severity.critical,
+    AlertKind.unexpected_run: Severity.critical,
 }
 
 SUBJECT_TYPE = {
@@ -168,6 +200,9 @@ SUBJECT_TYPE = {
     AlertKind.pump_fault: SubjectType.pump,
     AlertKind.gateway_failure: SubjectType.site,
     AlertKind.quarantine_rate: SubjectType.site,
+    AlertKind.actuation_unconfirmed: SubjectType.pump,
+    AlertKind.stop_unconfirmed: SubjectType.pump,
+    AlertKind.unexpected_run: SubjectType.pump,
 }
 
 
@@ -224,6 +259,29 @@ def _gateway(d: dict[str, Any]) -> str:
     )
 
 
+def _actuation_unconfirmed(d: dict[str, Any]) -> str:
+    return (
+        f"Pump '{d['pump_name']}' did not confirm a start ({d['fault']}); it was halted and "
+        "is latched in fault. Check its relay and wiring, then reset it."
+    )
+
+
+def _stop_unconfirmed(d: dict[str, Any]) -> str:
+    return (
+        f"Pump '{d['pump_name']}' did not confirm a stop ({d['fault']}): it may run until its "
+        "own auto-off. Check it on site now, then reset it."
+    )
+
+
+def _unexpected_run(d: dict[str, Any]) -> str:
+    times = "once" if d["runs"] == 1 else f"{d['runs']} times"
+    return (
+        f"Pump '{d['pump_name']}' (device {d['hardware_id']}) was found running with no run "
+        f"of ours ({times} in the last {_duration(d['window_s'])}, latest command "
+        f"{d['latest_command_id'] or 'unknown'}); it was halted."
+    )
+
+
 def _quarantine(d: dict[str, Any]) -> str:
     return (
         f"{d['rate']:.0%} of the {d['total']} readings ingested in the last "
@@ -237,6 +295,9 @@ MESSAGES: dict[AlertKind, Callable[[dict[str, Any]], str]] = {
     AlertKind.pump_fault: _pump_fault,
     AlertKind.gateway_failure: _gateway,
     AlertKind.quarantine_rate: _quarantine,
+    AlertKind.actuation_unconfirmed: _actuation_unconfirmed,
+    AlertKind.stop_unconfirmed: _stop_unconfirmed,
+    AlertKind.unexpected_run: _unexpected_run,
 }
 
 
@@ -251,6 +312,11 @@ async def holding_conditions(
             "quarantine_window_s": settings.alert_quarantine_window_s,
             "threshold": settings.alert_quarantine_threshold,
             "min_items": settings.alert_quarantine_min_items,
+            "not_confirmed": f"{NOT_CONFIRMED}:%",
+            "stop_unconfirmed": f"{STOP_UNCONFIRMED}:%",
+            "not_confirmed_error": NOT_CONFIRMED,
+            "stop_unconfirmed_error": STOP_UNCONFIRMED,
+            "unexpected_run": UNEXPECTED_RUN,
         },
     )
     return [

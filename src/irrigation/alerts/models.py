@@ -20,6 +20,10 @@ class AlertKind(StrEnum):
     pump_fault = "pump_fault"
     gateway_failure = "gateway_failure"
     quarantine_rate = "quarantine_rate"
+    # The device boundary (pumps/jobs.py, pumps/reconcile.py).
+    actuation_unconfirmed = "actuation_unconfirmed"
+    stop_unconfirmed = "stop_unconfirmed"
+    unexpected_run = "unexpected_run"
 
 
 class Severity(StrEnum):

@@ -48,8 +48,9 @@ Accepted = Annotated[ActivationOut | RunRequestOut, Field(discriminator="kind")]
             413,
             503,
             described={
-                409: "Refused (`pump_busy`, `cooldown`, `fault`, `disabled`, `capacity`), "
-                f"or {IN_FLIGHT}"
+                409: "Refused (`pump_busy`, `cooldown`, `fault`, `disabled`, `capacity`); "
+                "`invalid_hardware_id`: the pump's hardware_id predates the address pattern "
+                f"and cannot be commanded until it is changed; or {IN_FLIGHT}"
             },
         ),
         202: {"description": "Accepted and queued; `Location` names the activation."},

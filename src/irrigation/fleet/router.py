@@ -169,7 +169,17 @@ async def get_pump(pump_id: uuid.UUID, session: SessionDep, who: ReadPrincipal) 
     return pump_out(await service.get(session, Pump, who.site_id, pump_id))
 
 
-@pumps.patch("/pumps/{pump_id}", response_model=PumpOut, responses=WRITE)
+PUMP_CONFLICTS = (
+    "`stale_version`; `duplicate` (the hardware_id is taken in this site); `pump_running`: "
+    "`hardware_id`, `water_source_id` or `zone_id` changed while the pump has an active run"
+)
+
+
+@pumps.patch(
+    "/pumps/{pump_id}",
+    response_model=PumpOut,
+    responses=problems(404, 409, 413, 428, described={409: PUMP_CONFLICTS}),
+)
 async def update_pump(
     pump_id: uuid.UUID,
     body: PumpUpdate,

@@ -17,6 +17,7 @@ from pydantic.config import JsonDict
 
 from irrigation.common.schemas import Body, NotBlankText, StoredOut, UpdateBody
 from irrigation.common.text import NoNul
+from irrigation.gateway import HARDWARE_ID_PATTERN
 
 Name = Annotated[
     str,
@@ -24,8 +25,9 @@ Name = Annotated[
     NoNul,
     NotBlankText,
 ]
+# One path segment or MQTT topic level (the device address is `(site_id, hardware_id)`).
 HardwareId = Annotated[
-    str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")
+    str, StringConstraints(min_length=1, max_length=64, pattern=HARDWARE_ID_PATTERN)
 ]
 Unit = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=16), NoNul, NotBlankText
@@ -205,7 +207,9 @@ class PumpCreate(Body):
         default=None, description="Omitted: the zone's default water source (made on first use)."
     )
     name: Name
-    hardware_id: HardwareId
+    hardware_id: HardwareId = Field(
+        description="The device's id within the site: its address is (site, hardware_id)."
+    )
     max_runtime_s: int | None = Field(
         default=None, ge=1, description=_MAX_RUNTIME, json_schema_extra=_AT_MOST_THE_CAP
     )
@@ -217,7 +221,9 @@ class PumpUpdate(UpdateBody):
     zone_id: uuid.UUID | None = None
     water_source_id: uuid.UUID | None = None
     name: Name | None = None
-    hardware_id: HardwareId | None = None
+    hardware_id: HardwareId | None = Field(
+        default=None, description="Not while the pump has an active run (409 `pump_running`)."
+    )
     max_runtime_s: int | None = Field(
         default=None, ge=1, description=_MAX_RUNTIME, json_schema_extra=_AT_MOST_THE_CAP
     )

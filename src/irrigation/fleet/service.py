@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from irrigation.common import repository as repo
 from irrigation.common.errors import Invalid, VersionRequired
 from irrigation.common.pagination import PageParams
+from irrigation.fleet.errors import RUN_BOUND_FIELDS, PumpRunning
 from irrigation.fleet.models import Pump, Sensor, WaterSource, Zone
 from irrigation.fleet.schemas import (
     DEFAULT_RANGES,
@@ -159,6 +160,7 @@ async def update_pump(
     body: PumpUpdate,
 ) -> Pump:
     _check_limits(settings, body.max_runtime_s, body.cooldown_s)
+    values = body.changes()
     async with session.begin():
         if body.zone_id is not None:
             await repo.get_referenced(session, Zone, site_id, body.zone_id, "zone_id")
@@ -166,7 +168,15 @@ async def update_pump(
             await repo.get_referenced(
                 session, WaterSource, site_id, body.water_source_id, "water_source_id"
             )
-        return await repo.update_versioned(session, Pump, site_id, pump_id, version, body.changes())
+        # On the locked row: an admission holds the same lock until its run is on the row.
+        current = await repo.get_owned(session, Pump, site_id, pump_id, for_update=True)
+        if current.version == version and current.active_activation_id is not None:
+            moved = [
+                f for f in RUN_BOUND_FIELDS if f in values and values[f] != getattr(current, f)
+            ]
+            if moved:
+                raise PumpRunning(moved)
+        return await repo.update_versioned(session, Pump, site_id, pump_id, version, values)
 
 
 def pump_status(pump: Pump, now: datetime) -> PumpStatus:

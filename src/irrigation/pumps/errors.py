@@ -3,7 +3,8 @@
 import uuid
 from datetime import datetime
 
-from irrigation.common.errors import DomainError
+from irrigation.common.errors import DomainError, Invalid
+from irrigation.gateway import HARDWARE_ID_PATTERN
 
 
 class Refused(DomainError):
@@ -56,4 +57,20 @@ class CapacityFull(Refused):
             water_source_id=str(water_source_id),
             max_concurrent_pumps=limit,
             headers={"Retry-After": str(retry_after_s)} if retry_after_s else None,
+        )
+
+
+class Unaddressable(Invalid):
+    """A pump whose hardware_id predates the address pattern (the migration reported it):
+    no command can name its device, so no run is admitted until it gets a valid one. An
+    `Invalid`, not a `Refused`: waiting does not help, and the run queue skips it."""
+
+    status, code, title = 409, "invalid_hardware_id", "Pump cannot be addressed"
+
+    def __init__(self, hardware_id: str) -> None:
+        super().__init__(
+            f"the pump's hardware_id {hardware_id!r} does not match {HARDWARE_ID_PATTERN}, so "
+            "no device can be addressed; PATCH the pump with a valid hardware_id first",
+            code=self.code,
+            hardware_id=hardware_id,
         )

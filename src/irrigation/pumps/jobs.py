@@ -2,80 +2,91 @@
 
 Every job re-reads state under the row locks and does nothing if the state says it already
 happened, so arq's at-least-once delivery never means a second start. No network call is
-awaited while a row lock is held."""
+awaited while a row lock is held. Every command carries a fresh sequence from the pump's
+row, and a start or stop counts only once the device's reported state confirms it
+(`IRRIGATION_CONFIRM_TIMEOUT_S`): an unconfirmed start fails, halts the device and latches
+a fault; an unconfirmed stop is retried as a halt with back-off, then latches a fault."""
 
+import asyncio
 import contextlib
+import time
 import uuid
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation import queue
 from irrigation.common.clock import db_now_expr
 from irrigation.common.worker_context import WorkerContext, worker_context
-from irrigation.fleet.models import Pump
-from irrigation.gateway import GatewayError, HttpGateway
-from irrigation.pumps.models import ActivationEvent, ActivationStatus, OutboxJob, PumpActivation
-from irrigation.pumps.service import lock_activation, lock_pump
+from irrigation.gateway import (
+    Ack,
+    AckResult,
+    Command,
+    DeviceAddress,
+    DeviceState,
+    GatewayError,
+    StatePredicate,
+)
+from irrigation.pumps.commands import (
+    Send,
+    address,
+    adopt_fence,
+    latch,
+    latest_end,
+    lock,
+    next_sequence,
+    release,
+    transition,
+)
+from irrigation.pumps.models import (
+    NOT_CONFIRMED,
+    STOP_UNCONFIRMED,
+    ActivationStatus,
+    OutboxJob,
+    PumpActivation,
+)
 
 log = structlog.get_logger(__name__)
 
-
-@dataclass(frozen=True)
-class _Command:
-    hardware_id: str
-    command_id: str
-    sequence: int
-    duration_s: int
-
-
-async def _lock(
-    session: AsyncSession, activation_id: uuid.UUID
-) -> tuple[Pump, PumpActivation, datetime] | None:
-    """Pump then activation (the fixed lock order), both fresh, with the database clock."""
-    pump_id = (
-        await session.execute(
-            select(PumpActivation.pump_id).where(PumpActivation.id == activation_id)
-        )
-    ).scalar_one_or_none()
-    if pump_id is None:
-        return None
-    pump, now = await lock_pump(session, pump_id)
-    return pump, await lock_activation(session, activation_id), now
+# A stop job tries for at most this long (retries included), inside the pump jobs' 30 s
+# timeout with room to record the outcome; the watchdog leaves a stop alone this long.
+STOP_BUDGET_S = 20.0
+# Back-off before the n-th retry of an unconfirmed stop: base * 2**(n-1).
+STOP_BACKOFF_S = 0.5
+IN_FLIGHT = (ActivationStatus.starting, ActivationStatus.running)
 
 
-def _transition(
-    session: AsyncSession,
-    activation: PumpActivation,
-    status: ActivationStatus,
-    at: datetime,
-    cause: str,
-    **detail: object,
-) -> None:
-    activation.status = status
-    session.add(
-        ActivationEvent(
-            activation_id=activation.id, at=at, status=status, cause=cause, detail=detail or None
-        )
-    )
+def _ran(command_id: str) -> StatePredicate:
+    """Confirms a start: the device runs it, or ran it (a short run may be over already)."""
+    return lambda state: state.command_id == command_id
 
 
-def _release(pump: Pump, activation: PumpActivation) -> None:
-    if pump.active_activation_id == activation.id:
-        pump.active_activation_id = None
+def _not_running(command_id: str) -> StatePredicate:
+    """Confirms a stop: the device does not run it."""
+    return lambda state: not state.is_running(command_id)
+
+
+async def _confirmed(
+    jc: WorkerContext, send: Send, ack: Ack | None, until: StatePredicate
+) -> DeviceState | None:
+    """The device's reported state once it satisfies `until`: the state inside the ack
+    counts (it is the device's report, taken after the command; the ack's `result` never
+    does), else the state is asked until the confirmation timeout."""
+    if ack is not None and until(ack.state):
+        return ack.state
+    return await jc.gateway.await_state(send.device, until, jc.settings.confirm_timeout_s)
 
 
 async def start_activation(ctx: dict[str, Any], activation_id: str) -> str:
-    """queued -> starting -> (device start) -> running; anything else is a no-op."""
+    """queued -> starting -> (device start, confirmed) -> running; anything else a no-op."""
     jc = worker_context(ctx)
     act_id = uuid.UUID(activation_id)
     async with jc.sessions() as session:
         async with session.begin():
-            locked = await _lock(session, act_id)
+            locked = await lock(session, act_id)
             if locked is None:
                 return "missing"
             pump, activation, now = locked
@@ -84,143 +95,267 @@ async def start_activation(ctx: dict[str, Any], activation_id: str) -> str:
                 return f"skipped: {activation.status}"
             if now > activation.start_deadline:
                 # Run late is worse than not at all: the grower asked for water *then*.
-                _transition(session, activation, ActivationStatus.expired, now, "queue_delay")
+                transition(session, activation, ActivationStatus.expired, now, "queue_delay")
                 activation.stopped_at = now
-                _release(pump, activation)
+                release(pump, activation)
                 return "expired"
+            device = address(pump)
+            if device is None:
+                # A hardware_id from before the address pattern (admitted before the
+                # upgrade): no command can name its device.
+                transition(session, activation, ActivationStatus.failed, now, "invalid_address")
+                activation.error = "invalid_hardware_id"
+                activation.stopped_at = now
+                release(pump, activation)
+                return "failed"
             # Capped again here: config may have changed since the request was admitted.
             duration = min(activation.duration_s, pump.max_runtime_s, jc.settings.max_runtime_cap_s)
-            _transition(session, activation, ActivationStatus.starting, now, "worker")
+            if pump.last_sequence != activation.sequence:
+                # A command went to the device since admission (a halt): start above it.
+                activation.sequence = next_sequence(pump)
+            transition(session, activation, ActivationStatus.starting, now, "worker")
             activation.starting_at = now
-            command = _Command(
-                pump.hardware_id, activation.command_id, activation.sequence, duration
+            # The device's own end of the run, whenever the command reaches it.
+            activation.auto_off_at = now + timedelta(seconds=duration)
+            start = Send(
+                device,
+                Command.start(
+                    activation.command_id, activation.sequence, duration, activation.auto_off_at
+                ),
             )
+        command_id = start.command.command_id
 
         try:
-            await jc.gateway.start(
-                command.hardware_id, command.command_id, command.duration_s, command.sequence
-            )
+            ack = await jc.gateway.send(start.device, start.command)
         except GatewayError as exc:
-            await _fail(jc, session, act_id, str(exc))
+            error = str(exc)
+            await _fail(jc, session, act_id, error, "gateway_error", fault=("gateway", error))
             return "failed"
+        if ack.result == AckResult.stale_sequence:
+            # The device has seen a newer command: this start must never run. If this run
+            # was not stopped meanwhile, the pump's counter was behind the device's.
+            error = f"stale_sequence: {ack.detail}"
+            await _fail(jc, session, act_id, error, "device_refused", state=ack.state)
+            return "failed"
+        if ack.result != AckResult.ok:
+            error = f"{ack.result}: {ack.detail}"
+            await _fail(
+                jc,
+                session,
+                act_id,
+                error,
+                "device_refused",
+                fault=("device", error),
+                state=ack.state,
+            )
+            return "failed"
+        confirmed = await _confirmed(jc, start, ack, _ran(command_id))
+        if confirmed is None:
+            timeout = jc.settings.confirm_timeout_s
+            why = f"the device did not report running start {command_id} within {timeout:g} s"
+            await _fail(
+                jc, session, act_id, NOT_CONFIRMED, NOT_CONFIRMED, fault=(NOT_CONFIRMED, why)
+            )
+            return NOT_CONFIRMED
 
         async with session.begin():
-            locked = await _lock(session, act_id)
+            locked = await lock(session, act_id)
             assert locked is not None
             pump, activation, now = locked
-            stop_cause = activation.stop_cause or "operator"
             if activation.status != ActivationStatus.starting:
-                # Stopped (operator, watchdog) while the start was in flight: make sure the
-                # device is off, whatever order the two commands reached it in.
-                still_on = False
-            else:
-                _transition(session, activation, ActivationStatus.running, now, "device_started")
-                activation.started_at = now
-                activation.run_deadline = now + timedelta(seconds=command.duration_s)
-                still_on = activation.stop_requested_at is None
-    if not still_on:
-        with contextlib.suppress(GatewayError):
-            await jc.gateway.stop(command.hardware_id, command.command_id)
-        await stop_activation(ctx, activation_id, stop_cause)
-        return "stopped"
-    await queue.enqueue_stop(jc.redis, act_id, "deadline", defer_by=command.duration_s)
+                # Ended while the start was in flight (an operator's stop, the watchdog): its
+                # stop carried a higher sequence, so whichever of the two reached the device
+                # first, the device is off.
+                return "stopped"
+            transition(session, activation, ActivationStatus.running, now, "device_started")
+            activation.started_at = now
+            activation.run_deadline = activation.auto_off_at
+            # A stop requested meanwhile is the stop job's (queued with the request).
+            deadline = activation.run_deadline or now
+    left_s = max(0.0, (deadline - now).total_seconds())
+    await queue.enqueue_stop(jc.redis, act_id, "deadline", defer_by=left_s)
     return "running"
 
 
-async def _fail(jc: WorkerContext, session: AsyncSession, act_id: uuid.UUID, error: str) -> None:
-    """Gateway failure after retries: activation failed, pump latched in fault."""
+async def _fail(
+    jc: WorkerContext,
+    session: AsyncSession,
+    act_id: uuid.UUID,
+    error: str,
+    cause: str,
+    *,
+    fault: tuple[str, str] | None = None,
+    state: DeviceState | None = None,
+) -> None:
+    """A start that did not happen as asked: activation failed, the device halted, the
+    pump resting from the latest moment the device could have stopped (and latched in
+    fault with `fault`). A run stopped meanwhile is its stop's to record."""
     async with session.begin():
-        locked = await _lock(session, act_id)
+        locked = await lock(session, act_id)
         assert locked is not None
         pump, activation, now = locked
-        if activation.status not in (ActivationStatus.starting, ActivationStatus.running):
+        if activation.status != ActivationStatus.starting:
             return
-        _transition(session, activation, ActivationStatus.failed, now, "gateway_error", error=error)
+        transition(session, activation, ActivationStatus.failed, now, cause, error=error)
         activation.error = error[:500]
         activation.stopped_at = now
-        _release(pump, activation)
-        pump.fault = f"gateway: {error}"[:500]
-        pump.fault_at = now
-        # The device may have started (the answer, not the command, was lost): rest anyway.
-        pump.cooldown_until = now + timedelta(seconds=pump.cooldown_s)
-        hardware_id, command_id = pump.hardware_id, activation.command_id
+        release(pump, activation)
+        if fault is not None:
+            latch(pump, fault[0], fault[1], now)
+        # The device may have started (an answer lost, a relay that reports late).
+        pump.cooldown_until = latest_end(activation, now) + timedelta(seconds=pump.cooldown_s)
+        if state is not None:
+            adopt_fence(pump, state)
+        device = address(pump)
+        halt = Send(device, Command.halt(next_sequence(pump))) if device else None
     log.warning("activation_failed", activation_id=str(act_id), error=error)
-    with contextlib.suppress(GatewayError):
-        await jc.gateway.stop(hardware_id, command_id)
+    if halt is not None:
+        with contextlib.suppress(GatewayError):
+            await jc.gateway.send(halt.device, halt.command)
 
 
 async def stop_activation(ctx: dict[str, Any], activation_id: str, cause: str) -> str:
-    """Tell the device to stop, then record the stop and the cooldown that follows it."""
+    """Tell the device to stop, confirm it from the device's state, then record the stop
+    and the cooldown that follows it. Stop-all sends a halt (whatever runs); a stop that
+    is not confirmed is retried as a halt with back-off, then latches a fault."""
     jc = worker_context(ctx)
     act_id = uuid.UUID(activation_id)
+    began = time.monotonic()
+    attempts = 0
+    confirmed: DeviceState | None = None
+    device: DeviceAddress | None = None
     async with jc.sessions() as session:
-        async with session.begin():
-            locked = await _lock(session, act_id)
-            if locked is None:
-                return "missing"
-            pump, activation, _ = locked
-            if activation.status not in (ActivationStatus.starting, ActivationStatus.running):
-                return f"skipped: {activation.status}"
-            hardware_id, command_id = pump.hardware_id, activation.command_id
+        while True:
+            attempts += 1
+            async with session.begin():
+                locked = await lock(session, act_id)
+                if locked is None:
+                    return "missing"
+                pump, activation, now = locked
+                if activation.status not in IN_FLIGHT:
+                    return f"skipped: {activation.status}"
+                if activation.stop_requested_at is None:
+                    # Seen by the watchdog: a stop is under way.
+                    activation.stop_requested_at = now
+                command_id = activation.command_id
+                device = address(pump)
+                if device is None:
+                    break  # never started: nothing can run on an unaddressable device
+                sequence = next_sequence(pump)
+                halt = cause == "stop_all" or attempts > 1
+                command = Command.halt(sequence) if halt else Command.stop(command_id, sequence)
+                send = Send(device, command)
+            confirmed = await _stop_once(jc, session, act_id, send, command_id)
+            if confirmed is not None:
+                break
+            backoff = STOP_BACKOFF_S * 2 ** (attempts - 1)
+            next_try = jc.gateway.call_budget_s + jc.settings.confirm_timeout_s + backoff
+            if attempts > jc.settings.stop_retries or (
+                time.monotonic() - began + next_try > STOP_BUDGET_S
+            ):
+                break
+            log.warning("stop_unconfirmed_retry", activation_id=activation_id, attempt=attempts)
+            await asyncio.sleep(backoff)
+        return await _record_stop(jc, session, act_id, cause, confirmed, attempts, device)
 
-        error: str | None = None
-        try:
-            await jc.gateway.stop(hardware_id, command_id)
-        except GatewayError as exc:
-            error = str(exc)
 
+async def _stop_once(
+    jc: WorkerContext, session: AsyncSession, act_id: uuid.UUID, send: Send, command_id: str
+) -> DeviceState | None:
+    """One stop or halt and its confirmation; the confirming state, or None."""
+    try:
+        ack = await jc.gateway.send(send.device, send.command)
+    except GatewayError as exc:
+        log.warning("stop_failed", activation_id=str(act_id), error=str(exc))
+        ack = None
+    if ack is not None and ack.result == AckResult.stale_sequence:
+        # The device has seen a higher number than this pump's: the next try goes above it.
         async with session.begin():
-            locked = await _lock(session, act_id)
-            assert locked is not None
-            pump, activation, now = locked
-            if activation.status not in (ActivationStatus.starting, ActivationStatus.running):
-                return f"skipped: {activation.status}"
+            locked = await lock(session, act_id)
+            if locked is not None:
+                adopt_fence(locked[0], ack.state)
+    return await _confirmed(jc, send, ack, _not_running(command_id))
+
+
+async def _record_stop(
+    jc: WorkerContext,
+    session: AsyncSession,
+    act_id: uuid.UUID,
+    cause: str,
+    confirmed: DeviceState | None,
+    attempts: int,
+    device: DeviceAddress | None,
+) -> str:
+    async with session.begin():
+        locked = await lock(session, act_id)
+        if locked is None:
+            return "missing"
+        pump, activation, now = locked
+        if activation.status not in IN_FLIGHT:
+            return f"skipped: {activation.status}"
+        ran_out = cause in ("deadline", "watchdog") and activation.status == "running"
+        status = ActivationStatus.completed if ran_out else ActivationStatus.aborted
+        detail: dict[str, object] = {}
+        if confirmed is not None or device is None:
             stopped_at = now
-            if error is not None:
-                # The device's own auto-off still ends the run; count the rest from then.
-                stopped_at = max(now, activation.run_deadline or now)
-                pump.fault = f"gateway: stop failed: {error}"[:500]
-                pump.fault_at = now
-                activation.error = error[:500]
-            ran_out = cause in ("deadline", "watchdog") and activation.status == "running"
-            status = ActivationStatus.completed if ran_out else ActivationStatus.aborted
-            _transition(
-                session, activation, status, now, cause, **({"error": error} if error else {})
+            # A start never confirmed may still have run, until its own auto-off at most.
+            rest_from = latest_end(activation, now) if activation.status == "starting" else now
+        else:
+            # The device's own auto-off still ends the run; count the rest from then.
+            stopped_at = rest_from = latest_end(activation, now)
+            why = (
+                f"the device still reported start {activation.command_id} running after "
+                f"{attempts} stop command(s)"
             )
-            activation.stopped_at = stopped_at
-            activation.stop_cause = cause
-            _release(pump, activation)
-            pump.cooldown_until = stopped_at + timedelta(seconds=pump.cooldown_s)
-            site_id = pump.site_id
+            latch(pump, STOP_UNCONFIRMED, why, now)
+            activation.error = STOP_UNCONFIRMED
+            detail = {"error": STOP_UNCONFIRMED, "attempts": attempts}
+        transition(session, activation, status, now, cause, **detail)
+        activation.stopped_at = stopped_at
+        activation.stop_cause = cause
+        release(pump, activation)
+        pump.cooldown_until = rest_from + timedelta(seconds=pump.cooldown_s)
+        site_id = pump.site_id
+    if confirmed is None and device is not None:
+        log.error("stop_unconfirmed", activation_id=str(act_id), attempts=attempts)
     # Capacity is free again: whatever waits for this water source may start now.
     await queue.enqueue_dispatch(jc.redis, site_id)
     return str(status)
 
 
 async def watchdog(ctx: dict[str, Any]) -> int:
-    """Reconcile what a dead worker or a lost job left behind; returns how many it touched."""
+    """Reconcile what a dead worker or a lost job left behind; returns how many it touched.
+
+    Runs past their deadline, starts stuck in `starting` longer than a start and its
+    confirmation can take, and stops requested but not finished within a stop's budget get
+    a stop job; queued runs past their start deadline expire."""
     jc = worker_context(ctx)
     s = jc.settings
-    starting_limit = (
-        HttpGateway.max_call_s(s.gateway_timeout_s, s.gateway_retries) + s.watchdog_grace_s
-    )
+    starting_limit = jc.gateway.call_budget_s + s.confirm_timeout_s + s.watchdog_grace_s
     async with jc.sessions() as session:
         now = (await session.execute(select(db_now_expr()))).scalar_one()
         grace = timedelta(seconds=s.watchdog_grace_s)
+        stop_overdue = now - grace - timedelta(seconds=STOP_BUDGET_S)
+        no_stop_under_way = or_(
+            PumpActivation.stop_requested_at.is_(None),
+            PumpActivation.stop_requested_at < stop_overdue,
+        )
         overdue = (
             select(PumpActivation.id)
             .where(
-                (
-                    (PumpActivation.status == ActivationStatus.running)
-                    & (PumpActivation.run_deadline < now - grace)
+                and_(
+                    PumpActivation.status == ActivationStatus.running,
+                    PumpActivation.run_deadline < now - grace,
+                    no_stop_under_way,
                 )
-                | (
-                    (PumpActivation.status == ActivationStatus.starting)
-                    & (PumpActivation.starting_at < now - timedelta(seconds=starting_limit))
+                | and_(
+                    PumpActivation.status == ActivationStatus.starting,
+                    PumpActivation.starting_at < now - timedelta(seconds=starting_limit),
+                    no_stop_under_way,
                 )
-                | (
-                    PumpActivation.status.in_((ActivationStatus.starting, ActivationStatus.running))
-                    & (PumpActivation.stop_requested_at < now - grace)
+                | and_(
+                    PumpActivation.status.in_(IN_FLIGHT),
+                    PumpActivation.stop_requested_at < stop_overdue,
                 )
             )
             .limit(100)
@@ -238,7 +373,9 @@ async def watchdog(ctx: dict[str, Any]) -> int:
         await session.rollback()
     for act_id in stuck:
         log.warning("watchdog_stop", activation_id=str(act_id))
-        await stop_activation(ctx, str(act_id), "watchdog")
+        # A job, not a call here: a stop may take its whole budget, and one stuck run must
+        # not hold up the rest. The job id keeps it to one stop job per run at a time.
+        await queue.enqueue_stop(jc.redis, act_id, "watchdog")
     for act_id in expired:
         # The start job takes the same path; running it here expires the activation.
         await start_activation(ctx, str(act_id))
@@ -246,31 +383,38 @@ async def watchdog(ctx: dict[str, Any]) -> int:
 
 
 async def relay_outbox(ctx: dict[str, Any]) -> int:
-    """Enqueue what a crash between commit and enqueue left in the outbox."""
+    """Enqueue what a crash between commit and enqueue left in the outbox.
+
+    The rows are claimed (`claimed_at`) and committed first, then enqueued: no row lock is
+    held while Redis is awaited (a slow Redis would otherwise hold the start job, which
+    deletes the row, and every relay behind it). A claim lost with a crash is taken again
+    once it is older than the relay delay, like a new row."""
     jc = worker_context(ctx)
     async with jc.sessions() as session, session.begin():
-        cutoff = (await session.execute(select(db_now_expr()))).scalar_one() - timedelta(
-            seconds=jc.settings.outbox_relay_after_s
+        now = (await session.execute(select(db_now_expr()))).scalar_one()
+        cutoff = now - timedelta(seconds=jc.settings.outbox_relay_after_s)
+        due = (
+            select(OutboxJob.id)
+            .where(
+                OutboxJob.created_at < cutoff,
+                or_(OutboxJob.claimed_at.is_(None), OutboxJob.claimed_at < cutoff),
+            )
+            .order_by(OutboxJob.created_at)
+            .limit(500)
+            .with_for_update(skip_locked=True)
         )
-        rows = (
+        claimed = (
             (
                 await session.execute(
-                    select(OutboxJob)
-                    .where(OutboxJob.created_at < cutoff)
-                    .order_by(OutboxJob.created_at)
-                    .limit(500)
-                    .with_for_update(skip_locked=True)
+                    update(OutboxJob)
+                    .where(OutboxJob.id.in_(due.scalar_subquery()))
+                    .values(attempts=OutboxJob.attempts + 1, claimed_at=now)
+                    .returning(OutboxJob.activation_id)
                 )
             )
             .scalars()
             .all()
         )
-        for row in rows:
-            await queue.enqueue_start(jc.redis, row.activation_id)
-        if rows:
-            await session.execute(
-                update(OutboxJob)
-                .where(OutboxJob.id.in_([r.id for r in rows]))
-                .values(attempts=OutboxJob.attempts + 1)
-            )
-    return len(rows)
+    for activation_id in claimed:
+        await queue.enqueue_start(jc.redis, activation_id)
+    return len(claimed)

@@ -32,6 +32,13 @@ class ActivationStatus(StrEnum):
 
 
 ACTIVE = (ActivationStatus.queued, ActivationStatus.starting, ActivationStatus.running)
+
+# What a device did not confirm: an activation's `error`, and the code a latched pump
+# fault starts with (`code: detail`), which the alerts evaluation reads.
+NOT_CONFIRMED = "not_confirmed"
+STOP_UNCONFIRMED = "stop_unconfirmed"
+# What the reconciliation found a device doing that no run of ours asked for.
+UNEXPECTED_RUN = "unexpected_run"
 _ACTIVE_SQL = "status IN ('queued', 'starting', 'running')"
 
 
@@ -72,6 +79,8 @@ class PumpActivation(IdMixin, Base):
     start_deadline: Mapped[datetime]
     starting_at: Mapped[datetime | None] = mapped_column(default=None)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The start command's own auto-off time: the latest the device can run it, sent or not.
+    auto_off_at: Mapped[datetime | None] = mapped_column(default=None)
     run_deadline: Mapped[datetime | None] = mapped_column(default=None)
     stop_requested_at: Mapped[datetime | None] = mapped_column(default=None)
     stopped_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -98,7 +107,9 @@ class OutboxJob(IdMixin, Base):
     """A job to enqueue, committed with the state it acts on (a crash cannot lose it).
 
     The worker deletes the row when it handles the job; the relay re-enqueues rows that
-    are still here after a while (the enqueue after commit never happened)."""
+    are still here after a while (the enqueue after commit never happened): it claims
+    them in one committed statement, then enqueues, so no row lock is held while it waits
+    on Redis."""
 
     __tablename__ = "outbox"
     __table_args__ = (Index("ix_outbox_created", "created_at"),)
@@ -108,3 +119,23 @@ class OutboxJob(IdMixin, Base):
         ForeignKey("pump_activations.id", ondelete="CASCADE"), index=True
     )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # When a relay last took the row: another relay leaves it alone for the relay delay.
+    claimed_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class DeviceIncident(IdMixin, Base):
+    """Something a device did that no run asked for, found by the reconciliation (a run
+    with no active activation, which it halted): append-only; alerts raise on recent ones."""
+
+    __tablename__ = "device_incidents"
+    __table_args__ = (Index("ix_device_incidents_recent", "kind", "at"),)
+
+    site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
+    pump_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("pumps.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime]
+    # The device's own account: the command it ran, its fence, since when.
+    command_id: Mapped[str | None] = mapped_column(String(100), default=None)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONB, default=None)

@@ -57,10 +57,17 @@ class ActivationOut(BaseModel):
     reason: str | None
     origin: str
     command_id: str
-    sequence: int
+    sequence: int = Field(
+        description="The fencing number of the start command (the pump's own counter); a "
+        "start that waits while a command is sent to the device takes a fresh one."
+    )
     requested_at: datetime
     start_deadline: datetime
     started_at: datetime | None
+    auto_off_at: datetime | None = Field(
+        description="The start command's own auto-off time, sent to the device: the latest "
+        "the run can last, whether or not its start was confirmed."
+    )
     run_deadline: datetime | None
     stop_requested_at: datetime | None
     stopped_at: datetime | None

@@ -24,6 +24,7 @@ from irrigation.common.errors import Invalid, NotFound, Unavailable
 from irrigation.common.idempotency import IdempotentRequest, StoredAnswer
 from irrigation.common.pagination import PageParams, page_of, paginate
 from irrigation.fleet.models import Pump, WaterSource
+from irrigation.gateway import is_addressable
 from irrigation.pumps.errors import (
     CapacityFull,
     InCooldown,
@@ -31,6 +32,7 @@ from irrigation.pumps.errors import (
     PumpDisabled,
     PumpFault,
     Refused,
+    Unaddressable,
 )
 from irrigation.pumps.models import (
     ACTIVE,
@@ -203,6 +205,8 @@ async def admit(
     if pump.water_source_id != source.id:
         raise Unavailable("the pump was moved to another water source; try again", code="retry")
 
+    if not is_addressable(pump.hardware_id):
+        raise Unaddressable(pump.hardware_id)
     if not pump.enabled:
         raise PumpDisabled()
     if pump.fault:
@@ -269,11 +273,15 @@ async def stop_pump(
             if pump_id is not None:
                 pumps = [(await lock_pump(session, pump_id, site_id))[0]]
             else:
+                # Every pump of the site, idle ones too: an admission in flight holds its
+                # pump's lock until its run is on the row, so this waits for it and then
+                # sees the run. Locking only the pumps whose committed row shows a run would
+                # miss it, and leave a run admitted before stop-all returned running.
                 pumps = list(
                     (
                         await session.execute(
                             select(Pump)
-                            .where(Pump.site_id == site_id, Pump.active_activation_id.is_not(None))
+                            .where(Pump.site_id == site_id)
                             .order_by(Pump.id)  # one order for every multi-row lock
                             .with_for_update(key_share=True)
                             .execution_options(populate_existing=True)
@@ -309,9 +317,6 @@ async def stop_locked(
         session.add(_event(activation, now, cause))
     elif activation.stop_requested_at is None:
         activation.stop_requested_at = now
-        # Why it stops, for whichever job ends the run (the stop job, or the start job
-        # that finds the request when the device answers).
-        activation.stop_cause = cause
         session.add(_event(activation, now, "stop_requested", by=cause))
     await session.flush()
     return activation

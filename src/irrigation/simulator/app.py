@@ -1,4 +1,4 @@
-"""The simulator process (`irrigation simulator`): the pump controller and the weather API
+"""The simulator process (`irrigation simulator`): the pump controllers and the weather API
 in one HTTP app, as `irrigation up` and the tests run it."""
 
 from collections.abc import AsyncIterator
@@ -9,32 +9,33 @@ import uvicorn
 from fastapi import FastAPI
 
 from irrigation.logging import UVICORN_LOG_CONFIG
-from irrigation.simulator.device import Simulator, device_router
+from irrigation.simulator.core import DeviceFleet
+from irrigation.simulator.device import device_router
 from irrigation.simulator.weather import WeatherState, weather_router
 
 
 def create_simulator_app() -> FastAPI:
-    """A fresh simulator; its state lives in `app.state.sim` and `app.state.weather`, so
-    several can share a process."""
-    sim = Simulator()
+    """A fresh simulator; its state lives in `app.state.fleet` (the devices, their faults
+    and the truth) and `app.state.weather`, so several can share a process, and another
+    transport can serve the same fleet."""
+    fleet = DeviceFleet()
     weather = WeatherState()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        sim.cancel_timers()
+        fleet.close()
 
     app = FastAPI(title="Irrigation device simulator", lifespan=lifespan)
-    app.state.sim = sim
+    app.state.fleet = fleet
     app.state.weather = weather
-    app.include_router(device_router(sim))
+    app.include_router(device_router(fleet))
 
     @app.delete("/truth")
     async def reset() -> dict[str, Any]:
         """A clean simulator: no runs, faults or sequences, and the default weather."""
-        async with sim.lock:
-            sim.reset()
-            weather.reset()
+        fleet.reset()
+        weather.reset()
         return {"runs": []}
 
     app.include_router(weather_router(weather))
