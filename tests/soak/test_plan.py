@@ -73,5 +73,5 @@ def test_the_replay_command_names_what_differs_from_the_defaults() -> None:
     params = SoakParams(seed=7, shared_hardware_ids=False, process_faults=("pg_kill",))
     assert replay_command(params) == (
         "irrigation soak --seed 7 --minutes 1 --no-shared-hardware-ids "
-        "--faults latency_ms,error_rate,hang,drop_response,pg_kill"
+        "--faults latency_ms,error_rate,hang,drop_ack,offline,stuck_off,stuck_on,pg_kill"
     )

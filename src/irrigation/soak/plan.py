@@ -6,9 +6,17 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# What the simulator's `POST /faults` takes today; the device boundary adds `drop_ack`,
-# `offline`, `stuck_off` and `stuck_on` (each a flag), which a soak may name as well.
-DEVICE_FAULTS = ("latency_ms", "error_rate", "hang", "drop_response")
+# What the simulator's `POST /faults` takes: answers slow, failing, hung, lost or never
+# given (`offline`), and relays stuck off or on.
+DEVICE_FAULTS = (
+    "latency_ms",
+    "error_rate",
+    "hang",
+    "drop_ack",
+    "offline",
+    "stuck_off",
+    "stuck_on",
+)
 PROCESS_FAULTS = ("worker_kill", "worker_pause", "redis_restart", "pg_kill")
 
 # arq's lease on a job in progress: the longest job timeout of the worker (30 s, pump jobs)
