@@ -4,6 +4,7 @@ Redis and device simulator."""
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -135,3 +136,27 @@ async def test_a_pump_counter_behind_its_device_fails_one_start_then_catches_up(
     second = listed["items"][0]
     assert second["sequence"] > 50
     assert await jobs.start_activation(job_ctx, second["id"]) == "running"
+
+
+async def test_a_late_deadline_stop_records_when_the_device_stopped_by_itself(
+    client: httpx.AsyncClient, admin: dict[str, str], job_ctx: Ctx, device: httpx.AsyncClient
+) -> None:
+    pump = await make_pump(client, admin, "late-1")
+    run = (await activate(client, admin, pump["id"], 1)).json()
+    assert await jobs.start_activation(job_ctx, run["id"]) == "running"
+
+    async def ended_by_itself() -> bool:
+        (ran,) = await runs(device, "late-1")
+        return ran["stopped_at"] is not None
+
+    await wait_for(ended_by_itself, timeout_s=5)
+    # The stop job runs late (a busy worker): well after the device's own auto-off.
+    await asyncio.sleep(1.5)
+    assert await jobs.stop_activation(job_ctx, run["id"], "deadline") == "completed"
+
+    (ran,) = await runs(device, "late-1")
+    done = (await client.get(f"/v1/activations/{run['id']}", headers=admin)).json()
+    assert done["status"] == "completed"
+    device_stop = datetime.fromisoformat(ran["stopped_at"])
+    recorded = datetime.fromisoformat(done["stopped_at"])
+    assert abs((recorded - device_stop).total_seconds()) < 0.05, (done, ran)

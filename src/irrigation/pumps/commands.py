@@ -89,6 +89,15 @@ def latest_end(activation: PumpActivation, now: datetime) -> datetime:
     return max(now, activation.auto_off_at or now)
 
 
+def device_stop_time(state: DeviceState | None, command_id: str, now: datetime) -> datetime:
+    """When the run of `command_id` ended, by the device's own report when its idle state
+    names that run; never later than now (the device's clock may run ahead of ours)."""
+    ended = state is not None and not state.running and state.command_id == command_id
+    if ended and state is not None and state.since is not None:
+        return min(now, state.since)
+    return now
+
+
 def latch(pump: Pump, code: str, detail: str, now: datetime) -> None:
     """Latch the pump in fault until an operator resets it. The text starts with the code
     (`gateway`, `device`, `not_confirmed`, `stop_unconfirmed`), which alerts read."""

@@ -34,6 +34,7 @@ from irrigation.pumps.commands import (
     Send,
     address,
     adopt_fence,
+    device_stop_time,
     latch,
     latest_end,
     lock,
@@ -297,7 +298,9 @@ async def _record_stop(
         status = ActivationStatus.completed if ran_out else ActivationStatus.aborted
         detail: dict[str, object] = {}
         if confirmed is not None or device is None:
-            stopped_at = now
+            # A run that ended by itself before this stop (its auto-off, while the stop job
+            # was late) ended when the device says, not when we looked.
+            stopped_at = device_stop_time(confirmed, activation.command_id, now)
             # A start never confirmed may still have run, until its own auto-off at most.
             rest_from = latest_end(activation, now) if activation.status == "starting" else now
         else:

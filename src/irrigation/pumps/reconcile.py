@@ -26,6 +26,7 @@ from irrigation.gateway import Command, DeviceAddress, DeviceState, GatewayError
 from irrigation.pumps.commands import (
     Send,
     adopt_fence,
+    device_stop_time,
     lock,
     next_sequence,
     release,
@@ -164,10 +165,7 @@ async def _close_ended(
         pump, activation, now = locked
         if activation.status != ActivationStatus.running or activation.stop_requested_at:
             return 0
-        # The device's own stop time, when it names this run (never later than now: its
-        # clock may run ahead of the database's).
-        known = state.command_id == activation.command_id and state.since is not None
-        stopped_at = min(now, state.since) if known and state.since else now
+        stopped_at = device_stop_time(state, activation.command_id, now)
         transition(
             session,
             activation,
