@@ -5,6 +5,7 @@ the load, and the embedded broker of `irrigation up`."""
 import asyncio
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -165,7 +166,7 @@ async def test_a_database_outage_holds_a_bounded_number_then_catches_up(
         update={"mqtt_max_in_flight": bound, "mqtt_batch_size": 100}
     )
     messages = stream(settings, site, sensors, 2200)
-    name = plain_url(settings.effective_database_url).rsplit("/", 1)[1]
+    name = urlsplit(plain_url(settings.effective_database_url)).path.lstrip("/")
     admin_db = await asyncpg.connect(plain_url(stack_postgres_url))
     try:
         async with running_bridge(settings) as bridge:
