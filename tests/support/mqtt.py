@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -176,9 +177,15 @@ def publish_many(
         client.username_pw_set(username, password)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
+    connected = threading.Event()
+    client.on_connect = lambda *_: connected.set()
     client.connect(host, int(port))
     client.loop_start()
     deadline = time.monotonic() + timeout_s
+    # A publish before the broker's CONNACK is refused ("not currently connected").
+    if not connected.wait(10):
+        client.loop_stop()
+        raise TimeoutError(f"no CONNACK from {url} within 10 s")
     waiting: deque[paho.MQTTMessageInfo] = deque()
 
     def settle(info: paho.MQTTMessageInfo) -> None:
