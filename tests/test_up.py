@@ -364,4 +364,5 @@ def test_embedded_servers_work_through_every_client_even_with_a_long_data_dir(
     deadline = time.monotonic() + STOPPED_WITHIN_S
     while not all(_gone(pid) for pid in stack.pids.values()) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert all(_gone(pid) for pid in stack.pids.values())
+    left = {name: pid for name, pid in stack.pids.items() if not _gone(pid)}
+    assert not left, f"still running after stop: {left}"

