@@ -257,16 +257,6 @@ async def test_a_duplicate_with_another_value_counts_as_duplicate_and_the_stored
 # Refusals at the door ------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def small_limit_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    application = create_app(settings.model_copy(update={"max_upload_bytes": 4096}))
-    transport = httpx.ASGITransport(app=application)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-        yield c
-    await application.state.redis.aclose()
-    await application.state.engine.dispose()
-
-
 async def test_a_file_above_max_upload_bytes_is_413_whether_announced_or_streamed(
     small_limit_client: httpx.AsyncClient,
     admin: dict[str, str],

@@ -8,7 +8,6 @@ from typing import Any
 import httpx
 import pytest
 
-from irrigation.app import create_app
 from irrigation.settings import Settings
 from tests.ingest.conftest import StartProcess
 from tests.ingest.test_import import (
@@ -164,16 +163,6 @@ async def test_a_cut_short_or_malformed_form_is_422_and_leaves_no_file(
     assert "closing boundary" in cut_short.json()["detail"]
     assert "only one `file` part" in doubled.json()["detail"]
     assert uploads(settings) == []
-
-
-@pytest.fixture
-async def small_limit_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    application = create_app(settings.model_copy(update={"max_upload_bytes": 4096}))
-    transport = httpx.ASGITransport(app=application)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-        yield c
-    await application.state.redis.aclose()
-    await application.state.engine.dispose()
 
 
 async def test_a_file_part_above_max_upload_bytes_is_413_whether_announced_or_streamed(
