@@ -190,13 +190,34 @@ def mqtt(
 def simulator(
     host: Annotated[str, typer.Option(help="Bind address")] = "127.0.0.1",
     port: Annotated[int | None, typer.Option(help="Port [IRRIGATION_SIMULATOR_PORT]")] = None,
+    mqtt_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Also serve the devices on this broker (mqtt://host:port), under "
+            "IRRIGATION_MQTT_TOPIC_ROOT; default: HTTP only"
+        ),
+    ] = None,
 ) -> None:
-    """Run the device simulator: a pump controller over HTTP that keeps the physical truth."""
-    from irrigation.simulator.app import run_simulator
+    """Run the device simulator: pump controllers over HTTP (and MQTT with --mqtt-url) that
+    keep the physical truth, and the weather API."""
+    from irrigation.mqtt.client import client_id
+    from irrigation.simulator.app import MqttOptions, run_simulator
 
     settings = load_settings()
     _export_log_format(settings)
-    run_simulator(host, port or settings.simulator_port)
+    port = port or settings.simulator_port
+    mqtt = None
+    if mqtt_url is not None:
+        if not mqtt_url.startswith(("mqtt://", "mqtts://")):
+            _fail(f"--mqtt-url must start with mqtt:// or mqtts://: {mqtt_url!r}")
+        mqtt = MqttOptions(
+            mqtt_url,
+            settings.mqtt_topic_root,
+            # One session per simulator port: two simulators must not share a client id.
+            client_id(settings.mqtt_client_id_prefix, "simulator", f"{host}-{port}"),
+            settings.mqtt_protocol,
+        )
+    run_simulator(host, port, mqtt)
 
 
 @app.command()

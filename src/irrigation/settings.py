@@ -44,6 +44,11 @@ class Settings(BaseSettings):
         "`irrigation serve --workers`. Above 1, busy workers spread keep-alive clients.",
     )
     simulator_port: int = Field(default=8081, ge=1, le=65535)
+    gateway: Literal["http", "mqtt"] = Field(
+        default="http",
+        description="How the worker reaches the pump controllers: `mqtt` through the broker at "
+        "IRRIGATION_MQTT_URL (`up` chooses it), `http` at IRRIGATION_GATEWAY_URL.",
+    )
     gateway_url: str = "http://127.0.0.1:8081"
     # Weather for ET scaling and rain skips: Open-Meteo's API, by default the simulator's
     # copy of it (like gateway_url); "none" waters without weather.

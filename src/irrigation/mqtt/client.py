@@ -22,6 +22,7 @@ import structlog
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from irrigation.mqtt.address import BrokerAddress
 
@@ -124,6 +125,14 @@ def next_waiting(client: aiomqtt.Client) -> aiomqtt.Message | None:
         return None
 
 
+def _refuses_version(error: MqttConnectError) -> bool:
+    """The broker answered the MQTT 5 CONNECT with "unsupported protocol version" (132 in
+    MQTT 5's reason codes, 1 in 3.1.1's): amqtt does, some of the time."""
+    rc = error.rc
+    value = rc.value if isinstance(rc, ReasonCode) else rc
+    return value in (1, 132)
+
+
 def _paho(client: aiomqtt.Client) -> paho.Client:
     return client._client
 
@@ -161,21 +170,29 @@ class BrokerLink:
             return await self._enter(self.protocol, self.options.timeout_s)
         try:
             client = await self._enter(Protocol.v5, NEGOTIATION_TIMEOUT_S)
-        except MqttConnectError:
-            raise  # understood and refused (credentials, client id): not a version matter
+        except MqttConnectError as refused:
+            if not _refuses_version(refused):
+                raise  # understood and refused (credentials, client id): not a version matter
+            v5_error: aiomqtt.MqttError = refused
+            client = await self._enter(Protocol.v311, self.options.timeout_s)
+            self._fell_back(v5_error)
+            return client
         except aiomqtt.MqttError as v5_error:
             client = await self._enter(Protocol.v311, self.options.timeout_s)
-            log.warning(
-                "mqtt_protocol_fallback",
-                broker=self.address.url(),
-                protocol=Protocol.v311.value,
-                detail=f"no answer to MQTT 5 ({v5_error}): no shared subscriptions, no "
-                "session expiry, no receive maximum",
-            )
-            self.protocol = Protocol.v311
+            self._fell_back(v5_error)
             return client
         self.protocol = Protocol.v5
         return client
+
+    def _fell_back(self, v5_error: aiomqtt.MqttError) -> None:
+        log.warning(
+            "mqtt_protocol_fallback",
+            broker=self.address.url(),
+            protocol=Protocol.v311.value,
+            detail=f"MQTT 5 refused or unanswered ({v5_error}): no shared subscriptions, no "
+            "session expiry, no receive maximum",
+        )
+        self.protocol = Protocol.v311
 
     async def _enter(self, protocol: Protocol, timeout_s: float) -> aiomqtt.Client:
         client = make_client(self.address, protocol, self.options, timeout_s)

@@ -2,13 +2,20 @@
 (`pattern readwrite irrigation/%u/#`) confines a device credential to its own site.
 
 Readings: `{root}/{site_id}/sensors/{sensor_id}/reading` carries one reading and
-`{root}/{site_id}/readings` a batch (the body of `POST /v1/readings`)."""
+`{root}/{site_id}/readings` a batch (the body of `POST /v1/readings`). Devices (pump
+controllers): `{root}/{site_id}/devices/{hardware_id}/cmd` to the device, `.../ack` and the
+retained `.../state` from it (docs/device-protocol.md)."""
 
 from dataclasses import dataclass
 
 SENSORS = "sensors"
 READING = "reading"
 READINGS = "readings"
+DEVICES = "devices"
+CMD = "cmd"
+ACK = "ack"
+STATE = "state"
+DEVICE_LEVELS = (CMD, ACK, STATE)
 
 
 def site_topic(root: str, site_id: object, *levels: object) -> str:
@@ -21,6 +28,23 @@ def sensor_reading(root: str, site_id: object, sensor_id: object) -> str:
 
 def readings(root: str, site_id: object) -> str:
     return site_topic(root, site_id, READINGS)
+
+
+def device_topic(root: str, site_id: object, hardware_id: object, level: str) -> str:
+    return site_topic(root, site_id, DEVICES, hardware_id, level)
+
+
+def parse_device_topic(root: str, topic: str) -> tuple[str, str, str] | None:
+    """`(site_id, hardware_id, level)` of a device topic under `root`, the ids still text."""
+    levels = topic.split("/")
+    if (
+        len(levels) == 5
+        and levels[0] == root
+        and levels[2] == DEVICES
+        and levels[4] in DEVICE_LEVELS
+    ):
+        return levels[1], levels[3], levels[4]
+    return None
 
 
 def reading_filters(root: str) -> list[str]:

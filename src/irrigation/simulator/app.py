@@ -1,9 +1,12 @@
 """The simulator process (`irrigation simulator`): the pump controllers and the weather API
-in one HTTP app, as `irrigation up` and the tests run it."""
+in one HTTP app, as `irrigation up` and the tests run it; the same controllers also on a
+broker when given one (`MqttDevices`)."""
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import uvicorn
 from fastapi import FastAPI
@@ -14,16 +17,42 @@ from irrigation.simulator.device import device_router
 from irrigation.simulator.weather import WeatherState, weather_router
 
 
-def create_simulator_app() -> FastAPI:
+@dataclass(frozen=True)
+class MqttOptions:
+    """Where the simulated controllers meet the service over MQTT."""
+
+    url: str
+    root: str = "irrigation"
+    client_id: str = "irrigation-simulator"
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+
+
+def create_simulator_app(mqtt: MqttOptions | None = None) -> FastAPI:
     """A fresh simulator; its state lives in `app.state.fleet` (the devices, their faults
-    and the truth) and `app.state.weather`, so several can share a process, and another
-    transport can serve the same fleet."""
+    and the truth) and `app.state.weather`, so several can share a process. With `mqtt`, the
+    same fleet is also served on that broker (`app.state.mqtt`, once started)."""
     fleet = DeviceFleet()
     weather = WeatherState()
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        serving: asyncio.Task[None] | None = None
+        if mqtt is not None:
+            from irrigation.mqtt.address import BrokerAddress
+            from irrigation.mqtt.client import BrokerLink, SessionOptions
+            from irrigation.simulator.mqtt_device import MqttDevices
+
+            # A persistent session: commands sent while the simulator is away wait at the
+            # broker and arrive late, as they would at a real controller.
+            options = SessionOptions(mqtt.client_id, persistent=True, session_expiry_s=3600)
+            link = BrokerLink(BrokerAddress.parse(mqtt.url), options, mqtt.protocol)
+            app.state.mqtt = MqttDevices(fleet, link, mqtt.root)
+            serving = asyncio.create_task(app.state.mqtt.serve(), name="simulator-mqtt")
         yield
+        if serving is not None:
+            serving.cancel()
+            with suppress(asyncio.CancelledError):
+                await serving
         fleet.close()
 
     app = FastAPI(title="Irrigation device simulator", lifespan=lifespan)
@@ -47,9 +76,9 @@ def create_simulator_app() -> FastAPI:
     return app
 
 
-def run_simulator(host: str, port: int) -> None:
+def run_simulator(host: str, port: int, mqtt: MqttOptions | None = None) -> None:
     uvicorn.run(
-        create_simulator_app(),
+        create_simulator_app(mqtt),
         host=host,
         port=port,
         log_level="info",

@@ -56,8 +56,9 @@ class HaltCommand(BaseModel):
 WireCommand = Annotated[StartCommand | StopCommand | HaltCommand, Field(discriminator="op")]
 _COMMAND: TypeAdapter[StartCommand | StopCommand | HaltCommand] = TypeAdapter(WireCommand)
 
-# What a transport is told on every change of a device's reported state.
-StateListener = Callable[[str, str, dict[str, Any]], None]
+# What a transport is told on every change of a device's reported state; None when the
+# device is gone (the simulator was reset).
+StateListener = Callable[[str, str, dict[str, Any] | None], None]
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -250,8 +251,11 @@ class DeviceFleet:
             self._publish(device)
 
     def reset(self) -> None:
-        """No devices, runs, commands or faults (listeners stay)."""
+        """No devices, runs, commands or faults (listeners stay, told each device is gone)."""
         self.close()
+        for site_id, hardware_id in self.devices:
+            for listener in list(self._listeners):
+                listener(site_id, hardware_id, None)
         self.devices.clear()
         self.runs.clear()
         self.received.clear()
