@@ -205,6 +205,7 @@ def simulator(
 
     settings = load_settings()
     _export_log_format(settings)
+    configure_logging(settings.log_level, settings.log_format)
     port = port or settings.simulator_port
     mqtt = None
     if mqtt_url is not None:
@@ -711,7 +712,8 @@ def up(
     ] = True,
 ) -> None:
     """The whole local stack: database, Redis, MQTT broker, migrations, API, worker, MQTT
-    readings bridge, simulator, demo site.
+    readings bridge, simulator, demo site. The worker reaches the pumps over MQTT
+    (IRRIGATION_GATEWAY=http: the simulator's HTTP).
 
     Uses IRRIGATION_DATABASE_URL / IRRIGATION_REDIS_URL when set, else the servers on
     localhost, else embedded ones in IRRIGATION_DATA_DIR (IRRIGATION_EMBEDDED=always
@@ -771,6 +773,8 @@ def up(
         }
         if "mqtt" in stack.embedded:
             updates["mqtt_protocol"] = "3.1.1"  # amqtt speaks no MQTT 5
+        if "gateway" not in base.model_fields_set:
+            updates["gateway"] = "mqtt"  # the pumps the way field controllers are reached
         simulator_url = f"http://127.0.0.1:{updates['simulator_port']}"
         # The simulator is the pump gateway and the weather service, unless set otherwise.
         for name in ("gateway_url", "weather_url"):

@@ -43,6 +43,7 @@ def child_env(settings: Settings, data_dir: Path) -> dict[str, str]:
         "IRRIGATION_PORT": str(settings.port),
         "IRRIGATION_HOST": settings.host,
         "IRRIGATION_SIMULATOR_PORT": str(settings.simulator_port),
+        "IRRIGATION_GATEWAY": settings.gateway,
         "IRRIGATION_GATEWAY_URL": settings.gateway_url,
         "IRRIGATION_WEATHER_URL": settings.weather_url,
         "IRRIGATION_MQTT_URL": settings.mqtt_url,
@@ -126,7 +127,18 @@ def supervise(
         _LIBC = ctypes.CDLL(None, use_errno=True)
     env = child_env(settings, data_dir)
     python = [sys.executable, "-m", "irrigation"]
-    simulator = _Child("simulator", [*python, "simulator", "--port", str(settings.simulator_port)])
+    # The simulated controllers answer on both transports; the worker uses one of them.
+    simulator = _Child(
+        "simulator",
+        [
+            *python,
+            "simulator",
+            "--port",
+            str(settings.simulator_port),
+            "--mqtt-url",
+            settings.mqtt_url,
+        ],
+    )
     api = _Child("api", [*python, "serve"])
     worker = _Child("worker", [*python, "worker"])
     bridge = _Child("mqtt bridge", [*python, "mqtt"])
@@ -223,6 +235,12 @@ def _announce(
                 f"  MQTT         {BrokerAddress.parse(settings.mqtt_url).url()}  readings: "
                 f"{settings.mqtt_topic_root}/SITE_ID/sensors/SENSOR_ID/reading",
                 f"  MQTT bridge  http://127.0.0.1:{settings.mqtt_bridge_port}/readyz",
+                f"  pumps        over {settings.gateway.upper()}"
+                + (
+                    f": {settings.mqtt_topic_root}/SITE_ID/devices/HARDWARE_ID/cmd|ack|state"
+                    if settings.gateway == "mqtt"
+                    else f" at {settings.gateway_url}"
+                ),
                 f"  admin key    {key}",
                 "",
                 f'  curl -H "Authorization: Bearer {key}" {base_url}/v1/pumps',
