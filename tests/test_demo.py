@@ -28,12 +28,28 @@ from irrigation.demo_soil import DRY_PER_READING, START_PCT, WET_PER_RUN
 from irrigation.fleet import service as fleet
 from irrigation.fleet.schemas import ZoneCreate
 from irrigation.settings import Settings
-from tests.pumps.conftest import api_url, device, e2e_env, simulator_url, spawn
+from tests.pumps.conftest import (
+    api_url,
+    device,
+    driver,
+    e2e_env,
+    simulator,
+    simulator_url,
+    spawn,
+)
 from tests.support.api import bearer
 from tests.support.processes import free_port
 from tests.support.simulator import start_run
 
-__all__ = ["api_url", "device", "e2e_env", "simulator_url", "spawn"]  # fixtures in use
+__all__ = [
+    "api_url",
+    "device",
+    "driver",
+    "e2e_env",
+    "simulator",
+    "simulator_url",
+    "spawn",
+]  # fixtures in use
 
 runner = CliRunner()
 

@@ -110,9 +110,20 @@ from tests.pumps.conftest import (  # noqa: E402
     api,
     api_url,
     device,
+    driver,
     e2e_env,
+    simulator,
     simulator_url,
     spawn,
 )
 
-__all__ = ["api", "api_url", "device", "e2e_env", "simulator_url", "spawn"]
+__all__ = [
+    "api",
+    "api_url",
+    "device",
+    "driver",
+    "e2e_env",
+    "simulator",
+    "simulator_url",
+    "spawn",
+]

@@ -23,11 +23,27 @@ from tests.ingest.mqtt_helpers import (
     site_id,
     stored_readings,
 )
-from tests.pumps.conftest import api_url, device, e2e_env, simulator_url, spawn
+from tests.pumps.conftest import (
+    api_url,
+    device,
+    driver,
+    e2e_env,
+    simulator,
+    simulator_url,
+    spawn,
+)
 from tests.support.api import Headers
 from tests.support.polling import wait_for
 
-__all__ = ["api_url", "device", "e2e_env", "simulator_url", "spawn"]  # fixtures in use
+__all__ = [
+    "api_url",
+    "device",
+    "driver",
+    "e2e_env",
+    "simulator",
+    "simulator_url",
+    "spawn",
+]  # fixtures in use
 
 runner = CliRunner()
 

@@ -1,7 +1,11 @@
-"""A real device simulator served by uvicorn for the whole session, reset for every test."""
+"""A real device simulator served by uvicorn for the whole session, reset for every test:
+its devices answer over HTTP and, on the session's broker, over MQTT."""
 
+import asyncio
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -12,15 +16,37 @@ from irrigation.common.worker_context import WorkerContext
 from irrigation.db import create_engine, create_sessionmaker
 from irrigation.gateway import HttpGateway
 from irrigation.settings import Settings
-from irrigation.simulator.app import create_simulator_app
+from irrigation.simulator.app import MqttOptions, create_simulator_app
+from tests.support.mqtt import Broker
 from tests.support.processes import StartProcess, free_port, settings_env, spawner, wait_http
 from tests.support.servers import serve
 
 
+@dataclass(frozen=True)
+class Simulator:
+    url: str
+    mqtt_url: str
+    mqtt_root: str
+
+
 @pytest.fixture(scope="session")
-async def simulator_url() -> AsyncIterator[str]:
-    async with serve(create_simulator_app(), lifespan="on") as url:
-        yield url
+async def simulator(mqtt_broker: Broker) -> AsyncIterator[Simulator]:
+    root = f"devices-{uuid.uuid4().hex[:8]}"
+    app = create_simulator_app(MqttOptions(mqtt_broker.url, root, f"{root}-simulator"))
+    async with serve(app, lifespan="on") as url:
+        await asyncio.wait_for(app.state.mqtt.connected.wait(), 15)
+        yield Simulator(url, mqtt_broker.url, root)
+
+
+@pytest.fixture(scope="session")
+def simulator_url(simulator: Simulator) -> str:
+    return simulator.url
+
+
+@pytest.fixture
+def driver() -> str:
+    """The worker's gateway in the end-to-end tests (a module may run both: `params`)."""
+    return "http"
 
 
 @pytest.fixture
@@ -71,9 +97,19 @@ E2E_ENV = {
 
 
 @pytest.fixture
-def e2e_env(settings: Settings, simulator_url: str, device: httpx.AsyncClient) -> dict[str, str]:
+def e2e_env(
+    settings: Settings, simulator: Simulator, driver: str, device: httpx.AsyncClient
+) -> dict[str, str]:
     del device  # requested for its reset of the simulator
-    return {**settings_env(settings), **E2E_ENV, "IRRIGATION_GATEWAY_URL": simulator_url}
+    return {
+        **settings_env(settings),
+        **E2E_ENV,
+        "IRRIGATION_GATEWAY": driver,
+        "IRRIGATION_GATEWAY_URL": simulator.url,
+        "IRRIGATION_MQTT_URL": simulator.mqtt_url,
+        "IRRIGATION_MQTT_TOPIC_ROOT": simulator.mqtt_root,
+        "IRRIGATION_MQTT_CLIENT_ID_PREFIX": f"test-{uuid.uuid4().hex[:8]}",
+    }
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """The device boundary end to end, judged from the simulator's truth and command log: one
 device per (site, hardware_id), fenced commands, starts and stops confirmed by the
 device's state, and the reconciliation of devices with the database. A real uvicorn API
-and real arq workers (separate processes), real PostgreSQL, Redis and simulator."""
+and real arq workers (separate processes), real PostgreSQL, Redis and simulator; each case
+over both drivers (HTTP, and MQTT through a real broker)."""
 
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -25,6 +26,14 @@ from tests.support.simulator import (
 )
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(params=["http", "mqtt"])
+def driver(request: pytest.FixtureRequest) -> str:
+    """Every case on both drivers: the worker reaches the same simulated devices over the
+    simulator's HTTP or over the session's broker."""
+    found: str = request.param
+    return found
 
 
 @pytest.fixture
