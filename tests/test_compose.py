@@ -70,6 +70,7 @@ def test_each_service_runs_its_command(services: dict[str, Any]) -> None:
     assert _command(services["api"]).startswith("irrigation serve")
     assert _command(services["worker"]).startswith("irrigation worker")
     assert _command(services["simulator"]).startswith("irrigation simulator")
+    assert "--mqtt-url mqtt://simulator:change-me@mosquitto:1883" in _command(services["simulator"])
     assert _command(services["bridge"]) == "irrigation mqtt"
 
 
@@ -140,3 +141,22 @@ def test_the_bridge_reaches_the_broker_by_name_with_its_own_credential(
     acl = (ROOT / "deploy" / "mosquitto" / "acl").read_text()
     assert "user bridge" in acl
     assert re.search(r"^bridge:\$7\$", (ROOT / "deploy/mosquitto/passwd.example").read_text(), re.M)
+
+
+def test_the_pumps_are_driven_over_mqtt_each_side_with_its_own_credential(
+    services: dict[str, Any],
+) -> None:
+    """The worker commands the devices as `gateway`, the simulator plays them as
+    `simulator`; both credentials are in the example password file and the ACL, and both
+    services wait for the broker."""
+    worker = _environment(services["worker"])
+    assert worker["IRRIGATION_GATEWAY"] == "mqtt"
+    assert worker["IRRIGATION_MQTT_URL"] == "mqtt://gateway:change-me@mosquitto:1883"
+    assert worker["IRRIGATION_GATEWAY_URL"] == "http://simulator:8081"  # the HTTP driver's
+    for name in ("worker", "simulator"):
+        assert services[name]["depends_on"]["mosquitto"]["condition"] == "service_healthy", name
+    acl = (ROOT / "deploy/mosquitto/acl").read_text()
+    passwd = (ROOT / "deploy/mosquitto/passwd.example").read_text()
+    for user in ("gateway", "simulator"):
+        assert re.search(rf"^user {user}$", acl, re.M), user
+        assert re.search(rf"^{user}:\$7\$", passwd, re.M), user
