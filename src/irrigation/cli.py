@@ -239,6 +239,18 @@ def soak(
         str | None,
         typer.Option(help="Comma-separated fault kinds (default: every one); `none`: no fault"),
     ] = None,
+    gateway: Annotated[
+        str,
+        typer.Option(help="How workers reach the devices: http, or mqtt (a broker of its own)"),
+    ] = "http",
+    schedules: Annotated[
+        int,
+        typer.Option(min=1, help="Fault schedules: seeds SEED, SEED+1, ... on one stack"),
+    ] = 1,
+    parallel: Annotated[
+        int,
+        typer.Option(min=1, help="Schedules at once (each its own sites and device faults)"),
+    ] = 1,
     database_url: Annotated[
         str | None,
         typer.Option(help="Use this database as it is (default: a fresh one, dropped after)"),
@@ -250,10 +262,12 @@ def soak(
 ) -> None:
     """Fault soak: the stack as processes under random requests and faults, judged from the
     simulator's truth. Exits 1 on any violation, printing the seed that replays it."""
-    from irrigation.soak.plan import SoakParams, fault_kinds
+    from irrigation.soak.plan import GATEWAYS, SoakParams, fault_kinds
     from irrigation.soak.runner import main
 
-    device_faults, process_faults = fault_kinds(faults)
+    if gateway not in GATEWAYS:
+        _fail(f"--gateway must be one of {', '.join(GATEWAYS)}: {gateway!r}")
+    device_faults, process_faults = fault_kinds(faults, gateway)
     params = SoakParams(
         seed=seed,
         minutes=minutes,
@@ -261,8 +275,16 @@ def soak(
         shared_hardware_ids=shared_hardware_ids,
         device_faults=device_faults,
         process_faults=process_faults,
+        gateway=gateway,
     )
-    code = main(params, workdir=workdir, database_url=database_url, keep_database=keep_database)
+    code = main(
+        params,
+        schedules=schedules,
+        parallel=parallel,
+        workdir=workdir,
+        database_url=database_url,
+        keep_database=keep_database,
+    )
     raise typer.Exit(code=code)
 
 

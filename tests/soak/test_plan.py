@@ -75,3 +75,17 @@ def test_the_replay_command_names_what_differs_from_the_defaults() -> None:
         "irrigation soak --seed 7 --minutes 1 --no-shared-hardware-ids "
         "--faults latency_ms,error_rate,hang,drop_ack,offline,stuck_off,stuck_on,pg_kill"
     )
+
+
+def test_over_mqtt_the_broker_restarts_too_and_the_replay_says_which_driver() -> None:
+    device, process = fault_kinds(None, "mqtt")
+    assert device == DEVICE_FAULTS
+    assert process == (*PROCESS_FAULTS, "broker_restart")
+    assert fault_kinds("broker_restart,offline", "http") == (("offline",), ("broker_restart",))
+    params = SoakParams(seed=2, gateway="mqtt", process_faults=process)
+    restarts = [f for f in make_plan(params).faults if f.action == "broker_restart"]
+    assert restarts
+    assert all(f.target == "broker" and f.hold_s for f in restarts)
+    assert replay_command(params) == "irrigation soak --seed 2 --minutes 1 --gateway mqtt"
+    # The HTTP driver's plan for a seed is what it was before MQTT existed.
+    assert "broker_restart" not in {f.action for f in make_plan(SoakParams(seed=2)).faults}

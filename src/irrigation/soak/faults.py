@@ -1,6 +1,7 @@
 """Applying the planned faults to the running stack, each at its moment, and lifting
-those that hold (a device fault, a killed or paused worker, Redis down) when their time
-is up, or all at once at the end. Every fault is recorded with when it held."""
+those that hold (a device fault, a killed or paused worker, Redis or the broker down)
+when their time is up, or all at once at the end. Every fault is recorded with when it
+held. One injector per fault schedule; several may share a stack."""
 
 import asyncio
 import contextlib
@@ -59,16 +60,13 @@ class Injector:
             self.holding.add(task)
             task.add_done_callback(self.holding.discard)
 
-    async def lift_all(self) -> None:
-        """The end of the faults: every hold cut short (and recorded), device faults
-        cleared, workers resumed or started again, Redis up."""
+    async def lift(self) -> None:
+        """The end of this schedule's faults: every hold cut short (and recorded), its
+        device faults cleared, paused workers resumed. The runner then gets the stack
+        whole again (SoakStack.release_workers, ensure_up)."""
         for task in list(self.holding):
             task.cancel()
         await asyncio.gather(*self.holding, return_exceptions=True)
-        with contextlib.suppress(httpx.HTTPError):
-            await self.simulator.delete("/faults")
-        self.stack.release_workers()
-        await self.stack.ensure_redis()
 
     async def _apply(self, fault: FaultPlan) -> None:
         applied = _Applied(datetime.now(UTC), dict(fault.params))
@@ -107,17 +105,21 @@ class Injector:
         elif fault.action == "worker_pause":
             assert fault.target is not None
             paused = self.stack.pause_worker(fault.target)
-            applied.note("stopped (SIGSTOP)" if paused else "not running")
+            if paused is None:
+                applied.note("not running, or another worker is paused: skipped")
+                return
+            applied.note("stopped (SIGSTOP)")
             try:
                 await asyncio.sleep(hold_s)
             finally:
-                if paused is not None and paused.poll() is None:
+                if paused.poll() is None:
                     paused.send_signal(signal.SIGCONT)
                     applied.note("resumed (SIGCONT)")
+                self.stack.resumed(fault.target)
         elif fault.action == "redis_restart":
-            applied.note("killed (SIGKILL)")
-            restarted = await self.stack.restart_redis(hold_s)
-            applied.note("started again" if restarted else "not the soak's own Redis: skipped")
+            applied.note(await self.stack.restart_redis(hold_s))
+        elif fault.action == "broker_restart":
+            applied.note(await self.stack.restart_broker(hold_s))
         elif fault.action == "pg_kill":
             applied.note(f"{await self._terminate_backends()} backends terminated")
         else:

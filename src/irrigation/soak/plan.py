@@ -18,6 +18,9 @@ DEVICE_FAULTS = (
     "stuck_on",
 )
 PROCESS_FAULTS = ("worker_kill", "worker_pause", "redis_restart", "pg_kill")
+# With the MQTT driver, the broker goes down too (SIGKILL: what it had not saved is lost).
+MQTT_FAULTS = ("broker_restart",)
+GATEWAYS = ("http", "mqtt")
 
 # arq's lease on a job in progress: the longest job timeout of the worker (30 s, pump jobs)
 # + 10 s. A worker paused longer than this has its job run again by another worker.
@@ -53,6 +56,8 @@ class SoakParams:
     queue_deadline_s: float = 20.0
     # A schedule firing every minute at each site (automation's own requests).
     schedules: bool = True
+    # How the workers reach the devices: the simulator's HTTP dialect or MQTT.
+    gateway: str = "http"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -221,9 +226,10 @@ def _faults(
             faults.append(
                 FaultPlan(fault_id, round(at, 3), kind, worker, hold_s=params.pause_hold_s)
             )
-        elif kind == "redis_restart":
+        elif kind in ("redis_restart", "broker_restart"):
             hold = round(rng.uniform(0.5, 3.0), 3)
-            faults.append(FaultPlan(fault_id, round(at, 3), kind, "redis", hold_s=hold))
+            target = "redis" if kind == "redis_restart" else "broker"
+            faults.append(FaultPlan(fault_id, round(at, 3), kind, target, hold_s=hold))
         elif kind == "pg_kill":
             faults.append(FaultPlan(fault_id, round(at, 3), kind, "postgresql"))
         else:
@@ -242,14 +248,15 @@ def _device_fault(rng: random.Random, kind: str) -> dict[str, Any]:
     return {kind: True}
 
 
-def fault_kinds(text: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def fault_kinds(text: str | None, gateway: str = "http") -> tuple[tuple[str, ...], tuple[str, ...]]:
     """`latency_ms,worker_kill,...` as (device faults, process faults); None: all of
-    today's; `none`: no fault. A name that is no process fault is a device fault (the
-    simulator says whether it knows it)."""
+    today's for that driver; `none`: no fault. A name that is no process fault is a device
+    fault (the simulator says whether it knows it)."""
+    process = (*PROCESS_FAULTS, *MQTT_FAULTS)
     if text is None:
-        return DEVICE_FAULTS, PROCESS_FAULTS
+        return DEVICE_FAULTS, process if gateway == "mqtt" else PROCESS_FAULTS
     names = [n.strip() for n in text.split(",") if n.strip() and n.strip() != "none"]
     return (
-        tuple(n for n in names if n not in PROCESS_FAULTS),
-        tuple(n for n in names if n in PROCESS_FAULTS),
+        tuple(n for n in names if n not in process),
+        tuple(n for n in names if n in process),
     )

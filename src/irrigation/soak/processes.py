@@ -1,12 +1,18 @@
 """The soak's stack as separate processes, each logging to a file of the soak's directory:
-its own Redis on a free port (so that restarting it harms no one else), the API
+its own Redis on a free port (so that restarting it harms no one else), with the MQTT
+driver its own broker too (Mosquitto, else the embedded amqtt), the API
 (`irrigation serve`), the workers (`irrigation worker`) and the device simulator
-(`irrigation simulator`). A worker that dies is started again, as a supervisor would."""
+(`irrigation simulator`). A worker that dies is started again, as a supervisor would.
+
+Several fault schedules may run on one stack at once: a fault on a shared process (a
+paused worker, Redis or the broker down) that is already in force is not applied twice
+(it is recorded as skipped), and one worker is always left unpaused."""
 
 import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import getpass
 import os
 import shutil
 import signal
@@ -14,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import httpx
@@ -55,6 +61,40 @@ def _die_with_parent() -> None:
     """Runs in the child before exec (Linux): SIGTERM it if the soak dies, even by SIGKILL."""
     if _LIBC is not None:
         _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def mosquitto_config(port: int, directory: Path) -> str:
+    """deploy/mosquitto/mosquitto.conf's delivery settings (QoS 1 never dropped from a
+    queue, sessions kept), on this port and directory, open to anyone on loopback."""
+    return "\n".join(
+        [
+            "persistence true",
+            f"persistence_location {directory}/",
+            "autosave_interval 30",
+            "max_queued_messages 0",
+            "max_inflight_messages 20000",
+            "persistent_client_expiration 14d",
+            f"listener {port} 127.0.0.1",
+            "allow_anonymous true",
+            "log_dest stdout",
+            # Run as root, Mosquitto would drop to its own user and could not write here.
+            f"user {getpass.getuser()}",
+            "",
+        ]
+    )
+
+
+def broker_command(port: int, directory: Path) -> list[str]:
+    """The machine's Mosquitto with the project's delivery settings, else the embedded
+    amqtt broker (the [embedded] extra)."""
+    mosquitto = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+    if mosquitto is None:
+        return [sys.executable, "-m", "irrigation.mqtt.broker", "--port", str(port)]
+    config = directory / "mosquitto.conf"
+    config.write_text(mosquitto_config(port, directory))
+    return [mosquitto, "-c", str(config)]
 
 
 def redis_server() -> str:
@@ -132,7 +172,8 @@ class Child:
 
 
 class SoakStack:
-    """Redis (its own unless `redis_url` is given), simulator, API and workers."""
+    """Redis (its own unless `redis_url` is given), a broker of its own with the MQTT
+    driver (`gateway="mqtt"`), simulator, API and workers."""
 
     def __init__(
         self,
@@ -141,9 +182,11 @@ class SoakStack:
         redis_namespace: str,
         *,
         redis_url: str | None = None,
+        gateway: str = "http",
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.log_dir = log_dir
+        self.gateway = gateway
         self.redis_port = free_port() if redis_url is None else None
         self.redis_url = redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
         self.simulator_url = f"http://127.0.0.1:{free_port()}"
@@ -157,7 +200,19 @@ class SoakStack:
             "IRRIGATION_REDIS_NAMESPACE": redis_namespace,
             "IRRIGATION_GATEWAY_URL": self.simulator_url,
             "IRRIGATION_DATA_DIR": str(log_dir),
+            "IRRIGATION_GATEWAY": gateway,
         }
+        self.broker: Child | None = None
+        self.broker_port: int | None = None
+        simulator_args: list[str] = []
+        if gateway == "mqtt":
+            self.broker_port = free_port()
+            mqtt_url = f"mqtt://127.0.0.1:{self.broker_port}"
+            self.env["IRRIGATION_MQTT_URL"] = mqtt_url
+            simulator_args = ["--mqtt-url", mqtt_url]
+            self.broker = Child(
+                "broker", broker_command(self.broker_port, log_dir), self.env, log_dir
+            )
         self.redis: Child | None = None
         if self.redis_port is not None:
             self.redis = Child(
@@ -173,12 +228,14 @@ class SoakStack:
                 log_dir,
             )
         self.simulator = self._irrigation(
-            "simulator", "simulator", "--port", self.simulator_url.split(":")[-1]
+            "simulator", "simulator", "--port", self.simulator_url.split(":")[-1], *simulator_args
         )
         self.api = self._irrigation("api", "serve", "--port", self.api_url.split(":")[-1])
         self.workers = [self._irrigation(f"worker-{i}", "worker") for i in range(WORKERS)]
         # A killed worker stays down until then (monotonic time), then is started again.
         self.down_until: dict[str, float] = {}
+        # Shared processes a fault holds down now (several schedules may run at once).
+        self.holding: set[str] = set()
         self._supervising: asyncio.Task[None] | None = None
 
     def _irrigation(self, name: str, *args: str) -> Child:
@@ -201,6 +258,9 @@ class SoakStack:
         if self.redis is not None:
             self.redis.start()
             await self._wait_redis()
+        if self.broker is not None:
+            self.broker.start()
+            await self._wait_broker()
         for child in (self.simulator, self.api, *self.workers):
             child.start()
         await asyncio.gather(
@@ -242,6 +302,22 @@ class SoakStack:
             await asyncio.sleep(0.05)
         raise RuntimeError(f"redis-server did not answer within {timeout_s} s")
 
+    async def _wait_broker(self, timeout_s: float = 20) -> None:
+        assert self.broker is not None
+        assert self.broker_port is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.broker.alive:
+                raise RuntimeError(f"the MQTT broker exited: {self.broker.tail()}")
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.broker_port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            return
+        raise RuntimeError(f"the MQTT broker did not answer within {timeout_s} s")
+
     async def _supervise(self) -> None:
         """Start again every worker that died (on its own: arq exits when Redis goes away),
         once any hold a fault put on it has passed."""
@@ -263,36 +339,68 @@ class SoakStack:
         return self.worker(name).kill()
 
     def pause_worker(self, name: str) -> subprocess.Popen[bytes] | None:
-        """SIGSTOP; returns the process to resume (None: it was not running)."""
+        """SIGSTOP; returns the process to resume (None: it was not running, or another
+        worker is paused already: one always keeps the pumps' jobs going)."""
+        if any(h.startswith("paused:") for h in self.holding):
+            return None
         worker = self.worker(name)
-        return worker.proc if worker.signal(signal.SIGSTOP) else None
+        if not worker.signal(signal.SIGSTOP):
+            return None
+        self.holding.add(f"paused:{name}")
+        return worker.proc
 
-    async def restart_redis(self, down_s: float) -> bool:
+    def resumed(self, name: str) -> None:
+        self.holding.discard(f"paused:{name}")
+
+    async def restart_redis(self, down_s: float) -> str:
         if self.redis is None:
-            return False
-        self.redis.kill()
-        await asyncio.sleep(down_s)
-        self.redis.start()
-        await self._wait_redis()
-        return True
+            return "not the soak's own Redis: skipped"
+        return await self._restart("redis", self.redis, down_s, self._wait_redis)
 
-    async def ensure_redis(self) -> None:
+    async def restart_broker(self, down_s: float) -> str:
+        if self.broker is None:
+            return "no broker in this soak (HTTP driver): skipped"
+        return await self._restart("broker", self.broker, down_s, self._wait_broker)
+
+    async def _restart(
+        self, name: str, child: Child, down_s: float, wait: Callable[[], Awaitable[None]]
+    ) -> str:
+        """SIGKILL (a power cut: what it had not saved is lost), down for `down_s`, then
+        started again; skipped while another fault holds it down."""
+        if name in self.holding:
+            return "already down: skipped"
+        self.holding.add(name)
+        try:
+            child.kill()
+            await asyncio.sleep(down_s)
+            child.start()
+            await wait()
+        finally:
+            self.holding.discard(name)
+        return "killed (SIGKILL), started again"
+
+    async def ensure_up(self) -> None:
+        """Redis and the broker running (a fault cut short may have left one down)."""
         if self.redis is not None and not self.redis.alive:
             self.redis.start()
             await self._wait_redis()
+        if self.broker is not None and not self.broker.alive:
+            self.broker.start()
+            await self._wait_broker()
 
     def release_workers(self) -> None:
         """Every worker may run again: resumed if stopped, started soon if dead."""
         self.down_until.clear()
         for worker in self.workers:
             worker.signal(signal.SIGCONT)
+            self.resumed(worker.name)
 
     async def stop(self) -> None:
         if self._supervising is not None:
             self._supervising.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervising
-        # The API and workers before the simulator they talk to, Redis last.
-        for child in (self.api, *self.workers, self.simulator, self.redis):
+        # The API and workers before the simulator they talk to, Redis and the broker last.
+        for child in (self.api, *self.workers, self.simulator, self.redis, self.broker):
             if child is not None:
                 await asyncio.to_thread(child.stop)
