@@ -232,7 +232,11 @@ async def test_job_delivered_twice_and_worker_restarted_mid_job_start_the_pump_o
     physical = await runs(device, "dup-1")
     assert len(physical) <= 1
     assert {r["command_id"] for r in physical} <= {run["command_id"]}
-    assert done["status"] in ("completed", "aborted")
+    # On a loaded machine the workers started again may come past the start deadline: the
+    # run then expires, and must not have run at all.
+    assert done["status"] in ("completed", "aborted", "expired")
+    if done["status"] == "expired":
+        assert physical == []
     for r in physical:
         assert seconds_on(r) <= 2 + RUN_TOLERANCE_S
 
