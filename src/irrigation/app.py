@@ -15,7 +15,11 @@ from irrigation.automation.activation_router import router as activation_router
 from irrigation.automation.router import router as automation_router
 from irrigation.common.balance import WorkerLoad
 from irrigation.common.errors import install_error_handlers
-from irrigation.common.middleware import BodyLimitMiddleware, MetricsMiddleware
+from irrigation.common.middleware import (
+    BodyLimitMiddleware,
+    MetricsMiddleware,
+    ReadRetryMiddleware,
+)
 from irrigation.common.openapi import install_openapi, operation_id
 from irrigation.db import create_engine, create_sessionmaker
 from irrigation.fleet.router import routers as fleet_routers
@@ -108,7 +112,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.include_router(automation_router)
     # Starlette wraps each added middleware around the ones added before it, so the last
-    # added is outermost: metrics, added last, see the 413s that the body limit answers.
+    # added is outermost: metrics, added last, see the 413s that the body limit answers,
+    # and only the final answer of a read that was run twice.
+    app.add_middleware(ReadRetryMiddleware)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
