@@ -1,10 +1,10 @@
 """Runtime configuration, read from `IRRIGATION_*` environment variables and `.env`."""
 
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, IPvAnyNetwork, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MULTIPROCESS_METRICS = "PROMETHEUS_MULTIPROC_DIR"
 """prometheus_client's own variable: when set, each process keeps its values in files in
@@ -231,6 +231,19 @@ class Settings(BaseSettings):
     webhook_batch_size: int = Field(
         default=50, ge=1, le=1000, description="Deliveries one run sends at once."
     )
+    webhook_allow_networks: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
+        default_factory=list,
+        description="Networks webhooks may reach although they are not public (loopback, "
+        "private, link-local, ...), comma-separated CIDRs, e.g. `10.20.0.0/16,fd12::/48`: "
+        "on-premises receivers. Empty: public addresses only.",
+    )
+
+    @field_validator("webhook_allow_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("database_url")
     @classmethod
