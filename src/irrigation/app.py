@@ -3,6 +3,7 @@
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
@@ -61,32 +62,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await redis.aclose()
         await engine.dispose()
 
-    # Swagger UI from assets inside the installed package (fastapi-offline ships them), not
-    # a CDN: a farm network without internet still gets its docs. No ReDoc: its bundle
-    # fetches its own logo from cdn.redoc.ly.
-    app = FastAPIOffline(
-        title="irrigation",
-        version=__version__,
-        description=DESCRIPTION,
-        lifespan=lifespan,
-        generate_unique_id_function=operation_id,
-        static_url=DOCS_ASSETS,
-        redoc_url=None,
-        # Swagger UI would otherwise ask validator.swagger.io about our document.
-        swagger_ui_parameters={"validatorUrl": None},
-        openapi_tags=[
-            {"name": "zones"},
-            {"name": "water-sources"},
-            {"name": "pumps"},
-            {"name": "activations", "description": "Pump runs: the safety core"},
-            {"name": "readings", "description": "Sensor readings in, latest values out"},
-            {"name": "sensors"},
-            {"name": "keys", "description": "The caller's site and its API keys"},
-            {"name": "alerts", "description": "Raised, acknowledged, cleared"},
-            {"name": "webhooks", "description": "Alert events POSTed to your URL, signed"},
-            {"name": "operations"},
-        ],
-    )
+    tags = [
+        {"name": "zones"},
+        {"name": "water-sources"},
+        {"name": "pumps"},
+        {"name": "activations", "description": "Pump runs: the safety core"},
+        {"name": "readings", "description": "Sensor readings in, latest values out"},
+        {"name": "sensors"},
+        {"name": "keys", "description": "The caller's site and its API keys"},
+        {"name": "alerts", "description": "Raised, acknowledged, cleared"},
+        {"name": "webhooks", "description": "Alert events POSTed to your URL, signed"},
+        {"name": "operations"},
+    ]
+    common: dict[str, Any] = {
+        "title": "irrigation",
+        "version": __version__,
+        "description": DESCRIPTION,
+        "lifespan": lifespan,
+        "generate_unique_id_function": operation_id,
+        "openapi_tags": tags,
+    }
+    app: FastAPI
+    if settings.docs_enabled:
+        # Swagger UI from assets inside the installed package (fastapi-offline ships them),
+        # not a CDN: a farm network without internet still gets its docs. No ReDoc: its
+        # bundle fetches its own logo from cdn.redoc.ly.
+        app = FastAPIOffline(
+            static_url=DOCS_ASSETS,
+            redoc_url=None,
+            # Swagger UI would otherwise ask validator.swagger.io about our document.
+            swagger_ui_parameters={"validatorUrl": None},
+            **common,
+        )
+    else:
+        # Neither the pages nor the document: `irrigation openapi` still writes it.
+        app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, **common)
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = create_sessionmaker(engine)

@@ -3,7 +3,7 @@
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, IPvAnyNetwork, field_validator
+from pydantic import AliasChoices, Field, IPvAnyNetwork, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MULTIPROCESS_METRICS = "PROMETHEUS_MULTIPROC_DIR"
@@ -63,6 +63,17 @@ class Settings(BaseSettings):
         description="Log lines: readable `console` lines, or one `json` object per line; "
         "auto is console when standard error is a terminal, else JSON (`up` decides once "
         "for every process it starts).",
+    )
+
+    docs_enabled: bool = Field(
+        default=True,
+        description="Serve the API's documentation: `/docs` (Swagger UI) and "
+        "`/openapi.json`. Off: both are 404.",
+    )
+    metrics_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="When set, `/metrics` (the API's and the MQTT bridge's) answers only "
+        "`Authorization: Bearer <token>`, else 401. Empty: public.",
     )
 
     max_runtime_cap_s: int = Field(default=30, ge=1, le=3600)
