@@ -140,9 +140,11 @@ async def test_terminated_backends_under_load_are_503_or_answered_never_500(
     for _, response in results:
         if response.status_code == 503:
             assert_database_unavailable(response)
-    # Reads are run again on a fresh connection: none failed, and some needed it.
+    # The kills were met (as 503s, or as reads run again), and no read failed: a read that
+    # met one was answered from a fresh connection. Which requests hold a connection at the
+    # moment of a kill is chance; the first test shows the retry on its own.
+    assert statuses[("POST", 503)] + read_retries() - before >= 1, statuses
     assert statuses[("GET", 200)] == sum(1 for m, _ in results if m == "GET"), statuses
-    assert read_retries() > before, statuses
     assert {s for m, s in statuses if m == "POST"} <= {200, 503}, statuses
     # And once the kills stop, everything answers.
     assert (await client.get(f"/v1/sensors/{sensor['id']}", headers=admin)).status_code == 200
