@@ -3,6 +3,7 @@
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
@@ -15,7 +16,11 @@ from irrigation.automation.activation_router import router as activation_router
 from irrigation.automation.router import router as automation_router
 from irrigation.common.balance import WorkerLoad
 from irrigation.common.errors import install_error_handlers
-from irrigation.common.middleware import BodyLimitMiddleware, MetricsMiddleware
+from irrigation.common.middleware import (
+    BodyLimitMiddleware,
+    MetricsMiddleware,
+    ReadRetryMiddleware,
+)
 from irrigation.common.openapi import install_openapi, operation_id
 from irrigation.db import create_engine, create_sessionmaker
 from irrigation.fleet.router import routers as fleet_routers
@@ -57,32 +62,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await redis.aclose()
         await engine.dispose()
 
-    # Swagger UI from assets inside the installed package (fastapi-offline ships them), not
-    # a CDN: a farm network without internet still gets its docs. No ReDoc: its bundle
-    # fetches its own logo from cdn.redoc.ly.
-    app = FastAPIOffline(
-        title="irrigation",
-        version=__version__,
-        description=DESCRIPTION,
-        lifespan=lifespan,
-        generate_unique_id_function=operation_id,
-        static_url=DOCS_ASSETS,
-        redoc_url=None,
-        # Swagger UI would otherwise ask validator.swagger.io about our document.
-        swagger_ui_parameters={"validatorUrl": None},
-        openapi_tags=[
-            {"name": "zones"},
-            {"name": "water-sources"},
-            {"name": "pumps"},
-            {"name": "activations", "description": "Pump runs: the safety core"},
-            {"name": "readings", "description": "Sensor readings in, latest values out"},
-            {"name": "sensors"},
-            {"name": "keys", "description": "The caller's site and its API keys"},
-            {"name": "alerts", "description": "Raised, acknowledged, cleared"},
-            {"name": "webhooks", "description": "Alert events POSTed to your URL, signed"},
-            {"name": "operations"},
-        ],
-    )
+    tags = [
+        {"name": "zones"},
+        {"name": "water-sources"},
+        {"name": "pumps"},
+        {"name": "activations", "description": "Pump runs: the safety core"},
+        {"name": "readings", "description": "Sensor readings in, latest values out"},
+        {"name": "sensors"},
+        {"name": "keys", "description": "The caller's site and its API keys"},
+        {"name": "alerts", "description": "Raised, acknowledged, cleared"},
+        {"name": "webhooks", "description": "Alert events POSTed to your URL, signed"},
+        {"name": "operations"},
+    ]
+    common: dict[str, Any] = {
+        "title": "irrigation",
+        "version": __version__,
+        "description": DESCRIPTION,
+        "lifespan": lifespan,
+        "generate_unique_id_function": operation_id,
+        "openapi_tags": tags,
+    }
+    app: FastAPI
+    if settings.docs_enabled:
+        # Swagger UI from assets inside the installed package (fastapi-offline ships them),
+        # not a CDN: a farm network without internet still gets its docs. No ReDoc: its
+        # bundle fetches its own logo from cdn.redoc.ly.
+        app = FastAPIOffline(
+            static_url=DOCS_ASSETS,
+            redoc_url=None,
+            # Swagger UI would otherwise ask validator.swagger.io about our document.
+            swagger_ui_parameters={"validatorUrl": None},
+            **common,
+        )
+    else:
+        # Neither the pages nor the document: `irrigation openapi` still writes it.
+        app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, **common)
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = create_sessionmaker(engine)
@@ -108,7 +122,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.include_router(automation_router)
     # Starlette wraps each added middleware around the ones added before it, so the last
-    # added is outermost: metrics, added last, see the 413s that the body limit answers.
+    # added is outermost: metrics, added last, see the 413s that the body limit answers,
+    # and only the final answer of a read that was run twice.
+    app.add_middleware(ReadRetryMiddleware)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,

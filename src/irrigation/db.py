@@ -2,9 +2,12 @@
 `common/orm.py`)."""
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from sqlalchemy import event
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -16,12 +19,15 @@ from irrigation.settings import Settings
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         settings.effective_database_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
-        # No pre-ping: with asyncpg it costs three round trips per checkout, and a dropped
-        # connection is detected on use and the pool invalidated anyway.
+        # No pre-ping: with asyncpg it costs three round trips per checkout, and it would
+        # only narrow the window (a connection can die between the ping and its use). A
+        # dropped connection is detected on use instead: SQLAlchemy then recycles every
+        # connection the pool had, that request is answered 503 `database_unavailable`
+        # and a GET is run once more on a fresh connection (ReadRetryMiddleware).
         pool_pre_ping=False,
         connect_args={
             "server_settings": {
@@ -39,10 +45,37 @@ def create_engine(settings: Settings) -> AsyncEngine:
             },
         },
     )
+    event.listen(engine.sync_engine, "do_connect", _connect_errors_as_dbapi_errors)
+    return engine
+
+
+def _connect_errors_as_dbapi_errors(
+    dialect: Dialect, _record: Any, cargs: Any, cparams: Any
+) -> Any:
+    """asyncpg raises a refused or timed-out connect as a plain OSError, which SQLAlchemy
+    passes on unwrapped; as the driver's OperationalError it becomes a DBAPIError like any
+    other lost connection, so an unreachable database is told apart from our own I/O."""
+    try:
+        return dialect.connect(*cargs, **cparams)
+    except OSError as exc:
+        dbapi: Any = dialect.loaded_dbapi
+        raise dbapi.OperationalError(f"cannot connect: {type(exc).__name__}") from exc
+
+
+class Session(AsyncSession):
+    async def close(self) -> None:
+        """Closing rolls back what is open; on a connection the server dropped there is
+        nothing left to roll back (the server did), and SQLAlchemy has already thrown the
+        connection away. Raised, it would turn an answer already sent into a 500."""
+        try:
+            await super().close()
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+    return async_sessionmaker(engine, class_=Session, expire_on_commit=False, autoflush=False)
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:

@@ -11,8 +11,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from pydantic import BaseModel
 from sqlalchemy import text
 
+from irrigation.common.errors import PROBLEM_JSON, problem_response
+from irrigation.common.http import bearer_matches
 from irrigation.migrate import head_revision
-from irrigation.settings import MULTIPROCESS_METRICS
+from irrigation.settings import MULTIPROCESS_METRICS, Settings
 
 router = APIRouter(tags=["operations"])
 
@@ -75,11 +77,25 @@ async def readyz(request: Request) -> JSONResponse:
         200: {
             "description": "Prometheus text exposition format",
             "content": {"text/plain": {"schema": {"type": "string"}}},
-        }
+        },
+        401: {
+            "description": "`IRRIGATION_METRICS_TOKEN` is set and the request did not carry "
+            "it as `Authorization: Bearer <token>` (`unauthorized`)",
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        },
     },
     summary="Prometheus metrics of this process (of every worker under `--workers N`)",
 )
-async def metrics() -> Response:
+async def metrics(request: Request) -> Response:
+    settings: Settings = request.app.state.settings
+    token = settings.metrics_token.get_secret_value()
+    if not bearer_matches(request.headers.get("authorization"), token):
+        return problem_response(
+            401,
+            "unauthorized",
+            "the metrics need the metrics token as a bearer token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)
 
 

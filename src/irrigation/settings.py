@@ -1,10 +1,10 @@
 """Runtime configuration, read from `IRRIGATION_*` environment variables and `.env`."""
 
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, IPvAnyNetwork, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MULTIPROCESS_METRICS = "PROMETHEUS_MULTIPROC_DIR"
 """prometheus_client's own variable: when set, each process keeps its values in files in
@@ -63,6 +63,17 @@ class Settings(BaseSettings):
         description="Log lines: readable `console` lines, or one `json` object per line; "
         "auto is console when standard error is a terminal, else JSON (`up` decides once "
         "for every process it starts).",
+    )
+
+    docs_enabled: bool = Field(
+        default=True,
+        description="Serve the API's documentation: `/docs` (Swagger UI) and "
+        "`/openapi.json`. Off: both are 404.",
+    )
+    metrics_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="When set, `/metrics` (the API's and the MQTT bridge's) answers only "
+        "`Authorization: Bearer <token>`, else 401. Empty: public.",
     )
 
     max_runtime_cap_s: int = Field(default=30, ge=1, le=3600)
@@ -231,6 +242,19 @@ class Settings(BaseSettings):
     webhook_batch_size: int = Field(
         default=50, ge=1, le=1000, description="Deliveries one run sends at once."
     )
+    webhook_allow_networks: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
+        default_factory=list,
+        description="Networks webhooks may reach although they are not public (loopback, "
+        "private, link-local, ...), comma-separated CIDRs, e.g. `10.20.0.0/16,fd12::/48`: "
+        "on-premises receivers. Empty: public addresses only.",
+    )
+
+    @field_validator("webhook_allow_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("database_url")
     @classmethod

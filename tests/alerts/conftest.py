@@ -2,6 +2,7 @@
 real HTTP receiver of webhooks (uvicorn on a free port) that records what it gets."""
 
 import asyncio
+import ipaddress
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -19,13 +20,18 @@ from tests.support.factories import MakeKey
 from tests.support.servers import serve
 
 WEBHOOK_TIMEOUT_S = 0.5
+# The receivers of these tests listen on loopback, which webhooks may reach only when the
+# allow-list says so (as an on-premises receiver is let through).
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    """Short webhook timeouts and few attempts, so retries and give-ups take seconds."""
+    """Short webhook timeouts and few attempts, so retries and give-ups take seconds; the
+    local receivers allowed."""
     return settings.model_copy(
         update={
+            "webhook_allow_networks": [LOOPBACK],
             "webhook_timeout_s": WEBHOOK_TIMEOUT_S,
             "webhook_max_attempts": 3,
             "webhook_backoff_base_s": 10.0,
@@ -68,7 +74,8 @@ class Received:
 @dataclass
 class Receiver:
     """Answers by path: `/ok...` 200, `/fail...` 500, `/hang...` never (until teardown),
-    `/slow...` after 0.3 s; `script(path, [500, 200])` sets the next answers of a path."""
+    `/slow...` after 0.3 s, `/redirect...` 307 to `/ok-redirected`; `script(path, [500,
+    200])` sets the next answers of a path."""
 
     url: str = ""
     requests: list[Received] = field(default_factory=list)
@@ -92,9 +99,16 @@ class Receiver:
             await self.release.wait()
         if path.startswith("/slow"):
             await asyncio.sleep(0.3)
+        if path.startswith("/redirect"):
+            await Response(status_code=307, headers={"Location": "/ok-redirected"})(
+                scope, receive, send
+            )
+            return
         script = self.scripts.get(path)
         status = script.pop(0) if script else 500 if path.startswith("/fail") else 200
-        await Response(status_code=status)(scope, receive, send)
+        await Response(
+            b"internal detail: db at 10.0.0.5", status_code=status, media_type="text/plain"
+        )(scope, receive, send)
 
 
 @pytest.fixture

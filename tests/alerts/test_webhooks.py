@@ -158,7 +158,7 @@ async def test_failed_attempts_are_retried_with_exponential_backoff(
     assert await deliver_webhooks(ctx) == 1  # 500
     (logged,) = await deliveries(client, admin, hook["id"])
     assert (logged["status"], logged["attempts"]) == ("pending", 1)
-    assert (logged["last_status_code"], logged["last_error"]) == (500, "HTTP 500")
+    assert (logged["last_status_code"], logged["last_error"]) == (500, "http_error")
     assert await deliver_webhooks(ctx) == 0  # not due before its backoff (10 s)
 
     clock.move(timedelta(seconds=11))
@@ -225,10 +225,10 @@ async def test_a_dead_or_hanging_endpoint_does_not_hold_up_a_live_one(
     assert (await deliveries(client, admin, live["id"]))[0]["status"] == "delivered"
     (hung,) = await deliveries(client, admin, hanging["id"])
     assert (hung["status"], hung["attempts"], hung["last_status_code"]) == ("pending", 1, None)
-    assert hung["last_error"] == f"no answer within {WEBHOOK_TIMEOUT_S:g} s"
+    assert hung["last_error"] == "timeout"
     (refused,) = await deliveries(client, admin, closed["id"])
     assert (refused["status"], refused["attempts"]) == ("pending", 1)
-    assert refused["last_error"].startswith("ConnectError")
+    assert (refused["last_error"], refused["last_status_code"]) == ("connection_refused", None)
 
 
 async def test_concurrent_runs_send_each_delivery_once(
@@ -286,7 +286,7 @@ async def test_disabling_a_subscription_gives_up_its_pending_deliveries(
     assert response.status_code == 200, response.text
     assert await deliver_webhooks(ctx) == 0
     (logged,) = await deliveries(client, admin, hook["id"])
-    assert (logged["status"], logged["last_error"]) == ("failed", "subscription disabled")
+    assert (logged["status"], logged["last_error"]) == ("failed", "subscription_disabled")
 
 
 # Subscriptions API ---------------------------------------------------------------------

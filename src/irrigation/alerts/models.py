@@ -57,6 +57,28 @@ class DeliveryStatus(StrEnum):
     failed = "failed"
 
 
+class DeliveryError(StrEnum):
+    """Why an attempt failed, as the delivery log shows it: a fixed class, never the
+    receiver's text or the network's error message (the log must not turn webhooks into a
+    way to read other hosts' answers or probe their ports)."""
+
+    http_error = "http_error"
+    """Answered, but not 2xx (redirects are not followed): see `last_status_code`."""
+    timeout = "timeout"
+    dns_error = "dns_error"
+    forbidden_address = "forbidden_address"
+    """The host resolved to an address webhooks may not reach."""
+    connection_refused = "connection_refused"
+    connect_error = "connect_error"
+    tls_error = "tls_error"
+    protocol_error = "protocol_error"
+    """Something answered, but not HTTP."""
+    network_error = "network_error"
+    """The connection broke while sending or reading."""
+    subscription_disabled = "subscription_disabled"
+    error = "error"
+
+
 def _one_of(column: str, values: type[StrEnum]) -> str:
     return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
 

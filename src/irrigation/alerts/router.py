@@ -24,6 +24,7 @@ from irrigation.alerts.schemas import (
     WebhookUpdate,
 )
 from irrigation.auth.deps import AdminPrincipal, ControlPrincipal, ReadPrincipal
+from irrigation.common.deps import SettingsDep
 from irrigation.common.http import if_match_version
 from irrigation.common.openapi import problems
 from irrigation.common.pagination import Page, PageParams, page_params
@@ -40,8 +41,17 @@ as `GET /v1/alerts/{id}` shows it) with the headers `X-Irrigation-Event`,
 `X-Irrigation-Timestamp` (unix seconds) and
 `X-Irrigation-Signature: sha256=<hex HMAC-SHA256(secret, "{timestamp}.{raw body}")>`.
 Any 2xx answer is success; anything else, or no answer within the timeout, is retried with
-exponential backoff until the attempts run out (then the delivery is `failed`).
+exponential backoff until the attempts run out (then the delivery is `failed`). Redirects
+are not followed. The URL's host is resolved again at every attempt and the request goes to
+the address that was checked (TLS still verifies the host name); an address that is not
+public fails the attempt as `forbidden_address`.
 """
+
+URL_RULES = {
+    422: "Invalid request (`validation_error`), or the URL's host is or resolves to a "
+    "loopback, private, link-local, multicast or reserved address (`webhook_url_forbidden`; "
+    "`IRRIGATION_WEBHOOK_ALLOW_NETWORKS` lets chosen networks through)"
+}
 
 # Alerts --------------------------------------------------------------------------------
 
@@ -104,14 +114,14 @@ def _out(subscription: WebhookSubscription) -> WebhookOut:
     "/webhooks",
     status_code=201,
     response_model=WebhookCreated,
-    responses=problems(413),
+    responses=problems(413, described=URL_RULES),
     summary="Subscribe a URL to alert events",
     description="The answer carries the signing `secret`, shown this once.\n" + SIGNATURES,
 )
 async def create_webhook(
-    body: WebhookCreate, session: SessionDep, who: AdminPrincipal
+    body: WebhookCreate, session: SessionDep, who: AdminPrincipal, settings: SettingsDep
 ) -> WebhookCreated:
-    subscription = await subscriptions.create(session, who.site_id, body)
+    subscription = await subscriptions.create(session, who.site_id, body, settings)
     return WebhookCreated.model_validate(subscription)
 
 
@@ -133,9 +143,9 @@ async def get_webhook(
 @webhooks.patch(
     "/webhooks/{webhook_id}",
     response_model=WebhookOut,
-    responses=problems(404, 409, 413, 428),
+    responses=problems(404, 409, 413, 428, described=URL_RULES),
     description="Compare-and-set on `version` (body or `If-Match`). Disabling a "
-    "subscription gives up its pending deliveries.",
+    "subscription gives up its pending deliveries. A new `url` is checked as at creation.",
 )
 async def update_webhook(
     webhook_id: uuid.UUID,
@@ -143,10 +153,11 @@ async def update_webhook(
     if_match: IfMatch,
     session: SessionDep,
     who: AdminPrincipal,
+    settings: SettingsDep,
 ) -> WebhookOut:
     version = require_version(body.version, if_match)
     subscription = await subscriptions.update_subscription(
-        session, who.site_id, webhook_id, version, body
+        session, who.site_id, webhook_id, version, body, settings
     )
     return _out(subscription)
 

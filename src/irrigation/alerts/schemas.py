@@ -4,9 +4,11 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
+import httpx
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -15,6 +17,7 @@ from pydantic import (
 from irrigation.alerts.models import (
     AlertKind,
     AlertStatus,
+    DeliveryError,
     DeliveryStatus,
     Severity,
     SubjectType,
@@ -52,6 +55,12 @@ def _http_url(value: str) -> str:
         raise ValueError("must be an absolute http:// or https:// URL")
     if any(c.isspace() for c in value):
         raise ValueError("may not contain whitespace")
+    try:
+        host = httpx.URL(value).host
+    except httpx.InvalidURL:
+        raise ValueError("is not a valid URL") from None
+    if not host:
+        raise ValueError("must name a host")
     return value
 
 
@@ -62,7 +71,9 @@ WebhookUrl = Annotated[
     AfterValidator(_http_url),
     Field(
         examples=["https://example.com/hooks/irrigation"],
-        description="An absolute `http://` or `https://` URL, without whitespace.",
+        description="An absolute `http://` or `https://` URL, without whitespace. Its host "
+        "must be, and resolve only to, public addresses (422 `webhook_url_forbidden`), unless "
+        "`IRRIGATION_WEBHOOK_ALLOW_NETWORKS` covers them.",
         # What _http_url checks: a scheme, a non-empty host part, no whitespace, no NUL.
         json_schema_extra={"pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/\u0000]+([/][^\s\u0000]*)?$"},
     ),
@@ -112,6 +123,22 @@ class WebhookCreated(WebhookOut):
     )
 
 
+def _error_class(value: object) -> object:
+    """Rows written before the log kept classes only held free text: shown as a class."""
+    if value is None or value in DeliveryError.__members__:
+        return value
+    text = str(value)
+    if text.startswith("HTTP "):
+        return DeliveryError.http_error
+    if text.startswith("no answer within") or "Timeout" in text:
+        return DeliveryError.timeout
+    if text == "subscription disabled":
+        return DeliveryError.subscription_disabled
+    if text.startswith("ConnectError"):
+        return DeliveryError.connect_error
+    return DeliveryError.error
+
+
 class DeliveryOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -123,8 +150,14 @@ class DeliveryOut(BaseModel):
     created_at: datetime
     next_attempt_at: datetime
     last_attempt_at: datetime | None
-    last_status_code: int | None
-    last_error: str | None
+    last_status_code: int | None = Field(description="The receiver's status code, if it answered.")
+    last_error: Annotated[DeliveryError | None, BeforeValidator(_error_class)] = Field(
+        description="Why the last attempt failed, as a fixed class: `http_error` (answered, "
+        "not 2xx: see `last_status_code`; redirects are not followed), `timeout`, "
+        "`dns_error`, `forbidden_address` (resolved to a non-public address), "
+        "`connection_refused`, `connect_error`, `tls_error`, `protocol_error` (not HTTP), "
+        "`network_error`, `subscription_disabled`, `error`. Never the receiver's own text."
+    )
     delivered_at: datetime | None
     payload: dict[str, Any]
 

@@ -4,11 +4,13 @@ log, and the test ping."""
 import secrets
 import uuid
 
+import httpx
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from irrigation.alerts import notify
+from irrigation.alerts import notify, targets
 from irrigation.alerts.models import (
+    DeliveryError,
     DeliveryStatus,
     WebhookDelivery,
     WebhookEvent,
@@ -16,7 +18,11 @@ from irrigation.alerts.models import (
 )
 from irrigation.alerts.schemas import WebhookCreate, WebhookUpdate
 from irrigation.common import repository as repo
+from irrigation.common.errors import Invalid
 from irrigation.common.pagination import PageParams, page_of, paginate
+from irrigation.settings import Settings
+
+URL_FORBIDDEN = "webhook_url_forbidden"
 
 
 def new_secret() -> str:
@@ -24,9 +30,30 @@ def new_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
+async def check_url(url: str, settings: Settings) -> None:
+    """422 `webhook_url_forbidden` when the host is or resolves to a non-public address.
+    A name that does not resolve (yet) is accepted: every delivery checks again, and the
+    delivery log then says `dns_error`."""
+    try:
+        await targets.checked_addresses(
+            httpx.URL(url), settings.webhook_allow_networks, settings.webhook_timeout_s
+        )
+    except targets.Unresolvable:
+        return
+    except targets.ForbiddenTarget as exc:
+        # Not the address it resolved to: the API is no window on internal DNS.
+        raise Invalid(
+            f"webhooks may not reach {exc.host}: it is or resolves to a loopback, private, "
+            "link-local, multicast or reserved address",
+            field="body.url",
+            code=URL_FORBIDDEN,
+        ) from None
+
+
 async def create(
-    session: AsyncSession, site_id: uuid.UUID, body: WebhookCreate
+    session: AsyncSession, site_id: uuid.UUID, body: WebhookCreate, settings: Settings
 ) -> WebhookSubscription:
+    await check_url(body.url, settings)
     async with session.begin():
         subscription = WebhookSubscription(
             site_id=site_id,
@@ -58,10 +85,13 @@ async def update_subscription(
     subscription_id: uuid.UUID,
     version: int,
     body: WebhookUpdate,
+    settings: Settings,
 ) -> WebhookSubscription:
     """Compare-and-set on `version`. Disabling gives up its pending deliveries: a receiver
     switched off is not flooded with stale events when it is switched on again."""
     values = body.changes()
+    if values.get("url") is not None:
+        await check_url(values["url"], settings)
     if "events" in values:
         values["events"] = [str(e) for e in values["events"]]
     async with session.begin():
@@ -75,7 +105,10 @@ async def update_subscription(
                     WebhookDelivery.subscription_id == subscription_id,
                     WebhookDelivery.status == DeliveryStatus.pending,
                 )
-                .values(status=DeliveryStatus.failed, last_error="subscription disabled")
+                .values(
+                    status=DeliveryStatus.failed,
+                    last_error=DeliveryError.subscription_disabled.value,
+                )
             )
     return subscription
 

@@ -10,6 +10,12 @@ are concurrent, and a run claims at most `PER_SUBSCRIPTION` deliveries of one su
 Delivery is at least once: a result that cannot be recorded (the lease ran out, the
 database went away) is sent again. Receivers de-duplicate on `X-Irrigation-Delivery`.
 
+Each attempt resolves the URL's host again, refuses it when any address is not public
+(alerts/targets.py), and connects to the address it checked: the URL's host is swapped for
+that address, the `Host` header and TLS (SNI and certificate check) keep the name. No
+redirect is followed, the answer's body is never read, and the log keeps a fixed error class
+(`DeliveryError`), never an exception's or the receiver's text.
+
 Signature: `X-Irrigation-Signature: sha256=<hex>`, the HMAC-SHA256 with the subscription's
 secret of `f"{X-Irrigation-Timestamp}.{raw body}"`; the timestamp is in unix seconds, so a
 receiver can refuse old (replayed) requests."""
@@ -18,6 +24,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import ssl
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,7 +34,8 @@ import httpx
 import structlog
 from sqlalchemy import text
 
-from irrigation.alerts.models import DeliveryStatus
+from irrigation.alerts import targets
+from irrigation.alerts.models import DeliveryError, DeliveryStatus
 from irrigation.common.clock import utcnow
 from irrigation.common.worker_context import worker_context
 from irrigation.settings import Settings
@@ -134,7 +142,63 @@ def backoff(settings: Settings, attempts: int) -> timedelta:
     return timedelta(seconds=min(seconds, settings.webhook_backoff_max_s))
 
 
-async def _send(client: httpx.AsyncClient, delivery: Claimed, timeout_s: float) -> Outcome:
+def _error_class(exc: BaseException) -> DeliveryError:
+    """The class of a failed attempt, from the exception and what caused it."""
+    if isinstance(exc, targets.ForbiddenTarget):
+        return DeliveryError.forbidden_address
+    if isinstance(exc, targets.Unresolvable):
+        return DeliveryError.dns_error
+    if isinstance(exc, (TimeoutError, httpx.TimeoutException)):
+        return DeliveryError.timeout
+    causes: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(causes) < 10:
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any(isinstance(c, ssl.SSLError) for c in causes):
+        return DeliveryError.tls_error
+    if isinstance(exc, httpx.ConnectError):
+        if any(isinstance(c, ConnectionRefusedError) for c in causes):
+            return DeliveryError.connection_refused
+        return DeliveryError.connect_error
+    if isinstance(exc, httpx.ProtocolError):
+        return DeliveryError.protocol_error
+    if isinstance(exc, httpx.NetworkError):
+        return DeliveryError.network_error
+    return DeliveryError.error
+
+
+async def _post(
+    client: httpx.AsyncClient,
+    settings: Settings,
+    url: httpx.URL,
+    body: bytes,
+    headers: dict[str, str],
+) -> int:
+    """POST to a checked address of the URL's host; the next one only if the connection
+    could not even be made (an IPv6 address on a host without IPv6)."""
+    addresses = await targets.checked_addresses(
+        url, settings.webhook_allow_networks, settings.webhook_timeout_s
+    )
+    named = targets.literal(url.host) is None
+    # Host: the name as written (with a port only when not the scheme's own).
+    headers = {**headers, "Host": url.netloc.decode("ascii")}
+    # SNI and the certificate check are for the name, not the address connected to.
+    extensions = {"sni_hostname": url.host} if named and url.scheme == "https" else {}
+    for n, address in enumerate(addresses, start=1):
+        pinned = url.copy_with(host=str(address))
+        try:
+            async with client.stream(
+                "POST", pinned, content=body, headers=headers, extensions=extensions
+            ) as response:
+                return response.status_code
+        except httpx.ConnectError as exc:
+            if n == len(addresses) or _error_class(exc) is DeliveryError.tls_error:
+                raise
+    raise AssertionError("unreachable: resolve returns at least one address")
+
+
+async def _send(client: httpx.AsyncClient, delivery: Claimed, settings: Settings) -> Outcome:
     body = delivery.body()
     attempted_at = utcnow()
     timestamp = int(attempted_at.timestamp())
@@ -147,20 +211,24 @@ async def _send(client: httpx.AsyncClient, delivery: Claimed, timeout_s: float) 
         "X-Irrigation-Signature": sign(delivery.secret, timestamp, body),
     }
     try:
-        # httpx's timeout bounds each phase; this bounds the whole request (a receiver that
-        # trickles its answer byte by byte). The answer's body is never read.
-        async with (
-            asyncio.timeout(timeout_s),
-            client.stream("POST", delivery.url, content=body, headers=headers) as response,
-        ):
-            code = response.status_code
-    except (TimeoutError, httpx.TimeoutException):
-        return Outcome(delivery, attempted_at, None, f"no answer within {timeout_s:g} s")
+        # httpx's timeout bounds each phase; this bounds the whole attempt, the name's
+        # resolution included (a receiver that trickles its answer byte by byte). The
+        # answer's body is never read.
+        async with asyncio.timeout(settings.webhook_timeout_s):
+            code = await _post(client, settings, httpx.URL(delivery.url), body, headers)
     except Exception as exc:  # whatever one receiver does is that delivery's failure only
-        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        return Outcome(delivery, attempted_at, None, reason[:500])
-    error = None if 200 <= code < 300 else f"HTTP {code}"
-    return Outcome(delivery, attempted_at, code, error)
+        error = _error_class(exc)
+        # The detail stays in our log (the operator's), never in the delivery log (a
+        # tenant's): it can carry another host's banner or error text.
+        log.info(
+            "webhook_attempt_failed",
+            delivery_id=str(delivery.id),
+            error=error.value,
+            detail=f"{type(exc).__name__}: {exc}"[:300],
+        )
+        return Outcome(delivery, attempted_at, None, error.value)
+    failed = None if 200 <= code < 300 else DeliveryError.http_error.value
+    return Outcome(delivery, attempted_at, code, failed)
 
 
 def _record_params(settings: Settings, outcomes: list[Outcome]) -> dict[str, list[Any]]:
@@ -210,11 +278,13 @@ async def deliver_webhooks(ctx: dict[str, Any]) -> int:
         async with httpx.AsyncClient(
             timeout=settings.webhook_timeout_s,
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=settings.webhook_batch_size),
+            # No connection is kept for another delivery: one made with the TLS name of one
+            # URL must never carry a request for another name at the same address.
+            limits=httpx.Limits(
+                max_connections=settings.webhook_batch_size, max_keepalive_connections=0
+            ),
         ) as client:
-            outcomes = await asyncio.gather(
-                *(_send(client, d, settings.webhook_timeout_s) for d in claimed)
-            )
+            outcomes = await asyncio.gather(*(_send(client, d, settings) for d in claimed))
         async with session.begin():
             await session.execute(text(_RECORD), _record_params(settings, list(outcomes)))
     failed = [o for o in outcomes if not o.is_delivered]

@@ -66,7 +66,10 @@ async def forecasts_for(
         try:
             return Weather(await provider.forecast(zone.latitude, zone.longitude))
         except WeatherUnavailable as exc:
-            return Weather(None, f"weather unavailable: {exc}")
+            # The provider's error (its address, the network's words) is for our log; the
+            # site's decision history says only that there was no forecast.
+            log.warning("weather_unavailable", zone_id=str(zone.id), error=str(exc))
+            return Weather(None, "weather unavailable")
 
     found = await asyncio.gather(*(one(zone) for zone in zones))
     return {zone.id: weather for zone, weather in zip(zones, found, strict=True)}

@@ -3,6 +3,7 @@
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,10 +12,20 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from irrigation.common.dberrors import LOCK_NOT_AVAILABLE, QUERY_CANCELED, pg_error
+from irrigation.common.dberrors import (
+    LOCK_NOT_AVAILABLE,
+    QUERY_CANCELED,
+    connection_lost,
+    pg_error,
+)
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger(__name__)
+
+# Set in the request's scope when it was answered 503 `database_unavailable`: the read
+# retry (common/middleware.py) then runs a GET once more instead of sending that answer.
+DATABASE_UNAVAILABLE_SCOPE_KEY = "irrigation.database_unavailable"
+DATABASE_RETRY_AFTER_S = 1
 
 
 class DomainError(Exception):
@@ -86,6 +97,21 @@ class PayloadTooLarge(DomainError):
 
 class Unavailable(DomainError):
     status, code, title = 503, "unavailable", "Service unavailable"
+
+
+def database_unavailable(request: Request, exc: BaseException) -> JSONResponse:
+    """503 `database_unavailable`: the connection was lost (restart, failover, terminated
+    backend) or none could be made. Never a 500: the client only has to ask again."""
+    request.scope[DATABASE_UNAVAILABLE_SCOPE_KEY] = True
+    # The class only: the driver's text can carry the server's address.
+    log.warning("database_unavailable", error=type(exc).__name__, path=request.url.path)
+    return problem_response(
+        503,
+        "database_unavailable",
+        "the database connection was lost; try again",
+        title="Database unavailable",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )
 
 
 def problem_body(status: int, code: str, title: str, detail: str, **extra: Any) -> dict[str, Any]:
@@ -170,9 +196,11 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(DBAPIError)
-    async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
         # The safety net behind validation: a value the database refuses is the client's
         # error (22xxx, 23xxx), a lock or statement timeout is ours to retry (503).
+        if connection_lost(exc):
+            return database_unavailable(request, exc)
         state = pg_error(exc).sqlstate or ""
         if state.startswith("22"):
             return problem_response(422, "invalid_value", "a value is out of range or malformed")
@@ -187,13 +215,26 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(500, "internal_error", "An unexpected error occurred.")
 
     @app.exception_handler(SQLAlchemyTimeout)
-    @app.exception_handler(ConnectionError)
     async def _overloaded(_: Request, exc: Exception) -> JSONResponse:
-        # The connection pool stayed empty, or the database could not be reached.
-        log.warning("database_unavailable", error=repr(exc))
+        # The connection pool stayed empty: every connection busy for the pool timeout.
+        log.warning("database_pool_exhausted", error=repr(exc))
         return problem_response(
             503, "unavailable", "the service is busy; try again", headers={"Retry-After": "1"}
         )
+
+    # The driver's own errors, where code talks to asyncpg directly (the readings store):
+    # a closed or broken connection, a server shutting down.
+    @app.exception_handler(ConnectionError)
+    @app.exception_handler(asyncpg.InterfaceError)
+    @app.exception_handler(asyncpg.PostgresConnectionError)
+    @app.exception_handler(asyncpg.AdminShutdownError)
+    @app.exception_handler(asyncpg.CrashShutdownError)
+    @app.exception_handler(asyncpg.CannotConnectNowError)
+    async def _driver(request: Request, exc: Exception) -> JSONResponse:
+        if connection_lost(exc):
+            return database_unavailable(request, exc)
+        log.exception("database_driver_error", error=repr(exc))
+        return problem_response(500, "internal_error", "An unexpected error occurred.")
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -1,5 +1,6 @@
 """Small request-parsing helpers shared by routers."""
 
+import hmac
 from typing import Annotated
 
 from fastapi import Header
@@ -25,3 +26,14 @@ async def if_match_version(
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) < 2**31:
         raise Invalid("If-Match must carry a version number", field="header.if-match")
     return int(raw)
+
+
+def bearer_matches(authorization: str | None, token: str) -> bool:
+    """Whether an `Authorization` header carries `Bearer <token>` (compared in constant
+    time); an empty token lets everyone in."""
+    if not token:
+        return True
+    scheme, _, given = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )

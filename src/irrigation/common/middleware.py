@@ -1,5 +1,6 @@
 """Plain ASGI middleware (not BaseHTTPMiddleware: it can leak a cancelled request's
-connection, and with it a row lock): body size limit, metrics and access log."""
+connection, and with it a row lock): body size limit, metrics and access log, and the
+retry of reads that met a lost database connection."""
 
 import json
 import time
@@ -11,7 +12,11 @@ from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from irrigation.common.errors import PROBLEM_JSON, problem_body
+from irrigation.common.errors import (
+    DATABASE_UNAVAILABLE_SCOPE_KEY,
+    PROBLEM_JSON,
+    problem_body,
+)
 
 log = structlog.get_logger("irrigation.access")
 
@@ -22,6 +27,11 @@ LATENCY = Histogram(
     ["method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+READ_RETRIES = Counter(
+    "irrigation_database_read_retries_total",
+    "GET/HEAD requests run again after meeting a lost database connection",
+)
+READ_METHODS = frozenset({"GET", "HEAD"})
 
 
 class _TooLarge(HTTPException):
@@ -131,3 +141,52 @@ class MetricsMiddleware:
                 status=status,
                 duration_ms=round(elapsed * 1000, 2),
             )
+
+
+class ReadRetryMiddleware:
+    """A GET or HEAD answered 503 `database_unavailable` is run once more, whole.
+
+    Whole, and so here rather than around the session: the lost connection is often met
+    by the API-key lookup, a dependency the handler never sees, and a second run needs
+    fresh dependencies, a fresh session and a fresh connection (SQLAlchemy recycled the
+    pool's connections when it met the dead one). Only reads: a write that lost its
+    connection may or may not have committed, so it is answered 503 and its client
+    decides (an `Idempotency-Key` makes asking again safe). The first answer is held
+    back, never half sent: the error handler marks the request before answering."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in READ_METHODS:
+            await self.app(scope, receive, send)
+            return
+        received: list[Message] = []
+        held: list[Message] = []
+
+        async def recording_receive() -> Message:
+            message = await receive()
+            received.append(message)
+            return message
+
+        async def holding_send(message: Message) -> None:
+            if held or (
+                message["type"] == "http.response.start"
+                and scope.get(DATABASE_UNAVAILABLE_SCOPE_KEY)
+            ):
+                held.append(message)
+                return
+            await send(message)
+
+        await self.app(scope, recording_receive, holding_send)
+        if not held:
+            return
+        scope.pop(DATABASE_UNAVAILABLE_SCOPE_KEY, None)
+        READ_RETRIES.inc()
+        log.info("database_read_retry", method=scope["method"], path=scope["path"])
+        replay = list(received)
+
+        async def replaying_receive() -> Message:
+            return replay.pop(0) if replay else await receive()
+
+        await self.app(scope, replaying_receive, send)

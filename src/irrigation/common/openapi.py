@@ -36,7 +36,16 @@ _DESCRIPTIONS = {
     413: "Request body too large (`payload_too_large`)",
     422: "Invalid request (`validation_error`), with the field paths in `errors`",
     428: "`version` missing from both body and `If-Match` (`version_required`)",
-    503: "A dependency is unavailable or a lock could not be taken in time",
+    503: "Try again after `Retry-After` seconds: the database connection was lost "
+    "(`database_unavailable`: a restart or failover; a GET was already retried once), or a "
+    "dependency is busy or a lock could not be taken in time (`unavailable`)",
+}
+
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before asking again.",
+        "schema": {"type": "integer"},
+    }
 }
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
@@ -55,6 +64,7 @@ def problems(
     return {
         code: {
             "description": descriptions.get(code, "Error"),
+            **({"headers": _RETRY_AFTER} if code == 503 else {}),
             "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF}},
         }
         for code in sorted(wanted)

@@ -12,6 +12,7 @@ from irrigation.gateway.wire import (
     DeviceAddress,
     DeviceState,
     GatewayError,
+    GatewayFailure,
     StatePredicate,
     max_call_s,
 )
@@ -116,7 +117,11 @@ class HttpGateway:
             data: dict[str, Any] = response.json()
             return data
         except (httpx.HTTPError, ValueError) as exc:
-            raise GatewayError(f"{path}: {type(exc).__name__}: {exc}"[:300]) from None
+            failure = GatewayFailure.bad_answer if isinstance(exc, ValueError) else None
+            raise GatewayError(
+                f"{path}: {type(exc).__name__}: {exc}"[:300],
+                failure or GatewayFailure.unreachable,
+            ) from None
 
     async def _call(self, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
         import httpx
@@ -138,7 +143,9 @@ class HttpGateway:
             except _Refused as exc:
                 # The device refused the request itself (malformed, unknown path): a retry
                 # would be refused alike.
-                raise GatewayError(f"device refused {path}: {exc}") from None
+                raise GatewayError(
+                    f"device refused {path}: {exc}", GatewayFailure.refused
+                ) from None
             except (httpx.HTTPError, ValueError) as exc:
                 last = f"{type(exc).__name__}: {exc}"[:300]
         raise GatewayError(f"{path} failed after {self.retries + 1} attempts: {last}")

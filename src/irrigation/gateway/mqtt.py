@@ -26,6 +26,7 @@ from irrigation.gateway.wire import (
     DeviceAddress,
     DeviceState,
     GatewayError,
+    GatewayFailure,
     InvalidAddress,
     StatePredicate,
     max_call_s,
@@ -102,7 +103,9 @@ class MqttGateway:
                 await self._connected_client()
         found = self._states.get(device)
         if found is None:
-            raise GatewayError(f"{device}: no state reported on this connection")
+            raise GatewayError(
+                f"{device}: no state reported on this connection", GatewayFailure.no_state
+            )
         return found
 
     async def await_state(
@@ -158,7 +161,7 @@ class MqttGateway:
         assert self._ready is not None
         while self._client is None:
             if self._closed:
-                raise GatewayError("the gateway is closed")
+                raise GatewayError("the gateway is closed", GatewayFailure.closed)
             await self._ready.wait()
         return self._client
 

@@ -20,9 +20,30 @@ HARDWARE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _ADDRESS_PART = re.compile(HARDWARE_ID_PATTERN)
 
 
+class GatewayFailure(StrEnum):
+    """What went wrong, as tenants may be told it: the message itself (paths, topics, the
+    device's or the network's own text) is for our logs only."""
+
+    unreachable = "unreachable"
+    """No (usable) answer after the bounded retries: timeouts, connection errors, 5xx."""
+    refused = "refused"
+    """The device refused the request itself (malformed, unknown path)."""
+    bad_answer = "bad_answer"
+    """An answer that was not the JSON the wire contract says."""
+    no_state = "no_state"
+    """The device has reported no state on this connection."""
+    closed = "closed"
+    """The gateway is shutting down."""
+
+
 class GatewayError(Exception):
     """The device could not be reached, or refused the request itself, after the bounded
-    retries. An answered command (any `AckResult`) is not an error."""
+    retries. An answered command (any `AckResult`) is not an error. `failure` is what a
+    tenant may see; the message is for the logs."""
+
+    def __init__(self, message: str, failure: GatewayFailure = GatewayFailure.unreachable):
+        super().__init__(message)
+        self.failure = failure
 
 
 class InvalidAddress(ValueError):

@@ -28,7 +28,10 @@ _RESPONSES[422]["description"] = (
     "An empty file, a CSV header without `sensor_id,ts,value`, or a multipart body without "
     "a `file` part (`validation_error`)"
 )
-_RESPONSES[503]["description"] = "The upload could not be stored or queued; send it again"
+_RESPONSES[503]["description"] = (
+    "The upload could not be stored or queued (`unavailable`), or the database connection "
+    "was lost (`database_unavailable`); send it again after `Retry-After` seconds"
+)
 _FILE = {"schema": {"type": "string", "format": "binary", "minLength": 1}}
 _FORM: dict[str, Any] = {
     **body_schema(ImportUpload),

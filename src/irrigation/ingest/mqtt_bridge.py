@@ -418,7 +418,12 @@ async def run_bridge(settings: Settings, stop: asyncio.Event) -> None:
         broker = "ok" if bridge.connected else "disconnected"
         return {"broker": broker, "database": await bridge.database_ready()}
 
-    probe = await serve_probe(settings.host, settings.mqtt_bridge_port, checks)
+    probe = await serve_probe(
+        settings.host,
+        settings.mqtt_bridge_port,
+        checks,
+        settings.metrics_token.get_secret_value(),
+    )
     try:
         await bridge.run(stop)
     finally:

@@ -9,18 +9,36 @@ from collections.abc import Awaitable, Callable
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from irrigation.common.http import bearer_matches
+
 Checks = Callable[[], Awaitable[dict[str, str]]]
 """What readiness depends on, each "ok" or why not."""
 
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
 
 
-async def serve_probe(host: str, port: int, checks: Checks) -> asyncio.Server:
+async def serve_probe(
+    host: str, port: int, checks: Checks, metrics_token: str = ""
+) -> asyncio.Server:
+    """`metrics_token`: when set, /metrics wants it as `Authorization: Bearer <token>`."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            method, path, *_ = request.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
-            status, body, media_type = await _answer(method, path.split("?", 1)[0], checks)
+            first, _, rest = request.decode("latin-1").partition("\r\n")
+            method, path, *_ = first.split(" ")
+            path = path.split("?", 1)[0]
+            authorization = _header(rest, "authorization")
+            if path == "/metrics" and not bearer_matches(authorization, metrics_token):
+                status, body, media_type = 401, b"", "text/plain"
+            else:
+                status, body, media_type = await _answer(method, path, checks)
             head = (
                 f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {media_type}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
@@ -33,6 +51,14 @@ async def serve_probe(host: str, port: int, checks: Checks) -> asyncio.Server:
             writer.close()
 
     return await asyncio.start_server(handle, host, port)
+
+
+def _header(head: str, name: str) -> str | None:
+    for line in head.split("\r\n"):
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() == name:
+            return value.strip()
+    return None
 
 
 async def _answer(method: str, path: str, checks: Checks) -> tuple[int, bytes, str]:

@@ -125,7 +125,7 @@ async def _driver(session: AsyncSession) -> Any:
 
 
 @asynccontextmanager
-async def _as_dbapi_errors(statement: str) -> AsyncIterator[None]:
+async def _as_dbapi_errors(session: AsyncSession, statement: str) -> AsyncIterator[None]:
     """The raw driver's errors as SQLAlchemy's DBAPIError, like any other query's: the
     deadlock retry and the error handler (503 on a lock timeout) read their sqlstate, and
     would otherwise never see them."""
@@ -133,6 +133,13 @@ async def _as_dbapi_errors(statement: str) -> AsyncIterator[None]:
         yield
     except asyncpg.PostgresError as exc:
         raise DBAPIError(statement, None, exc) from exc
+    except (asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+        # The driver's own state broke, in practice with the connection: a COPY cut off by
+        # a terminated backend leaves "another operation is in progress". The connection is
+        # useless, so SQLAlchemy is told to throw it away rather than roll it back, and the
+        # request is answered 503 `database_unavailable`.
+        await (await session.connection()).invalidate(exc)
+        raise DBAPIError(statement, None, exc, connection_invalidated=True) from exc
 
 
 @dataclass(frozen=True)
@@ -172,7 +179,7 @@ async def insert_readings(
     if not rows:
         return Inserted(0, rows, True)
     driver = await _driver(session)
-    async with _as_dbapi_errors("COPY sensor_readings"):
+    async with _as_dbapi_errors(session, "COPY sensor_readings"):
         inserted, rolled_up = await insert_rows(driver, rows, mode=mode)
         if inserted == len(rows):
             return Inserted(inserted, rows, rolled_up)
@@ -184,7 +191,7 @@ async def roll_up(session: AsyncSession, inserted: Inserted) -> None:
     if inserted.rolled_up:
         return
     driver = await _driver(session)
-    async with _as_dbapi_errors("rollups and last_seen_at"):
+    async with _as_dbapi_errors(session, "rollups and last_seen_at"):
         await roll_up_rows(driver, inserted.stored)
 
 
@@ -284,7 +291,7 @@ async def insert_quarantine(
     if not rejected:
         return
     driver = await _driver(session)
-    async with _as_dbapi_errors(INSERT_QUARANTINE):
+    async with _as_dbapi_errors(session, INSERT_QUARANTINE):
         await driver.execute(
             INSERT_QUARANTINE,
             site_id,

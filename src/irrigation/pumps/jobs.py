@@ -129,25 +129,43 @@ async def start_activation(ctx: dict[str, Any], activation_id: str) -> str:
         try:
             ack = await jc.gateway.send(start.device, start.command)
         except GatewayError as exc:
-            error = str(exc)
-            await _fail(jc, session, act_id, error, "gateway_error", fault=("gateway", error))
+            # Tenants see the class of failure; the gateway's text (paths, the device's or
+            # the network's own words) goes to our log only.
+            error = f"gateway_{exc.failure}"
+            await _fail(
+                jc,
+                session,
+                act_id,
+                error,
+                "gateway_error",
+                fault=("gateway", str(exc.failure)),
+                logged=str(exc),
+            )
             return "failed"
         if ack.result == AckResult.stale_sequence:
             # The device has seen a newer command: this start must never run. If this run
             # was not stopped meanwhile, the pump's counter was behind the device's.
-            error = f"stale_sequence: {ack.detail}"
-            await _fail(jc, session, act_id, error, "device_refused", state=ack.state)
+            await _fail(
+                jc,
+                session,
+                act_id,
+                AckResult.stale_sequence.value,
+                "device_refused",
+                state=ack.state,
+                logged=ack.detail,
+            )
             return "failed"
         if ack.result != AckResult.ok:
-            error = f"{ack.result}: {ack.detail}"
+            error = f"device_{ack.result}"
             await _fail(
                 jc,
                 session,
                 act_id,
                 error,
                 "device_refused",
-                fault=("device", error),
+                fault=("device", str(ack.result)),
                 state=ack.state,
+                logged=ack.detail,
             )
             return "failed"
         confirmed = await _confirmed(jc, start, ack, _ran(command_id))
@@ -187,10 +205,12 @@ async def _fail(
     *,
     fault: tuple[str, str] | None = None,
     state: DeviceState | None = None,
+    logged: str | None = None,
 ) -> None:
     """A start that did not happen as asked: activation failed, the device halted, the
     pump resting from the latest moment the device could have stopped (and latched in
-    fault with `fault`). A run stopped meanwhile is its stop's to record."""
+    fault with `fault`). A run stopped meanwhile is its stop's to record. `error` and
+    `fault` are what tenants see; `logged`, the raw text, is logged only."""
     async with session.begin():
         locked = await lock(session, act_id)
         assert locked is not None
@@ -209,7 +229,7 @@ async def _fail(
             adopt_fence(pump, state)
         device = address(pump)
         halt = Send(device, Command.halt(next_sequence(pump))) if device else None
-    log.warning("activation_failed", activation_id=str(act_id), error=error)
+    log.warning("activation_failed", activation_id=str(act_id), error=error, detail=logged)
     if halt is not None:
         with contextlib.suppress(GatewayError):
             await jc.gateway.send(halt.device, halt.command)

@@ -72,7 +72,13 @@ class ActivationOut(BaseModel):
     stop_requested_at: datetime | None
     stopped_at: datetime | None
     stop_cause: str | None
-    error: str | None
+    error: str | None = Field(
+        description="Why the run failed or ended early, as a class: `gateway_unreachable`, "
+        "`gateway_refused`, `gateway_bad_answer`, `gateway_no_state`, `gateway_closed`, "
+        "`stale_sequence`, `device_error`, `device_not_running`, `not_confirmed`, "
+        "`stop_unconfirmed`, `invalid_hardware_id`. The device's or the network's own "
+        "words are kept in the service's log, never shown here."
+    )
 
 
 class ActivationEventOut(BaseModel):
