@@ -43,11 +43,12 @@ its default is now 10 + 5):
 COMMIT`, (a) N transactions at once on the herd's row, (b) C closed loops over the P rows.
 The figures that matter are the ratios: the machine is shared and its load varies.
 
-Also printed per phase: the cores each process kept busy (API, workers, PostgreSQL,
-Redis, client, and `other`: the rest of the machine), the API's CPU per request, and the
-new database connections and transactions per request (pg_stat_database). The client is
-one httpx client per connection, spread over two processes: one shared httpx pool of
-1,000 connections costs the client ~6 ms of CPU per request and would be the bottleneck.
+Also printed per phase: the cores each process kept busy (API, workers, simulator,
+PostgreSQL, Redis, client, and `other`: the rest of the machine, the broker included), the
+API's CPU per request, and the new database connections and transactions per request
+(pg_stat_database). The client is one httpx client per connection, spread over two
+processes: one shared httpx pool of 1,000 connections costs the client ~6 ms of CPU per
+request and would be the bottleneck.
 """
 
 from __future__ import annotations
@@ -319,7 +320,12 @@ class Bench:
         return rate
 
     def meter(self, variant: Variant) -> CpuMeter:
-        roles = {"api": [variant.api.pid], "workers": [w.pid for w in self.workers]}
+        roles = {
+            "api": [variant.api.pid],
+            "workers": [w.pid for w in self.workers],
+            # The devices' side: HTTP calls and polls cost it more than MQTT messages.
+            "simulator": [p.pid for p in self.stack.procs if p.name == "simulator"],
+        }
         return CpuMeter(roles, DATABASE)
 
     async def db_counters(self) -> dict[str, int]:
