@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/activation.py            # full run (~2 min)
     .venv/bin/python bench/activation.py --quick    # smoke run (< 30 s)
+    .venv/bin/python bench/activation.py --api-workers 1 --gateways http,mqtt
+                                                     # the device driver: HTTP beside MQTT
     .venv/bin/python bench/activation.py --api-workers 1 --only herd \
         --api-env IRRIGATION_DB_POOL_SIZE=30 --api-env IRRIGATION_DB_MAX_OVERFLOW=0 \
         --profile /tmp/prof                          # one knob, one phase, py-spy on the API
@@ -23,6 +25,17 @@ simulator, one or two arq workers and the API (`irrigation serve`, once per
     on idle pumps, from the API's `requested_at` (202 body; database clock) to the
     simulator's `started_at` for that `command_id` (GET /truth); same machine clock.
 
+All of it once per `--gateways` driver (default `http`), each on a fresh stack (database,
+Redis namespace, simulator, workers): `http`, the workers call the simulator's HTTP
+devices (IRRIGATION_GATEWAY=http); `mqtt`, the workers publish to the broker at
+`--mqtt-url` (default mqtt://127.0.0.1:1883; the run fails at once if none answers) and
+the simulator serves its devices there (`irrigation simulator --mqtt-url`), both under a
+topic root and client-id prefix of the run's own (`bench-<8 hex>`), whose retained device
+states are cleared at the end. The simulator's HTTP /truth is the physical truth on both.
+Every figure is labelled with its gateway; with several, the latencies (c), admitted/s
+and requests/s are also printed side by side (and written first by `--markdown`). The
+gateways run one after the other, so compare them with the `other` cores of each in view.
+
 Each throughput is set against a baseline measured right before it, on the same `pumps`
 rows, through a fresh asyncpg pool of 30 connections (the API pool's former ceiling, 10 + 20;
 its default is now 10 + 5):
@@ -30,11 +43,12 @@ its default is now 10 + 5):
 COMMIT`, (a) N transactions at once on the herd's row, (b) C closed loops over the P rows.
 The figures that matter are the ratios: the machine is shared and its load varies.
 
-Also printed per phase: the cores each process kept busy (API, workers, PostgreSQL,
-Redis, client, and `other`: the rest of the machine), the API's CPU per request, and the
-new database connections and transactions per request (pg_stat_database). The client is
-one httpx client per connection, spread over two processes: one shared httpx pool of
-1,000 connections costs the client ~6 ms of CPU per request and would be the bottleneck.
+Also printed per phase: the cores each process kept busy (API, workers, simulator,
+PostgreSQL, Redis, client, and `other`: the rest of the machine, the broker included), the
+API's CPU per request, and the new database connections and transactions per request
+(pg_stat_database). The client is one httpx client per connection, spread over two
+processes: one shared httpx pool of 1,000 connections costs the client ~6 ms of CPU per
+request and would be the bottleneck.
 """
 
 from __future__ import annotations
@@ -264,6 +278,7 @@ def start_latencies(admitted: list[Answer], runs: list[dict[str, Any]]) -> tuple
 
 @dataclass
 class Variant:
+    gateway: str
     workers: int
     api: Proc
     url: str
@@ -271,8 +286,15 @@ class Variant:
     notes: list[str] = field(default_factory=list)
 
     @property
-    def label(self) -> str:
+    def api_label(self) -> str:
         return f"{self.workers} uvicorn worker{'s' if self.workers > 1 else ''}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.gateway} gateway, {self.api_label}"
+
+    def value(self, name: str) -> float | None:
+        return next((f.value for f in self.figures if f.name.startswith(name)), None)
 
 
 @dataclass
@@ -298,7 +320,12 @@ class Bench:
         return rate
 
     def meter(self, variant: Variant) -> CpuMeter:
-        roles = {"api": [variant.api.pid], "workers": [w.pid for w in self.workers]}
+        roles = {
+            "api": [variant.api.pid],
+            "workers": [w.pid for w in self.workers],
+            # The devices' side: HTTP calls and polls cost it more than MQTT messages.
+            "simulator": [p.pid for p in self.stack.procs if p.name == "simulator"],
+        }
         return CpuMeter(roles, DATABASE)
 
     async def db_counters(self) -> dict[str, int]:
@@ -353,7 +380,7 @@ class Profiler:
         if self.directory is None:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.path = self.directory / f"api{variant.workers}-{phase}.txt"
+        self.path = self.directory / f"{variant.gateway}-api{variant.workers}-{phase}.txt"
         self.proc = py_spy(variant.api.pid, seconds + 30, self.path, subprocesses=True)
         time.sleep(0.5)  # py-spy attaches
 
@@ -571,6 +598,14 @@ async def wait_idle(api: httpx.AsyncClient, timeout_s: float = 20) -> None:
 # Main -----------------------------------------------------------------------------------
 
 
+def _gateways(text: str) -> tuple[str, ...]:
+    found = tuple(dict.fromkeys(g.strip() for g in text.split(",") if g.strip()))
+    unknown = [g for g in found if g not in ("http", "mqtt")]
+    if unknown or not found:
+        raise argparse.ArgumentTypeError(f"gateways are http and mqtt, not {text!r}")
+    return found
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: everything shrunk (< 30 s)")
@@ -600,6 +635,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default={"herd", "sustained", "unloaded"},
         help="phases to run, of herd,sustained,unloaded (default: all)",
     )
+    p.add_argument(
+        "--gateways",
+        type=_gateways,
+        default=("http",),
+        help="drivers from the workers to the devices, each on a fresh stack, e.g. http,mqtt "
+        "(default http)",
+    )
+    p.add_argument(
+        "--mqtt-url",
+        default="mqtt://127.0.0.1:1883",
+        help="the broker of the mqtt gateway (default mqtt://127.0.0.1:1883)",
+    )
     p.add_argument("--profile", type=Path, help="py-spy the API into this folder")
     p.add_argument("--markdown", type=Path, help="also write the figures table here")
     return p.parse_args(argv)
@@ -610,32 +657,100 @@ async def run(args: argparse.Namespace) -> int:
     args.arq_workers = args.arq_workers or (1 if args.quick else 2)
     args.client_procs = args.client_procs or (1 if args.quick else 2)
     api_env = dict(item.split("=", 1) for item in args.api_env)
+    gateways = args.gateways
+    if "mqtt" in gateways:
+        trouble = await broker_trouble(args.mqtt_url)
+        if trouble:
+            print(
+                f"BENCHMARK FAILED: --gateways includes mqtt, but no MQTT broker answers at "
+                f"{args.mqtt_url} (--mqtt-url): {trouble}. Start one (e.g. `mosquitto -p "
+                f"1883`) or leave mqtt out of --gateways.",
+                file=sys.stderr,
+            )
+            return 2
     started = time.monotonic()
     print(
         f"pump activation benchmark ({'quick' if args.quick else 'full'}): herd {params.herd}, "
         f"{params.pumps} pumps x {params.concurrency} in flight x {params.duration_s:g} s, "
-        f"API workers {params.api_workers}, {args.arq_workers} arq workers, "
-        f"{args.client_procs} client process(es), baseline pool {params.baseline_pool}, "
-        f"{os.cpu_count()} cores; API env {api_env or '-'}"
+        f"gateways {', '.join(gateways)}, API workers {params.api_workers}, "
+        f"{args.arq_workers} arq workers, {args.client_procs} client process(es), baseline "
+        f"pool {params.baseline_pool}, {os.cpu_count()} cores; API env {api_env or '-'}; "
+        f"{load_average()}"
     )
     clients = Clients(args.client_procs)
     variants: list[Variant] = []
     try:
-        async with (
-            Stack(DATABASE, env={"IRRIGATION_MIN_COOLDOWN_S": "0"}) as stack,
-        ):
+        for gateway in gateways:
+            variants += await run_gateway(args, params, clients, gateway, api_env)
+    except BenchFailure as exc:
+        print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        clients.close()
+
+    print("\nfigures (ratio = HTTP figure / bare asyncpg baseline measured just before it):")
+    tables = []
+    if len(gateways) > 1:
+        for n in params.api_workers:
+            side = [v for v in variants if v.workers == n]
+            table = comparison_table(side)
+            heading = f"Gateways side by side, API: {side[0].api_label}"
+            tables.append(f"#### {heading}\n\n{table}")
+            print(f"\n{heading}:\n{table}")
+    for variant in variants:
+        tables.append(f"#### {variant.label}\n\n{markdown_table(variant.figures)}")
+        print(f"\n{variant.label}:")
+        for figure in variant.figures:
+            print(f"  {figure.line()}")
+        for figure in variant.figures:
+            if figure.ratio is not None:
+                verdict = "met" if figure.ratio >= AIM else "NOT met"
+                print(f"  aim ratio >= {AIM}: {verdict} for {figure.name} ({figure.ratio:.2f})")
+    if args.markdown:
+        args.markdown.write_text("\n\n".join(tables) + "\n")
+    print(
+        f"\ntotal {time.monotonic() - started:.1f} s; {load_average()}; database {DATABASE} dropped"
+    )
+    return 0
+
+
+async def run_gateway(
+    args: argparse.Namespace,
+    params: Params,
+    clients: Clients,
+    gateway: str,
+    api_env: dict[str, str],
+) -> list[Variant]:
+    """Every phase with the workers and the simulator on one driver, on a fresh stack (a
+    fresh database, Redis namespace, simulator and workers; for MQTT a topic root and
+    client-id prefix of this run's own on the broker, whose retained states are cleared
+    after)."""
+    started = time.monotonic()
+    env = {"IRRIGATION_MIN_COOLDOWN_S": "0", "IRRIGATION_GATEWAY": gateway}
+    root = f"bench-{uuid.uuid4().hex[:8]}"
+    if gateway == "mqtt":
+        env |= {
+            "IRRIGATION_MQTT_URL": args.mqtt_url,
+            "IRRIGATION_MQTT_TOPIC_ROOT": root,
+            "IRRIGATION_MQTT_CLIENT_ID_PREFIX": root,
+        }
+    variants: list[Variant] = []
+    where = f" (broker {args.mqtt_url}, topic root {root})" if gateway == "mqtt" else ""
+    print(f"{gateway} gateway{where}:")
+    try:
+        async with Stack(DATABASE, env=env) as stack:
             key = stack.create_key("bench")
             headers = {"Authorization": f"Bearer {key}"}
-            sim_url = await stack.start_simulator()
+            sim_url = await stack.start_simulator(args.mqtt_url if gateway == "mqtt" else None)
             workers = [stack.start_worker() for _ in range(args.arq_workers)]
             print(f"  set-up: {time.monotonic() - started:.1f} s")
             async with httpx.AsyncClient(base_url=sim_url, timeout=10) as sim:
                 b = Bench(params, stack, clients, sim, workers, Profiler(args.profile))
                 for index, n in enumerate(params.api_workers):
                     proc, url = await stack.start_api(workers=n, **api_env)
-                    variant = Variant(n, proc, url)
+                    variant = Variant(gateway, n, proc, url)
                     variants.append(variant)
-                    print(f"{variant.label} (API pid {proc.pid}):")
+                    print(f"{variant.label} (API pid {proc.pid}; {load_average()}):")
                     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as api:
                         if not b.fleet.pumps:
                             b.fleet = await make_fleet(api, params)
@@ -654,27 +769,92 @@ async def run(args: argparse.Namespace) -> int:
             for w in workers:
                 if not w.alive():
                     print(f"!! worker {w.pid} died:\n{w.output()}")
-    except BenchFailure as exc:
-        print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
-        return 1
     finally:
-        clients.close()
+        if gateway == "mqtt":
+            cleared = await clear_retained(args.mqtt_url, root)
+            print(f"  broker: {cleared} retained states under {root}/ cleared")
+    return variants
 
-    print("\nfigures (ratio = HTTP figure / bare asyncpg baseline measured just before it):")
-    tables = []
-    for variant in variants:
-        tables.append(f"#### API: {variant.label}\n\n{markdown_table(variant.figures)}")
-        print(f"\n{variant.label}:")
-        for figure in variant.figures:
-            print(f"  {figure.line()}")
-        for figure in variant.figures:
-            if figure.ratio is not None:
-                verdict = "met" if figure.ratio >= AIM else "NOT met"
-                print(f"  aim ratio >= {AIM}: {verdict} for {figure.name} ({figure.ratio:.2f})")
-    if args.markdown:
-        args.markdown.write_text("\n\n".join(tables) + "\n")
-    print(f"\ntotal {time.monotonic() - started:.1f} s; database {DATABASE} dropped")
-    return 0
+
+# Side by side ---------------------------------------------------------------------------
+
+COMPARED = (  # (figure name starts with, row label, unit)
+    ("enqueue -> gateway start unloaded: p50", "enqueue -> gateway start, unloaded: p50", "ms"),
+    ("enqueue -> gateway start unloaded: p99", "enqueue -> gateway start, unloaded: p99", "ms"),
+    ("enqueue -> gateway start under load: p50", "enqueue -> gateway start, under load: p50", "ms"),
+    ("enqueue -> gateway start under load: p99", "enqueue -> gateway start, under load: p99", "ms"),
+    ("sustained: admitted (202)", "sustained: admitted (202)", "/s"),
+    ("sustained (", "sustained: requests (202 + 409)", "req/s"),
+    ("herd (", "herd: throughput (exactly 1 x 202, 1 run in truth)", "req/s"),
+)
+
+
+def comparison_table(variants: list[Variant]) -> str:
+    """The figures that tell the drivers apart, one column per gateway (same API workers)."""
+    rows = [
+        "| figure | " + " | ".join(v.gateway for v in variants) + " |",
+        "| --- |" + " ---: |" * len(variants),
+    ]
+    for name, label, unit in COMPARED:
+        values = [v.value(name) for v in variants]
+        if all(value is None for value in values):
+            continue
+        cells = ["" if value is None else f"{value:,.1f} {unit}" for value in values]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+# The broker -----------------------------------------------------------------------------
+
+
+def _broker_link(url: str, role: str) -> Any:
+    from irrigation.mqtt.address import BrokerAddress
+    from irrigation.mqtt.client import BrokerLink, SessionOptions
+
+    name = f"bench-{role}-{uuid.uuid4().hex[:8]}"
+    return BrokerLink(BrokerAddress.parse(url), SessionOptions(name, persistent=False))
+
+
+async def broker_trouble(url: str) -> str:
+    """Why no broker answers at `url` ("" when one does)."""
+    import aiomqtt
+
+    try:
+        link = _broker_link(url, "probe")
+        async with asyncio.timeout(10), link.connect():
+            return ""
+    except (ValueError, OSError, TimeoutError, aiomqtt.MqttError) as exc:
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def clear_retained(url: str, root: str, quiet_s: float = 1.0) -> int:
+    """Clear the retained messages under `root/` (the simulated devices' states): the
+    broker would otherwise keep them after the run."""
+    import aiomqtt
+
+    topics: set[str] = set()
+    try:
+        async with asyncio.timeout(30), _broker_link(url, "cleanup").connect() as client:
+            await client.subscribe(f"{root}/#", qos=1)
+            while True:
+                try:
+                    async with asyncio.timeout(quiet_s):
+                        message = await anext(aiter(client.messages))
+                except TimeoutError:
+                    break
+                if message.retain and message.payload:
+                    topics.add(message.topic.value)
+            await client.unsubscribe(f"{root}/#")
+            for topic in sorted(topics):
+                await client.publish(topic, b"", qos=1, retain=True)
+    except (TimeoutError, aiomqtt.MqttError) as exc:
+        print(f"  !! could not clear the retained states under {root}/: {exc!r}")
+    return len(topics)
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 def main() -> None:

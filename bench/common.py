@@ -166,6 +166,17 @@ async def wait_http(url: str, proc: Proc | None = None, timeout_s: float = 30) -
     raise TimeoutError(f"{url} did not answer within {timeout_s} s")
 
 
+async def wait_output(proc: Proc, text: str, timeout_s: float) -> None:
+    """Until `text` shows in the process's output."""
+    deadline = time.monotonic() + timeout_s
+    while text not in proc.output(1_000_000):
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited:\n{proc.output()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{proc.name} did not log {text!r} within {timeout_s} s")
+        await asyncio.sleep(0.1)
+
+
 def _with_database(url: str, name: str) -> str:
     return url.rsplit("/", 1)[0] + "/" + name
 
@@ -288,11 +299,21 @@ class Stack:
         if proc in self.procs:
             self.procs.remove(proc)
 
-    async def start_simulator(self) -> str:
+    async def start_simulator(self, mqtt_url: str | None = None) -> str:
+        """The simulator on a free port; with `mqtt_url` its devices are also served on that
+        broker (under the stack's IRRIGATION_MQTT_TOPIC_ROOT), and this returns once it has
+        subscribed there (it logs so at INFO): a command sent before would be lost."""
         port = free_port()
-        proc = self.spawn("simulator", "simulator", "--port", str(port))
+        args = ["simulator", "--port", str(port)]
+        env = {}
+        if mqtt_url is not None:
+            args += ["--mqtt-url", mqtt_url]
+            env["IRRIGATION_LOG_LEVEL"] = "INFO"
+        proc = self.spawn("simulator", *args, **env)
         url = f"http://127.0.0.1:{port}"
         await wait_http(f"{url}/healthz", proc)
+        if mqtt_url is not None:
+            await wait_output(proc, "simulator_mqtt_connected", 15)
         self.simulator_url = url
         self.env["IRRIGATION_GATEWAY_URL"] = url
         return url
