@@ -257,8 +257,10 @@ async def serve(settings: Settings, queues: Sequence[str]) -> None:
             except Exception as exc:  # Redis gone, say: close the others all the same
                 log.warning("worker_close_failed", queue=worker.queue_name, error=repr(exc))
         await clients.aclose()
-    for run in runs:
-        if not run.cancelled() and (failure := run.exception()) is not None:
+    # Every failure retrieved (else asyncio logs "never retrieved"), the first raised.
+    failures = [run.exception() for run in runs if not run.cancelled()]
+    for failure in failures:
+        if failure is not None:
             raise failure
 
 
