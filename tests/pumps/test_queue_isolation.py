@@ -8,6 +8,7 @@ import os
 import signal
 import statistics
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ import httpx
 import pytest
 
 from irrigation.settings import Settings
+from irrigation.worker import is_healthy
 from tests.support.factories import activate, make_pump, make_sensor, make_zone
 from tests.support.polling import wait_for
 from tests.support.processes import StartProcess
@@ -172,6 +174,8 @@ async def test_imports_and_a_webhook_storm_leave_the_pump_start_latency_as_it_wa
     """As `irrigation up` runs them: one worker for `pumps`, one for `automation,bulk`."""
     spawn("worker", "--queues", "pumps")
     spawn("worker", "--queues", "automation,bulk")
+    # Started (slow on a loaded machine): a start queued meanwhile would expire.
+    await wait_for(lambda: is_healthy(settings), timeout_s=60, interval_s=0.2)
     pumps = [(await make_pump(api, {}, cooldown_s=1))["id"] for _ in range(2 * SAMPLES + 1)]
     await _start_latency(api, device, pumps.pop())  # warm-up: connections, caches
     idle = await _latencies(api, device, pumps[:SAMPLES])
@@ -195,11 +199,11 @@ async def test_imports_and_a_webhook_storm_leave_the_pump_start_latency_as_it_wa
     sent = await api.post("/v1/readings", json={"readings": readings})
     assert sent.status_code == 200, sent.text
 
-    async def storming() -> bool:
-        statuses = await _import_statuses(api)
-        return statuses["queued"] > 0 and statuses["queued"] < IMPORTS and app.received > 0
-
-    await wait_for(storming, timeout_s=30, interval_s=0.2)
+    # Under way: imports taken and more waiting, the first webhooks arriving.
+    deadline = time.monotonic() + 60
+    while not (0 < (statuses := await _import_statuses(api))["queued"] < IMPORTS and app.received):
+        assert time.monotonic() < deadline, f"no storm: imports {statuses}, hooks {app.received}"
+        await asyncio.sleep(0.2)
     received = app.received
     loaded = await _latencies(api, device, pumps[SAMPLES:])
 
