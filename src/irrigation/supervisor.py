@@ -144,6 +144,8 @@ def supervise(
     # Pump jobs in a process of their own: no import or webhook shares its loop, its
     # database pool or its job slots (README, "Workers and queues").
     pumps_worker = _Child("pumps worker", [*python, "worker", "--queues", "pumps"])
+    # Started once the API is ready, like the feeder: one process fewer competing with the
+    # API's start on a small machine, and nothing of its queues is urgent.
     other_worker = _Child(
         "automation,bulk worker", [*python, "worker", "--queues", "automation,bulk"]
     )
@@ -156,7 +158,7 @@ def supervise(
         "demo feeder",
         [*python, "demo", "--url", base_url, "--simulator", simulator_url, "--quiet"],
     )
-    children = [simulator, api, pumps_worker, other_worker, bridge]
+    children = [simulator, api, pumps_worker, bridge]
     signals = 0
 
     def on_signal(*_: Any) -> None:
@@ -177,6 +179,8 @@ def supervise(
                 ready, detail = _readiness(base_url)
                 if ready:
                     announced = True
+                    children.append(other_worker)
+                    other_worker.start(env)
                     if demo:
                         children.append(feeder)
                         feeder.start(env)
