@@ -250,10 +250,12 @@ class Stack:
         are not namespaced, for the jobs still in this stack's queue (deferred ones)."""
         client = aioredis.Redis.from_url(self.redis_url)
         try:
-            for job_id in await client.zrange(f"{self.namespace}:queue", 0, -1):
-                name = job_id.decode()
-                for prefix in ("job", "in-progress", "retry", "result"):
-                    await client.delete(f"arq:{prefix}:{name}")
+            base = f"{self.namespace}:queue"
+            for key in (base, *(f"{base}:{q}" for q in ("pumps", "automation", "bulk"))):
+                for job_id in await client.zrange(key, 0, -1):
+                    name = job_id.decode()
+                    for prefix in ("job", "in-progress", "retry", "result"):
+                        await client.delete(f"arq:{prefix}:{name}")
             async for key in client.scan_iter(f"*{self.namespace}*", count=1000):
                 await client.delete(key)
         finally:

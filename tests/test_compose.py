@@ -7,10 +7,13 @@ from typing import Any
 import pytest
 import yaml
 
+from irrigation.queue import QUEUES
 from irrigation.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
+# The worker services and the queues each serves.
+WORKERS = {"worker-pumps": "pumps", "worker-automation-bulk": "automation,bulk"}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,8 @@ def test_the_stack_has_every_service(services: dict[str, Any]) -> None:
         "mosquitto",
         "migrate",
         "api",
-        "worker",
+        "worker-pumps",
+        "worker-automation-bulk",
         "bridge",
         "simulator",
     } <= set(services)
@@ -53,7 +57,7 @@ def test_the_stack_has_every_service(services: dict[str, Any]) -> None:
 
 
 def test_the_service_images_are_built_from_the_dockerfile(services: dict[str, Any]) -> None:
-    for name in ("migrate", "api", "worker", "bridge", "simulator"):
+    for name in ("migrate", "api", *WORKERS, "bridge", "simulator"):
         build = services[name].get("build")
         context = build if isinstance(build, str) else (build or {}).get("context")
         assert context == ".", name
@@ -68,10 +72,28 @@ def test_the_service_images_are_built_from_the_dockerfile(services: dict[str, An
 def test_each_service_runs_its_command(services: dict[str, Any]) -> None:
     assert _command(services["migrate"]) == "irrigation migrate"
     assert _command(services["api"]).startswith("irrigation serve")
-    assert _command(services["worker"]).startswith("irrigation worker")
     assert _command(services["simulator"]).startswith("irrigation simulator")
     assert "--mqtt-url mqtt://simulator:change-me@mosquitto:1883" in _command(services["simulator"])
     assert _command(services["bridge"]) == "irrigation mqtt"
+
+
+def test_one_worker_serves_the_pumps_queue_and_another_the_rest(
+    services: dict[str, Any],
+) -> None:
+    """Pump jobs never share a process (loop, database pool, job slots) with imports or
+    webhooks; each worker's healthcheck asks for its own queues' workers."""
+    served: list[str] = []
+    for name, queues in WORKERS.items():
+        assert _command(services[name]) == f"irrigation worker --queues {queues}", name
+        assert _healthcheck(services[name]) == (
+            f"CMD irrigation worker --queues {queues} --check"
+        ), name
+        served += queues.split(",")
+    assert sorted(served) == sorted(QUEUES)  # every queue, once
+    others = [n for n, s in services.items() if "irrigation worker" in _command(s)]
+    assert sorted(others) == sorted(WORKERS)
+    # Only the pumps' worker talks to the devices.
+    assert "IRRIGATION_GATEWAY" not in _environment(services["worker-automation-bulk"])
 
 
 def test_healthchecks(services: dict[str, Any]) -> None:
@@ -84,7 +106,7 @@ def test_healthchecks(services: dict[str, Any]) -> None:
 
 
 def test_api_worker_and_bridge_wait_for_the_migrations(services: dict[str, Any]) -> None:
-    for name in ("api", "worker", "bridge"):
+    for name in ("api", *WORKERS, "bridge"):
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
         assert depends["postgres"]["condition"] == "service_healthy", name
@@ -93,7 +115,7 @@ def test_api_worker_and_bridge_wait_for_the_migrations(services: dict[str, Any])
 
 
 def test_the_services_reach_each_other_by_name(services: dict[str, Any]) -> None:
-    for name in ("migrate", "api", "worker", "bridge", "simulator"):
+    for name in ("migrate", "api", *WORKERS, "bridge", "simulator"):
         env = _environment(services[name])
         assert (
             env["IRRIGATION_DATABASE_URL"]
@@ -149,11 +171,11 @@ def test_the_pumps_are_driven_over_mqtt_each_side_with_its_own_credential(
     """The worker commands the devices as `gateway`, the simulator plays them as
     `simulator`; both credentials are in the example password file and the ACL, and both
     services wait for the broker."""
-    worker = _environment(services["worker"])
+    worker = _environment(services["worker-pumps"])
     assert worker["IRRIGATION_GATEWAY"] == "mqtt"
     assert worker["IRRIGATION_MQTT_URL"] == "mqtt://gateway:change-me@mosquitto:1883"
     assert worker["IRRIGATION_GATEWAY_URL"] == "http://simulator:8081"  # the HTTP driver's
-    for name in ("worker", "simulator"):
+    for name in ("worker-pumps", "simulator"):
         assert services[name]["depends_on"]["mosquitto"]["condition"] == "service_healthy", name
     acl = (ROOT / "deploy/mosquitto/acl").read_text()
     passwd = (ROOT / "deploy/mosquitto/passwd.example").read_text()

@@ -285,8 +285,13 @@ def _exercise(up: Up, data_dir: Path, log_format: str) -> dict[str, object]:
         assert f"irrigation {command}" in names, names
     _wait_for_a_demo_reading(up, key)
     _publish_a_reading_over_mqtt(up, key, stack)
-    (worker,) = [c for c in children if "irrigation worker" in " ".join(c.cmdline())]
-    assert worker.environ().get("IRRIGATION_GATEWAY") == "mqtt"
+    # Two workers: the pumps queue's alone, and the other queues' (README, "Workers and
+    # queues"), with the environment `up` decided for every child.
+    workers = {c.cmdline()[-1]: c for c in children if "irrigation worker" in " ".join(c.cmdline())}
+    assert sorted(workers) == ["automation,bulk", "pumps"], names
+    for worker in workers.values():
+        assert worker.cmdline()[-2] == "--queues"
+        assert worker.environ().get("IRRIGATION_GATEWAY") == "mqtt"
     _run_the_demo_pump_over_mqtt(up, key)
     pids = [c.pid for c in children] + list(stack["embedded"].values())
 

@@ -139,17 +139,36 @@ def serve(
 
 @app.command()
 def worker(
+    queues: Annotated[
+        str | None,
+        typer.Option(
+            "--queues",
+            help="Comma-separated queues to serve: pumps (start, stop, watchdog, relay, "
+            "reconciliation), automation (dispatch, schedules, rules, alerts, webhooks), "
+            "bulk (imports, retention); one arq worker each, in this process [default: all]",
+        ),
+    ] = None,
     check: Annotated[
-        bool, typer.Option("--check", help="Exit 0 if a worker is alive (healthchecks), else 1")
+        bool,
+        typer.Option(
+            "--check", help="Exit 0 if a worker of each queue is alive (healthchecks), else 1"
+        ),
     ] = False,
 ) -> None:
-    """Run the arq worker: pump jobs, watchdog and outbox relay."""
+    """Run the arq workers of the given queues (all of them by default)."""
+    from irrigation import queue
     from irrigation.worker import is_healthy, run_worker
 
+    try:
+        served = queue.parse_queues(queues) if queues is not None else queue.QUEUES
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"{exc}; the queues are {', '.join(queue.QUEUES)}", param_hint="--queues"
+        ) from exc
     settings = load_settings()
     if check:
-        raise typer.Exit(code=0 if asyncio.run(is_healthy(settings)) else 1)
-    run_worker(settings)
+        raise typer.Exit(code=0 if asyncio.run(is_healthy(settings, served)) else 1)
+    run_worker(settings, served)
 
 
 @app.command()

@@ -1,9 +1,11 @@
-"""The one place that knows arq: job names, the JSON serializer and typed enqueue helpers.
+"""The one place that knows arq: job names, the queue each job runs on, the JSON serializer
+and typed enqueue helpers.
 
 arq is maintained for security fixes only; keeping it behind this module lets it be swapped.
 No safety property depends on it: the outbox and the watchdog (PostgreSQL) and the device's
 own auto-off and command ids hold them."""
 
+import contextlib
 import json
 import time
 import uuid
@@ -12,6 +14,8 @@ from typing import Any
 
 import structlog
 from arq.connections import ArqRedis
+from arq.constants import job_key_prefix
+from arq.jobs import DeserializationError, deserialize_job
 from arq.worker import Retry
 from redis.asyncio import ConnectionPool
 
@@ -22,6 +26,61 @@ STOP_ACTIVATION = "pumps.stop_activation"
 PROCESS_IMPORT = "ingest.process_import"
 EVALUATE_ZONES = "automation.evaluate_zones"
 DISPATCH_RUNS = "automation.dispatch_runs"
+
+# Three queues, each with workers of its own, so that no amount of one kind of work can
+# delay another: a pump start never waits behind a customer's imports or webhooks.
+PUMPS = "pumps"
+AUTOMATION = "automation"
+BULK = "bulk"
+QUEUES = (PUMPS, AUTOMATION, BULK)
+
+# The queue of every job, enqueued or cron (a cron job runs on the queue of the worker that
+# schedules it: only that queue's workers register it). `_enqueue` routes by this map alone,
+# so a job cannot land on a queue whose workers do not know it.
+JOB_QUEUES: dict[str, str] = {
+    START_ACTIVATION: PUMPS,
+    STOP_ACTIVATION: PUMPS,
+    "pumps.watchdog": PUMPS,
+    "pumps.relay_outbox": PUMPS,
+    "pumps.reconcile_devices": PUMPS,
+    "queue.drain_legacy_queue": PUMPS,
+    DISPATCH_RUNS: AUTOMATION,
+    EVALUATE_ZONES: AUTOMATION,
+    "automation.fire_schedules": AUTOMATION,
+    "automation.sweep_rules": AUTOMATION,
+    "automation.refresh_water_levels": AUTOMATION,
+    "alerts.evaluate_alerts": AUTOMATION,
+    "alerts.deliver_webhooks": AUTOMATION,
+    PROCESS_IMPORT: BULK,
+    "ingest.requeue_unfinished_imports": BULK,
+    "ingest.sweep_orphan_uploads": BULK,
+    "readings.purge_raw_readings": BULK,
+    "automation.purge_automation_history": BULK,
+    "common.purge_idempotency_keys": BULK,
+}
+
+
+def parse_queues(value: str) -> tuple[str, ...]:
+    """`pumps`, `automation,bulk`, ...: the queues named, in QUEUES' order; ValueError for
+    an unknown or missing name."""
+    names = {name.strip() for name in value.split(",") if name.strip()}
+    unknown = names - set(QUEUES)
+    if unknown or not names:
+        raise ValueError(
+            f"unknown queue {', '.join(sorted(unknown))}" if unknown else "no queue named"
+        )
+    return tuple(q for q in QUEUES if q in names)
+
+
+def queue_key(base: str, name: str) -> str:
+    """The Redis key of a queue: under the stack's base queue name (`{namespace}:queue`),
+    so stacks (and test runs) sharing one Redis never share a queue."""
+    return f"{base}:{name}"
+
+
+def job_queue_key(redis: ArqRedis, job: str) -> str:
+    """Where `job` is enqueued: the clients' default queue name is the stack's base name."""
+    return queue_key(redis.default_queue_name, JOB_QUEUES[job])
 
 
 def serialize(job: dict[str, Any]) -> bytes:
@@ -54,6 +113,7 @@ async def _enqueue(
             job,
             *args,
             _job_id=job_id,
+            _queue_name=job_queue_key(redis, job),
             _defer_by=timedelta(seconds=defer_by) if defer_by else None,
         )
     except Exception as exc:  # Redis down must never fail the request that enqueues
@@ -102,7 +162,7 @@ async def schedule_zone_evaluation(redis: ArqRedis, delay_s: float) -> float | N
     # arq's job keys are global (`arq:job:<id>`): the queue name keeps stacks apart.
     job_id = f"{redis.default_queue_name}:evaluate-zones"
     # arq scores a queued job with its due time in milliseconds.
-    due_ms = await redis.zscore(redis.default_queue_name, job_id)
+    due_ms = await redis.zscore(job_queue_key(redis, EVALUATE_ZONES), job_id)
     if due_ms is not None:
         return float(due_ms) / 1000
     if await _enqueue(redis, EVALUATE_ZONES, job_id=job_id, defer_by=delay_s):
@@ -113,3 +173,33 @@ async def schedule_zone_evaluation(redis: ArqRedis, delay_s: float) -> float | N
 async def enqueue_dispatch(redis: ArqRedis, site_id: uuid.UUID) -> bool:
     """Start what waits in the run queue now that a pump or water source is free."""
     return await _enqueue(redis, DISPATCH_RUNS, str(site_id), job_id=f"dispatch:{site_id}")
+
+
+async def drain_legacy_queue(redis: ArqRedis) -> int:
+    """Move every job an older version left on the single queue (`{namespace}:queue`, the
+    clients' default queue name) to the queue `JOB_QUEUES` names for it, keeping its due
+    time, id and tries; returns how many moved. A job of a function this version does not
+    have (an old cron tick: the crons run again on their own) is dropped, with a log line.
+
+    Each move is one MULTI: a job is on one queue or the other, never both or neither;
+    two workers draining at once move it to the same place."""
+    legacy = redis.default_queue_name
+    moved = 0
+    for raw_id, score in await redis.zrange(legacy, 0, -1, withscores=True):
+        job_id = raw_id.decode()
+        data = await redis.get(job_key_prefix + job_id)
+        function = None
+        if data is not None:
+            with contextlib.suppress(DeserializationError):
+                function = deserialize_job(data, deserializer=deserialize).function
+        async with redis.pipeline(transaction=True) as pipe:
+            if function in JOB_QUEUES:
+                pipe.zadd(queue_key(legacy, JOB_QUEUES[function]), {job_id: score}, nx=True)
+                moved += 1
+            else:
+                log.warning("legacy_job_dropped", job_id=job_id, function=function)
+            pipe.zrem(legacy, job_id)
+            await pipe.execute()
+    if moved:
+        log.info("legacy_queue_drained", moved=moved)
+    return moved

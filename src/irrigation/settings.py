@@ -126,6 +126,21 @@ class Settings(BaseSettings):
         default=True, description="Enqueue right after commit (off: only the relay, for tests)."
     )
     worker_poll_delay_s: float = Field(default=0.05, gt=0)
+    # Each queue's jobs at once per worker process (README, "Workers and queues").
+    worker_max_jobs_pumps: int = Field(
+        default=50, ge=1, description="Pump jobs (start, stop) a `pumps` worker runs at once."
+    )
+    worker_max_jobs_automation: int = Field(
+        default=20,
+        ge=1,
+        description="Automation jobs (dispatch, schedules, rules, alerts, webhooks) an "
+        "`automation` worker runs at once.",
+    )
+    worker_max_jobs_bulk: int = Field(
+        default=10,
+        ge=1,
+        description="Bulk jobs (import slices of ~10 s, retention) a `bulk` worker runs at once.",
+    )
     idempotency_ttl_s: int = Field(default=86400, ge=60)
 
     # Automation
@@ -267,6 +282,8 @@ class Settings(BaseSettings):
 
     @property
     def queue_name(self) -> str:
+        """The base of the queues' keys (`{namespace}:queue:pumps`, ...), and the one queue
+        of versions before the split (drained by the workers)."""
         return f"{self.redis_namespace}:queue"
 
     @property

@@ -1,6 +1,7 @@
-"""`irrigation up`'s process supervisor: starts the API, worker, MQTT readings bridge,
-simulator and demo feeder, restarts any that dies, says where everything is once the API
-is ready, and stops them in order (the API, worker and bridge before the simulator)."""
+"""`irrigation up`'s process supervisor: starts the API, two workers (the `pumps` queue's,
+and the `automation` and `bulk` queues'), MQTT readings bridge, simulator and demo feeder,
+restarts any that dies, says where everything is once the API is ready, and stops them in
+order (the API, workers and bridge before the simulator)."""
 
 import os
 import signal
@@ -118,7 +119,7 @@ def supervise(
     demo: bool = True,
     zone_id: uuid.UUID | None = None,
 ) -> None:
-    """Run the simulator, API, worker and MQTT bridge (and, once the API is ready, the demo
+    """Run the simulator, API, workers and MQTT bridge (and, once the API is ready, the demo
     feeder) until SIGINT or SIGTERM, restarting any that dies; then stop them all."""
     global _LIBC
     if sys.platform.startswith("linux") and _LIBC is None:
@@ -140,7 +141,14 @@ def supervise(
         ],
     )
     api = _Child("api", [*python, "serve"])
-    worker = _Child("worker", [*python, "worker"])
+    # Pump jobs in a process of their own: no import or webhook shares its loop, its
+    # database pool or its job slots (README, "Workers and queues").
+    pumps_worker = _Child("pumps worker", [*python, "worker", "--queues", "pumps"])
+    # Started once the API is ready, like the feeder: one process fewer competing with the
+    # API's start on a small machine, and nothing of its queues is urgent.
+    other_worker = _Child(
+        "automation,bulk worker", [*python, "worker", "--queues", "automation,bulk"]
+    )
     bridge = _Child("mqtt bridge", [*python, "mqtt"])
     base_url = api_url(settings)
     simulator_url = f"http://127.0.0.1:{settings.simulator_port}"
@@ -150,7 +158,7 @@ def supervise(
         "demo feeder",
         [*python, "demo", "--url", base_url, "--simulator", simulator_url, "--quiet"],
     )
-    children = [simulator, api, worker, bridge]
+    children = [simulator, api, pumps_worker, bridge]
     signals = 0
 
     def on_signal(*_: Any) -> None:
@@ -171,6 +179,8 @@ def supervise(
                 ready, detail = _readiness(base_url)
                 if ready:
                     announced = True
+                    children.append(other_worker)
+                    other_worker.start(env)
                     if demo:
                         children.append(feeder)
                         feeder.start(env)
@@ -184,7 +194,7 @@ def supervise(
     finally:
         # API and worker first (they may still talk to the devices), the simulator last;
         # a second Ctrl-C kills whatever is left at once.
-        _stop([feeder, api, worker, bridge], 6.0, lambda: signals > 1)
+        _stop([feeder, api, pumps_worker, other_worker, bridge], 6.0, lambda: signals > 1)
         _stop([simulator], 4.0, lambda: signals > 1)
 
 

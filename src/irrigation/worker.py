@@ -1,13 +1,18 @@
-"""The arq worker: pump jobs, the watchdog, the outbox relay and the devices' reconciliation,
-with their shared clients."""
+"""The arq workers: one per queue (`queue.QUEUES`), each with its own functions, cron jobs
+and `max_jobs`; one process may serve several queues, sharing its clients."""
 
+import asyncio
 import logging
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from arq import cron
-from arq.connections import RedisSettings
 from arq.constants import health_check_key_suffix
-from arq.worker import Worker, func
+from arq.typing import WorkerCoroutine
+from arq.worker import Function, Worker, func
 
 from irrigation import queue, registry
 from irrigation.alerts import jobs as alert_jobs
@@ -24,6 +29,8 @@ from irrigation.pumps import jobs, reconcile
 from irrigation.readings import retention
 from irrigation.settings import Settings
 from irrigation.weather import create_provider
+
+log = structlog.get_logger(__name__)
 
 # Every model must be mapped before the first flush: FKs resolve across domains.
 assert registry.metadata.tables
@@ -44,82 +51,176 @@ async def purge_idempotency_keys(ctx: dict[str, Any]) -> int:
         return await idempotency.purge_expired(session, jc.settings.idempotency_ttl_s)
 
 
-def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
-    engine = create_engine(settings)
-    redis = queue.create_redis(
-        settings.effective_redis_url, settings.redis_timeout_s, settings.queue_name
-    )
-    gateway = create_gateway(settings)
+async def drain_legacy_queue(ctx: dict[str, Any]) -> int:
+    return await queue.drain_legacy_queue(worker_context(ctx).redis)
 
-    weather = create_provider(settings, redis)
 
-    async def startup(ctx: dict[str, Any]) -> None:
-        ctx[CONTEXT_KEY] = WorkerContext(
+def functions() -> list[Function]:
+    """Enqueued jobs by their name; `queue.JOB_QUEUES` says which queue's worker runs each.
+    (Built on each call: a test may patch a job.)"""
+    return [
+        func(jobs.start_activation, name=queue.START_ACTIVATION, timeout=PUMP_JOB_TIMEOUT_S),
+        func(jobs.stop_activation, name=queue.STOP_ACTIVATION, timeout=PUMP_JOB_TIMEOUT_S),
+        func(automation.evaluate_zones, name=queue.EVALUATE_ZONES, timeout=PUMP_JOB_TIMEOUT_S),
+        func(automation.dispatch_runs, name=queue.DISPATCH_RUNS, timeout=PUMP_JOB_TIMEOUT_S),
+        # An import runs in slices well inside this timeout, each asking to be run again
+        # (a "try" to arq) until the file is done: hence the many tries.
+        func(
+            import_jobs.process_import,
+            name=queue.PROCESS_IMPORT,
+            timeout=PUMP_JOB_TIMEOUT_S,
+            max_tries=IMPORT_MAX_TRIES,
+        ),
+    ]
+
+
+@dataclass(frozen=True)
+class Cron:
+    name: str  # its key in queue.JOB_QUEUES
+    job: WorkerCoroutine
+    when: dict[str, Any] = field(default_factory=dict)
+
+
+def _every_second() -> dict[str, Any]:
+    return {"second": EVERY_SECOND, "run_at_startup": True}
+
+
+def crons() -> list[Cron]:
+    """The cron jobs by their name in `queue.JOB_QUEUES`, which says which queue's workers
+    schedule and run each."""
+    return [
+        Cron("pumps.watchdog", jobs.watchdog, _every_second()),
+        Cron("pumps.relay_outbox", jobs.relay_outbox, _every_second()),
+        Cron(
+            "pumps.reconcile_devices",
+            reconcile.reconcile_devices,
+            {"second": set(range(0, 60, RECONCILE_EVERY_S))},
+        ),
+        # Until no older version enqueues on the single queue of before (a rolling upgrade).
+        Cron(
+            "queue.drain_legacy_queue",
+            drain_legacy_queue,
+            {"second": set(range(0, 60, 10)), "run_at_startup": True},
+        ),
+        Cron("alerts.deliver_webhooks", webhooks.deliver_webhooks, _every_second()),
+        Cron(queue.DISPATCH_RUNS, automation.dispatch_runs, _every_second()),
+        Cron(
+            "alerts.evaluate_alerts", alert_jobs.evaluate_alerts, {"second": set(range(0, 60, 10))}
+        ),
+        Cron(
+            "automation.fire_schedules",
+            automation.fire_schedules,
+            {"second": set(range(0, 60, 5)), "run_at_startup": True},
+        ),
+        Cron("automation.sweep_rules", automation.sweep_rules, {"second": {3, 33}}),
+        Cron(
+            "automation.refresh_water_levels",
+            automation.refresh_water_levels,
+            {"minute": {5, 35}, "second": {13}, "run_at_startup": True},
+        ),
+        Cron(
+            "automation.purge_automation_history",
+            purge_automation_history,
+            {"minute": {47}, "second": {0}},
+        ),
+        Cron(
+            "ingest.requeue_unfinished_imports",
+            import_jobs.requeue_unfinished_imports,
+            {"second": {41}},
+        ),
+        Cron(
+            "ingest.sweep_orphan_uploads",
+            import_jobs.sweep_orphan_uploads,
+            {"minute": {17}, "second": {30}},
+        ),
+        Cron(
+            "readings.purge_raw_readings",
+            retention.purge_raw_readings,
+            {"minute": {23}, "second": {0}},
+        ),
+        Cron(
+            "common.purge_idempotency_keys",
+            purge_idempotency_keys,
+            {"minute": {0, 30}, "second": {7}},
+        ),
+    ]
+
+
+def max_jobs(settings: Settings, queue_name: str) -> int:
+    limit: int = getattr(settings, f"worker_max_jobs_{queue_name}")
+    return limit
+
+
+def cron_name(settings: Settings, name: str) -> str:
+    """The stack's queue name in the name keeps cron job ids (global arq keys) apart for
+    stacks sharing one Redis."""
+    return f"cron:{settings.queue_name}:{name}"
+
+
+class Clients:
+    """What every queue's worker in one process shares: the database pool, the Redis client
+    jobs enqueue with, the gateway (one MQTT connection a process) and the weather."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = create_engine(settings)
+        # Its default queue name is the stack's base name: queue.JOB_QUEUES routes from it.
+        self.redis = queue.create_redis(
+            settings.effective_redis_url, settings.redis_timeout_s, settings.queue_name
+        )
+        self.gateway = create_gateway(settings)
+        self.weather = create_provider(settings, self.redis)
+        self.context = WorkerContext(
             settings=settings,
-            sessions=create_sessionmaker(engine),
-            gateway=gateway,
-            redis=redis,
-            weather=weather,
+            sessions=create_sessionmaker(self.engine),
+            gateway=self.gateway,
+            redis=self.redis,
+            weather=self.weather,
         )
 
-    async def shutdown(ctx: dict[str, Any]) -> None:
-        if weather is not None:
-            await weather.aclose()
-        await gateway.aclose()
-        await redis.aclose()
-        await engine.dispose()
+    async def startup(self, ctx: dict[str, Any]) -> None:
+        ctx[CONTEXT_KEY] = self.context
 
-    def scheduled(job: Any, **when: Any) -> Any:
-        # The queue in the name keeps cron ids apart for stacks sharing one Redis.
-        name = f"cron:{settings.queue_name}:{job.__name__}"
-        return cron(job, name=name, timeout=PUMP_JOB_TIMEOUT_S, **when)
+    async def shutdown(self, ctx: dict[str, Any]) -> None:
+        await self.aclose()
 
-    def every_second(job: Any) -> Any:
-        return scheduled(job, second=EVERY_SECOND, run_at_startup=True)
+    async def aclose(self) -> None:
+        if self.weather is not None:
+            await self.weather.aclose()
+        await self.gateway.aclose()
+        await self.redis.aclose()
+        await self.engine.dispose()
 
+
+def create_worker(
+    settings: Settings,
+    queue_name: str,
+    *,
+    clients: Clients | None = None,
+    burst: bool = False,
+) -> Worker:
+    """The worker of one queue: the functions and crons `queue.JOB_QUEUES` puts there. With
+    `clients`, their owner closes them; without, the worker makes and closes its own."""
+    owned = clients is None
+    shared = clients or Clients(settings)
+    key = queue.queue_key(settings.queue_name, queue_name)
     return Worker(
-        functions=[
-            func(jobs.start_activation, name=queue.START_ACTIVATION, timeout=PUMP_JOB_TIMEOUT_S),
-            func(jobs.stop_activation, name=queue.STOP_ACTIVATION, timeout=PUMP_JOB_TIMEOUT_S),
-            func(automation.evaluate_zones, name=queue.EVALUATE_ZONES, timeout=PUMP_JOB_TIMEOUT_S),
-            func(automation.dispatch_runs, name=queue.DISPATCH_RUNS, timeout=PUMP_JOB_TIMEOUT_S),
-            # An import runs in slices well inside this timeout, each asking to be run again
-            # (a "try" to arq) until the file is done: hence the many tries.
-            func(
-                import_jobs.process_import,
-                name=queue.PROCESS_IMPORT,
-                timeout=PUMP_JOB_TIMEOUT_S,
-                max_tries=IMPORT_MAX_TRIES,
-            ),
-        ],
+        functions=[f for f in functions() if queue.JOB_QUEUES[f.name] == queue_name],
         cron_jobs=[
-            every_second(jobs.watchdog),
-            every_second(jobs.relay_outbox),
-            scheduled(reconcile.reconcile_devices, second=set(range(0, 60, RECONCILE_EVERY_S))),
-            every_second(webhooks.deliver_webhooks),
-            every_second(automation.dispatch_runs),
-            scheduled(alert_jobs.evaluate_alerts, second=set(range(0, 60, 10))),
-            scheduled(automation.fire_schedules, second=set(range(0, 60, 5)), run_at_startup=True),
-            scheduled(automation.sweep_rules, second={3, 33}),
-            scheduled(purge_automation_history, minute={47}, second={0}),
-            scheduled(
-                automation.refresh_water_levels, minute={5, 35}, second={13}, run_at_startup=True
-            ),
-            scheduled(import_jobs.requeue_unfinished_imports, second={41}),
-            scheduled(import_jobs.sweep_orphan_uploads, minute={17}, second={30}),
-            scheduled(retention.purge_raw_readings, minute={23}, second={0}),
-            scheduled(purge_idempotency_keys, minute={0, 30}, second={7}),
+            cron(c.job, name=cron_name(settings, c.name), timeout=PUMP_JOB_TIMEOUT_S, **c.when)
+            for c in crons()
+            if queue.JOB_QUEUES[c.name] == queue_name
         ],
-        queue_name=settings.queue_name,
-        redis_pool=redis,
-        redis_settings=RedisSettings.from_dsn(settings.effective_redis_url),
-        on_startup=startup,
-        on_shutdown=shutdown,
+        queue_name=key,
+        # Its own connections: polling this queue never waits behind another's traffic.
+        redis_pool=queue.create_redis(settings.effective_redis_url, settings.redis_timeout_s, key),
+        on_startup=shared.startup,
+        on_shutdown=shared.shutdown if owned else None,
         burst=burst,
         job_timeout=PUMP_JOB_TIMEOUT_S,
         keep_result=0,  # job ids become reusable at once, so the relay can re-enqueue
         poll_delay=settings.worker_poll_delay_s,
-        max_jobs=50,
+        max_jobs=max_jobs(settings, queue_name),
         health_check_interval=10,
         job_serializer=queue.serialize,
         job_deserializer=queue.deserialize,
@@ -128,23 +229,62 @@ def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
     )
 
 
-async def is_healthy(settings: Settings) -> bool:
-    """A worker of this queue wrote its health sentinel within the last check interval."""
+async def serve(settings: Settings, queues: Sequence[str]) -> None:
+    """Run one worker per queue in this process until SIGINT/SIGTERM, or until one of them
+    fails (then all stop and the failure propagates: the process exits to be restarted)."""
+    clients = Clients(settings)
+    workers = [create_worker(settings, q, clients=clients) for q in queues]
+    loop = asyncio.get_running_loop()
+
+    def stop(signum: signal.Signals) -> None:
+        for worker in workers:
+            worker.handle_sig(signum)
+
+    # Each worker registered its own handler on this loop, each replacing the last: one
+    # handler stops them all.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop, signum)
+    runs = [asyncio.create_task(w.async_run(), name=f"worker:{w.queue_name}") for w in workers]
+    try:
+        await asyncio.wait(runs, return_when=asyncio.FIRST_COMPLETED)
+        if not all(run.done() for run in runs):
+            stop(signal.SIGTERM)
+        await asyncio.wait(runs)
+    finally:
+        for worker in workers:
+            try:
+                await worker.close()
+            except Exception as exc:  # Redis gone, say: close the others all the same
+                log.warning("worker_close_failed", queue=worker.queue_name, error=repr(exc))
+        await clients.aclose()
+    # Every failure retrieved (else asyncio logs "never retrieved"), the first raised.
+    failures = [run.exception() for run in runs if not run.cancelled()]
+    for failure in failures:
+        if failure is not None:
+            raise failure
+
+
+async def is_healthy(settings: Settings, queues: Sequence[str] = queue.QUEUES) -> bool:
+    """A worker of each of these queues wrote its health sentinel within the last check
+    interval."""
     redis = queue.create_redis(
         settings.effective_redis_url, settings.redis_timeout_s, settings.queue_name
     )
     try:
-        return bool(await redis.get(f"{settings.queue_name}{health_check_key_suffix}"))
+        for name in queues:
+            key = queue.queue_key(settings.queue_name, name) + health_check_key_suffix
+            if not await redis.get(key):
+                return False
+        return True
     except Exception:  # Redis unreachable: not healthy, whatever the reason
         return False
     finally:
         await redis.aclose()
 
 
-def run_worker(settings: Settings) -> None:
+def run_worker(settings: Settings, queues: Sequence[str] = queue.QUEUES) -> None:
     configure_logging(settings.log_level, settings.log_format)
     # arq logs every cron tick (two a second) at INFO: keep that for debugging only.
     if settings.log_level.upper() != "DEBUG":
         logging.getLogger("arq").setLevel(logging.WARNING)
-    # Worker.run() on the loop arq made in __init__: its SIGINT/SIGTERM handlers live there.
-    create_worker(settings).run()
+    asyncio.run(serve(settings, queues))

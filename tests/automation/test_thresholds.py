@@ -158,7 +158,8 @@ async def test_a_batch_of_readings_asks_for_one_deferred_evaluation_of_its_zone(
     await post_moisture(client, admin, sensor["id"], [9], end=now() + timedelta(seconds=1))
     members = await engine.redis.smembers(queue.dirty_zones_key(engine.redis))
     assert {m.decode() for m in members} == {zone["id"]}
-    queued = await engine.redis.zrange(engine.settings.queue_name, 0, -1)
+    automation = queue.queue_key(engine.settings.queue_name, queue.AUTOMATION)
+    queued = await engine.redis.zrange(automation, 0, -1)
     assert queued == [f"{engine.settings.queue_name}:evaluate-zones".encode()]  # one job
 
     ctx = engine.job_ctx()

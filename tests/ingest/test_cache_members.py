@@ -64,10 +64,11 @@ async def test_batches_mark_their_zones_and_queue_one_evaluation_until_it_has_ru
 ) -> None:
     """Every batch marks its zones; the deferred evaluation job is queued once while it is
     due later, and again by the first batch after it has run."""
-    queue_name = f"{redis_namespace}:queue"
-    arq = queue.create_redis(redis_url, 2.0, queue_name)
+    base = f"{redis_namespace}:queue"
+    arq = queue.create_redis(redis_url, 2.0, base)
     cache = HotCache(arq, redis_namespace, timeout_s=2)
-    job_id = f"{queue_name}:evaluate-zones"
+    job_id = f"{base}:evaluate-zones"
+    queue_name = f"{base}:automation"  # the queue the automation workers serve
     zones = [uuid.uuid4() for _ in range(3)]
     rows = encode([ReadingIn(sensor_id=uuid.uuid4(), ts=datetime.now(UTC), value=1.0)])
     try:

@@ -442,7 +442,7 @@ async def test_an_import_runs_in_slices_each_resuming_where_the_last_stopped(
 
     # A real arq worker, in this process for the patched sizes (not burst: its every-second
     # cron jobs would keep a burst worker running forever).
-    worker = create_worker(settings)
+    worker = create_worker(settings, queue.BULK)
     running = asyncio.create_task(worker.async_run())
     try:
         done = await wait_until_done(client, admin, job["id"])
@@ -531,7 +531,8 @@ async def test_an_import_whose_queue_entry_was_lost_is_enqueued_again_and_comple
     redis = queue.create_redis(settings.effective_redis_url, 1.0, settings.queue_name)
     engine = create_engine(settings)
     try:
-        await redis.delete(settings.queue_name, f"{job_key_prefix}{job['id']}")  # the entry is gone
+        bulk = queue.queue_key(settings.queue_name, queue.BULK)
+        await redis.delete(bulk, f"{job_key_prefix}{job['id']}")  # the entry is gone
         async with engine.begin() as conn:
             await conn.execute(
                 text("UPDATE ingestion_jobs SET created_at = now() - interval '5 minutes'")

@@ -214,7 +214,12 @@ async def test_job_delivered_twice_and_worker_restarted_mid_job_start_the_pump_o
     try:
         # Extra deliveries under other job ids: arq's dedup cannot save us, the state must.
         for i in range(3):
-            await redis.enqueue_job(queue.START_ACTIVATION, run["id"], _job_id=f"dup-{i}")
+            await redis.enqueue_job(
+                queue.START_ACTIVATION,
+                run["id"],
+                _job_id=f"dup-{i}",
+                _queue_name=queue.job_queue_key(redis, queue.START_ACTIVATION),
+            )
         first = spawn("worker")
 
         async def taken() -> bool:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from irrigation import queue
 from irrigation.common.clock import utcnow
 from irrigation.db import create_engine, create_sessionmaker
 from irrigation.ingest import store
@@ -175,7 +176,7 @@ async def test_cron_job_applies_the_retention_setting_and_aggregates_still_answe
 async def test_worker_runs_the_purge_hourly_within_its_budget_and_the_pump_job_timeout(
     settings: Settings,
 ) -> None:
-    worker = create_worker(settings)
+    worker = create_worker(settings, queue.BULK)
     try:
         (job,) = [j for j in worker.cron_jobs if j.coroutine is retention.purge_raw_readings]
     finally:
