@@ -35,6 +35,10 @@ IfMatch = Annotated[int | None, Depends(if_match_version)]
 Params = Annotated[PageParams, Depends(page_params)]
 WRITE = problems(404, 409, 413, 428)
 ZoneFilter = Annotated[uuid.UUID | None, Query(description="Only this zone's.")]
+UNTIL = {
+    422: "`until` missing, without an offset or not in the future (`validation_error`), or "
+    "more than 366 days ahead (`until_too_far`)"
+}
 
 
 # Threshold rules -----------------------------------------------------------------------
@@ -216,7 +220,11 @@ async def list_decisions(
 # Rain delay and pause ------------------------------------------------------------------
 
 
-@router.post("/zones/{zone_id}/rain-delay", response_model=ZoneOut, responses=problems(404, 413))
+@router.post(
+    "/zones/{zone_id}/rain-delay",
+    response_model=ZoneOut,
+    responses=problems(404, 413, described=UNTIL),
+)
 async def start_zone_rain_delay(
     zone_id: uuid.UUID, body: Until, session: SessionDep, who: ControlPrincipal
 ) -> ZoneOut:
@@ -241,7 +249,7 @@ def _state(site: object) -> AutomationState:
 @router.post(
     "/sites/current/rain-delay",
     response_model=AutomationState,
-    responses=problems(413),
+    responses=problems(413, described=UNTIL),
     summary="Rain delay for every zone of the site",
 )
 async def start_site_rain_delay(
@@ -260,7 +268,7 @@ async def end_site_rain_delay(session: SessionDep, who: ControlPrincipal) -> Aut
 @router.post(
     "/sites/current/pause",
     response_model=AutomationState,
-    responses=problems(413),
+    responses=problems(413, described=UNTIL),
     summary="Pause all automation (thresholds, schedules) of the site until a time",
     description="People can still start pumps; waiting automatic runs wait (or expire).",
 )

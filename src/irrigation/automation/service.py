@@ -1,7 +1,7 @@
 """Automation configuration: rule and schedule CRUD, rain delays and the site pause."""
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -125,9 +125,23 @@ async def update_schedule(
 # Rain delays and pause -----------------------------------------------------------------
 
 
+# A pause or rain delay is for a season at most. Unbounded, a control key could write
+# 9999-12-31T23:00Z, past what a zone east of UTC can even show.
+MAX_UNTIL_AHEAD = timedelta(days=366)
+
+
 async def _future(session: AsyncSession, until: datetime | None) -> datetime | None:
-    if until is not None and until <= await db_now(session):
+    if until is None:
+        return None
+    now = await db_now(session)
+    if until <= now:
         raise Invalid("until must be in the future", field="body.until")
+    if until > now + MAX_UNTIL_AHEAD:
+        raise Invalid(
+            f"until must be at most {MAX_UNTIL_AHEAD.days} days ahead",
+            field="body.until",
+            code="until_too_far",
+        )
     return until
 
 
