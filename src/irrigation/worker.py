@@ -18,7 +18,7 @@ from irrigation.common import idempotency
 from irrigation.common.worker_context import CONTEXT_KEY, WorkerContext, worker_context
 from irrigation.db import create_engine, create_sessionmaker
 from irrigation.gateway import create_gateway
-from irrigation.ingest import import_jobs
+from irrigation.ingest import import_jobs, review_retention
 from irrigation.logging import configure_logging
 from irrigation.pumps import jobs, reconcile
 from irrigation.readings import retention
@@ -109,6 +109,7 @@ def create_worker(settings: Settings, *, burst: bool = False) -> Worker:
             scheduled(import_jobs.sweep_orphan_uploads, minute={17}, second={30}),
             scheduled(retention.purge_raw_readings, minute={23}, second={0}),
             scheduled(purge_idempotency_keys, minute={0, 30}, second={7}),
+            scheduled(review_retention.purge_reviewed_quarantine, minute={53}, second={0}),
         ],
         queue_name=settings.queue_name,
         redis_pool=redis,

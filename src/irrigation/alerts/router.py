@@ -24,8 +24,9 @@ from irrigation.alerts.schemas import (
     WebhookUpdate,
 )
 from irrigation.auth.deps import AdminPrincipal, ControlPrincipal, ReadPrincipal
+from irrigation.common.deps import SettingsDep
 from irrigation.common.http import if_match_version
-from irrigation.common.openapi import problems
+from irrigation.common.openapi import problems, quota_409
 from irrigation.common.pagination import Page, PageParams, page_params
 from irrigation.db import SessionDep
 from irrigation.fleet.service import require_version
@@ -104,14 +105,14 @@ def _out(subscription: WebhookSubscription) -> WebhookOut:
     "/webhooks",
     status_code=201,
     response_model=WebhookCreated,
-    responses=problems(413),
+    responses=problems(409, 413, described={409: quota_409("max_webhooks", "webhooks")}),
     summary="Subscribe a URL to alert events",
     description="The answer carries the signing `secret`, shown this once.\n" + SIGNATURES,
 )
 async def create_webhook(
-    body: WebhookCreate, session: SessionDep, who: AdminPrincipal
+    body: WebhookCreate, session: SessionDep, settings: SettingsDep, who: AdminPrincipal
 ) -> WebhookCreated:
-    subscription = await subscriptions.create(session, who.site_id, body)
+    subscription = await subscriptions.create(session, settings, who.site_id, body)
     return WebhookCreated.model_validate(subscription)
 
 

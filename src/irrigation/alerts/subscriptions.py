@@ -4,7 +4,7 @@ log, and the test ping."""
 import secrets
 import uuid
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation.alerts import notify
@@ -17,6 +17,9 @@ from irrigation.alerts.models import (
 from irrigation.alerts.schemas import WebhookCreate, WebhookUpdate
 from irrigation.common import repository as repo
 from irrigation.common.pagination import PageParams, page_of, paginate
+from irrigation.quotas import service as quotas
+from irrigation.quotas.schemas import Quota
+from irrigation.settings import Settings
 
 
 def new_secret() -> str:
@@ -25,9 +28,15 @@ def new_secret() -> str:
 
 
 async def create(
-    session: AsyncSession, site_id: uuid.UUID, body: WebhookCreate
+    session: AsyncSession, settings: Settings, site_id: uuid.UUID, body: WebhookCreate
 ) -> WebhookSubscription:
     async with session.begin():
+        count = (
+            select(func.count())
+            .select_from(WebhookSubscription)
+            .where(WebhookSubscription.site_id == site_id)
+        )
+        await quotas.ensure_room(session, settings, site_id, Quota.max_webhooks, count, "webhooks")
         subscription = WebhookSubscription(
             site_id=site_id,
             url=body.url,

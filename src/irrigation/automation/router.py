@@ -23,8 +23,9 @@ from irrigation.automation.schemas import (
     Until,
 )
 from irrigation.common import repository as repo
+from irrigation.common.deps import SettingsDep
 from irrigation.common.http import if_match_version
-from irrigation.common.openapi import problems
+from irrigation.common.openapi import problems, quota_409
 from irrigation.common.pagination import Page, PageParams, page_params
 from irrigation.db import SessionDep
 from irrigation.fleet.schemas import ZoneOut
@@ -45,12 +46,15 @@ UNTIL = {
 
 
 @router.post(
-    "/threshold-rules", status_code=201, response_model=ThresholdRuleOut, responses=problems(413)
+    "/threshold-rules",
+    status_code=201,
+    response_model=ThresholdRuleOut,
+    responses=problems(409, 413, described={409: quota_409("max_rules", "threshold rules")}),
 )
 async def create_rule(
-    body: ThresholdRuleCreate, session: SessionDep, who: AdminPrincipal
+    body: ThresholdRuleCreate, session: SessionDep, settings: SettingsDep, who: AdminPrincipal
 ) -> ThresholdRule:
-    return await service.create_rule(session, who.site_id, body)
+    return await service.create_rule(session, settings, who.site_id, body)
 
 
 @router.get("/threshold-rules", response_model=Page[ThresholdRuleOut], responses=problems())
@@ -93,7 +97,7 @@ async def delete_rule(rule_id: uuid.UUID, session: SessionDep, who: AdminPrincip
     "/schedules",
     status_code=201,
     response_model=ScheduleOut,
-    responses=problems(413),
+    responses=problems(409, 413, described={409: quota_409("max_schedules", "schedules")}),
     description=(
         "Either `cron` (5 fields) or `start_times` (with optional `weekdays`), in the zone's "
         "time zone. A start inside a spring-forward gap runs once, an hour later on the wall "
@@ -101,9 +105,9 @@ async def delete_rule(rule_id: uuid.UUID, session: SessionDep, who: AdminPrincip
     ),
 )
 async def create_schedule(
-    body: ScheduleCreate, session: SessionDep, who: AdminPrincipal
+    body: ScheduleCreate, session: SessionDep, settings: SettingsDep, who: AdminPrincipal
 ) -> Schedule:
-    return await service.create_schedule(session, who.site_id, body)
+    return await service.create_schedule(session, settings, who.site_id, body)
 
 
 @router.get("/schedules", response_model=Page[ScheduleOut], responses=problems())
