@@ -33,6 +33,7 @@ from irrigation.ingest.router import router as ingest_router
 from irrigation.logging import configure_logging
 from irrigation.pumps.router import router as pumps_router
 from irrigation.queue import create_redis
+from irrigation.quotas.router import router as quotas_router
 from irrigation.readings.router import router as readings_router
 from irrigation.settings import Settings, get_settings
 
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         {"name": "readings", "description": "Sensor readings in, latest values out"},
         {"name": "sensors"},
         {"name": "keys", "description": "The caller's site and its API keys"},
+        {"name": "quotas", "description": "What the caller's site may hold or run at once"},
         {"name": "alerts", "description": "Raised, acknowledged, cleared"},
         {"name": "webhooks", "description": "Alert events POSTed to your URL, signed"},
         {"name": "operations"},
@@ -109,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_openapi(app)
     app.include_router(health_router)
     app.include_router(auth_router)
+    app.include_router(quotas_router)
     for router in fleet_routers:
         app.include_router(router)
     # Before the pumps' router, so the OpenAPI document lists POST before GET as it did.

@@ -101,6 +101,7 @@ async def ensure_demo(session: AsyncSession, settings: Settings, saved_key: str 
     if zone_id is not None and not has_rule:
         await automation.create_rule(
             session,
+            settings,
             site_id,
             ThresholdRuleCreate(
                 zone_id=zone_id,
@@ -116,6 +117,7 @@ async def ensure_demo(session: AsyncSession, settings: Settings, saved_key: str 
     if zone_id is not None and not has_schedule:
         await automation.create_schedule(
             session,
+            settings,
             site_id,
             ScheduleCreate(
                 zone_id=zone_id,

@@ -57,6 +57,7 @@ JOB_QUEUES: dict[str, str] = {
     "readings.purge_raw_readings": BULK,
     "automation.purge_automation_history": BULK,
     "common.purge_idempotency_keys": BULK,
+    "ingest.purge_reviewed_quarantine": BULK,
 }
 
 

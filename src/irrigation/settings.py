@@ -167,6 +167,43 @@ class Settings(BaseSettings):
         default=1024 * 1024 * 1024, ge=1024, description="Largest history file for an import."
     )
 
+    min_free_disk_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=0,
+        description="An upload is refused (507 insufficient_storage) while the data "
+        "directory's disk has less free space than this (0: no check).",
+    )
+    quarantine_reviewed_retention_days: int = Field(
+        default=90,
+        ge=1,
+        description="Reviewed (approved or rejected) quarantined items are deleted this long "
+        "after their review; pending ones are kept until reviewed.",
+    )
+
+    # Quotas: every site's limits. A site's admin may set its own lower ones
+    # (PATCH /v1/sites/current/quotas), never higher ones; IRRIGATION_MAX_UPLOAD_BYTES is
+    # the quota `max_upload_bytes`.
+    quota_max_concurrent_imports: int = Field(
+        default=8, ge=0, description="Imports queued or running per site (429 beyond)."
+    )
+    quota_waiting_run_requests_per_pump: int = Field(
+        default=100, ge=0, description="Run requests waiting for one pump (409 beyond)."
+    )
+    quota_waiting_run_requests_per_site: int = Field(
+        default=2000, ge=0, description="Run requests waiting in one site (409 beyond)."
+    )
+    quota_max_schedules: int = Field(default=1000, ge=0, description="Schedules per site.")
+    quota_max_rules: int = Field(default=1000, ge=0, description="Threshold rules per site.")
+    quota_max_webhooks: int = Field(
+        default=100, ge=0, description="Webhook subscriptions per site."
+    )
+    quota_max_pending_quarantine: int = Field(
+        default=100_000,
+        ge=0,
+        description="Quarantined items awaiting review per site; bad items beyond it are "
+        "refused and counted, not kept.",
+    )
+
     # MQTT: the broker shared by the readings bridge and the devices
     mqtt_url: str = Field(
         default="mqtt://127.0.0.1:1883",

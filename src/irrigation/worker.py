@@ -23,7 +23,7 @@ from irrigation.common import idempotency
 from irrigation.common.worker_context import CONTEXT_KEY, WorkerContext, worker_context
 from irrigation.db import create_engine, create_sessionmaker
 from irrigation.gateway import create_gateway
-from irrigation.ingest import import_jobs
+from irrigation.ingest import import_jobs, review_retention
 from irrigation.logging import configure_logging
 from irrigation.pumps import jobs, reconcile
 from irrigation.readings import retention
@@ -142,6 +142,11 @@ def crons() -> list[Cron]:
             "common.purge_idempotency_keys",
             purge_idempotency_keys,
             {"minute": {0, 30}, "second": {7}},
+        ),
+        Cron(
+            "ingest.purge_reviewed_quarantine",
+            review_retention.purge_reviewed_quarantine,
+            {"minute": {53}, "second": {0}},
         ),
     ]
 

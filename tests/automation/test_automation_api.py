@@ -750,6 +750,27 @@ async def test_site_state_needs_a_future_aware_time_and_control(
     assert state.json() == {"paused_until": None, "rain_delay_until": None}
 
 
+@pytest.mark.parametrize(
+    "target", ["/v1/sites/current/rain-delay", "/v1/sites/current/pause", "zone"]
+)
+async def test_until_more_than_366_days_ahead_is_until_too_far(
+    client: httpx.AsyncClient, admin: Headers, target: str
+) -> None:
+    zone = await make_zone(client, admin)
+    path = f"/v1/zones/{zone['id']}/rain-delay" if target == "zone" else target
+    for until in ("9999-12-31T23:00:00Z", iso_in(timedelta(days=367))):
+        refused = await client.post(path, json={"until": until}, headers=admin)
+        body = assert_invalid(refused, "body.until", code="until_too_far")
+        assert "366 days" in body["detail"]
+    shown = (await client.get(f"/v1/zones/{zone['id']}", headers=admin)).json()
+    state = await client.delete("/v1/sites/current/pause", headers=admin)
+    assert shown["rain_delay_until"] is None
+    assert state.json() == {"paused_until": None, "rain_delay_until": None}
+    # A season ahead is still fine.
+    accepted = await client.post(path, json={"until": iso_in(timedelta(days=365))}, headers=admin)
+    assert accepted.status_code == 200, accepted.text
+
+
 # Queued activations and the run queue --------------------------------------------------
 
 

@@ -26,7 +26,7 @@ from irrigation.alerts.schemas import (
 from irrigation.auth.deps import AdminPrincipal, ControlPrincipal, ReadPrincipal
 from irrigation.common.deps import SettingsDep
 from irrigation.common.http import if_match_version
-from irrigation.common.openapi import problems
+from irrigation.common.openapi import problems, quota_409
 from irrigation.common.pagination import Page, PageParams, page_params
 from irrigation.db import SessionDep
 from irrigation.fleet.service import require_version
@@ -114,7 +114,9 @@ def _out(subscription: WebhookSubscription) -> WebhookOut:
     "/webhooks",
     status_code=201,
     response_model=WebhookCreated,
-    responses=problems(413, described=URL_RULES),
+    responses=problems(
+        409, 413, described={**URL_RULES, 409: quota_409("max_webhooks", "webhooks")}
+    ),
     summary="Subscribe a URL to alert events",
     description="The answer carries the signing `secret`, shown this once.\n" + SIGNATURES,
 )

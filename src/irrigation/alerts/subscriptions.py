@@ -5,7 +5,7 @@ import secrets
 import uuid
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation.alerts import notify, targets
@@ -20,6 +20,8 @@ from irrigation.alerts.schemas import WebhookCreate, WebhookUpdate
 from irrigation.common import repository as repo
 from irrigation.common.errors import Invalid
 from irrigation.common.pagination import PageParams, page_of, paginate
+from irrigation.quotas import service as quotas
+from irrigation.quotas.schemas import Quota
 from irrigation.settings import Settings
 
 URL_FORBIDDEN = "webhook_url_forbidden"
@@ -55,6 +57,12 @@ async def create(
 ) -> WebhookSubscription:
     await check_url(body.url, settings)
     async with session.begin():
+        count = (
+            select(func.count())
+            .select_from(WebhookSubscription)
+            .where(WebhookSubscription.site_id == site_id)
+        )
+        await quotas.ensure_room(session, settings, site_id, Quota.max_webhooks, count, "webhooks")
         subscription = WebhookSubscription(
             site_id=site_id,
             url=body.url,

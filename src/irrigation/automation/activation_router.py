@@ -50,7 +50,10 @@ Accepted = Annotated[ActivationOut | RunRequestOut, Field(discriminator="kind")]
             described={
                 409: "Refused (`pump_busy`, `cooldown`, `fault`, `disabled`, `capacity`); "
                 "`invalid_hardware_id`: the pump's hardware_id predates the address pattern "
-                f"and cannot be commanded until it is changed; or {IN_FLIGHT}"
+                "and cannot be commanded until it is changed; with `queue`, "
+                "`quota_exceeded`: as many run requests already wait for the pump or in the "
+                "site as its quota `waiting_run_requests_per_pump` or "
+                f"`waiting_run_requests_per_site` allows (`quota` names it); or {IN_FLIGHT}"
             },
         ),
         202: {"description": "Accepted and queued; `Location` names the activation."},

@@ -2,7 +2,7 @@
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -16,8 +16,17 @@ from irrigation.fleet.models import Zone
 
 
 def local(moment: datetime, tz: str) -> str:
-    """'2026-11-23 06:00 Europe/Berlin': how a grower reads a time."""
-    return f"{moment.astimezone(ZoneInfo(tz)):%Y-%m-%d %H:%M} {tz}"
+    """'2026-11-23 06:00 Europe/Berlin': how a grower reads a time.
+
+    Never raises: an instant whose local reading falls outside datetime's years 1-9999
+    (a pause until 9999-12-31T23:00Z read in Asia/Tokyo, stored before `until` was bounded)
+    is written in UTC instead. One sentence that cannot be formatted once rolled back a
+    schedule's advance and stopped the dispatcher for every site queued after it."""
+    try:
+        return f"{moment.astimezone(ZoneInfo(tz)):%Y-%m-%d %H:%M} {tz}"
+    except OverflowError:
+        utc = moment.astimezone(UTC)
+        return f"{utc.year:04d}-{utc:%m-%d %H:%M} UTC"
 
 
 @dataclass(frozen=True)

@@ -184,6 +184,8 @@ class Reason(StrEnum):
     soil_wet = "soil_wet"
     forecast_rain = "forecast_rain"
     water_level_zero = "water_level_zero"
+    # The site's quota of waiting run requests (per pump or per site) is full.
+    quota_exceeded = "quota_exceeded"
 
 
 class AutomationDecision(IdMixin, Base):

@@ -23,8 +23,9 @@ from irrigation.automation.schemas import (
     Until,
 )
 from irrigation.common import repository as repo
+from irrigation.common.deps import SettingsDep
 from irrigation.common.http import if_match_version
-from irrigation.common.openapi import problems
+from irrigation.common.openapi import problems, quota_409
 from irrigation.common.pagination import Page, PageParams, page_params
 from irrigation.db import SessionDep
 from irrigation.fleet.schemas import ZoneOut
@@ -35,18 +36,25 @@ IfMatch = Annotated[int | None, Depends(if_match_version)]
 Params = Annotated[PageParams, Depends(page_params)]
 WRITE = problems(404, 409, 413, 428)
 ZoneFilter = Annotated[uuid.UUID | None, Query(description="Only this zone's.")]
+UNTIL = {
+    422: "`until` missing, without an offset or not in the future (`validation_error`), or "
+    "more than 366 days ahead (`until_too_far`)"
+}
 
 
 # Threshold rules -----------------------------------------------------------------------
 
 
 @router.post(
-    "/threshold-rules", status_code=201, response_model=ThresholdRuleOut, responses=problems(413)
+    "/threshold-rules",
+    status_code=201,
+    response_model=ThresholdRuleOut,
+    responses=problems(409, 413, described={409: quota_409("max_rules", "threshold rules")}),
 )
 async def create_rule(
-    body: ThresholdRuleCreate, session: SessionDep, who: AdminPrincipal
+    body: ThresholdRuleCreate, session: SessionDep, settings: SettingsDep, who: AdminPrincipal
 ) -> ThresholdRule:
-    return await service.create_rule(session, who.site_id, body)
+    return await service.create_rule(session, settings, who.site_id, body)
 
 
 @router.get("/threshold-rules", response_model=Page[ThresholdRuleOut], responses=problems())
@@ -89,7 +97,7 @@ async def delete_rule(rule_id: uuid.UUID, session: SessionDep, who: AdminPrincip
     "/schedules",
     status_code=201,
     response_model=ScheduleOut,
-    responses=problems(413),
+    responses=problems(409, 413, described={409: quota_409("max_schedules", "schedules")}),
     description=(
         "Either `cron` (5 fields) or `start_times` (with optional `weekdays`), in the zone's "
         "time zone. A start inside a spring-forward gap runs once, an hour later on the wall "
@@ -97,9 +105,9 @@ async def delete_rule(rule_id: uuid.UUID, session: SessionDep, who: AdminPrincip
     ),
 )
 async def create_schedule(
-    body: ScheduleCreate, session: SessionDep, who: AdminPrincipal
+    body: ScheduleCreate, session: SessionDep, settings: SettingsDep, who: AdminPrincipal
 ) -> Schedule:
-    return await service.create_schedule(session, who.site_id, body)
+    return await service.create_schedule(session, settings, who.site_id, body)
 
 
 @router.get("/schedules", response_model=Page[ScheduleOut], responses=problems())
@@ -216,7 +224,11 @@ async def list_decisions(
 # Rain delay and pause ------------------------------------------------------------------
 
 
-@router.post("/zones/{zone_id}/rain-delay", response_model=ZoneOut, responses=problems(404, 413))
+@router.post(
+    "/zones/{zone_id}/rain-delay",
+    response_model=ZoneOut,
+    responses=problems(404, 413, described=UNTIL),
+)
 async def start_zone_rain_delay(
     zone_id: uuid.UUID, body: Until, session: SessionDep, who: ControlPrincipal
 ) -> ZoneOut:
@@ -241,7 +253,7 @@ def _state(site: object) -> AutomationState:
 @router.post(
     "/sites/current/rain-delay",
     response_model=AutomationState,
-    responses=problems(413),
+    responses=problems(413, described=UNTIL),
     summary="Rain delay for every zone of the site",
 )
 async def start_site_rain_delay(
@@ -260,7 +272,7 @@ async def end_site_rain_delay(session: SessionDep, who: ControlPrincipal) -> Aut
 @router.post(
     "/sites/current/pause",
     response_model=AutomationState,
-    responses=problems(413),
+    responses=problems(413, described=UNTIL),
     summary="Pause all automation (thresholds, schedules) of the site until a time",
     description="People can still start pumps; waiting automatic runs wait (or expire).",
 )

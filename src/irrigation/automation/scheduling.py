@@ -197,7 +197,12 @@ async def _fire_one(
             why,
             schedule_id=schedule.id,
         )
-        await queue_zone_runs(session, schedule.site_id, found, make)
+        queued = await queue_zone_runs(session, settings, schedule.site_id, found, make)
+        if isinstance(queued, Skip):
+            record(
+                session, subject, now, Outcome.skipped, queued.reason, queued.message, detail=detail
+            )
+            return None
         return schedule.site_id
 
 

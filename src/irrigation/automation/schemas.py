@@ -316,7 +316,8 @@ class DecisionOut(BaseModel):
 
 class Until(Body):
     until: AwareDatetime = Field(
-        description="When it ends, with a UTC offset; must be in the future (422 otherwise)."
+        description="When it ends, with a UTC offset: in the future (422 `validation_error` "
+        "otherwise) and at most 366 days ahead (422 `until_too_far` beyond)."
     )
 
 

@@ -1,10 +1,10 @@
 """Automation configuration: rule and schedule CRUD, rain delays and the site pause."""
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation.auth.models import Site
@@ -21,6 +21,9 @@ from irrigation.common import repository as repo
 from irrigation.common.clock import db_now
 from irrigation.common.errors import Invalid
 from irrigation.fleet.models import Pump, Zone
+from irrigation.quotas import service as quotas
+from irrigation.quotas.schemas import Quota
+from irrigation.settings import Settings
 
 
 async def _pump_of_zone(
@@ -36,12 +39,18 @@ async def _pump_of_zone(
 # Threshold rules -----------------------------------------------------------------------
 
 
+def _count_of(model: type[ThresholdRule | Schedule], site_id: uuid.UUID) -> Select[Any]:
+    return select(func.count()).select_from(model).where(model.site_id == site_id)
+
+
 async def create_rule(
-    session: AsyncSession, site_id: uuid.UUID, body: ThresholdRuleCreate
+    session: AsyncSession, settings: Settings, site_id: uuid.UUID, body: ThresholdRuleCreate
 ) -> ThresholdRule:
     async with session.begin():
         await repo.get_referenced(session, Zone, site_id, body.zone_id, "zone_id")
         await _pump_of_zone(session, site_id, body.zone_id, body.pump_id)
+        count = _count_of(ThresholdRule, site_id)
+        await quotas.ensure_room(session, settings, site_id, Quota.max_rules, count, "rules")
         rule = ThresholdRule(site_id=site_id, **body.model_dump())
         await repo.flush_new(session, rule)
     return rule
@@ -80,11 +89,15 @@ def _when(values: dict[str, Any]) -> When:
 
 
 async def create_schedule(
-    session: AsyncSession, site_id: uuid.UUID, body: ScheduleCreate
+    session: AsyncSession, settings: Settings, site_id: uuid.UUID, body: ScheduleCreate
 ) -> Schedule:
     async with session.begin():
         zone = await repo.get_referenced(session, Zone, site_id, body.zone_id, "zone_id")
         await _pump_of_zone(session, site_id, body.zone_id, body.pump_id)
+        count = _count_of(Schedule, site_id)
+        await quotas.ensure_room(
+            session, settings, site_id, Quota.max_schedules, count, "schedules"
+        )
         schedule = Schedule(site_id=site_id, **body.model_dump(mode="json"))
         schedule.zone_id, schedule.pump_id = body.zone_id, body.pump_id
         schedule.next_run_at = first_run(schedule, zone.timezone, await db_now(session))
@@ -125,9 +138,23 @@ async def update_schedule(
 # Rain delays and pause -----------------------------------------------------------------
 
 
+# A pause or rain delay is for a season at most. Unbounded, a control key could write
+# 9999-12-31T23:00Z, past what a zone east of UTC can even show.
+MAX_UNTIL_AHEAD = timedelta(days=366)
+
+
 async def _future(session: AsyncSession, until: datetime | None) -> datetime | None:
-    if until is not None and until <= await db_now(session):
+    if until is None:
+        return None
+    now = await db_now(session)
+    if until <= now:
         raise Invalid("until must be in the future", field="body.until")
+    if until > now + MAX_UNTIL_AHEAD:
+        raise Invalid(
+            f"until must be at most {MAX_UNTIL_AHEAD.days} days ahead",
+            field="body.until",
+            code="until_too_far",
+        )
     return until
 
 

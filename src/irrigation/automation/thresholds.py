@@ -101,6 +101,18 @@ async def _evaluate_one(
         gate = automation_gate(now, zone.timezone, paused_until, site_rain, zone.rain_delay_until)
         asked_by = RunRequest.rule_id == rule.id
         found = gate or await pumps_to_water(session, rule.zone_id, rule.pump_id, asked_by, "rule")
+        if not isinstance(found, Skip):
+            make = WishMaker(
+                Priority.threshold,
+                rule.duration_s,
+                f"rule:{rule.id}",
+                now + timedelta(seconds=settings.threshold_run_deadline_s),
+                f"threshold rule {rule.name or rule.id}: {what}",
+                rule_id=rule.id,
+            )
+            queued = await queue_zone_runs(session, settings, rule.site_id, found, make)
+            if isinstance(queued, Skip):
+                found = queued
         if isinstance(found, Skip):
             # Its earlier run still waiting is no news; any other reason is logged once.
             if found.reason != Reason.already_queued and rule.last_skip_reason != found.reason:
@@ -108,15 +120,6 @@ async def _evaluate_one(
                 message = f"{found.message} ({what})"
                 record(session, subject, now, Outcome.skipped, found.reason, message)
             return None
-        make = WishMaker(
-            Priority.threshold,
-            rule.duration_s,
-            f"rule:{rule.id}",
-            now + timedelta(seconds=settings.threshold_run_deadline_s),
-            f"threshold rule {rule.name or rule.id}: {what}",
-            rule_id=rule.id,
-        )
-        await queue_zone_runs(session, rule.site_id, found, make)
         rule.armed = False
         rule.last_triggered_at = now
         rule.last_skip_reason = None

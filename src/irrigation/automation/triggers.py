@@ -16,6 +16,8 @@ from irrigation.automation.runqueue import enqueue
 from irrigation.fleet.models import Pump, Sensor
 from irrigation.ingest.models import SensorReading
 from irrigation.pumps.models import Priority
+from irrigation.quotas.service import QuotaExceeded
+from irrigation.settings import Settings
 
 
 def zone_average(zone_id: Any, kind: Any, since: Any, until: datetime) -> ColumnElement[Any]:
@@ -113,13 +115,23 @@ class WishMaker:
 
 
 async def queue_zone_runs(
-    session: AsyncSession, site_id: uuid.UUID, pumps: list[Pump], make: WishMaker
-) -> list[RunRequest]:
-    """One request per pump, each after the previous: a zone's pumps water one by one."""
+    session: AsyncSession,
+    settings: Settings,
+    site_id: uuid.UUID,
+    pumps: list[Pump],
+    make: WishMaker,
+) -> list[RunRequest] | Skip:
+    """One request per pump, each after the previous: a zone's pumps water one by one. All
+    or none: over the site's quota of waiting requests, none is queued and the answer is
+    why (the caller's other changes, such as a schedule's advance, still commit)."""
     previous: uuid.UUID | None = None
     requests = []
-    for pump in pumps:
-        request, _ = await enqueue.add(session, site_id, make(pump, previous))
-        requests.append(request)
-        previous = request.id
+    try:
+        async with session.begin_nested():
+            for pump in pumps:
+                request, _ = await enqueue.add(session, settings, site_id, make(pump, previous))
+                requests.append(request)
+                previous = request.id
+    except QuotaExceeded as exc:
+        return Skip(Reason.quota_exceeded, exc.detail)
     return requests

@@ -25,6 +25,10 @@ class Problem(BaseModel):
     detail: str
     code: str = Field(description="Stable machine-readable error code.")
     errors: list[FieldError] | None = Field(default=None, description="422 only: the fields.")
+    quota: str | None = Field(
+        default=None, description="`quota_exceeded` only: the site quota that refused it."
+    )
+    limit: int | None = Field(default=None, description="`quota_exceeded` only: its value.")
 
 
 _DESCRIPTIONS = {
@@ -69,6 +73,14 @@ def problems(
         }
         for code in sorted(wanted)
     }
+
+
+def quota_409(quota: str, what: str) -> str:
+    """The 409 of a route that adds what a site quota counts."""
+    return (
+        f"`quota_exceeded`: the site already has as many {what} as its quota `{quota}` "
+        "allows (`quota` names it, `limit` gives it; see GET /v1/sites/current/quotas)"
+    )
 
 
 # The 409 of an idempotent route, added to what else it may mean there.

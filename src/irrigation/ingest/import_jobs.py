@@ -190,11 +190,12 @@ async def _commit_chunk(
             if job.status != JobStatus.running or job.processed != offset or not job.site_id:
                 raise _Superseded
             checked = await service.check(session, settings, job.site_id, parsed, offset)
-            written = await service.write_checked(session, job.site_id, job_id, checked)
+            written = await service.write_checked(session, settings, job.site_id, job_id, checked)
             job.processed += len(parsed)
             job.inserted += written.inserted
             job.duplicates += written.duplicates
             job.quarantined += len(checked.rejected)
+            job.quarantine_not_kept += written.not_kept
         return written.stored
 
     # Live batches for the same sensors can deadlock with a chunk on rollup rows.

@@ -18,8 +18,19 @@ router = APIRouter(prefix="/v1", tags=["readings"])
 
 UPLOAD_PATH = "/v1/ingest/jobs"
 
-_RESPONSES = problems(413, 415, 503)
-_RESPONSES[413]["description"] = "The file is above `IRRIGATION_MAX_UPLOAD_BYTES`"
+_RESPONSES = problems(413, 415, 429, 503, 507)
+_RESPONSES[413]["description"] = (
+    "The file is above the site's quota `max_upload_bytes` (`payload_too_large`, with "
+    "`quota` and `limit`; at most `IRRIGATION_MAX_UPLOAD_BYTES`)"
+)
+_RESPONSES[429]["description"] = (
+    "The site has as many imports queued or running as its quota `max_concurrent_imports` "
+    "allows (`quota_exceeded`, with `quota`, `limit` and `Retry-After`)"
+)
+_RESPONSES[507]["description"] = (
+    "The server's disk has less free space than `IRRIGATION_MIN_FREE_DISK_BYTES` "
+    "(`insufficient_storage`, with `Retry-After`)"
+)
 _RESPONSES[415]["description"] = (
     "Neither `format` nor the `Content-Type` (of the body, or of the `file` part) names "
     "NDJSON or CSV (`unsupported_media_type`)"

@@ -3,6 +3,7 @@ its start checked, then the import job committed and queued (import_jobs runs it
 
 import asyncio
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterable
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import BinaryIO
 
 import structlog
 from arq.connections import ArqRedis
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation import queue
@@ -17,6 +19,8 @@ from irrigation.common.errors import DomainError, PayloadTooLarge, Unavailable
 from irrigation.ingest.import_formats import ImportFormat, check_start
 from irrigation.ingest.import_jobs import IMPORTS_DIR, discard, fail, upload_path
 from irrigation.ingest.models import IngestionJob, JobSource, JobStatus
+from irrigation.quotas import service as quotas
+from irrigation.quotas.schemas import Quota
 from irrigation.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -53,6 +57,52 @@ def resolve_format(query_format: str | None, content_type: str | None) -> Import
     )
 
 
+class InsufficientStorage(DomainError):
+    status, code, title = 507, "insufficient_storage", "Insufficient storage"
+
+
+# A running import takes minutes: the client may look again after this long.
+IMPORT_RETRY_AFTER_S = 30
+
+
+async def _ensure_import_slot(
+    session: AsyncSession, settings: Settings, site_id: uuid.UUID
+) -> None:
+    """429 while the site has as many imports queued or running as its quota allows."""
+    count = (
+        select(func.count())
+        .select_from(IngestionJob)
+        .where(
+            IngestionJob.site_id == site_id,
+            IngestionJob.source == JobSource.import_,
+            IngestionJob.status.in_((JobStatus.queued, JobStatus.running)),
+        )
+    )
+    await quotas.ensure_room(
+        session,
+        settings,
+        site_id,
+        Quota.max_concurrent_imports,
+        count,
+        "imports queued or running",
+        retry_after_s=IMPORT_RETRY_AFTER_S,
+    )
+
+
+def _ensure_free_disk(settings: Settings, folder: Path) -> None:
+    """507 while the disk of the uploads has less free space than the deployment keeps."""
+    if settings.min_free_disk_bytes <= 0:
+        return
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if free < settings.min_free_disk_bytes:
+        log.warning("import_disk_low", free=free, minimum=settings.min_free_disk_bytes)
+        raise InsufficientStorage(
+            "the server's disk is too full to take an upload now; try again later",
+            headers={"Retry-After": str(IMPORT_RETRY_AFTER_S)},
+        )
+
+
 async def receive(
     session: AsyncSession,
     settings: Settings,
@@ -61,14 +111,23 @@ async def receive(
     file_format: ImportFormat,
     body: AsyncIterable[bytes],
 ) -> IngestionJob:
-    """Stream the body to disk, then commit the queued job before anyone hears of it."""
+    """Stream the body to disk, then commit the queued job before anyone hears of it.
+
+    The site's import quota is checked before the body is read (no upload in vain) and
+    again, under its lock, in the transaction that queues the job: of two uploads racing
+    for the last slot, the second is refused and its file removed."""
+    async with session.begin():
+        await _ensure_import_slot(session, settings, site_id)
+        max_bytes = await quotas.limit_of(session, settings, site_id, Quota.max_upload_bytes)
     job_id = uuid.uuid4()
     relative = f"{IMPORTS_DIR}/{job_id}.{file_format}"
     path = upload_path(settings, relative)
-    await _save(body, path, settings.max_upload_bytes)
+    await asyncio.to_thread(_ensure_free_disk, settings, path.parent)
+    await _save(body, path, max_bytes, settings)
     try:
         await asyncio.to_thread(check_start, path, file_format)
         async with session.begin():
+            await _ensure_import_slot(session, settings, site_id)
             job = IngestionJob(
                 id=job_id,
                 site_id=site_id,
@@ -93,10 +152,11 @@ async def receive(
     return job
 
 
-async def _save(body: AsyncIterable[bytes], path: Path, max_bytes: int) -> None:
+async def _save(body: AsyncIterable[bytes], path: Path, max_bytes: int, settings: Settings) -> None:
     """Written in 1 MiB blocks from a thread: memory stays bounded and the event loop never
     waits on the disk. A partial file is removed, whatever interrupted the upload; a whole
-    one is fsynced, since the job that points at it is about to be acknowledged."""
+    one is fsynced, since the job that points at it is about to be acknowledged. The free
+    space is checked again after each block: uploads running at once share the disk."""
     try:
         await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
         out = await asyncio.to_thread(path.open, "xb")
@@ -111,11 +171,16 @@ async def _save(body: AsyncIterable[bytes], path: Path, max_bytes: int) -> None:
             # The body limit middleware checks the same limit for this route; this keeps
             # the service right on its own.
             if size > max_bytes:
-                raise PayloadTooLarge(f"an import file is limited to {max_bytes} bytes")
+                raise PayloadTooLarge(
+                    f"an import file is limited to {max_bytes} bytes",
+                    quota=Quota.max_upload_bytes.value,
+                    limit=max_bytes,
+                )
             pending += chunk
             if len(pending) >= WRITE_BLOCK:
                 await asyncio.to_thread(out.write, pending)
                 pending = bytearray()
+                await asyncio.to_thread(_ensure_free_disk, settings, path.parent)
         if pending:
             await asyncio.to_thread(out.write, pending)
         await asyncio.to_thread(_flush_to_disk, out)

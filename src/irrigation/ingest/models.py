@@ -14,6 +14,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     SmallInteger,
     String,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -82,7 +83,15 @@ class JobStatus(StrEnum):
 
 class IngestionJob(IdMixin, Base):
     __tablename__ = "ingestion_jobs"
-    __table_args__ = (Index("ix_ingestion_jobs_site_page", "site_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_ingestion_jobs_site_page", "site_id", "created_at", "id"),
+        # The quota's count of a site's unfinished imports: a site has a job per batch.
+        Index(
+            "ix_ingestion_jobs_unfinished_imports",
+            "site_id",
+            postgresql_where=text("source = 'import' AND status IN ('queued', 'running')"),
+        ),
+    )
 
     # None only for the MQTT bridge's job of messages whose topic names no known site.
     site_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
@@ -93,6 +102,9 @@ class IngestionJob(IdMixin, Base):
     inserted: Mapped[int] = mapped_column(Integer, default=0)
     duplicates: Mapped[int] = mapped_column(Integer, default=0)
     quarantined: Mapped[int] = mapped_column(Integer, default=0)
+    # Of `quarantined`, those refused without being kept: the site's pending quarantine was
+    # at its quota (max_pending_quarantine).
+    quarantine_not_kept: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     processing_time_ms: Mapped[int | None] = mapped_column(Integer, default=None)
@@ -107,6 +119,18 @@ class QuarantinedReading(IdMixin, Base):
     __table_args__ = (
         Index("ix_quarantined_readings_site_page", "site_id", "created_at", "id"),
         Index("ix_quarantined_readings_job", "job_id"),
+        # The quota's count of a site's items awaiting review.
+        Index(
+            "ix_quarantined_readings_pending",
+            "site_id",
+            postgresql_where=text("review_status = 'pending'"),
+        ),
+        # The retention of reviewed items, oldest review first.
+        Index(
+            "ix_quarantined_readings_reviewed",
+            "reviewed_at",
+            postgresql_where=text("review_status <> 'pending'"),
+        ),
     )
 
     # None for an MQTT message whose topic names no known site (its job's site is None too).

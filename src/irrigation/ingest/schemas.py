@@ -91,6 +91,11 @@ class IngestResult(BaseModel):
     inserted: int
     duplicates: int
     quarantined: int
+    quarantine_not_kept: int = Field(
+        description="Of `quarantined`, the items refused without being kept for review: the "
+        "site's items awaiting review had reached its quota `max_pending_quarantine`. They "
+        "are listed in `quarantine` like the others; reviewing pending items makes room."
+    )
     quarantine: list[QuarantinedItem]
 
 
@@ -105,6 +110,10 @@ class IngestionJobOut(BaseModel):
     inserted: int
     duplicates: int
     quarantined: int
+    quarantine_not_kept: int = Field(
+        description="Of `quarantined`, those refused without being kept for review (the "
+        "site's pending quarantine was at its quota `max_pending_quarantine`)."
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

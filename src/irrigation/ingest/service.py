@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 from prometheus_client import Counter
-from sqlalchemy import ARRAY, Uuid, any_, insert, literal, select
+from sqlalchemy import ARRAY, Uuid, any_, func, insert, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation.auth.models import Site
@@ -23,7 +23,14 @@ from irrigation.fleet.models import Sensor
 from irrigation.fleet.service import range_of
 from irrigation.ingest import store
 from irrigation.ingest.cache import HotCache
-from irrigation.ingest.models import IngestionJob, JobSource, JobStatus, SensorReading
+from irrigation.ingest.models import (
+    IngestionJob,
+    JobSource,
+    JobStatus,
+    QuarantinedReading,
+    ReviewStatus,
+    SensorReading,
+)
 from irrigation.ingest.rows import Rows, encode
 from irrigation.ingest.schemas import IngestionJobOut, IngestResult, QuarantinedItem
 from irrigation.ingest.validation import (
@@ -34,6 +41,8 @@ from irrigation.ingest.validation import (
     check_items,
     sensor_ids,
 )
+from irrigation.quotas import service as quotas
+from irrigation.quotas.schemas import Quota
 from irrigation.settings import Settings
 
 DEADLOCK_RETRIES = Counter(
@@ -95,17 +104,47 @@ class Written:
     stored: Rows
     """The accepted readings as the database now holds them, for the hot cache: a
     duplicate may carry another value than the reading it lost to."""
+    not_kept: int
+    """Bad items refused without being kept for review (the pending quarantine is full)."""
+
+
+async def keep_for_review(
+    session: AsyncSession, settings: Settings, site_id: uuid.UUID, rejected: list[Rejected]
+) -> tuple[list[Rejected], int]:
+    """The bad items to quarantine, and how many are refused without being kept: those
+    beyond the room left under the site's quota of items awaiting review, first ones
+    first. Counted without a lock, so batches of one site racing past the quota may keep
+    one batch each too many; the count (an index-only scan of at most the quota's rows)
+    runs only for a batch with bad items."""
+    if not rejected:
+        return rejected, 0
+    limit = await quotas.limit_of(session, settings, site_id, Quota.max_pending_quarantine)
+    pending = select(QuarantinedReading.id).where(
+        QuarantinedReading.site_id == site_id,
+        QuarantinedReading.review_status == ReviewStatus.pending,
+    )
+    used = (
+        await session.execute(select(func.count()).select_from(pending.limit(limit).subquery()))
+    ).scalar_one()
+    room = max(limit - used, 0)
+    return rejected[:room], max(len(rejected) - room, 0)
 
 
 async def write_checked(
-    session: AsyncSession, site_id: uuid.UUID, job_id: uuid.UUID, checked: Checked
+    session: AsyncSession,
+    settings: Settings,
+    site_id: uuid.UUID,
+    job_id: uuid.UUID,
+    checked: Checked,
 ) -> Written:
     """Readings, quarantine and rollups within the caller's transaction; the rollups last,
     as the statement that locks what concurrent batches of these sensors wait for."""
     inserted = await store.insert_readings(session, encode(checked.accepted))
-    await store.insert_quarantine(session, site_id, job_id, checked.rejected)
+    kept, not_kept = await keep_for_review(session, settings, site_id, checked.rejected)
+    await store.insert_quarantine(session, site_id, job_id, kept)
     await store.roll_up(session, inserted)
-    return Written(inserted.count, len(checked.accepted) - inserted.count, inserted.stored)
+    duplicates = len(checked.accepted) - inserted.count
+    return Written(inserted.count, duplicates, inserted.stored, not_kept)
 
 
 async def ingest_batch(
@@ -160,12 +199,14 @@ async def _ingest_once(
         checked = await check(session, settings, site_id, parsed)
         started_at = utcnow()
         inserted = await store.insert_readings(session, encode(checked.accepted), mode)
+        kept, not_kept = await keep_for_review(session, settings, site_id, checked.rejected)
         result = IngestResult(
             job_id=uuid.uuid4(),
             total=len(parsed),
             inserted=inserted.count,
             duplicates=len(checked.accepted) - inserted.count,
             quarantined=len(checked.rejected),
+            quarantine_not_kept=not_kept,
             quarantine=[
                 QuarantinedItem(index=r.index, reason=r.reason, detail=r.detail)
                 for r in checked.rejected
@@ -184,13 +225,14 @@ async def _ingest_once(
                 inserted=result.inserted,
                 duplicates=result.duplicates,
                 quarantined=result.quarantined,
+                quarantine_not_kept=not_kept,
                 created_at=started_at,
                 started_at=started_at,
                 finished_at=utcnow(),
                 processing_time_ms=round((time.perf_counter() - started) * 1000),
             )
         )
-        await store.insert_quarantine(session, site_id, result.job_id, checked.rejected)
+        await store.insert_quarantine(session, site_id, result.job_id, kept)
         answer = StoredAnswer(200, result.model_dump(mode="json"), {})
         await claim.store(answer)
         # Last, right before the COMMIT: the rollup rows and sensors it locks are what

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from arq.connections import ArqRedis
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,6 +24,8 @@ from irrigation.common.idempotency import IdempotentRequest, StoredAnswer
 from irrigation.fleet.models import Pump, WaterSource, Zone
 from irrigation.pumps import service as pumps
 from irrigation.pumps.models import ActivationStatus, Priority, PumpActivation
+from irrigation.quotas import service as quotas
+from irrigation.quotas.schemas import Quota
 from irrigation.settings import Settings
 
 RANK = {Priority.manual: 0, Priority.emergency: 1, Priority.scheduled: 2, Priority.threshold: 3}
@@ -63,16 +65,21 @@ async def lock_source_and_pump(
 
 
 async def add(
-    session: AsyncSession, site_id: uuid.UUID, wish: Wish
+    session: AsyncSession, settings: Settings, site_id: uuid.UUID, wish: Wish
 ) -> tuple[RunRequest, list[PumpActivation]]:
     """Queue a wish inside the caller's transaction; returns it and, for `replace`, the
     runs to stop. A higher priority supersedes lower-priority requests waiting for the
-    same pump."""
+    same pump. Over the site's quota of waiting requests (per pump, per site): 409
+    `quota_exceeded`."""
+    # The quota's lock before the source and pump locks: a zone-wide run queues one request
+    # per pump in one transaction, and must not hold a pump while it waits for the count.
+    await quotas.hold(session, site_id, Quota.waiting_run_requests_per_site)
     source, pump, now = await lock_source_and_pump(
         session, site_id, wish.pump_id, all_pumps=wish.queue == "replace"
     )
     pumps.check_duration(pump, wish.duration_s)
     rank = RANK[wish.priority]
+    await _ensure_room(session, settings, site_id, pump, rank)
     stamp = int(now.timestamp() * 1_000_000)
     request = RunRequest(
         id=uuid.uuid4(),
@@ -132,6 +139,31 @@ async def add(
     return request, to_stop
 
 
+async def _ensure_room(
+    session: AsyncSession, settings: Settings, site_id: uuid.UUID, pump: Pump, rank: int
+) -> None:
+    """Room for one more waiting request, counted under the quota's lock; the requests this
+    one supersedes (lower priority, same pump) leave the queue as it joins."""
+    superseded = (RunRequest.pump_id == pump.id) & (RunRequest.rank > rank)
+    for_pump, in_site = (
+        await session.execute(
+            select(
+                func.count().filter(RunRequest.pump_id == pump.id, RunRequest.rank <= rank),
+                func.count().filter(~superseded),
+            ).where(RunRequest.site_id == site_id, RunRequest.status == RunStatus.waiting)
+        )
+    ).one()
+    for quota, used, where in (
+        (Quota.waiting_run_requests_per_pump, for_pump, f"for pump {pump.name!r}"),
+        (Quota.waiting_run_requests_per_site, in_site, "in the site"),
+    ):
+        limit = await quotas.limit_of(session, settings, site_id, quota)
+        if used >= limit:
+            raise quotas.QuotaExceeded(
+                quota, limit, f"{used} run requests already wait {where}, its quota {quota}"
+            )
+
+
 async def _stop_others_on_source(
     session: AsyncSession, source: WaterSource, pump: Pump, now: datetime
 ) -> list[PumpActivation]:
@@ -175,7 +207,7 @@ async def request_run(
         async with idempotency.begin(session, idem, settings.idempotency_ttl_s) as claim:
             if claim.replay is not None:
                 return claim.replay
-            request, to_stop = await add(session, site_id, wish)
+            request, to_stop = await add(session, settings, site_id, wish)
             await claim.store(render(request))
     except DBAPIError as exc:
         raise pumps.unavailable_if_lock_timeout(exc) from None
