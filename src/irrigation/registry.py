@@ -8,6 +8,7 @@ from irrigation.common.orm import Base
 from irrigation.fleet import models as fleet_models
 from irrigation.ingest import models as ingest_models
 from irrigation.pumps import models as pump_models
+from irrigation.ratelimits import models as rate_limit_models
 
 metadata = Base.metadata
 
@@ -20,4 +21,5 @@ __all__ = [
     "ingest_models",
     "metadata",
     "pump_models",
+    "rate_limit_models",
 ]

@@ -1,5 +1,5 @@
 """Plain ASGI middleware (not BaseHTTPMiddleware: it can leak a cancelled request's
-connection, and with it a row lock): body size limit, metrics and access log."""
+connection, and with it a row lock): body size limit, late headers, metrics and access log."""
 
 import json
 import time
@@ -22,6 +22,10 @@ LATENCY = Histogram(
     ["method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+
+# The `ASGI scope` entry where `LateHeadersMiddleware` keeps the headers to add.
+LATE_HEADERS = "irrigation.late_headers"
 
 
 class _TooLarge(HTTPException):
@@ -93,6 +97,35 @@ class BodyLimitMiddleware:
         except _TooLarge:
             if not started:
                 await _send_problem(send, 413, "payload_too_large", detail)
+
+
+class LateHeadersMiddleware:
+    """Adds the headers that a dependency decided (the rate limits) to whatever response
+    the request gets: a model, a streamed file, or a problem from an error handler, none of
+    which FastAPI would give a dependency's `Response` headers. A header the response sets
+    itself is kept."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        late: dict[str, str] = {}
+        scope[LATE_HEADERS] = late
+
+        async def adding_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and late:
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                for name, value in late.items():
+                    if name.lower().encode() not in present:
+                        headers.append((name.lower().encode(), value.encode("latin-1")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, adding_send)
 
 
 class MetricsMiddleware:
