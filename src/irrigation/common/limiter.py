@@ -126,6 +126,7 @@ class RateLimiter:
         )
         self._window = SlidingWindowCounterRateLimiter(storage)
         self._skip_until = 0.0
+        self._is_failing = False
         self._warned_at = -math.inf
         self._unchecked_since_warning = 0
 
@@ -140,9 +141,15 @@ class RateLimiter:
             allowed = await self._window.hit(limit, rate_class, caller, cost=cost)
             stats = await self._window.get_window_stats(limit, rate_class, caller)
         except Exception as exc:  # any Redis failure: fail open, never fail the request
+            self._is_failing = True
             self._skip_until = time.monotonic() + RETRY_AFTER_FAILURE_S
             self._unchecked(exc)
             return None
+        if self._is_failing:
+            self._is_failing = False
+            log.info("rate_limiter_available", unchecked=self._unchecked_since_warning)
+            self._warned_at = -math.inf  # the next outage is reported at once
+            self._unchecked_since_warning = 0
         reset_s = max(0, math.ceil(stats.reset_time - time.time()))
         return allowed, Quota(rate_class, limit, stats.remaining, reset_s)
 
