@@ -11,7 +11,9 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import event
 
+from irrigation.auth import service as auth_service
 from tests.support.api import Headers, bearer
+from tests.support.factories import MakeKey
 from tests.support.problems import assert_problem
 
 MALFORMED = [
@@ -68,3 +70,9 @@ async def test_a_real_key_is_still_looked_up_and_let_in(
     answer = await client.get("/v1/zones", headers=admin)
     assert answer.status_code == 200, answer.text
     assert any("api_keys" in q for q in queries)  # what the floods above did not cost
+
+
+async def test_every_key_the_service_makes_has_the_key_format(make_key: MakeKey) -> None:
+    # The format check must never refuse a real key.
+    made = [await make_key("read") for _ in range(50)]
+    assert all(auth_service.KEY_FORMAT.fullmatch(secret) for secret in made)

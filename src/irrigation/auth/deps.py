@@ -1,6 +1,5 @@
 """The `Principal` dependency: who is calling, for which site, with which scopes."""
 
-import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -71,13 +70,11 @@ class PrincipalCache:
                 del self._entries[key_hash]
 
 
-# What `service.create_key` makes: the prefix and 32 random bytes in URL-safe base64.
-KEY_FORMAT = re.compile(re.escape(service.KEY_PREFIX) + r"[A-Za-z0-9_-]{43}")
 _UNSET = object()
 
 
 async def _look_up(request: Request, secret: str) -> Principal | None:
-    if not KEY_FORMAT.fullmatch(secret):
+    if not service.KEY_FORMAT.fullmatch(secret):
         return None  # not a key we could have made: no database work for it
     cache: PrincipalCache = request.app.state.principals
     key_hash = service.hash_key(secret)
