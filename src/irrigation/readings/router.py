@@ -53,7 +53,7 @@ Fill = Annotated[
     Query(pattern="^null$", description="`null`: return empty buckets too, as nulls."),
 ]
 _LONG = (
-    " A range longer than `IRRIGATION_RATE_LIMIT_LONG_RANGE_DAYS` (31 by default) is also "
+    "A range longer than `IRRIGATION_RATE_LIMIT_LONG_RANGE_DAYS` (31 by default) is also "
     "counted in the `expensive` rate-limit class."
 )
 
@@ -77,7 +77,7 @@ async def _range(
     response_model=SensorAggregates,
     responses=problems(404),
     summary="Hourly or daily avg/min/max/count of one sensor",
-    description=_LONG.strip(),
+    description=_LONG,
 )
 @limited_as(RateClass.read, also=RateClass.expensive)
 async def get_sensor_aggregates(
@@ -109,7 +109,7 @@ async def get_sensor_aggregates(
     response_model=ZoneAggregates,
     responses=problems(404),
     summary="A zone's sensors of one kind: combined (a true average over readings) or per sensor",
-    description=_LONG.strip(),
+    description=_LONG,
 )
 @limited_as(RateClass.read, also=RateClass.expensive)
 async def get_zone_aggregates(
