@@ -174,3 +174,55 @@ def test_the_documented_schedule_examples_are_valid(document: dict[str, Any]) ->
     assert len(examples) == 2
     for example in examples:
         ScheduleCreate.model_validate(example)
+
+
+# Routes whose class is not their method's (GET: read, anything else: write).
+RATE_CLASSES = {
+    ("POST", "/v1/readings"): "ingest",
+    ("POST", "/v1/ingest/jobs"): "expensive",
+    ("POST", "/v1/webhooks/{webhook_id}/test"): "expensive",
+    ("POST", "/v1/pumps/{pump_id}/activations"): "control",
+    ("POST", "/v1/pumps/stop-all"): "control",
+    ("POST", "/v1/pumps/{pump_id}/stop"): "control",
+    ("POST", "/v1/pumps/{pump_id}/reset"): "control",
+    ("DELETE", "/v1/run-queue/{request_id}"): "control",
+    ("POST", "/v1/sites/current/pause"): "control",
+    ("DELETE", "/v1/sites/current/pause"): "control",
+    ("POST", "/v1/zones/{zone_id}/rain-delay"): "control",
+    ("DELETE", "/v1/zones/{zone_id}/rain-delay"): "control",
+    ("POST", "/v1/sites/current/rain-delay"): "control",
+    ("DELETE", "/v1/sites/current/rain-delay"): "control",
+}
+# Counted, never refused: stopping must always be possible.
+NEVER_REFUSED = {("POST", "/v1/pumps/stop-all"), ("POST", "/v1/pumps/{pump_id}/stop")}
+
+
+def test_every_api_route_documents_its_rate_limit_class_429_and_headers(
+    document: dict[str, Any],
+) -> None:
+    headers = document["components"]["headers"]
+    assert {"RateLimit", "RateLimit-Policy", "Retry-After"} <= set(headers)
+    wrong = []
+    for method, path, op in _operations(document):
+        if path in PROBES:
+            assert "x-rate-limit-class" not in op
+            continue
+        expected = RATE_CLASSES.get((method, path), "read" if method == "GET" else "write")
+        if op.get("x-rate-limit-class") != expected:
+            wrong.append(f"{method} {path}: class {op.get('x-rate-limit-class')}, not {expected}")
+        for status, response in op["responses"].items():
+            documented = set(response.get("headers", {}))
+            if str(status).startswith("2") and not {"RateLimit", "RateLimit-Policy"} <= documented:
+                wrong.append(f"{method} {path} {status}: no RateLimit headers")
+        limited = op["responses"].get("429")
+        if (method, path) in NEVER_REFUSED:
+            if limited:
+                wrong.append(f"{method} {path}: documents a 429 it never answers")
+            continue
+        if limited is None:
+            wrong.append(f"{method} {path}: no 429")
+        elif set(limited["headers"]) != {"Retry-After", "RateLimit", "RateLimit-Policy"}:
+            wrong.append(f"{method} {path}: 429 headers {sorted(limited['headers'])}")
+    assert not wrong, "\n".join(wrong)
+    for name in ("read", "write", "ingest", "control", "expensive"):
+        assert f"`{name}` " in document["info"]["description"], "the default limits"

@@ -5,7 +5,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
 from irrigation import __version__
@@ -16,8 +17,10 @@ from irrigation.automation.activation_router import router as activation_router
 from irrigation.automation.router import router as automation_router
 from irrigation.common.balance import WorkerLoad
 from irrigation.common.errors import install_error_handlers
+from irrigation.common.limiter import RateLimiter, default_limit_texts, deployment_limits
 from irrigation.common.middleware import (
     BodyLimitMiddleware,
+    LateHeadersMiddleware,
     MetricsMiddleware,
     ReadRetryMiddleware,
 )
@@ -34,6 +37,8 @@ from irrigation.logging import configure_logging
 from irrigation.pumps.router import router as pumps_router
 from irrigation.queue import create_redis
 from irrigation.quotas.router import router as quotas_router
+from irrigation.ratelimits.deps import SiteLimitsCache, enforce_rate_limit
+from irrigation.ratelimits.router import router as rate_limits_router
 from irrigation.readings.router import router as readings_router
 from irrigation.settings import Settings, get_settings
 
@@ -42,6 +47,14 @@ Irrigation control: fleet configuration, sensor readings and safe pump activatio
 
 Authenticate with an API key (`Authorization: Bearer irr_...`; *Authorize* above).
 Every error is an RFC 9457 `application/problem+json` body with a stable `code`.
+
+Every `/v1` route counts requests in one rate-limit class (`x-rate-limit-class`), per API
+key, or per client address for requests without a valid key. Over the limit: 429
+`rate_limited` with `Retry-After`; every answer of such a route carries the IETF
+`RateLimit-Policy` and `RateLimit` headers. Default limits (a deployment sets its own with
+`IRRIGATION_RATE_LIMIT_<CLASS>`, a site's admin lower ones with
+`PUT /v1/sites/current/rate-limits`): {defaults}. `ingest` counts one per request plus one
+per reading.
 """
 
 DOCS_ASSETS = "/docs-assets"
@@ -79,7 +92,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     common: dict[str, Any] = {
         "title": "irrigation",
         "version": __version__,
-        "description": DESCRIPTION,
+        "description": DESCRIPTION.format(
+            defaults=", ".join(f"`{c}` {text}" for c, text in default_limit_texts().items())
+        ),
         "lifespan": lifespan,
         "generate_unique_id_function": operation_id,
         "openapi_tags": tags,
@@ -103,31 +118,46 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.sessionmaker = create_sessionmaker(engine)
     app.state.redis = redis
-    app.state.principals = PrincipalCache(settings.auth_cache_ttl_s)
+    app.state.principals = PrincipalCache(settings.auth_cache_ttl_s, settings.auth_unknown_ttl_s)
     app.state.hot_cache = HotCache(redis, settings.redis_namespace, settings.redis_timeout_s)
     app.state.worker_load = WorkerLoad(settings.web_concurrency)
+    app.state.rate_limits = deployment_limits(settings)
+    app.state.rate_limiter = (
+        RateLimiter(redis.connection_pool, settings.redis_namespace)
+        if settings.rate_limits_enabled
+        else None
+    )
+    app.state.site_rate_limits = SiteLimitsCache(settings.rate_limit_site_cache_ttl_s)
 
+    api_routers: list[APIRouter] = [
+        auth_router,
+        rate_limits_router,
+        quotas_router,
+        *fleet_routers,
+        # Before the pumps' router, so the OpenAPI document lists POST before GET as it did.
+        activation_router,
+        pumps_router,
+        ingest_router,
+        import_router,
+        review_router,
+        readings_router,
+        *alert_routers,
+        automation_router,
+    ]
     install_error_handlers(app)
-    install_openapi(app)
+    install_openapi(
+        app,
+        limited_routes=[r for x in api_routers for r in x.routes if isinstance(r, APIRoute)],
+    )
     app.include_router(health_router)
-    app.include_router(auth_router)
-    app.include_router(quotas_router)
-    for router in fleet_routers:
-        app.include_router(router)
-    # Before the pumps' router, so the OpenAPI document lists POST before GET as it did.
-    app.include_router(activation_router)
-    app.include_router(pumps_router)
-    app.include_router(ingest_router)
-    app.include_router(import_router)
-    app.include_router(review_router)
-    app.include_router(readings_router)
-    for router in alert_routers:
-        app.include_router(router)
-    app.include_router(automation_router)
+    for router in api_routers:
+        # First of every route's dependencies: a request over its limit costs nothing more.
+        app.include_router(router, dependencies=[Depends(enforce_rate_limit)])
     # Starlette wraps each added middleware around the ones added before it, so the last
     # added is outermost: metrics, added last, see the 413s that the body limit answers,
     # and only the final answer of a read that was run twice.
     app.add_middleware(ReadRetryMiddleware)
+    app.add_middleware(LateHeadersMiddleware)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,

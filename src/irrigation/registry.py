@@ -9,6 +9,7 @@ from irrigation.fleet import models as fleet_models
 from irrigation.ingest import models as ingest_models
 from irrigation.pumps import models as pump_models
 from irrigation.quotas import models as quota_models
+from irrigation.ratelimits import models as rate_limit_models
 
 metadata = Base.metadata
 
@@ -22,4 +23,5 @@ __all__ = [
     "metadata",
     "pump_models",
     "quota_models",
+    "rate_limit_models",
 ]

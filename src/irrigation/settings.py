@@ -3,6 +3,7 @@
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
+import limits
 from pydantic import AliasChoices, Field, IPvAnyNetwork, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -17,6 +18,20 @@ def to_asyncpg_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix) :]
     return url
+
+
+def parse_rate_limit(text: str) -> limits.RateLimitItem:
+    """One limit in `limits`' notation (`600/minute`, `10 per second`, `1000/2 hours`);
+    ValueError for anything else, several limits, or a quota of 0."""
+    try:
+        parsed = limits.parse_many(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a limit like '600/minute'") from None
+    if len(parsed) != 1:
+        raise ValueError(f"{text!r}: one limit, not several")
+    if parsed[0].amount < 1:
+        raise ValueError(f"{text!r}: the quota must be at least 1")
+    return parsed[0]
 
 
 class Settings(BaseSettings):
@@ -94,6 +109,44 @@ class Settings(BaseSettings):
         default="irrigation",
         pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
         description="Prefix of every Redis key and of the job queue (one Redis, many stacks).",
+    )
+    auth_unknown_ttl_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a process remembers a well-formed key it did not find, so a "
+        "flood of one junk token costs one lookup (0: off).",
+    )
+
+    # Rate limits: per API key (per client address for requests without a valid key), in
+    # Redis. `N/second|minute|hour|day` strings; a site's admin may set its own per class.
+    rate_limits_enabled: bool = Field(default=True, description="Off: no request is counted.")
+    rate_limit_read: str = Field(default="1200/minute", description="GET routes.")
+    rate_limit_write: str = Field(default="600/minute", description="Configuration changes.")
+    rate_limit_ingest: str = Field(
+        default="600000/minute",
+        description="`POST /v1/readings`: one per request plus one per reading in it.",
+    )
+    rate_limit_control: str = Field(
+        default="300/minute", description="Pump commands, the run queue, pause and rain delay."
+    )
+    rate_limit_expensive: str = Field(
+        default="15/minute",
+        description="Imports, CSV exports, aggregates over a long range, webhook tests.",
+    )
+    rate_limit_long_range_days: int = Field(
+        default=31, ge=1, description="An aggregate query over more days than this is expensive."
+    )
+    rate_limit_site_max_factor: float = Field(
+        default=1.0,
+        gt=0,
+        description="How far above the deployment's limit a site's admin may set its own "
+        "(1: a site may only lower its limits).",
+    )
+    rate_limit_site_cache_ttl_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long a process uses a site's own limits before reading them again; "
+        "a change through this process takes effect at once.",
     )
 
     # Pump activation
@@ -306,6 +359,19 @@ class Settings(BaseSettings):
     def _split_networks(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator(
+        "rate_limit_read",
+        "rate_limit_write",
+        "rate_limit_ingest",
+        "rate_limit_control",
+        "rate_limit_expensive",
+    )
+    @classmethod
+    def _parseable_limit(cls, value: str) -> str:
+        # A typo must stop the process at start, not fail every request later.
+        parse_rate_limit(value)
         return value
 
     @field_validator("database_url")

@@ -26,6 +26,7 @@ from irrigation.alerts.schemas import (
 from irrigation.auth.deps import AdminPrincipal, ControlPrincipal, ReadPrincipal
 from irrigation.common.deps import SettingsDep
 from irrigation.common.http import if_match_version
+from irrigation.common.limiter import RateClass, limited_as
 from irrigation.common.openapi import problems, quota_409
 from irrigation.common.pagination import Page, PageParams, page_params
 from irrigation.db import SessionDep
@@ -200,6 +201,7 @@ async def list_deliveries(
     description="Sent by the worker within a second or so, signed like every delivery; "
     "follow it in the delivery log.",
 )
+@limited_as(RateClass.expensive)
 async def test_webhook(
     webhook_id: uuid.UUID, session: SessionDep, who: AdminPrincipal
 ) -> PingQueued:

@@ -3,7 +3,7 @@
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
@@ -29,13 +29,16 @@ class Principal:
 class PrincipalCache:
     """Authenticated keys for a short TTL, so a burst of requests does not look the same key
     up once each. A revocation through this process takes effect at once; through another
-    process (CLI, another replica) within `ttl_s`."""
+    process (CLI, another replica) within `ttl_s`. Keys that were not found are remembered
+    too, for `unknown_ttl_s`: a flood of one junk token costs one lookup."""
 
     MAX_ENTRIES = 10_000
 
-    def __init__(self, ttl_s: float) -> None:
+    def __init__(self, ttl_s: float, unknown_ttl_s: float = 0.0) -> None:
         self.ttl_s = ttl_s
+        self.unknown_ttl_s = unknown_ttl_s
         self._entries: dict[str, tuple[Principal, float]] = {}
+        self._unknown: dict[str, float] = {}
 
     def get(self, key_hash: str) -> Principal | None:
         entry = self._entries.get(key_hash)
@@ -50,10 +53,58 @@ class PrincipalCache:
             self._entries.clear()
         self._entries[key_hash] = (principal, time.monotonic() + self.ttl_s)
 
+    def is_unknown(self, key_hash: str) -> bool:
+        until = self._unknown.get(key_hash)
+        return until is not None and until >= time.monotonic()
+
+    def put_unknown(self, key_hash: str) -> None:
+        if self.unknown_ttl_s <= 0:
+            return
+        if len(self._unknown) >= self.MAX_ENTRIES:
+            self._unknown.clear()
+        self._unknown[key_hash] = time.monotonic() + self.unknown_ttl_s
+
     def forget(self, key_id: uuid.UUID) -> None:
         for key_hash, (principal, _) in list(self._entries.items()):
             if principal.key_id == key_id:
                 del self._entries[key_hash]
+
+
+_UNSET = object()
+
+
+async def _look_up(request: Request, secret: str) -> Principal | None:
+    if not service.KEY_FORMAT.fullmatch(secret):
+        return None  # not a key we could have made: no database work for it
+    cache: PrincipalCache = request.app.state.principals
+    key_hash = service.hash_key(secret)
+    principal = cache.get(key_hash)
+    if principal is not None:
+        return principal
+    if cache.is_unknown(key_hash):
+        return None
+    # Its own short session: the request's session stays untouched, so the service can
+    # open the request's one transaction itself with `session.begin()`.
+    async with request.app.state.sessionmaker() as session:
+        key = await service.authenticate(session, secret)
+    if key is None:
+        cache.put_unknown(key_hash)
+        return None
+    principal = Principal(key_id=key.id, site_id=key.site_id, scopes=frozenset(key.scopes))
+    cache.put(key_hash, principal)
+    return principal
+
+
+async def identify(request: Request) -> Principal | None:
+    """The key the request carries, or None when it has none that is valid; looked up once
+    per request, however many dependencies ask (the rate limiter, then the route's scope)."""
+    known = getattr(request.state, "principal", _UNSET)
+    if known is not _UNSET:
+        return cast(Principal | None, known)
+    credentials = await bearer(request)
+    principal = await _look_up(request, credentials.credentials) if credentials else None
+    request.state.principal = principal
+    return principal
 
 
 async def current_principal(
@@ -64,18 +115,9 @@ async def current_principal(
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None or not credentials.credentials:
         raise Unauthorized("missing bearer API key", headers=challenge)
-    cache: PrincipalCache = request.app.state.principals
-    key_hash = service.hash_key(credentials.credentials)
-    principal = cache.get(key_hash)
+    principal = await identify(request)
     if principal is None:
-        # Its own short session: the request's session stays untouched, so the service can
-        # open the request's one transaction itself with `session.begin()`.
-        async with request.app.state.sessionmaker() as session:
-            key = await service.authenticate(session, credentials.credentials)
-        if key is None:
-            raise Unauthorized("invalid or revoked API key", headers=challenge)
-        principal = Principal(key_id=key.id, site_id=key.site_id, scopes=frozenset(key.scopes))
-        cache.put(key_hash, principal)
+        raise Unauthorized("invalid or revoked API key", headers=challenge)
     missing = [s for s in security_scopes.scopes if not principal.has(s)]
     if missing:
         raise Forbidden(f"this key lacks the scope(s): {', '.join(missing)}", required=missing)

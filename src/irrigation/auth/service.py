@@ -1,6 +1,7 @@
 """Site and API key use cases: shared by the HTTP API and the CLI."""
 
 import hashlib
+import re
 import secrets
 import uuid
 from collections.abc import Iterable
@@ -15,6 +16,8 @@ from irrigation.common.errors import NotFound
 from irrigation.common.pagination import PageParams, page_of, paginate
 
 KEY_PREFIX = "irr_"
+# What `create_key` makes: the prefix and 32 random bytes in URL-safe base64, unpadded.
+KEY_FORMAT = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]{43}")
 
 
 def hash_key(key: str) -> str:

@@ -24,6 +24,7 @@ from irrigation.common.idempotency import (
     post_request,
     respond,
 )
+from irrigation.common.limiter import RateClass, limited_as
 from irrigation.common.openapi import IN_FLIGHT, problems
 from irrigation.db import SessionDep
 from irrigation.pumps import service as activations
@@ -69,6 +70,7 @@ Accepted = Annotated[ActivationOut | RunRequestOut, Field(discriminator="kind")]
         "now if it can, else waits its turn."
     ),
 )
+@limited_as(RateClass.control)
 async def request_activation(
     pump_id: uuid.UUID,
     body: ActivationRequest,

@@ -25,6 +25,7 @@ from irrigation.automation.schemas import (
 from irrigation.common import repository as repo
 from irrigation.common.deps import SettingsDep
 from irrigation.common.http import if_match_version
+from irrigation.common.limiter import RateClass, limited_as
 from irrigation.common.openapi import problems, quota_409
 from irrigation.common.pagination import Page, PageParams, page_params
 from irrigation.db import SessionDep
@@ -188,6 +189,7 @@ async def get_run_request(
     responses=problems(404),
     summary="Cancel a waiting run request (a no-op once it started or ended)",
 )
+@limited_as(RateClass.control)
 async def cancel_run_request(
     request_id: uuid.UUID, session: SessionDep, who: ControlPrincipal
 ) -> RunRequest:
@@ -229,6 +231,7 @@ async def list_decisions(
     response_model=ZoneOut,
     responses=problems(404, 413, described=UNTIL),
 )
+@limited_as(RateClass.control)
 async def start_zone_rain_delay(
     zone_id: uuid.UUID, body: Until, session: SessionDep, who: ControlPrincipal
 ) -> ZoneOut:
@@ -238,6 +241,7 @@ async def start_zone_rain_delay(
 
 
 @router.delete("/zones/{zone_id}/rain-delay", response_model=ZoneOut, responses=problems(404))
+@limited_as(RateClass.control)
 async def end_zone_rain_delay(
     zone_id: uuid.UUID, session: SessionDep, who: ControlPrincipal
 ) -> ZoneOut:
@@ -256,6 +260,7 @@ def _state(site: object) -> AutomationState:
     responses=problems(413, described=UNTIL),
     summary="Rain delay for every zone of the site",
 )
+@limited_as(RateClass.control)
 async def start_site_rain_delay(
     body: Until, session: SessionDep, who: ControlPrincipal
 ) -> AutomationState:
@@ -265,6 +270,7 @@ async def start_site_rain_delay(
 
 
 @router.delete("/sites/current/rain-delay", response_model=AutomationState, responses=problems())
+@limited_as(RateClass.control)
 async def end_site_rain_delay(session: SessionDep, who: ControlPrincipal) -> AutomationState:
     return _state(await service.set_site_state(session, who.site_id, "rain_delay_until", None))
 
@@ -276,10 +282,12 @@ async def end_site_rain_delay(session: SessionDep, who: ControlPrincipal) -> Aut
     summary="Pause all automation (thresholds, schedules) of the site until a time",
     description="People can still start pumps; waiting automatic runs wait (or expire).",
 )
+@limited_as(RateClass.control)
 async def pause(body: Until, session: SessionDep, who: ControlPrincipal) -> AutomationState:
     return _state(await service.set_site_state(session, who.site_id, "paused_until", body.until))
 
 
 @router.delete("/sites/current/pause", response_model=AutomationState, responses=problems())
+@limited_as(RateClass.control)
 async def resume(session: SessionDep, who: ControlPrincipal) -> AutomationState:
     return _state(await service.set_site_state(session, who.site_id, "paused_until", None))

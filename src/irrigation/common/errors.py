@@ -95,6 +95,10 @@ class PayloadTooLarge(DomainError):
     status, code, title = 413, "payload_too_large", "Payload too large"
 
 
+class RateLimited(DomainError):
+    status, code, title = 429, "rate_limited", "Too many requests"
+
+
 class Unavailable(DomainError):
     status, code, title = 503, "unavailable", "Service unavailable"
 

@@ -1,6 +1,6 @@
 """Plain ASGI middleware (not BaseHTTPMiddleware: it can leak a cancelled request's
-connection, and with it a row lock): body size limit, metrics and access log, and the
-retry of reads that met a lost database connection."""
+connection, and with it a row lock): body size limit, late headers, metrics and access log,
+and the retry of reads that met a lost database connection."""
 
 import json
 import time
@@ -32,6 +32,10 @@ READ_RETRIES = Counter(
     "GET/HEAD requests run again after meeting a lost database connection",
 )
 READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+# The `ASGI scope` entry where `LateHeadersMiddleware` keeps the headers to add.
+LATE_HEADERS = "irrigation.late_headers"
 
 
 class _TooLarge(HTTPException):
@@ -103,6 +107,35 @@ class BodyLimitMiddleware:
         except _TooLarge:
             if not started:
                 await _send_problem(send, 413, "payload_too_large", detail)
+
+
+class LateHeadersMiddleware:
+    """Adds the headers that a dependency decided (the rate limits) to whatever response
+    the request gets: a model, a streamed file, or a problem from an error handler, none of
+    which FastAPI would give a dependency's `Response` headers. A header the response sets
+    itself is kept."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        late: dict[str, str] = {}
+        scope[LATE_HEADERS] = late
+
+        async def adding_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and late:
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                for name, value in late.items():
+                    if name.lower().encode() not in present:
+                        headers.append((name.lower().encode(), value.encode("latin-1")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, adding_send)
 
 
 class MetricsMiddleware:

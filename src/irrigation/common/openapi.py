@@ -8,6 +8,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from irrigation.common.errors import PROBLEM_JSON
+from irrigation.common.limiter import rule_of
 
 
 class FieldError(BaseModel):
@@ -118,7 +119,59 @@ def _absent_not_null(schema: dict[str, Any]) -> None:
         schema.update({**branches[0], **schema})
 
 
-def install_openapi(app: FastAPI) -> None:
+_HEADERS: dict[str, dict[str, Any]] = {
+    "RateLimit-Policy": {
+        "description": "The caller's limit of each class this request was counted in "
+        '(draft-ietf-httpapi-ratelimit-headers), e.g. `"read";q=1200;w=60`: a quota of `q` '
+        "per `w` seconds. On every answer of a limited route, errors too; absent while the "
+        "limiter is unavailable (the request is then not limited).",
+        "schema": {"type": "string"},
+    },
+    "RateLimit": {
+        "description": 'What is left of each, e.g. `"read";r=1199;t=60`: `r` more within '
+        "`t` seconds.",
+        "schema": {"type": "string"},
+    },
+    "Retry-After": {
+        "description": "Seconds to wait before trying again",
+        "schema": {"type": "integer"},
+    },
+}
+
+
+def _header_refs(*names: str) -> dict[str, Any]:
+    # Fresh dicts each time: YAML would otherwise write shared ones as anchors and aliases.
+    return {name: {"$ref": f"#/components/headers/{name}"} for name in names}
+
+
+def _document_rate_limit(operation: dict[str, Any], route: APIRoute, method: str) -> None:
+    rule = rule_of(route.endpoint, method)
+    operation["x-rate-limit-class"] = rule.rate_class.value
+    responses = operation.setdefault("responses", {})
+    # Every answer carries them, errors too; documented where a client reads them: on
+    # success and on 429 (on every error they would add 4,000 lines of repetition).
+    for status, response in responses.items():
+        if str(status).startswith("2"):
+            response.setdefault("headers", {}).update(_header_refs("RateLimit-Policy", "RateLimit"))
+    if not rule.refuses:
+        return  # counted, never refused
+    counted = f"`{rule.rate_class}`"
+    if rule.also is not None:
+        operation["x-rate-limit-also"] = rule.also.value
+        counted += f" (or `{rule.also}`, for the requests the description names)"
+    responses["429"] = {
+        "description": f"Over the caller's {counted} rate limit (`rate_limited`): retry "
+        "after `Retry-After` seconds",
+        "headers": _header_refs("Retry-After", "RateLimit-Policy", "RateLimit"),
+        "content": {PROBLEM_JSON: {"schema": dict(_PROBLEM_REF)}},
+    }
+    operation["responses"] = dict(sorted(responses.items()))
+
+
+def install_openapi(app: FastAPI, limited_routes: list[APIRoute] | None = None) -> None:
+    """`limited_routes`: the routes that count requests against a rate limit, documented
+    with their class, the 429 and the `RateLimit` headers."""
+
     def build() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
@@ -151,6 +204,14 @@ def install_openapi(app: FastAPI) -> None:
                             "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF}},
                         },
                     )
+        paths = schema.get("paths", {})
+        if limited_routes:
+            schema["components"]["headers"] = {k: dict(v) for k, v in _HEADERS.items()}
+        for route in limited_routes or ():
+            for method in route.methods or ():
+                operation = paths.get(route.path_format, {}).get(method.lower())
+                if operation is not None:
+                    _document_rate_limit(operation, route, method)
         # FastAPI's default 422 body is not what we send: drop its unused schemas.
         for name in ("HTTPValidationError", "ValidationError"):
             components.pop(name, None)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from irrigation.auth.deps import IngestPrincipal
 from irrigation.common.deps import RedisDep, SettingsDep
+from irrigation.common.limiter import RateClass, limited_as
 from irrigation.common.openapi import body_schema, problems
 from irrigation.db import SessionDep
 from irrigation.ingest import import_upload, multipart, service
@@ -99,6 +100,7 @@ Format = Annotated[
         }
     },
 )
+@limited_as(RateClass.expensive)
 async def upload_import(
     request: Request,
     response: Response,

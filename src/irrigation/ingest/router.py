@@ -12,6 +12,7 @@ from irrigation.auth.deps import IngestPrincipal, ReadPrincipal
 from irrigation.common.balance import WorkerLoad
 from irrigation.common.deps import SettingsDep
 from irrigation.common.idempotency import IdempotencyKeyHeader, post_request
+from irrigation.common.limiter import RateClass, charge, limited_as
 from irrigation.common.openapi import IN_FLIGHT, body_schema, problems
 from irrigation.db import SessionDep
 from irrigation.ingest import service
@@ -58,6 +59,7 @@ LoadDep = Annotated[WorkerLoad, Depends(_load)]
         }
     },
 )
+@limited_as(RateClass.ingest)
 async def send_readings(
     request: Request,
     session: SessionDep,
@@ -76,6 +78,8 @@ async def send_readings(
             raise RequestValidationError(
                 [{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors()]
             ) from None
+        # Readings are counted as well as requests: one batch of 10,000 is no cheap call.
+        await charge(request, cost=len(parsed))
         idem = post_request(idempotency_key, who.site_id, "/v1/readings", raw)
         answer = await service.ingest_batch(session, settings, cache, who.site_id, parsed, idem)
         headers = answer.headers

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends
 
 from irrigation.auth.deps import ControlPrincipal, ReadPrincipal
 from irrigation.common.deps import RedisDep
+from irrigation.common.limiter import RateClass, limited_as
 from irrigation.common.openapi import problems
 from irrigation.common.pagination import Page, PageParams, page_params
 from irrigation.db import SessionDep
@@ -61,6 +62,8 @@ async def list_pump_activations(
     responses=problems(503),
     summary="Stop every queued or running activation of the site",
 )
+# Stopping is counted but never refused: it must always be possible.
+@limited_as(RateClass.control, refuses=False)
 async def stop_all(session: SessionDep, redis: RedisDep, who: ControlPrincipal) -> StopResult:
     stopped = await service.stop_pump(session, redis, who.site_id, None, "stop_all")
     return StopResult(stopped=[ActivationOut.model_validate(a) for a in stopped])
@@ -72,6 +75,7 @@ async def stop_all(session: SessionDep, redis: RedisDep, who: ControlPrincipal) 
     responses=problems(404, 503),
     summary="Stop this pump's queued or running activation now (always allowed)",
 )
+@limited_as(RateClass.control, refuses=False)
 async def stop_pump(
     pump_id: uuid.UUID, session: SessionDep, redis: RedisDep, who: ControlPrincipal
 ) -> StopResult:
@@ -85,5 +89,6 @@ async def stop_pump(
     responses=problems(404, 503),
     summary="Clear the pump's fault latch",
 )
+@limited_as(RateClass.control)
 async def reset_pump(pump_id: uuid.UUID, session: SessionDep, who: ControlPrincipal) -> PumpOut:
     return pump_out(await service.reset_fault(session, who.site_id, pump_id))

@@ -6,7 +6,7 @@ import csv
 import io
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
@@ -17,12 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from irrigation.auth.deps import ReadPrincipal
 from irrigation.common.deps import SettingsDep
 from irrigation.common.errors import Invalid
+from irrigation.common.limiter import RateClass, charge, limited_as
 from irrigation.common.openapi import problems
 from irrigation.common.pagination import MAX_LIMIT, CursorQuery, Page
 from irrigation.db import SessionDep
 from irrigation.fleet.schemas import SensorKind
 from irrigation.readings import service
 from irrigation.readings.schemas import Bucket, ReadingOut, SensorAggregates, ZoneAggregates
+from irrigation.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["readings"])
 
@@ -50,6 +52,24 @@ Fill = Annotated[
     str | None,
     Query(pattern="^null$", description="`null`: return empty buckets too, as nulls."),
 ]
+_LONG = (
+    "A range longer than `IRRIGATION_RATE_LIMIT_LONG_RANGE_DAYS` (31 by default) is also "
+    "counted in the `expensive` rate-limit class."
+)
+
+
+async def _range(
+    request: Request,
+    settings: Settings,
+    bucket: Bucket,
+    start: datetime | None,
+    end: datetime | None,
+) -> tuple[datetime, datetime]:
+    """The query's [start, end), charged as expensive too when it spans a long range."""
+    start, end = service.window(start, end, service.DEFAULT_SPAN[bucket])
+    if end - start > timedelta(days=settings.rate_limit_long_range_days):
+        await charge(request, RateClass.expensive)
+    return start, end
 
 
 @router.get(
@@ -57,9 +77,12 @@ Fill = Annotated[
     response_model=SensorAggregates,
     responses=problems(404),
     summary="Hourly or daily avg/min/max/count of one sensor",
+    description=_LONG,
 )
+@limited_as(RateClass.read, also=RateClass.expensive)
 async def get_sensor_aggregates(
     sensor_id: uuid.UUID,
+    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     who: ReadPrincipal,
@@ -68,6 +91,7 @@ async def get_sensor_aggregates(
     end: End = None,
     fill: Fill = None,
 ) -> SensorAggregates:
+    start, end = await _range(request, settings, bucket, start, end)
     return await service.sensor_aggregates(
         session,
         who.site_id,
@@ -85,9 +109,12 @@ async def get_sensor_aggregates(
     response_model=ZoneAggregates,
     responses=problems(404),
     summary="A zone's sensors of one kind: combined (a true average over readings) or per sensor",
+    description=_LONG,
 )
+@limited_as(RateClass.read, also=RateClass.expensive)
 async def get_zone_aggregates(
     zone_id: uuid.UUID,
+    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     who: ReadPrincipal,
@@ -98,6 +125,7 @@ async def get_zone_aggregates(
     fill: Fill = None,
     per_sensor: Annotated[bool, Query()] = False,
 ) -> ZoneAggregates:
+    start, end = await _range(request, settings, bucket, start, end)
     return await service.zone_aggregates(
         session,
         who.site_id,
@@ -140,7 +168,9 @@ def _after(cursor: str | None) -> datetime | None:
         },
     },
     summary="Raw readings, oldest first; `Accept: text/csv` streams them all as CSV",
+    description="A CSV export is also counted in the `expensive` rate-limit class.",
 )
+@limited_as(RateClass.read, also=RateClass.expensive)
 async def list_raw_readings(
     sensor_id: uuid.UUID,
     request: Request,
@@ -155,6 +185,7 @@ async def list_raw_readings(
     start, end = service.window(start, end, service.RAW_DEFAULT_SPAN)
     await service.sensor_timezone(session, who.site_id, sensor_id)  # 404 if not the site's
     if accept and "text/csv" in accept:
+        await charge(request, RateClass.expensive)
         # The export streams from a session of its own, for as long as it takes: end the
         # request's read now, so its connection never idles in a transaction meanwhile.
         await session.close()
