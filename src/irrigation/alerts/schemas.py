@@ -3,8 +3,8 @@
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-import httpx
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -55,9 +55,12 @@ def _http_url(value: str) -> str:
         raise ValueError("must be an absolute http:// or https:// URL")
     if any(c.isspace() for c in value):
         raise ValueError("may not contain whitespace")
+    # urllib, not httpx: the API process loads no HTTP client (tests/test_migrations.py).
     try:
-        host = httpx.URL(value).host
-    except httpx.InvalidURL:
+        parts = urlsplit(value)
+        host = parts.hostname
+        _ = parts.port  # a port that is no number, or out of range, raises here
+    except ValueError:
         raise ValueError("is not a valid URL") from None
     if not host:
         raise ValueError("must name a host")

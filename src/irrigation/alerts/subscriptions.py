@@ -4,7 +4,6 @@ log, and the test ping."""
 import secrets
 import uuid
 
-import httpx
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -38,7 +37,7 @@ async def check_url(url: str, settings: Settings) -> None:
     delivery log then says `dns_error`."""
     try:
         await targets.checked_addresses(
-            httpx.URL(url), settings.webhook_allow_networks, settings.webhook_timeout_s
+            url, settings.webhook_allow_networks, settings.webhook_timeout_s
         )
     except targets.Unresolvable:
         return

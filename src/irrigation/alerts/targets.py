@@ -9,8 +9,7 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Sequence
-
-import httpx
+from urllib.parse import urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -92,16 +91,19 @@ async def resolve(host: str, port: int, timeout_s: float) -> list[IPAddress]:
 
 
 async def checked_addresses(
-    url: httpx.URL, networks: Sequence[IPNetwork], timeout_s: float
+    url: str, networks: Sequence[IPNetwork], timeout_s: float
 ) -> list[IPAddress]:
     """The addresses a delivery to `url` may connect to: all of the host's, or none (any
-    refused address refuses the host, so no resolver order can slip one through)."""
-    addresses = await resolve(url.host, url.port or _default_port(url), timeout_s)
+    refused address refuses the host, so no resolver order can slip one through). Parsed
+    with urllib, not httpx: the API checks URLs too, and loads no HTTP client."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    addresses = await resolve(host, parts.port or _default_port(parts.scheme), timeout_s)
     for address in addresses:
         if not allowed(address, networks):
-            raise ForbiddenTarget(url.host, address)
+            raise ForbiddenTarget(host, address)
     return addresses
 
 
-def _default_port(url: httpx.URL) -> int:
-    return 443 if url.scheme == "https" else 80
+def _default_port(scheme: str) -> int:
+    return 443 if scheme == "https" else 80

@@ -178,7 +178,7 @@ async def _post(
     """POST to a checked address of the URL's host; the next one only if the connection
     could not even be made (an IPv6 address on a host without IPv6)."""
     addresses = await targets.checked_addresses(
-        url, settings.webhook_allow_networks, settings.webhook_timeout_s
+        str(url), settings.webhook_allow_networks, settings.webhook_timeout_s
     )
     named = targets.literal(url.host) is None
     # Host: the name as written (with a port only when not the scheme's own).
