@@ -48,6 +48,20 @@ def settings(settings: Settings, tmp_path: Path) -> Settings:
     return settings.model_copy(update={"data_dir": str(tmp_path / "data")})
 
 
+@pytest.fixture
+def e2e_env(e2e_env: dict[str, str]) -> dict[str, str]:
+    """One site's storm, as the issue tells it: its 50 imports at once (over the default
+    quota of concurrent imports and the `expensive` rate limit, which would refuse most of
+    them: this test is about the queues), and webhooks to the test's own receiver on
+    loopback (allowed as an on-premises receiver is)."""
+    return {
+        **e2e_env,
+        "IRRIGATION_QUOTA_MAX_CONCURRENT_IMPORTS": str(IMPORTS),
+        "IRRIGATION_RATE_LIMIT_EXPENSIVE": "100000/minute",
+        "IRRIGATION_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8",
+    }
+
+
 async def _health(env: dict[str, str], *queues: str) -> int:
     args = ["--queues", ",".join(queues)] if queues else []
     proc = await asyncio.create_subprocess_exec(
