@@ -27,6 +27,13 @@ from irrigation.automation.models import (
     ThresholdRule,
 )
 from irrigation.common.clock import db_now_expr
+from irrigation.common.dberrors import (
+    DEADLOCK_DETECTED,
+    LOCK_NOT_AVAILABLE,
+    QUERY_CANCELED,
+    connection_lost,
+    pg_error,
+)
 from irrigation.common.errors import Invalid, NotFound
 from irrigation.fleet.models import Pump, WaterSource, Zone
 from irrigation.pumps import service as pumps
@@ -388,6 +395,8 @@ async def _try_start(
         await _resolve(session, r, RunStatus.skipped, Reason.invalid, str(exc.detail or exc))
         return StartOutcome.skipped
     except DBAPIError as exc:
+        if not _contended(exc):
+            raise  # this request's own failure (bad data, a bug): backed off by the caller
         log.warning("dispatch_lock_failed", run_request_id=str(r.id), error=str(exc))
         return StartOutcome.locked
     if activation is not None:
@@ -400,6 +409,17 @@ async def _try_start(
     if isinstance(refusal, PumpBusy | InCooldown | PumpFault | PumpDisabled):
         return StartOutcome(refusal.code)
     return StartOutcome.refused
+
+
+def _contended(exc: DBAPIError) -> bool:
+    """A lock not granted in time, a deadlock, a busy or restarting server: the next
+    dispatch tries again (within a second), no back-off."""
+    state = pg_error(exc).sqlstate or ""
+    return (
+        connection_lost(exc)
+        or state in (LOCK_NOT_AVAILABLE, DEADLOCK_DETECTED, QUERY_CANCELED, "40001")
+        or state[:2] in ("53", "57")
+    )
 
 
 async def _lock_waiting(session: AsyncSession, request_id: uuid.UUID) -> RunRequest | None:
