@@ -386,5 +386,25 @@ async def test_one_sites_backlog_never_pushes_another_sites_head_out_of_the_disp
     assert (started["id"], started["status"]) == (head, "started")
     busy = {r["id"]: r for r in await run_requests(client, busy_headers)}
     assert busy[backlog[0]]["status"] == "started"
-    # Read in this pass: the busy site's 2nd to 4th (behind its started 1st); not read: the rest.
-    assert [busy[i]["last_reason"] for i in backlog[1:]] == ["queued_behind"] * 3 + [None] * 4
+    # Each site's share of the pass is 5 // 2 = 2: the busy site's 2nd was read (behind its
+    # started 1st); the rest wait for the next pass.
+    assert [busy[i]["last_reason"] for i in backlog[1:]] == ["queued_behind"] + [None] * 6
+
+
+async def test_a_site_alone_gets_the_whole_dispatch_batch(
+    client: httpx.AsyncClient,
+    admin: Headers,
+    settings: Settings,
+    engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dispatch, "BATCH", 5)
+    zone = await make_zone(client, admin, timezone="UTC")
+    pump = await make_pump(client, admin, zone_id=zone["id"])
+    async with sql(settings) as conn:
+        backlog = [await waiting_run(conn, pump, zone["site_id"], position=i) for i in range(1, 9)]
+
+    assert await engine.dispatch() == 1
+    shown = {r["id"]: r for r in await run_requests(client, admin)}
+    assert shown[backlog[0]]["status"] == "started"
+    assert [shown[i]["last_reason"] for i in backlog[1:]] == ["queued_behind"] * 4 + [None] * 3

@@ -10,9 +10,10 @@ from typing import Any
 
 import structlog
 from arq.connections import ArqRedis
-from sqlalchemy import func, select, update
+from sqlalchemy import Uuid, func, literal, select, true, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from irrigation import queue
 from irrigation.auth.models import Site
@@ -99,30 +100,65 @@ _IN_USE = (
 )
 
 
-def _waiting_query(site_id: uuid.UUID | None, now: datetime) -> Any:
-    """At most BATCH waiting requests, every site's head first: each site's first request
-    in (rank, position) order, then each site's second, ... so one site's backlog never
-    pushes another site's head out of the batch. A request backed off after its processing
-    raised is left out until its `retry_at`."""
-    nth = func.row_number().over(
-        partition_by=RunRequest.site_id,
-        order_by=(RunRequest.rank, RunRequest.position, RunRequest.id),
-    )
-    ranked = select(RunRequest.id, RunRequest.site_id, nth.label("nth")).where(
-        RunRequest.status == RunStatus.waiting, failures.ready(RunRequest, now)
-    )
+def _active_sites(site_id: uuid.UUID | None) -> Any:
+    """The sites with waiting requests: a walk of ix_run_requests_waiting, one index probe
+    per site rather than a read of every waiting row."""
     if site_id is not None:
-        ranked = ranked.where(RunRequest.site_id == site_id)
-    ranked_q = ranked.subquery()
-    head = (
-        select(ranked_q.c.id, ranked_q.c.site_id, ranked_q.c.nth)
-        .order_by(ranked_q.c.nth, ranked_q.c.site_id)
-        .limit(BATCH)
-        .subquery()
+        return select(literal(site_id, Uuid).label("site_id")).cte("active")
+    rr = RunRequest.__table__
+    first = (
+        select(rr.c.site_id).where(rr.c.status == RunStatus.waiting).order_by(rr.c.site_id).limit(1)
     )
+    walk = first.cte("walk", recursive=True)
+    later = rr.alias("later")
+    following = (
+        select(later.c.site_id)
+        .where(later.c.status == RunStatus.waiting, later.c.site_id > walk.c.site_id)
+        .order_by(later.c.site_id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    walk = walk.union_all(select(following).where(walk.c.site_id.is_not(None)))
+    return select(walk.c.site_id).where(walk.c.site_id.is_not(None)).cte("active")
+
+
+def _waiting_query(site_id: uuid.UUID | None, now: datetime) -> Any:
+    """At most BATCH waiting requests, every site's head first: each site's first requests
+    in (rank, position) order, a fair share of the batch each (all of it for a site alone),
+    then every site's 1st, every site's 2nd, ... so one site's backlog never pushes another
+    site's head out of the batch. A request backed off after its processing raised is left
+    out until its `retry_at`. Each site's share is read in a lateral through
+    ix_run_requests_waiting: no step reads many more rows than it returns."""
+    active = _active_sites(site_id)
+    sites = select(func.count()).select_from(active).scalar_subquery()
+    share = func.greatest(BATCH // func.greatest(sites, 1), 1)
+    order = (RunRequest.rank, RunRequest.position, RunRequest.id)
+    heads = (
+        select(RunRequest, func.row_number().over(order_by=order).label("nth"))
+        .where(
+            RunRequest.site_id == active.c.site_id,
+            RunRequest.status == RunStatus.waiting,
+            failures.ready(RunRequest, now),
+        )
+        .order_by(*order)
+        .limit(share)
+        .lateral("heads")
+    )
+    # Chosen first, then joined: left to itself, the planner joins the fleet's tables inside
+    # the loop over the sites, once per site.
+    chosen = (
+        select(heads)
+        .select_from(active)
+        .join(heads, true())
+        .order_by(heads.c.nth, heads.c.site_id)
+        .limit(BATCH)
+        .cte("chosen")
+        .prefix_with("MATERIALIZED")
+    )
+    request = aliased(RunRequest, chosen)
     return (
         select(
-            RunRequest,
+            request,
             Pump.water_source_id,
             Pump.name,
             WaterSource.name,
@@ -138,13 +174,12 @@ def _waiting_query(site_id: uuid.UUID | None, now: datetime) -> Any:
             WaterSource.max_concurrent_pumps,
             _IN_USE,
         )
-        .join(head, head.c.id == RunRequest.id)
-        .join(Pump, Pump.id == RunRequest.pump_id)
+        .join(Pump, Pump.id == request.pump_id)
         .join(WaterSource, WaterSource.id == Pump.water_source_id)
-        .join(Zone, Zone.id == RunRequest.zone_id)
-        .join(Site, Site.id == RunRequest.site_id)
-        .outerjoin(Schedule, Schedule.id == RunRequest.schedule_id)
-        .order_by(head.c.nth, head.c.site_id)
+        .join(Zone, Zone.id == request.zone_id)
+        .join(Site, Site.id == request.site_id)
+        .outerjoin(Schedule, Schedule.id == request.schedule_id)
+        .order_by(chosen.c.nth, chosen.c.site_id)
     )
 
 
