@@ -29,7 +29,6 @@ from irrigation.alerts import notify
 from irrigation.alerts.models import (
     Alert,
     AlertKind,
-    DeliveryError,
     Severity,
     SubjectType,
     WebhookEvent,
@@ -137,11 +136,12 @@ FROM (
     SELECT site_id, 'run_request', id, failures, retry_at
     FROM run_requests WHERE failures > 0 AND status = 'waiting'
     UNION ALL
-    -- still retried, or given up within the window
+    -- still retried, or given up within the window; the class written out, not a
+    -- parameter, so that a generic plan still uses the partial index
     SELECT site_id, 'webhook_delivery', id, attempts,
            CASE WHEN status = 'pending' THEN next_attempt_at END
     FROM webhook_deliveries
-    WHERE last_error = :internal_error
+    WHERE last_error = 'internal_error'
       AND (status = 'pending' OR last_attempt_at
            >= CAST(:now AS timestamptz) - make_interval(secs => :gateway_window_s))
 ) AS f
@@ -374,7 +374,6 @@ async def holding_conditions(
             "not_confirmed_error": NOT_CONFIRMED,
             "stop_unconfirmed_error": STOP_UNCONFIRMED,
             "unexpected_run": UNEXPECTED_RUN,
-            "internal_error": DeliveryError.internal_error.value,
         },
     )
     return [

@@ -100,20 +100,24 @@ _IN_USE = (
 )
 
 
+# Written into the statement, not bound: a generic plan of a prepared statement (asyncpg
+# prepares every statement) uses the partial index `WHERE status = 'waiting'` only for a
+# constant; with a parameter it walks each site's whole history instead.
+WAITING = literal(RunStatus.waiting.value, literal_execute=True)
+
+
 def _active_sites(site_id: uuid.UUID | None) -> Any:
     """The sites with waiting requests: a walk of ix_run_requests_waiting, one index probe
     per site rather than a read of every waiting row."""
     if site_id is not None:
         return select(literal(site_id, Uuid).label("site_id")).cte("active")
     rr = RunRequest.__table__
-    first = (
-        select(rr.c.site_id).where(rr.c.status == RunStatus.waiting).order_by(rr.c.site_id).limit(1)
-    )
+    first = select(rr.c.site_id).where(rr.c.status == WAITING).order_by(rr.c.site_id).limit(1)
     walk = first.cte("walk", recursive=True)
     later = rr.alias("later")
     following = (
         select(later.c.site_id)
-        .where(later.c.status == RunStatus.waiting, later.c.site_id > walk.c.site_id)
+        .where(later.c.status == WAITING, later.c.site_id > walk.c.site_id)
         .order_by(later.c.site_id)
         .limit(1)
         .scalar_subquery()
@@ -137,7 +141,7 @@ def _waiting_query(site_id: uuid.UUID | None, now: datetime) -> Any:
         select(RunRequest, func.row_number().over(order_by=order).label("nth"))
         .where(
             RunRequest.site_id == active.c.site_id,
-            RunRequest.status == RunStatus.waiting,
+            RunRequest.status == WAITING,
             failures.ready(RunRequest, now),
         )
         .order_by(*order)
