@@ -211,6 +211,13 @@ class Settings(BaseSettings):
         ge=0,
         description="Readings for a zone are evaluated once per this delay, not per batch.",
     )
+    automation_retry_base_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A schedule, rule or run request whose processing raised is tried again "
+        "after base * 2^(n-1) seconds (n failures in a row), up to the maximum.",
+    )
+    automation_retry_max_s: float = Field(default=3600.0, gt=0)
 
     # Readings
     raw_retention_days: int = Field(

@@ -2,7 +2,8 @@
 
 One statement finds every condition that holds now (latest value outside the band, sensor
 silent, pump in fault, a start or stop the device did not confirm, a device found running
-with no run of ours, recent gateway failures, quarantine rate). The pumps domain records
+with no run of ours, recent gateway failures, quarantine rate, rows automation or webhook
+delivery could not process and backed off). The pumps domain records
 the device boundary's findings (the fault it latches, its device incidents); alerts, a
 layer above, read them here. Then, in the same
 transaction: open alerts whose condition no longer holds are cleared, open alerts whose
@@ -17,7 +18,7 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -118,6 +119,33 @@ CROSS JOIN LATERAL (
 ) AS q
 WHERE q.total >= CAST(:min_items AS int)
   AND q.quarantined > CAST(:threshold AS float8) * q.total
+UNION ALL
+SELECT f.site_id, 'automation_failure', f.site_id,
+       jsonb_build_object('rows', count(*),
+                          'row_kind', (array_agg(f.row_kind ORDER BY f.failures DESC, f.id))[1],
+                          'row_id', (array_agg(f.id ORDER BY f.failures DESC, f.id))[1],
+                          'failures', max(f.failures),
+                          'retry_at', (array_agg(f.retry_at ORDER BY f.failures DESC, f.id))[1])
+FROM (
+    SELECT site_id, 'schedule' AS row_kind, id, failures, retry_at
+    FROM schedules WHERE failures > 0 AND enabled
+    UNION ALL
+    SELECT site_id, 'threshold_rule', id, failures, retry_at
+    FROM threshold_rules WHERE failures > 0 AND enabled
+    UNION ALL
+    SELECT site_id, 'run_request', id, failures, retry_at
+    FROM run_requests WHERE failures > 0 AND status = 'waiting'
+    UNION ALL
+    -- still retried, or given up within the window; the class written out, not a
+    -- parameter, so that a generic plan still uses the partial index
+    SELECT site_id, 'webhook_delivery', id, attempts,
+           CASE WHEN status = 'pending' THEN next_attempt_at END
+    FROM webhook_deliveries
+    WHERE last_error = 'internal_error'
+      AND (status = 'pending' OR last_attempt_at
+           >= CAST(:now AS timestamptz) - make_interval(secs => :gateway_window_s))
+) AS f
+GROUP BY f.site_id
 """
 
 _HOLDING = """unnest(CAST(:sites AS uuid[]), CAST(:kinds AS text[]), CAST(:subjects AS uuid[]),
@@ -192,6 +220,8 @@ SEVERITY = {
     # Water may be running that nobody can stop from here.
     AlertKind.stop_unconfirmed: Severity.critical,
     AlertKind.unexpected_run: Severity.critical,
+    # The other rows and sites went on; this one is retried with back-off.
+    AlertKind.automation_failure: Severity.warning,
 }
 
 SUBJECT_TYPE = {
@@ -203,6 +233,7 @@ SUBJECT_TYPE = {
     AlertKind.actuation_unconfirmed: SubjectType.pump,
     AlertKind.stop_unconfirmed: SubjectType.pump,
     AlertKind.unexpected_run: SubjectType.pump,
+    AlertKind.automation_failure: SubjectType.site,
 }
 
 
@@ -289,6 +320,31 @@ def _quarantine(d: dict[str, Any]) -> str:
     )
 
 
+_ROW_KINDS = {
+    "schedule": "schedule",
+    "threshold_rule": "threshold rule",
+    "run_request": "run request",
+    "webhook_delivery": "webhook delivery",
+}
+
+
+def _automation_failure(d: dict[str, Any]) -> str:
+    # The row's kind and id, never the exception's text (that is in the worker's log).
+    failures = d["failures"]
+    times = "once" if failures == 1 else f"{failures} times"
+    if d["retry_at"] is None:
+        then = "it was given up"
+    else:
+        again = datetime.fromisoformat(d["retry_at"]).astimezone(UTC)
+        then = f"tried again from {again:%Y-%m-%d %H:%M:%S} UTC"
+    others = d["rows"] - 1
+    more = f" {others} more of this site's rows failed too." if others else ""
+    return (
+        f"Processing {_ROW_KINDS.get(d['row_kind'], d['row_kind'])} {d['row_id']} failed "
+        f"{times} ({then}); the site's other rows and other sites went on.{more}"
+    )
+
+
 MESSAGES: dict[AlertKind, Callable[[dict[str, Any]], str]] = {
     AlertKind.sensor_out_of_band: _out_of_band,
     AlertKind.sensor_silent: _silent,
@@ -298,6 +354,7 @@ MESSAGES: dict[AlertKind, Callable[[dict[str, Any]], str]] = {
     AlertKind.actuation_unconfirmed: _actuation_unconfirmed,
     AlertKind.stop_unconfirmed: _stop_unconfirmed,
     AlertKind.unexpected_run: _unexpected_run,
+    AlertKind.automation_failure: _automation_failure,
 }
 
 

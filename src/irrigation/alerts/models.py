@@ -24,6 +24,9 @@ class AlertKind(StrEnum):
     actuation_unconfirmed = "actuation_unconfirmed"
     stop_unconfirmed = "stop_unconfirmed"
     unexpected_run = "unexpected_run"
+    # A schedule, rule, run request or webhook delivery of the site whose processing raised
+    # (automation/failures.py, alerts/webhooks.py): backed off, the others went on.
+    automation_failure = "automation_failure"
 
 
 class Severity(StrEnum):
@@ -77,6 +80,9 @@ class DeliveryError(StrEnum):
     """The connection broke while sending or reading."""
     subscription_disabled = "subscription_disabled"
     error = "error"
+    internal_error = "internal_error"
+    """Sending or recording it raised here (our fault, not the receiver's): retried with
+    the back-off like any failed attempt; the site gets an `automation_failure` alert."""
 
 
 def _one_of(column: str, values: type[StrEnum]) -> str:
@@ -154,6 +160,12 @@ class WebhookDelivery(IdMixin, Base):
             postgresql_where=text("status = 'pending'"),
         ),
         Index("ix_webhook_deliveries_subscription_page", "subscription_id", "created_at", "id"),
+        # The alert evaluation's scan of deliveries that failed here (normally none).
+        Index(
+            "ix_webhook_deliveries_internal_error",
+            "site_id",
+            postgresql_where=text("last_error = 'internal_error'"),
+        ),
         CheckConstraint(_one_of("status", DeliveryStatus), name="status_known"),
     )
 

@@ -159,7 +159,8 @@ class DeliveryOut(BaseModel):
         "not 2xx: see `last_status_code`; redirects are not followed), `timeout`, "
         "`dns_error`, `forbidden_address` (resolved to a non-public address), "
         "`connection_refused`, `connect_error`, `tls_error`, `protocol_error` (not HTTP), "
-        "`network_error`, `subscription_disabled`, `error`. Never the receiver's own text."
+        "`network_error`, `subscription_disabled`, `error`, `internal_error` (sending or "
+        "recording it failed here, not at the receiver). Never the receiver's own text."
     )
     delivered_at: datetime | None
     payload: dict[str, Any]

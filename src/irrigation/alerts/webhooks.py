@@ -5,7 +5,10 @@ A run claims due deliveries in one short transaction (`FOR UPDATE SKIP LOCKED`, 
 the lease), commits, then posts them all concurrently with no transaction open, each
 bounded by `IRRIGATION_WEBHOOK_TIMEOUT_S`, and records every outcome in one statement.
 A dead or hanging endpoint costs its own deliveries one timeout, never anyone else's: sends
-are concurrent, and a run claims at most `PER_SUBSCRIPTION` deliveries of one subscription.
+are concurrent, and a run claims at most `PER_SUBSCRIPTION` deliveries of one subscription,
+every site's oldest first. A delivery whose sending or recording raises here is recorded as
+an `internal_error` attempt and backed off like any failed one; the others of the batch are
+recorded as they went, and the site gets an `automation_failure` alert.
 
 Delivery is at least once: a result that cannot be recorded (the lease ran out, the
 database went away) is sent again. Receivers de-duplicate on `X-Irrigation-Delivery`.
@@ -33,6 +36,7 @@ from typing import Any
 import httpx
 import structlog
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation.alerts import targets
 from irrigation.alerts.models import DeliveryError, DeliveryStatus
@@ -47,19 +51,25 @@ PER_SUBSCRIPTION = 10
 LEASE_MARGIN_S = 30.0
 USER_AGENT = "irrigation-webhooks/1"
 
-# Due deliveries, oldest first, at most PER_SUBSCRIPTION of each subscription (one dead
-# receiver with a backlog must not fill the batch), locked and leased in one statement.
+# Due deliveries, at most PER_SUBSCRIPTION of each subscription (one dead receiver with a
+# backlog must not fill the batch), every site's oldest first (each site's first, then each
+# site's second, ...: one site's many subscriptions must not fill it either), locked and
+# leased in one statement.
 _CLAIM = """
 WITH due AS (
     SELECT id FROM (
-        SELECT d.id, d.next_attempt_at,
-               row_number() OVER (PARTITION BY d.subscription_id
-                                  ORDER BY d.next_attempt_at, d.id) AS nth
-        FROM webhook_deliveries AS d
-        WHERE d.status = 'pending' AND d.next_attempt_at <= :now
+        SELECT id, next_attempt_at, site_id,
+               row_number() OVER (PARTITION BY site_id ORDER BY next_attempt_at, id) AS site_nth
+        FROM (
+            SELECT d.id, d.next_attempt_at, d.site_id,
+                   row_number() OVER (PARTITION BY d.subscription_id
+                                      ORDER BY d.next_attempt_at, d.id) AS nth
+            FROM webhook_deliveries AS d
+            WHERE d.status = 'pending' AND d.next_attempt_at <= :now
+        ) AS per_subscription
+        WHERE nth <= :per_subscription
     ) AS ranked
-    WHERE nth <= :per_subscription
-    ORDER BY next_attempt_at
+    ORDER BY site_nth, next_attempt_at, id
     LIMIT :batch
 ), locked AS (
     SELECT d.id FROM webhook_deliveries AS d
@@ -69,7 +79,7 @@ WITH due AS (
 UPDATE webhook_deliveries AS d SET next_attempt_at = :lease_until
 FROM locked, webhook_subscriptions AS s
 WHERE d.id = locked.id AND s.id = d.subscription_id
-RETURNING d.id, d.event, d.payload, d.created_at, d.attempts, s.url, s.secret
+RETURNING d.id, d.site_id, d.event, d.payload, d.created_at, d.attempts, s.url, s.secret
 """
 
 # Guarded by `attempts`: an outcome recorded after the lease ran out (and another run sent
@@ -107,6 +117,7 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 @dataclass(frozen=True)
 class Claimed:
     id: uuid.UUID
+    site_id: uuid.UUID
     event: str
     payload: dict[str, Any]
     created_at: datetime
@@ -231,6 +242,47 @@ async def _send(client: httpx.AsyncClient, delivery: Claimed, settings: Settings
     return Outcome(delivery, attempted_at, code, failed)
 
 
+async def _attempt(client: httpx.AsyncClient, delivery: Claimed, settings: Settings) -> Outcome:
+    """One delivery's attempt, whatever it raises: a fault of ours with one delivery (its
+    body, its signature, a bug) is that delivery's failed attempt, recorded and backed off
+    like any other, never the whole batch's (`gather` would fail them all unrecorded)."""
+    try:
+        return await _send(client, delivery, settings)
+    except Exception:
+        log.exception(
+            "webhook_delivery_failed", delivery_id=str(delivery.id), site_id=str(delivery.site_id)
+        )
+        return Outcome(delivery, utcnow(), None, DeliveryError.internal_error.value)
+
+
+def _internal_error(outcome: Outcome) -> Outcome:
+    return Outcome(outcome.delivery, outcome.attempted_at, None, DeliveryError.internal_error.value)
+
+
+async def _record(session: AsyncSession, settings: Settings, outcomes: list[Outcome]) -> None:
+    """All outcomes in one statement; if that fails, each on its own, and one that still
+    fails as an `internal_error` attempt (backed off): never left to be resent at once."""
+    try:
+        async with session.begin():
+            await session.execute(text(_RECORD), _record_params(settings, outcomes))
+        return
+    except Exception:
+        log.exception("webhook_record_failed", deliveries=len(outcomes))
+    for outcome in outcomes:
+        for attempt in (outcome, _internal_error(outcome)):
+            try:
+                async with session.begin():
+                    await session.execute(text(_RECORD), _record_params(settings, [attempt]))
+                break
+            except Exception:
+                log.exception(
+                    "webhook_record_failed",
+                    delivery_id=str(outcome.delivery.id),
+                    site_id=str(outcome.delivery.site_id),
+                    error=attempt.error,
+                )
+
+
 def _record_params(settings: Settings, outcomes: list[Outcome]) -> dict[str, list[Any]]:
     now = utcnow()
     params: dict[str, list[Any]] = {key: [] for key in _RECORD_PARAMS}
@@ -284,9 +336,8 @@ async def deliver_webhooks(ctx: dict[str, Any]) -> int:
                 max_connections=settings.webhook_batch_size, max_keepalive_connections=0
             ),
         ) as client:
-            outcomes = await asyncio.gather(*(_send(client, d, settings) for d in claimed))
-        async with session.begin():
-            await session.execute(text(_RECORD), _record_params(settings, list(outcomes)))
+            outcomes = await asyncio.gather(*(_attempt(client, d, settings) for d in claimed))
+        await _record(session, settings, list(outcomes))
     failed = [o for o in outcomes if not o.is_delivered]
     if failed:
         log.info("webhook_attempts_failed", failed=len(failed), attempted=len(outcomes))

@@ -23,7 +23,15 @@ from irrigation.common.orm import Base, IdMixin
 from irrigation.fleet.models import Versioned
 
 
-class ThresholdRule(IdMixin, Versioned, Base):
+class Retried:
+    """A row whose processing raised: `failures` in a row, and not tried again before
+    `retry_at` (automation/failures.py). Reset by the next attempt that goes through."""
+
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    retry_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class ThresholdRule(Retried, IdMixin, Versioned, Base):
     """Water a zone when the average of its sensors falls below `start_below`.
 
     Hysteresis: once triggered the rule is disarmed until the average has risen above
@@ -33,6 +41,8 @@ class ThresholdRule(IdMixin, Versioned, Base):
     __table_args__ = (
         Index("ix_threshold_rules_site_page", "site_id", "created_at", "id"),
         Index("ix_threshold_rules_zone", "zone_id"),
+        # The alert evaluation's scan of failing rows (normally none).
+        Index("ix_threshold_rules_failing", "site_id", postgresql_where=text("failures > 0")),
         CheckConstraint("start_below < stop_above", name="hysteresis_order"),
     )
 
@@ -57,12 +67,13 @@ class ThresholdRule(IdMixin, Versioned, Base):
     last_skip_reason: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
-class Schedule(IdMixin, Versioned, Base):
+class Schedule(Retried, IdMixin, Versioned, Base):
     __tablename__ = "schedules"
     __table_args__ = (
         Index("ix_schedules_site_page", "site_id", "created_at", "id"),
         Index("ix_schedules_zone", "zone_id"),
         Index("ix_schedules_due", "next_run_at", postgresql_where=text("enabled")),
+        Index("ix_schedules_failing", "site_id", postgresql_where=text("failures > 0")),
     )
 
     site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
@@ -97,7 +108,7 @@ class RunStatus(StrEnum):
 QueueMode = Literal["append", "front", "replace"]
 
 
-class RunRequest(IdMixin, Base):
+class RunRequest(Retried, IdMixin, Base):
     """One wish for a pump run, waiting its turn: priority rank first, then position."""
 
     __tablename__ = "run_requests"
@@ -113,6 +124,11 @@ class RunRequest(IdMixin, Base):
             "ix_run_requests_pump_waiting", "pump_id", postgresql_where=text("status = 'waiting'")
         ),
         Index("ix_run_requests_site_page", "site_id", "created_at", "id"),
+        Index(
+            "ix_run_requests_failing",
+            "site_id",
+            postgresql_where=text("failures > 0 AND status = 'waiting'"),
+        ),
         Index(
             "ix_run_requests_resolved",
             "resolved_at",
@@ -186,6 +202,8 @@ class Reason(StrEnum):
     water_level_zero = "water_level_zero"
     # The site's quota of waiting run requests (per pump or per site) is full.
     quota_exceeded = "quota_exceeded"
+    # Processing the schedule, rule or request raised: tried again later (`retry_at`).
+    row_failed = "row_failed"
 
 
 class AutomationDecision(IdMixin, Base):

@@ -7,13 +7,15 @@ import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 from arq.connections import ArqRedis
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation.auth.models import Site
+from irrigation.automation import failures
 from irrigation.automation.calendar import When, next_after, occurrences
 from irrigation.automation.decisions import Subject, local, record
 from irrigation.automation.et import WaterLevel, compute_water_level, scaled_duration_s
@@ -36,6 +38,8 @@ from irrigation.weather import Forecast, WeatherProvider, WeatherUnavailable
 log = structlog.get_logger(__name__)
 
 MISSED_LOGGED = 10
+# Schedules one pass fires at most (the cron runs every 5 s).
+FIRE_BATCH = 500
 MOISTURE_WINDOW = timedelta(minutes=15)
 
 
@@ -70,6 +74,9 @@ async def forecasts_for(
             # site's decision history says only that there was no forecast.
             log.warning("weather_unavailable", zone_id=str(zone.id), error=str(exc))
             return Weather(None, "weather unavailable")
+        except Exception:  # one zone's forecast must not fail every site's schedules
+            log.exception("weather_failed", zone_id=str(zone.id))
+            return Weather(None, "weather unavailable")
 
     found = await asyncio.gather(*(one(zone) for zone in zones))
     return {zone.id: weather for zone, weather in zip(zones, found, strict=True)}
@@ -95,15 +102,7 @@ async def fire_due(
     """Fire every schedule whose next run is due; returns how many fired a run."""
     async with session.begin():
         now = (await session.execute(select(db_now_expr()))).scalar_one()
-        due = (
-            await session.execute(
-                select(Schedule.id, Zone)
-                .join(Zone, Zone.id == Schedule.zone_id)
-                .where(Schedule.enabled, Schedule.next_run_at <= now)
-                .order_by(Schedule.next_run_at)
-                .limit(500)
-            )
-        ).all()
+        due = (await session.execute(_due_query(now))).all()
     zones = {zone.id: zone for _, zone in due}
     needs_weather = [z for z in zones.values() if z.et_scaling or z.latitude is not None]
     weather = await forecasts_for(provider, needs_weather)
@@ -114,14 +113,36 @@ async def fire_due(
         try:
             site = await _fire_one(session, settings, schedule_id, weather.get(zone.id), now)
         except Exception:  # one broken schedule must not stop the others
-            log.exception("schedule_failed", schedule_id=str(schedule_id))
+            log.exception(
+                "schedule_failed", schedule_id=str(schedule_id), site_id=str(zone.site_id)
+            )
+            await failures.failed(session, settings, Schedule, schedule_id)
             continue
         if site is not None:
             fired += 1
             sites.add(site)
-    for site_id in sites:
-        await dispatch.start_waiting(session, settings, redis, site_id)
+    await dispatch.start_sites(session, settings, redis, sites)
     return fired
+
+
+def _due_query(now: datetime) -> Any:
+    """The due schedules, at most FIRE_BATCH, every site's oldest first: each site's first
+    due schedule, then each site's second, ... so no site's backlog (or its schedules
+    backed off after failing, which are not due until `retry_at`) delays another's."""
+    nth = func.row_number().over(
+        partition_by=Schedule.site_id, order_by=(Schedule.next_run_at, Schedule.id)
+    )
+    ranked = (
+        select(Schedule.id, Schedule.zone_id, Schedule.next_run_at, nth.label("nth"))
+        .where(Schedule.enabled, Schedule.next_run_at <= now, failures.ready(Schedule, now))
+        .subquery()
+    )
+    return (
+        select(ranked.c.id, Zone)
+        .join(Zone, Zone.id == ranked.c.zone_id)
+        .order_by(ranked.c.nth, ranked.c.next_run_at, ranked.c.id)
+        .limit(FIRE_BATCH)
+    )
 
 
 async def _fire_one(
@@ -145,6 +166,8 @@ async def _fire_one(
         if row is None:
             return None
         schedule, zone, paused_until, site_rain = row
+        if schedule.failures:  # it went through this time (or rolls back with this)
+            schedule.failures, schedule.retry_at = 0, None
         first: datetime | None = schedule.next_run_at
         if first is None:
             return None

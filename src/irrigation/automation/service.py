@@ -73,6 +73,7 @@ async def update_rule(
                 raise Invalid("start_below must be below stop_above", field="body.start_below")
             if values.get("pump_id") is not None:
                 await _pump_of_zone(session, site_id, current.zone_id, values["pump_id"])
+            values["retry_at"] = None  # backed off after failing: an edit is tried at once
         return await repo.update_versioned(
             session, ThresholdRule, site_id, rule_id, version, values
         )
@@ -132,6 +133,7 @@ async def update_schedule(
             enabled = values.get("enabled", current.enabled)
             now = await db_now(session)
             values["next_run_at"] = next_after(when, zone.timezone, now) if enabled else None
+            values["retry_at"] = None  # backed off after failing: an edit is tried at once
         return await repo.update_versioned(session, Schedule, site_id, schedule_id, version, values)
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation.auth.models import Site
+from irrigation.automation import failures
 from irrigation.automation.decisions import Subject, record
 from irrigation.automation.models import Outcome, Reason, RunRequest, ThresholdRule
 from irrigation.automation.runqueue import dispatch
@@ -43,24 +44,25 @@ async def evaluate_rules(
         since = now - func.make_interval(0, 0, 0, 0, 0, 0, ThresholdRule.window_s)
         stmt = select(
             ThresholdRule.id,
+            ThresholdRule.site_id,
             zone_average(ThresholdRule.zone_id, ThresholdRule.sensor_kind, since, now),
-        ).where(ThresholdRule.enabled)
+        ).where(ThresholdRule.enabled, failures.ready(ThresholdRule, now))
         if zone_ids is not None:
             stmt = stmt.where(ThresholdRule.zone_id.in_(zone_ids))
         values = (await session.execute(stmt)).all()
     triggered = 0
     sites: set[uuid.UUID] = set()
-    for rule_id, value in values:
+    for rule_id, site_id, value in values:
         try:
             site = await _evaluate_one(session, settings, rule_id, value, now)
         except Exception:  # one broken rule must not stop the others
-            log.exception("rule_failed", rule_id=str(rule_id))
+            log.exception("rule_failed", rule_id=str(rule_id), site_id=str(site_id))
+            await failures.failed(session, settings, ThresholdRule, rule_id)
             continue
         if site is not None:
             triggered += 1
             sites.add(site)
-    for site_id in sites:
-        await dispatch.start_waiting(session, settings, redis, site_id)
+    await dispatch.start_sites(session, settings, redis, sites)
     return triggered
 
 
@@ -85,6 +87,8 @@ async def _evaluate_one(
         if row is None:
             return None  # disabled meanwhile, or another evaluator holds it
         rule, zone, paused_until, site_rain = row
+        if rule.failures:  # it went through this time (or rolls back with this)
+            rule.failures, rule.retry_at = 0, None
         rule.last_value = value
         rule.last_evaluated_at = now
         if value is None:

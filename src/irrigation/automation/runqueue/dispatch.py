@@ -3,19 +3,21 @@ order then age; defer the others with their reason, skip those past their deadli
 start is `pumps.service.admit` in the transaction that marks the request started."""
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 import structlog
 from arq.connections import ArqRedis
-from sqlalchemy import func, select, update
+from sqlalchemy import Uuid, func, literal, select, true, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from irrigation import queue
 from irrigation.auth.models import Site
+from irrigation.automation import failures
 from irrigation.automation.decisions import about, local, record
 from irrigation.automation.models import (
     Outcome,
@@ -26,6 +28,13 @@ from irrigation.automation.models import (
     ThresholdRule,
 )
 from irrigation.common.clock import db_now_expr
+from irrigation.common.dberrors import (
+    DEADLOCK_DETECTED,
+    LOCK_NOT_AVAILABLE,
+    QUERY_CANCELED,
+    connection_lost,
+    pg_error,
+)
 from irrigation.common.errors import Invalid, NotFound
 from irrigation.fleet.models import Pump, WaterSource, Zone
 from irrigation.pumps import service as pumps
@@ -43,6 +52,8 @@ from irrigation.settings import Settings
 log = structlog.get_logger(__name__)
 
 AUTOMATION = (Priority.scheduled, Priority.threshold)
+# Waiting requests one pass reads at most, every site's head first (_waiting_query).
+BATCH = 1000
 
 
 class StartOutcome(StrEnum):
@@ -89,10 +100,69 @@ _IN_USE = (
 )
 
 
-def _waiting_query(site_id: uuid.UUID | None) -> Any:
-    stmt = (
+# Written into the statement, not bound: a generic plan of a prepared statement (asyncpg
+# prepares every statement) uses the partial index `WHERE status = 'waiting'` only for a
+# constant; with a parameter it walks each site's whole history instead.
+WAITING = literal(RunStatus.waiting.value, literal_execute=True)
+
+
+def _active_sites(site_id: uuid.UUID | None) -> Any:
+    """The sites with waiting requests: a walk of ix_run_requests_waiting, one index probe
+    per site rather than a read of every waiting row."""
+    if site_id is not None:
+        return select(literal(site_id, Uuid).label("site_id")).cte("active")
+    rr = RunRequest.__table__
+    first = select(rr.c.site_id).where(rr.c.status == WAITING).order_by(rr.c.site_id).limit(1)
+    walk = first.cte("walk", recursive=True)
+    later = rr.alias("later")
+    following = (
+        select(later.c.site_id)
+        .where(later.c.status == WAITING, later.c.site_id > walk.c.site_id)
+        .order_by(later.c.site_id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    walk = walk.union_all(select(following).where(walk.c.site_id.is_not(None)))
+    return select(walk.c.site_id).where(walk.c.site_id.is_not(None)).cte("active")
+
+
+def _waiting_query(site_id: uuid.UUID | None, now: datetime) -> Any:
+    """At most BATCH waiting requests, every site's head first: each site's first requests
+    in (rank, position) order, a fair share of the batch each (all of it for a site alone),
+    then every site's 1st, every site's 2nd, ... so one site's backlog never pushes another
+    site's head out of the batch. A request backed off after its processing raised is left
+    out until its `retry_at`. Each site's share is read in a lateral through
+    ix_run_requests_waiting: no step reads many more rows than it returns."""
+    active = _active_sites(site_id)
+    sites = select(func.count()).select_from(active).scalar_subquery()
+    share = func.greatest(BATCH // func.greatest(sites, 1), 1)
+    order = (RunRequest.rank, RunRequest.position, RunRequest.id)
+    heads = (
+        select(RunRequest, func.row_number().over(order_by=order).label("nth"))
+        .where(
+            RunRequest.site_id == active.c.site_id,
+            RunRequest.status == WAITING,
+            failures.ready(RunRequest, now),
+        )
+        .order_by(*order)
+        .limit(share)
+        .lateral("heads")
+    )
+    # Chosen first, then joined: left to itself, the planner joins the fleet's tables inside
+    # the loop over the sites, once per site.
+    chosen = (
+        select(heads)
+        .select_from(active)
+        .join(heads, true())
+        .order_by(heads.c.nth, heads.c.site_id)
+        .limit(BATCH)
+        .cte("chosen")
+        .prefix_with("MATERIALIZED")
+    )
+    request = aliased(RunRequest, chosen)
+    return (
         select(
-            RunRequest,
+            request,
             Pump.water_source_id,
             Pump.name,
             WaterSource.name,
@@ -108,18 +178,13 @@ def _waiting_query(site_id: uuid.UUID | None) -> Any:
             WaterSource.max_concurrent_pumps,
             _IN_USE,
         )
-        .join(Pump, Pump.id == RunRequest.pump_id)
+        .join(Pump, Pump.id == request.pump_id)
         .join(WaterSource, WaterSource.id == Pump.water_source_id)
-        .join(Zone, Zone.id == RunRequest.zone_id)
-        .join(Site, Site.id == RunRequest.site_id)
-        .outerjoin(Schedule, Schedule.id == RunRequest.schedule_id)
-        .where(RunRequest.status == RunStatus.waiting)
-        .order_by(RunRequest.site_id, RunRequest.rank, RunRequest.position, RunRequest.id)
-        .limit(1000)
+        .join(Zone, Zone.id == request.zone_id)
+        .join(Site, Site.id == request.site_id)
+        .outerjoin(Schedule, Schedule.id == request.schedule_id)
+        .order_by(chosen.c.nth, chosen.c.site_id)
     )
-    if site_id is not None:
-        stmt = stmt.where(RunRequest.site_id == site_id)
-    return stmt
 
 
 def _later(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -128,12 +193,27 @@ def _later(a: datetime | None, b: datetime | None) -> datetime | None:
     return max(a, b)
 
 
+@dataclass
+class _Pass:
+    """What one dispatch pass has learnt so far."""
+
+    now: datetime
+    finished: set[uuid.UUID]
+    blocked_pumps: set[uuid.UUID] = field(default_factory=set)
+    blocked_sources: set[uuid.UUID] = field(default_factory=set)
+    starts: dict[uuid.UUID, int] = field(default_factory=dict)  # per water source
+    started: int = 0
+
+
 async def start_waiting(
     session: AsyncSession, settings: Settings, redis: ArqRedis, site_id: uuid.UUID | None = None
 ) -> int:
     """Start every waiting request that can start now, in priority order then age; skip
     those past their deadline. Returns how many started. Safe to run concurrently: each
-    start is decided under the pump's lock and re-checks that the request still waits."""
+    start is decided under the pump's lock and re-checks that the request still waits.
+
+    A request whose processing raises is logged, backed off (automation/failures.py) and
+    holds back only its own pump for this pass: the others go on."""
     async with session.begin():
         now = (await session.execute(select(db_now_expr()))).scalar_one()
         rows = [
@@ -149,81 +229,104 @@ async def start_waiting(
                 *hints,
             )
             for r, src, pname, sname, tz, paused, site_rain, zone_rain, skip, *hints in (
-                await session.execute(_waiting_query(site_id))
+                await session.execute(_waiting_query(site_id, now))
             ).all()
         ]
         finished = await _finished_predecessors(session, rows)
         # Detached: a later start that rolls back would expire them (and reload lazily).
         session.expunge_all()
-    blocked_pumps: set[uuid.UUID] = set()
-    blocked_sources: set[uuid.UUID] = set()
-    starts: dict[uuid.UUID, int] = {}  # runs this dispatch started, per water source
-    started = 0
+    state = _Pass(now, finished)
     for w in rows:
         r = w.request
-        automated = r.priority in AUTOMATION
-        if r.deadline <= now:
-            await _resolve(
-                session,
-                r,
-                RunStatus.skipped,
-                Reason.deadline_passed,
-                f"{w.pump_name!r} could not start before its deadline "
-                f"{local(r.deadline, w.zone_tz)} (last held back by: {r.last_reason or 'nothing'})",
-            )
-            continue
-        if r.pump_id in blocked_pumps or w.water_source_id in blocked_sources:
-            where = "pump" if r.pump_id in blocked_pumps else "water source"
-            await _defer(
-                session,
-                r,
-                Reason.queued_behind,
-                f"{w.pump_name!r} waits behind an earlier or higher-priority request "
-                f"for the same {where}",
-            )
-            continue
-        if r.after_id is not None and r.after_id not in finished:
-            blocked_pumps.add(r.pump_id)
-            await _defer(
-                session,
-                r,
-                Reason.after_previous,
-                f"{w.pump_name!r} waits for the zone's previous pump to finish",
-            )
-            continue
-        if automated and w.paused_until is not None and w.paused_until > now:
-            await _defer(
-                session,
-                r,
-                Reason.paused,
-                f"automation is paused until {local(w.paused_until, w.zone_tz)}",
-            )
-            continue
-        if automated and w.respects_rain_delay and w.rain_delay_until and w.rain_delay_until > now:
-            await _resolve(
-                session,
-                r,
-                RunStatus.skipped,
-                Reason.rain_delay,
-                f"rain delay until {local(w.rain_delay_until, w.zone_tz)}",
-            )
-            continue
-        in_use = starts.get(w.water_source_id, 0) + w.source_in_use
-        hint = _hint(w, now, in_use)
-        if hint is not None:
-            outcome = StartOutcome(hint)
-            await _defer(session, r, hint, _why(hint, w))
-        else:
-            outcome = await _try_start(session, settings, redis, w)
-        if outcome == StartOutcome.started:
-            started += 1
-            starts[w.water_source_id] = starts.get(w.water_source_id, 0) + 1
-            blocked_pumps.add(r.pump_id)
-        elif outcome == StartOutcome.capacity:
-            blocked_sources.add(w.water_source_id)
-        else:
-            blocked_pumps.add(r.pump_id)
-    return started
+        try:
+            await _dispatch_one(session, settings, redis, state, w)
+            if r.failures:
+                await failures.recovered(session, RunRequest, r.id)
+        except Exception:  # one broken request must not stop the others
+            log.exception("run_request_failed", run_request_id=str(r.id), site_id=str(r.site_id))
+            state.blocked_pumps.add(r.pump_id)  # it keeps its place ahead of its pump's others
+            await failures.failed(session, settings, RunRequest, r.id)
+    return state.started
+
+
+async def start_sites(
+    session: AsyncSession, settings: Settings, redis: ArqRedis, sites: set[uuid.UUID]
+) -> None:
+    """Dispatch these sites (after a trigger queued runs); one site's failure stops no other."""
+    for site_id in sites:
+        try:
+            await start_waiting(session, settings, redis, site_id)
+        except Exception:  # the cron's pass over every site comes within a second
+            log.exception("dispatch_failed", site_id=str(site_id))
+
+
+async def _dispatch_one(
+    session: AsyncSession, settings: Settings, redis: ArqRedis, state: _Pass, w: _Waiting
+) -> None:
+    r = w.request
+    now = state.now
+    automated = r.priority in AUTOMATION
+    if r.deadline <= now:
+        await _resolve(
+            session,
+            r,
+            RunStatus.skipped,
+            Reason.deadline_passed,
+            f"{w.pump_name!r} could not start before its deadline "
+            f"{local(r.deadline, w.zone_tz)} (last held back by: {r.last_reason or 'nothing'})",
+        )
+        return
+    if r.pump_id in state.blocked_pumps or w.water_source_id in state.blocked_sources:
+        where = "pump" if r.pump_id in state.blocked_pumps else "water source"
+        await _defer(
+            session,
+            r,
+            Reason.queued_behind,
+            f"{w.pump_name!r} waits behind an earlier or higher-priority request "
+            f"for the same {where}",
+        )
+        return
+    if r.after_id is not None and r.after_id not in state.finished:
+        state.blocked_pumps.add(r.pump_id)
+        await _defer(
+            session,
+            r,
+            Reason.after_previous,
+            f"{w.pump_name!r} waits for the zone's previous pump to finish",
+        )
+        return
+    if automated and w.paused_until is not None and w.paused_until > now:
+        await _defer(
+            session,
+            r,
+            Reason.paused,
+            f"automation is paused until {local(w.paused_until, w.zone_tz)}",
+        )
+        return
+    if automated and w.respects_rain_delay and w.rain_delay_until and w.rain_delay_until > now:
+        await _resolve(
+            session,
+            r,
+            RunStatus.skipped,
+            Reason.rain_delay,
+            f"rain delay until {local(w.rain_delay_until, w.zone_tz)}",
+        )
+        return
+    in_use = state.starts.get(w.water_source_id, 0) + w.source_in_use
+    hint = _hint(w, now, in_use)
+    if hint is not None:
+        outcome = StartOutcome(hint)
+        await _defer(session, r, hint, _why(hint, w))
+    else:
+        outcome = await _try_start(session, settings, redis, w)
+    if outcome == StartOutcome.started:
+        state.started += 1
+        state.starts[w.water_source_id] = state.starts.get(w.water_source_id, 0) + 1
+        state.blocked_pumps.add(r.pump_id)
+    elif outcome == StartOutcome.capacity:
+        state.blocked_sources.add(w.water_source_id)
+    else:
+        state.blocked_pumps.add(r.pump_id)
 
 
 def _hint(w: _Waiting, now: datetime, in_use: int) -> Reason | None:
@@ -331,6 +434,8 @@ async def _try_start(
         await _resolve(session, r, RunStatus.skipped, Reason.invalid, str(exc.detail or exc))
         return StartOutcome.skipped
     except DBAPIError as exc:
+        if not _contended(exc):
+            raise  # this request's own failure (bad data, a bug): backed off by the caller
         log.warning("dispatch_lock_failed", run_request_id=str(r.id), error=str(exc))
         return StartOutcome.locked
     if activation is not None:
@@ -343,6 +448,17 @@ async def _try_start(
     if isinstance(refusal, PumpBusy | InCooldown | PumpFault | PumpDisabled):
         return StartOutcome(refusal.code)
     return StartOutcome.refused
+
+
+def _contended(exc: DBAPIError) -> bool:
+    """A lock not granted in time, a deadlock, a busy or restarting server: the next
+    dispatch tries again (within a second), no back-off."""
+    state = pg_error(exc).sqlstate or ""
+    return (
+        connection_lost(exc)
+        or state in (LOCK_NOT_AVAILABLE, DEADLOCK_DETECTED, QUERY_CANCELED, "40001")
+        or state[:2] in ("53", "57")
+    )
 
 
 async def _lock_waiting(session: AsyncSession, request_id: uuid.UUID) -> RunRequest | None:
