@@ -1,32 +1,15 @@
 """What the service shows to anyone who asks: the docs can be turned off, and /metrics (the
 API's and the MQTT bridge's) can require a token."""
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
-
 import httpx
 from pydantic import SecretStr
 
-from irrigation.app import create_app
 from irrigation.ingest.mqtt_probe import serve_probe
 from irrigation.settings import Settings
+from tests.support.api import app_client
 from tests.support.problems import assert_problem
 
 TOKEN = "s3cret-metrics-token"
-
-
-@asynccontextmanager
-async def api(settings: Settings, **changes: Any) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings.model_copy(update=changes))
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://test"
-        ) as client:
-            yield client
-    finally:
-        await app.state.redis.aclose()
-        await app.state.engine.dispose()
 
 
 async def test_the_docs_are_public_by_default(client: httpx.AsyncClient) -> None:
@@ -37,7 +20,7 @@ async def test_the_docs_are_public_by_default(client: httpx.AsyncClient) -> None
 
 
 async def test_the_docs_can_be_turned_off(settings: Settings) -> None:
-    async with api(settings, docs_enabled=False) as client:
+    async with app_client(settings, docs_enabled=False) as client:
         for path in ("/docs", "/openapi.json", "/docs-assets/swagger-ui.css", "/redoc"):
             assert_problem(await client.get(path), 404, "not_found")
         assert (await client.get("/healthz")).status_code == 200
@@ -50,7 +33,7 @@ async def test_metrics_are_public_without_a_token(client: httpx.AsyncClient) -> 
 
 
 async def test_metrics_want_the_token_when_one_is_set(settings: Settings) -> None:
-    async with api(settings, metrics_token=SecretStr(TOKEN)) as client:
+    async with app_client(settings, metrics_token=SecretStr(TOKEN)) as client:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
             response = await client.get("/metrics", headers=headers)
             assert_problem(response, 401, "unauthorized")

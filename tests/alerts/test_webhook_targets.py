@@ -11,8 +11,6 @@ import ipaddress
 import shutil
 import ssl
 import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from irrigation.alerts import targets
 from irrigation.alerts.models import WebhookDelivery
 from irrigation.alerts.webhooks import deliver_webhooks
-from irrigation.app import create_app
 from irrigation.settings import Settings
 from tests.alerts.conftest import LOOPBACK, Receiver
-from tests.support.api import Headers
+from tests.support.api import Headers, app_client
 from tests.support.problems import assert_invalid
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -58,19 +55,6 @@ FORBIDDEN = [
 def settings(settings: Settings) -> Settings:
     """As deployed by default: no allow-list."""
     return settings.model_copy(update={"webhook_allow_networks": []})
-
-
-@asynccontextmanager
-async def api(settings: Settings, **changes: Any) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings.model_copy(update=changes))
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://test"
-        ) as client:
-            yield client
-    finally:
-        await app.state.redis.aclose()
-        await app.state.engine.dispose()
 
 
 async def subscribe(client: httpx.AsyncClient, headers: Headers, url: str) -> dict[str, Any]:
@@ -133,7 +117,7 @@ async def test_the_allow_list_lets_its_networks_through_and_no_others(
     settings: Settings, admin: Headers
 ) -> None:
     networks = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"), LOOPBACK]
-    async with api(settings, webhook_allow_networks=networks) as client:
+    async with app_client(settings, webhook_allow_networks=networks) as client:
         for url in ("http://10.1.2.3/", "http://[fd00::1]/", "http://localhost:8080/hook"):
             await subscribe(client, admin, url)
         for url in ("http://192.168.1.1/", "http://169.254.169.254/", "http://[::1]/"):
@@ -161,7 +145,7 @@ async def test_delivery_checks_again_and_sends_nothing_to_a_forbidden_address(
 ) -> None:
     """Created while the allow-list let loopback through; delivered after it no longer does
     (as a name that resolved to a public address at creation and to a private one later)."""
-    async with api(settings, webhook_allow_networks=[LOOPBACK]) as client:
+    async with app_client(settings, webhook_allow_networks=[LOOPBACK]) as client:
         hook = await subscribe(client, admin, f"{receiver.url}/ok")
         await ping(client, admin, hook["id"])
 
@@ -192,7 +176,7 @@ async def test_the_request_goes_to_the_checked_address_with_the_name_as_host(
     monkeypatch.setattr(targets, "resolve", resolve)
     allowed = {"webhook_allow_networks": [LOOPBACK]}
     ctx["irrigation"].settings = ctx["irrigation"].settings.model_copy(update=allowed)
-    async with api(settings, **allowed) as client:
+    async with app_client(settings, **allowed) as client:
         hook = await subscribe(client, admin, f"http://receiver.example:{port}/ok")
         await ping(client, admin, hook["id"])
 
@@ -208,7 +192,7 @@ async def test_redirects_are_not_followed(
 ) -> None:
     allowed = {"webhook_allow_networks": [LOOPBACK]}
     ctx["irrigation"].settings = ctx["irrigation"].settings.model_copy(update=allowed)
-    async with api(settings, **allowed) as client:
+    async with app_client(settings, **allowed) as client:
         hook = await subscribe(client, admin, f"{receiver.url}/redirect")
         await ping(client, admin, hook["id"])
 
@@ -247,7 +231,7 @@ async def test_the_log_shows_a_class_never_the_other_sides_text(
     allowed = {"webhook_allow_networks": [LOOPBACK]}
     ctx["irrigation"].settings = ctx["irrigation"].settings.model_copy(update=allowed)
     try:
-        async with api(settings, **allowed) as client:
+        async with app_client(settings, **allowed) as client:
             not_http = await subscribe(client, admin, f"http://127.0.0.1:{banner.port}/")
             failing = await subscribe(client, admin, f"{receiver.url}/fail")
             for hook in (not_http, failing):
@@ -346,7 +330,7 @@ async def test_https_is_verified_for_the_name_while_the_checked_address_is_conne
     allowed = {"webhook_allow_networks": [LOOPBACK]}
     ctx["irrigation"].settings = ctx["irrigation"].settings.model_copy(update=allowed)
     try:
-        async with api(settings, **allowed) as client:
+        async with app_client(settings, **allowed) as client:
             by_name = await subscribe(client, admin, f"https://localhost:{tls.port}/hook")
             by_address = await subscribe(client, admin, f"https://127.0.0.1:{tls.port}/hook")
             for hook in (by_name, by_address):
