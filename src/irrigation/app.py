@@ -26,6 +26,7 @@ from irrigation.common.middleware import (
 )
 from irrigation.common.openapi import install_openapi, operation_id
 from irrigation.db import create_engine, create_sessionmaker
+from irrigation.feed import create_publisher
 from irrigation.fleet.router import routers as fleet_routers
 from irrigation.health import router as health_router
 from irrigation.ingest.cache import HotCache
@@ -116,7 +117,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, **common)
     app.state.settings = settings
     app.state.engine = engine
-    app.state.sessionmaker = create_sessionmaker(engine)
+    app.state.feed = create_publisher(settings, redis)
+    app.state.sessionmaker = create_sessionmaker(engine, app.state.feed)
     app.state.redis = redis
     app.state.principals = PrincipalCache(settings.auth_cache_ttl_s, settings.auth_unknown_ttl_s)
     app.state.hot_cache = HotCache(redis, settings.redis_namespace, settings.redis_timeout_s)

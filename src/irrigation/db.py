@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from irrigation import feed
 from irrigation.settings import Settings
 
 
@@ -74,8 +75,19 @@ class Session(AsyncSession):
                 raise
 
 
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, class_=Session, expire_on_commit=False, autoflush=False)
+def create_sessionmaker(
+    engine: AsyncEngine, publisher: feed.Publisher | None = None
+) -> async_sessionmaker[AsyncSession]:
+    """With a `publisher`, what a transaction emits (`feed.emit`) is published on commit."""
+    if publisher is not None:
+        feed.install()
+    return async_sessionmaker(
+        engine,
+        class_=Session,
+        expire_on_commit=False,
+        autoflush=False,
+        info=feed.session_info(publisher),
+    )
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:

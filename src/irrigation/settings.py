@@ -110,6 +110,12 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
         description="Prefix of every Redis key and of the job queue (one Redis, many stacks).",
     )
+    live_stream_maxlen: int = Field(
+        default=10_000,
+        ge=100,
+        description="Events kept per site for the live feed (a client that reconnects gets "
+        "what it missed within these).",
+    )
     auth_unknown_ttl_s: float = Field(
         default=30.0,
         ge=0,

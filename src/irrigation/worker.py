@@ -22,6 +22,7 @@ from irrigation.automation.retention import purge_automation_history
 from irrigation.common import idempotency
 from irrigation.common.worker_context import CONTEXT_KEY, WorkerContext, worker_context
 from irrigation.db import create_engine, create_sessionmaker
+from irrigation.feed import create_publisher
 from irrigation.gateway import create_gateway
 from irrigation.ingest import import_jobs, review_retention
 from irrigation.logging import configure_logging
@@ -177,7 +178,7 @@ class Clients:
         self.weather = create_provider(settings, self.redis)
         self.context = WorkerContext(
             settings=settings,
-            sessions=create_sessionmaker(self.engine),
+            sessions=create_sessionmaker(self.engine, create_publisher(settings, self.redis)),
             gateway=self.gateway,
             redis=self.redis,
             weather=self.weather,

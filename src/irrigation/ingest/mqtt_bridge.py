@@ -27,6 +27,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from irrigation.db import create_engine, create_sessionmaker
+from irrigation.feed import create_publisher
 from irrigation.ingest import service
 from irrigation.ingest.cache import HotCache
 from irrigation.ingest.models import JobSource, QuarantineReason
@@ -412,7 +413,7 @@ async def run_bridge(settings: Settings, stop: asyncio.Event) -> None:
         settings.effective_redis_url, settings.redis_timeout_s, settings.queue_name
     )
     cache = HotCache(redis, settings.redis_namespace, settings.redis_timeout_s)
-    bridge = Bridge(settings, create_sessionmaker(engine), cache)
+    bridge = Bridge(settings, create_sessionmaker(engine, create_publisher(settings, redis)), cache)
 
     async def checks() -> dict[str, str]:
         broker = "ok" if bridge.connected else "disconnected"
