@@ -100,8 +100,8 @@ _MIN_READINGS = (
 )
 _MAX_AGE = (
     "The rule acts only when the newest reading of its window is at most this old (seconds); "
-    "otherwise as with too few readings (`stale_sensor`). Only readings of the window count, "
-    "so a value at or above `window_s` adds nothing to the window."
+    "otherwise as with too few readings (`stale_sensor`). Only the window's readings count, "
+    "so a value at or above `window_s` sets no limit of its own."
 )
 _MOISTURE_MAX_AGE = (
     "The moisture skip averages the zone's soil moisture readings at most this old "

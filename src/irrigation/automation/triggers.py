@@ -77,14 +77,12 @@ async def newest_reading(
 
 
 def seconds_words(seconds: float) -> str:
-    """'45 s', '12 min', '3 h 5 min': an age or a limit as a grower reads it (rounded up)."""
-    whole = math.ceil(seconds)
-    if whole < 120:
-        return f"{whole} s"
-    minutes = math.ceil(whole / 60)
-    if minutes < 120:
-        return f"{minutes} min"
-    return f"{minutes // 60} h {minutes % 60} min" if minutes % 60 else f"{minutes // 60} h"
+    """'45 s', '15 min', '2 h 1 min 5 s': an age or a limit as a grower reads it. Rounded up
+    to the second, so an age past its limit never reads as the limit itself."""
+    hours, rest = divmod(math.ceil(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{n} {unit}" for n, unit in ((hours, "h"), (minutes, "min"), (secs, "s")) if n]
+    return " ".join(parts) or "0 s"
 
 
 @dataclass(frozen=True)
