@@ -27,7 +27,7 @@ def test_an_entry_reads_back_as_the_reading_in_utc() -> None:
 async def test_the_newest_60_survive_appends_late_data_and_resent_instants(
     redis: aioredis.Redis, redis_namespace: str
 ) -> None:
-    cache = HotCache(redis, redis_namespace, timeout_s=2)  # type: ignore[arg-type]
+    cache = HotCache(redis, redis_namespace, timeout_s=2, stream_maxlen=100)  # type: ignore[arg-type]
     sensor = uuid.uuid4()
     t0 = datetime(1999, 12, 31, 23, 59, tzinfo=UTC)  # across 2000: negative times too
 
@@ -66,7 +66,7 @@ async def test_batches_mark_their_zones_and_queue_one_evaluation_until_it_has_ru
     due later, and again by the first batch after it has run."""
     base = f"{redis_namespace}:queue"
     arq = queue.create_redis(redis_url, 2.0, base)
-    cache = HotCache(arq, redis_namespace, timeout_s=2)
+    cache = HotCache(arq, redis_namespace, timeout_s=2, stream_maxlen=100)
     job_id = f"{base}:evaluate-zones"
     queue_name = f"{base}:automation"  # the queue the automation workers serve
     zones = [uuid.uuid4() for _ in range(3)]
