@@ -70,7 +70,7 @@ async def _zones_of(session: AsyncSession, subjects: set[uuid.UUID]) -> dict[uui
         return {}
     sensors = select(Sensor.id, Sensor.zone_id).where(Sensor.id.in_(subjects))
     pumps = select(Pump.id, Pump.zone_id).where(Pump.id.in_(subjects))
-    return dict((await session.execute(sensors.union_all(pumps))).tuples().all())
+    return dict((await session.execute(sensors.union_all(pumps))).all())
 
 
 async def enqueue(session: AsyncSession, events: Sequence[Event]) -> int:
