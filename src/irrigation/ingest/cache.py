@@ -6,6 +6,7 @@ swallowed, and after one failure Redis is skipped for a few seconds so that a de
 costs ingestion one timeout, not one per batch."""
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Collection, Mapping
@@ -123,10 +124,11 @@ class HotCache:
         and the stream's, then each sensor's newest rows and its event ('' for none)."""
         keys: list[str] = [stream]
         args: list[bytes | str] = [str(RECENT), str(self.stream_maxlen)]
+        events = _ReadingEvents(live, at) if live is not None else None
         for sensor_id, start, end in by_sensor(rows):
             keys += (self.key(sensor_id), self.throttle_key(sensor_id))
             args.append(rows.tails(max(start, end - RECENT), end))
-            args.append(_reading_event(live, sensor_id, rows.tails(end - 1, end), at))
+            args.append(events.of(sensor_id, rows.tails(end - 1, end)) if events else "")
         return keys, args
 
     async def recent(self, sensor_id: uuid.UUID) -> list[dict[str, Any]] | None:
@@ -144,19 +146,27 @@ class HotCache:
         return [_entry(blob[at : at + TAIL_BYTES]) for at in newest_first]
 
 
-def _reading_event(live: Live | None, sensor_id: uuid.UUID, newest: bytes, at: datetime) -> str:
-    if live is None:
-        return ""
-    ts, value, quality = decode_tail(newest)
-    zone_id = live.zones.get(sensor_id)
-    data = {
-        "sensor_id": str(sensor_id),
-        "zone_id": str(zone_id) if zone_id else None,
-        "value": value,
-        "ts": ts.isoformat(),
-        "quality": quality,
-    }
-    return feed.encode(feed.EventType.reading, live.site_id, at, data)
+class _ReadingEvents:
+    """A batch's `reading` events, as `feed.encode` writes them: everything but `data` is
+    the batch's, so it is encoded once (per sensor, this was a third of `record`'s Python
+    time)."""
+
+    def __init__(self, live: Live, at: datetime) -> None:
+        self.zones = live.zones
+        whole = feed.encode(feed.EventType.reading, live.site_id, at, {})
+        self.head = whole.removesuffix("{}}")
+
+    def of(self, sensor_id: uuid.UUID, newest: bytes) -> str:
+        ts, value, quality = decode_tail(newest)
+        zone_id = self.zones.get(sensor_id)
+        data = {
+            "sensor_id": str(sensor_id),
+            "zone_id": str(zone_id) if zone_id else None,
+            "value": value,
+            "ts": ts.isoformat(),
+            "quality": quality,
+        }
+        return f"{self.head}{json.dumps(data, separators=(',', ':'))}}}"
 
 
 # One call instead of commands per sensor: packing ~13,000 arguments in redis-py cost more
