@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import redis.asyncio as aioredis
 
-from irrigation import queue
-from irrigation.ingest.cache import HotCache, _entry
+from irrigation import feed, queue
+from irrigation.ingest.cache import HotCache, Live, _entry, _ReadingEvents
 from irrigation.ingest.rows import Rows, encode
 from irrigation.ingest.schemas import ReadingIn
 
@@ -92,3 +92,22 @@ async def test_batches_mark_their_zones_and_queue_one_evaluation_until_it_has_ru
     finally:
         await redis.delete(f"arq:job:{job_id}", queue_name)
         await arq.aclose()
+
+
+def test_a_reading_event_is_what_the_feed_would_encode() -> None:
+    """The batch's events share one encoded head: byte for byte `feed.encode`'s."""
+    sensor, site, zone = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    at = datetime(2026, 11, 23, 7, 30, 1, 5, tzinfo=UTC)
+    reading = ReadingIn(sensor_id=sensor, ts=at - timedelta(seconds=3), value=0.1, quality=7)
+    rows = encode([reading])
+    data = {
+        "sensor_id": str(sensor),
+        "zone_id": str(zone),
+        "value": 0.1,
+        "ts": "2026-11-23T07:29:58.000005+00:00",
+        "quality": 7,
+    }
+    events = _ReadingEvents(Live(site, {sensor: zone}), at)
+    assert events.of(sensor, rows.tails(0, 1)) == feed.encode("reading", site, at, data)
+    unzoned = _ReadingEvents(Live(site), at).of(sensor, rows.tails(0, 1))
+    assert unzoned == feed.encode("reading", site, at, {**data, "zone_id": None})
