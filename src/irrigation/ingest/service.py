@@ -4,7 +4,7 @@ import dataclasses
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -194,12 +194,12 @@ async def ingest_batch(
     return answer
 
 
-def job_event(session: AsyncSession, job: IngestionJob, at: datetime | None = None) -> None:
+def job_event(session: AsyncSession, job: IngestionJob) -> None:
     """The job's live event (IngestionJobOut), published if the transaction commits: on
     creation and on every change of an import. A job of no site has no feed."""
     if job.site_id is not None:
         data = job_out(job).model_dump(mode="json")
-        feed.emit(session, feed.EventType.ingest_job, job.site_id, data, at)
+        feed.emit(session, feed.EventType.ingest_job, job.site_id, data)
 
 
 async def _ingest_once(
