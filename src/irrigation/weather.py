@@ -39,11 +39,15 @@ class WeatherUnavailable(Exception):
     """No forecast: the provider timed out, answered an error or something unreadable.
 
     `last_known` is the newest forecast the provider still has, older than was asked
-    (its `fetched_at` says how old), or None."""
+    (its `fetched_at` says how old), or None. `backing_off`: no fetch was tried, since one
+    failed moments ago (already said; callers need not log it again)."""
 
-    def __init__(self, message: str, last_known: "Forecast | None" = None) -> None:
+    def __init__(
+        self, message: str, last_known: "Forecast | None" = None, *, backing_off: bool = False
+    ) -> None:
         super().__init__(message)
         self.last_known = last_known
+        self.backing_off = backing_off
 
 
 @dataclass(frozen=True)
@@ -264,7 +268,7 @@ class OpenMeteoProvider:
             return cached
         failed_at = self._failed_at.get(key)
         if failed_at is not None and time.monotonic() - failed_at < FAILURE_BACKOFF_S:
-            raise WeatherUnavailable("the last fetch failed moments ago", cached)
+            raise WeatherUnavailable("the last fetch failed moments ago", cached, backing_off=True)
         try:
             fetched_at = datetime.now(UTC)
             raw = await self._fetch(latitude, longitude)

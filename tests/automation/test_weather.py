@@ -375,6 +375,8 @@ async def test_a_failed_fetch_carries_the_last_known_forecast_and_backs_off(
     with pytest.raises(WeatherUnavailable, match="failed moments ago") as again:
         await dead.forecast(LAT, LON, max_age_s=0.01)
     assert again.value.last_known is not None
+    assert again.value.backing_off
+    assert not failed.value.backing_off
 
 
 async def test_a_cache_entry_of_the_old_format_is_fetched_again(

@@ -141,8 +141,10 @@ class Lockouts:
                 limits.latitude, limits.longitude, max_age_s=max_age
             )
         except WeatherUnavailable as exc:
-            # The provider's words (its address, the network's) are for our log only.
-            log.warning("lockout_weather_unavailable", zone_id=str(zone_id), error=str(exc))
+            # The provider's words (its address, the network's) are for our log only, once
+            # per failed fetch rather than once a second while the provider backs off.
+            if not exc.backing_off:
+                log.warning("lockout_weather_unavailable", zone_id=str(zone_id), error=str(exc))
             if exc.last_known is None:
                 return unavailable(limits, "weather unavailable")
             forecast = exc.last_known
