@@ -180,6 +180,7 @@ def test_the_documented_schedule_examples_are_valid(document: dict[str, Any]) ->
 RATE_CLASSES = {
     ("POST", "/v1/readings"): "ingest",
     ("POST", "/v1/ingest/jobs"): "expensive",
+    ("POST", "/v1/sensors/{sensor_id}/calibrations/backfill"): "expensive",
     ("POST", "/v1/webhooks/{webhook_id}/test"): "expensive",
     ("POST", "/v1/pumps/{pump_id}/activations"): "control",
     ("POST", "/v1/pumps/stop-all"): "control",

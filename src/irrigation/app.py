@@ -40,6 +40,7 @@ from irrigation.queue import create_redis
 from irrigation.quotas.router import router as quotas_router
 from irrigation.ratelimits.deps import SiteLimitsCache, enforce_rate_limit
 from irrigation.ratelimits.router import router as rate_limits_router
+from irrigation.readings.calibration_router import router as calibration_router
 from irrigation.readings.router import router as readings_router
 from irrigation.settings import Settings, get_settings
 
@@ -143,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         import_router,
         review_router,
         readings_router,
+        calibration_router,
         *alert_routers,
         automation_router,
     ]

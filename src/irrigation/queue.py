@@ -24,6 +24,7 @@ log = structlog.get_logger(__name__)
 START_ACTIVATION = "pumps.start_activation"
 STOP_ACTIVATION = "pumps.stop_activation"
 PROCESS_IMPORT = "ingest.process_import"
+BACKFILL_CALIBRATION = "readings.backfill_calibration"
 EVALUATE_ZONES = "automation.evaluate_zones"
 DISPATCH_RUNS = "automation.dispatch_runs"
 
@@ -55,6 +56,8 @@ JOB_QUEUES: dict[str, str] = {
     "ingest.requeue_unfinished_imports": BULK,
     "ingest.sweep_orphan_uploads": BULK,
     "readings.purge_raw_readings": BULK,
+    BACKFILL_CALIBRATION: BULK,
+    "readings.requeue_unfinished_backfills": BULK,
     "automation.purge_automation_history": BULK,
     "common.purge_idempotency_keys": BULK,
     "ingest.purge_reviewed_quarantine": BULK,
@@ -143,6 +146,11 @@ async def enqueue_stop(
 async def enqueue_import(redis: ArqRedis, job_id: uuid.UUID) -> bool:
     """The arq job id is the ingestion job's id: an import is queued at most once."""
     return await _enqueue(redis, PROCESS_IMPORT, str(job_id), job_id=str(job_id))
+
+
+async def enqueue_backfill(redis: ArqRedis, backfill_id: uuid.UUID) -> bool:
+    """The arq job id is the backfill's id: a backfill is queued at most once."""
+    return await _enqueue(redis, BACKFILL_CALIBRATION, str(backfill_id), job_id=str(backfill_id))
 
 
 def run_again(defer_s: float = 0) -> Exception:

@@ -10,6 +10,7 @@ from irrigation.ingest import models as ingest_models
 from irrigation.pumps import models as pump_models
 from irrigation.quotas import models as quota_models
 from irrigation.ratelimits import models as rate_limit_models
+from irrigation.readings import models as readings_models
 
 metadata = Base.metadata
 
@@ -24,4 +25,5 @@ __all__ = [
     "pump_models",
     "quota_models",
     "rate_limit_models",
+    "readings_models",
 ]

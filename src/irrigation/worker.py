@@ -27,7 +27,7 @@ from irrigation.gateway import create_gateway
 from irrigation.ingest import import_jobs, review_retention
 from irrigation.logging import configure_logging
 from irrigation.pumps import jobs, reconcile
-from irrigation.readings import retention
+from irrigation.readings import backfill, retention
 from irrigation.settings import Settings
 from irrigation.weather import create_provider
 
@@ -69,6 +69,13 @@ def functions() -> list[Function]:
         func(
             import_jobs.process_import,
             name=queue.PROCESS_IMPORT,
+            timeout=PUMP_JOB_TIMEOUT_S,
+            max_tries=IMPORT_MAX_TRIES,
+        ),
+        # Slices too, like an import.
+        func(
+            backfill.backfill_calibration,
+            name=queue.BACKFILL_CALIBRATION,
             timeout=PUMP_JOB_TIMEOUT_S,
             max_tries=IMPORT_MAX_TRIES,
         ),
@@ -128,6 +135,11 @@ def crons() -> list[Cron]:
             "ingest.requeue_unfinished_imports",
             import_jobs.requeue_unfinished_imports,
             {"second": {41}},
+        ),
+        Cron(
+            "readings.requeue_unfinished_backfills",
+            backfill.requeue_unfinished_backfills,
+            {"second": {51}},
         ),
         Cron(
             "ingest.sweep_orphan_uploads",

@@ -57,5 +57,5 @@ async def test_hourly_points_match_the_readings_including_partial_edges(
         headers={**admin, "Accept": "text/csv"},
     )
     assert csv.status_code == 200
-    assert csv.text.splitlines()[0] == "ts,value,quality"
+    assert csv.text.splitlines()[0] == "ts,value,quality,raw_value"
     assert len(csv.text.splitlines()) == 1 + sum(len(v) for v in expected.values())

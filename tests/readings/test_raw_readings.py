@@ -90,7 +90,9 @@ async def test_csv_export_has_exactly_the_readings_of_the_range(
     assert response.headers["content-type"].startswith("text/csv")
     assert f'filename="{sensor}.csv"' in response.headers["content-disposition"]
     rows = list(csv.reader(io.StringIO(response.text)))
-    assert rows[0] == ["ts", "value", "quality"]
+    assert rows[0] == ["ts", "value", "quality", "raw_value"]
     assert rows[1:] == [
-        [r.ts.isoformat(), repr(r.value), str(r.quality)] for r in readings if start <= r.ts < end
+        [r.ts.isoformat(), repr(r.value), str(r.quality), repr(r.value)]
+        for r in readings
+        if start <= r.ts < end
     ]

@@ -6,6 +6,7 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Double,
     Float,
     ForeignKey,
     Index,
@@ -131,3 +132,28 @@ class Sensor(IdMixin, Versioned, Base):
     alert_min: Mapped[float | None] = mapped_column(Float, default=None)
     alert_max: Mapped[float | None] = mapped_column(Float, default=None)
     silent_after_s: Mapped[int | None] = mapped_column(default=None)
+
+
+class SensorCalibration(IdMixin, Base):
+    """One step of a sensor's calibration history: from `effective_from` on (until the next
+    step), a reading's value is `gain * raw + offset`. A two-point calibration (`raw_dry`
+    -> 0 %, `raw_wet` -> 100 %) is stored as the gain and offset it amounts to, with its two
+    points kept for whoever reads the history. Before the first step a reading is stored as
+    sent. Steps are never edited; one not yet in effect may be deleted."""
+
+    __tablename__ = "sensor_calibrations"
+    __table_args__ = (
+        # One step per instant, so the history is a function of time; also the index that
+        # ingestion's sensor lookup and the backfill probe (sensor, time).
+        UniqueConstraint("sensor_id", "effective_from"),
+        CheckConstraint("gain <> 0", name="gain_not_zero"),
+        CheckConstraint("(raw_dry IS NULL) = (raw_wet IS NULL)", name="two_points_together"),
+    )
+
+    site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
+    sensor_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sensors.id", ondelete="CASCADE"))
+    effective_from: Mapped[datetime]
+    gain: Mapped[float] = mapped_column(Double)
+    offset: Mapped[float] = mapped_column(Double)
+    raw_dry: Mapped[float | None] = mapped_column(Double, default=None)
+    raw_wet: Mapped[float | None] = mapped_column(Double, default=None)

@@ -34,8 +34,12 @@ class SensorReading(Base):
     # the sensor, so a sensor with readings still cannot be deleted (409 in_use).
     sensor_id: Mapped[uuid.UUID] = mapped_column()
     ts: Mapped[datetime]
+    # The calibrated value (the sensor's calibration in effect at `ts`), what every
+    # aggregate, rule and alert reads; `raw_value` is what the sensor sent, NULL when no
+    # calibration applied (then it is `value`): a reading without one costs no byte more.
     value: Mapped[float] = mapped_column(Double)
     quality: Mapped[int] = mapped_column(SmallInteger, default=100)
+    raw_value: Mapped[float | None] = mapped_column(Double, default=None)
 
 
 class ReadingRollupHourly(Base):

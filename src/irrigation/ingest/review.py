@@ -22,7 +22,7 @@ from irrigation.ingest.models import (
     QuarantineReason,
     ReviewStatus,
 )
-from irrigation.ingest.rows import encode
+from irrigation.ingest.rows import Columns, encode
 from irrigation.ingest.schemas import (
     QuarantineCorrection,
     ReadingIn,
@@ -55,6 +55,9 @@ class StillInvalid(DomainError):
 class Approval:
     item: QuarantinedReading
     reading: ReadingIn
+    """The item as corrected: what the sensor sent (or the reviewer wrote)."""
+    value: float
+    """The value stored: the reading's, calibrated with the sensor's calibration of its ts."""
     inserted: bool
 
 
@@ -122,8 +125,10 @@ async def approve(
     decided, and the review is recorded on the item itself."""
     async with session.begin():
         item = await _lock_pending(session, site_id, item_id)
-        reading, zone_id = await _recheck(session, settings, site_id, item.raw, correction)
-        written = await store.write_readings(session, encode([reading]))
+        reading, accepted, zone_id = await _recheck(
+            session, settings, site_id, item.raw, correction
+        )
+        written = await store.write_readings(session, encode(accepted))
         inserted = written.count == 1
         item.review_status = ReviewStatus.approved
         item.reviewed_at = utcnow()
@@ -135,7 +140,7 @@ async def approve(
         # Its live event only if it is now the sensor's newest reading (cache.py).
         live = Live(site_id, {reading.sensor_id: zone_id})
         await cache.record(written.stored, live=live)
-    return Approval(item, reading, inserted)
+    return Approval(item, reading, accepted.values[0], inserted)
 
 
 async def reject(
@@ -222,8 +227,9 @@ async def _recheck(
     site_id: uuid.UUID,
     raw: Any,
     correction: QuarantineCorrection | None,
-) -> tuple[ReadingIn, uuid.UUID | None]:
-    """The item as corrected, checked again, and its sensor's zone."""
+) -> tuple[ReadingIn, Columns, uuid.UUID | None]:
+    """The item as corrected, the same checked again (its value calibrated), and its
+    sensor's zone."""
     corrected = dict(raw) if isinstance(raw, dict) else {}
     if correction is not None:
         corrected |= correction.model_dump(mode="json", exclude_none=True)
@@ -245,4 +251,4 @@ async def _recheck(
         raise StillInvalid(first.reason, first.detail)
     (item,) = parsed
     reading = cast(ReadingIn, item)
-    return reading, specs[reading.sensor_id].zone_id
+    return reading, checked.accepted, specs[reading.sensor_id].zone_id

@@ -121,7 +121,13 @@ async def approve_quarantined_item(
     )
     return ApprovalOut(
         **QuarantinedReadingOut.model_validate(approval.item).model_dump(),
-        reading=ApprovedReading.model_validate(approval.reading, from_attributes=True),
+        reading=ApprovedReading(
+            sensor_id=approval.reading.sensor_id,
+            ts=approval.reading.ts,
+            value=approval.value,
+            quality=approval.reading.quality,
+            raw_value=approval.reading.value,
+        ),
         inserted=approval.inserted,
     )
 

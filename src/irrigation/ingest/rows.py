@@ -4,7 +4,9 @@ Redis hot cache.
 
 Each row is the COPY tuple `(sensor_id uuid, ts timestamptz, value float8, quality int2)`
 in PostgreSQL's binary format (52 bytes), the batch's rows one numpy array of them, so
-that nothing is done row by row in Python. Rows are unique per key (sensor, instant; the
+that nothing is done row by row in Python. `value` is the calibrated value; a batch with
+calibrated readings also carries their values as sent (`Rows.raw`), copied as a fifth
+column, `raw_value`, only then. Rows are unique per key (sensor, instant; the
 first sent wins, as a re-sent reading is a duplicate) and sorted by it, so per sensor they
 run oldest to newest, and concurrent batches lock index pages and rollup rows in one
 order."""
@@ -42,6 +44,11 @@ ROW_DTYPE = np.dtype(
 )
 """ROW as a numpy record: a batch is packed, sorted and sliced as one array."""
 assert ROW_DTYPE.itemsize == ROW_BYTES
+COLUMNS = ("sensor_id", "ts", "value", "quality")
+# A row of a batch with calibrated readings: ROW, then `raw_value` (float8). Made only for
+# the COPY; everything else (rollups, cache, events) reads the calibrated ROW.
+RAW_ROW_DTYPE = np.dtype([*ROW_DTYPE.descr, ("raw_len", ">i4"), ("raw", ">f8")])
+RAW_COLUMNS = (*COLUMNS, "raw_value")
 RowTable = npt.NDArray[np.void]
 TAIL = slice(22, None)
 """From the length word of `ts` to the end: what the hot cache keeps of a row."""
@@ -75,6 +82,8 @@ class Columns:
     values: list[float]
     qualities: list[int]
     units: list[str | None]
+    raws: list[float] | None = None
+    """The values as sent, when a calibration changed `values` (calibration.calibrate)."""
 
     @classmethod
     def of(cls, readings: Sequence[Reading]) -> "Columns":
@@ -100,6 +109,7 @@ class Columns:
             _pick(self.values, indices),
             _pick(self.qualities, indices),
             _pick(self.units, indices),
+            None if self.raws is None else _pick(self.raws, indices),
         )
 
 
@@ -115,6 +125,8 @@ class Rows:
     """Items dropped as repeats of an earlier item of the batch (same sensor and instant)."""
     runs: list[tuple[bytes, int, int]] = field(default_factory=list)
     """(sensor id bytes, start, end): each sensor's rows are table[start:end]."""
+    raw: npt.NDArray[np.float64] | None = None
+    """The rows' values as sent, in row order, when a calibration changed some of them."""
 
     def __len__(self) -> int:
         return len(self.table)
@@ -142,8 +154,23 @@ class Rows:
     def row(self, index: int) -> bytes:
         return self.table[index : index + 1].tobytes()
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns `copy_data` fills, in its order."""
+        return COLUMNS if self.raw is None else RAW_COLUMNS
+
     def copy_data(self) -> bytes:
-        return b"".join((COPY_HEADER, self.table.data, COPY_TRAILER))
+        table = self.table
+        if self.raw is not None:
+            table = np.empty(len(self.table), RAW_ROW_DTYPE)
+            # The 52 bytes of each row at once, then the fifth field.
+            table.view(np.uint8).reshape(len(table), -1)[:, :ROW_BYTES] = self.table.view(
+                np.uint8
+            ).reshape(len(table), ROW_BYTES)
+            table["fields"] = 5
+            table["raw_len"] = 8
+            table["raw"] = self.raw
+        return b"".join((COPY_HEADER, table.data, COPY_TRAILER))
 
 
 @dataclass(frozen=True)
@@ -169,7 +196,7 @@ def encode(batch: Columns | Sequence[Reading]) -> Rows:
     distinct = sorted(set(cols.sensors))
     rank = {sensor: i for i, sensor in enumerate(distinct)}
     sensors = np.fromiter(map(rank.__getitem__, cols.sensors), np.intp, n)
-    micros = _micros(cols.times)
+    micros = micros_of(cols.times)
     # Stable: of the items of one key, the first sent comes first, and is the one kept.
     order = np.lexsort((micros, sensors))
     sensors, micros = sensors[order], micros[order]
@@ -188,13 +215,15 @@ def encode(batch: Columns | Sequence[Reading]) -> Rows:
     table["ts"] = micros[first]
     table["value"] = np.array(cols.values, np.float64)[kept]
     table["quality"] = np.array(cols.qualities, np.int16)[kept]
+    raw = None if cols.raws is None else np.array(cols.raws, np.float64)[kept]
     # Every sensor has a row: its run ends where the next rank starts.
     ends = np.searchsorted(sensors, np.arange(len(distinct)), side="right").tolist()
     runs = list(zip(distinct, [0, *ends[:-1]], ends, strict=True))
-    return Rows(table, n - len(kept), runs)
+    return Rows(table, n - len(kept), runs, raw)
 
 
-def _micros(times: list[datetime]) -> npt.NDArray[np.int64]:
+def micros_of(times: list[datetime]) -> npt.NDArray[np.int64]:
+    """Each time in microseconds since 2000 (aware times only)."""
     zone = times[0].tzinfo if times else None
     # A batch in one fixed offset (pydantic shares one tzinfo object per offset; checked by
     # identity, as hashing 10,000 tzinfo objects cost more than it saves): datetimes of the

@@ -173,8 +173,9 @@ class QuarantineCorrection(BaseModel):
 class ApprovedReading(BaseModel):
     sensor_id: uuid.UUID
     ts: datetime
-    value: float
+    value: float = Field(description="As stored: calibrated, if the sensor has a calibration.")
     quality: int
+    raw_value: float = Field(description="As sent (or corrected), before any calibration.")
 
 
 class ApprovalOut(QuarantinedReadingOut):

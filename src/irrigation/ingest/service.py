@@ -9,7 +9,8 @@ from typing import Any
 
 import structlog
 from prometheus_client import Counter
-from sqlalchemy import ARRAY, Uuid, any_, func, insert, literal, select
+from sqlalchemy import ARRAY, Uuid, any_, func, insert, literal, select, true
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation import feed
@@ -20,10 +21,11 @@ from irrigation.common.errors import NotFound
 from irrigation.common.idempotency import IdempotentRequest, StoredAnswer
 from irrigation.common.retry import retry_on_deadlock
 from irrigation.common.shaping import columns_of
-from irrigation.fleet.models import Sensor
+from irrigation.fleet.models import Sensor, SensorCalibration
 from irrigation.fleet.service import range_of
 from irrigation.ingest import store
 from irrigation.ingest.cache import HotCache, Live
+from irrigation.ingest.calibration import Calibration
 from irrigation.ingest.models import (
     IngestionJob,
     JobSource,
@@ -59,25 +61,59 @@ def deadlock_retried(source: str) -> None:
     log.warning("ingest_deadlock_retry", source=source)
 
 
+def _ordered(column: Any) -> Any:
+    return func.array_agg(aggregate_order_by(column, SensorCalibration.effective_from))
+
+
+# A sensor's calibration steps as three arrays, oldest first (NULLs for none).
+_STEPS = (
+    select(
+        _ordered(SensorCalibration.effective_from).label("starts"),
+        _ordered(SensorCalibration.gain).label("gains"),
+        _ordered(SensorCalibration.offset).label("offsets"),
+    )
+    .where(SensorCalibration.sensor_id == Sensor.id)
+    .lateral("steps")
+)
+
+
 async def sensor_specs(
     session: AsyncSession, site_id: uuid.UUID, sensor_ids: set[uuid.UUID]
 ) -> dict[uuid.UUID, SensorSpec]:
-    """The caller's own sensors among these ids; any other id is simply unknown. Columns,
-    not ORM objects: a batch names ~100 sensors and needs five fields of each."""
+    """The caller's own sensors among these ids, each with its calibration history; any
+    other id is simply unknown. Columns, not ORM objects: a batch names ~100 sensors and
+    needs a few fields of each. The calibrations come in the same statement (one probe of
+    their (sensor, effective_from) key per sensor): no round trip more per batch, and no
+    cache that a calibration just made would have to wait out."""
     if not sensor_ids:
         return {}
     rows = await session.execute(
         select(
-            Sensor.id, Sensor.unit, Sensor.kind, Sensor.min_value, Sensor.max_value, Sensor.zone_id
-        ).where(
+            Sensor.id,
+            Sensor.unit,
+            Sensor.kind,
+            Sensor.min_value,
+            Sensor.max_value,
+            Sensor.zone_id,
+            _STEPS.c.starts,
+            _STEPS.c.gains,
+            _STEPS.c.offsets,
+        )
+        .join(_STEPS, true())
+        .where(
             Sensor.site_id == site_id,
             # One array parameter: `IN` would expand to ~100 parameters, each sent apart.
             Sensor.id == any_(literal(list(sensor_ids), ARRAY(Uuid))),
         )
     )
     return {
-        sensor_id: SensorSpec(unit, *range_of(kind, low, high), zone_id=zone_id)
-        for sensor_id, unit, kind, low, high, zone_id in rows
+        sensor_id: SensorSpec(
+            unit,
+            *range_of(kind, low, high),
+            zone_id=zone_id,
+            calibration=Calibration.of(starts, gains, offsets) if starts else None,
+        )
+        for sensor_id, unit, kind, low, high, zone_id, starts, gains, offsets in rows
     }
 
 

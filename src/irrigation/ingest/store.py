@@ -28,13 +28,14 @@ from irrigation.ingest import rows as batch_rows
 from irrigation.ingest.rows import Rows
 from irrigation.ingest.validation import Rejected
 
-COLUMNS = ("sensor_id", "ts", "value", "quality")
+COLUMNS = batch_rows.COLUMNS
 SAVEPOINT = "ingest_copy"
 TEMP_TABLE = "ingest_rows"
 
 CREATE_TEMP = f"""
 CREATE TEMP TABLE IF NOT EXISTS {TEMP_TABLE}
-    (sensor_id uuid, ts timestamptz, value float8, quality int2) ON COMMIT DELETE ROWS
+    (sensor_id uuid, ts timestamptz, value float8, quality int2, raw_value float8)
+    ON COMMIT DELETE ROWS
 """
 
 # One lock order for every batch: the rollup rows in (sensor, bucket) order, then - only
@@ -79,8 +80,8 @@ WITH {
 # `{{table}}`: sensor_readings, or a copy of it in the benchmarks.
 INSERT_FROM_TEMP = f"""
 WITH ins AS (
-    INSERT INTO {{table}} (sensor_id, ts, value, quality)
-    SELECT sensor_id, ts, value, quality FROM ingest_rows ORDER BY sensor_id, ts
+    INSERT INTO {{table}} (sensor_id, ts, value, quality, raw_value)
+    SELECT sensor_id, ts, value, quality, raw_value FROM ingest_rows ORDER BY sensor_id, ts
     ON CONFLICT (sensor_id, ts) DO NOTHING
     RETURNING sensor_id, ts, value
 ), {
@@ -218,26 +219,32 @@ async def insert_rows(
     merging statement writes them, a plain COPY leaves them to `roll_up_rows`."""
     # A memoryview: asyncpg would take bytes for a file name.
     data = memoryview(rows.copy_data())
+    columns = rows.columns
     if mode is CopyMode.merge:
-        return await write_conflicting(conn, data, table), True
+        return await write_conflicting(conn, data, table, columns), True
     if mode is CopyMode.savepoint:
         await conn.execute(f"SAVEPOINT {SAVEPOINT}")
     try:
-        await conn.copy_to_table(table, source=data, columns=COLUMNS, format="binary")
+        await conn.copy_to_table(table, source=data, columns=columns, format="binary")
     except asyncpg.UniqueViolationError:
         if mode is CopyMode.bare:
             raise StoredAlready from None
         await conn.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
-        return await write_conflicting(conn, data, table), True
+        return await write_conflicting(conn, data, table, columns), True
     # Not released: the COMMIT ends it, and a RELEASE was one more round trip per batch.
     return len(rows), False
 
 
-async def write_conflicting(conn: Any, data: memoryview, table: str = "sensor_readings") -> int:
+async def write_conflicting(
+    conn: Any,
+    data: memoryview,
+    table: str = "sensor_readings",
+    columns: Sequence[str] = COLUMNS,
+) -> int:
     """Rows of which some are stored already: through a temp table and `ON CONFLICT DO
     NOTHING`, the rollups and last_seen_at from the rows it actually inserted."""
     await conn.execute(CREATE_TEMP)
-    await conn.copy_to_table(TEMP_TABLE, source=data, columns=COLUMNS, format="binary")
+    await conn.copy_to_table(TEMP_TABLE, source=data, columns=columns, format="binary")
     inserted: int = await conn.fetchval(INSERT_FROM_TEMP.format(table=table))
     return inserted
 

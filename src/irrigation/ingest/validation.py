@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from irrigation.ingest.calibration import Calibration, calibrate
 from irrigation.ingest.models import QuarantineReason
 from irrigation.ingest.rows import Columns
 from irrigation.ingest.schemas import (
@@ -44,6 +45,8 @@ class SensorSpec:
     low: float
     high: float
     zone_id: uuid.UUID | None = None
+    calibration: Calibration | None = None
+    """Its calibration history, if it has one: the range judges the calibrated value."""
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,7 @@ def check_items(
     window = Window.of(now, retention, min_quality)
     typed, positions, rejected = _split(parsed, offset)
     by_key = {sensor_id.bytes: spec for sensor_id, spec in sensors.items()}
+    typed = _calibrated(typed, by_key)
     if not rejected and _all_good(typed, by_key, window):
         return Checked(typed, [])
     return _check_each(typed, positions, rejected, by_key, window, offset)
@@ -189,6 +193,15 @@ def check_each(
     typed, positions, rejected = _split(parsed, offset)
     by_key = {sensor_id.bytes: spec for sensor_id, spec in sensors.items()}
     return _check_each(typed, positions, rejected, by_key, window, offset)
+
+
+def _calibrated(typed: Columns, by_key: dict[bytes, SensorSpec]) -> Columns:
+    """The items with the calibration of each one's time applied (their values as sent kept
+    in `raws`); as they are when none of the batch's sensors has a calibration."""
+    calibrations = {
+        key: spec.calibration for key, spec in by_key.items() if spec.calibration is not None
+    }
+    return calibrate(typed, calibrations) if calibrations else typed
 
 
 def _split(parsed: Parsed, offset: int) -> tuple[Columns, list[int] | None, list[Rejected]]:
@@ -221,8 +234,10 @@ def _check_each(
     window: Window,
     offset: int,
 ) -> Checked:
+    typed = _calibrated(typed, by_key)
     kept: list[int] = []
     rejected = list(rejected)
+    raws = typed.values if typed.raws is None else typed.raws
     items = zip(typed.sensors, typed.times, typed.values, typed.units, typed.qualities, strict=True)
     for k, (key, ts, value, unit, quality) in enumerate(items):
         spec = by_key.get(key)
@@ -243,8 +258,12 @@ def _check_each(
         if reason is None:
             kept.append(k)
             continue
+        if reason == QuarantineReason.out_of_range and raws[k] != value:
+            detail += f" (calibrated from the raw value {raws[k]})"
+        # The item as sent: a reviewer corrects and approves what the sensor sent, which is
+        # calibrated again then.
         raw = {"sensor_id": str(sensor_id), "ts": _json_ts.dump_python(ts, mode="json")}
-        raw |= {"value": value, "unit": unit, "quality": quality}
+        raw |= {"value": raws[k], "unit": unit, "quality": quality}
         if unit is None:
             del raw["unit"]
         index = (k if positions is None else positions[k]) + offset

@@ -195,7 +195,15 @@ async def list_raw_readings(
             headers={"Content-Disposition": f'attachment; filename="{sensor_id}.csv"'},
         )
     rows = await service.raw_page(session, sensor_id, start, end, _after(cursor), limit)
-    items = [ReadingOut(ts=r.ts, value=r.value, quality=r.quality) for r in rows[:limit]]
+    items = [
+        ReadingOut(
+            ts=r.ts,
+            value=r.value,
+            quality=r.quality,
+            raw_value=r.value if r.raw_value is None else r.raw_value,
+        )
+        for r in rows[:limit]
+    ]
     next_cursor = _cursor(items[-1].ts) if len(rows) > limit else None
     return Page(items=items, next_cursor=next_cursor)
 
@@ -209,11 +217,12 @@ async def _csv(
     # Its own session: the request's may be closed before the last row is streamed.
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["ts", "value", "quality"])
+    # raw_value last: columns added at the end leave existing readers of the file alone.
+    writer.writerow(["ts", "value", "quality", "raw_value"])
     count = 0
     async with sessions() as session:
-        async for ts, value, quality in service.stream_raw(session, sensor_id, start, end):
-            writer.writerow([ts.isoformat(), repr(value), quality])
+        async for ts, value, quality, raw in service.stream_raw(session, sensor_id, start, end):
+            writer.writerow([ts.isoformat(), repr(value), quality, repr(raw)])
             count += 1
             if count % 5000 == 0:
                 yield buffer.getvalue()

@@ -50,5 +50,11 @@ class ZoneAggregates(BaseModel):
 
 class ReadingOut(BaseModel):
     ts: datetime
-    value: float
+    value: float = Field(
+        description="The calibrated value (the sensor's calibration in effect at `ts`), what "
+        "aggregates, rules and alerts read."
+    )
     quality: int
+    raw_value: float = Field(
+        description="What the sensor sent; equal to `value` where no calibration applied."
+    )

@@ -8,7 +8,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pydantic import TypeAdapter
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation.common.clock import utcnow
@@ -232,15 +232,21 @@ async def raw_page(
 
 async def stream_raw(
     session: AsyncSession, sensor_id: uuid.UUID, start: datetime, end: datetime
-) -> AsyncIterator[tuple[datetime, float, int]]:
-    """Every reading in the range, fetched in chunks by a server-side cursor."""
+) -> AsyncIterator[tuple[datetime, float, int, float]]:
+    """Every reading in the range (ts, value, quality, raw value), fetched in chunks by a
+    server-side cursor."""
     stmt = (
-        select(SensorReading.ts, SensorReading.value, SensorReading.quality)
+        select(
+            SensorReading.ts,
+            SensorReading.value,
+            SensorReading.quality,
+            func.coalesce(SensorReading.raw_value, SensorReading.value),
+        )
         .where(SensorReading.sensor_id == sensor_id)
         .where(SensorReading.ts >= start, SensorReading.ts < end)
         .order_by(SensorReading.ts)
         .execution_options(yield_per=5000)
     )
     result = await session.stream(stmt)
-    async for ts, value, quality in result:
-        yield ts, value, quality
+    async for ts, value, quality, raw in result:
+        yield ts, value, quality, raw
