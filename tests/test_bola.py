@@ -38,6 +38,7 @@ METHODS = ("get", "post", "put", "patch", "delete")
 # A public address: the webhook is never delivered to in this test.
 WEBHOOK_URL = "https://93.184.216.34/hook"
 SOON = (utcnow() + timedelta(days=1)).isoformat()
+BACKFILL = {"from": (utcnow() - timedelta(hours=2)).isoformat(), "to": utcnow().isoformat()}
 
 # A valid body per operation that takes one (as B could send it for its own object).
 BODIES: dict[tuple[str, str], Any] = {
@@ -51,6 +52,8 @@ BODIES: dict[tuple[str, str], Any] = {
     ("PATCH", "/v1/threshold-rules/{rule_id}"): {"version": 1, "name": "hijacked"},
     ("PATCH", "/v1/schedules/{schedule_id}"): {"version": 1, "name": "hijacked"},
     ("POST", "/v1/zones/{zone_id}/rain-delay"): {"until": SOON},
+    ("POST", "/v1/sensors/{sensor_id}/calibrations"): {"gain": 2},
+    ("POST", "/v1/sensors/{sensor_id}/calibrations/backfill"): BACKFILL,
 }
 
 
@@ -134,6 +137,11 @@ async def _objects_of(
     webhook = await created(
         client, "/v1/webhooks", {"url": WEBHOOK_URL, "events": ["alert.raised"]}, owner
     )
+    calibrations = f"/v1/sensors/{sensor['id']}/calibrations"
+    # Not yet in effect, so that B could delete it (A's DELETE must not).
+    calibration = await created(client, calibrations, {"gain": 2, "effective_from": SOON}, owner)
+    backfill = await client.post(f"{calibrations}/backfill", json=BACKFILL, headers=owner)
+    assert backfill.status_code == 202, backfill.text
     return {
         "zone_id": zone["id"],
         "water_source_id": source["id"],
@@ -146,6 +154,8 @@ async def _objects_of(
         "item_id": items["items"][0]["id"],
         "alert_id": alerts[0]["id"],
         "webhook_id": webhook["id"],
+        "calibration_id": calibration["id"],
+        "backfill_id": backfill.json()["id"],
         "rule_id": (await make_rule(client, owner, zone["id"]))["id"],
         "schedule_id": (await make_schedule(client, owner, zone["id"]))["id"],
     }

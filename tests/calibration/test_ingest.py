@@ -2,12 +2,15 @@
 sent is kept, and everything downstream (range checks, rollups, aggregates, the hot cache,
 quarantine review) sees the calibrated value."""
 
+import json
 from datetime import timedelta
 
 import httpx
 import pytest
 
-from tests.calibration.helpers import calibrate, hour_ago, item, stored
+from irrigation.ingest import import_jobs
+from irrigation.settings import Settings
+from tests.calibration.helpers import calibrate, hour_ago, item, job_context, stored
 from tests.ingest.helpers import reasons, rollups, send
 from tests.support.api import Headers
 from tests.support.factories import make_sensor
@@ -185,3 +188,23 @@ async def test_another_sites_key_can_neither_see_nor_set_a_sensors_calibration(
     t = hour_ago(1)
     body = await send(client, other_admin, [item(sensor, t, 10.0)])
     assert reasons(body) == {0: "unknown_sensor"}
+
+
+async def test_an_imported_history_file_is_calibrated_by_each_readings_time(
+    client: httpx.AsyncClient, admin: Headers, settings: Settings
+) -> None:
+    sensor = (await make_sensor(client, admin))["id"]
+    t = hour_ago(30)
+    await calibrate(client, admin, sensor, effective_from=t, raw_dry=600, raw_wet=200)
+    lines = [item(sensor, t - timedelta(hours=1), 70.0), item(sensor, t, 400.0)]
+    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    job = await client.post(
+        "/v1/ingest/jobs",
+        content=content,
+        headers={**admin, "Content-Type": "application/x-ndjson"},
+    )
+    assert job.status_code == 202, job.text
+    async with job_context(settings) as ctx:
+        assert await import_jobs.process_import(ctx, job.json()["id"]) == "completed"
+    shown = await stored(client, admin, sensor, t - timedelta(hours=2), t + timedelta(hours=1))
+    assert shown == {t - timedelta(hours=1): (70.0, 70.0), t: (50.0, 400.0)}

@@ -231,7 +231,7 @@ WITH hours AS (
         IS DISTINCT FROM (EXCLUDED.count, EXCLUDED.sum, EXCLUDED.min, EXCLUDED.max)
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM written), (SELECT coalesce(sum(count), 0) FROM hours)
+SELECT (SELECT count(*) FROM written), (SELECT coalesce(sum(count), 0)::bigint FROM hours)
 """
 
 

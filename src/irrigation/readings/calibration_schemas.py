@@ -10,8 +10,9 @@ from irrigation.common.schemas import Body
 from irrigation.readings.models import BackfillStatus
 
 MAX_GAIN = 1e6
-Coefficient = Annotated[float, Field(allow_inf_nan=False, ge=-1e9, le=1e9)]
-Gain = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_GAIN, le=MAX_GAIN)]
+# Strict: a JSON string is the wrong type, not a number to coerce (JSON integers count).
+Coefficient = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-1e9, le=1e9)]
+Gain = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_GAIN, le=MAX_GAIN)]
 
 
 class CalibrationCreate(Body):
