@@ -1141,7 +1141,10 @@ def proposals(bodies: Sequence[bytes], repeat: int = 3) -> list[Proposal]:
 # Set-up ---------------------------------------------------------------------------------
 
 
-async def make_sensors(url: str, key: str) -> list[str]:
+async def make_sensors(url: str, key: str, calibrated_from: float | None = None) -> list[str]:
+    """The sensors; with `calibrated_from` (a unix time), each gets two calibration steps:
+    one before every reading, one halfway through the readings' three days, so a batch's
+    items meet one step or the other (values stay within 0-100 %)."""
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as api:
         zones = []
@@ -1160,6 +1163,20 @@ async def make_sensors(url: str, key: str) -> list[str]:
             r = await api.post("/v1/sensors", json=body)
             r.raise_for_status()
             sensors.append(r.json()["id"])
+            if calibrated_from is None:
+                continue
+            steps = (
+                (calibrated_from - 86400, 0.9, 2.0),
+                (calibrated_from + 1.5 * 86400, 1.05, -3.0),
+            )
+            for at, gain, offset in steps:
+                step = {
+                    "effective_from": datetime.fromtimestamp(at, UTC).isoformat(),
+                    "gain": gain,
+                    "offset": offset,
+                }
+                r = await api.post(f"/v1/sensors/{sensors[-1]}/calibrations", json=step)
+                r.raise_for_status()
     return sensors
 
 
@@ -1409,6 +1426,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="also run the API (1 worker, first client count) with its GC tuned by a wrapper "
         f"(src untouched), of {', '.join(GC_VARIANTS)} (default: all; '' for none)",
     )
+    p.add_argument(
+        "--calibrated",
+        action="store_true",
+        help="give every sensor two calibration steps (every reading is calibrated)",
+    )
     p.add_argument("--profile", type=Path, help="py-spy the API during its first HTTP run")
     p.add_argument("--markdown", type=Path, help="also write the tables here")
     return p.parse_args(argv)
@@ -1518,7 +1540,8 @@ async def run(args: argparse.Namespace) -> int:
         f"ingestion benchmark ({'quick' if args.quick else 'full'}), "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {total:,} readings per run in "
         f"{BATCH:,}-reading batches, {SENSORS} sensors; clients {client_counts}, "
-        f"API workers {worker_counts}, layouts {layouts}\n  machine: {machine()}"
+        f"API workers {worker_counts}, layouts {layouts}"
+        f"{', every sensor calibrated' if args.calibrated else ''}\n  machine: {machine()}"
     )
     pairs: list[Pair] = []
     alt_results: list[AltResult] = []
@@ -1533,9 +1556,9 @@ async def run(args: argparse.Namespace) -> int:
                 "value float8 NOT NULL, quality int2 NOT NULL, PRIMARY KEY (sensor_id, ts))"
             )
             proc, url = await stack.start_api(workers=1)
-            sensor_ids = await make_sensors(url, key)
-            stack.stop(proc)
             base_ts = float(int(time.time()) - 3 * 86400)
+            sensor_ids = await make_sensors(url, key, base_ts if args.calibrated else None)
+            stack.stop(proc)
             print(f"  set-up: {time.monotonic() - started:.1f} s")
             first = True
             for layout, connection in [(la, co) for la in layouts for co in connections]:

@@ -153,6 +153,7 @@ async def test_approving_with_a_corrected_value_stores_the_reading_and_rolls_it_
         "ts": body["reading"]["ts"],
         "value": 42.5,
         "quality": 90,
+        "raw_value": 42.5,  # no calibration: stored as corrected
     }
     assert datetime.fromisoformat(body["reading"]["ts"]) == ts
     assert body["raw"]["value"] == 1000  # what the device sent stays on record
