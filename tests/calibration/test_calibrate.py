@@ -49,8 +49,10 @@ def test_each_item_gets_the_step_of_its_own_time() -> None:
         times = [t.astimezone(rng.choice([UTC, PLUS_2])) for t in times]
         values = [rng.uniform(0, 1000) for _ in range(n)]
         cols = Columns(sensors, times, values, [100] * n, [None] * n)
+        # In any order, as the database hands them over.
         calibrations = {
-            key: Calibration.of(*zip(*steps, strict=True)) for key, steps in histories.items()
+            key: Calibration.of(*zip(*rng.sample(steps, len(steps)), strict=True))
+            for key, steps in histories.items()
         }
         done = calibrate(cols, calibrations)
         # Untouched (no raws) when no item is of a calibrated sensor.

@@ -20,9 +20,10 @@ import numpy.typing as npt
 from irrigation.ingest.rows import Columns, micros_of
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Calibration:
-    """A sensor's calibration history, oldest step first."""
+    """A sensor's calibration history, oldest step first. Compared by identity: its fields
+    are arrays."""
 
     starts: npt.NDArray[np.int64]
     """Each step's `effective_from`, in microseconds since 2000 (the rows' clock)."""
@@ -33,8 +34,13 @@ class Calibration:
     def of(
         cls, starts: Sequence[datetime], gains: Sequence[float], offsets: Sequence[float]
     ) -> "Calibration":
+        """From the steps in any order (one instant holds one step)."""
+        micros = micros_of(list(starts))
+        order = np.argsort(micros)
         return cls(
-            micros_of(list(starts)), np.array(gains, np.float64), np.array(offsets, np.float64)
+            micros[order],
+            np.array(gains, np.float64)[order],
+            np.array(offsets, np.float64)[order],
         )
 
 
