@@ -9,15 +9,18 @@ argsort), and each sensor's steps are found for all its items at once (`searchso
 the Python work is per sensor, not per item. A batch of sensors with no calibration pays
 one dictionary test."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from itertools import repeat
+from itertools import chain, repeat
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from irrigation.ingest.rows import Columns, micros_of
+
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,6 +47,28 @@ class Calibration:
         )
 
 
+def steps_of(
+    found: Sequence[tuple[K, Sequence[datetime], Sequence[float], Sequence[float]]],
+) -> dict[K, Calibration]:
+    """Each sensor's Calibration from its steps in any order, `(sensor, starts, gains,
+    offsets)` as the lookup returns them: the times of all sensors converted and sorted at
+    once (per sensor, the arrays cost ~15 µs each, 1.5 ms for 100 sensors)."""
+    if not found:
+        return {}
+    counts = [len(starts) for _, starts, _, _ in found]
+    micros = micros_of(list(chain.from_iterable(starts for _, starts, _, _ in found)))
+    owner = np.repeat(np.arange(len(found)), counts)
+    order = np.lexsort((micros, owner))
+    micros = micros[order]
+    gains = np.fromiter(chain.from_iterable(g for _, _, g, _ in found), np.float64)[order]
+    offsets = np.fromiter(chain.from_iterable(o for _, _, _, o in found), np.float64)[order]
+    ends = np.cumsum(counts).tolist()
+    return {
+        key: Calibration(micros[lo:hi], gains[lo:hi], offsets[lo:hi])
+        for (key, _, _, _), lo, hi in zip(found, [0, *ends[:-1]], ends, strict=True)
+    }
+
+
 def calibrate(cols: Columns, calibrations: Mapping[bytes, Calibration]) -> Columns:
     """The items with their values calibrated and the values as sent in `raws`; the same
     columns when no item's sensor has a calibration."""
@@ -58,8 +83,9 @@ def calibrate(cols: Columns, calibrations: Mapping[bytes, Calibration]) -> Colum
     # Grouped by sensor, in the order sent within each (stable).
     chosen = chosen[np.argsort(ranks[chosen], kind="stable")]
     bounds = np.searchsorted(ranks[chosen], np.arange(len(keys) + 1)).tolist()
-    times = [cols.times[i] for i in chosen.tolist()]
-    micros = _micros(times)
+    # Every item's, handed on to `encode`, which would make the same (half the cost here).
+    every = _micros(cols.times)
+    micros = every[chosen]
     gains = np.ones(len(chosen))
     offsets = np.zeros(len(chosen))
     for key, lo, hi in zip(keys, bounds, bounds[1:], strict=False):
@@ -76,14 +102,15 @@ def calibrate(cols: Columns, calibrations: Mapping[bytes, Calibration]) -> Colum
     # backfill, so both derive the very same value from a raw one.
     with np.errstate(over="ignore", invalid="ignore"):
         values[chosen] = values[chosen] * gains + offsets
-    return replace(cols, values=values.tolist(), raws=cols.values)
+    return replace(cols, values=values.tolist(), raws=cols.values, micros=every)
 
 
 def _micros(times: list[datetime]) -> npt.NDArray[np.int64]:
     try:
         return micros_of(times)
     except TypeError:
-        # A naive ts among aware ones (it is refused as invalid_timestamp by the checks):
-        # taken as UTC here, only so that the others can be calibrated.
+        # A naive ts among aware ones (refused as invalid_timestamp by the checks, so its
+        # number never reaches a row): taken as UTC here, only so that the others can be
+        # calibrated.
         aware = [t if t.tzinfo is not None else t.replace(tzinfo=UTC) for t in times]
         return micros_of(aware)

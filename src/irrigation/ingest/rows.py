@@ -84,6 +84,9 @@ class Columns:
     units: list[str | None]
     raws: list[float] | None = None
     """The values as sent, when a calibration changed `values` (calibration.calibrate)."""
+    micros: npt.NDArray[np.int64] | None = field(default=None, compare=False)
+    """Each item's time in microseconds since 2000, when the calibration has computed it
+    already (then `encode` does not again: it is its costliest step)."""
 
     @classmethod
     def of(cls, readings: Sequence[Reading]) -> "Columns":
@@ -110,6 +113,7 @@ class Columns:
             _pick(self.qualities, indices),
             _pick(self.units, indices),
             None if self.raws is None else _pick(self.raws, indices),
+            None if self.micros is None else self.micros[indices],
         )
 
 
@@ -196,7 +200,7 @@ def encode(batch: Columns | Sequence[Reading]) -> Rows:
     distinct = sorted(set(cols.sensors))
     rank = {sensor: i for i, sensor in enumerate(distinct)}
     sensors = np.fromiter(map(rank.__getitem__, cols.sensors), np.intp, n)
-    micros = micros_of(cols.times)
+    micros = cols.micros if cols.micros is not None else micros_of(cols.times)
     # Stable: of the items of one key, the first sent comes first, and is the one kept.
     order = np.lexsort((micros, sensors))
     sensors, micros = sensors[order], micros[order]

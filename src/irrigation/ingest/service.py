@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 from prometheus_client import Counter
-from sqlalchemy import ARRAY, Uuid, any_, func, insert, literal, select
+from sqlalchemy import ARRAY, Uuid, any_, bindparam, func, insert, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation import feed
@@ -20,11 +20,11 @@ from irrigation.common.errors import NotFound
 from irrigation.common.idempotency import IdempotentRequest, StoredAnswer
 from irrigation.common.retry import retry_on_deadlock
 from irrigation.common.shaping import columns_of
-from irrigation.fleet.models import Sensor, SensorCalibration
+from irrigation.fleet.models import Sensor
 from irrigation.fleet.service import range_of
 from irrigation.ingest import store
 from irrigation.ingest.cache import HotCache, Live
-from irrigation.ingest.calibration import Calibration
+from irrigation.ingest.calibration import steps_of
 from irrigation.ingest.models import (
     IngestionJob,
     JobSource,
@@ -60,55 +60,45 @@ def deadlock_retried(source: str) -> None:
     log.warning("ingest_deadlock_retry", source=source)
 
 
+# The batch's sensors of the caller's site, with their calibration steps (one scan of the
+# steps' (sensor_id, effective_from) key for the batch's ids, grouped; unordered: `steps_of`
+# sorts them). Text, built once: as a select() it cost ~1 ms a batch more in SQLAlchemy
+# (building, cache key, typed array results) than the statement without the steps.
+_SENSOR_SPECS = text("""
+SELECT s.id, s.unit, s.kind, s.min_value, s.max_value, s.zone_id,
+       st.starts, st.gains, st.offsets
+FROM sensors AS s LEFT JOIN (
+    SELECT sensor_id, array_agg(effective_from) AS starts, array_agg(gain) AS gains,
+           array_agg("offset") AS offsets
+    FROM sensor_calibrations WHERE sensor_id = ANY(:ids) GROUP BY sensor_id
+) AS st ON st.sensor_id = s.id
+WHERE s.site_id = :site_id AND s.id = ANY(:ids)
+""").bindparams(bindparam("ids", type_=ARRAY(Uuid)), bindparam("site_id", type_=Uuid))
+
+
 async def sensor_specs(
     session: AsyncSession, site_id: uuid.UUID, sensor_ids: set[uuid.UUID]
 ) -> dict[uuid.UUID, SensorSpec]:
     """The caller's own sensors among these ids, each with its calibration history; any
     other id is simply unknown. Columns, not ORM objects: a batch names ~100 sensors and
     needs a few fields of each. The calibrations come in the same statement: no round trip
-    more per batch, and no cache that a step just made would have to wait out."""
+    more per batch, and no cache that a step just made would have to wait out. Measured on
+    100 sensors (bench/calibration.py): ..."""
     if not sensor_ids:
         return {}
     # One array parameter: `IN` would expand to ~100 parameters, each sent apart.
-    ids = literal(list(sensor_ids), ARRAY(Uuid))
-    # The batch's sensors' steps, grouped in one scan of the (sensor_id, effective_from)
-    # key (unordered: Calibration.of sorts them). Measured on 100 sensors: a LATERAL
-    # aggregate per sensor cost 0.25 ms a batch with no step at all and 1.4 ms with two
-    # each; this costs 0.04 and 0.47 ms (docs/benchmarks.md, Ingestion).
-    steps = (
-        select(
-            SensorCalibration.sensor_id,
-            func.array_agg(SensorCalibration.effective_from).label("starts"),
-            func.array_agg(SensorCalibration.gain).label("gains"),
-            func.array_agg(SensorCalibration.offset).label("offsets"),
-        )
-        .where(SensorCalibration.sensor_id == any_(ids))
-        .group_by(SensorCalibration.sensor_id)
-        .subquery("steps")
-    )
-    rows = await session.execute(
-        select(
-            Sensor.id,
-            Sensor.unit,
-            Sensor.kind,
-            Sensor.min_value,
-            Sensor.max_value,
-            Sensor.zone_id,
-            steps.c.starts,
-            steps.c.gains,
-            steps.c.offsets,
-        )
-        .outerjoin(steps, steps.c.sensor_id == Sensor.id)
-        .where(Sensor.site_id == site_id, Sensor.id == any_(ids))
-    )
+    rows = (
+        await session.execute(_SENSOR_SPECS, {"ids": list(sensor_ids), "site_id": site_id})
+    ).all()
+    calibrations = steps_of([(row[0], row[6], row[7], row[8]) for row in rows if row[6]])
     return {
         sensor_id: SensorSpec(
             unit,
             *range_of(kind, low, high),
             zone_id=zone_id,
-            calibration=Calibration.of(starts, gains, offsets) if starts else None,
+            calibration=calibrations.get(sensor_id),
         )
-        for sensor_id, unit, kind, low, high, zone_id, starts, gains, offsets in rows
+        for sensor_id, unit, kind, low, high, zone_id, *_ in rows
     }
 
 
