@@ -83,7 +83,8 @@ async def sensor_specs(
     other id is simply unknown. Columns, not ORM objects: a batch names ~100 sensors and
     needs a few fields of each. The calibrations come in the same statement: no round trip
     more per batch, and no cache that a step just made would have to wait out. Measured on
-    100 sensors (bench/calibration.py): ..."""
+    100 sensors (bench/calibration.py): as fast as the lookup before calibration when no
+    sensor has a step, 0.9 ms more a batch with two steps each."""
     if not sensor_ids:
         return {}
     # One array parameter: `IN` would expand to ~100 parameters, each sent apart.
