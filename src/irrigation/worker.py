@@ -42,7 +42,7 @@ PUMP_JOB_TIMEOUT_S = 30
 # How often the devices' states are compared with the database (one state read per pump
 # per sweep over HTTP).
 RECONCILE_EVERY_S = 5
-# 10 s slices: 100,000 tries is more than a week of one import.
+# 10 s slices: 100,000 tries is more than a week of one import (or calibration backfill).
 IMPORT_MAX_TRIES = 100_000
 
 
