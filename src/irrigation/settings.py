@@ -209,6 +209,14 @@ class Settings(BaseSettings):
     queued_run_deadline_s: int = Field(
         default=3600, ge=10, description="Default wait limit of a person's queued request."
     )
+    runqueue_max_bypass: int = Field(
+        default=3,
+        ge=0,
+        le=1000,
+        description="How many runs of its water source may start ahead of a waiting run that "
+        "does not fit the source's flow budget; then nothing of its priority or lower starts "
+        "there before it (0: none ever passes).",
+    )
     automation_history_days: int = Field(
         default=400, ge=1, description="Decisions and finished run requests are kept this long."
     )
