@@ -70,6 +70,8 @@ class PumpPlan:
     max_runtime_s: int
     cooldown_s: int
     source: int  # index into its site's water sources
+    # L/min; None: unknown (it counts as its source's whole flow budget).
+    nominal_flow_lpm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ class SitePlan:
     name: str
     source_capacities: list[int]
     pumps: list[PumpPlan]
+    # Each source's flow budget, L/min (None: none); empty in plans made before flows.
+    source_flows: list[float | None] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -129,9 +133,14 @@ def make_plan(params: SoakParams) -> Plan:
 
 
 def _fleet(rng: random.Random, params: SoakParams) -> list[SitePlan]:
+    # Flows from a generator of their own: the draws of every other choice, and so the
+    # plans of seeds recorded before flows existed, stay as they were.
+    flows = random.Random(f"irrigation-soak-flows:{params.seed}")
     sites = []
     for s in range(params.sites):
         capacities = [rng.choice([1, 1, 2]) for _ in range(2)]
+        # A source of two pumps at once with a budget that two of its larger pumps overdraw.
+        source_flows = [flows.choice([None, 100.0]) for _ in capacities]
         pumps = []
         for p in range(params.pumps_per_site):
             # The first pump of every site always shares its hardware_id; the others
@@ -144,9 +153,10 @@ def _fleet(rng: random.Random, params: SoakParams) -> list[SitePlan]:
                     max_runtime_s=rng.randint(2, 5),
                     cooldown_s=rng.randint(1, 3),
                     source=rng.randrange(len(capacities)),
+                    nominal_flow_lpm=flows.choice([None, 30.0, 50.0, 70.0]),
                 )
             )
-        sites.append(SitePlan(f"site {s}", capacities, pumps))
+        sites.append(SitePlan(f"site {s}", capacities, pumps, source_flows))
     return sites
 
 
