@@ -139,8 +139,9 @@ def _fleet(rng: random.Random, params: SoakParams) -> list[SitePlan]:
     sites = []
     for s in range(params.sites):
         capacities = [rng.choice([1, 1, 2]) for _ in range(2)]
-        # A source of two pumps at once with a budget that two of its larger pumps overdraw.
-        source_flows = [flows.choice([None, 100.0]) for _ in capacities]
+        # Every source that feeds two pumps at once gets a budget that two of its larger
+        # pumps, or one of unknown flow and any other, overdraw: there the flow decides.
+        source_flows = [100.0 if c > 1 else flows.choice([None, 100.0]) for c in capacities]
         pumps = []
         for p in range(params.pumps_per_site):
             # The first pump of every site always shares its hardware_id; the others
@@ -153,7 +154,7 @@ def _fleet(rng: random.Random, params: SoakParams) -> list[SitePlan]:
                     max_runtime_s=rng.randint(2, 5),
                     cooldown_s=rng.randint(1, 3),
                     source=rng.randrange(len(capacities)),
-                    nominal_flow_lpm=flows.choice([None, 30.0, 50.0, 70.0]),
+                    nominal_flow_lpm=flows.choice([None, 40.0, 60.0, 60.0]),
                 )
             )
         sites.append(SitePlan(f"site {s}", capacities, pumps, source_flows))
