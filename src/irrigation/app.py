@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
+from starlette.middleware.cors import CORSMiddleware
 
 from irrigation import __version__
 from irrigation.alerts.router import routers as alert_routers
@@ -25,6 +26,7 @@ from irrigation.common.middleware import (
     ReadRetryMiddleware,
 )
 from irrigation.common.openapi import install_openapi, operation_id
+from irrigation.dashboard import install_dashboard
 from irrigation.db import create_engine, create_sessionmaker
 from irrigation.feed import create_publisher
 from irrigation.fleet.router import routers as fleet_routers
@@ -59,6 +61,16 @@ per reading.
 """
 
 DOCS_ASSETS = "/docs-assets"
+# What a frontend on another origin may send and read (IRRIGATION_CORS_ORIGINS); a browser
+# hides every other response header from it.
+CORS_REQUEST_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "Idempotency-Key",
+    "If-Match",
+    "Last-Event-ID",
+]
+CORS_RESPONSE_HEADERS = ["Location", "Retry-After", "RateLimit", "RateLimit-Policy"]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -152,6 +164,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limited_routes=[r for x in api_routers for r in x.routes if isinstance(r, APIRoute)],
     )
     app.include_router(health_router)
+    if settings.dashboard_enabled:
+        install_dashboard(app)
     for router in api_routers:
         # First of every route's dependencies: a request over its limit costs nothing more.
         app.include_router(router, dependencies=[Depends(enforce_rate_limit)])
@@ -166,6 +180,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         path_limits={UPLOAD_PATH: settings.max_upload_bytes},
     )
     app.add_middleware(MetricsMiddleware)
+    if settings.cors_origins:
+        # Outermost: a refusal (401, 413, 429) must carry the CORS headers too, or the
+        # other origin's page sees a network error instead of the problem document.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_RESPONSE_HEADERS,
+            # Keys travel in the Authorization header, never in cookies.
+            allow_credentials=False,
+            max_age=600,
+        )
     return app
 
 

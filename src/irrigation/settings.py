@@ -1,5 +1,6 @@
 """Runtime configuration, read from `IRRIGATION_*` environment variables and `.env`."""
 
+import re
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
@@ -10,6 +11,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 MULTIPROCESS_METRICS = "PROMETHEUS_MULTIPROC_DIR"
 """prometheus_client's own variable: when set, each process keeps its values in files in
 that directory, and /metrics adds up every process's (`irrigation serve --workers N`)."""
+
+_ORIGIN = re.compile(r"https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
 
 
 def to_asyncpg_url(url: str) -> str:
@@ -84,6 +87,17 @@ class Settings(BaseSettings):
         default=True,
         description="Serve the API's documentation: `/docs` (Swagger UI) and "
         "`/openapi.json`. Off: both are 404.",
+    )
+    dashboard_enabled: bool = Field(
+        default=True,
+        description="Serve the operator's dashboard at `/` (its files under `/dashboard/`). "
+        "Off: both are 404; the API is unchanged.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins (`scheme://host[:port]`, comma-separated, or `*`) whose pages "
+        "may call the API from a browser: a frontend of your own on another host. Empty: no "
+        "CORS headers at all, so only pages the API serves itself (the dashboard) can.",
     )
     metrics_token: SecretStr = Field(
         default=SecretStr(""),
@@ -372,6 +386,22 @@ class Settings(BaseSettings):
     def _split_networks(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        # A browser's Origin header is scheme, host and port only: anything else never matches.
+        for origin in value:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port])")
         return value
 
     @field_validator(
