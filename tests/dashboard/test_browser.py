@@ -265,6 +265,63 @@ async def test_a_pasted_key_signs_in_and_a_wrong_one_is_refused_in_the_apis_word
         assert await page.evaluate("sessionStorage.getItem('irrigation.key')") is None
 
 
+async def test_review_the_quarantine_and_follow_an_import(farm: Farm, tmp_path: Path) -> None:
+    answer = await farm.send_many(
+        [
+            {"sensor_id": farm.moisture["id"], "ts": datetime.now(UTC).isoformat(), "value": v}
+            for v in (140, 150)
+        ]
+    )
+    assert answer["quarantined"] == 2, answer
+    history = tmp_path / "history.ndjson"
+    now = datetime.now(UTC)
+    history.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "sensor_id": farm.pressure["id"],
+                    "ts": (now - timedelta(minutes=i)).isoformat(),
+                    "value": 2 + i % 3,
+                }
+            )
+            for i in range(1, 500)
+        )
+    )
+    async with dashboard(farm.base_url) as page:
+        await sign_in_by_link(page, farm)
+        await page.goto("/#/quarantine")
+        rows = page.locator("#quarantine tbody tr")
+        await expect(rows).to_have_count(2)
+        first, second = [await r.get_attribute("data-item") for r in await rows.all()]
+        # Approved with a corrected value: stored through the normal checks.
+        await page.locator(f"#value-{first}").fill("41.5")
+        await rows.nth(0).get_by_role("button", name="Approve").click()
+        await expect(page.locator("#messages")).to_contain_text("Approved and stored")
+        await expect(rows).to_have_count(1)
+        await rows.nth(0).get_by_role("button", name="Reject").click()
+        await expect(page.locator("#quarantine")).to_contain_text("Nothing to review")
+
+        await page.locator("#nav").get_by_role("link", name="Ingestion").click()
+        await wait_live(page)
+        await page.get_by_label("Import a history file").set_input_files(history)
+        await page.get_by_role("button", name="Upload").click()
+        job = page.locator("#jobs tbody tr").first
+        await expect(job).to_contain_text("import")
+        # Followed live to its end, without reloading the page.
+        await expect(job).to_contain_text("completed", timeout=30_000)
+        await expect(job).to_contain_text("100 %")
+        await expect(job).to_contain_text("499")
+
+    reviewed = {
+        item["id"]: item
+        for status in ("approved", "rejected")
+        for item in (await farm.api.get(f"/v1/quarantine?review_status={status}")).json()["items"]
+    }
+    assert reviewed[first]["review_status"] == "approved"
+    assert reviewed[first]["correction"]["value"] == 41.5
+    assert reviewed[second]["review_status"] == "rejected"
+
+
 async def busy_site(farm: Farm, tmp_path: Path) -> None:
     """Something on every page: a run waiting in the queue, a quarantined reading, an
     import, an alert, decisions."""
@@ -309,6 +366,15 @@ async def busy_site(farm: Farm, tmp_path: Path) -> None:
     await wait_for(settled, timeout_s=40)
 
 
+# Visible controls that a screen reader could not name: no label, no aria-label, no text.
+UNNAMED_CONTROLS = """() => [...document.querySelectorAll("input, select, button, a")]
+    .filter((el) => el.offsetParent !== null)
+    .filter((el) => {
+        const labels = el.labels ? [...el.labels].map((l) => l.textContent).join("") : "";
+        return !(el.getAttribute("aria-label") || labels || el.textContent).trim();
+    })
+    .map((el) => el.outerHTML)"""
+
 PAGES = [
     ("overview", "/#/", "Overview"),
     ("zone", "/#/zones/{zone}", "North field"),
@@ -337,6 +403,8 @@ async def test_every_page_on_a_phone_and_a_desktop(farm: Farm, tmp_path: Path) -
                 await page.evaluate(
                     "new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
                 )
+                unnamed = await page.evaluate(UNNAMED_CONTROLS)
+                assert unnamed == [], f"{name}: controls without an accessible name"
                 overflow = await page.evaluate(
                     "document.documentElement.scrollWidth - document.documentElement.clientWidth"
                 )

@@ -10,9 +10,10 @@ const FIRST_DELAY_MS = 1000;
 const MAX_DELAY_MS = 30000;
 
 export class Feed {
-  constructor(onState = () => {}) {
+  constructor(onState = () => {}, onGap = () => {}) {
     this.handlers = new Map(TYPES.map((type) => [type, new Set()]));
     this.onState = onState;
+    this.onGap = onGap;
     this.lastId = null;
     this.source = null;
     this.timer = null;
@@ -70,6 +71,20 @@ export class Feed {
       }
     };
     for (const type of TYPES) source.addEventListener(type, (message) => this.dispatch(message));
+    // The events after our last id were trimmed away: what the page shows may be stale.
+    source.addEventListener("gap", (message) => {
+      if (message.lastEventId) this.lastId = message.lastEventId;
+      this.onGap();
+    });
+    // The server ends the stream (a slow consumer, a restart, a revoked key): come back
+    // with a fresh ticket, which a revoked key does not get (then the app signs out).
+    source.addEventListener("end", () => {
+      source.close();
+      if (this.source === source) {
+        this.source = null;
+        this.retry();
+      }
+    });
   }
 
   retry() {

@@ -25,10 +25,14 @@ const ROUTES = [
 
 const $ = (id) => document.getElementById(id);
 const main = $("main");
-const feed = new Feed((state) => {
-  $("live-state").textContent = state;
-  $("live-state").dataset.state = state;
-});
+const feed = new Feed(
+  (state) => {
+    $("live-state").textContent = state;
+    $("live-state").dataset.state = state;
+  },
+  // Events were missed for good: load the open page again.
+  () => route(),
+);
 let page = null; // the open page's context
 let site = null;
 
@@ -216,6 +220,7 @@ async function start() {
   }
   $("nav").hidden = false;
   $("who").hidden = false;
+  feed.stop(); // a stream opened with another key, if any
   feed.start();
   refreshAlertCount();
   if (!location.hash.startsWith("#/")) history.replaceState(null, "", "#/");
