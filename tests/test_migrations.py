@@ -170,3 +170,43 @@ def test_the_device_address_migration_reports_pumps_it_cannot_address_and_keeps_
     assert "relay-2" not in report
     kept = _sql(empty_database, "SELECT hardware_id FROM pumps ORDER BY hardware_id")
     assert [row["hardware_id"] for row in kept] == ["-x", "old:relay/1", "relay-2"]
+
+
+def test_the_stale_data_migration_keeps_what_existing_rules_did(empty_database: str) -> None:
+    """A rule made before 0014 counted only readings of its window, so its newest could be
+    a whole window old: its `max_age_s` is its window; new rules get the default."""
+    config = _config(empty_database)
+    _in_thread(lambda: command.upgrade(config, "0013"))
+    site, zone = uuid.uuid4(), uuid.uuid4()
+    rules = {60: uuid.uuid4(), 3600: uuid.uuid4()}
+    values = ", ".join(
+        f"('{rid}', '{site}', '{zone}', 'soil_moisture', {window}, 20, 30, 60, true, true, 1)"
+        for window, rid in rules.items()
+    )
+    for query in (
+        f"INSERT INTO sites (id, name) VALUES ('{site}', 'farm')",
+        "INSERT INTO zones (id, site_id, name, timezone, version) "
+        f"VALUES ('{zone}', '{site}', 'Z', 'UTC', 1)",
+        "INSERT INTO threshold_rules (id, site_id, zone_id, sensor_kind, window_s, start_below, "
+        f"stop_above, duration_s, enabled, armed, version) VALUES {values}",
+    ):
+        _sql(empty_database, query)
+
+    _in_thread(lambda: command.upgrade(config, "0014"))
+
+    rows = _sql(
+        empty_database,
+        "SELECT window_s, max_age_s, min_readings FROM threshold_rules ORDER BY window_s",
+    )
+    assert [tuple(row) for row in rows] == [(60, 60, 1), (3600, 3600, 1)]
+    defaults = _sql(
+        empty_database,
+        "SELECT column_name, column_default FROM information_schema.columns "
+        "WHERE column_name IN ('max_age_s', 'min_readings', 'moisture_max_age_s') "
+        "ORDER BY column_name",
+    )
+    assert [tuple(row) for row in defaults] == [
+        ("max_age_s", "900"),
+        ("min_readings", "1"),
+        ("moisture_max_age_s", "900"),
+    ]

@@ -55,6 +55,10 @@ class ThresholdRule(Retried, IdMixin, Versioned, Base):
     name: Mapped[str | None] = mapped_column(String(200), default=None)
     sensor_kind: Mapped[str] = mapped_column(String(32), default="soil_moisture")
     window_s: Mapped[int] = mapped_column(Integer, default=900)
+    # Stale data never drives watering: fewer readings in the window than this, or a newest
+    # reading older than `max_age_s`, and the rule does nothing (decision `stale_sensor`).
+    min_readings: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    max_age_s: Mapped[int] = mapped_column(Integer, default=900, server_default=text("900"))
     start_below: Mapped[float] = mapped_column(Float)
     stop_above: Mapped[float] = mapped_column(Float)
     duration_s: Mapped[int] = mapped_column(Integer)
@@ -63,7 +67,9 @@ class ThresholdRule(Retried, IdMixin, Versioned, Base):
     last_value: Mapped[float | None] = mapped_column(Float, default=None)
     last_evaluated_at: Mapped[datetime | None] = mapped_column(default=None)
     last_triggered_at: Mapped[datetime | None] = mapped_column(default=None)
-    # The last reason a trigger was held back (pause, rain delay): logged once, not per sweep.
+    # The last reason a trigger was held back (pause, rain delay, stale data): logged once,
+    # not per sweep. On the row, written with the decision under the rule's lock, so neither
+    # a restarted worker nor a second one logs the same reason again.
     last_skip_reason: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
@@ -90,6 +96,10 @@ class Schedule(Retried, IdMixin, Versioned, Base):
     # How late a run may still start (waiting for a busy pump or the water source).
     max_delay_s: Mapped[int] = mapped_column(Integer, default=3600)
     skip_if_moisture_above: Mapped[float | None] = mapped_column(Float, default=None)
+    # The moisture skip averages the readings at most this old; older ones are ignored.
+    moisture_max_age_s: Mapped[int] = mapped_column(
+        Integer, default=900, server_default=text("900")
+    )
     skip_if_rain_delay: Mapped[bool] = mapped_column(default=True)
     skip_if_rain_forecast_mm: Mapped[float | None] = mapped_column(Float, default=None)
     next_run_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -200,6 +210,8 @@ class Reason(StrEnum):
     soil_wet = "soil_wet"
     forecast_rain = "forecast_rain"
     water_level_zero = "water_level_zero"
+    # A threshold rule's window has too few readings, or its newest is too old.
+    stale_sensor = "stale_sensor"
     # The site's quota of waiting run requests (per pump or per site) is full.
     quota_exceeded = "quota_exceeded"
     # Processing the schedule, rule or request raised: tried again later (`retry_at`).

@@ -1,7 +1,8 @@
 """Schedules firing: each due schedule, at its local times, asks for runs with priority
 `scheduled` unless a skip condition holds (pause, rain delay, wet soil, forecast rain,
 a water level of 0 %). Weather is fetched before any row is locked: no network call is
-awaited while a lock is held."""
+awaited while a lock is held. Moisture readings older than the schedule's
+`moisture_max_age_s` are ignored: the run goes ahead as if none were known, and says so."""
 
 import asyncio
 import uuid
@@ -25,8 +26,10 @@ from irrigation.automation.triggers import (
     Skip,
     WishMaker,
     automation_gate,
+    newest_reading,
     pumps_to_water,
     queue_zone_runs,
+    seconds_words,
     zone_average,
 )
 from irrigation.common.clock import db_now_expr
@@ -40,7 +43,6 @@ log = structlog.get_logger(__name__)
 MISSED_LOGGED = 10
 # Schedules one pass fires at most (the cron runs every 5 s).
 FIRE_BATCH = 500
-MOISTURE_WINDOW = timedelta(minutes=15)
 
 
 def when_of(schedule: Schedule) -> When:
@@ -196,12 +198,12 @@ async def _fire_one(
         level = water_level(zone, weather or Weather(None), now)
         if level is not None:
             zone.water_level_pct, zone.water_level_at = level.pct, now
-        detail = {"scheduled_for": at.isoformat()}
+        detail: dict[str, Any] = {"scheduled_for": at.isoformat()}
         if weather is not None and weather.error is not None:
             detail["weather"] = weather.error
         asked_by = RunRequest.schedule_id == schedule.id
         found = await _skip_reason(
-            session, schedule, zone, paused_until, site_rain, weather, level, now
+            session, schedule, zone, paused_until, site_rain, weather, level, now, detail
         ) or await pumps_to_water(session, zone.id, schedule.pump_id, asked_by, "schedule")
         if isinstance(found, Skip):
             reason, message = found.reason, found.message
@@ -212,6 +214,8 @@ async def _fire_one(
         if level is not None:
             duration = scaled_duration_s(schedule.duration_s, level.pct, settings.max_runtime_cap_s)
             why += f", water level {level.pct} %"
+        if "moisture" in detail:  # the start's decision shows the run's reason
+            why += f", soil moisture {detail['moisture']}"
         make = WishMaker(
             Priority.scheduled,
             duration,
@@ -238,8 +242,10 @@ async def _skip_reason(
     weather: Weather | None,
     level: WaterLevel | None,
     now: datetime,
+    detail: dict[str, Any],
 ) -> Skip | None:
-    """Why the schedule skips this run: the gates, then its own conditions."""
+    """Why the schedule skips this run: the gates, then its own conditions. A moisture
+    reading it had to ignore is noted in `detail` (the decision's, and the run's reason)."""
     tz = zone.timezone
     gate = automation_gate(
         now, tz, paused_until, site_rain, zone.rain_delay_until, schedule.skip_if_rain_delay
@@ -247,12 +253,15 @@ async def _skip_reason(
     if gate is not None:
         return gate
     if schedule.skip_if_moisture_above is not None:
+        since = now - timedelta(seconds=schedule.moisture_max_age_s)
         moisture = (
-            await session.execute(
-                select(zone_average(zone.id, "soil_moisture", now - MOISTURE_WINDOW, now))
-            )
+            await session.execute(select(zone_average(zone.id, "soil_moisture", since, now)))
         ).scalar_one()
-        if moisture is not None and moisture > schedule.skip_if_moisture_above:
+        if moisture is None:
+            detail.update(
+                await _moisture_ignored(session, zone.id, schedule.moisture_max_age_s, now)
+            )
+        elif moisture > schedule.skip_if_moisture_above:
             return Skip(
                 Reason.soil_wet,
                 f"soil moisture {moisture:.1f} is above {schedule.skip_if_moisture_above:g}",
@@ -268,6 +277,24 @@ async def _skip_reason(
     if level is not None and level.pct == 0:
         return Skip(Reason.water_level_zero, f"water level is 0 % (ET0 {level.et0_mm:.2f} mm)")
     return None
+
+
+async def _moisture_ignored(
+    session: AsyncSession, zone_id: uuid.UUID, max_age_s: int, now: datetime
+) -> dict[str, Any]:
+    """No reading young enough: the moisture is unknown, and the run goes ahead (as it did
+    before the limit for a zone with no reading at all). Watering on an old reading could
+    skip a dry bed on the word of a dead sensor; not watering would stop a schedule, the
+    grower's baseline, on a sensor fault. So: run, and say how old the newest reading is."""
+    newest = await newest_reading(session, zone_id, "soil_moisture", now)
+    if newest is None:
+        return {"moisture": "ignored: no reading"}
+    age = (now - newest).total_seconds()
+    return {
+        "moisture": f"ignored: newest reading {seconds_words(age)} old "
+        f"(limit {seconds_words(max_age_s)})",
+        "moisture_age_s": round(age, 3),
+    }
 
 
 async def refresh_water_levels(session: AsyncSession, provider: WeatherProvider | None) -> int:

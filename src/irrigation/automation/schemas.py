@@ -30,6 +30,8 @@ RuleName = Annotated[
 ]
 Duration = Annotated[int, Field(ge=1, le=3600, description="Run time of each pump, seconds.")]
 WindowSeconds = Annotated[int, Field(ge=60, le=86400)]
+MaxAgeSeconds = Annotated[int, Field(ge=10, le=86400)]
+MinReadings = Annotated[int, Field(ge=1, le=10000)]
 
 
 def _cron_field(value: str) -> str:
@@ -91,6 +93,21 @@ _START_BELOW = (
     "stored one on PATCH)."
 )
 _STOP_ABOVE = "Hysteresis: trigger again only after the average rose above this."
+_MIN_READINGS = (
+    "The rule acts only with at least this many readings (of all the zone's sensors of "
+    "`sensor_kind`) in its window; with fewer it does nothing and its zone's decisions show "
+    "`stale_sensor`, once until it has enough again."
+)
+_MAX_AGE = (
+    "The rule acts only when the newest reading of its window is at most this old (seconds); "
+    "otherwise as with too few readings (`stale_sensor`). Only the window's readings count, "
+    "so a value at or above `window_s` sets no limit of its own."
+)
+_MOISTURE_MAX_AGE = (
+    "The moisture skip averages the zone's soil moisture readings at most this old "
+    "(seconds). With none, the moisture is unknown: the run goes ahead and its decision "
+    "says so, naming the newest reading's age."
+)
 
 
 class ThresholdRuleCreate(Body):
@@ -107,6 +124,8 @@ class ThresholdRuleCreate(Body):
     stop_above: Finite = Field(description=_STOP_ABOVE)
     duration_s: Duration
     enabled: bool = True
+    min_readings: MinReadings = Field(default=1, description=_MIN_READINGS)
+    max_age_s: MaxAgeSeconds = Field(default=900, description=_MAX_AGE)
 
     @model_validator(mode="after")
     def _hysteresis(self) -> Self:
@@ -126,6 +145,8 @@ class ThresholdRuleUpdate(UpdateBody):
     stop_above: Finite | None = Field(default=None, description=_STOP_ABOVE)
     duration_s: Duration | None = None
     enabled: bool | None = None
+    min_readings: MinReadings | None = Field(default=None, description=_MIN_READINGS)
+    max_age_s: MaxAgeSeconds | None = Field(default=None, description=_MAX_AGE)
 
 
 class ThresholdRuleOut(StoredOut):
@@ -138,6 +159,8 @@ class ThresholdRuleOut(StoredOut):
     stop_above: float
     duration_s: int
     enabled: bool
+    min_readings: int
+    max_age_s: int
     armed: bool = Field(description="False after a trigger, until the value rose above stop_above.")
     last_value: float | None
     last_evaluated_at: datetime | None
@@ -206,8 +229,11 @@ class ScheduleCreate(Body):
         default=3600, ge=60, le=86400, description="How late a run may still start."
     )
     skip_if_moisture_above: Finite | None = Field(
-        default=None, description="Skip when the zone's soil moisture (15-min mean) is above."
+        default=None,
+        description="Skip when the zone's soil moisture (the mean of the readings at most "
+        "`moisture_max_age_s` old) is above.",
     )
+    moisture_max_age_s: MaxAgeSeconds = Field(default=900, description=_MOISTURE_MAX_AGE)
     skip_if_rain_delay: bool = True
     skip_if_rain_forecast_mm: float | None = Field(
         default=None, ge=0, le=1000, description="Skip when at least this much rain is forecast."
@@ -249,6 +275,7 @@ class ScheduleUpdate(UpdateBody):
     enabled: bool | None = None
     max_delay_s: int | None = Field(default=None, ge=60, le=86400)
     skip_if_moisture_above: Finite | None = None
+    moisture_max_age_s: MaxAgeSeconds | None = Field(default=None, description=_MOISTURE_MAX_AGE)
     skip_if_rain_delay: bool | None = None
     skip_if_rain_forecast_mm: float | None = Field(default=None, ge=0, le=1000)
 
@@ -264,6 +291,7 @@ class ScheduleOut(StoredOut):
     enabled: bool
     max_delay_s: int
     skip_if_moisture_above: float | None
+    moisture_max_age_s: int
     skip_if_rain_delay: bool
     skip_if_rain_forecast_mm: float | None
     next_run_at: datetime | None = Field(description="The next local start, in UTC.")

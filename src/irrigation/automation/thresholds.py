@@ -1,14 +1,18 @@
 """Threshold rules: water a zone when its sensors' average falls below `start_below`.
 
 Evaluated when readings for a zone arrive (de-duplicated through one deferred job) and by
-a sweep. The average is one SQL statement over the raw readings of the window."""
+a sweep. The average, the count and the newest reading's time are one SQL statement over
+the raw readings of the window; stale data (too few readings, the newest too old) never
+drives watering."""
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 from arq.connections import ArqRedis
-from sqlalchemy import func, select
+from sqlalchemy import func, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation.auth.models import Site
@@ -22,7 +26,8 @@ from irrigation.automation.triggers import (
     automation_gate,
     pumps_to_water,
     queue_zone_runs,
-    zone_average,
+    seconds_words,
+    zone_window,
 )
 from irrigation.common.clock import db_now_expr
 from irrigation.fleet.models import Zone
@@ -42,19 +47,28 @@ async def evaluate_rules(
     async with session.begin():
         now = (await session.execute(select(db_now_expr()))).scalar_one()
         since = now - func.make_interval(0, 0, 0, 0, 0, 0, ThresholdRule.window_s)
-        stmt = select(
-            ThresholdRule.id,
-            ThresholdRule.site_id,
-            zone_average(ThresholdRule.zone_id, ThresholdRule.sensor_kind, since, now),
-        ).where(ThresholdRule.enabled, failures.ready(ThresholdRule, now))
+        window = zone_window(ThresholdRule.zone_id, ThresholdRule.sensor_kind, since, now)
+        stmt = (
+            select(
+                ThresholdRule.id,
+                ThresholdRule.site_id,
+                window.c.average,
+                window.c.count,
+                window.c.newest,
+            )
+            .join(window, true())
+            .where(ThresholdRule.enabled, failures.ready(ThresholdRule, now))
+        )
         if zone_ids is not None:
             stmt = stmt.where(ThresholdRule.zone_id.in_(zone_ids))
-        values = (await session.execute(stmt)).all()
+        rows = (await session.execute(stmt)).all()
     triggered = 0
     sites: set[uuid.UUID] = set()
-    for rule_id, site_id, value in values:
+    for rule_id, site_id, average, count, newest in rows:
         try:
-            site = await _evaluate_one(session, settings, rule_id, value, now)
+            site = await _evaluate_one(
+                session, settings, rule_id, Window(average, count, newest), now
+            )
         except Exception:  # one broken rule must not stop the others
             log.exception("rule_failed", rule_id=str(rule_id), site_id=str(site_id))
             await failures.failed(session, settings, ThresholdRule, rule_id)
@@ -66,11 +80,64 @@ async def evaluate_rules(
     return triggered
 
 
+@dataclass(frozen=True)
+class Window:
+    """What a rule's window of readings shows."""
+
+    average: float | None
+    count: int
+    newest: datetime | None
+
+
+@dataclass(frozen=True)
+class Stale:
+    """Why a rule's readings may not drive watering, and the sentence its decision shows."""
+
+    message: str
+    detail: dict[str, Any]
+
+
+def stale_because(
+    window: Window,
+    now: datetime,
+    min_readings: int,
+    max_age_s: int,
+    window_s: int,
+    kind: str,
+) -> Stale | None:
+    """Why the window's readings are stale, if they are: fewer than `min_readings`, or the
+    newest more than `max_age_s` old (exactly `max_age_s` old is fresh)."""
+    what = kind.replace("_", " ")
+    age = (now - window.newest).total_seconds() if window.newest is not None else None
+    detail: dict[str, Any] = {
+        "readings": window.count,
+        "min_readings": min_readings,
+        "newest_age_s": None if age is None else round(age, 3),
+        "max_age_s": max_age_s,
+    }
+    if window.count == 0:
+        message = f"no {what} reading in the last {seconds_words(window_s)}"
+    elif window.count < min_readings:
+        plural = "" if window.count == 1 else "s"
+        message = (
+            f"{window.count} {what} reading{plural} in the last {seconds_words(window_s)}, "
+            f"fewer than {min_readings}"
+        )
+    elif age is not None and age > max_age_s:
+        message = (
+            f"the newest {what} reading is {seconds_words(age)} old "
+            f"(limit {seconds_words(max_age_s)})"
+        )
+    else:
+        return None
+    return Stale(f"stale sensor data: {message}", detail)
+
+
 async def _evaluate_one(
     session: AsyncSession,
     settings: Settings,
     rule_id: uuid.UUID,
-    value: float | None,
+    window: Window,
     now: datetime,
 ) -> uuid.UUID | None:
     async with session.begin():
@@ -89,8 +156,29 @@ async def _evaluate_one(
         rule, zone, paused_until, site_rain = row
         if rule.failures:  # it went through this time (or rolls back with this)
             rule.failures, rule.retry_at = 0, None
+        value = window.average
         rule.last_value = value
         rule.last_evaluated_at = now
+        subject = Subject(rule.site_id, rule.zone_id, rule.pump_id, rule_id=rule.id)
+        stale = stale_because(
+            window, now, rule.min_readings, rule.max_age_s, rule.window_s, rule.sensor_kind
+        )
+        if stale is not None:
+            # Neither triggers nor re-arms; said once when the data goes stale, not per sweep.
+            if rule.last_skip_reason != Reason.stale_sensor:
+                rule.last_skip_reason = reason = Reason.stale_sensor
+                record(
+                    session,
+                    subject,
+                    now,
+                    Outcome.skipped,
+                    reason,
+                    stale.message,
+                    detail=stale.detail,
+                )
+            return None
+        if rule.last_skip_reason == Reason.stale_sensor:
+            rule.last_skip_reason = None  # fresh again: the next stale spell is news again
         if value is None:
             return None
         if not rule.armed:
@@ -100,7 +188,6 @@ async def _evaluate_one(
             return None
         if value >= rule.start_below:
             return None
-        subject = Subject(rule.site_id, rule.zone_id, rule.pump_id, rule_id=rule.id)
         what = f"{rule.sensor_kind} {value:.1f} < {rule.start_below:g}"
         gate = automation_gate(now, zone.timezone, paused_until, site_rain, zone.rain_delay_until)
         asked_by = RunRequest.rule_id == rule.id

@@ -1,13 +1,14 @@
-"""What a threshold rule and a schedule share when they trigger: the zone's average, the
-gates (pause, rain delay), the pumps to water and whether an earlier run still waits, and
-one queued run per pump, each after the previous."""
+"""What a threshold rule and a schedule share when they trigger: the zone's readings (their
+average, how many, how old), the gates (pause, rain delay), the pumps to water and whether
+an earlier run still waits, and one queued run per pump, each after the previous."""
 
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, FromClause, func, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation.automation.decisions import local
@@ -20,19 +21,68 @@ from irrigation.quotas.service import QuotaExceeded
 from irrigation.settings import Settings
 
 
+def _in_window(zone_id: Any, kind: Any, until: datetime) -> tuple[ColumnElement[bool], ...]:
+    return (
+        Sensor.zone_id == zone_id,
+        Sensor.kind == kind,
+        SensorReading.ts <= until,
+    )
+
+
 def zone_average(zone_id: Any, kind: Any, since: Any, until: datetime) -> ColumnElement[Any]:
-    """The average of a zone's sensors of one kind over (since, until], as a subquery."""
+    """The average of a zone's sensors of one kind over [since, until], as a subquery."""
     return (
         select(func.avg(SensorReading.value))
         .join(Sensor, Sensor.id == SensorReading.sensor_id)
-        .where(
-            Sensor.zone_id == zone_id,
-            Sensor.kind == kind,
-            SensorReading.ts > since,
-            SensorReading.ts <= until,
-        )
+        .where(*_in_window(zone_id, kind, until), SensorReading.ts >= since)
         .scalar_subquery()
     )
+
+
+def zone_window(zone_id: Any, kind: Any, since: Any, until: datetime) -> FromClause:
+    """A zone's sensors of one kind over (since, until]: `average`, `count` and `newest`, as
+    a lateral subquery (one scan of the window gives all three)."""
+    return (
+        select(
+            func.avg(SensorReading.value).label("average"),
+            func.count().label("count"),
+            func.max(SensorReading.ts).label("newest"),
+        )
+        .join(Sensor, Sensor.id == SensorReading.sensor_id)
+        .where(*_in_window(zone_id, kind, until), SensorReading.ts > since)
+        .lateral("readings_window")
+    )
+
+
+async def newest_reading(
+    session: AsyncSession, zone_id: uuid.UUID, kind: str, until: datetime
+) -> datetime | None:
+    """The time of the zone's newest reading of this kind at or before `until`, however old:
+    one probe of the readings' (sensor_id, ts) key per sensor, not a scan of their history."""
+    newest = (
+        select(SensorReading.ts)
+        .where(SensorReading.sensor_id == Sensor.id, SensorReading.ts <= until)
+        .order_by(SensorReading.ts.desc())
+        .limit(1)
+        .lateral("newest")
+    )
+    stmt = (
+        select(func.max(newest.c.ts))
+        .select_from(Sensor)
+        .join(newest, true())
+        .where(Sensor.zone_id == zone_id, Sensor.kind == kind)
+    )
+    found: datetime | None = (await session.execute(stmt)).scalar_one()
+    return found
+
+
+def seconds_words(seconds: float) -> str:
+    """'45 s', '15 min', '2 h 1 min 5 s': an age or a limit as a grower reads it. Rounded up
+    to the second, so an age past its limit never reads as the limit itself."""
+    hours, rest = divmod(math.ceil(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{n} {unit}" for n, unit in ((hours, "h"), (minutes, "min"), (secs, "s")) if n]
+    return " ".join(parts) or "0 s"
 
 
 @dataclass(frozen=True)
