@@ -138,10 +138,16 @@ export async function zonePage(ctx, zoneId) {
     { empty: "No pumps in this zone." },
   );
   const pumpName = (id) => pumps.find((p) => p.id === id)?.name ?? "any pump of the zone";
+  const ruleText = (r) => {
+    const kind = r.sensor_kind.replaceAll("_", " ");
+    const text = `${duration(r.duration_s)} when the ${duration(r.window_s)} mean of ${kind} < ${r.start_below}, again above ${r.stop_above}`;
+    // Only fresh data waters: how many readings, how fresh.
+    return `${text}; needs ${r.min_readings} reading(s), the newest at most ${duration(r.max_age_s)} old`;
+  };
   const rulesTable = table(
     [
       ["Rule", (r) => r.name ?? "—"],
-      ["Waters", (r) => `${duration(r.duration_s)} when the ${duration(r.window_s)} mean of ${r.sensor_kind.replaceAll("_", " ")} < ${r.start_below}, again above ${r.stop_above}`],
+      ["Waters", ruleText],
       ["Pump", (r) => pumpName(r.pump_id)],
       ["State", (r) => (r.enabled ? badge(r.armed ? "armed" : "disarmed") : badge("disabled"))],
       ["Last value", (r) => number(r.last_value)],
