@@ -41,7 +41,11 @@ let site = null;
 function takeKeyFromLink() {
   const match = location.hash.match(/^#key=([^&]+)/);
   if (!match) return;
-  session.signIn(decodeURIComponent(match[1]));
+  try {
+    session.signIn(decodeURIComponent(match[1]));
+  } catch {
+    // Not a key; the sign-in form asks for one.
+  }
   history.replaceState(null, "", `${location.pathname}${location.search}#/`);
 }
 
@@ -68,7 +72,7 @@ function context() {
       undo.push(() => clearTimeout(timer));
       return () => {
         clearTimeout(timer);
-        timer = setTimeout(fn, ms);
+        timer = setTimeout(() => Promise.resolve(fn()).catch(showError), ms);
       };
     },
     dispose() {

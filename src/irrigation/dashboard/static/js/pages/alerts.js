@@ -3,7 +3,7 @@
 
 import { api, query } from "../api.js";
 import { loadNames } from "../names.js";
-import { actionButton, badge, fill, h, table, timeEl } from "../ui.js";
+import { actionButton, badge, fill, h, showError, table, timeEl } from "../ui.js";
 
 export async function alertsPage(ctx) {
   document.title = "Alerts · irrigation";
@@ -72,7 +72,7 @@ export async function alertsPage(ctx) {
     alerts = page.items;
     paint();
   };
-  statusSelect.addEventListener("change", load);
+  statusSelect.addEventListener("change", () => load().catch(showError));
 
   fill(
     ctx.main,

@@ -3,7 +3,7 @@
 
 import { api, query } from "../api.js";
 import { loadNames } from "../names.js";
-import { actionButton, badge, fill, h, table, timeEl } from "../ui.js";
+import { actionButton, badge, fill, h, showError, table, timeEl } from "../ui.js";
 
 export async function quarantinePage(ctx) {
   document.title = "Quarantine · irrigation";
@@ -71,7 +71,7 @@ export async function quarantinePage(ctx) {
       ),
     );
   };
-  reviewSelect.addEventListener("change", load);
+  reviewSelect.addEventListener("change", () => load().catch(showError));
 
   fill(
     ctx.main,

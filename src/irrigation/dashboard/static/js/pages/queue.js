@@ -2,7 +2,7 @@
 
 import { api, query } from "../api.js";
 import { loadNames } from "../names.js";
-import { actionButton, badge, duration, fill, h, table, timeEl } from "../ui.js";
+import { actionButton, badge, duration, fill, h, showError, table, timeEl } from "../ui.js";
 
 const STATUSES = ["waiting", "started", "skipped", "superseded", "cancelled"];
 
@@ -53,7 +53,7 @@ export async function runQueue(ctx) {
       ),
     );
   };
-  statusSelect.addEventListener("change", load);
+  statusSelect.addEventListener("change", () => load().catch(showError));
 
   fill(
     ctx.main,
