@@ -9,6 +9,7 @@ IRRIGATION_SCREENSHOTS=1 their screenshots are written to docs/screenshots/:
     IRRIGATION_SCREENSHOTS=1 .venv/bin/pytest tests/dashboard/test_browser.py -k every_page
 """
 
+import asyncio
 import json
 import math
 import os
@@ -133,6 +134,11 @@ async def sign_in_by_link(page: Page, farm: Farm) -> None:
     assert await page.evaluate("sessionStorage.getItem('irrigation.key')") == farm.key
 
 
+async def after_the_feeds_throttle() -> None:
+    """The feed publishes at most one reading per sensor per second (ingest/cache.py)."""
+    await asyncio.sleep(1.1)
+
+
 async def wait_live(page: Page) -> None:
     live = page.locator("#live-state")
     await expect(live).to_have_attribute("data-state", "live", timeout=15_000)
@@ -162,6 +168,7 @@ async def test_a_reading_posted_over_the_api_appears_live_on_the_zone_chart(farm
         await page.locator("#chart-bucket").select_option("day")
         await page.locator("#chart-range").select_option("7")
         await expect(chart.locator("canvas")).to_have_count(1)
+        await after_the_feeds_throttle()
         await farm.send(farm.moisture, 28.5)
         await expect(chart).to_have_attribute("data-live", "2", timeout=LIVE_WITHIN_MS)
 
@@ -169,6 +176,7 @@ async def test_a_reading_posted_over_the_api_appears_live_on_the_zone_chart(farm
         await page.locator("#nav").get_by_role("link", name="Overview").click()
         await expect(card.locator(".moisture")).to_have_text("28.5 %")
         await wait_live(page)
+        await after_the_feeds_throttle()
         await farm.send(farm.moisture, 33.75)
         await expect(card.locator(".moisture")).to_have_text("33.75 %", timeout=LIVE_WITHIN_MS)
 
