@@ -9,10 +9,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import Request
 from starlette.responses import Response
 
+from irrigation import feed
 from irrigation.db import create_engine, create_sessionmaker
 from irrigation.settings import Settings
 from tests.support.api import Headers, bearer
@@ -41,9 +43,12 @@ def settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-async def sessions(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+async def sessions(
+    settings: Settings, redis: aioredis.Redis
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """The worker's sessions: what their transactions emit reaches the site's live feed."""
     engine = create_engine(settings)
-    yield create_sessionmaker(engine)
+    yield create_sessionmaker(engine, feed.create_publisher(settings, redis))
     await engine.dispose()
 
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from arq.connections import ArqRedis
 
-from irrigation import queue
+from irrigation import feed, queue
 from irrigation.automation import scheduling, thresholds
 from irrigation.automation.runqueue import dispatch
 from irrigation.common import clock
@@ -55,7 +55,9 @@ async def engine(settings: Settings) -> AsyncIterator[Engine]:
     redis = queue.create_redis(settings.effective_redis_url, 2.0, settings.queue_name)
     gateway = HttpGateway("http://127.0.0.1:9", timeout_s=0.1, retries=0)
     weather = FakeWeatherProvider(now=clock.utcnow)
-    yield Engine(settings, create_sessionmaker(db), redis, weather, gateway)
+    # The worker's sessions: what their transactions emit reaches the site's live feed.
+    sessions = create_sessionmaker(db, feed.create_publisher(settings, redis))
+    yield Engine(settings, sessions, redis, weather, gateway)
     await gateway.aclose()
     await redis.aclose()
     await db.dispose()

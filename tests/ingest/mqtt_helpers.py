@@ -34,7 +34,7 @@ async def running_bridge(settings: Settings, *, connected: bool = True) -> Async
     bridge = Bridge(
         settings,
         create_sessionmaker(engine),
-        HotCache(redis, settings.redis_namespace, settings.redis_timeout_s),
+        HotCache.of(settings, redis),
     )
     stop = asyncio.Event()
     task = asyncio.create_task(bridge.run(stop))

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import redis.asyncio as aioredis
 
-from irrigation import queue
-from irrigation.ingest.cache import HotCache, _entry
+from irrigation import feed, queue
+from irrigation.ingest.cache import HotCache, Live, _entry, _ReadingEvents
 from irrigation.ingest.rows import Rows, encode
 from irrigation.ingest.schemas import ReadingIn
 
@@ -27,7 +27,7 @@ def test_an_entry_reads_back_as_the_reading_in_utc() -> None:
 async def test_the_newest_60_survive_appends_late_data_and_resent_instants(
     redis: aioredis.Redis, redis_namespace: str
 ) -> None:
-    cache = HotCache(redis, redis_namespace, timeout_s=2)  # type: ignore[arg-type]
+    cache = HotCache(redis, redis_namespace, timeout_s=2, stream_maxlen=100)  # type: ignore[arg-type]
     sensor = uuid.uuid4()
     t0 = datetime(1999, 12, 31, 23, 59, tzinfo=UTC)  # across 2000: negative times too
 
@@ -66,7 +66,7 @@ async def test_batches_mark_their_zones_and_queue_one_evaluation_until_it_has_ru
     due later, and again by the first batch after it has run."""
     base = f"{redis_namespace}:queue"
     arq = queue.create_redis(redis_url, 2.0, base)
-    cache = HotCache(arq, redis_namespace, timeout_s=2)
+    cache = HotCache(arq, redis_namespace, timeout_s=2, stream_maxlen=100)
     job_id = f"{base}:evaluate-zones"
     queue_name = f"{base}:automation"  # the queue the automation workers serve
     zones = [uuid.uuid4() for _ in range(3)]
@@ -92,3 +92,22 @@ async def test_batches_mark_their_zones_and_queue_one_evaluation_until_it_has_ru
     finally:
         await redis.delete(f"arq:job:{job_id}", queue_name)
         await arq.aclose()
+
+
+def test_a_reading_event_is_what_the_feed_would_encode() -> None:
+    """The batch's events share one encoded head: byte for byte `feed.encode`'s."""
+    sensor, site, zone = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    at = datetime(2026, 11, 23, 7, 30, 1, 5, tzinfo=UTC)
+    reading = ReadingIn(sensor_id=sensor, ts=at - timedelta(seconds=3), value=0.1, quality=7)
+    rows = encode([reading])
+    data = {
+        "sensor_id": str(sensor),
+        "zone_id": str(zone),
+        "value": 0.1,
+        "ts": "2026-11-23T07:29:58.000005+00:00",
+        "quality": 7,
+    }
+    events = _ReadingEvents(Live(site, {sensor: zone}), at)
+    assert events.of(sensor, rows.tails(0, 1)) == feed.encode("reading", site, at, data)
+    unzoned = _ReadingEvents(Live(site), at).of(sensor, rows.tails(0, 1))
+    assert unzoned == feed.encode("reading", site, at, {**data, "zone_id": None})

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
 from irrigation.settings import Settings
 from tests.ingest.mqtt_helpers import (
@@ -25,6 +26,7 @@ from tests.ingest.mqtt_helpers import (
     stored_readings,
 )
 from tests.support.api import Headers
+from tests.support.feed import events
 from tests.support.mqtt import Broker, publish_many
 from tests.support.polling import wait_for
 
@@ -156,10 +158,15 @@ async def test_readings_published_by_mosquitto_pub_land_with_exact_counts_per_re
     assert batch_topic(settings, "farm-7") in no_site
 
 
-async def test_the_hot_cache_and_latest_value_follow_mqtt_readings(
-    client: httpx.AsyncClient, admin: Headers, mqtt_settings: Settings, mqtt_broker: Broker
+async def test_the_hot_cache_latest_value_and_live_feed_follow_mqtt_readings(
+    client: httpx.AsyncClient,
+    admin: Headers,
+    mqtt_settings: Settings,
+    mqtt_broker: Broker,
+    redis: aioredis.Redis,
 ) -> None:
-    """The same write path as HTTP: the readings reach the hot cache behind /latest."""
+    """The same write path as HTTP: the readings reach the hot cache behind /latest, and
+    the site's live feed (the reading, then its batch's job)."""
     site = await site_id(client, admin)
     sensor = await moisture_sensor(client, admin)
     async with running_bridge(mqtt_settings):
@@ -175,3 +182,7 @@ async def test_the_hot_cache_and_latest_value_follow_mqtt_readings(
 
         body = await wait_for(latest)
     assert body["source"] == "cache"
+    found = await events(redis, mqtt_settings.redis_namespace, site)
+    assert [e["type"] for e in found] == ["reading", "ingest_job"]
+    assert (found[0]["data"]["sensor_id"], found[0]["data"]["value"]) == (sensor, 33.5)
+    assert found[1]["data"]["source"] == "mqtt"

@@ -2,12 +2,12 @@
 ON CONFLICT, racing each other on the same sensors and instants. Whatever the interleaving,
 every reading is stored once, counted once (inserted across all answers), rolled up once,
 and the first one sent of a repeated instant is what the database holds. Also: the live
-event per sensor on the readings channel."""
+`reading` events in the site's stream (a sensor's newest reading, throttled)."""
 
 import asyncio
 import contextlib
-import json
 import random
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,6 +25,8 @@ from irrigation.settings import Settings
 from tests.ingest.helpers import send
 from tests.support.api import Headers
 from tests.support.factories import make_sensor
+from tests.support.feed import data_of, events
+from tests.support.polling import wait_for
 
 STEP = timedelta(seconds=20)
 
@@ -100,33 +102,105 @@ async def test_racing_overlapping_batches_store_count_and_roll_up_each_reading_o
 
 
 async def test_each_sensor_of_a_batch_gets_one_live_event_with_its_newest_reading(
+    client: httpx.AsyncClient,
+    admin: Headers,
+    other_admin: Headers,
+    redis: aioredis.Redis,
+    redis_namespace: str,
+) -> None:
+    a, b = await make_sensor(client, admin), await make_sensor(client, admin)
+    elsewhere = await make_sensor(client, other_admin)
+    newest = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    answer = await send(
+        client,
+        admin,
+        [
+            {"sensor_id": a["id"], "ts": (newest - timedelta(minutes=m)).isoformat(), "value": m}
+            for m in (3, 0, 5)
+        ]
+        + [{"sensor_id": b["id"], "ts": newest.isoformat(), "value": 42.5, "quality": 80}],
+    )
+
+    site = a["site_id"]
+    found = await events(redis, redis_namespace, site)
+    assert [e["type"] for e in found] == ["reading", "reading", "ingest_job"]
+    assert all(e["site_id"] == site for e in found)
+    readings = {e["data"]["sensor_id"]: e["data"] for e in found[:2]}
+    assert readings == {
+        a["id"]: {
+            "sensor_id": a["id"],
+            "zone_id": a["zone_id"],
+            "value": 0,
+            "ts": newest.isoformat(),
+            "quality": 100,
+        },
+        b["id"]: {
+            "sensor_id": b["id"],
+            "zone_id": b["zone_id"],
+            "value": 42.5,
+            "ts": newest.isoformat(),
+            "quality": 80,
+        },
+    }
+    assert found[2]["data"]["id"] == answer["job_id"]
+    assert await events(redis, redis_namespace, elsewhere["site_id"]) == []
+
+
+async def test_a_sensors_reading_events_are_throttled_to_one_a_second(
     client: httpx.AsyncClient, admin: Headers, redis: aioredis.Redis, redis_namespace: str
 ) -> None:
-    a, b = (await make_sensor(client, admin))["id"], (await make_sensor(client, admin))["id"]
-    newest = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(f"{redis_namespace}:readings")
-    await pubsub.get_message(timeout=1)  # the subscription's confirmation
-    try:
+    """The first newer reading of a second is published, later ones of that second not."""
+    at = datetime.now(UTC) - timedelta(minutes=10)
+
+    def reading(sensor: dict[str, Any], seconds: int) -> dict[str, Any]:
+        return {
+            "sensor_id": sensor["id"],
+            "ts": (at + timedelta(seconds=seconds)).isoformat(),
+            "value": float(seconds),
+        }
+
+    for _ in range(3):  # a machine so loaded that two requests took a second: again
+        sensor = await make_sensor(client, admin)
+        began = time.monotonic()
+        await send(client, admin, [reading(sensor, 1)])
+        await send(client, admin, [reading(sensor, 2)])
+        if time.monotonic() - began < 0.9:
+            break
+    site = sensor["site_id"]
+    assert [d["value"] for d in await data_of(redis, redis_namespace, site, "reading")] == [1.0]
+
+    throttle = f"{redis_namespace}:feed:throttle:{sensor['id']}"
+    assert 0 < await redis.pttl(throttle) <= 1000
+    await wait_for(lambda: _gone(redis, throttle), timeout_s=5, interval_s=0.05)
+    await send(client, admin, [reading(sensor, 3)])
+    values = [d["value"] for d in await data_of(redis, redis_namespace, site, "reading")]
+    assert values == [1.0, 3.0]
+
+
+async def test_a_reading_older_than_the_sensors_newest_is_no_live_event(
+    client: httpx.AsyncClient, admin: Headers, redis: aioredis.Redis, redis_namespace: str
+) -> None:
+    """A late or re-sent reading is stored and cached, but it is not the sensor's latest
+    value: no event says it is."""
+    sensor = await make_sensor(client, admin)
+    throttle = f"{redis_namespace}:feed:throttle:{sensor['id']}"
+    newest = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    sent = [(newest, 10.0), (newest - timedelta(minutes=1), 9.0), (newest, 11.0)]
+    sent.append((newest + timedelta(seconds=1), 12.0))
+    for ts, value in sent:  # late, then re-sent, then newer
+        await wait_for(lambda: _gone(redis, throttle), timeout_s=5, interval_s=0.05)
         await send(
-            client,
-            admin,
-            [
-                {"sensor_id": a, "ts": (newest - timedelta(minutes=m)).isoformat(), "value": m}
-                for m in (3, 0, 5)
-            ]
-            + [{"sensor_id": b, "ts": newest.isoformat(), "value": 42.5}],
+            client, admin, [{"sensor_id": sensor["id"], "ts": ts.isoformat(), "value": value}]
         )
-        events = []
-        while len(events) < 2:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
-            assert message is not None, f"only {events} arrived"
-            events.append(json.loads(message["data"]))
-    finally:
-        await pubsub.aclose()
-    by_sensor = {e.pop("sensor_id"): e for e in events}
-    assert {k: (e["count"], e["value"]) for k, e in by_sensor.items()} == {a: (3, 0), b: (1, 42.5)}
-    assert {datetime.fromisoformat(e["ts"]) for e in by_sensor.values()} == {newest}
+    published = await data_of(redis, redis_namespace, sensor["site_id"], "reading")
+    assert [(d["ts"], d["value"]) for d in published] == [
+        (newest.isoformat(), 10.0),
+        ((newest + timedelta(seconds=1)).isoformat(), 12.0),
+    ]
+
+
+async def _gone(redis: aioredis.Redis, key: str) -> bool:
+    return not await redis.exists(key)
 
 
 async def test_concurrent_batches_of_the_same_sensors_never_deadlock(

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from irrigation import queue
+from irrigation import feed, queue
 from irrigation.common.worker_context import WorkerContext
 from irrigation.db import create_engine, create_sessionmaker
 from irrigation.gateway import HttpGateway
@@ -63,9 +64,10 @@ Sessions = async_sessionmaker[AsyncSession]
 
 
 @pytest.fixture
-async def sessions(settings: Settings) -> AsyncIterator[Sessions]:
+async def sessions(settings: Settings, redis: aioredis.Redis) -> AsyncIterator[Sessions]:
+    """The worker's sessions: what their transactions emit reaches the site's live feed."""
     engine = create_engine(settings)
-    yield create_sessionmaker(engine)
+    yield create_sessionmaker(engine, feed.create_publisher(settings, redis))
     await engine.dispose()
 
 

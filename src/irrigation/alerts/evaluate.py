@@ -412,7 +412,7 @@ async def evaluate_alerts(
         raised = (await session.scalars(select(Alert).from_statement(text(_RAISE)), params)).all()
         events = [notify.alert_event(WebhookEvent.alert_raised, a) for a in raised]
         events += [notify.alert_event(WebhookEvent.alert_cleared, a) for a in cleared]
-        deliveries = await notify.enqueue(session, events)
+        deliveries = await notify.alert_changes(session, events)
     if raised or cleared:
         log.info("alerts_evaluated", raised=len(raised), cleared=len(cleared))
     return Evaluation(

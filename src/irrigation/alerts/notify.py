@@ -1,5 +1,6 @@
 """Webhook deliveries for events, written in the caller's transaction (the outbox pattern):
-a rolled-back transition sends nothing, a committed one is not lost."""
+a rolled-back transition sends nothing, a committed one is not lost. Alert transitions go
+to the live feed too, published when that transaction commits."""
 
 import uuid
 from collections.abc import Sequence
@@ -9,9 +10,16 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from irrigation.alerts.models import DeliveryStatus, WebhookDelivery, WebhookSubscription
+from irrigation import feed
+from irrigation.alerts.models import (
+    DeliveryStatus,
+    SubjectType,
+    WebhookDelivery,
+    WebhookSubscription,
+)
 from irrigation.alerts.schemas import AlertOut
 from irrigation.common.clock import utcnow
+from irrigation.fleet.models import Pump, Sensor
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,45 @@ class Event:
 def alert_event(name: str, alert: object) -> Event:
     out = AlertOut.model_validate(alert)
     return Event(out.site_id, name, out.model_dump(mode="json"))
+
+
+async def alert_changes(session: AsyncSession, events: Sequence[Event]) -> int:
+    """Alert transitions (`alert_event`s) to the live feed and to the webhooks that want
+    them; returns the deliveries written."""
+    await _to_feed(session, events)
+    return await enqueue(session, events)
+
+
+async def _to_feed(session: AsyncSession, events: Sequence[Event]) -> None:
+    """Each event's AlertOut with `change` (raised, acknowledged, cleared) and `zone_id`:
+    the zone of the sensor or pump it is about, null for the site's own alerts (or a
+    subject deleted since)."""
+    if not events:
+        return
+    zones = await _zones_of(
+        session,
+        {
+            uuid.UUID(e.data["subject_id"])
+            for e in events
+            if e.data["subject_type"] != SubjectType.site
+        },
+    )
+    for e in events:
+        zone_id = zones.get(uuid.UUID(e.data["subject_id"]))
+        data = {
+            **e.data,
+            "change": e.name.removeprefix("alert."),
+            "zone_id": str(zone_id) if zone_id else None,
+        }
+        feed.emit(session, feed.EventType.alert, e.site_id, data)
+
+
+async def _zones_of(session: AsyncSession, subjects: set[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+    if not subjects:
+        return {}
+    sensors = select(Sensor.id, Sensor.zone_id).where(Sensor.id.in_(subjects))
+    pumps = select(Pump.id, Pump.zone_id).where(Pump.id.in_(subjects))
+    return dict((await session.execute(sensors.union_all(pumps))).all())
 
 
 async def enqueue(session: AsyncSession, events: Sequence[Event]) -> int:

@@ -62,7 +62,7 @@ async def acknowledge(
             alert.acknowledged_at = utcnow()
             alert.acknowledged_by = str(key_id)
             await session.flush()
-            await notify.enqueue(
+            await notify.alert_changes(
                 session, [notify.alert_event(WebhookEvent.alert_acknowledged, alert)]
             )
     return alert

@@ -1,4 +1,5 @@
-"""The decisions log: one row per start, deferral, skip or supersede, with a human sentence."""
+"""The decisions log: one row per start, deferral, skip or supersede, with a human sentence,
+each also a live event (DecisionOut) once its transaction commits."""
 
 import uuid
 from dataclasses import dataclass
@@ -9,7 +10,9 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from irrigation import feed
 from irrigation.automation.models import AutomationDecision, Outcome, Reason, RunRequest
+from irrigation.automation.schemas import DecisionOut
 from irrigation.common.errors import NotFound
 from irrigation.common.pagination import PageParams, page_of, paginate
 from irrigation.fleet.models import Zone
@@ -64,6 +67,7 @@ def record(
     detail: dict[str, Any] | None = None,
 ) -> AutomationDecision:
     decision = AutomationDecision(
+        id=uuid.uuid4(),  # now, not at the flush: the event names it
         site_id=subject.site_id,
         zone_id=subject.zone_id,
         pump_id=subject.pump_id,
@@ -78,6 +82,8 @@ def record(
         detail=detail or None,
     )
     session.add(decision)
+    data = DecisionOut.model_validate(decision).model_dump(mode="json")
+    feed.emit(session, feed.EventType.decision, subject.site_id, data, at)
     return decision
 
 

@@ -6,7 +6,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 
 from irrigation.auth.deps import AdminPrincipal, ReadPrincipal
-from irrigation.common.clock import utcnow
 from irrigation.common.deps import SettingsDep
 from irrigation.common.http import if_match_version
 from irrigation.common.openapi import problems
@@ -30,16 +29,12 @@ from irrigation.fleet.schemas import (
     ZoneOut,
     ZoneUpdate,
 )
+from irrigation.fleet.service import pump_out
 
 IfMatch = Annotated[int | None, Depends(if_match_version)]
 Params = Annotated[PageParams, Depends(page_params)]
 WRITE = problems(404, 409, 413, 428)
 CREATE = problems(409, 413)
-
-
-def pump_out(pump: Pump) -> PumpOut:
-    status = service.pump_status(pump, utcnow())
-    return PumpOut.model_validate({**columns_of(pump, PumpOut, "status"), "status": status})
 
 
 def sensor_out(sensor: Sensor) -> SensorOut:

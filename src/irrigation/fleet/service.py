@@ -7,14 +7,18 @@ from typing import TypeVar
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from irrigation import feed
 from irrigation.common import repository as repo
+from irrigation.common.clock import utcnow
 from irrigation.common.errors import Invalid, VersionRequired
 from irrigation.common.pagination import PageParams
+from irrigation.common.shaping import columns_of
 from irrigation.fleet.errors import RUN_BOUND_FIELDS, PumpRunning
 from irrigation.fleet.models import Pump, Sensor, WaterSource, Zone
 from irrigation.fleet.schemas import (
     DEFAULT_RANGES,
     PumpCreate,
+    PumpOut,
     PumpStatus,
     PumpUpdate,
     SensorCreate,
@@ -176,7 +180,11 @@ async def update_pump(
             ]
             if moved:
                 raise PumpRunning(moved)
-        return await repo.update_versioned(session, Pump, site_id, pump_id, version, values)
+        was_enabled = current.enabled
+        pump = await repo.update_versioned(session, Pump, site_id, pump_id, version, values)
+        if pump.enabled != was_enabled:  # its status: disabled, or back from it
+            emit_pump(session, pump)
+    return pump
 
 
 def pump_status(pump: Pump, now: datetime) -> PumpStatus:
@@ -191,6 +199,21 @@ def pump_status(pump: Pump, now: datetime) -> PumpStatus:
     if pump.cooldown_until is not None and pump.cooldown_until > now:
         return PumpStatus.cooldown
     return PumpStatus.idle
+
+
+def pump_out(pump: Pump, now: datetime | None = None) -> PumpOut:
+    """The pump as the API shows it (and its live event carries it), its status as of `now`."""
+    status = pump_status(pump, now or utcnow())
+    return PumpOut.model_validate({**columns_of(pump, PumpOut, "status"), "status": status})
+
+
+def emit_pump(session: AsyncSession, pump: Pump, now: datetime | None = None) -> None:
+    """The pump's live event (PumpOut), published if the transaction commits: for every
+    change of its status, fault, cooldown or active run (pumps/live.py, and `enabled`
+    here)."""
+    now = now or utcnow()
+    data = pump_out(pump, now).model_dump(mode="json")
+    feed.emit(session, feed.EventType.pump, pump.site_id, data, now)
 
 
 # Sensors -------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from irrigation.common.errors import DomainError
 from irrigation.common.retry import retry_on_deadlock
 from irrigation.common.worker_context import worker_context
 from irrigation.ingest import service
-from irrigation.ingest.cache import HotCache
+from irrigation.ingest.cache import HotCache, Live
 from irrigation.ingest.import_formats import ImportFormat, Reader, count_lines
 from irrigation.ingest.models import IngestionJob, JobSource, JobStatus
 from irrigation.ingest.rows import Rows
@@ -73,7 +73,7 @@ async def process_import(ctx: dict[str, Any], job_id: str) -> str:
     `processed`, as it does after a killed worker: each committed chunk is durable and
     moved `processed` in its own transaction. A completed or failed job is left alone."""
     jc = worker_context(ctx)
-    cache = HotCache(jc.redis, jc.settings.redis_namespace, jc.settings.redis_timeout_s)
+    cache = HotCache.of(jc.settings, jc.redis)
     job_uuid = uuid.UUID(job_id)
     async with jc.sessions() as session:
         try:
@@ -126,6 +126,7 @@ async def _run_slice(
                 job.status = JobStatus.running
                 job.total = total
                 job.started_at = utcnow()
+                service.job_event(session, job)
     if job.status != JobStatus.running:
         raise _Superseded
 
@@ -146,8 +147,8 @@ async def _run_slice(
             is_out_of_time = time.monotonic() > deadline
             if not (is_last or is_out_of_time):
                 ahead = _read_ahead(reader)
-            stored = await _commit_chunk(session, settings, job_id, parsed, offset)
-            await cache.record(stored)
+            stored, live = await _commit_chunk(session, settings, job_id, parsed, offset)
+            await cache.record(stored, live=live)
             offset += len(parsed)
             if is_out_of_time and not is_last:
                 return "again"
@@ -163,6 +164,7 @@ async def _run_slice(
         if job.status != JobStatus.running or job.processed != offset:
             raise _Superseded
         _end(job, JobStatus.completed)
+        service.job_event(session, job)
     discard(path)
     log.info("import_completed", job_id=str(job_id), total=job.total, ms=job.processing_time_ms)
     return "completed"
@@ -178,12 +180,15 @@ async def _commit_chunk(
     job_id: uuid.UUID,
     parsed: list[ReadingIn | Rejected],
     offset: int,
-) -> Rows:
+) -> tuple[Rows, Live]:
     """Readings, rollups, quarantine and the job's counts in one transaction. The job row is
     locked first and must still be at `offset`: two runs of one job can never both write
-    a chunk, whatever arq does. Returns the chunk's readings as stored, for the cache."""
+    a chunk, whatever arq does. Returns the chunk's readings as stored, for the cache, and
+    the job's progress event, which rides the cache's round trip. A file is history: its
+    readings publish no `reading` events (even for a sensor with nothing cached, each chunk
+    would claim a new latest value), the job's events say that it moved on."""
 
-    async def commit() -> Rows:
+    async def commit() -> tuple[Rows, Live]:
         async with session.begin():
             job = await _lock(session, job_id)
             # An import always has its site (only the MQTT bridge writes jobs of none).
@@ -196,7 +201,8 @@ async def _commit_chunk(
             job.duplicates += written.duplicates
             job.quarantined += len(checked.rejected)
             job.quarantine_not_kept += written.not_kept
-        return written.stored
+        progress = service.job_out(job).model_dump(mode="json")
+        return written.stored, Live(job.site_id, readings=False, job=progress)
 
     # Live batches for the same sensors can deadlock with a chunk on rollup rows.
     return await retry_on_deadlock(commit, on_retry=lambda: service.deadlock_retried("import"))
@@ -231,6 +237,7 @@ async def fail(session: AsyncSession, job_id: uuid.UUID, error: str) -> None:
             job = await _lock(session, job_id)
             if job.status in (JobStatus.queued, JobStatus.running):
                 _end(job, JobStatus.failed, error)
+                service.job_event(session, job)
     except _Superseded:
         return
     log.warning("import_failed", job_id=str(job_id), error=error)

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation import queue
 from irrigation.common.errors import DomainError, PayloadTooLarge, Unavailable
+from irrigation.ingest import service
 from irrigation.ingest.import_formats import ImportFormat, check_start
 from irrigation.ingest.import_jobs import IMPORTS_DIR, discard, fail, upload_path
 from irrigation.ingest.models import IngestionJob, JobSource, JobStatus
@@ -137,6 +138,8 @@ async def receive(
                 file_format=file_format,
             )
             session.add(job)
+            await session.flush()  # its defaults, for the event
+            service.job_event(session, job)
     except BaseException:
         discard(path)
         raise

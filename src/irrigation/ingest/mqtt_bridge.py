@@ -412,7 +412,7 @@ async def run_bridge(settings: Settings, stop: asyncio.Event) -> None:
     redis = create_redis(
         settings.effective_redis_url, settings.redis_timeout_s, settings.queue_name
     )
-    cache = HotCache(redis, settings.redis_namespace, settings.redis_timeout_s)
+    cache = HotCache.of(settings, redis)
     bridge = Bridge(settings, create_sessionmaker(engine, create_publisher(settings, redis)), cache)
 
     async def checks() -> dict[str, str]:

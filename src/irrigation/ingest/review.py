@@ -13,7 +13,7 @@ from irrigation.common.clock import utcnow
 from irrigation.common.errors import DomainError, NotFound
 from irrigation.common.pagination import PageParams, page_of, paginate
 from irrigation.ingest import store
-from irrigation.ingest.cache import HotCache
+from irrigation.ingest.cache import HotCache, Live
 from irrigation.ingest.models import (
     IngestionJob,
     JobSource,
@@ -122,7 +122,7 @@ async def approve(
     decided, and the review is recorded on the item itself."""
     async with session.begin():
         item = await _lock_pending(session, site_id, item_id)
-        reading = await _recheck(session, settings, site_id, item.raw, correction)
+        reading, zone_id = await _recheck(session, settings, site_id, item.raw, correction)
         written = await store.write_readings(session, encode([reading]))
         inserted = written.count == 1
         item.review_status = ReviewStatus.approved
@@ -132,7 +132,9 @@ async def approve(
             item.correction = correction.model_dump(mode="json", exclude_none=True) or None
         await session.flush()
     if inserted:  # a duplicate is not what the database holds: keep it out of the cache
-        await cache.record(written.stored)
+        # Its live event only if it is now the sensor's newest reading (cache.py).
+        live = Live(site_id, {reading.sensor_id: zone_id})
+        await cache.record(written.stored, live=live)
     return Approval(item, reading, inserted)
 
 
@@ -220,15 +222,17 @@ async def _recheck(
     site_id: uuid.UUID,
     raw: Any,
     correction: QuarantineCorrection | None,
-) -> ReadingIn:
+) -> tuple[ReadingIn, uuid.UUID | None]:
+    """The item as corrected, checked again, and its sensor's zone."""
     corrected = dict(raw) if isinstance(raw, dict) else {}
     if correction is not None:
         corrected |= correction.model_dump(mode="json", exclude_none=True)
     parsed = parse_items([corrected])
     ids = sensor_ids(parsed)
+    specs = await sensor_specs(session, site_id, ids)
     checked = check_items(
         parsed,
-        await sensor_specs(session, site_id, ids),
+        specs,
         utcnow(),
         timedelta(days=settings.raw_retention_days),
         # Approving is the human override of the quality flag: a low-quality reading is
@@ -239,5 +243,6 @@ async def _recheck(
     if checked.rejected:
         first: Rejected = checked.rejected[0]
         raise StillInvalid(first.reason, first.detail)
-    (reading,) = parsed
-    return cast(ReadingIn, reading)
+    (item,) = parsed
+    reading = cast(ReadingIn, item)
+    return reading, specs[reading.sensor_id].zone_id

@@ -12,6 +12,7 @@ from prometheus_client import Counter
 from sqlalchemy import ARRAY, Uuid, any_, func, insert, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from irrigation import feed
 from irrigation.auth.models import Site
 from irrigation.common import idempotency
 from irrigation.common.clock import utcnow
@@ -22,7 +23,7 @@ from irrigation.common.shaping import columns_of
 from irrigation.fleet.models import Sensor
 from irrigation.fleet.service import range_of
 from irrigation.ingest import store
-from irrigation.ingest.cache import HotCache
+from irrigation.ingest.cache import HotCache, Live
 from irrigation.ingest.models import (
     IngestionJob,
     JobSource,
@@ -93,8 +94,9 @@ async def check(
     checked = check_items(parsed, specs, utcnow(), retention, offset)
     # From the batch's ~100 sensors, not its 10,000 items: a zone whose items were all
     # quarantined is asked to look again for nothing, which costs less than the pass.
-    zones = {spec.zone_id for spec in specs.values() if spec.zone_id is not None}
-    return dataclasses.replace(checked, zone_ids=zones)
+    sensor_zones = {sensor_id: spec.zone_id for sensor_id, spec in specs.items()}
+    zones = {zone_id for zone_id in sensor_zones.values() if zone_id is not None}
+    return dataclasses.replace(checked, zone_ids=zones, sensor_zones=sensor_zones)
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,16 @@ async def write_checked(
     return Written(inserted.count, duplicates, inserted.stored, not_kept)
 
 
+@dataclass(frozen=True)
+class Fresh:
+    """A committed batch, for the hot cache: its readings as stored, the zones to mark, and
+    its live events (the readings and the job), which ride the cache's one round trip."""
+
+    rows: Rows
+    zone_ids: set[uuid.UUID]
+    live: Live
+
+
 async def ingest_batch(
     session: AsyncSession,
     settings: Settings,
@@ -161,7 +173,7 @@ async def ingest_batch(
     started = time.perf_counter()
     mode = store.CopyMode.bare
 
-    async def ingest_once() -> tuple[StoredAnswer, Rows | None, set[uuid.UUID]]:
+    async def ingest_once() -> tuple[StoredAnswer, Fresh | None]:
         nonlocal mode
         while True:
             try:
@@ -174,12 +186,20 @@ async def ingest_batch(
 
     # Two batches touching the same sensors can still deadlock on rollup rows; PostgreSQL
     # picks a victim, which simply tries again.
-    answer, fresh, zones = await retry_on_deadlock(
+    answer, fresh = await retry_on_deadlock(
         ingest_once, on_retry=lambda: deadlock_retried(source.value)
     )
     if fresh is not None:
-        await cache.record(fresh, zones, settings.evaluation_delay_s)
+        await cache.record(fresh.rows, fresh.zone_ids, settings.evaluation_delay_s, live=fresh.live)
     return answer
+
+
+def job_event(session: AsyncSession, job: IngestionJob) -> None:
+    """The job's live event (IngestionJobOut), published if the transaction commits: on
+    creation and on every change of an import. A job of no site has no feed."""
+    if job.site_id is not None:
+        data = job_out(job).model_dump(mode="json")
+        feed.emit(session, feed.EventType.ingest_job, job.site_id, data)
 
 
 async def _ingest_once(
@@ -191,11 +211,11 @@ async def _ingest_once(
     started: float,
     mode: store.CopyMode,
     source: JobSource,
-) -> tuple[StoredAnswer, Rows | None, set[uuid.UUID]]:
-    """The answer, and the readings as stored, for the cache (None for a replayed answer)."""
+) -> tuple[StoredAnswer, Fresh | None]:
+    """The answer, and the batch as stored, for the cache (None for a replayed answer)."""
     async with idempotency.begin(session, idem, settings.idempotency_ttl_s) as claim:
         if claim.replay is not None:
-            return claim.replay, None, set()
+            return claim.replay, None
         checked = await check(session, settings, site_id, parsed)
         started_at = utcnow()
         inserted = await store.insert_readings(session, encode(checked.accepted), mode)
@@ -214,31 +234,33 @@ async def _ingest_once(
         )
         # The job row once, with its final counts (no INSERT then UPDATE), and before the
         # quarantined items, which reference it.
-        await session.execute(
-            insert(IngestionJob).values(
-                id=result.job_id,
-                site_id=site_id,
-                source=source,
-                status=JobStatus.completed,
-                total=result.total,
-                processed=result.total,
-                inserted=result.inserted,
-                duplicates=result.duplicates,
-                quarantined=result.quarantined,
-                quarantine_not_kept=not_kept,
-                created_at=started_at,
-                started_at=started_at,
-                finished_at=utcnow(),
-                processing_time_ms=round((time.perf_counter() - started) * 1000),
-            )
-        )
+        job: dict[str, Any] = {
+            "id": result.job_id,
+            "site_id": site_id,
+            "source": source,
+            "status": JobStatus.completed,
+            "total": result.total,
+            "processed": result.total,
+            "inserted": result.inserted,
+            "duplicates": result.duplicates,
+            "quarantined": result.quarantined,
+            "quarantine_not_kept": not_kept,
+            "created_at": started_at,
+            "started_at": started_at,
+            "finished_at": utcnow(),
+            "processing_time_ms": round((time.perf_counter() - started) * 1000),
+        }
+        await session.execute(insert(IngestionJob).values(job))
         await store.insert_quarantine(session, site_id, result.job_id, kept)
         answer = StoredAnswer(200, result.model_dump(mode="json"), {})
         await claim.store(answer)
         # Last, right before the COMMIT: the rollup rows and sensors it locks are what
         # every concurrent batch of these sensors waits for.
         await store.roll_up(session, inserted)
-    return answer, inserted.stored, checked.zone_ids
+    # The job's event rides the cache's round trip after the commit, with the readings'.
+    event = job_out(IngestionJob(**job)).model_dump(mode="json")
+    live = Live(site_id, checked.sensor_zones, job=event)
+    return answer, Fresh(inserted.stored, checked.zone_ids, live)
 
 
 async def existing_sites(session: AsyncSession, site_ids: set[uuid.UUID]) -> set[uuid.UUID]:
@@ -260,23 +282,23 @@ async def quarantine_all(
     job's id."""
     job_id = uuid.uuid4()
     now = utcnow()
+    job = {
+        "id": job_id,
+        "site_id": site_id,
+        "source": source,
+        "status": JobStatus.completed,
+        "total": len(rejected),
+        "processed": len(rejected),
+        "quarantined": len(rejected),
+        "created_at": now,
+        "started_at": now,
+        "finished_at": now,
+        "processing_time_ms": 0,
+    }
     async with session.begin():
-        await session.execute(
-            insert(IngestionJob).values(
-                id=job_id,
-                site_id=site_id,
-                source=source,
-                status=JobStatus.completed,
-                total=len(rejected),
-                processed=len(rejected),
-                quarantined=len(rejected),
-                created_at=now,
-                started_at=now,
-                finished_at=now,
-                processing_time_ms=0,
-            )
-        )
+        await session.execute(insert(IngestionJob).values(job))
         await store.insert_quarantine(session, site_id, job_id, rejected)
+        job_event(session, IngestionJob(**job, inserted=0, duplicates=0, quarantine_not_kept=0))
     return job_id
 
 

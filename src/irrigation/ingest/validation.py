@@ -93,6 +93,8 @@ class Checked:
     rejected: list[Rejected]
     # The zones of the accepted readings' sensors (their automation may need a look).
     zone_ids: set[uuid.UUID] = field(default_factory=set)
+    # Each known sensor's zone: what its live `reading` event names.
+    sensor_zones: dict[uuid.UUID, uuid.UUID | None] = field(default_factory=dict)
 
 
 def parse_batch(raw_body: bytes) -> Columns | list[ReadingIn | Rejected]:

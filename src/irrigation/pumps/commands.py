@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation.fleet.models import Pump
 from irrigation.gateway import Command, DeviceAddress, DeviceState, is_addressable
-from irrigation.pumps.models import ActivationEvent, ActivationStatus, PumpActivation
+from irrigation.pumps import live
+from irrigation.pumps.models import ActivationStatus, PumpActivation
 from irrigation.pumps.service import lock_activation, lock_pump
 
 
@@ -43,18 +44,17 @@ async def lock(
 
 def transition(
     session: AsyncSession,
+    pump: Pump,
     activation: PumpActivation,
     status: ActivationStatus,
     at: datetime,
     cause: str,
     **detail: object,
 ) -> None:
+    """Last in its step, once the step has set every other field of the activation and the
+    pump: the audit row and the live events carry them as they now are (pumps/live.py)."""
     activation.status = status
-    session.add(
-        ActivationEvent(
-            activation_id=activation.id, at=at, status=status, cause=cause, detail=detail or None
-        )
-    )
+    live.record(session, pump, activation, at, cause, **detail)
 
 
 def release(pump: Pump, activation: PumpActivation) -> None:

@@ -96,28 +96,30 @@ async def start_activation(ctx: dict[str, Any], activation_id: str) -> str:
                 return f"skipped: {activation.status}"
             if now > activation.start_deadline:
                 # Run late is worse than not at all: the grower asked for water *then*.
-                transition(session, activation, ActivationStatus.expired, now, "queue_delay")
                 activation.stopped_at = now
                 release(pump, activation)
+                transition(session, pump, activation, ActivationStatus.expired, now, "queue_delay")
                 return "expired"
             device = address(pump)
             if device is None:
                 # A hardware_id from before the address pattern (admitted before the
                 # upgrade): no command can name its device.
-                transition(session, activation, ActivationStatus.failed, now, "invalid_address")
                 activation.error = "invalid_hardware_id"
                 activation.stopped_at = now
                 release(pump, activation)
+                transition(
+                    session, pump, activation, ActivationStatus.failed, now, "invalid_address"
+                )
                 return "failed"
             # Capped again here: config may have changed since the request was admitted.
             duration = min(activation.duration_s, pump.max_runtime_s, jc.settings.max_runtime_cap_s)
             if pump.last_sequence != activation.sequence:
                 # A command went to the device since admission (a halt): start above it.
                 activation.sequence = next_sequence(pump)
-            transition(session, activation, ActivationStatus.starting, now, "worker")
             activation.starting_at = now
             # The device's own end of the run, whenever the command reaches it.
             activation.auto_off_at = now + timedelta(seconds=duration)
+            transition(session, pump, activation, ActivationStatus.starting, now, "worker")
             start = Send(
                 device,
                 Command.start(
@@ -186,9 +188,9 @@ async def start_activation(ctx: dict[str, Any], activation_id: str) -> str:
                 # stop carried a higher sequence, so whichever of the two reached the device
                 # first, the device is off.
                 return "stopped"
-            transition(session, activation, ActivationStatus.running, now, "device_started")
             activation.started_at = now
             activation.run_deadline = activation.auto_off_at
+            transition(session, pump, activation, ActivationStatus.running, now, "device_started")
             # A stop requested meanwhile is the stop job's (queued with the request).
             deadline = activation.run_deadline or now
     left_s = max(0.0, (deadline - now).total_seconds())
@@ -217,7 +219,6 @@ async def _fail(
         pump, activation, now = locked
         if activation.status != ActivationStatus.starting:
             return
-        transition(session, activation, ActivationStatus.failed, now, cause, error=error)
         activation.error = error[:500]
         activation.stopped_at = now
         release(pump, activation)
@@ -229,6 +230,7 @@ async def _fail(
             adopt_fence(pump, state)
         device = address(pump)
         halt = Send(device, Command.halt(next_sequence(pump))) if device else None
+        transition(session, pump, activation, ActivationStatus.failed, now, cause, error=error)
     log.warning("activation_failed", activation_id=str(act_id), error=error, detail=logged)
     if halt is not None:
         with contextlib.suppress(GatewayError):
@@ -333,11 +335,11 @@ async def _record_stop(
             latch(pump, STOP_UNCONFIRMED, why, now)
             activation.error = STOP_UNCONFIRMED
             detail = {"error": STOP_UNCONFIRMED, "attempts": attempts}
-        transition(session, activation, status, now, cause, **detail)
         activation.stopped_at = stopped_at
         activation.stop_cause = cause
         release(pump, activation)
         pump.cooldown_until = rest_from + timedelta(seconds=pump.cooldown_s)
+        transition(session, pump, activation, status, now, cause, **detail)
         site_id = pump.site_id
     if confirmed is None and device is not None:
         log.error("stop_unconfirmed", activation_id=str(act_id), attempts=attempts)

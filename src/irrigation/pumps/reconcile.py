@@ -166,18 +166,19 @@ async def _close_ended(
         if activation.status != ActivationStatus.running or activation.stop_requested_at:
             return 0
         stopped_at = device_stop_time(state, activation.command_id, now)
+        activation.stopped_at = stopped_at
+        activation.stop_cause = "device"
+        release(pump, activation)
+        pump.cooldown_until = stopped_at + timedelta(seconds=pump.cooldown_s)
         transition(
             session,
+            pump,
             activation,
             ActivationStatus.aborted,
             now,
             "device",
             device_stopped_at=stopped_at.isoformat(),
         )
-        activation.stopped_at = stopped_at
-        activation.stop_cause = "device"
-        release(pump, activation)
-        pump.cooldown_until = stopped_at + timedelta(seconds=pump.cooldown_s)
         site_id = pump.site_id
     log.warning("device_ended_run", device=str(seen.device), activation_id=str(activation.id))
     await queue.enqueue_dispatch(jc.redis, site_id)

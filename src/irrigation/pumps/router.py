@@ -13,8 +13,8 @@ from irrigation.common.limiter import RateClass, limited_as
 from irrigation.common.openapi import problems
 from irrigation.common.pagination import Page, PageParams, page_params
 from irrigation.db import SessionDep
-from irrigation.fleet.router import pump_out
 from irrigation.fleet.schemas import PumpOut
+from irrigation.fleet.service import pump_out
 from irrigation.pumps import service
 from irrigation.pumps.models import PumpActivation
 from irrigation.pumps.schemas import ActivationEventOut, ActivationOut, StopResult

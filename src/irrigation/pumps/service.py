@@ -25,6 +25,7 @@ from irrigation.common.idempotency import IdempotentRequest, StoredAnswer
 from irrigation.common.pagination import PageParams, page_of, paginate
 from irrigation.fleet.models import Pump, WaterSource
 from irrigation.gateway import is_addressable
+from irrigation.pumps import live
 from irrigation.pumps.errors import (
     CapacityFull,
     InCooldown,
@@ -64,18 +65,6 @@ _BUSY = aliased(PumpActivation)
 
 def _seconds_until(moment: datetime, now: datetime) -> int:
     return max(1, math.ceil((moment - now).total_seconds()))
-
-
-def _event(
-    activation: PumpActivation, at: datetime, cause: str, **detail: object
-) -> ActivationEvent:
-    return ActivationEvent(
-        activation_id=activation.id,
-        at=at,
-        status=activation.status,
-        cause=cause,
-        detail=detail or None,
-    )
 
 
 async def lock_pump(
@@ -251,7 +240,9 @@ async def admit(
     await session.flush()  # the activation row first: the pump's pointer references it
     pump.last_sequence = sequence  # with the pointer: one UPDATE of the pump row
     pump.active_activation_id = activation.id
-    session.add(_event(activation, now, "requested", origin=run.origin, priority=run.priority))
+    live.record(
+        session, pump, activation, now, "requested", origin=run.origin, priority=run.priority
+    )
     session.add(OutboxJob(job=queue.START_ACTIVATION, activation_id=activation.id))
     await session.flush()
     return activation
@@ -314,19 +305,20 @@ async def stop_locked(
         activation.stop_cause = cause
         pump.active_activation_id = None
         await session.execute(delete(OutboxJob).where(OutboxJob.activation_id == activation.id))
-        session.add(_event(activation, now, cause))
+        live.record(session, pump, activation, now, cause)
     elif activation.stop_requested_at is None:
         activation.stop_requested_at = now
-        session.add(_event(activation, now, "stop_requested", by=cause))
+        live.record(session, pump, activation, now, "stop_requested", by=cause)
     await session.flush()
     return activation
 
 
 async def reset_fault(session: AsyncSession, site_id: uuid.UUID, pump_id: uuid.UUID) -> Pump:
     async with session.begin():
-        pump, _ = await lock_pump(session, pump_id, site_id)
+        pump, now = await lock_pump(session, pump_id, site_id)
         pump.fault = None
         pump.fault_at = None
+        live.pump_changed(session, pump, now)
     return pump
 
 

@@ -1,0 +1,54 @@
+"""What the pumps tell the live feed: every transition of an activation, written here with
+its audit row so that no writer can record one without the other, and every change of a
+pump that its event is about (status, fault, cooldown, active run). Both are published
+when the transaction commits, never for one that rolls back (irrigation/feed.py)."""
+
+from datetime import datetime
+
+from sqlalchemy import inspect
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from irrigation import feed
+from irrigation.fleet.models import Pump
+from irrigation.fleet.service import emit_pump
+from irrigation.pumps.models import ActivationEvent, PumpActivation
+from irrigation.pumps.schemas import ActivationOut
+
+# What PumpOut's status and the pump's event follow (`enabled` changes by PATCH, in fleet).
+WATCHED = ("fault", "cooldown_until", "active_activation_id", "enabled")
+
+
+def record(
+    session: AsyncSession,
+    pump: Pump,
+    activation: PumpActivation,
+    at: datetime,
+    cause: str,
+    **detail: object,
+) -> None:
+    """The transition of `activation` to its current status: its audit row and its event
+    (ActivationOut with the pump's `zone_id` and the `cause`), and the pump's event if this
+    step changed the pump. Last in the step, after every field the step sets and before
+    any flush: the events carry the rows as they now are."""
+    session.add(
+        ActivationEvent(
+            activation_id=activation.id,
+            at=at,
+            status=activation.status,
+            cause=cause,
+            detail=detail or None,
+        )
+    )
+    data = ActivationOut.model_validate(activation).model_dump(mode="json")
+    data |= {"zone_id": str(pump.zone_id), "cause": cause}
+    feed.emit(session, feed.EventType.activation, activation.site_id, data, at)
+    pump_changed(session, pump, at)
+
+
+def pump_changed(session: AsyncSession, pump: Pump, now: datetime) -> None:
+    """The pump's event, if anything it is about changed since the row was read (or last
+    flushed): the ORM's own record of the attributes set, so a value set to what it was is
+    no change."""
+    state = inspect(pump)
+    if any(state.attrs[name].history.has_changes() for name in WATCHED):
+        emit_pump(session, pump, now)
