@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Close
 
 from irrigation import feed
 from irrigation.settings import Settings
@@ -104,6 +106,20 @@ async def messages(socket: ClientConnection, count: int, timeout_s: float = 5) -
         async with asyncio.timeout(timeout_s):
             received.append(json.loads(await socket.recv()))
     return received
+
+
+async def until_closed(socket: ClientConnection, timeout_s: float = 5) -> tuple[list[Any], Close]:
+    """Every message until the server closes, and its close frame."""
+    received: list[Any] = []
+    frame: Close | None = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                received.append(json.loads(await socket.recv()))
+    except ConnectionClosed as closed:
+        frame = closed.rcvd
+    assert frame is not None, "closed without a close frame"
+    return received, frame
 
 
 async def publish(

@@ -3,7 +3,7 @@
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket
+from fastapi import APIRouter, Header, Query, Request, Security, WebSocket
 from fastapi.security import HTTPAuthorizationCredentials
 
 from irrigation.auth.deps import ReadPrincipal, bearer
@@ -93,6 +93,7 @@ def _resume(header: str | None, query: str | None) -> StreamId | None:
 
 @stream_router.get(
     "/events",
+    status_code=200,
     response_class=EventStream,
     description=STREAM_DESCRIPTION,
     responses={
@@ -134,7 +135,9 @@ async def stream_events(
     ] = None,
     ticket: Annotated[str | None, Query(description=TICKET)] = None,
     # Documents the bearer scheme; the key itself is read by `stream_principal`.
-    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
+    _credentials: Annotated[
+        HTTPAuthorizationCredentials | None, Security(bearer, scopes=["read"])
+    ] = None,
 ) -> EventStream:
     # Everything the request says is checked before the ticket is spent.
     resume = _resume(last_event_id_header, last_event_id)
