@@ -6,12 +6,15 @@ from datetime import UTC, datetime, timedelta
 
 from redis.asyncio import Redis
 
+from irrigation.db import create_engine, create_sessionmaker
 from irrigation.settings import Settings
 from tests.live.clients import sse
 from tests.live.conftest import Key, Server, StartServer
 from tests.support.api import bearer
 from tests.support.factories import MakeKey
 from tests.support.problems import assert_problem
+
+DOWN = "postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"
 
 
 async def test_a_ticket_is_201_single_use_and_expires_in_a_minute(
@@ -97,3 +100,22 @@ async def test_a_ticket_needs_a_read_key_and_is_stored_only_as_a_hash(
     assert len(stored) == 1
     assert ticket["ticket"] not in stored[0].decode()
     assert ticket["ticket"].encode() not in await redis.get(stored[0])
+
+
+async def test_a_ticket_the_database_could_not_check_is_not_spent(
+    server: Server, reader: Key, settings: Settings
+) -> None:
+    ticket = (await server.client.post("/v1/live/tickets", headers=reader.headers)).json()
+    hub = server.hub
+    working = hub.sessions
+    # Nothing listens on port 1: every connection is refused.
+    unreachable = create_engine(settings.model_copy(update={"database_url": DOWN}))
+    hub.sessions = create_sessionmaker(unreachable)
+    try:
+        response = await server.client.get("/v1/events", params={"ticket": ticket["ticket"]})
+        assert_problem(response, 503, "database_unavailable")
+    finally:
+        hub.sessions = working
+        await unreachable.dispose()
+    async with sse(server.client, params={"ticket": ticket["ticket"]}):
+        pass

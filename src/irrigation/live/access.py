@@ -1,5 +1,6 @@
 """Who opens a live stream: the key of a ticket (spent by this request, whatever its
-answer) or of the bearer header; counted once in `read` for that key, like any GET."""
+answer, unless the database could not be asked) or of the bearer header; counted once in
+`read` for that key, like any GET."""
 
 from starlette.requests import HTTPConnection
 
@@ -17,7 +18,7 @@ CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 async def _ticket_principal(hub: LiveHub, ticket: str) -> Principal | None:
     with feed_unavailable():
-        claims = await tickets.redeem(hub.redis, hub.namespace, ticket)
+        claims = await tickets.read(hub.redis, hub.namespace, ticket)
     if claims is None:
         return None
     # Checked again now: a key revoked since the ticket was issued gets nothing with it.
@@ -25,6 +26,9 @@ async def _ticket_principal(hub: LiveHub, ticket: str) -> Principal | None:
         key = await auth_service.active_key(session, claims.key_id)
     if key is None or key.site_id != claims.site_id:
         return None
+    with feed_unavailable():
+        if not await tickets.spend(hub.redis, hub.namespace, ticket):
+            return None
     return Principal(key_id=key.id, site_id=key.site_id, scopes=frozenset(key.scopes))
 
 

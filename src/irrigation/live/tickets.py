@@ -4,8 +4,10 @@ and an API key in a URL ends up in proxy logs and browser history; a ticket ther
 by its first use and dies within a minute anyway.
 
 Kept in Redis under the SHA-256 of the ticket (a copy of Redis holds nothing usable), with
-the key it was issued to, its site and scopes; taken with GETDEL, so of two requests with
-one ticket exactly one gets it."""
+the key it was issued to, its site and scopes. Using one is two steps: `read` it, check
+its key, then `spend` it (DEL, atomic: of two requests with one ticket exactly one
+deletes it). A check that fails for want of a database leaves the ticket unspent, so the
+read retry of a GET (common/middleware.py) can still use it."""
 
 import hashlib
 import json
@@ -47,11 +49,11 @@ async def issue(redis: Redis, namespace: str, claims: Claims, ttl_s: float) -> t
     return ticket, datetime.now(UTC) + timedelta(milliseconds=ttl_ms)
 
 
-async def redeem(redis: Redis, namespace: str, ticket: str) -> Claims | None:
-    """The ticket's claims, once: None when it is unknown, used or expired."""
+async def read(redis: Redis, namespace: str, ticket: str) -> Claims | None:
+    """The ticket's claims, None when it is unknown, used or expired; not spent yet."""
     if not FORMAT.fullmatch(ticket):
         return None  # not one we could have made: no Redis work for it
-    raw = await redis.getdel(_key(namespace, ticket))
+    raw = await redis.get(_key(namespace, ticket))
     if raw is None:
         return None
     body = json.loads(raw)
@@ -60,3 +62,8 @@ async def redeem(redis: Redis, namespace: str, ticket: str) -> Claims | None:
         site_id=uuid.UUID(body["site_id"]),
         scopes=frozenset(body["scopes"]),
     )
+
+
+async def spend(redis: Redis, namespace: str, ticket: str) -> bool:
+    """True for the one caller that spends it; False when it was spent or expired since."""
+    return bool(await redis.delete(_key(namespace, ticket)))

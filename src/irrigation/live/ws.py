@@ -120,6 +120,12 @@ async def serve(websocket: WebSocket) -> None:
         await websocket.accept()
         await _close(websocket, _refusal_code(refusal), _reason(refusal.code, refusal.detail))
         return
+    except Exception as exc:  # the database or Redis: what an HTTP request hears as 503
+        log.warning("live_socket_refused", error=type(exc).__name__)
+        await websocket.accept()
+        detail = "the live feed is unavailable; try again"
+        await _close(websocket, INTERNAL_ERROR, _reason("unavailable", detail))
+        return
     filters = Filters(query.type_set(), query.zone())
     async with Connection(hub, principal, filters, lease, "websocket") as connection:
         await websocket.accept()
