@@ -193,9 +193,10 @@ class Backlog:
 
 class Tail:
     """One connection's own Redis connection for its XREAD, which blocks for seconds (the
-    shared pool's short timeout would cut it). A bare connection, without redis-py's
-    client and its pool checks around it. Once closed it never connects again, so a
-    reader that missed its cancellation ends at its next read."""
+    shared pool's short timeout would cut it): a bare connection, without the client's
+    pool checks and retries. Once closed it never connects again, and closing it fails a
+    read in progress: a reader that lost its cancellation (seen while redis-py was still
+    setting the connection up) ends anyway."""
 
     def __init__(self, url: str, socket_timeout_s: float, connect_timeout_s: float) -> None:
         pool = ConnectionPool.from_url(
