@@ -199,3 +199,21 @@ async def test_a_served_api_stops_promptly_with_streams_open(
     # uvicorn raises the signal it caught again once it has stopped.
     assert api.proc.returncode == -signal.SIGTERM, output[-3000:]
     assert "Exception in ASGI application" not in output
+
+
+async def test_without_redis_tickets_and_streams_are_503_and_sockets_close_1011(
+    start_server: StartServer, make_key: MakeKey
+) -> None:
+    # Nothing listens on port 1: Redis refuses at once (the rate limiter lets requests by).
+    server = await start_server(redis_url="redis://127.0.0.1:1/0")
+    headers = bearer(await make_key("read"))
+    response = await server.client.post("/v1/live/tickets", headers=headers)
+    assert_problem(response, 503, "unavailable")
+    assert response.headers["Retry-After"] == "1"
+    assert_problem(await server.client.get("/v1/events", headers=headers), 503, "unavailable")
+    ticket = {"ticket": "lt_" + "A" * 43}
+    assert_problem(await server.client.get("/v1/events", params=ticket), 503, "unavailable")
+    async with websocket(server.url, headers=headers) as socket:
+        received, close = await until_closed(socket)
+    assert (received, close.code) == ([], 1011)
+    assert close.reason.startswith("unavailable: ")
