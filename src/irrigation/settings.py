@@ -58,6 +58,13 @@ class Settings(BaseSettings):
         description="API worker processes sharing the port: uvicorn's own variable, set by "
         "`irrigation serve --workers`. Above 1, busy workers spread keep-alive clients.",
     )
+    shutdown_grace_s: int = Field(
+        default=5,
+        ge=1,
+        description="`serve`: how long requests in progress may go on once the API is asked "
+        "to stop; then they are cancelled (a live client that reads nothing would otherwise "
+        "hold the stop for ever). `up` kills what has not stopped after 6 s.",
+    )
     simulator_port: int = Field(default=8081, ge=1, le=65535)
     gateway: Literal["http", "mqtt"] = Field(
         default="http",

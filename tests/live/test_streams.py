@@ -217,3 +217,27 @@ async def test_without_redis_tickets_and_streams_are_503_and_sockets_close_1011(
         received, close = await until_closed(socket)
     assert (received, close.code) == ([], 1011)
     assert close.reason.startswith("unavailable: ")
+
+
+@pytest.mark.slow
+async def test_a_served_api_stops_even_when_a_client_reads_nothing(
+    settings: Settings, make_key: MakeKey, redis: Redis
+) -> None:
+    """Its stream ends at the signal, but its socket stays full of what it did not read:
+    uvicorn would wait for it for ever without `serve`'s graceful-shutdown timeout."""
+    headers = bearer(await make_key("read"))
+    port = free_port()
+    with spawner(settings_env(settings)) as spawn:
+        api = spawn("serve", "--port", str(port), IRRIGATION_SHUTDOWN_GRACE_S="1")
+        url = f"http://127.0.0.1:{port}"
+        await wait_http(f"{url}/healthz", proc=api)
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=10) as client,
+            sse(client, headers=headers),
+        ):
+            site_id = await site_of(client, headers)
+            await _big_alerts(redis, settings, site_id, until_cut_off=False)
+            api.proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(api.proc.wait, 8)
+        output = api.output()
+    assert "timeout graceful shutdown exceeded" in output, output[-3000:]
