@@ -56,7 +56,3 @@ async def stream_principal(conn: HTTPConnection, ticket: str | None) -> Principa
     if not principal.has(Scope.read):
         raise Forbidden("this key lacks the scope(s): read", required=["read"])
     return principal
-
-
-def ticket_claims(principal: Principal) -> tickets.Claims:
-    return tickets.Claims(principal.key_id, principal.site_id, principal.scopes)

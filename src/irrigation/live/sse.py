@@ -9,7 +9,6 @@ connection)."""
 
 import asyncio
 import json
-from typing import Any
 
 import structlog
 from starlette.responses import Response
@@ -108,8 +107,8 @@ class EventStream(Response):
 
 
 async def _listen(receive: Receive, backlog: Backlog) -> None:
-    while True:
-        message: dict[str, Any] = dict(await receive())
-        if message["type"] == "http.disconnect":
-            backlog.end(End.client_gone)
-            return
+    """A client that goes away is only seen by reading (uvicorn's `send` to a closed
+    connection returns quietly)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    backlog.end(End.client_gone)
