@@ -8,12 +8,13 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 
 from irrigation import feed
+from irrigation.common.clock import utcnow
 from irrigation.db import create_engine, create_sessionmaker
 from irrigation.settings import Settings
 from tests.live.clients import EventReader, Frame, publish, pumps, sse
 from tests.live.conftest import Key, Server
 from tests.support.api import bearer
-from tests.support.factories import MakeKey
+from tests.support.factories import MakeKey, make_sensor
 from tests.support.problems import assert_invalid, assert_problem
 
 
@@ -255,3 +256,26 @@ async def test_the_stream_is_counted_once_in_read_for_the_tickets_key(
     async with server.client.stream("GET", "/v1/events", params={"ticket": ticket}) as response:
         assert response.status_code == 200
         assert response.headers["RateLimit"].startswith('"read";r=2;')  # 3
+
+
+async def test_a_reading_sent_to_the_api_reaches_an_open_stream_filtered_by_its_zone(
+    server: Server, make_key: MakeKey
+) -> None:
+    admin = bearer(await make_key("admin"))
+    sensor = await make_sensor(server.client, admin)
+    await make_sensor(server.client, admin)  # another zone's
+    params = {"types": "reading", "zone_id": sensor["zone_id"]}
+    async with sse(server.client, params=params, headers=admin) as stream:
+        sent = await server.client.post(
+            "/v1/readings",
+            json={
+                "readings": [{"sensor_id": sensor["id"], "ts": utcnow().isoformat(), "value": 31}]
+            },
+            headers=admin,
+        )
+        assert sent.status_code == 200, sent.text
+        got = (await stream.event()).json()
+    assert got["type"] == "reading"
+    assert got["data"]["sensor_id"] == sensor["id"]
+    assert got["data"]["zone_id"] == sensor["zone_id"]
+    assert got["data"]["value"] == 31
