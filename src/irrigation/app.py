@@ -36,6 +36,10 @@ from irrigation.ingest.import_router import UPLOAD_PATH
 from irrigation.ingest.import_router import router as import_router
 from irrigation.ingest.review_router import router as review_router
 from irrigation.ingest.router import router as ingest_router
+from irrigation.live.hub import LiveHub
+from irrigation.live.router import router as live_router
+from irrigation.live.router import socket_router as live_socket_router
+from irrigation.live.router import stream_router as live_stream_router
 from irrigation.logging import configure_logging
 from irrigation.pumps.router import router as pumps_router
 from irrigation.queue import create_redis
@@ -84,8 +88,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        live: LiveHub = app.state.live
+        live.watch_signals()
         yield
+        live.stop()
         await redis.aclose()
         await engine.dispose()
 
@@ -100,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         {"name": "quotas", "description": "What the caller's site may hold or run at once"},
         {"name": "alerts", "description": "Raised, acknowledged, cleared"},
         {"name": "webhooks", "description": "Alert events POSTed to your URL, signed"},
+        {"name": "live", "description": "The site's events as they happen (SSE, WebSocket)"},
         {"name": "operations"},
     ]
     common: dict[str, Any] = {
@@ -142,6 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else None
     )
     app.state.site_rate_limits = SiteLimitsCache(settings.rate_limit_site_cache_ttl_s)
+    app.state.live = LiveHub(settings, redis, app.state.sessionmaker)
 
     api_routers: list[APIRouter] = [
         auth_router,
@@ -157,11 +166,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         readings_router,
         *alert_routers,
         automation_router,
+        live_router,
     ]
+    # Counted by the routes themselves, once they know the key (a ticket names it).
+    self_counted: list[APIRouter] = [live_stream_router]
     install_error_handlers(app)
     install_openapi(
         app,
-        limited_routes=[r for x in api_routers for r in x.routes if isinstance(r, APIRoute)],
+        limited_routes=[
+            r for x in [*api_routers, *self_counted] for r in x.routes if isinstance(r, APIRoute)
+        ],
     )
     app.include_router(health_router)
     if settings.dashboard_enabled:
@@ -169,6 +183,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in api_routers:
         # First of every route's dependencies: a request over its limit costs nothing more.
         app.include_router(router, dependencies=[Depends(enforce_rate_limit)])
+    for router in self_counted:
+        app.include_router(router)
+    app.include_router(live_socket_router)
     # Starlette wraps each added middleware around the ones added before it, so the last
     # added is outermost: metrics, added last, see the 413s that the body limit answers,
     # and only the final answer of a read that was run twice.

@@ -61,6 +61,13 @@ class Settings(BaseSettings):
         description="API worker processes sharing the port: uvicorn's own variable, set by "
         "`irrigation serve --workers`. Above 1, busy workers spread keep-alive clients.",
     )
+    shutdown_grace_s: int = Field(
+        default=5,
+        ge=1,
+        description="`serve`: how long requests in progress may go on once the API is asked "
+        "to stop; then they are cancelled (a live client that reads nothing would otherwise "
+        "hold the stop for ever). `up` kills what has not stopped after 6 s.",
+    )
     simulator_port: int = Field(default=8081, ge=1, le=65535)
     gateway: Literal["http", "mqtt"] = Field(
         default="http",
@@ -129,6 +136,34 @@ class Settings(BaseSettings):
         ge=100,
         description="Events kept per site for the live feed (a client that reconnects gets "
         "what it missed within these).",
+    )
+    live_heartbeat_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=300,
+        description="An SSE stream sends the comment `: ping` after this long without an "
+        "event; every open stream renews its lease and checks its key again at least this "
+        "often (at most every 10 s).",
+    )
+    live_max_streams_per_key: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Live streams (SSE and WebSocket together) one API key may hold open at "
+        "once, across every API process; one more is 429 `too_many_streams`.",
+    )
+    live_max_backlog: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Events read for one live connection and not yet taken by its client; "
+        "one more, and the connection is cut off (the client resumes from its last id).",
+    )
+    live_ticket_ttl_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="How long a live ticket (`POST /v1/live/tickets`) may wait for its one use.",
     )
     auth_unknown_ttl_s: float = Field(
         default=30.0,

@@ -12,6 +12,7 @@ from arq.connections import ArqRedis
 
 from irrigation import feed, queue
 from irrigation.automation import scheduling, thresholds
+from irrigation.automation.lockouts import Lockouts
 from irrigation.automation.runqueue import dispatch
 from irrigation.common import clock
 from irrigation.common.worker_context import WorkerContext
@@ -29,9 +30,12 @@ class Engine:
     weather: FakeWeatherProvider
     gateway: HttpGateway
 
-    async def dispatch(self) -> int:
+    async def dispatch(self, *, judge: bool = True) -> int:
+        """The dispatcher job's pass (it judges weather lockouts); `judge=False`: a pass
+        that cannot, as the one after a person's request in the API."""
+        lockouts = Lockouts(self.weather) if judge else None
         async with self.sessions() as session:
-            return await dispatch.start_waiting(session, self.settings, self.redis)
+            return await dispatch.start_waiting(session, self.settings, self.redis, None, lockouts)
 
     async def evaluate(self) -> int:
         async with self.sessions() as session:

@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy import select
 
 from irrigation.automation.thresholds import Window, stale_because
-from irrigation.automation.triggers import seconds_words, zone_average
+from irrigation.automation.triggers import zone_average
+from irrigation.automation.wording import seconds_words
 from irrigation.common import clock
 from tests.automation.conftest import Engine, decisions, post_moisture, run_requests
 from tests.automation.test_schedules import fire_once, make_schedule, zone_and_pump

@@ -13,10 +13,12 @@ import redis.asyncio as aioredis
 from irrigation.settings import Settings
 from irrigation.simulator.app import create_simulator_app
 from irrigation.weather import (
+    KEEP_LAST_KNOWN_S,
     DailyWeather,
     FakeWeather,
     FakeWeatherProvider,
     Forecast,
+    HourlyWeather,
     OpenMeteoProvider,
     WeatherUnavailable,
     create_provider,
@@ -146,7 +148,8 @@ async def test_second_forecast_comes_from_the_redis_cache(
 
     assert first.days[0].t_max_c == second.days[0].t_max_c == 30.0
     key = f"{redis_namespace}:weather:45.72:4.83"
-    assert 0 < await redis.ttl(key) <= 60
+    # Reused for 60 s, kept a day more as the cell's last known forecast.
+    assert 60 < await redis.ttl(key) <= 60 + KEEP_LAST_KNOWN_S
     uncached = await make_provider(cache_ttl_s=0).forecast(LAT, LON)
     assert uncached.days[0].t_max_c == 35.0
     await redis.delete(key)
@@ -295,3 +298,129 @@ async def test_create_provider_follows_the_settings(name: str, kind: type) -> No
     assert isinstance(provider, kind)
     if provider is not None:
         await provider.aclose()
+
+
+# Hourly temperature and wind, the forecast's age (the weather lockouts) --------------------
+
+
+async def test_the_hourly_temperature_and_wind_come_from_the_simulator_with_its_changes(
+    device: httpx.AsyncClient, make_provider: MakeProvider
+) -> None:
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    warms = midnight + timedelta(days=1, hours=9, minutes=30)  # from 09:00 the next day
+    changes = [
+        {"at": warms.isoformat(), "temperature_c": 6.5},
+        {"at": (warms + timedelta(hours=3)).isoformat(), "wind_kmh": 40},
+    ]
+    weather = {"temperature_c": -3.0, "wind_kmh": 12.0, "changes": changes}
+    (await device.put("/weather", json=weather)).raise_for_status()
+
+    forecast = await make_provider().forecast(LAT, LON)
+
+    assert [h.at for h in forecast.hours] == [midnight + timedelta(hours=h) for h in range(72)]
+    by_hour = {h.at - midnight: (h.temperature_c, h.wind_kmh) for h in forecast.hours}
+    assert by_hour[timedelta(hours=32)] == (-3.0, 12.0)
+    assert by_hour[timedelta(hours=33)] == (6.5, 12.0)
+    assert by_hour[timedelta(hours=36)] == (6.5, 40.0)
+    assert by_hour[timedelta(hours=71)] == (6.5, 40.0)
+    assert forecast.hour_of(midnight + timedelta(hours=33, minutes=59)) == forecast.hours[33]
+    assert forecast.hour_of(midnight + timedelta(days=3)) is None
+
+
+async def test_the_simulators_hourly_temperature_defaults_to_the_days_mean(
+    device: httpx.AsyncClient, make_provider: MakeProvider
+) -> None:
+    await put_weather(device, t_min_c=4.0, t_max_c=10.0)
+    forecast = await make_provider().forecast(LAT, LON)
+    assert {(h.temperature_c, h.wind_kmh) for h in forecast.hours} == {(7.0, 8.0)}
+
+
+async def test_a_forecast_knows_when_it_was_fetched_and_is_refetched_past_max_age(
+    device: httpx.AsyncClient, make_provider: MakeProvider
+) -> None:
+    await put_weather(device, temperature_c=1.0)
+    provider = make_provider(cache_ttl_s=600)
+    before = datetime.now(UTC)
+    first = await provider.forecast(LAT, LON)
+    assert first.fetched_at is not None
+    assert before - timedelta(seconds=1) <= first.fetched_at <= datetime.now(UTC)
+
+    await put_weather(device, temperature_c=9.0)
+    cached = await provider.forecast(LAT, LON)  # within the cache's 600 s
+    assert cached.hours[0].temperature_c == 1.0
+    assert cached.fetched_at == pytest.approx(first.fetched_at, abs=timedelta(milliseconds=1))
+    await asyncio.sleep(0.05)  # a forecast older than the caller's limit is fetched again
+    fresh = await provider.forecast(LAT, LON, max_age_s=0.01)
+    assert fresh.hours[0].temperature_c == 9.0
+    assert fresh.fetched_at is not None
+    assert fresh.fetched_at > first.fetched_at
+
+
+async def test_a_failed_fetch_carries_the_last_known_forecast_and_backs_off(
+    device: httpx.AsyncClient, make_provider: MakeProvider
+) -> None:
+    await put_weather(device, temperature_c=-2.0)
+    known = await make_provider(cache_ttl_s=60).forecast(LAT, LON)
+    # Another worker, the same cache, the forecast API gone.
+    dead = make_provider(base_url=f"http://127.0.0.1:{free_port()}", cache_ttl_s=60)
+    assert (await dead.forecast(LAT, LON)).hours[0].temperature_c == -2.0  # cached: no fetch
+    await asyncio.sleep(0.05)
+    with pytest.raises(WeatherUnavailable) as failed:
+        await dead.forecast(LAT, LON, max_age_s=0.01)
+    last = failed.value.last_known
+    assert last is not None
+    assert last.hours[0].temperature_c == -2.0
+    assert last.fetched_at == pytest.approx(known.fetched_at, abs=timedelta(milliseconds=1))
+    # Within the back-off the network is not tried again: the same answer, at once.
+    with pytest.raises(WeatherUnavailable, match="failed moments ago") as again:
+        await dead.forecast(LAT, LON, max_age_s=0.01)
+    assert again.value.last_known is not None
+    assert again.value.backing_off
+    assert not failed.value.backing_off
+
+
+async def test_a_cache_entry_of_the_old_format_is_fetched_again(
+    device: httpx.AsyncClient,
+    make_provider: MakeProvider,
+    redis: aioredis.Redis,
+) -> None:
+    await put_weather(device, temperature_c=3.0)
+    provider = make_provider(cache_ttl_s=60)
+    key = provider.cache_key(LAT, LON)
+    asked = {
+        "latitude": LAT,
+        "longitude": LON,
+        "daily": "temperature_2m_max,temperature_2m_min,precipitation_sum",
+        "hourly": "precipitation",
+        "timezone": "UTC",
+    }
+    old = (await device.get("/v1/forecast", params=asked)).content
+    await redis.set(key, old, ex=60)  # a raw answer, as cached before the fetch time was kept
+    forecast = await provider.forecast(LAT, LON)
+    assert forecast.hours[0].temperature_c == 3.0
+    assert forecast.fetched_at is not None
+    assert not (await redis.get(key)).startswith(b"{")
+
+
+async def test_fake_provider_forecasts_hourly_values_and_a_last_known_forecast() -> None:
+    now = datetime(2025, 1, 15, 5, 30, tzinfo=UTC)
+    fake = FakeWeatherProvider(now=lambda: now)
+    fake.set(temperature_c=-1.0, wind_kmh=20.0)
+    fake.set_hour(now + timedelta(hours=1), temperature_c=4.0)
+
+    forecast = await fake.forecast(LAT, LON)
+    assert forecast.fetched_at == now
+    assert forecast.hour_of(now) == HourlyWeather(datetime(2025, 1, 15, 5, tzinfo=UTC), -1.0, 20.0)
+    later = forecast.hour_of(now + timedelta(hours=1))
+    assert later is not None
+    assert (later.temperature_c, later.wind_kmh) == (4.0, 20.0)
+
+    fake.fail = True
+    with pytest.raises(WeatherUnavailable) as failed:
+        await fake.forecast(LAT, LON)
+    assert failed.value.last_known is None
+    fake.last_known_age_s = 7200
+    with pytest.raises(WeatherUnavailable) as stale:
+        await fake.forecast(LAT, LON)
+    assert stale.value.last_known is not None
+    assert stale.value.last_known.age_s(now) == 7200

@@ -5,16 +5,20 @@ from typing import Any
 
 from irrigation import queue
 from irrigation.automation import scheduling, thresholds
+from irrigation.automation.lockouts import Lockouts
 from irrigation.automation.runqueue import dispatch
 from irrigation.common.worker_context import worker_context
 
 
 async def dispatch_runs(ctx: dict[str, Any], site_id: str | None = None) -> int:
-    """Start what can start in the run queue (one site after a stop; all from the cron)."""
+    """Start what can start in the run queue (one site after a stop; all from the cron).
+    The one pass that judges weather lockouts: it has the forecasts."""
     jc = worker_context(ctx)
     site = uuid.UUID(site_id) if site_id else None
     async with jc.sessions() as session:
-        return await dispatch.start_waiting(session, jc.settings, jc.redis, site)
+        return await dispatch.start_waiting(
+            session, jc.settings, jc.redis, site, Lockouts(jc.weather)
+        )
 
 
 async def evaluate_zones(ctx: dict[str, Any]) -> int:

@@ -212,6 +212,11 @@ class Reason(StrEnum):
     water_level_zero = "water_level_zero"
     # A threshold rule's window has too few readings, or its newest is too old.
     stale_sensor = "stale_sensor"
+    # Weather lockouts (a run waits): the forecast for the hour of the start is below the
+    # zone's `min_temp_c`, above its `max_wind_kmh`, or missing with `hold`.
+    freeze = "freeze"
+    wind = "wind"
+    forecast_unavailable = "forecast_unavailable"
     # The site's quota of waiting run requests (per pump or per site) is full.
     quota_exceeded = "quota_exceeded"
     # Processing the schedule, rule or request raised: tried again later (`retry_at`).

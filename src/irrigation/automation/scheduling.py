@@ -29,9 +29,9 @@ from irrigation.automation.triggers import (
     newest_reading,
     pumps_to_water,
     queue_zone_runs,
-    seconds_words,
     zone_average,
 )
+from irrigation.automation.wording import seconds_words
 from irrigation.common.clock import db_now_expr
 from irrigation.fleet.models import Zone
 from irrigation.pumps.models import Priority

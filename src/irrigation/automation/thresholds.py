@@ -26,9 +26,9 @@ from irrigation.automation.triggers import (
     automation_gate,
     pumps_to_water,
     queue_zone_runs,
-    seconds_words,
     zone_window,
 )
+from irrigation.automation.wording import seconds_words
 from irrigation.common.clock import db_now_expr
 from irrigation.fleet.models import Zone
 from irrigation.pumps.models import Priority

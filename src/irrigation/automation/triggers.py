@@ -2,7 +2,6 @@
 average, how many, how old), the gates (pause, rain delay), the pumps to water and whether
 an earlier run still waits, and one queued run per pump, each after the previous."""
 
-import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -74,15 +73,6 @@ async def newest_reading(
     )
     found: datetime | None = (await session.execute(stmt)).scalar_one()
     return found
-
-
-def seconds_words(seconds: float) -> str:
-    """'45 s', '15 min', '2 h 1 min 5 s': an age or a limit as a grower reads it. Rounded up
-    to the second, so an age past its limit never reads as the limit itself."""
-    hours, rest = divmod(math.ceil(seconds), 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{n} {unit}" for n, unit in ((hours, "h"), (minutes, "min"), (secs, "s")) if n]
-    return " ".join(parts) or "0 s"
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,9 @@ class Zone(IdMixin, Versioned, Base):
     __table_args__ = (
         Index("ix_zones_site_page", "site_id", "created_at", "id"),
         UniqueConstraint("site_id", "name"),
+        CheckConstraint(
+            "on_forecast_unavailable IN ('run', 'hold')", name="on_forecast_unavailable_known"
+        ),
     )
 
     site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
@@ -48,6 +51,15 @@ class Zone(IdMixin, Versioned, Base):
     water_level_pct: Mapped[int] = mapped_column(default=100, server_default="100")
     water_level_at: Mapped[datetime | None] = mapped_column(default=None)
     rain_delay_until: Mapped[datetime | None] = mapped_column(default=None)
+    # Weather lockouts (automation/lockouts.py): automated runs wait while the forecast for
+    # the hour of their start is below `min_temp_c` or above `max_wind_kmh` (None: no such
+    # lockout); without a forecast at most `max_forecast_age_s` old, `run` or `hold`.
+    min_temp_c: Mapped[float | None] = mapped_column(Float, default=None)
+    max_wind_kmh: Mapped[float | None] = mapped_column(Float, default=None)
+    max_forecast_age_s: Mapped[int] = mapped_column(default=10800, server_default="10800")
+    on_forecast_unavailable: Mapped[str] = mapped_column(
+        String(8), default="run", server_default="run"
+    )
 
 
 class WaterSource(IdMixin, Versioned, Base):

@@ -5,7 +5,7 @@ import zoneinfo
 from datetime import datetime
 from enum import StrEnum
 from functools import lru_cache
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -104,6 +104,34 @@ BaselineMm = Annotated[float, Field(gt=0, le=50, allow_inf_nan=False)]
 _ET_MIN = "Lower bound of the ET water level, %; not above `et_max_pct` (the stored one on PATCH)."
 _ET_MAX = "Upper bound of the ET water level, %; not below `et_min_pct`."
 
+# Weather lockouts: automated runs (schedules, threshold rules) wait while the forecast for
+# the hour of their start is past these; a person's runs (manual, emergency) never do.
+MinTempC = Annotated[float, Field(ge=-60, le=60, allow_inf_nan=False)]
+MaxWindKmh = Annotated[float, Field(gt=0, le=400, allow_inf_nan=False)]
+ForecastAgeS = Annotated[int, Field(ge=60, le=86400)]
+OnForecastUnavailable = Literal["run", "hold"]
+_MIN_TEMP = (
+    "Frost lockout, °C: an automated run (schedule, threshold rule) does not start while the "
+    "forecast temperature (2 m) for the hour of its start is below this; it waits (decision "
+    "`deferred`, reason `freeze`) until the forecast clears or its deadline passes (then "
+    "`skipped`, `deadline_passed`). Manual and emergency runs are never held. Null: no frost "
+    "lockout. Needs `latitude` and `longitude`."
+)
+_MAX_WIND = (
+    "Wind lockout, km/h: as `min_temp_c`, while the forecast wind speed (10 m) for the hour of "
+    "the start is above this (reason `wind`). Null: no wind lockout."
+)
+_MAX_FORECAST_AGE = (
+    "Seconds: a forecast older than this is no forecast for the lockouts (the service fetches "
+    "a newer one first; when it cannot, `on_forecast_unavailable` applies)."
+)
+_ON_UNAVAILABLE = (
+    "With a lockout set and no usable forecast (none, or older than `max_forecast_age_s`): "
+    "`run` (the default: a forecast is advice; the start's decision says the lockouts were "
+    "not checked) or `hold` (the run waits, reason `forecast_unavailable`, until a forecast "
+    "comes back or its deadline passes)."
+)
+
 
 class _ZoneWeather(Body):
     @model_validator(mode="after")
@@ -127,10 +155,16 @@ class ZoneCreate(_ZoneWeather):
     et_baseline_mm: BaselineMm = Field(default=5.0, description="ET0 (mm/day) that means 100 %.")
     et_min_pct: Percent = Field(default=0, description=_ET_MIN)
     et_max_pct: Percent = Field(default=200, description=_ET_MAX)
+    min_temp_c: MinTempC | None = Field(default=None, description=_MIN_TEMP)
+    max_wind_kmh: MaxWindKmh | None = Field(default=None, description=_MAX_WIND)
+    max_forecast_age_s: ForecastAgeS = Field(default=10800, description=_MAX_FORECAST_AGE)
+    on_forecast_unavailable: OnForecastUnavailable = Field(
+        default="run", description=_ON_UNAVAILABLE
+    )
 
 
 class ZoneUpdate(_ZoneWeather, UpdateBody):
-    nullable = frozenset({"latitude", "longitude"})
+    nullable = frozenset({"latitude", "longitude", "min_temp_c", "max_wind_kmh"})
 
     name: Name | None = None
     timezone: TimeZone | None = None
@@ -140,6 +174,12 @@ class ZoneUpdate(_ZoneWeather, UpdateBody):
     et_baseline_mm: BaselineMm | None = None
     et_min_pct: Percent | None = Field(default=None, description=_ET_MIN)
     et_max_pct: Percent | None = Field(default=None, description=_ET_MAX)
+    min_temp_c: MinTempC | None = Field(default=None, description=_MIN_TEMP)
+    max_wind_kmh: MaxWindKmh | None = Field(default=None, description=_MAX_WIND)
+    max_forecast_age_s: ForecastAgeS | None = Field(default=None, description=_MAX_FORECAST_AGE)
+    on_forecast_unavailable: OnForecastUnavailable | None = Field(
+        default=None, description=_ON_UNAVAILABLE
+    )
 
 
 class ZoneOut(StoredOut):
@@ -157,6 +197,10 @@ class ZoneOut(StoredOut):
     )
     water_level_at: datetime | None
     rain_delay_until: datetime | None
+    min_temp_c: float | None = Field(description=_MIN_TEMP)
+    max_wind_kmh: float | None = Field(description=_MAX_WIND)
+    max_forecast_age_s: int = Field(description=_MAX_FORECAST_AGE)
+    on_forecast_unavailable: OnForecastUnavailable = Field(description=_ON_UNAVAILABLE)
 
 
 # Water sources -------------------------------------------------------------------------

@@ -4,22 +4,55 @@ variables the service asks, in UTC only, forecasting a weather that tests set (P
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
+
+Celsius = Annotated[float, Field(ge=-90, le=60, allow_inf_nan=False)]
+KmH = Annotated[float, Field(ge=0, le=500, allow_inf_nan=False)]
+
+
+class WeatherChange(BaseModel):
+    """From the hour `at` falls in, the hourly forecast says these (None: as before)."""
+
+    at: AwareDatetime
+    temperature_c: Celsius | None = None
+    wind_kmh: KmH | None = None
 
 
 class Weather(BaseModel):
     """The weather the simulator forecasts (Open-Meteo's shape at GET /v1/forecast): the
-    same temperatures and precipitation total every day, and `rain_next_24h_mm` spread
-    evenly over the 24 hours that followed the PUT that set it."""
+    same temperatures and precipitation total every day, `rain_next_24h_mm` spread evenly
+    over the 24 hours that followed the PUT that set it, and every hour's temperature
+    (`temperature_c`; None: the mean of `t_min_c` and `t_max_c`) and wind, but where a
+    change (`changes`, e.g. "warms to 6 °C from 09:00") says otherwise."""
 
     t_min_c: float = 12.0
     t_max_c: float = 26.0
     precipitation_mm: float = Field(default=0.0, ge=0)
     rain_next_24h_mm: float = Field(default=0.0, ge=0)
+    temperature_c: Celsius | None = None
+    wind_kmh: KmH = 8.0
+    changes: list[WeatherChange] = Field(default_factory=list, max_length=500)
+
+    def hour(self, at: datetime) -> tuple[float, float]:
+        """The temperature and wind forecast for the hour starting at `at`."""
+        temperature = (
+            self.temperature_c
+            if self.temperature_c is not None
+            else (self.t_min_c + self.t_max_c) / 2
+        )
+        wind = self.wind_kmh
+        for change in sorted(self.changes, key=lambda c: c.at):
+            if change.at.astimezone(UTC).replace(minute=0, second=0, microsecond=0) > at:
+                break
+            if change.temperature_c is not None:
+                temperature = change.temperature_c
+            if change.wind_kmh is not None:
+                wind = change.wind_kmh
+        return temperature, wind
 
 
 OPEN_METEO_DAILY = {
@@ -27,7 +60,7 @@ OPEN_METEO_DAILY = {
     "temperature_2m_min": "°C",
     "precipitation_sum": "mm",
 }
-OPEN_METEO_HOURLY = {"precipitation": "mm"}
+OPEN_METEO_HOURLY = {"precipitation": "mm", "temperature_2m": "°C", "wind_speed_10m": "km/h"}
 
 
 @dataclass
@@ -84,12 +117,19 @@ def open_meteo_forecast(
             "time": "iso8601",
             **{v: OPEN_METEO_HOURLY[v] for v in hourly_vars},
         }
-        answer["hourly"] = {
-            "time": [h.strftime("%Y-%m-%dT%H:%M") for h in hours],
+        per_hour = [weather.hour(h) for h in hours]
+        hourly_values: dict[str, list[float]] = {
             # Each value is the precipitation of the hour ending at its time.
             "precipitation": [
                 weather.rain_next_24h_mm / 24 if set_at < h <= rain_until else 0.0 for h in hours
             ],
+            # Instant values at the hour's start, as Open-Meteo's.
+            "temperature_2m": [temperature for temperature, _ in per_hour],
+            "wind_speed_10m": [wind for _, wind in per_hour],
+        }
+        answer["hourly"] = {
+            "time": [h.strftime("%Y-%m-%dT%H:%M") for h in hours],
+            **{v: hourly_values[v] for v in hourly_vars},
         }
     return answer
 

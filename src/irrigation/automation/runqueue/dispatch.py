@@ -1,6 +1,11 @@
 """Dispatching the run queue: start every waiting request that can start now, in priority
 order then age; defer the others with their reason, skip those past their deadline. Each
-start is `pumps.service.admit` in the transaction that marks the request started."""
+start is `pumps.service.admit` in the transaction that marks the request started.
+
+An automated request of a zone with weather lockouts starts only in a pass that was given
+the judge (`Lockouts`: the worker's dispatcher job, which has the forecasts); other passes
+(after a trigger, after a person's request in the API) leave it to that one, within a
+second."""
 
 import uuid
 from dataclasses import dataclass, field
@@ -19,6 +24,7 @@ from irrigation import queue
 from irrigation.auth.models import Site
 from irrigation.automation import failures
 from irrigation.automation.decisions import about, local, record
+from irrigation.automation.lockouts import Limits, Lockouts, Verdict
 from irrigation.automation.models import (
     Outcome,
     Reason,
@@ -82,6 +88,7 @@ class _Waiting:
     paused_until: datetime | None
     rain_delay_until: datetime | None
     respects_rain_delay: bool
+    limits: Limits
     # Read without a lock, as hints: a request that cannot start by them is not tried
     # (no lock taken); one that can is decided by `admit` under the locks.
     pump_busy: bool
@@ -171,6 +178,12 @@ def _waiting_query(site_id: uuid.UUID | None, now: datetime) -> Any:
             Site.rain_delay_until,
             Zone.rain_delay_until,
             Schedule.skip_if_rain_delay,
+            Zone.min_temp_c,
+            Zone.max_wind_kmh,
+            Zone.max_forecast_age_s,
+            Zone.on_forecast_unavailable,
+            Zone.latitude,
+            Zone.longitude,
             Pump.active_activation_id.is_not(None),
             Pump.cooldown_until,
             Pump.fault,
@@ -199,6 +212,8 @@ class _Pass:
 
     now: datetime
     finished: set[uuid.UUID]
+    # Each zone's lockout verdict; None: this pass cannot judge lockouts.
+    verdicts: dict[uuid.UUID, Verdict] | None
     blocked_pumps: set[uuid.UUID] = field(default_factory=set)
     blocked_sources: set[uuid.UUID] = field(default_factory=set)
     starts: dict[uuid.UUID, int] = field(default_factory=dict)  # per water source
@@ -206,11 +221,19 @@ class _Pass:
 
 
 async def start_waiting(
-    session: AsyncSession, settings: Settings, redis: ArqRedis, site_id: uuid.UUID | None = None
+    session: AsyncSession,
+    settings: Settings,
+    redis: ArqRedis,
+    site_id: uuid.UUID | None = None,
+    lockouts: Lockouts | None = None,
 ) -> int:
     """Start every waiting request that can start now, in priority order then age; skip
     those past their deadline. Returns how many started. Safe to run concurrently: each
     start is decided under the pump's lock and re-checks that the request still waits.
+
+    With `lockouts`, the weather lockouts of the zones whose automated requests wait are
+    judged first (no row locked meanwhile); without, those requests are left to a pass
+    that has it.
 
     A request whose processing raises is logged, backed off (automation/failures.py) and
     holds back only its own pump for this pass: the others go on."""
@@ -226,16 +249,40 @@ async def start_waiting(
                 paused,
                 _later(site_rain, zone_rain),
                 skip is not False,
+                Limits(low, high, max_age, on_unavailable, lat, lon, tz),
                 *hints,
             )
-            for r, src, pname, sname, tz, paused, site_rain, zone_rain, skip, *hints in (
-                await session.execute(_waiting_query(site_id, now))
-            ).all()
+            for (
+                r,
+                src,
+                pname,
+                sname,
+                tz,
+                paused,
+                site_rain,
+                zone_rain,
+                skip,
+                low,
+                high,
+                max_age,
+                on_unavailable,
+                lat,
+                lon,
+                *hints,
+            ) in (await session.execute(_waiting_query(site_id, now))).all()
         ]
         finished = await _finished_predecessors(session, rows)
         # Detached: a later start that rolls back would expire them (and reload lazily).
         session.expunge_all()
-    state = _Pass(now, finished)
+    verdicts = None
+    if lockouts is not None:
+        locked = {
+            w.request.zone_id: w.limits
+            for w in rows
+            if w.request.priority in AUTOMATION and w.limits.any and w.request.deadline > now
+        }
+        verdicts = await lockouts.judge(locked, now)
+    state = _Pass(now, finished, verdicts)
     for w in rows:
         r = w.request
         try:
@@ -274,6 +321,7 @@ async def _dispatch_one(
             Reason.deadline_passed,
             f"{w.pump_name!r} could not start before its deadline "
             f"{local(r.deadline, w.zone_tz)} (last held back by: {r.last_reason or 'nothing'})",
+            detail={"last_reason": r.last_reason},
         )
         return
     if r.pump_id in state.blocked_pumps or w.water_source_id in state.blocked_sources:
@@ -312,13 +360,23 @@ async def _dispatch_one(
             f"rain delay until {local(w.rain_delay_until, w.zone_tz)}",
         )
         return
+    verdict = None
+    if automated and w.limits.any:
+        if state.verdicts is None:  # not judged here: the worker's dispatcher will
+            state.blocked_pumps.add(r.pump_id)
+            return
+        verdict = state.verdicts[r.zone_id]
+        if verdict.reason is not None:
+            message = f"{verdict.message}; waits until {local(r.deadline, w.zone_tz)} at the latest"
+            await _defer(session, r, verdict.reason, message, verdict.detail)
+            return
     in_use = state.starts.get(w.water_source_id, 0) + w.source_in_use
     hint = _hint(w, now, in_use)
     if hint is not None:
         outcome = StartOutcome(hint)
         await _defer(session, r, hint, _why(hint, w))
     else:
-        outcome = await _try_start(session, settings, redis, w)
+        outcome = await _try_start(session, settings, redis, w, verdict)
     if outcome == StartOutcome.started:
         state.started += 1
         state.starts[w.water_source_id] = state.starts.get(w.water_source_id, 0) + 1
@@ -380,8 +438,14 @@ _WHY = {
 
 
 async def _try_start(
-    session: AsyncSession, settings: Settings, redis: ArqRedis, w: _Waiting
+    session: AsyncSession,
+    settings: Settings,
+    redis: ArqRedis,
+    w: _Waiting,
+    verdict: Verdict | None = None,
 ) -> StartOutcome:
+    """Admit the request; `verdict`, the lockouts' word on it, goes into its start's
+    decision (the forecast read, or why the lockouts were not checked)."""
     r = w.request
     activation: PumpActivation | None = None
     refusal: Refused | None = None
@@ -406,15 +470,21 @@ async def _try_start(
                 mine.activation_id = activation.id
                 mine.resolved_at = now
                 mine.last_reason = Reason.started
+                message = f"{w.pump_name!r} for {r.duration_s} s ({r.reason or r.origin})"
+                detail: dict[str, Any] = {"priority": r.priority}
+                if verdict is not None:
+                    detail["lockouts"] = verdict.detail
+                    if verdict.message:
+                        message += f"; {verdict.message}"
                 record(
                     session,
                     about(mine),
                     now,
                     Outcome.started,
                     Reason.started,
-                    f"{w.pump_name!r} for {r.duration_s} s ({r.reason or r.origin})",
+                    message,
                     activation_id=activation.id,
-                    detail={"priority": r.priority},
+                    detail=detail,
                 )
             elif refusal is not None and mine.last_reason != refusal.code:
                 reason = Reason(refusal.code)
@@ -472,7 +542,14 @@ async def _lock_waiting(session: AsyncSession, request_id: uuid.UUID) -> RunRequ
     ).scalar_one_or_none()
 
 
-async def _defer(session: AsyncSession, r: RunRequest, reason: Reason, message: str) -> None:
+async def _defer(
+    session: AsyncSession,
+    r: RunRequest,
+    reason: Reason,
+    message: str,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """One decision per change of the reason to wait, not one per pass."""
     if r.last_reason == reason:
         return
     async with session.begin():
@@ -481,11 +558,16 @@ async def _defer(session: AsyncSession, r: RunRequest, reason: Reason, message: 
             return
         now = (await session.execute(select(db_now_expr()))).scalar_one()
         mine.last_reason = reason
-        record(session, about(mine), now, Outcome.deferred, reason, message)
+        record(session, about(mine), now, Outcome.deferred, reason, message, detail=detail)
 
 
 async def _resolve(
-    session: AsyncSession, r: RunRequest, status: RunStatus, reason: Reason, message: str
+    session: AsyncSession,
+    r: RunRequest,
+    status: RunStatus,
+    reason: Reason,
+    message: str,
+    detail: dict[str, Any] | None = None,
 ) -> None:
     async with session.begin():
         mine = await _lock_waiting(session, r.id)
@@ -495,7 +577,7 @@ async def _resolve(
         mine.status = status
         mine.resolved_at = now
         mine.last_reason = reason
-        record(session, about(mine), now, Outcome.skipped, reason, message)
+        record(session, about(mine), now, Outcome.skipped, reason, message, detail=detail)
         if mine.rule_id is not None:
             # The rule asked for water that never came: let it ask again while still dry. In
             # the skip's transaction: a rule left disarmed by a crash would never ask again.
