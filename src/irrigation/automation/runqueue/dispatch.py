@@ -360,7 +360,7 @@ async def _dispatch_one(
         return
     behind = state.packing.behind(w.water_source_id, r)
     if behind is not None:
-        await _wait_behind(session, state, w, behind)
+        await _wait_behind(session, w, behind)
         return
     if r.after_id is not None and r.after_id not in state.finished:
         state.blocked_pumps.add(r.pump_id)
@@ -413,7 +413,7 @@ async def _dispatch_one(
         late = state.packing.too_late(source, r, now)
         if late is not None:
             state.blocked_pumps.add(r.pump_id)  # its pump's later requests stay behind it
-            await _wait_behind(session, state, w, late)
+            await _wait_behind(session, w, late)
             return
         passing = state.packing.passing(source)
         outcome = await _try_start(session, settings, redis, w, verdict, passing)
@@ -444,7 +444,7 @@ async def _dispatch_one(
         state.blocked_pumps.add(r.pump_id)
 
 
-async def _wait_behind(session: AsyncSession, state: _Pass, w: _Waiting, behind: Behind) -> None:
+async def _wait_behind(session: AsyncSession, w: _Waiting, behind: Behind) -> None:
     message = behind.sentence(repr(w.pump_name), repr(w.source_name))
     await _defer(session, w.request, Reason.queued_behind, message, behind.detail())
 
