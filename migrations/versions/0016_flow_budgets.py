@@ -1,8 +1,8 @@
 """flow budgets: a pump's `nominal_flow_lpm`, a water source's `max_flow_lpm`, and a run
 request's `bypass_count` (how often smaller runs started ahead of it)
 
-Revision ID: 0017
-Revises: 0016
+Revision ID: 0016
+Revises: 0015
 Create Date: 2026-12-10 09:00:00.000000+00:00
 """
 
@@ -11,9 +11,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0017"
-# TEMPORARY: "0016" (calibration) once it lands on main; "0015" until then, so this
-# branch's tests run.
+revision: str = "0016"
 down_revision: str | None = "0015"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
