@@ -19,17 +19,31 @@ up: install
 	$(BIN)/irrigation up $(UP_ARGS)
 
 # Every check runs even when an earlier one fails; the exit status says if any did.
-# `test-quick` runs the same checks, without the slow end-to-end tests (real processes,
-# a real browser): pytest's own arguments stay out of the loop's word splitting.
+# pytest runs in two phases, both always: the fast tests on PYTEST_WORKERS pytest-xdist
+# workers (each test has its own database and Redis namespace; the workers mostly wait on
+# PostgreSQL, so more workers than the 2 cores pay), then the slow end-to-end tests (real
+# processes, a real browser) serially and alone, as their timing needs. `test-quick` runs
+# only the first phase. PYTEST_ARGS replaces both phases by one plain `pytest $(PYTEST_ARGS)`
+# (e.g. `make test PYTEST_ARGS="-x tests/fleet"`). pytest's own arguments stay out of the
+# loop's word splitting.
+PYTEST_WORKERS ?= 3
+PYTEST_ARGS ?=
+
 test test-quick: install
 	@status=0; \
 	for check in "ruff check src tests" "ruff format --check src tests" "mypy src" "lint-imports"; do \
 		echo "==> $$check"; $(BIN)/$$check || status=1; \
 	done; \
-	echo '==> pytest $(PYTEST_ARGS)'; $(BIN)/pytest $(PYTEST_ARGS) || status=1; \
+	if [ -n '$(PYTEST_ARGS)' ]; then \
+		echo '==> pytest $(PYTEST_ARGS)'; $(BIN)/pytest $(PYTEST_ARGS) || status=1; \
+	else \
+		echo '==> pytest -m "not slow" -n $(PYTEST_WORKERS)'; \
+		$(BIN)/pytest -m "not slow" -n $(PYTEST_WORKERS) || status=1; \
+		if [ '$@' = test ]; then \
+			echo '==> pytest -m slow'; $(BIN)/pytest -m slow || status=1; \
+		fi; \
+	fi; \
 	exit $$status
-
-test-quick: PYTEST_ARGS = -m "not slow"
 
 lint: install
 	$(BIN)/ruff check src tests

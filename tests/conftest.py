@@ -35,6 +35,28 @@ REDIS_TEST_DB = 13
 SERVERS_USED: list[str] = []
 
 
+# Under pytest-xdist, "gw0", "gw1", ...: each worker its own embedded servers (a data
+# directory holds one PostgreSQL only). Unset in a plain run and on xdist's controller.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+# The controller runs no test, so it learns the servers from its workers (`workeroutput`).
+_SERVERS_KEY = "irrigation_servers"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput[_SERVERS_KEY] = list(SERVERS_USED)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """xdist's controller: a finished worker's servers, each line once."""
+    del error
+    for line in getattr(node, "workeroutput", {}).get(_SERVERS_KEY, []):
+        if line not in SERVERS_USED:
+            SERVERS_USED.append(line)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Say which servers the run judged the code against (CI runs two)."""
     for line in SERVERS_USED:
@@ -66,7 +88,7 @@ def stack() -> Iterator[Stack]:
             resolve_stack(
                 os.environ.get("IRRIGATION_TEST_DATABASE_URL"),
                 os.environ.get("IRRIGATION_TEST_REDIS_URL"),
-                ROOT / ".data" / "test",
+                ROOT / ".data" / (f"test-{WORKER}" if WORKER else "test"),
                 "postgres",
                 # `always`: the embedded servers a machine without PostgreSQL/Redis gets.
                 embedded=os.environ.get("IRRIGATION_EMBEDDED", "auto"),
@@ -143,11 +165,18 @@ async def redis(redis_url: str, redis_namespace: str) -> AsyncIterator[aioredis.
 
 @pytest.fixture
 def settings(
-    database_url: str, redis_url: str, redis_namespace: str, redis: aioredis.Redis
+    database_url: str,
+    redis_url: str,
+    redis_namespace: str,
+    redis: aioredis.Redis,
+    tmp_path: Path,
 ) -> Settings:
     del redis  # requested for its clean-up
     return Settings(
         database_url=database_url,
+        # The test's own, not the checkout's `.data`: tests on parallel workers (and the
+        # processes they start) never see each other's uploads, metrics or stack file.
+        data_dir=str(tmp_path / "data"),
         redis_url=redis_url,
         redis_namespace=redis_namespace,
         # Off, so a revocation by another process (the CLI) shows at once; the cache has

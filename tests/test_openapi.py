@@ -193,6 +193,8 @@ RATE_CLASSES = {
     ("DELETE", "/v1/zones/{zone_id}/rain-delay"): "control",
     ("POST", "/v1/sites/current/rain-delay"): "control",
     ("DELETE", "/v1/sites/current/rain-delay"): "control",
+    # Asking for a ticket is part of opening a stream, a read.
+    ("POST", "/v1/live/tickets"): "read",
 }
 # Counted, never refused: stopping must always be possible.
 NEVER_REFUSED = {("POST", "/v1/pumps/stop-all"), ("POST", "/v1/pumps/{pump_id}/stop")}

@@ -257,6 +257,12 @@ def _exercise(up: Up, data_dir: Path, log_format: str) -> dict[str, object]:
     print(f"`up` ready in {took:.1f} s")
     key = up.admin_key()
     assert key.startswith("irr_")
+    # The dashboard, signed in with that key, at the address `up` serves on.
+    (link,) = [x.split()[-1] for x in up.lines if x.strip().startswith("dashboard")]
+    assert link == f"http://127.0.0.1:{up.port}/#key={key}"
+    page = httpx.get(link.split("#")[0], timeout=5)
+    assert page.status_code == 200
+    assert "/dashboard/js/main.js" in page.text
 
     pumps = httpx.get(
         f"http://127.0.0.1:{up.port}/v1/pumps",

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
+from starlette.middleware.cors import CORSMiddleware
 
 from irrigation import __version__
 from irrigation.alerts.router import routers as alert_routers
@@ -25,6 +26,7 @@ from irrigation.common.middleware import (
     ReadRetryMiddleware,
 )
 from irrigation.common.openapi import install_openapi, operation_id
+from irrigation.dashboard import install_dashboard
 from irrigation.db import create_engine, create_sessionmaker
 from irrigation.feed import create_publisher
 from irrigation.fleet.router import routers as fleet_routers
@@ -34,6 +36,10 @@ from irrigation.ingest.import_router import UPLOAD_PATH
 from irrigation.ingest.import_router import router as import_router
 from irrigation.ingest.review_router import router as review_router
 from irrigation.ingest.router import router as ingest_router
+from irrigation.live.hub import LiveHub
+from irrigation.live.router import router as live_router
+from irrigation.live.router import socket_router as live_socket_router
+from irrigation.live.router import stream_router as live_stream_router
 from irrigation.logging import configure_logging
 from irrigation.pumps.router import router as pumps_router
 from irrigation.queue import create_redis
@@ -60,6 +66,16 @@ per reading.
 """
 
 DOCS_ASSETS = "/docs-assets"
+# What a frontend on another origin may send and read (IRRIGATION_CORS_ORIGINS); a browser
+# hides every other response header from it.
+CORS_REQUEST_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "Idempotency-Key",
+    "If-Match",
+    "Last-Event-ID",
+]
+CORS_RESPONSE_HEADERS = ["Location", "Retry-After", "RateLimit", "RateLimit-Policy"]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -73,8 +89,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        live: LiveHub = app.state.live
+        live.watch_signals()
         yield
+        live.stop()
         await redis.aclose()
         await engine.dispose()
 
@@ -89,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         {"name": "quotas", "description": "What the caller's site may hold or run at once"},
         {"name": "alerts", "description": "Raised, acknowledged, cleared"},
         {"name": "webhooks", "description": "Alert events POSTed to your URL, signed"},
+        {"name": "live", "description": "The site's events as they happen (SSE, WebSocket)"},
         {"name": "operations"},
     ]
     common: dict[str, Any] = {
@@ -131,6 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else None
     )
     app.state.site_rate_limits = SiteLimitsCache(settings.rate_limit_site_cache_ttl_s)
+    app.state.live = LiveHub(settings, redis, app.state.sessionmaker)
 
     api_routers: list[APIRouter] = [
         auth_router,
@@ -147,16 +168,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         calibration_router,
         *alert_routers,
         automation_router,
+        live_router,
     ]
+    # Counted by the routes themselves, once they know the key (a ticket names it).
+    self_counted: list[APIRouter] = [live_stream_router]
     install_error_handlers(app)
     install_openapi(
         app,
-        limited_routes=[r for x in api_routers for r in x.routes if isinstance(r, APIRoute)],
+        limited_routes=[
+            r for x in [*api_routers, *self_counted] for r in x.routes if isinstance(r, APIRoute)
+        ],
     )
     app.include_router(health_router)
+    if settings.dashboard_enabled:
+        install_dashboard(app)
     for router in api_routers:
         # First of every route's dependencies: a request over its limit costs nothing more.
         app.include_router(router, dependencies=[Depends(enforce_rate_limit)])
+    for router in self_counted:
+        app.include_router(router)
+    app.include_router(live_socket_router)
     # Starlette wraps each added middleware around the ones added before it, so the last
     # added is outermost: metrics, added last, see the 413s that the body limit answers,
     # and only the final answer of a read that was run twice.
@@ -168,6 +199,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         path_limits={UPLOAD_PATH: settings.max_upload_bytes},
     )
     app.add_middleware(MetricsMiddleware)
+    if settings.cors_origins:
+        # Outermost: a refusal (401, 413, 429) must carry the CORS headers too, or the
+        # other origin's page sees a network error instead of the problem document.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_RESPONSE_HEADERS,
+            # Keys travel in the Authorization header, never in cookies.
+            allow_credentials=False,
+            max_age=600,
+        )
     return app
 
 

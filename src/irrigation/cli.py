@@ -133,6 +133,10 @@ def serve(
             str(UVICORN_LOG_CONFIG),
             "--no-access-log",
             "--proxy-headers",
+            # uvicorn otherwise waits for every connection to finish: open live streams
+            # end at the signal, but a client that reads nothing keeps its socket.
+            "--timeout-graceful-shutdown",
+            str(settings.shutdown_grace_s),
         ],
     )
 

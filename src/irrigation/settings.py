@@ -1,5 +1,6 @@
 """Runtime configuration, read from `IRRIGATION_*` environment variables and `.env`."""
 
+import re
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
@@ -10,6 +11,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 MULTIPROCESS_METRICS = "PROMETHEUS_MULTIPROC_DIR"
 """prometheus_client's own variable: when set, each process keeps its values in files in
 that directory, and /metrics adds up every process's (`irrigation serve --workers N`)."""
+
+_ORIGIN = re.compile(r"https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
 
 
 def to_asyncpg_url(url: str) -> str:
@@ -58,6 +61,13 @@ class Settings(BaseSettings):
         description="API worker processes sharing the port: uvicorn's own variable, set by "
         "`irrigation serve --workers`. Above 1, busy workers spread keep-alive clients.",
     )
+    shutdown_grace_s: int = Field(
+        default=5,
+        ge=1,
+        description="`serve`: how long requests in progress may go on once the API is asked "
+        "to stop; then they are cancelled (a live client that reads nothing would otherwise "
+        "hold the stop for ever). `up` kills what has not stopped after 6 s.",
+    )
     simulator_port: int = Field(default=8081, ge=1, le=65535)
     gateway: Literal["http", "mqtt"] = Field(
         default="http",
@@ -84,6 +94,17 @@ class Settings(BaseSettings):
         default=True,
         description="Serve the API's documentation: `/docs` (Swagger UI) and "
         "`/openapi.json`. Off: both are 404.",
+    )
+    dashboard_enabled: bool = Field(
+        default=True,
+        description="Serve the operator's dashboard at `/` (its files under `/dashboard/`). "
+        "Off: both are 404; the API is unchanged.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins (`scheme://host[:port]`, comma-separated, or `*`) whose pages "
+        "may call the API from a browser: a frontend of your own on another host. Empty: no "
+        "CORS headers at all, so only pages the API serves itself (the dashboard) can.",
     )
     metrics_token: SecretStr = Field(
         default=SecretStr(""),
@@ -115,6 +136,34 @@ class Settings(BaseSettings):
         ge=100,
         description="Events kept per site for the live feed (a client that reconnects gets "
         "what it missed within these).",
+    )
+    live_heartbeat_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=300,
+        description="An SSE stream sends the comment `: ping` after this long without an "
+        "event; every open stream renews its lease and checks its key again at least this "
+        "often (at most every 10 s).",
+    )
+    live_max_streams_per_key: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Live streams (SSE and WebSocket together) one API key may hold open at "
+        "once, across every API process; one more is 429 `too_many_streams`.",
+    )
+    live_max_backlog: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Events read for one live connection and not yet taken by its client; "
+        "one more, and the connection is cut off (the client resumes from its last id).",
+    )
+    live_ticket_ttl_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="How long a live ticket (`POST /v1/live/tickets`) may wait for its one use.",
     )
     auth_unknown_ttl_s: float = Field(
         default=30.0,
@@ -208,6 +257,14 @@ class Settings(BaseSettings):
     )
     queued_run_deadline_s: int = Field(
         default=3600, ge=10, description="Default wait limit of a person's queued request."
+    )
+    runqueue_max_bypass: int = Field(
+        default=3,
+        ge=0,
+        le=1000,
+        description="How many runs of its water source may start ahead of a waiting run that "
+        "does not fit the source's flow budget; then nothing of its priority or lower starts "
+        "there before it (0: none ever passes).",
     )
     automation_history_days: int = Field(
         default=400, ge=1, description="Decisions and finished run requests are kept this long."
@@ -372,6 +429,22 @@ class Settings(BaseSettings):
     def _split_networks(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        # A browser's Origin header is scheme, host and port only: anything else never matches.
+        for origin in value:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port])")
         return value
 
     @field_validator(

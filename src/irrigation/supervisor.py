@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import typer
@@ -214,6 +215,12 @@ def _stop(children: list[_Child], timeout: float, hurry: Callable[[], bool]) -> 
         child.proc.wait()
 
 
+def dashboard_link(base_url: str, key: str) -> str:
+    """The dashboard, signed in: the page keeps the key from the fragment (which browsers
+    never send to the server) in its session storage and takes it out of the address bar."""
+    return f"{base_url}/#key={quote(key, safe='')}"
+
+
 def _readiness(base_url: str) -> tuple[bool, str]:
     try:
         response = httpx.get(f"{base_url}/readyz", timeout=1)
@@ -239,6 +246,7 @@ def _announce(
             [
                 "",
                 f"irrigation is up in {took_s:.1f} s{where}",
+                f"  dashboard    {dashboard_link(base_url, key)}",
                 f"  API          {base_url}",
                 f"  Swagger UI   {base_url}/docs",
                 f"  simulator    {simulator_url}  (physical truth: {simulator_url}/truth)",

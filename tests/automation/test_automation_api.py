@@ -719,6 +719,8 @@ async def test_site_rain_delay_and_pause(
     assert paused.status_code == 200, paused.text
     assert at(paused.json()["paused_until"]) == at(pause)
     assert at(paused.json()["rain_delay_until"]) == at(rain)
+    site = (await client.get("/v1/sites/current", headers=admin)).json()
+    assert at(site["paused_until"]) == at(pause)
 
     # Site B is untouched: its own state answers with nothing set.
     other = await client.delete("/v1/sites/current/pause", headers=other_admin)
@@ -729,9 +731,18 @@ async def test_site_rain_delay_and_pause(
     assert resumed.json()["paused_until"] is None
     assert at(resumed.json()["rain_delay_until"]) == at(rain)
 
+    # The site says so too (the dashboard's banners), and another site's does not.
+    site = (await client.get("/v1/sites/current", headers=admin)).json()
+    assert site["paused_until"] is None
+    assert at(site["rain_delay_until"]) == at(rain)
+    other_site = (await client.get("/v1/sites/current", headers=other_admin)).json()
+    assert other_site["rain_delay_until"] is None
+
     ended = await client.delete("/v1/sites/current/rain-delay", headers=admin)
     assert ended.status_code == 200, ended.text
     assert ended.json() == {"paused_until": None, "rain_delay_until": None}
+    site = (await client.get("/v1/sites/current", headers=admin)).json()
+    assert (site["paused_until"], site["rain_delay_until"]) == (None, None)
 
 
 @pytest.mark.parametrize("path", ["/v1/sites/current/rain-delay", "/v1/sites/current/pause"])

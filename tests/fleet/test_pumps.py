@@ -242,6 +242,8 @@ async def test_what_a_running_pump_is_bound_to_cannot_change_until_its_run_ends(
         "hardware_id": "relay-other",
         "water_source_id": other_source["id"],
         "zone_id": other_zone["id"],
+        # The flow the run was admitted with is what its source's budget counts.
+        "nominal_flow_lpm": 25.5,
     }
     for field, value in changes.items():
         with subtests.test(field=field):

@@ -110,3 +110,62 @@ async def test_deleting_an_unused_default_source_clears_it_from_the_zone(
     # The next pump without a source gets a fresh default.
     second = await make_pump(client, admin, zone_id=zone["id"])
     assert second["water_source_id"] != pump["water_source_id"]
+
+
+# Flow budgets -----------------------------------------------------------------------------
+
+
+async def test_a_flow_budget_is_set_changed_and_cleared(
+    client: httpx.AsyncClient, admin: Headers
+) -> None:
+    unlimited = await make_water_source(client, admin, "Tank")
+    assert unlimited["max_flow_lpm"] is None  # no flow limit unless told
+    source = await make_water_source(client, admin, "Well", max_flow_lpm=100)
+    assert source["max_flow_lpm"] == 100
+    changed = await client.patch(
+        f"/v1/water-sources/{source['id']}",
+        json={"version": 1, "max_flow_lpm": 62.5},
+        headers=admin,
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json() == {**source, "max_flow_lpm": 62.5, "version": 2}
+    cleared = await client.patch(
+        f"/v1/water-sources/{source['id']}",
+        json={"version": 2, "max_flow_lpm": None},
+        headers=admin,
+    )
+    assert cleared.status_code == 200, cleared.text
+    assert cleared.json()["max_flow_lpm"] is None
+
+
+async def test_a_pump_nominal_flow_is_set_changed_and_cleared(
+    client: httpx.AsyncClient, admin: Headers
+) -> None:
+    pump = await make_pump(client, admin, "relay-flow", nominal_flow_lpm=60)
+    assert pump["nominal_flow_lpm"] == 60
+    assert (await make_pump(client, admin, "relay-unknown"))["nominal_flow_lpm"] is None
+    for version, value in ((1, 12.25), (2, None)):
+        response = await client.patch(
+            f"/v1/pumps/{pump['id']}",
+            json={"version": version, "nominal_flow_lpm": value},
+            headers=admin,
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["nominal_flow_lpm"] == value
+
+
+async def test_flows_that_are_not_positive_finite_litres_per_minute_are_422(
+    client: httpx.AsyncClient, admin: Headers, subtests: pytest.Subtests
+) -> None:
+    zone = await make_zone(client, admin)
+    for value in (0, -5, 1_000_001, "NaN", "Infinity", "a lot"):
+        with subtests.test(value=value):
+            source = await client.post(
+                "/v1/water-sources", json={"name": "Well", "max_flow_lpm": value}, headers=admin
+            )
+            assert_invalid(source, "body.max_flow_lpm")
+            body = {"zone_id": zone["id"], "name": "P", "hardware_id": "p-1"}
+            pump = await client.post(
+                "/v1/pumps", json={**body, "nominal_flow_lpm": value}, headers=admin
+            )
+            assert_invalid(pump, "body.nominal_flow_lpm")

@@ -343,3 +343,71 @@ def test_recorded_histories_are_judged_again_offline(
     assert judge([str(good), str(bad)]) == 1
     printed = capsys.readouterr().out
     assert f"{bad}: seed 7, 1 violations {{'unowned_run': 1}}" in printed
+
+
+# Flow budgets: B's well gives 100 L/min to two pumps at once by count.
+
+
+def with_flows(b2_flow: float | None, b2_runs: tuple[float, float] = (2, 3)) -> h.History:
+    """B's well with a flow budget of 100, its pump B1 at 60 L/min and a second pump B2
+    (`b2_flow`) that runs over `b2_runs`; B1 runs over 1 .. 2.5 as in the clean history."""
+    config = dataclasses.replace(
+        CONFIG,
+        water_sources=[
+            CONFIG.water_sources[0],
+            h.WaterSource("ws-b", B, "well B", 2, max_flow_lpm=100),
+        ],
+        pumps=[
+            *(
+                dataclasses.replace(p, nominal_flow_lpm=60) if p.id == "pb1" else p
+                for p in CONFIG.pumps
+            ),
+            h.Pump("pb2", B, "B2", "b-2", 5, 2, "ws-b", nominal_flow_lpm=b2_flow),
+        ],
+    )
+    b3 = dataclasses.replace(activation("b3", "pb1", "completed", 1, *b2_runs), pump_id="pb2")
+    history = clean(
+        runs=[*RUNS, run(B, "b-2", "b3", *b2_runs)],
+        activations=[*ACTIVATIONS, b3],
+        operations=[*OPERATIONS, admitted(9, B, "pb2", "b3")],
+    )
+    return dataclasses.replace(history, config=config)
+
+
+def test_runs_within_the_flow_budget_are_clean() -> None:
+    assert check(with_flows(40)) == []  # 60 + 40 = 100: the whole budget, not more
+    assert check(with_flows(None, (3, 4))) == []  # unknown flow, but alone
+
+
+def test_runs_that_overdraw_a_source_in_truth_are_a_capacity_breach_naming_flow() -> None:
+    for b2_flow in (41, None):  # 60 + 41, or 60 + the whole budget (unknown flow)
+        (found,) = check(with_flows(b2_flow))
+        assert found.invariant == CAPACITY
+        assert "max_flow_lpm is 100" in found.detail
+        assert "site-b/b-2" in found.detail
+        assert "site-b/shared-1" in found.detail
+        assert (found.at, found.until) == (t(2), t(2.5))
+
+
+def test_flows_survive_the_file_format_and_older_histories_have_none() -> None:
+    out = io.StringIO()
+    h.Writer(out).write_all(with_flows(40))
+    assert h.parse(io.StringIO(out.getvalue())) == with_flows(40)
+    older = h.Config.from_json(
+        {
+            "sites": [{"id": A, "name": "farm A"}],
+            "water_sources": [{"id": "w", "site_id": A, "max_concurrent_pumps": 1}],
+            "pumps": [
+                {
+                    "id": "p",
+                    "site_id": A,
+                    "hardware_id": "h",
+                    "max_runtime_s": 5,
+                    "cooldown_s": 2,
+                    "water_source_id": "w",
+                }
+            ],
+        }
+    )
+    assert older.water_sources[0].max_flow_lpm is None
+    assert older.pumps[0].nominal_flow_lpm is None

@@ -83,3 +83,28 @@ async def commands(
     assert response.status_code == 200, response.text
     found: list[dict[str, Any]] = response.json()["commands"]
     return found
+
+
+def most_drawn_at_once(
+    found: list[dict[str, Any]], flow_of: dict[str, float]
+) -> tuple[float, list[str]]:
+    """The largest sum of `flow_of[hardware_id]` over truth runs on at one instant, and the
+    command ids of those runs. A stop at the instant of a start is not an overlap; a run
+    still on counts until the end of time."""
+    edges = []
+    for run in found:
+        started = datetime.fromisoformat(run["started_at"])
+        edges.append((started, 1, run))
+        if run["stopped_at"]:
+            edges.append((datetime.fromisoformat(run["stopped_at"]), -1, run))
+    on: dict[str, dict[str, Any]] = {}
+    peak, peak_runs = 0.0, []
+    for _, delta, run in sorted(edges, key=lambda e: (e[0], e[1])):
+        if delta > 0:
+            on[run["command_id"]] = run
+        else:
+            on.pop(run["command_id"], None)
+        drawn = sum(flow_of[r["hardware_id"]] for r in on.values())
+        if drawn > peak:
+            peak, peak_runs = drawn, sorted(on)
+    return peak, peak_runs

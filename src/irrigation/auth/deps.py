@@ -7,6 +7,7 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
+from starlette.requests import HTTPConnection
 
 from irrigation.auth import service
 from irrigation.auth.schemas import Scope
@@ -73,7 +74,7 @@ class PrincipalCache:
 _UNSET = object()
 
 
-async def _look_up(request: Request, secret: str) -> Principal | None:
+async def _look_up(request: HTTPConnection, secret: str) -> Principal | None:
     if not service.KEY_FORMAT.fullmatch(secret):
         return None  # not a key we could have made: no database work for it
     cache: PrincipalCache = request.app.state.principals
@@ -95,9 +96,11 @@ async def _look_up(request: Request, secret: str) -> Principal | None:
     return principal
 
 
-async def identify(request: Request) -> Principal | None:
+async def identify(request: HTTPConnection) -> Principal | None:
     """The key the request carries, or None when it has none that is valid; looked up once
-    per request, however many dependencies ask (the rate limiter, then the route's scope)."""
+    per request, however many dependencies ask (the rate limiter, then the route's scope).
+    A WebSocket too; a route that authenticates otherwise (a live ticket) sets
+    `request.state.principal` first."""
     known = getattr(request.state, "principal", _UNSET)
     if known is not _UNSET:
         return cast(Principal | None, known)

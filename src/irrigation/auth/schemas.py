@@ -55,3 +55,11 @@ class SiteOut(BaseModel):
     id: uuid.UUID
     name: str
     created_at: datetime
+    paused_until: datetime | None = Field(
+        description="The site's automation (schedules and rules) is paused until then; "
+        "a time in the past means it is not (`POST`/`DELETE /v1/sites/current/pause`)."
+    )
+    rain_delay_until: datetime | None = Field(
+        description="Every zone of the site is on rain delay until then; a time in the past "
+        "means it is not (`POST`/`DELETE /v1/sites/current/rain-delay`)."
+    )

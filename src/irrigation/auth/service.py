@@ -57,6 +57,12 @@ async def authenticate(session: AsyncSession, secret: str) -> ApiKey | None:
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+async def active_key(session: AsyncSession, key_id: uuid.UUID) -> ApiKey | None:
+    """The key, unless it was revoked (or its site deleted)."""
+    stmt = select(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
 async def list_keys(
     session: AsyncSession, site_id: uuid.UUID, params: PageParams
 ) -> tuple[list[ApiKey], str | None]:

@@ -49,9 +49,13 @@ Accepted = Annotated[ActivationOut | RunRequestOut, Field(discriminator="kind")]
             413,
             503,
             described={
-                409: "Refused (`pump_busy`, `cooldown`, `fault`, `disabled`, `capacity`); "
+                409: "Refused (`pump_busy`, `cooldown`, `fault`, `disabled`, `capacity`: "
+                "`limit` `pumps` names `max_concurrent_pumps`, `limit` `flow` names "
+                "`max_flow_lpm`, `running_flow_lpm` and `requested_flow_lpm`); "
                 "`invalid_hardware_id`: the pump's hardware_id predates the address pattern "
-                "and cannot be commanded until it is changed; with `queue`, "
+                "and cannot be commanded until it is changed; `flow_exceeds_source`: the "
+                "pump's `nominal_flow_lpm` alone is above its water source's `max_flow_lpm`, "
+                "so it can never run there; with `queue`, "
                 "`quota_exceeded`: as many run requests already wait for the pump or in the "
                 "site as its quota `waiting_run_requests_per_pump` or "
                 f"`waiting_run_requests_per_site` allows (`quota` names it); or {IN_FLIGHT}"
@@ -62,7 +66,9 @@ Accepted = Annotated[ActivationOut | RunRequestOut, Field(discriminator="kind")]
     summary="Ask for a pump run",
     description=(
         "Admitted under a row lock: refused with 409 and a `code` of `pump_busy`, `cooldown`, "
-        "`fault`, `disabled` or `capacity` (with `Retry-After` where waiting helps). "
+        "`fault`, `disabled` or `capacity` (the water source feeds its `max_concurrent_pumps`, "
+        "or its active runs' nominal flows plus this pump's would exceed its `max_flow_lpm`) "
+        "(with `Retry-After` where waiting helps). "
         "`duration_s` above the pump's `max_runtime_s` is 422. The same `Idempotency-Key` "
         "returns the first answer; with another body it is 422; while the first is still in "
         "flight, 409 `idempotency_in_flight` with `Retry-After`. With `queue`, the answer "

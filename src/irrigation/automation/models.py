@@ -175,6 +175,9 @@ class RunRequest(Retried, IdMixin, Base):
     # Why it is waiting (pump_busy, cooldown, capacity, ...) or why it ended.
     last_reason: Mapped[str | None] = mapped_column(String(64), default=None)
     resolved_at: Mapped[datetime | None] = mapped_column(default=None)
+    # How many runs of its water source started ahead of it while it waited for flow
+    # (runqueue/packing.py): at IRRIGATION_RUNQUEUE_MAX_BYPASS, nothing passes it any more.
+    bypass_count: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 class Outcome(StrEnum):

@@ -321,6 +321,10 @@ class RunRequestOut(BaseModel):
     deadline: datetime
     activation_id: uuid.UUID | None = Field(description="Set once the run started.")
     last_reason: str | None = Field(description="Why it waits, or why it ended.")
+    bypass_count: int = Field(
+        description="How many runs of its water source started ahead of it while it waited "
+        "for the source's flow (`IRRIGATION_RUNQUEUE_MAX_BYPASS` at most)."
+    )
     created_at: datetime
     resolved_at: datetime | None
 

@@ -18,6 +18,7 @@ from limits.aio.storage import RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from prometheus_client import Counter
 from redis.asyncio import ConnectionPool
+from starlette.requests import HTTPConnection
 
 from irrigation.common.errors import RateLimited
 from irrigation.common.middleware import LATE_HEADERS
@@ -89,8 +90,10 @@ def rule_of(endpoint: Callable[..., Any] | None, method: str) -> RateRule:
     return RateRule(RateClass.read if method in ("GET", "HEAD") else RateClass.write)
 
 
-def request_rule(request: Request) -> RateRule:
-    return rule_of(getattr(request.scope.get("route"), "endpoint", None), request.method)
+def request_rule(request: HTTPConnection) -> RateRule:
+    # A WebSocket has no method; it opens with a GET.
+    method = str(request.scope.get("method", "GET"))
+    return rule_of(getattr(request.scope.get("route"), "endpoint", None), method)
 
 
 @dataclass(frozen=True)
@@ -205,7 +208,7 @@ class Budget:
 
 
 def start_budget(
-    request: Request,
+    request: HTTPConnection,
     limiter: RateLimiter,
     caller: str,
     limits: Mapping[RateClass, RateLimitItem],

@@ -29,7 +29,9 @@ class Problem(BaseModel):
     quota: str | None = Field(
         default=None, description="`quota_exceeded` only: the site quota that refused it."
     )
-    limit: int | None = Field(default=None, description="`quota_exceeded` only: its value.")
+    limit: int | None = Field(
+        default=None, description="`quota_exceeded` and `too_many_streams` only: its value."
+    )
 
 
 _DESCRIPTIONS = {
@@ -159,9 +161,16 @@ def _document_rate_limit(operation: dict[str, Any], route: APIRoute, method: str
     if rule.also is not None:
         operation["x-rate-limit-also"] = rule.also.value
         counted += f" (or `{rule.also}`, for the requests the description names)"
+    limited = (
+        f"Over the caller's {counted} rate limit (`rate_limited`): retry after `Retry-After` "
+        "seconds"
+    )
+    # A 429 the route describes itself (a cap on open streams) stays documented beside it.
+    own = responses.get("429", {}).get("description", "Error")
     responses["429"] = {
-        "description": f"Over the caller's {counted} rate limit (`rate_limited`): retry "
-        "after `Retry-After` seconds",
+        "description": limited
+        if own == "Error"
+        else f"{own}; or {limited[0].lower()}{limited[1:]}",
         "headers": _header_refs("Retry-After", "RateLimit-Policy", "RateLimit"),
         "content": {PROBLEM_JSON: {"schema": dict(_PROBLEM_REF)}},
     }

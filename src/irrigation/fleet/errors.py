@@ -3,8 +3,8 @@
 from irrigation.common.errors import DomainError
 
 # What a stop must reach (the device) and what capacity counts (the source, the zone's
-# runs) while a run is active.
-RUN_BOUND_FIELDS = ("hardware_id", "water_source_id", "zone_id")
+# runs, the flow the run was admitted with) while a run is active.
+RUN_BOUND_FIELDS = ("hardware_id", "water_source_id", "zone_id", "nominal_flow_lpm")
 
 
 class PumpRunning(DomainError):

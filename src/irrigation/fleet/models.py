@@ -69,11 +69,15 @@ class WaterSource(IdMixin, Versioned, Base):
         Index("ix_water_sources_site_page", "site_id", "created_at", "id"),
         UniqueConstraint("site_id", "name"),
         CheckConstraint("max_concurrent_pumps >= 1", name="max_concurrent_pumps_positive"),
+        CheckConstraint("max_flow_lpm > 0", name="max_flow_positive"),
     )
 
     site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
     max_concurrent_pumps: Mapped[int] = mapped_column(default=1)
+    # The flow budget, L/min: the active runs' pumps' nominal flows may not add up past it
+    # (pumps/flow.py). None: no flow limit.
+    max_flow_lpm: Mapped[float | None] = mapped_column(Float, default=None)
 
 
 class Pump(IdMixin, Versioned, Base):
@@ -83,6 +87,7 @@ class Pump(IdMixin, Versioned, Base):
         UniqueConstraint("site_id", "hardware_id"),
         CheckConstraint("max_runtime_s >= 1", name="max_runtime_positive"),
         CheckConstraint("cooldown_s >= 0", name="cooldown_not_negative"),
+        CheckConstraint("nominal_flow_lpm > 0", name="nominal_flow_positive"),
     )
 
     site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
@@ -97,6 +102,9 @@ class Pump(IdMixin, Versioned, Base):
     max_runtime_s: Mapped[int]
     cooldown_s: Mapped[int]
     enabled: Mapped[bool] = mapped_column(default=True)
+    # What the pump draws from its water source, L/min, counted against the source's
+    # `max_flow_lpm`. None: unknown, counted as the source's whole budget (pumps/flow.py).
+    nominal_flow_lpm: Mapped[float | None] = mapped_column(Float, default=None)
     cooldown_until: Mapped[datetime | None] = mapped_column(default=None)
     fault: Mapped[str | None] = mapped_column(String(500), default=None)
     fault_at: Mapped[datetime | None] = mapped_column(default=None)

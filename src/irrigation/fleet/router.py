@@ -166,7 +166,8 @@ async def get_pump(pump_id: uuid.UUID, session: SessionDep, who: ReadPrincipal) 
 
 PUMP_CONFLICTS = (
     "`stale_version`; `duplicate` (the hardware_id is taken in this site); `pump_running`: "
-    "`hardware_id`, `water_source_id` or `zone_id` changed while the pump has an active run"
+    "`hardware_id`, `water_source_id`, `zone_id` or `nominal_flow_lpm` changed while the "
+    "pump has an active run"
 )
 
 

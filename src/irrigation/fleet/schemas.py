@@ -206,19 +206,44 @@ class ZoneOut(StoredOut):
 # Water sources -------------------------------------------------------------------------
 
 
+# Litres per minute: above zero, and below anything a farm's pipe carries.
+FlowLpm = Annotated[float, Field(gt=0, le=1_000_000, allow_inf_nan=False)]
+_MAX_CONCURRENT = "How many pumps of this source may run at once."
+_MAX_FLOW = (
+    "Flow budget, L/min: a run is admitted only while the nominal flows of the source's "
+    "active runs (queued, starting, running) plus its own stay at or below this; otherwise "
+    "409 `capacity` with `limit` `flow` (a queued run waits). A pump without "
+    "`nominal_flow_lpm` counts as the whole budget (it runs alone). Null: no flow limit. "
+    "Lowering it stops no run already admitted."
+)
+_NOMINAL_FLOW = (
+    "What the pump draws from its water source, L/min, counted against the source's "
+    "`max_flow_lpm`. Null: unknown, counted as the source's whole budget. Above the "
+    "source's `max_flow_lpm`, a run is refused (409 `flow_exceeds_source`). Not changed "
+    "while the pump has an active run (409 `pump_running`)."
+)
+
+
 class WaterSourceCreate(Body):
     name: Name
-    max_concurrent_pumps: int = Field(default=1, ge=1, le=1000)
+    max_concurrent_pumps: int = Field(default=1, ge=1, le=1000, description=_MAX_CONCURRENT)
+    max_flow_lpm: FlowLpm | None = Field(default=None, description=_MAX_FLOW)
 
 
 class WaterSourceUpdate(UpdateBody):
+    nullable = frozenset({"max_flow_lpm"})
+
     name: Name | None = None
-    max_concurrent_pumps: int | None = Field(default=None, ge=1, le=1000)
+    max_concurrent_pumps: int | None = Field(
+        default=None, ge=1, le=1000, description=_MAX_CONCURRENT
+    )
+    max_flow_lpm: FlowLpm | None = Field(default=None, description=_MAX_FLOW)
 
 
 class WaterSourceOut(StoredOut):
     name: str
-    max_concurrent_pumps: int
+    max_concurrent_pumps: int = Field(description=_MAX_CONCURRENT)
+    max_flow_lpm: float | None = Field(description=_MAX_FLOW)
 
 
 # Pumps ---------------------------------------------------------------------------------
@@ -258,10 +283,13 @@ class PumpCreate(Body):
         default=None, ge=1, description=_MAX_RUNTIME, json_schema_extra=_AT_MOST_THE_CAP
     )
     cooldown_s: CooldownSeconds | None = Field(default=None, description=_COOLDOWN)
+    nominal_flow_lpm: FlowLpm | None = Field(default=None, description=_NOMINAL_FLOW)
     enabled: bool = True
 
 
 class PumpUpdate(UpdateBody):
+    nullable = frozenset({"nominal_flow_lpm"})
+
     zone_id: uuid.UUID | None = None
     water_source_id: uuid.UUID | None = None
     name: Name | None = None
@@ -272,6 +300,7 @@ class PumpUpdate(UpdateBody):
         default=None, ge=1, description=_MAX_RUNTIME, json_schema_extra=_AT_MOST_THE_CAP
     )
     cooldown_s: CooldownSeconds | None = Field(default=None, description=_COOLDOWN)
+    nominal_flow_lpm: FlowLpm | None = Field(default=None, description=_NOMINAL_FLOW)
     enabled: bool | None = None
 
 
@@ -282,6 +311,7 @@ class PumpOut(StoredOut):
     hardware_id: str
     max_runtime_s: int
     cooldown_s: int
+    nominal_flow_lpm: float | None = Field(description=_NOMINAL_FLOW)
     enabled: bool
     status: PumpStatus
     cooldown_until: datetime | None

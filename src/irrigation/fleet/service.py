@@ -149,6 +149,7 @@ async def create_pump(
             cooldown_s=body.cooldown_s
             if body.cooldown_s is not None
             else max(DEFAULT_COOLDOWN_S, settings.min_cooldown_s),
+            nominal_flow_lpm=body.nominal_flow_lpm,
             enabled=body.enabled,
         )
         await repo.flush_new(session, pump)

@@ -5,6 +5,7 @@ from datetime import datetime
 
 from irrigation.common.errors import DomainError, Invalid
 from irrigation.gateway import HARDWARE_ID_PATTERN
+from irrigation.pumps.flow import Budget
 
 
 class Refused(DomainError):
@@ -49,14 +50,58 @@ class PumpDisabled(Refused):
 
 
 class CapacityFull(Refused):
+    """The source feeds as many pumps as it may (`limit` `pumps`)."""
+
     code, title = "capacity", "Water source at capacity"
+    limit = "pumps"
 
     def __init__(self, water_source_id: uuid.UUID, limit: int, retry_after_s: int | None) -> None:
         super().__init__(
             f"water source {water_source_id} already feeds {limit} running pump(s)",
+            limit=self.limit,
             water_source_id=str(water_source_id),
             max_concurrent_pumps=limit,
             headers={"Retry-After": str(retry_after_s)} if retry_after_s else None,
+        )
+
+
+class FlowFull(CapacityFull):
+    """The source's flow budget has no room for this pump's flow (`limit` `flow`): the same
+    refusal as a full source, so clients and the run queue treat it alike."""
+
+    limit = "flow"
+
+    def __init__(
+        self, water_source_id: uuid.UUID, budget: Budget, retry_after_s: int | None
+    ) -> None:
+        self.budget = budget
+        Refused.__init__(
+            self,
+            budget.sentence(str(water_source_id)),
+            limit=self.limit,
+            water_source_id=str(water_source_id),
+            max_flow_lpm=budget.max_flow_lpm,
+            running_flow_lpm=round(budget.running_flow_lpm, 3),
+            requested_flow_lpm=budget.requested_flow_lpm,
+            headers={"Retry-After": str(retry_after_s)} if retry_after_s else None,
+        )
+
+
+class FlowAboveSource(Invalid):
+    """A pump whose nominal flow alone is above its source's `max_flow_lpm`: it can never
+    run there, so waiting does not help (an `Invalid`: the run queue skips it)."""
+
+    status, code, title = 409, "flow_exceeds_source", "Pump draws more than its source gives"
+
+    def __init__(self, water_source_id: uuid.UUID, budget: Budget) -> None:
+        super().__init__(
+            f"the pump's nominal_flow_lpm ({budget.requested_flow_lpm:g}) is above its water "
+            f"source's max_flow_lpm ({budget.max_flow_lpm:g}), so it can never run there; "
+            "PATCH one of them first",
+            code=self.code,
+            water_source_id=str(water_source_id),
+            max_flow_lpm=budget.max_flow_lpm,
+            requested_flow_lpm=budget.requested_flow_lpm,
         )
 
 

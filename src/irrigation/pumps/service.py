@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from arq.connections import ArqRedis
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, literal, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -25,9 +25,11 @@ from irrigation.common.idempotency import IdempotentRequest, StoredAnswer
 from irrigation.common.pagination import PageParams, page_of, paginate
 from irrigation.fleet.models import Pump, WaterSource
 from irrigation.gateway import is_addressable
-from irrigation.pumps import live
+from irrigation.pumps import flow, live
 from irrigation.pumps.errors import (
     CapacityFull,
+    FlowAboveSource,
+    FlowFull,
     InCooldown,
     PumpBusy,
     PumpDisabled,
@@ -201,6 +203,10 @@ async def admit(
     if pump.fault:
         raise PumpFault(pump.fault)
     check_duration(pump, run.duration_s)
+    if source.max_flow_lpm is not None:
+        alone = flow.budget_for(pump.nominal_flow_lpm, source.max_flow_lpm, 0.0)
+        if alone.exceeds_alone:
+            raise FlowAboveSource(source.id, alone)
     if pump.active_activation_id is not None:
         # Waiting helps once the run has ended and the pump has rested.
         run_ends = busy_deadline or now + timedelta(seconds=busy_duration or 0)
@@ -208,17 +214,28 @@ async def admit(
         raise PumpBusy(pump.active_activation_id, _seconds_until(ends, now))
     if pump.cooldown_until is not None and pump.cooldown_until > now:
         raise InCooldown(pump.cooldown_until, _seconds_until(pump.cooldown_until, now))
-    in_use = (
-        await session.execute(
-            select(func.count(), func.min(PumpActivation.run_deadline)).where(
-                PumpActivation.water_source_id == source.id,
-                PumpActivation.status.in_(ACTIVE),
-            )
+    # Counted under the source's lock, which every admission to the source holds to its
+    # commit: two admissions never both see the room that only one of them fits in.
+    limit = source.max_flow_lpm
+    counts = (
+        select(
+            func.count(),
+            func.min(PumpActivation.run_deadline),
+            flow.drawn(limit) if limit is not None else literal(0.0),
         )
-    ).one()
-    if in_use[0] >= source.max_concurrent_pumps:
-        retry = _seconds_until(in_use[1], now) if in_use[1] else None
+        .select_from(PumpActivation)
+        .where(PumpActivation.water_source_id == source.id, PumpActivation.status.in_(ACTIVE))
+    )
+    if limit is not None:  # the pumps' flows; without a limit, the count alone as before
+        counts = counts.join(Pump, Pump.id == PumpActivation.pump_id)
+    running, first_end, drawn = (await session.execute(counts)).one()
+    retry = _seconds_until(first_end, now) if first_end else None
+    if running >= source.max_concurrent_pumps:
         raise CapacityFull(source.id, source.max_concurrent_pumps, retry)
+    if limit is not None:
+        budget = flow.budget_for(pump.nominal_flow_lpm, limit, float(drawn))
+        if not budget.fits:
+            raise FlowFull(source.id, budget, retry)
 
     sequence = pump.last_sequence + 1
     activation = PumpActivation(

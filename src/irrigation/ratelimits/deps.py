@@ -7,8 +7,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 
-from fastapi import Request
 from limits import RateLimitItem
+from starlette.requests import HTTPConnection
 
 from irrigation.auth.deps import identify
 from irrigation.common.limiter import RateClass, RateLimiter, request_rule, start_budget
@@ -65,7 +65,9 @@ def _retrieved(reading: "asyncio.Future[Limits]") -> None:
         reading.exception()
 
 
-async def _site_limits(request: Request, site_id: uuid.UUID) -> Mapping[RateClass, RateLimitItem]:
+async def _site_limits(
+    request: HTTPConnection, site_id: uuid.UUID
+) -> Mapping[RateClass, RateLimitItem]:
     async def read() -> Limits:
         async with request.app.state.sessionmaker() as session:
             own = await service.site_limits(session, site_id)
@@ -75,7 +77,9 @@ async def _site_limits(request: Request, site_id: uuid.UUID) -> Mapping[RateClas
     return await cache.get(site_id, read)
 
 
-async def enforce_rate_limit(request: Request) -> None:
+async def enforce_rate_limit(request: HTTPConnection) -> None:
+    """Also called by routes that authenticate otherwise (a live stream opened with a
+    ticket), after setting `request.state.principal`, and for WebSockets."""
     limiter: RateLimiter | None = request.app.state.rate_limiter
     if limiter is None:
         return

@@ -15,7 +15,10 @@ Invariants (`Violation.invariant`):
 - `cooldown`: a run starting before the previous run's stop on that device + the pump's
   `cooldown_s` - `Tolerances.cooldown_s`.
 - `capacity`: more devices of one water source running at one instant than its
-  `max_concurrent_pumps`.
+  `max_concurrent_pumps`, or, for a source with a `max_flow_lpm`, the nominal flows of its
+  running devices adding up past it at one instant (a pump without `nominal_flow_lpm`
+  counts as the whole budget, as the service counts it) by more than
+  `Tolerances.flow_lpm`.
 - `not_terminal`: an admitted run (a 202) that is missing from the final read or not in a
   terminal state there; any activation left active; a run request still waiting.
 - `unowned_run`: a run in truth whose `command_id` is no activation's.
@@ -28,6 +31,7 @@ Invariants (`Violation.invariant`):
   history ends."""
 
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -58,6 +62,8 @@ class Tolerances:
     cooldown_s: float = 0.05
     # A completed run may be this much shorter in truth than the activation asked.
     agreement_s: float = 0.5
+    # Flows are floats: a sum this far past a source's budget still fits.
+    flow_lpm: float = 1e-6
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,14 @@ def check(history: History, tolerances: Tolerances | None = None) -> list[Violat
     return _Check(history, tolerances or Tolerances()).run()
 
 
+def _more_than(limit: int) -> Callable[[set[Device]], bool]:
+    return lambda running: len(running) > limit
+
+
+def _names(devices: set[Device]) -> str:
+    return ", ".join(f"{s}/{h}" for s, h in sorted((s or "?", h) for s, h in devices))
+
+
 def _seconds(a: datetime, b: datetime) -> float:
     return (b - a).total_seconds()
 
@@ -110,6 +124,9 @@ class _Check:
         for p in config.pumps:
             self.sites_of[p.hardware_id].add(p.site_id)
         self.capacity = {w.id: w.max_concurrent_pumps for w in config.water_sources}
+        self.max_flow = {
+            w.id: w.max_flow_lpm for w in config.water_sources if w.max_flow_lpm is not None
+        }
         final = history.final
         self.activations = final.activations if final is not None else []
         self.by_command = {a.command_id: a for a in self.activations}
@@ -249,38 +266,68 @@ class _Check:
         found: list[Violation] = []
         for source_id, timeline in sorted(events.items()):
             limit = self.capacity.get(source_id)
-            if limit is None:
-                continue
-            on: Counter[Device] = Counter()
-            breach_at: datetime | None = None
-            peak: set[Device] = set()
-            for moment, delta, device in sorted(timeline, key=lambda e: (e[0], e[1])):
-                on[device] += delta
-                running = {d for d, n in on.items() if n > 0}
-                if len(running) > limit and breach_at is None:
-                    breach_at, peak = moment, set(running)
-                elif len(running) > limit:
-                    peak |= running
-                elif breach_at is not None:
-                    found.append(self._capacity(source_id, limit, peak, breach_at, moment))
-                    breach_at, peak = None, set()
-            if breach_at is not None:
-                found.append(self._capacity(source_id, limit, peak, breach_at, self.end))
+            if limit is not None:
+                found += self._breaches(source_id, timeline, _more_than(limit), self._capacity)
+            max_flow = self.max_flow.get(source_id)
+            if max_flow is not None:
+                found += self._breaches(source_id, timeline, self._overdrawn(max_flow), self._flow)
+        return found
+
+    def _overdrawn(self, max_flow: float) -> Callable[[set[Device]], bool]:
+        return lambda running: self.flow_of(running, max_flow) > max_flow + self.tol.flow_lpm
+
+    def flow_of(self, devices: set[Device], max_flow: float) -> float:
+        """What these devices draw, each at its pump's nominal flow (unknown: the budget)."""
+        flows = (self.pump_at[d].nominal_flow_lpm for d in devices)
+        return sum(max_flow if f is None else f for f in flows)
+
+    def _breaches(
+        self,
+        source_id: str,
+        timeline: list[tuple[datetime, int, Device]],
+        over: Callable[[set[Device]], bool],
+        violation: Callable[[str, set[Device], datetime, datetime | None], Violation],
+    ) -> list[Violation]:
+        """The spans of `timeline` during which the devices on are `over` the source's
+        limit, each with every device that was on during it."""
+        found: list[Violation] = []
+        on: Counter[Device] = Counter()
+        breach_at: datetime | None = None
+        peak: set[Device] = set()
+        for moment, delta, device in sorted(timeline, key=lambda e: (e[0], e[1])):
+            on[device] += delta
+            running = {d for d, n in on.items() if n > 0}
+            if over(running) and breach_at is None:
+                breach_at, peak = moment, set(running)
+            elif over(running):
+                peak |= running
+            elif breach_at is not None:
+                found.append(violation(source_id, peak, breach_at, moment))
+                breach_at, peak = None, set()
+        if breach_at is not None:
+            found.append(violation(source_id, peak, breach_at, self.end))
         return found
 
     def _capacity(
-        self,
-        source_id: str,
-        limit: int,
-        devices: set[Device],
-        at: datetime,
-        until: datetime | None,
+        self, source_id: str, devices: set[Device], at: datetime, until: datetime | None
     ) -> Violation:
-        names = ", ".join(f"{s}/{h}" for s, h in sorted((s or "?", h) for s, h in devices))
         return Violation(
             invariant=CAPACITY,
             detail=f"water source {source_id} had {len(devices)} devices running at once "
-            f"({names}); its max_concurrent_pumps is {limit}",
+            f"({_names(devices)}); its max_concurrent_pumps is {self.capacity[source_id]}",
+            at=at,
+            until=until,
+        )
+
+    def _flow(
+        self, source_id: str, devices: set[Device], at: datetime, until: datetime | None
+    ) -> Violation:
+        max_flow = self.max_flow[source_id]
+        return Violation(
+            invariant=CAPACITY,
+            detail=f"water source {source_id} had devices drawing "
+            f"{self.flow_of(devices, max_flow):g} L/min at once ({_names(devices)}); its "
+            f"max_flow_lpm is {max_flow:g}",
             at=at,
             until=until,
         )

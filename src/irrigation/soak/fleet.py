@@ -69,12 +69,19 @@ async def build_fleet(
         config.sites.append(history.Site(site.id, name))
         zone = await _created(api, "/v1/zones", {"name": "soak", "timezone": "UTC"}, site.headers)
         sources = []
-        for i, capacity in enumerate(site_plan.source_capacities):
+        flows = site_plan.source_flows or [None] * len(site_plan.source_capacities)
+        for i, (capacity, max_flow) in enumerate(
+            zip(site_plan.source_capacities, flows, strict=True)
+        ):
             body = {"name": f"source {i}", "max_concurrent_pumps": capacity}
+            if max_flow is not None:
+                body["max_flow_lpm"] = max_flow
             source = await _created(api, "/v1/water-sources", body, site.headers)
             sources.append(source["id"])
             config.water_sources.append(
-                history.WaterSource(source["id"], site.id, source["name"], capacity)
+                history.WaterSource(
+                    source["id"], site.id, source["name"], capacity, source["max_flow_lpm"]
+                )
             )
         for pump_plan in site_plan.pumps:
             body = {
@@ -84,6 +91,7 @@ async def build_fleet(
                 "hardware_id": pump_plan.hardware_id,
                 "max_runtime_s": pump_plan.max_runtime_s,
                 "cooldown_s": pump_plan.cooldown_s,
+                "nominal_flow_lpm": pump_plan.nominal_flow_lpm,
             }
             pump = await _created(api, "/v1/pumps", body, site.headers)
             site.pump_ids.append(pump["id"])
@@ -96,6 +104,7 @@ async def build_fleet(
                     max_runtime_s=pump["max_runtime_s"],
                     cooldown_s=pump["cooldown_s"],
                     water_source_id=pump["water_source_id"],
+                    nominal_flow_lpm=pump["nominal_flow_lpm"],
                 )
             )
         if schedules:

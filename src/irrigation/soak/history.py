@@ -4,8 +4,9 @@ its `type`, written as the soak goes so that a soak that dies still leaves its h
 - `header`: `format` (`irrigation-soak-history`), `version`, `seed`, `params` (the
   soak's parameters, and the `plan` drawn from the seed), `started_at`.
 - `config`: `sites` (`id`, `name`), `water_sources` (`id`, `site_id`, `name`,
-  `max_concurrent_pumps`), `pumps` (`id`, `site_id`, `name`, `hardware_id`,
-  `max_runtime_s`, `cooldown_s`, `water_source_id`).
+  `max_concurrent_pumps`, `max_flow_lpm`), `pumps` (`id`, `site_id`, `name`,
+  `hardware_id`, `max_runtime_s`, `cooldown_s`, `water_source_id`, `nominal_flow_lpm`);
+  the flows are null when unset, and absent in older histories (read as null).
 - `op`: one client operation: `id`, `client` (-1: the runner's own at the end), `action`
   (`activate`, `queue`, `stop`, `stop_all`, `reset`, `cancel`, `disable_schedule`),
   `site_id`, `pump_id`, `request` (method, path, body, attempts), `sent_at`, `answered_at`,
@@ -47,6 +48,10 @@ def parse_time(value: str | None) -> datetime | None:
     return moment
 
 
+def _flow(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def _time(value: str) -> datetime:
     moment = parse_time(value)
     assert moment is not None
@@ -69,6 +74,7 @@ class WaterSource:
     site_id: str
     name: str
     max_concurrent_pumps: int
+    max_flow_lpm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class Pump:
     max_runtime_s: int
     cooldown_s: int
     water_source_id: str
+    nominal_flow_lpm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,7 @@ class Config:
                     site_id=w["site_id"],
                     name=w.get("name", ""),
                     max_concurrent_pumps=int(w["max_concurrent_pumps"]),
+                    max_flow_lpm=_flow(w.get("max_flow_lpm")),
                 )
                 for w in data["water_sources"]
             ],
@@ -118,6 +126,7 @@ class Config:
                     max_runtime_s=int(p["max_runtime_s"]),
                     cooldown_s=int(p["cooldown_s"]),
                     water_source_id=p["water_source_id"],
+                    nominal_flow_lpm=_flow(p.get("nominal_flow_lpm")),
                 )
                 for p in data["pumps"]
             ],

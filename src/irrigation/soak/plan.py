@@ -70,6 +70,8 @@ class PumpPlan:
     max_runtime_s: int
     cooldown_s: int
     source: int  # index into its site's water sources
+    # L/min; None: unknown (it counts as its source's whole flow budget).
+    nominal_flow_lpm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ class SitePlan:
     name: str
     source_capacities: list[int]
     pumps: list[PumpPlan]
+    # Each source's flow budget, L/min (None: none); empty in plans made before flows.
+    source_flows: list[float | None] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -129,9 +133,15 @@ def make_plan(params: SoakParams) -> Plan:
 
 
 def _fleet(rng: random.Random, params: SoakParams) -> list[SitePlan]:
+    # Flows from a generator of their own: the draws of every other choice, and so the
+    # plans of seeds recorded before flows existed, stay as they were.
+    flows = random.Random(f"irrigation-soak-flows:{params.seed}")
     sites = []
     for s in range(params.sites):
         capacities = [rng.choice([1, 1, 2]) for _ in range(2)]
+        # Every source that feeds two pumps at once gets a budget that two of its larger
+        # pumps, or one of unknown flow and any other, overdraw: there the flow decides.
+        source_flows = [100.0 if c > 1 else flows.choice([None, 100.0]) for c in capacities]
         pumps = []
         for p in range(params.pumps_per_site):
             # The first pump of every site always shares its hardware_id; the others
@@ -144,9 +154,10 @@ def _fleet(rng: random.Random, params: SoakParams) -> list[SitePlan]:
                     max_runtime_s=rng.randint(2, 5),
                     cooldown_s=rng.randint(1, 3),
                     source=rng.randrange(len(capacities)),
+                    nominal_flow_lpm=flows.choice([None, 40.0, 60.0, 60.0]),
                 )
             )
-        sites.append(SitePlan(f"site {s}", capacities, pumps))
+        sites.append(SitePlan(f"site {s}", capacities, pumps, source_flows))
     return sites
 
 

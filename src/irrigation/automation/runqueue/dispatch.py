@@ -1,6 +1,7 @@
 """Dispatching the run queue: start every waiting request that can start now, in priority
-order then age; defer the others with their reason, skip those past their deadline. Each
-start is `pumps.service.admit` in the transaction that marks the request started.
+order then age, packing each water source's flow budget by fit (`packing`); defer the
+others with their reason, skip those past their deadline. Each start is
+`pumps.service.admit` in the transaction that marks the request started.
 
 An automated request of a zone with weather lockouts starts only in a pass that was given
 the judge (`Lockouts`: the worker's dispatcher job, which has the forecasts); other passes
@@ -9,13 +10,13 @@ second."""
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 import structlog
 from arq.connections import ArqRedis
-from sqlalchemy import Uuid, func, literal, select, true, update
+from sqlalchemy import Uuid, case, func, literal, select, true, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -33,6 +34,7 @@ from irrigation.automation.models import (
     Schedule,
     ThresholdRule,
 )
+from irrigation.automation.runqueue.packing import Behind, Packing, Waiter
 from irrigation.common.clock import db_now_expr
 from irrigation.common.dberrors import (
     DEADLOCK_DETECTED,
@@ -43,9 +45,11 @@ from irrigation.common.dberrors import (
 )
 from irrigation.common.errors import Invalid, NotFound
 from irrigation.fleet.models import Pump, WaterSource, Zone
+from irrigation.pumps import flow
 from irrigation.pumps import service as pumps
 from irrigation.pumps.errors import (
     CapacityFull,
+    FlowFull,
     InCooldown,
     PumpBusy,
     PumpDisabled,
@@ -63,11 +67,14 @@ BATCH = 1000
 
 
 class StartOutcome(StrEnum):
-    """What one start attempt came to: `started`, `capacity` (blocks the water source) or
-    anything else (blocks the pump)."""
+    """What one start attempt came to: `started`, `capacity` or `held` (block the water
+    source), `flow` (waits for the source's flow; smaller runs may pass it) or anything
+    else (blocks the pump)."""
 
     started = "started"
     capacity = "capacity"
+    flow = "flow"
+    held = "held"  # a request it would pass may not be passed any more
     pump_busy = "pump_busy"
     cooldown = "cooldown"
     fault = "fault"
@@ -97,6 +104,16 @@ class _Waiting:
     enabled: bool
     source_limit: int
     source_in_use: int
+    nominal_flow_lpm: float | None
+    max_flow_lpm: float | None
+    source_flow_in_use: float
+
+    def budget(self, drawn_lpm: float) -> flow.Budget | None:
+        """The source's flow budget for this request, with what this pass started there."""
+        if self.max_flow_lpm is None:
+            return None
+        running = self.source_flow_in_use + drawn_lpm
+        return flow.budget_for(self.nominal_flow_lpm, self.max_flow_lpm, running)
 
 
 _IN_USE = (
@@ -190,6 +207,10 @@ def _waiting_query(site_id: uuid.UUID | None, now: datetime) -> Any:
             Pump.enabled,
             WaterSource.max_concurrent_pumps,
             _IN_USE,
+            Pump.nominal_flow_lpm,
+            WaterSource.max_flow_lpm,
+            # Only for a source with a flow limit: the others pay no second subquery.
+            case((WaterSource.max_flow_lpm.is_(None), 0.0), else_=flow.IN_USE_LPM),
         )
         .join(Pump, Pump.id == request.pump_id)
         .join(WaterSource, WaterSource.id == Pump.water_source_id)
@@ -214,9 +235,11 @@ class _Pass:
     finished: set[uuid.UUID]
     # Each zone's lockout verdict; None: this pass cannot judge lockouts.
     verdicts: dict[uuid.UUID, Verdict] | None
+    packing: Packing
     blocked_pumps: set[uuid.UUID] = field(default_factory=set)
     blocked_sources: set[uuid.UUID] = field(default_factory=set)
     starts: dict[uuid.UUID, int] = field(default_factory=dict)  # per water source
+    drawn: dict[uuid.UUID, float] = field(default_factory=dict)  # L/min, per water source
     started: int = 0
 
 
@@ -282,7 +305,8 @@ async def start_waiting(
             if w.request.priority in AUTOMATION and w.limits.any and w.request.deadline > now
         }
         verdicts = await lockouts.judge(locked, now)
-    state = _Pass(now, finished, verdicts)
+    packing = Packing(settings.runqueue_max_bypass, settings.max_queue_delay_s)
+    state = _Pass(now, finished, verdicts, packing)
     for w in rows:
         r = w.request
         try:
@@ -334,6 +358,10 @@ async def _dispatch_one(
             f"for the same {where}",
         )
         return
+    behind = state.packing.behind(w.water_source_id, r)
+    if behind is not None:
+        await _wait_behind(session, w, behind)
+        return
     if r.after_id is not None and r.after_id not in state.finished:
         state.blocked_pumps.add(r.pump_id)
         await _defer(
@@ -370,25 +398,60 @@ async def _dispatch_one(
             message = f"{verdict.message}; waits until {local(r.deadline, w.zone_tz)} at the latest"
             await _defer(session, r, verdict.reason, message, verdict.detail)
             return
-    in_use = state.starts.get(w.water_source_id, 0) + w.source_in_use
-    hint = _hint(w, now, in_use)
+    source = w.water_source_id
+    in_use = state.starts.get(source, 0) + w.source_in_use
+    budget = w.budget(state.drawn.get(source, 0.0))
+    hint = _hint(w, now, in_use, budget)
+    passing: list[Waiter] = []
     if hint is not None:
         outcome = StartOutcome(hint)
-        await _defer(session, r, hint, _why(hint, w))
+        if outcome == StartOutcome.flow and budget is not None:
+            await _defer(session, r, Reason.capacity, _why_flow(w, budget), budget.detail())
+        else:
+            await _defer(session, r, Reason(hint), _why(Reason(hint), w))
     else:
-        outcome = await _try_start(session, settings, redis, w, verdict)
+        late = state.packing.too_late(source, r, now)
+        if late is not None:
+            state.blocked_pumps.add(r.pump_id)  # its pump's later requests stay behind it
+            await _wait_behind(session, w, late)
+            return
+        passing = state.packing.passing(source)
+        outcome = await _try_start(session, settings, redis, w, verdict, passing)
     if outcome == StartOutcome.started:
         state.started += 1
-        state.starts[w.water_source_id] = state.starts.get(w.water_source_id, 0) + 1
+        state.starts[source] = state.starts.get(source, 0) + 1
+        if budget is not None:
+            state.drawn[source] = state.drawn.get(source, 0.0) + budget.requested_flow_lpm
         state.blocked_pumps.add(r.pump_id)
+        if passing:
+            state.packing.passed(source)
     elif outcome == StartOutcome.capacity:
-        state.blocked_sources.add(w.water_source_id)
+        state.blocked_sources.add(source)
+    elif outcome == StartOutcome.held:  # another dispatcher's starts passed it meanwhile
+        state.blocked_sources.add(source)
+        await _defer(
+            session,
+            r,
+            Reason.queued_behind,
+            f"{w.pump_name!r} waits behind a request of water source {w.source_name!r} that "
+            "waits for its flow and may not be passed again",
+            {"limit": "flow"},
+        )
+    elif outcome == StartOutcome.flow:
+        state.blocked_pumps.add(r.pump_id)
+        state.packing.wait(source, Waiter(r, w.pump_name, r.bypass_count))
     else:
         state.blocked_pumps.add(r.pump_id)
 
 
-def _hint(w: _Waiting, now: datetime, in_use: int) -> Reason | None:
-    """Why the unlocked read says this request cannot start now, if it says so."""
+async def _wait_behind(session: AsyncSession, w: _Waiting, behind: Behind) -> None:
+    message = behind.sentence(repr(w.pump_name), repr(w.source_name))
+    await _defer(session, w.request, Reason.queued_behind, message, behind.detail())
+
+
+def _hint(w: _Waiting, now: datetime, in_use: int, budget: flow.Budget | None) -> str | None:
+    """Why the unlocked read says this request cannot start now, if it says so: a `Reason`,
+    or `flow` (the source's flow budget is full; the request's reason is `capacity`)."""
     if not w.enabled:
         return Reason.disabled
     if w.fault is not None:
@@ -399,11 +462,22 @@ def _hint(w: _Waiting, now: datetime, in_use: int) -> Reason | None:
         return Reason.cooldown
     if in_use >= w.source_limit:
         return Reason.capacity
+    # A pump that alone exceeds the budget is left to `admit`, which refuses it for good.
+    if budget is not None and not budget.exceeds_alone and not budget.fits:
+        return StartOutcome.flow
     return None
 
 
 def _why(reason: Reason, w: _Waiting) -> str:
     why = _WHY.get(reason, reason).format(pump=repr(w.pump_name), source=repr(w.source_name))
+    return _until(why, w)
+
+
+def _why_flow(w: _Waiting, budget: flow.Budget) -> str:
+    return _until(budget.sentence(repr(w.source_name), repr(w.pump_name)), w)
+
+
+def _until(why: str, w: _Waiting) -> str:
     return f"{why}; waits until {local(w.request.deadline, w.zone_tz)} at the latest"
 
 
@@ -428,6 +502,10 @@ class _Gone(Exception):
     pass
 
 
+class _Held(Exception):
+    """A request this start would pass may not be passed any more (found under the lock)."""
+
+
 _WHY = {
     Reason.pump_busy: "{pump} is busy with another run",
     Reason.cooldown: "{pump} is resting (cooldown)",
@@ -443,9 +521,12 @@ async def _try_start(
     redis: ArqRedis,
     w: _Waiting,
     verdict: Verdict | None = None,
+    passing: list[Waiter] | None = None,
 ) -> StartOutcome:
     """Admit the request; `verdict`, the lockouts' word on it, goes into its start's
-    decision (the forecast read, or why the lockouts were not checked)."""
+    decision (the forecast read, or why the lockouts were not checked). `passing`: the
+    requests of its source waiting for flow that it starts ahead of; each counts the bypass
+    in the same transaction, which is refused if one may not be passed any more."""
     r = w.request
     activation: PumpActivation | None = None
     refusal: Refused | None = None
@@ -476,6 +557,14 @@ async def _try_start(
                     detail["lockouts"] = verdict.detail
                     if verdict.message:
                         message += f"; {verdict.message}"
+                if passing:
+                    passed = await _count_bypass(session, settings, passing, r.duration_s, now)
+                    if passed:
+                        detail["bypassed"] = [str(p.request.id) for p in passed]
+                        names = ", ".join(
+                            f"{p.pump_name!r} (run request {p.request.id})" for p in passed
+                        )
+                        message += f"; started ahead of {names}, waiting for the source's flow"
                 record(
                     session,
                     about(mine),
@@ -489,17 +578,26 @@ async def _try_start(
             elif refusal is not None and mine.last_reason != refusal.code:
                 reason = Reason(refusal.code)
                 mine.last_reason = reason
+                why = (
+                    _why_flow(w, refusal.budget)
+                    if isinstance(refusal, FlowFull)
+                    else _why(reason, w)
+                )
                 record(
                     session,
                     about(mine),
                     now,
                     Outcome.deferred,
                     reason,
-                    _why(reason, w),
-                    detail={k: v for k, v in refusal.extra.items() if isinstance(v, str | int)},
+                    why,
+                    detail={
+                        k: v for k, v in refusal.extra.items() if isinstance(v, str | int | float)
+                    },
                 )
     except _Gone:
         return StartOutcome.gone
+    except _Held:
+        return StartOutcome.held
     except (NotFound, Invalid) as exc:
         await _resolve(session, r, RunStatus.skipped, Reason.invalid, str(exc.detail or exc))
         return StartOutcome.skipped
@@ -513,11 +611,42 @@ async def _try_start(
             await queue.enqueue_start(redis, activation.id)
         return StartOutcome.started
     assert refusal is not None
+    if isinstance(refusal, FlowFull):
+        return StartOutcome.flow
     if isinstance(refusal, CapacityFull):
         return StartOutcome.capacity
     if isinstance(refusal, PumpBusy | InCooldown | PumpFault | PumpDisabled):
         return StartOutcome(refusal.code)
     return StartOutcome.refused
+
+
+async def _count_bypass(
+    session: AsyncSession,
+    settings: Settings,
+    passing: list[Waiter],
+    duration_s: int,
+    now: datetime,
+) -> list[Waiter]:
+    """Count one bypass on each request still waiting that this start passes; under the
+    source's lock (taken by `admit`), so every start on the source sees the others' counts.
+    Raises `_Held` (the start is rolled back) if one was passed the most times allowed, or
+    its deadline comes before this run would surely be over."""
+    ids = [p.request.id for p in passing]
+    rows = (
+        await session.execute(
+            update(RunRequest)
+            .where(RunRequest.id.in_(ids), RunRequest.status == RunStatus.waiting)
+            .values(bypass_count=RunRequest.bypass_count + 1)
+            .returning(RunRequest.id, RunRequest.bypass_count, RunRequest.deadline)
+            .execution_options(synchronize_session=False)
+        )
+    ).all()
+    over_by = now + timedelta(seconds=settings.max_queue_delay_s + duration_s)
+    for _, count, deadline in rows:
+        if count > settings.runqueue_max_bypass or deadline <= over_by:
+            raise _Held
+    counted = {row[0] for row in rows}
+    return [p for p in passing if p.request.id in counted]
 
 
 def _contended(exc: DBAPIError) -> bool:
