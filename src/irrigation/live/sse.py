@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from irrigation.live.hub import Connection
-from irrigation.live.stream import Backlog, End, Ended, Item, Start
+from irrigation.live.stream import Backlog, End, Ended, Item, Start, deliver
 
 log = structlog.get_logger(__name__)
 
@@ -73,13 +73,7 @@ class EventStream(Response):
             backlog = connection.backlog
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             await send(_chunk(OPENING))
-            writer = asyncio.create_task(self._write(send, backlog))
-            listener = asyncio.create_task(_listen(receive, backlog))
-            ended = asyncio.create_task(backlog.wait_ended())
-            await asyncio.wait({writer, ended}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (writer, listener, ended):
-                task.cancel()
-            await asyncio.gather(writer, listener, ended, return_exceptions=True)
+            await deliver(backlog, self._write(send, backlog), _listen(receive, backlog))
         reason = backlog.ended or End.client_gone
         if reason is End.client_gone:
             return

@@ -8,7 +8,7 @@ import asyncio
 import json
 import re
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -268,3 +268,17 @@ def _item(
     if not filters.admits(event):
         return None
     return Item(entry_id, str(event.get("type")), json.dumps(event, separators=(",", ":")))
+
+
+async def deliver(
+    backlog: Backlog, write: Coroutine[Any, Any, None], listen: Coroutine[Any, Any, None]
+) -> None:
+    """Send what `backlog` holds (`write`) while watching the client (`listen`), until the
+    writer stops or the backlog ends; both transports end a connection alike."""
+    writer = asyncio.create_task(write)
+    listener = asyncio.create_task(listen)
+    ended = asyncio.create_task(backlog.wait_ended())
+    await asyncio.wait({writer, ended}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (writer, listener, ended):
+        task.cancel()
+    await asyncio.gather(writer, listener, ended, return_exceptions=True)

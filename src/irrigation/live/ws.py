@@ -20,7 +20,7 @@ from irrigation.live.access import stream_principal
 from irrigation.live.errors import TooManyStreams
 from irrigation.live.hub import Connection, LiveHub
 from irrigation.live.schemas import StreamQuery
-from irrigation.live.stream import Backlog, End, Ended, Filters, StreamId
+from irrigation.live.stream import Backlog, End, Ended, Filters, StreamId, deliver
 
 log = structlog.get_logger(__name__)
 
@@ -141,13 +141,7 @@ async def serve(websocket: WebSocket) -> None:
                 return
         connection.open(begin)
         backlog = connection.backlog
-        writer = asyncio.create_task(_write(websocket, backlog))
-        listener = asyncio.create_task(_listen(websocket, backlog))
-        ended = asyncio.create_task(backlog.wait_ended())
-        await asyncio.wait({writer, ended}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (writer, listener, ended):
-            task.cancel()
-        await asyncio.gather(writer, listener, ended, return_exceptions=True)
+        await deliver(backlog, _write(websocket, backlog), _listen(websocket, backlog))
     reason = backlog.ended or End.client_gone
     if reason is not End.client_gone:
         code, detail = END_CODES[reason]
