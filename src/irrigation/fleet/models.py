@@ -12,6 +12,7 @@ from sqlalchemy import (
     Index,
     String,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -124,6 +125,23 @@ class Sensor(IdMixin, Versioned, Base):
         CheckConstraint(
             "min_value IS NULL OR max_value IS NULL OR min_value < max_value", name="range_order"
         ),
+        # A flow meter measures one pump's line or one water source's main, never both; only
+        # a flow sensor is attached (flow supervision and water use read it).
+        CheckConstraint("pump_id IS NULL OR water_source_id IS NULL", name="one_attachment"),
+        CheckConstraint(
+            "kind = 'flow' OR (pump_id IS NULL AND water_source_id IS NULL)",
+            name="only_flow_attached",
+        ),
+        # One meter per pump and per source: supervision and water use read "the" flow.
+        Index(
+            "uq_sensors_pump", "pump_id", unique=True, postgresql_where=text("pump_id IS NOT NULL")
+        ),
+        Index(
+            "uq_sensors_water_source",
+            "water_source_id",
+            unique=True,
+            postgresql_where=text("water_source_id IS NOT NULL"),
+        ),
     )
 
     site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
@@ -140,6 +158,14 @@ class Sensor(IdMixin, Versioned, Base):
     alert_min: Mapped[float | None] = mapped_column(Float, default=None)
     alert_max: Mapped[float | None] = mapped_column(Float, default=None)
     silent_after_s: Mapped[int | None] = mapped_column(default=None)
+    # A flow sensor's attachment: the pump whose line it meters, or the water source whose
+    # main it meters (SET NULL: the meter stays, unattached, when its pump or source goes).
+    pump_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("pumps.id", ondelete="SET NULL"), default=None
+    )
+    water_source_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("water_sources.id", ondelete="SET NULL"), default=None
+    )
 
 
 class SensorCalibration(IdMixin, Base):

@@ -212,9 +212,20 @@ async def list_sensors(
     params: Params,
     zone_id: Annotated[uuid.UUID | None, Query()] = None,
     kind: Annotated[SensorKind | None, Query()] = None,
+    pump_id: Annotated[uuid.UUID | None, Query(description="Flow meters on this pump.")] = None,
+    water_source_id: Annotated[
+        uuid.UUID | None, Query(description="Flow meters on this water source.")
+    ] = None,
 ) -> Page[SensorOut]:
     rows, cursor = await service.list_rows(
-        session, Sensor, who.site_id, params, zone_id=zone_id, kind=kind
+        session,
+        Sensor,
+        who.site_id,
+        params,
+        zone_id=zone_id,
+        kind=kind,
+        pump_id=pump_id,
+        water_source_id=water_source_id,
     )
     return Page(items=[sensor_out(r) for r in rows], next_cursor=cursor)
 

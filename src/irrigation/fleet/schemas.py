@@ -366,15 +366,54 @@ class _AlertBand(Body):
         return self
 
 
-class SensorCreate(_RangeChecked, _AlertBand):
+_PUMP_ID = (
+    "A `flow` sensor's pump: the meter on this pump's line (flow supervision checks the "
+    "pump's runs against it; water use integrates it). At most one sensor per pump; not "
+    "with `water_source_id`. Other kinds cannot be attached (422)."
+)
+_SOURCE_ID = (
+    "A `flow` sensor's water source: the meter on the source's main (leak detection while "
+    "none of its pumps runs; water use). At most one sensor per source; not with `pump_id`."
+)
+
+
+class _Attachment(Body):
+    pump_id: uuid.UUID | None = Field(default=None, description=_PUMP_ID)
+    water_source_id: uuid.UUID | None = Field(default=None, description=_SOURCE_ID)
+
+    @model_validator(mode="after")
+    def _one_attachment(self) -> Self:
+        if self.pump_id is not None and self.water_source_id is not None:
+            raise ValueError("a sensor meters a pump or a water source, not both")
+        return self
+
+
+class SensorCreate(_RangeChecked, _AlertBand, _Attachment):
     zone_id: uuid.UUID
     name: Name
     kind: SensorKind
     unit: Unit
 
+    @model_validator(mode="after")
+    def _only_flow_attached(self) -> Self:
+        attached = self.pump_id is not None or self.water_source_id is not None
+        if attached and self.kind != SensorKind.flow:
+            raise ValueError("only a flow sensor can be attached to a pump or a water source")
+        return self
 
-class SensorUpdate(_RangeChecked, _AlertBand, UpdateBody):
-    nullable = frozenset({"min_value", "max_value", "alert_min", "alert_max", "silent_after_s"})
+
+class SensorUpdate(_RangeChecked, _AlertBand, _Attachment, UpdateBody):
+    nullable = frozenset(
+        {
+            "min_value",
+            "max_value",
+            "alert_min",
+            "alert_max",
+            "silent_after_s",
+            "pump_id",
+            "water_source_id",
+        }
+    )
 
     zone_id: uuid.UUID | None = None
     name: Name | None = None
@@ -394,3 +433,5 @@ class SensorOut(StoredOut):
     alert_min: float | None
     alert_max: float | None
     silent_after_s: int | None
+    pump_id: uuid.UUID | None = Field(description=_PUMP_ID)
+    water_source_id: uuid.UUID | None = Field(description=_SOURCE_ID)

@@ -2,7 +2,7 @@
 
 import uuid
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -235,6 +235,7 @@ def range_of(kind: str, min_value: float | None, max_value: float | None) -> tup
 async def create_sensor(session: AsyncSession, site_id: uuid.UUID, body: SensorCreate) -> Sensor:
     async with session.begin():
         await repo.get_referenced(session, Zone, site_id, body.zone_id, "zone_id")
+        await _check_attachment(session, site_id, body.pump_id, body.water_source_id)
         _check_range(body.kind, body.min_value, body.max_value, body.model_fields_set)
         sensor = Sensor(site_id=site_id, **body.model_dump())
         await repo.flush_new(session, sensor)
@@ -251,6 +252,7 @@ async def update_sensor(
     async with session.begin():
         if body.zone_id is not None:
             await repo.get_referenced(session, Zone, site_id, body.zone_id, "zone_id")
+        await _check_attachment(session, site_id, body.pump_id, body.water_source_id)
         values = body.changes()  # min/max and the alert band may be cleared with a null
         # Checked on the locked row before the UPDATE, whose CHECK (min < max) would otherwise
         # fail as a 500. A stale version is left for `update_versioned` to refuse with 409.
@@ -262,7 +264,36 @@ async def update_sensor(
             low, high = band["alert_min"], band["alert_max"]
             if low is not None and high is not None and low >= high:
                 raise Invalid("alert_min must be below alert_max", field="body.alert_min")
+            _check_attached_kind(current, values)
         return await repo.update_versioned(session, Sensor, site_id, sensor_id, version, values)
+
+
+async def _check_attachment(
+    session: AsyncSession,
+    site_id: uuid.UUID,
+    pump_id: uuid.UUID | None,
+    water_source_id: uuid.UUID | None,
+) -> None:
+    """The pump or source a flow meter is attached to is the site's own (422 otherwise)."""
+    if pump_id is not None:
+        await repo.get_referenced(session, Pump, site_id, pump_id, "pump_id")
+    if water_source_id is not None:
+        await repo.get_referenced(session, WaterSource, site_id, water_source_id, "water_source_id")
+
+
+def _check_attached_kind(current: Sensor, values: dict[str, Any]) -> None:
+    """A PATCH leaves at most one attachment, and only on a flow sensor: checked against the
+    stored row, whose CHECKs would otherwise fail as a 500."""
+    pump_id = values.get("pump_id", current.pump_id)
+    source_id = values.get("water_source_id", current.water_source_id)
+    if pump_id is not None and source_id is not None:
+        sent = "pump_id" if "pump_id" in values else "water_source_id"
+        raise Invalid("a sensor meters a pump or a water source, not both", field=f"body.{sent}")
+    if (pump_id is not None or source_id is not None) and current.kind != SensorKind.flow:
+        sent = "pump_id" if pump_id is not None else "water_source_id"
+        raise Invalid(
+            "only a flow sensor can be attached to a pump or a water source", field=f"body.{sent}"
+        )
 
 
 def _check_range(
