@@ -351,6 +351,10 @@ async def _dispatch_one(
             detail={"last_reason": r.last_reason},
         )
         return
+    # First: a run whose predecessor is not over waits for that, whatever else holds its
+    # pump (the predecessor, started in this pass, does).
+    if r.after_id is not None and not await _after_previous(session, state, w):
+        return
     if r.pump_id in state.blocked_pumps or w.water_source_id in state.blocked_sources:
         where = "pump" if r.pump_id in state.blocked_pumps else "water source"
         await _defer(
@@ -364,8 +368,6 @@ async def _dispatch_one(
     behind = state.packing.behind(w.water_source_id, r)
     if behind is not None:
         await _wait_behind(session, w, behind)
-        return
-    if r.after_id is not None and not await _after_previous(session, state, w):
         return
     if automated and w.paused_until is not None and w.paused_until > now:
         await _defer(
