@@ -34,17 +34,17 @@ def upgrade() -> None:
         sa.Column("soak_s", sa.Integer(), server_default=sa.text("0"), nullable=False),
     )
     op.create_index(
-        "ix_run_requests_watering_waiting",
+        "ix_run_requests_watering",
         "run_requests",
         ["watering_id"],
-        postgresql_where=sa.text("status = 'waiting' AND watering_id IS NOT NULL"),
+        postgresql_where=sa.text("watering_id IS NOT NULL"),
     )
     op.add_column("automation_decisions", sa.Column("watering_id", sa.Uuid(), nullable=True))
 
 
 def downgrade() -> None:
     op.drop_column("automation_decisions", "watering_id")
-    op.drop_index("ix_run_requests_watering_waiting", table_name="run_requests")
+    op.drop_index("ix_run_requests_watering", table_name="run_requests")
     op.drop_column("run_requests", "soak_s")
     op.drop_column("run_requests", "cycles")
     op.drop_column("run_requests", "cycle")

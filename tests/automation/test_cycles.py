@@ -468,3 +468,115 @@ async def test_a_schedules_watering_is_split_after_et_scaling_and_runs_whole(
     assert {r["priority"] for r in cycles} == {"scheduled"}
     assert {r["schedule_id"] for r in cycles} == {schedule.json()["id"]}
     assert all(f"water level {level.pct} %" in r["reason"] for r in cycles)
+
+
+async def test_a_zones_pumps_take_their_cycles_in_rounds_and_a_superseded_one_ends_the_rest(
+    client: httpx.AsyncClient, admin: dict[str, str], engine: Engine
+) -> None:
+    zone = (
+        await client.post(
+            "/v1/zones",
+            json={"name": "orchard", "timezone": "UTC", "max_cycle_s": 300, "min_soak_s": 600},
+            headers=admin,
+        )
+    ).json()
+    pumps = []
+    for name in ("hw-a", "hw-b"):
+        # A source each: only the chain keeps the second pump waiting.
+        source = (await client.post("/v1/water-sources", json={"name": name}, headers=admin)).json()
+        pumps.append(
+            await make_pump(
+                client,
+                admin,
+                name,
+                zone_id=zone["id"],
+                water_source_id=source["id"],
+                max_runtime_s=600,
+            )
+        )
+    a, b = pumps
+    sensor = await client.post(
+        "/v1/sensors",
+        json={"zone_id": zone["id"], "name": "m", "kind": "soil_moisture", "unit": "%"},
+        headers=admin,
+    )
+    rule = await client.post(
+        "/v1/threshold-rules",
+        json={
+            "zone_id": zone["id"],
+            "start_below": 30,
+            "stop_above": 45,
+            "window_s": 60,
+            "duration_s": 900,
+        },
+        headers=admin,
+    )
+    assert rule.status_code == 201, rule.text
+    await dry(client, admin, engine, sensor.json()["id"])
+
+    asked = {r["id"]: r for r in await run_requests(client, admin, zone_id=zone["id"])}
+    (first,) = [r for r in asked.values() if r["after_id"] is None]
+    chain = [first]
+    while nxt := [r for r in asked.values() if r["after_id"] == chain[-1]["id"]]:
+        chain += nxt
+    name = {a["id"]: "a", b["id"]: "b"}
+    assert [(name[r["pump_id"]], r["cycle"], r["cycles"], r["soak_s"]) for r in chain] == [
+        ("a", 1, 3, 0),
+        ("b", 1, 3, 0),
+        ("a", 2, 3, 600),
+        ("b", 2, 3, 0),
+        ("a", 3, 3, 600),
+        ("b", 3, 3, 0),
+    ]
+    assert len({r["watering_id"] for r in chain}) == 1
+
+    # A person's run for pump a supersedes its waiting cycles; the watering ends with them.
+    manual = await client.post(
+        f"/v1/pumps/{a['id']}/activations",
+        json={"duration_s": 60, "priority": "manual", "queue": "append"},
+        headers=admin,
+    )
+    assert manual.status_code == 202, manual.text
+    now = {r["id"]: r for r in await run_requests(client, admin, zone_id=zone["id"])}
+    assert [(now[r["id"]]["status"], now[r["id"]]["last_reason"]) for r in chain] == [
+        ("started", "started"),
+        ("waiting", "after_previous"),
+        ("superseded", "superseded"),
+        ("superseded", "watering_ended"),
+        ("superseded", "superseded"),
+        ("superseded", "watering_ended"),
+    ]
+
+
+async def test_an_unsplit_zone_wide_watering_still_waters_its_other_pumps_when_one_is_cancelled(
+    client: httpx.AsyncClient, admin: dict[str, str], engine: Engine
+) -> None:
+    zone = (
+        await client.post("/v1/zones", json={"name": "beds", "timezone": "UTC"}, headers=admin)
+    ).json()
+    a = await make_pump(client, admin, "hw-a", zone_id=zone["id"])
+    busy = await client.post(
+        f"/v1/pumps/{a['id']}/activations", json={"duration_s": 5}, headers=admin
+    )
+    assert busy.status_code == 202, busy.text  # pump a is busy: the watering's first run waits
+    spare = (await client.post("/v1/water-sources", json={"name": "spare"}, headers=admin)).json()
+    b = await make_pump(client, admin, "hw-b", zone_id=zone["id"], water_source_id=spare["id"])
+    sensor = await client.post(
+        "/v1/sensors",
+        json={"zone_id": zone["id"], "name": "m", "kind": "soil_moisture", "unit": "%"},
+        headers=admin,
+    )
+    await client.post(
+        "/v1/threshold-rules",
+        json={"zone_id": zone["id"], "start_below": 30, "stop_above": 45, "duration_s": 5},
+        headers=admin,
+    )
+    await dry(client, admin, engine, sensor.json()["id"])
+    (for_a,) = await cycles_of(client, admin, a["id"])
+    (for_b,) = await cycles_of(client, admin, b["id"])
+    assert for_b["after_id"] == for_a["id"]
+    cancelled = await client.delete(f"/v1/run-queue/{for_a['id']}", headers=admin)
+    assert cancelled.json()["status"] == "cancelled"
+    assert await engine.dispatch() == 1
+    (for_b,) = await cycles_of(client, admin, b["id"])
+    assert for_b["status"] == "started"

@@ -65,7 +65,7 @@ def split(total_s: int, cycle_s: int) -> list[int]:
 
 
 def _pump_cycles(pump: Pump, total_s: int, cycling: Cycling) -> tuple[list[int], int | None]:
-    if cycling.max_cycle_s is None:
+    if cycling.max_cycle_s is None or total_s <= 0:
         return [min(total_s, pump.max_runtime_s)], None
     length = min(cycling.max_cycle_s, pump.max_runtime_s)
     if -(-total_s // length) > MAX_CYCLES:
@@ -88,10 +88,9 @@ def plan(pumps: list[Pump], total_s: int, cycling: Cycling) -> list[Step]:
                 continue
             soak = cycling.min_soak_s if index > 0 and first_of_round else 0
             start = max(ended + soak, rested.get(pump.id, 0)) if steps else 0
-            if not cycling.splits:
-                start = 0
+            offset = start if cycling.splits else 0
             duration = durations[index]
-            steps.append(Step(pump, duration, index + 1, len(durations), soak, start, cut_from))
+            steps.append(Step(pump, duration, index + 1, len(durations), soak, offset, cut_from))
             ended = start + duration
             rested[pump.id] = ended + pump.cooldown_s
             first_of_round = False

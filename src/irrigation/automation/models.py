@@ -144,11 +144,11 @@ class RunRequest(Retried, IdMixin, Base):
             "resolved_at",
             postgresql_where=text("status <> 'waiting'"),
         ),
-        # Ending a watering's later cycles (automation/cycles.py) finds them through this.
+        # A watering's runs (runqueue/waterings.py walks their chain; the API's filter).
         Index(
-            "ix_run_requests_watering_waiting",
+            "ix_run_requests_watering",
             "watering_id",
-            postgresql_where=text("status = 'waiting' AND watering_id IS NOT NULL"),
+            postgresql_where=text("watering_id IS NOT NULL"),
         ),
     )
 

@@ -451,15 +451,12 @@ async def _after_previous(session: AsyncSession, state: _Pass, w: _Waiting) -> b
     cycle = label(r.cycle, r.cycles)
     if ended is None:
         state.blocked_pumps.add(r.pump_id)
-        previous = f"{cycle} of {w.pump_name!r} waits for the watering's previous run"
-        await _defer(
-            session,
-            r,
-            Reason.after_previous,
-            f"{previous} to finish"
+        waits = (
+            f"{cycle} of {w.pump_name!r} waits for the watering's previous run"
             if cycle
-            else f"{w.pump_name!r} waits for the zone's previous pump to finish",
+            else f"{w.pump_name!r} waits for the zone's previous pump"
         )
+        await _defer(session, r, Reason.after_previous, f"{waits} to finish")
         return False
     soaked = ended + timedelta(seconds=r.soak_s)
     if soaked <= state.now:
