@@ -42,6 +42,7 @@ class Subject:
     rule_id: uuid.UUID | None = None
     schedule_id: uuid.UUID | None = None
     run_request_id: uuid.UUID | None = None
+    watering_id: uuid.UUID | None = None
 
 
 def about(request: RunRequest) -> Subject:
@@ -53,6 +54,7 @@ def about(request: RunRequest) -> Subject:
         rule_id=request.rule_id,
         schedule_id=request.schedule_id,
         run_request_id=request.id,
+        watering_id=request.watering_id,
     )
 
 
@@ -75,6 +77,7 @@ def record(
         schedule_id=subject.schedule_id,
         run_request_id=subject.run_request_id,
         activation_id=activation_id,
+        watering_id=subject.watering_id,
         at=at,
         outcome=outcome,
         reason=reason,
@@ -94,6 +97,7 @@ class DecisionFilter:
     pump_id: uuid.UUID | None = None
     rule_id: uuid.UUID | None = None
     schedule_id: uuid.UUID | None = None
+    watering_id: uuid.UUID | None = None
     since: datetime | None = None
     until: datetime | None = None
 
@@ -116,6 +120,7 @@ async def list_decisions(
         (d.pump_id, filters.pump_id),
         (d.rule_id, filters.rule_id),
         (d.schedule_id, filters.schedule_id),
+        (d.watering_id, filters.watering_id),
     ):
         if value is not None:
             stmt = stmt.where(column == value)

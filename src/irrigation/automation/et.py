@@ -71,11 +71,13 @@ def water_level_pct(et0_mm: float, baseline_mm: float, min_pct: int, max_pct: in
     return max(min_pct, min(max_pct, round(100 * et0_mm / baseline_mm)))
 
 
-def scaled_duration_s(duration_s: int, pct: int, max_runtime_s: int) -> int:
-    """The nominal duration scaled by the water level, never above the pump's limit.
+def scaled_duration_s(duration_s: int, pct: int, max_runtime_s: int | None) -> int:
+    """The nominal duration scaled by the water level, never above the pump's limit (None:
+    no limit, for a watering split into cycles that each keep to it).
 
     0 stays 0: the caller skips the run instead of starting a pump for nothing."""
-    return min(round(duration_s * pct / 100), max_runtime_s)
+    scaled = round(duration_s * pct / 100)
+    return scaled if max_runtime_s is None else min(scaled, max_runtime_s)
 
 
 @dataclass(frozen=True)

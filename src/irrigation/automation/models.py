@@ -144,6 +144,12 @@ class RunRequest(Retried, IdMixin, Base):
             "resolved_at",
             postgresql_where=text("status <> 'waiting'"),
         ),
+        # A watering's runs (runqueue/waterings.py walks their chain; the API's filter).
+        Index(
+            "ix_run_requests_watering",
+            "watering_id",
+            postgresql_where=text("watering_id IS NOT NULL"),
+        ),
     )
 
     site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
@@ -178,6 +184,13 @@ class RunRequest(Retried, IdMixin, Base):
     # How many runs of its water source started ahead of it while it waited for flow
     # (runqueue/packing.py): at IRRIGATION_RUNQUEUE_MAX_BYPASS, nothing passes it any more.
     bypass_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    # One automated watering (a schedule's or rule's, every pump and cycle of it) shares one
+    # id; a person's request has none. `cycle` of `cycles` counts this pump's runs of it.
+    watering_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    cycle: Mapped[int | None] = mapped_column(SmallInteger, default=None)
+    cycles: Mapped[int | None] = mapped_column(SmallInteger, default=None)
+    # Starts no sooner than this long after `after_id` ended (the soak between cycles).
+    soak_s: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 class Outcome(StrEnum):
@@ -197,6 +210,10 @@ class Reason(StrEnum):
     deadline_passed = "deadline_passed"
     queued_behind = "queued_behind"
     after_previous = "after_previous"
+    # Cycle-and-soak: a cycle waits out the soak after the previous one; a cycle that was
+    # skipped, superseded or cancelled ends the watering's later cycles.
+    soaking = "soaking"
+    watering_ended = "watering_ended"
     invalid = "invalid"
     # The pumps' refusals (their `code`), as a request's reason to wait.
     pump_busy = "pump_busy"
@@ -253,6 +270,8 @@ class AutomationDecision(IdMixin, Base):
     activation_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("pump_activations.id", ondelete="SET NULL"), default=None
     )
+    # The watering of the run request (no foreign key: a watering is an id, not a row).
+    watering_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
     at: Mapped[datetime]
     outcome: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str] = mapped_column(String(64))

@@ -162,6 +162,9 @@ async def list_run_requests(
     status: RunStatus | None = None,
     pump_id: uuid.UUID | None = None,
     zone_id: ZoneFilter = None,
+    watering_id: Annotated[
+        uuid.UUID | None, Query(description="The run requests (cycles) of one watering.")
+    ] = None,
 ) -> Page[RunRequestOut]:
     filters = [
         column == value
@@ -169,6 +172,7 @@ async def list_run_requests(
             (RunRequest.status, status),
             (RunRequest.pump_id, pump_id),
             (RunRequest.zone_id, zone_id),
+            (RunRequest.watering_id, watering_id),
         )
         if value is not None
     ]
@@ -187,7 +191,8 @@ async def get_run_request(
     "/run-queue/{request_id}",
     response_model=RunRequestOut,
     responses=problems(404),
-    summary="Cancel a waiting run request (a no-op once it started or ended)",
+    summary="Cancel a waiting run request (a no-op once it started or ended); a cycle's "
+    "watering's later cycles are cancelled with it",
 )
 @limited_as(RateClass.control)
 async def cancel_run_request(
@@ -215,10 +220,15 @@ async def list_decisions(
     pump_id: uuid.UUID | None = None,
     rule_id: uuid.UUID | None = None,
     schedule_id: uuid.UUID | None = None,
+    watering_id: Annotated[
+        uuid.UUID | None, Query(description="The decisions about one watering's runs.")
+    ] = None,
     since: Annotated[AwareDatetime | None, Query(description="From (with an offset).")] = None,
     until: Annotated[AwareDatetime | None, Query(description="Before (with an offset).")] = None,
 ) -> Page[DecisionOut]:
-    filters = decisions.DecisionFilter(outcome, reason, pump_id, rule_id, schedule_id, since, until)
+    filters = decisions.DecisionFilter(
+        outcome, reason, pump_id, rule_id, schedule_id, watering_id, since, until
+    )
     rows, cursor = await decisions.list_decisions(session, who.site_id, zone_id, filters, params)
     return Page(items=[DecisionOut.model_validate(r) for r in rows], next_cursor=cursor)
 

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from irrigation.auth.models import Site
 from irrigation.automation import failures
 from irrigation.automation.calendar import When, next_after, occurrences
+from irrigation.automation.cycles import cycling_of
 from irrigation.automation.decisions import Subject, local, record
 from irrigation.automation.et import WaterLevel, compute_water_level, scaled_duration_s
 from irrigation.automation.models import Outcome, Reason, RunRequest, Schedule
@@ -211,8 +212,12 @@ async def _fire_one(
             return None
         duration = schedule.duration_s
         why = f"schedule {schedule.name or schedule.id} at {local(at, zone.timezone)}"
+        cycling = cycling_of(zone)
         if level is not None:
-            duration = scaled_duration_s(schedule.duration_s, level.pct, settings.max_runtime_cap_s)
+            # Split into cycles, the whole scaled watering runs; unsplit, one run can be no
+            # longer than the runtime cap.
+            cap = None if cycling.splits else settings.max_runtime_cap_s
+            duration = scaled_duration_s(schedule.duration_s, level.pct, cap)
             why += f", water level {level.pct} %"
         if "moisture" in detail:  # the start's decision shows the run's reason
             why += f", soil moisture {detail['moisture']}"
@@ -224,7 +229,7 @@ async def _fire_one(
             why,
             schedule_id=schedule.id,
         )
-        queued = await queue_zone_runs(session, settings, schedule.site_id, found, make)
+        queued = await queue_zone_runs(session, settings, schedule.site_id, found, make, cycling)
         if isinstance(queued, Skip):
             record(
                 session, subject, now, Outcome.skipped, queued.reason, queued.message, detail=detail

@@ -325,6 +325,19 @@ class RunRequestOut(BaseModel):
         description="How many runs of its water source started ahead of it while it waited "
         "for the source's flow (`IRRIGATION_RUNQUEUE_MAX_BYPASS` at most)."
     )
+    watering_id: uuid.UUID | None = Field(
+        description="The automated watering (a schedule's or threshold rule's) it is part "
+        "of: every pump and cycle of one watering shares it. Null for a person's request."
+    )
+    cycle: int | None = Field(
+        description="Which of its pump's `cycles` in the watering this is (cycle-and-soak: "
+        "the zone's `max_cycle_s`); 1 of 1 for a watering that is not split."
+    )
+    cycles: int | None = Field(description="How many cycles its pump runs in the watering.")
+    soak_s: int = Field(
+        description="Starts at least this long after the watering's previous run "
+        "(`after_id`) ended: the zone's `min_soak_s` before a cycle, else 0."
+    )
     created_at: datetime
     resolved_at: datetime | None
 
@@ -339,6 +352,10 @@ class DecisionOut(BaseModel):
     schedule_id: uuid.UUID | None
     run_request_id: uuid.UUID | None
     activation_id: uuid.UUID | None
+    watering_id: uuid.UUID | None = Field(
+        description="The watering of the run request (one id for every pump and cycle of an "
+        "automated watering)."
+    )
     at: datetime
     outcome: Outcome
     reason: str = Field(description="Machine-readable, e.g. `rain_delay`, `cooldown`.")

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation.auth.models import Site
 from irrigation.automation import failures
+from irrigation.automation.cycles import cycling_of
 from irrigation.automation.decisions import Subject, record
 from irrigation.automation.models import Outcome, Reason, RunRequest, ThresholdRule
 from irrigation.automation.runqueue import dispatch
@@ -201,7 +202,8 @@ async def _evaluate_one(
                 f"threshold rule {rule.name or rule.id}: {what}",
                 rule_id=rule.id,
             )
-            queued = await queue_zone_runs(session, settings, rule.site_id, found, make)
+            cycling = cycling_of(zone)
+            queued = await queue_zone_runs(session, settings, rule.site_id, found, make, cycling)
             if isinstance(queued, Skip):
                 found = queued
         if isinstance(found, Skip):

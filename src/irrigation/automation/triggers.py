@@ -1,15 +1,17 @@
 """What a threshold rule and a schedule share when they trigger: the zone's readings (their
 average, how many, how old), the gates (pause, rain delay), the pumps to water and whether
-an earlier run still waits, and one queued run per pump, each after the previous."""
+an earlier run still waits, and the watering's queued runs: per pump, each after the
+previous, split into cycles where the zone asks for it."""
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, FromClause, func, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from irrigation.automation.cycles import MAX_CYCLES, Cycling, Step, plan
 from irrigation.automation.decisions import local
 from irrigation.automation.models import Reason, RunRequest, RunStatus
 from irrigation.automation.runqueue import enqueue
@@ -124,7 +126,7 @@ async def pumps_to_water(
 
 
 class WishMaker:
-    """Builds the wish for each pump of a zone-wide run (duration capped per pump)."""
+    """Builds the wish for each run request of a zone's watering (automation/cycles.py)."""
 
     def __init__(
         self,
@@ -140,17 +142,27 @@ class WishMaker:
         self.deadline, self.reason = deadline, reason
         self.rule_id, self.schedule_id = rule_id, schedule_id
 
-    def __call__(self, pump: Pump, after: uuid.UUID | None) -> enqueue.Wish:
+    def __call__(self, step: Step, after: uuid.UUID | None, watering: uuid.UUID) -> enqueue.Wish:
+        reason = self.reason
+        if step.cut_from_s is not None and step.cycle == 1:
+            reason += (
+                f"; cut from {step.cut_from_s} s to {step.cycles} cycles of at most "
+                f"{step.duration_s} s (at most {MAX_CYCLES} a watering)"
+            )
         return enqueue.Wish(
-            pump_id=pump.id,
+            pump_id=step.pump.id,
             priority=self.priority,
-            duration_s=min(self.duration_s, pump.max_runtime_s),
+            duration_s=step.duration_s,
             origin=self.origin,
-            deadline=self.deadline,
-            reason=self.reason,
+            deadline=self.deadline + timedelta(seconds=step.offset_s),
+            reason=reason[:500],
             rule_id=self.rule_id,
             schedule_id=self.schedule_id,
             after_id=after,
+            watering_id=watering,
+            cycle=step.cycle,
+            cycles=step.cycles,
+            soak_s=step.soak_s,
         )
 
 
@@ -160,16 +172,21 @@ async def queue_zone_runs(
     site_id: uuid.UUID,
     pumps: list[Pump],
     make: WishMaker,
+    cycling: Cycling,
 ) -> list[RunRequest] | Skip:
-    """One request per pump, each after the previous: a zone's pumps water one by one. All
-    or none: over the site's quota of waiting requests, none is queued and the answer is
-    why (the caller's other changes, such as a schedule's advance, still commit)."""
+    """One watering: a request per pump, each after the previous (a zone's pumps water one
+    by one), split into cycles with soaks between by the zone's `cycling`; one watering id
+    for all. All or none: over the site's quota of waiting requests, none is queued and the
+    answer is why (the caller's other changes, such as a schedule's advance, still commit)."""
     previous: uuid.UUID | None = None
+    watering = uuid.uuid4()
     requests = []
     try:
         async with session.begin_nested():
-            for pump in pumps:
-                request, _ = await enqueue.add(session, settings, site_id, make(pump, previous))
+            for step in plan(pumps, make.duration_s, cycling):
+                request, _ = await enqueue.add(
+                    session, settings, site_id, make(step, previous, watering)
+                )
                 requests.append(request)
                 previous = request.id
     except QuotaExceeded as exc:

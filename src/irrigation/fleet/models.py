@@ -33,6 +33,8 @@ class Zone(IdMixin, Versioned, Base):
         CheckConstraint(
             "on_forecast_unavailable IN ('run', 'hold')", name="on_forecast_unavailable_known"
         ),
+        CheckConstraint("max_cycle_s >= 1", name="max_cycle_positive"),
+        CheckConstraint("min_soak_s >= 0", name="min_soak_not_negative"),
     )
 
     site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
@@ -62,6 +64,11 @@ class Zone(IdMixin, Versioned, Base):
     on_forecast_unavailable: Mapped[str] = mapped_column(
         String(8), default="run", server_default="run"
     )
+    # Cycle-and-soak (automation/cycles.py): an automated watering longer than
+    # `max_cycle_s` runs as several cycles, at least `min_soak_s` apart, so the soil takes
+    # the water in instead of shedding it. None: no splitting (one run, as before).
+    max_cycle_s: Mapped[int | None] = mapped_column(default=None)
+    min_soak_s: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 class WaterSource(IdMixin, Versioned, Base):

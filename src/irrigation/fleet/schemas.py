@@ -133,6 +133,25 @@ _ON_UNAVAILABLE = (
 )
 
 
+# Cycle-and-soak: an automated watering longer than `max_cycle_s` runs as cycles.
+MaxCycleS = Annotated[int, Field(ge=1, le=3600)]
+MinSoakS = Annotated[int, Field(ge=0, le=86400)]
+_MAX_CYCLE = (
+    "Cycle-and-soak, seconds: a scheduled or threshold watering longer than this (after ET "
+    "scaling) runs as several cycles of at most this long (and at most each pump's "
+    "`max_runtime_s`; then the watering's whole duration is run, not capped at "
+    "`max_runtime_s`), with at least `min_soak_s` between them; other zones' runs on the "
+    "water source may start in the gaps. At most 48 cycles a pump per watering. Manual and "
+    "emergency runs are never split. Null: no splitting (a run longer than `max_runtime_s` "
+    "is cut to it, as without cycle-and-soak)."
+)
+_MIN_SOAK = (
+    "Seconds the zone rests between two cycles of a watering, at least (measured from the "
+    "previous cycle's stop). A pump's `cooldown_s` still holds: the gap is the longer of the "
+    "two. Used only with `max_cycle_s`."
+)
+
+
 class _ZoneWeather(Body):
     @model_validator(mode="after")
     def _pct_order(self) -> Self:
@@ -161,10 +180,12 @@ class ZoneCreate(_ZoneWeather):
     on_forecast_unavailable: OnForecastUnavailable = Field(
         default="run", description=_ON_UNAVAILABLE
     )
+    max_cycle_s: MaxCycleS | None = Field(default=None, description=_MAX_CYCLE)
+    min_soak_s: MinSoakS = Field(default=0, description=_MIN_SOAK)
 
 
 class ZoneUpdate(_ZoneWeather, UpdateBody):
-    nullable = frozenset({"latitude", "longitude", "min_temp_c", "max_wind_kmh"})
+    nullable = frozenset({"latitude", "longitude", "min_temp_c", "max_wind_kmh", "max_cycle_s"})
 
     name: Name | None = None
     timezone: TimeZone | None = None
@@ -180,6 +201,8 @@ class ZoneUpdate(_ZoneWeather, UpdateBody):
     on_forecast_unavailable: OnForecastUnavailable | None = Field(
         default=None, description=_ON_UNAVAILABLE
     )
+    max_cycle_s: MaxCycleS | None = Field(default=None, description=_MAX_CYCLE)
+    min_soak_s: MinSoakS | None = Field(default=None, description=_MIN_SOAK)
 
 
 class ZoneOut(StoredOut):
@@ -201,6 +224,8 @@ class ZoneOut(StoredOut):
     max_wind_kmh: float | None = Field(description=_MAX_WIND)
     max_forecast_age_s: int = Field(description=_MAX_FORECAST_AGE)
     on_forecast_unavailable: OnForecastUnavailable = Field(description=_ON_UNAVAILABLE)
+    max_cycle_s: int | None = Field(description=_MAX_CYCLE)
+    min_soak_s: int = Field(description=_MIN_SOAK)
 
 
 # Water sources -------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from sqlalchemy.orm import aliased
 from irrigation import queue
 from irrigation.auth.models import Site
 from irrigation.automation import failures
+from irrigation.automation.cycles import label
 from irrigation.automation.decisions import about, local, record
 from irrigation.automation.lockouts import Limits, Lockouts, Verdict
 from irrigation.automation.models import (
@@ -34,6 +35,7 @@ from irrigation.automation.models import (
     Schedule,
     ThresholdRule,
 )
+from irrigation.automation.runqueue import waterings
 from irrigation.automation.runqueue.packing import Behind, Packing, Waiter
 from irrigation.common.clock import db_now_expr
 from irrigation.common.dberrors import (
@@ -232,7 +234,8 @@ class _Pass:
     """What one dispatch pass has learnt so far."""
 
     now: datetime
-    finished: set[uuid.UUID]
+    # Predecessors (`after_id`) that are over, with when they ended (a soak counts from it).
+    finished: dict[uuid.UUID, datetime]
     # Each zone's lockout verdict; None: this pass cannot judge lockouts.
     verdicts: dict[uuid.UUID, Verdict] | None
     packing: Packing
@@ -348,6 +351,10 @@ async def _dispatch_one(
             detail={"last_reason": r.last_reason},
         )
         return
+    # First: a run whose predecessor is not over waits for that, whatever else holds its
+    # pump (the predecessor, started in this pass, does).
+    if r.after_id is not None and not await _after_previous(session, state, w):
+        return
     if r.pump_id in state.blocked_pumps or w.water_source_id in state.blocked_sources:
         where = "pump" if r.pump_id in state.blocked_pumps else "water source"
         await _defer(
@@ -361,15 +368,6 @@ async def _dispatch_one(
     behind = state.packing.behind(w.water_source_id, r)
     if behind is not None:
         await _wait_behind(session, w, behind)
-        return
-    if r.after_id is not None and r.after_id not in state.finished:
-        state.blocked_pumps.add(r.pump_id)
-        await _defer(
-            session,
-            r,
-            Reason.after_previous,
-            f"{w.pump_name!r} waits for the zone's previous pump to finish",
-        )
         return
     if automated and w.paused_until is not None and w.paused_until > now:
         await _defer(
@@ -444,6 +442,43 @@ async def _dispatch_one(
         state.blocked_pumps.add(r.pump_id)
 
 
+async def _after_previous(session: AsyncSession, state: _Pass, w: _Waiting) -> bool:
+    """Whether the request's predecessor (the zone's previous pump, or its watering's
+    previous cycle) is over and the soak after it has passed; if not, it waits, holding
+    back its own pump only: the water source is free for other zones' runs meanwhile."""
+    r = w.request
+    ended = state.finished.get(r.after_id) if r.after_id is not None else None
+    cycle = label(r.cycle, r.cycles)
+    if ended is None:
+        state.blocked_pumps.add(r.pump_id)
+        waits = (
+            f"{cycle} of {w.pump_name!r} waits for the watering's previous run"
+            if cycle
+            else f"{w.pump_name!r} waits for the zone's previous pump"
+        )
+        await _defer(session, r, Reason.after_previous, f"{waits} to finish")
+        return False
+    soaked = ended + timedelta(seconds=r.soak_s)
+    if soaked <= state.now:
+        return True
+    state.blocked_pumps.add(r.pump_id)
+    await _defer(
+        session,
+        r,
+        Reason.soaking,
+        f"{cycle or 'the run'} of {w.pump_name!r} waits until {local(soaked, w.zone_tz)} "
+        f"while the zone soaks ({r.soak_s} s after the previous run ended)",
+        {
+            "cycle": r.cycle,
+            "cycles": r.cycles,
+            "watering_id": str(r.watering_id) if r.watering_id else None,
+            "min_soak_s": r.soak_s,
+            "soak_until": soaked.isoformat(),
+        },
+    )
+    return False
+
+
 async def _wait_behind(session: AsyncSession, w: _Waiting, behind: Behind) -> None:
     message = behind.sentence(repr(w.pump_name), repr(w.source_name))
     await _defer(session, w.request, Reason.queued_behind, message, behind.detail())
@@ -481,13 +516,20 @@ def _until(why: str, w: _Waiting) -> str:
     return f"{why}; waits until {local(w.request.deadline, w.zone_tz)} at the latest"
 
 
-async def _finished_predecessors(session: AsyncSession, rows: list[_Waiting]) -> set[uuid.UUID]:
-    """Predecessors (of zone-wide runs) that are done: resolved and not holding their pump."""
+async def _finished_predecessors(
+    session: AsyncSession, rows: list[_Waiting]
+) -> dict[uuid.UUID, datetime]:
+    """Predecessors (of zone-wide runs, of a watering's cycles) that are done: resolved and
+    not holding their pump; each with when it ended: its run's stop (the device's own stop
+    time where it reported one), else when it was resolved (it never ran)."""
     ids = {w.request.after_id for w in rows if w.request.after_id is not None}
     if not ids:
-        return set()
+        return {}
     stmt = (
-        select(RunRequest.id)
+        select(
+            RunRequest.id,
+            func.coalesce(PumpActivation.stopped_at, RunRequest.resolved_at, db_now_expr()),
+        )
         .outerjoin(PumpActivation, PumpActivation.id == RunRequest.activation_id)
         .where(
             RunRequest.id.in_(ids),
@@ -495,7 +537,7 @@ async def _finished_predecessors(session: AsyncSession, rows: list[_Waiting]) ->
             (PumpActivation.id.is_(None)) | PumpActivation.status.not_in(ACTIVE),
         )
     )
-    return set((await session.execute(stmt)).scalars())
+    return {row[0]: row[1] for row in (await session.execute(stmt)).all()}
 
 
 class _Gone(Exception):
@@ -551,8 +593,12 @@ async def _try_start(
                 mine.activation_id = activation.id
                 mine.resolved_at = now
                 mine.last_reason = Reason.started
-                message = f"{w.pump_name!r} for {r.duration_s} s ({r.reason or r.origin})"
+                cycle = label(r.cycle, r.cycles)
+                what = f"{cycle} of {w.pump_name!r}" if cycle else repr(w.pump_name)
+                message = f"{what} for {r.duration_s} s ({r.reason or r.origin})"
                 detail: dict[str, Any] = {"priority": r.priority}
+                if cycle:
+                    detail |= {"cycle": r.cycle, "cycles": r.cycles}
                 if verdict is not None:
                     detail["lockouts"] = verdict.detail
                     if verdict.message:
@@ -707,6 +753,7 @@ async def _resolve(
         mine.resolved_at = now
         mine.last_reason = reason
         record(session, about(mine), now, Outcome.skipped, reason, message, detail=detail)
+        await waterings.end_later_cycles(session, mine, status, now)
         if mine.rule_id is not None:
             # The rule asked for water that never came: let it ask again while still dry. In
             # the skip's transaction: a rule left disarmed by a crash would never ask again.

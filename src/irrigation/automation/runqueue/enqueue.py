@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from irrigation import queue
 from irrigation.automation.decisions import about, local, record
 from irrigation.automation.models import Outcome, QueueMode, Reason, RunRequest, RunStatus
-from irrigation.automation.runqueue import dispatch
+from irrigation.automation.runqueue import dispatch, waterings
 from irrigation.common import idempotency
 from irrigation.common.clock import db_now_expr
 from irrigation.common.errors import NotFound
@@ -45,6 +45,12 @@ class Wish:
     rule_id: uuid.UUID | None = None
     schedule_id: uuid.UUID | None = None
     after_id: uuid.UUID | None = None
+    # An automated watering's: its id, this pump's cycle of `cycles`, the soak after the
+    # previous request (automation/cycles.py).
+    watering_id: uuid.UUID | None = None
+    cycle: int | None = None
+    cycles: int | None = None
+    soak_s: int = 0
 
 
 async def lock_source_and_pump(
@@ -96,6 +102,10 @@ async def add(
         rule_id=wish.rule_id,
         schedule_id=wish.schedule_id,
         after_id=wish.after_id,
+        watering_id=wish.watering_id,
+        cycle=wish.cycle,
+        cycles=wish.cycles,
+        soak_s=wish.soak_s,
         status=RunStatus.waiting,
         deadline=wish.deadline,
     )
@@ -133,6 +143,8 @@ async def add(
             f"made at {local(now, zone_tz)}",
             detail={"superseded_by": str(request.id)},
         )
+    for old in superseded:  # a superseded cycle ends its watering (the other pumps' too)
+        await waterings.end_later_cycles(session, old, RunStatus.superseded, now)
     to_stop: list[PumpActivation] = []
     if wish.queue == "replace":
         to_stop = await _stop_others_on_source(session, source, pump, now)
@@ -238,6 +250,9 @@ async def cancel(session: AsyncSession, site_id: uuid.UUID, request_id: uuid.UUI
             request.status = RunStatus.cancelled
             request.resolved_at = now
             request.last_reason = Reason.cancelled
+            # Cancelling a cycle cancels the rest of its watering: a person who stops one
+            # cycle does not want the next one to start after the soak.
+            await waterings.end_later_cycles(session, request, RunStatus.cancelled, now)
     return request
 
 

@@ -28,7 +28,7 @@ export async function runQueue(ctx) {
           ["Zone", (r) => names.zone(r.zone_id)],
           ["Pump", (r) => names.pump(r.pump_id)],
           ["Priority", (r) => r.priority],
-          ["Duration", (r) => duration(r.duration_s)],
+          ["Duration", (r) => duration(r.duration_s) + (r.cycles > 1 ? ` (cycle ${r.cycle} of ${r.cycles})` : "")],
           ["Status", (r) => badge(r.status)],
           ["Why", (r) => r.last_reason?.replaceAll("_", " ") ?? "—"],
           ["Waits until", (r) => (r.status === "waiting" ? timeEl(r.deadline) : "—")],
@@ -43,7 +43,7 @@ export async function runQueue(ctx) {
                       await load();
                       return "The run request is cancelled.";
                     },
-                    { confirm: `Cancel this ${duration(r.duration_s)} run of ${names.name(r.pump_id)}?`, ok: "Cancel the run" },
+                    { confirm: `Cancel this ${duration(r.duration_s)} run of ${names.name(r.pump_id)}${r.cycles > 1 ? " and the watering's later cycles" : ""}?`, ok: "Cancel the run" },
                   )
                 : "",
           ],
