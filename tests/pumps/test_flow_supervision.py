@@ -378,6 +378,13 @@ async def test_flow_on_an_idle_source_raises_leak_and_halts_it_until_reset(
     assert found["leak_flow_lpm"] == 4
     refused = assert_problem(await activate(client, admin, pump["id"], 5), 409, "source_halted")
     assert refused["water_source_id"] == source["id"]
+    # A queued run waits for the reset instead.
+    queued = await activate(client, admin, pump["id"], 5, queue="append")
+    assert queued.status_code == 202, queued.text
+    waiting = (await client.get(queued.headers["Location"], headers=admin)).json()
+    assert (waiting["status"], waiting["last_reason"]) == ("waiting", "source_halted")
+    cancelled = await client.delete(queued.headers["Location"], headers=admin)
+    assert cancelled.status_code in (200, 204), cancelled.text
     await evaluate(sessions, settings)
     [alert] = await open_alerts(client, admin, "leak")
     assert (alert["subject_type"], alert["subject_id"]) == ("water_source", source["id"])
