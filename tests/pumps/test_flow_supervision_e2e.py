@@ -4,6 +4,7 @@ fault per device (`flow_lpm` while it runs, `leak_lpm` while it does not). Judge
 simulator's truth: how long the device really ran, and that an idle source's device never
 ran while its water flowed."""
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,11 +29,19 @@ RUN_S = 30
 
 
 async def feed_meters(
-    device: httpx.AsyncClient, api_url: str, admin: dict[str, str], *meters: dict[str, Any]
+    device: httpx.AsyncClient,
+    api_url: str,
+    admin: dict[str, str],
+    *meters: dict[str, Any],
+    key_file: Path | None = None,
 ) -> None:
-    """The simulator's meters for the key's site, once they know `meters`."""
-    key = admin["Authorization"].removeprefix("Bearer ")
-    body = {"api_url": api_url, "api_key": key, "interval_s": 0.5, "refresh_s": 1}
+    """The simulator's meters for the key's site (the key given, or in `key_file` as `up`
+    gives it), once they know `meters`."""
+    body: dict[str, Any] = {"api_url": api_url, "interval_s": 0.5, "refresh_s": 1}
+    if key_file is None:
+        body["api_key"] = admin["Authorization"].removeprefix("Bearer ")
+    else:
+        body["api_key_file"] = str(key_file)
     response = await device.post("/flow/feeds", json=body)
     assert response.status_code == 201, response.text
     wanted = {m["id"] for m in meters}
@@ -42,6 +51,14 @@ async def feed_meters(
         return wanted <= {m["sensor_id"] for m in feed["meters"]}
 
     await wait_for(known)
+
+
+@pytest.fixture
+def key_file(tmp_path: Path, admin: dict[str, str]) -> Path:
+    """The admin key in a file, as `up` hands the simulator the demo key."""
+    path = tmp_path / "key"
+    path.write_text(admin["Authorization"].removeprefix("Bearer ") + "\n")
+    return path
 
 
 async def metered_pump(api: httpx.AsyncClient, hardware_id: str) -> dict[str, Any]:
@@ -73,12 +90,13 @@ async def stopped_for(
     admin: dict[str, str],
     hardware_id: str,
     flow_lpm: float,
+    key_file: Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """A metered pump whose device's meter reads `flow_lpm` while it runs, asked for a
     30 s run: the pump, the run once ended, and the device's run in truth."""
     pump = await metered_pump(api, hardware_id)
     await set_fault(device, site_id=pump["site_id"], hardware_id=hardware_id, flow_lpm=flow_lpm)
-    await feed_meters(device, api_url, admin, pump["meter"])
+    await feed_meters(device, api_url, admin, pump["meter"], key_file=key_file)
     asked = await activate(api, {}, pump["id"], RUN_S)
     assert asked.status_code == 202, asked.text
     ended = await wait_for(lambda: terminal(api, asked.json()["id"]), timeout_s=RUN_S + 10)
@@ -118,9 +136,10 @@ async def test_a_burst_stops_the_run_as_high_flow_with_a_fault_and_an_alert(
     admin: dict[str, str],
     spawn: StartProcess,
     device: httpx.AsyncClient,
+    key_file: Path,
 ) -> None:
     spawn("worker")
-    pump, ended, on = await stopped_for(api, device, api_url, admin, "burst-1", 70)
+    pump, ended, on = await stopped_for(api, device, api_url, admin, "burst-1", 70, key_file)
 
     assert (ended["status"], ended["stop_cause"]) == ("aborted", "high_flow")
     assert on["stopped_by"] == "command"
