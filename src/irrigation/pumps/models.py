@@ -142,8 +142,10 @@ class OutboxJob(IdMixin, Base):
 
 
 class DeviceIncident(IdMixin, Base):
-    """Something a device did that no run asked for, found by the reconciliation (a run
-    with no active activation, which it halted): append-only; alerts raise on recent ones."""
+    """Something a device did that no run asked for: found by the reconciliation (a run
+    with no active activation, which it halted: `unexpected_run`) or by flow supervision (a
+    run whose flow was out of its band, which it stopped: `low_flow`, `no_flow`,
+    `high_flow`, with the figures). Append-only; alerts raise on recent ones."""
 
     __tablename__ = "device_incidents"
     __table_args__ = (Index("ix_device_incidents_recent", "kind", "at"),)
