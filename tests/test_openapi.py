@@ -186,6 +186,7 @@ RATE_CLASSES = {
     ("POST", "/v1/pumps/stop-all"): "control",
     ("POST", "/v1/pumps/{pump_id}/stop"): "control",
     ("POST", "/v1/pumps/{pump_id}/reset"): "control",
+    ("POST", "/v1/water-sources/{water_source_id}/reset"): "control",
     ("DELETE", "/v1/run-queue/{request_id}"): "control",
     ("POST", "/v1/sites/current/pause"): "control",
     ("DELETE", "/v1/sites/current/pause"): "control",

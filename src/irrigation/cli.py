@@ -220,11 +220,24 @@ def simulator(
             "IRRIGATION_MQTT_TOPIC_ROOT; default: HTTP only"
         ),
     ] = None,
+    api_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Feed the flow meters (flow sensors attached to pumps or water sources) of "
+            "the site of --api-key-file's key through this API's POST /v1/readings"
+        ),
+    ] = None,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(help="A file holding a key with the read and ingest scopes (--api-url)"),
+    ] = None,
 ) -> None:
     """Run the device simulator: pump controllers over HTTP (and MQTT with --mqtt-url) that
-    keep the physical truth, and the weather API."""
+    keep the physical truth, the weather API, and (with --api-url) the flow meters of a
+    site's pumps and water sources."""
     from irrigation.mqtt.client import client_id
     from irrigation.simulator.app import MqttOptions, run_simulator
+    from irrigation.simulator.flow import FeedRequest
 
     settings = load_settings()
     _export_log_format(settings)
@@ -241,7 +254,12 @@ def simulator(
             client_id(settings.mqtt_client_id_prefix, "simulator", f"{host}-{port}"),
             settings.mqtt_protocol,
         )
-    run_simulator(host, port, mqtt)
+    flow_feed = None
+    if api_url is not None:
+        if api_key_file is None:
+            _fail("--api-url needs --api-key-file")
+        flow_feed = FeedRequest(api_url=api_url, api_key_file=str(api_key_file))
+    run_simulator(host, port, mqtt, flow_feed)
 
 
 @app.command()

@@ -23,6 +23,7 @@ log = structlog.get_logger(__name__)
 
 START_ACTIVATION = "pumps.start_activation"
 STOP_ACTIVATION = "pumps.stop_activation"
+SUPERVISE_FLOW = "pumps.supervise_flow"
 PROCESS_IMPORT = "ingest.process_import"
 BACKFILL_CALIBRATION = "readings.backfill_calibration"
 EVALUATE_ZONES = "automation.evaluate_zones"
@@ -41,6 +42,7 @@ QUEUES = (PUMPS, AUTOMATION, BULK)
 JOB_QUEUES: dict[str, str] = {
     START_ACTIVATION: PUMPS,
     STOP_ACTIVATION: PUMPS,
+    SUPERVISE_FLOW: PUMPS,
     "pumps.watchdog": PUMPS,
     "pumps.relay_outbox": PUMPS,
     "pumps.reconcile_devices": PUMPS,
@@ -141,6 +143,13 @@ async def enqueue_stop(
         job_id=f"stop:{cause}:{activation_id}",
         defer_by=defer_by,
     )
+
+
+async def enqueue_flow_check(redis: ArqRedis, site_id: uuid.UUID) -> bool:
+    """Judge the site's flows (runs against their meters, idle sources for leaks) now that
+    readings of its flow meters came in. One job per site at a time: a burst of batches
+    while one is queued costs nothing more, and no site's meters delay another's."""
+    return await _enqueue(redis, SUPERVISE_FLOW, str(site_id), job_id=f"flow:{site_id}")
 
 
 async def enqueue_import(redis: ArqRedis, job_id: uuid.UUID) -> bool:

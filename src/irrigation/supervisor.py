@@ -129,7 +129,10 @@ def supervise(
         _LIBC = ctypes.CDLL(None, use_errno=True)
     env = child_env(settings, data_dir)
     python = [sys.executable, "-m", "irrigation"]
-    # The simulated controllers answer on both transports; the worker uses one of them.
+    base_url = api_url(settings)
+    # The simulated controllers answer on both transports; the worker uses one of them. Its
+    # flow meters feed the demo site's flow sensors through the API, with the demo key (read
+    # from its file, not from the command line).
     simulator = _Child(
         "simulator",
         [
@@ -139,6 +142,10 @@ def supervise(
             str(settings.simulator_port),
             "--mqtt-url",
             settings.mqtt_url,
+            "--api-url",
+            base_url,
+            "--api-key-file",
+            str(data_dir / "demo_key"),
         ],
     )
     api = _Child("api", [*python, "serve"])
@@ -151,7 +158,6 @@ def supervise(
         "automation,bulk worker", [*python, "worker", "--queues", "automation,bulk"]
     )
     bridge = _Child("mqtt bridge", [*python, "mqtt"])
-    base_url = api_url(settings)
     simulator_url = f"http://127.0.0.1:{settings.simulator_port}"
     # Started once the API is ready (it exits at once on an API it cannot reach); it
     # reads the key from data_dir/demo_key, not from its command line.

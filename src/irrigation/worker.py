@@ -26,7 +26,7 @@ from irrigation.feed import create_publisher
 from irrigation.gateway import create_gateway
 from irrigation.ingest import import_jobs, review_retention
 from irrigation.logging import configure_logging
-from irrigation.pumps import jobs, reconcile
+from irrigation.pumps import jobs, reconcile, supervision
 from irrigation.readings import backfill, retention
 from irrigation.settings import Settings
 from irrigation.weather import create_provider
@@ -62,6 +62,7 @@ def functions() -> list[Function]:
     return [
         func(jobs.start_activation, name=queue.START_ACTIVATION, timeout=PUMP_JOB_TIMEOUT_S),
         func(jobs.stop_activation, name=queue.STOP_ACTIVATION, timeout=PUMP_JOB_TIMEOUT_S),
+        func(supervision.supervise_flow, name=queue.SUPERVISE_FLOW, timeout=PUMP_JOB_TIMEOUT_S),
         func(automation.evaluate_zones, name=queue.EVALUATE_ZONES, timeout=PUMP_JOB_TIMEOUT_S),
         func(automation.dispatch_runs, name=queue.DISPATCH_RUNS, timeout=PUMP_JOB_TIMEOUT_S),
         # An import runs in slices well inside this timeout, each asking to be run again

@@ -465,3 +465,24 @@ async def test_answer_faults_can_be_kept_to_some_requests(device: httpx.AsyncCli
     assert (await start(device, "cmd-1")).status_code == 503
     assert (await device.get(f"/devices/{SITE}/{PUMP}")).status_code == 200
     assert result(await stop(device, "cmd-1", sequence=2)) == "not_running"
+
+
+async def test_a_flow_feed_takes_one_key_says_what_fails_and_goes_with_a_reset(
+    device: httpx.AsyncClient,
+) -> None:
+    nowhere = "http://127.0.0.1:9"  # discard: nothing answers
+    for keys in ({}, {"api_key": "k", "api_key_file": "/nonexistent"}):
+        refused = await device.post("/flow/feeds", json={"api_url": nowhere, **keys})
+        assert refused.status_code == 422, refused.text
+    added = await device.post(
+        "/flow/feeds", json={"api_url": nowhere, "api_key": "k", "refresh_s": 0.2}
+    )
+    assert added.status_code == 201, added.text
+
+    async def failing() -> Any:
+        [feed] = (await device.get("/flow/feeds")).json()["feeds"]
+        return feed["last_error"]
+
+    assert (await wait_for(failing)).startswith("ConnectError")
+    assert (await device.delete("/truth")).status_code == 200
+    assert (await device.get("/flow/feeds")).json() == {"feeds": []}

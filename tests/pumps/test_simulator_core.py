@@ -71,3 +71,22 @@ async def test_physical_faults_hold_whatever_the_transport() -> None:
         assert fleet.truth() == []
     finally:
         fleet.close()
+
+
+async def test_a_meter_reads_the_relay_nominal_flow_or_the_devices_flow_faults() -> None:
+    fleet = DeviceFleet()
+    try:
+        assert fleet.flow(SITE, PUMP, 20) == (False, 0.0)  # never commanded: off, dry
+        fleet.handle(SITE, PUMP, start("c-1", 1))
+        assert fleet.flow(SITE, PUMP, 20) == (True, 20)
+        fleet.faults.set(Fault(hardware_id=PUMP, flow_lpm=0, leak_lpm=3))
+        assert fleet.flow(SITE, PUMP, 20) == (True, 0)  # runs dry
+        fleet.handle(SITE, PUMP, {"op": "stop", "command_id": "c-1", "sequence": 2})
+        assert fleet.flow(SITE, PUMP, 20) == (False, 3)  # leaks while off
+        # A stuck relay runs on, and so does its water.
+        fleet.faults.set(Fault(hardware_id=PUMP, stuck_on=True))
+        fleet.handle(SITE, PUMP, start("c-3", 3))
+        fleet.handle(SITE, PUMP, {"op": "halt", "command_id": "h-4", "sequence": 4})
+        assert fleet.flow(SITE, PUMP, 20) == (True, 20)
+    finally:
+        fleet.close()

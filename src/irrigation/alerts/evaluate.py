@@ -3,9 +3,10 @@
 One statement finds every condition that holds now (latest value outside the band, sensor
 silent, pump in fault, a start or stop the device did not confirm, a device found running
 with no run of ours, recent gateway failures, quarantine rate, rows automation or webhook
-delivery could not process and backed off). The pumps domain records
-the device boundary's findings (the fault it latches, its device incidents); alerts, a
-layer above, read them here. Then, in the same
+delivery could not process and backed off, runs stopped for their flow, a water source's
+latched leak). The pumps domain records the device boundary's and flow supervision's
+findings (the fault it latches, its device incidents, a source's leak); alerts, a layer
+above, read them here. Then, in the same
 transaction: open alerts whose condition no longer holds are cleared, open alerts whose
 condition holds are touched (`last_seen_at`), and conditions without an open alert get a
 new one (INSERT ... ON CONFLICT DO NOTHING on the partial unique index). Every transition
@@ -34,7 +35,14 @@ from irrigation.alerts.models import (
     WebhookEvent,
 )
 from irrigation.common.clock import utcnow
-from irrigation.pumps.models import NOT_CONFIRMED, STOP_UNCONFIRMED, UNEXPECTED_RUN
+from irrigation.pumps.models import (
+    HIGH_FLOW,
+    LOW_FLOW,
+    NO_FLOW,
+    NOT_CONFIRMED,
+    STOP_UNCONFIRMED,
+    UNEXPECTED_RUN,
+)
 from irrigation.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -89,6 +97,34 @@ JOIN pumps AS p ON p.id = i.pump_id
 WHERE i.kind = :unexpected_run
   AND i.at >= CAST(:now AS timestamptz) - make_interval(secs => :gateway_window_s)
 GROUP BY i.site_id, i.pump_id, p.name, p.hardware_id
+UNION ALL
+SELECT p.site_id, 'no_flow', p.id,
+       jsonb_build_object('pump_name', p.name, 'fault', p.fault, 'fault_at', p.fault_at)
+FROM pumps AS p
+WHERE p.fault LIKE :no_flow
+UNION ALL
+SELECT p.site_id, 'high_flow', p.id,
+       jsonb_build_object('pump_name', p.name, 'fault', p.fault, 'fault_at', p.fault_at)
+FROM pumps AS p
+WHERE p.fault LIKE :high_flow
+UNION ALL
+SELECT i.site_id, 'low_flow', i.pump_id,
+       jsonb_build_object('pump_name', p.name, 'runs', count(*),
+                          'window_s', CAST(:gateway_window_s AS int), 'latest_at', max(i.at),
+                          'latest', (array_agg(i.detail ORDER BY i.at DESC))[1])
+FROM device_incidents AS i
+JOIN pumps AS p ON p.id = i.pump_id
+WHERE i.kind = :low_flow
+  AND i.at >= CAST(:now AS timestamptz) - make_interval(secs => :gateway_window_s)
+GROUP BY i.site_id, i.pump_id, p.name
+UNION ALL
+SELECT ws.site_id, 'leak', ws.id,
+       jsonb_build_object('source_name', ws.name, 'leak_detected_at', ws.leak_detected_at,
+                          'leak_flow_lpm', ws.leak_flow_lpm,
+                          'leak_threshold_lpm', ws.leak_threshold_lpm,
+                          'leak_after_s', ws.leak_after_s, 'halted_at', ws.halted_at)
+FROM water_sources AS ws
+WHERE ws.leak_detected_at IS NOT NULL
 UNION ALL
 SELECT a.site_id, 'gateway_failure', a.site_id,
        jsonb_build_object('failures', count(*), 'window_s', CAST(:gateway_window_s AS int),
@@ -222,6 +258,13 @@ SEVERITY = {
     AlertKind.unexpected_run: Severity.critical,
     # The other rows and sites went on; this one is retried with back-off.
     AlertKind.automation_failure: Severity.warning,
+    # The run was stopped. `no_flow` and `high_flow` latch the pump's fault too (pump_fault,
+    # critical): these say why.
+    AlertKind.low_flow: Severity.warning,
+    AlertKind.no_flow: Severity.warning,
+    AlertKind.high_flow: Severity.warning,
+    # Water runs that nobody asked for.
+    AlertKind.leak: Severity.critical,
 }
 
 SUBJECT_TYPE = {
@@ -234,6 +277,10 @@ SUBJECT_TYPE = {
     AlertKind.stop_unconfirmed: SubjectType.pump,
     AlertKind.unexpected_run: SubjectType.pump,
     AlertKind.automation_failure: SubjectType.site,
+    AlertKind.low_flow: SubjectType.pump,
+    AlertKind.no_flow: SubjectType.pump,
+    AlertKind.high_flow: SubjectType.pump,
+    AlertKind.leak: SubjectType.water_source,
 }
 
 
@@ -345,6 +392,56 @@ def _automation_failure(d: dict[str, Any]) -> str:
     )
 
 
+def _flow_cause(fault: str) -> str:
+    """The figures of a flow fault (`no_flow: mean ...`), without its code."""
+    return fault.split(": ", 1)[-1]
+
+
+def _low_flow(d: dict[str, Any]) -> str:
+    latest = d["latest"] or {}
+    times = "once" if d["runs"] == 1 else f"{d['runs']} times"
+    figures = ""
+    if "mean_flow_lpm" in latest:
+        figures = (
+            f" (latest: mean {latest['mean_flow_lpm']:g} L/min, {latest['flow_pct']:g} % of "
+            f"the expected {latest['expected_flow_lpm']:g} L/min)"
+        )
+    return (
+        f"Pump '{d['pump_name']}' was stopped for low flow {times} in the last "
+        f"{_duration(d['window_s'])}{figures}. Check its intake, filters and valves."
+    )
+
+
+def _no_flow(d: dict[str, Any]) -> str:
+    return (
+        f"Pump '{d['pump_name']}' ran with no flow ({_flow_cause(d['fault'])}): a dry pump, a "
+        "closed valve or a blocked line. Its run was stopped and it is latched in fault; "
+        "reset it once it is fixed."
+    )
+
+
+def _high_flow(d: dict[str, Any]) -> str:
+    return (
+        f"Pump '{d['pump_name']}' drew too much water ({_flow_cause(d['fault'])}): a burst "
+        "pipe or an open line. Its run was stopped and it is latched in fault; reset it once "
+        "it is fixed."
+    )
+
+
+def _leak(d: dict[str, Any]) -> str:
+    halted = (
+        " It was halted: no run starts on it until it is reset."
+        if d["halted_at"] is not None
+        else " Reset it once it is fixed."
+    )
+    lowest = f"at least {_num(d['leak_flow_lpm'])} L/min, " if d["leak_flow_lpm"] else ""
+    return (
+        f"Water source '{d['source_name']}' had water flowing ({lowest}above its leak "
+        f"threshold of {_num(d['leak_threshold_lpm'])} L/min) for {d['leak_after_s']} s while "
+        f"none of its pumps ran.{halted}"
+    )
+
+
 MESSAGES: dict[AlertKind, Callable[[dict[str, Any]], str]] = {
     AlertKind.sensor_out_of_band: _out_of_band,
     AlertKind.sensor_silent: _silent,
@@ -355,6 +452,10 @@ MESSAGES: dict[AlertKind, Callable[[dict[str, Any]], str]] = {
     AlertKind.stop_unconfirmed: _stop_unconfirmed,
     AlertKind.unexpected_run: _unexpected_run,
     AlertKind.automation_failure: _automation_failure,
+    AlertKind.low_flow: _low_flow,
+    AlertKind.no_flow: _no_flow,
+    AlertKind.high_flow: _high_flow,
+    AlertKind.leak: _leak,
 }
 
 
@@ -374,6 +475,9 @@ async def holding_conditions(
             "not_confirmed_error": NOT_CONFIRMED,
             "stop_unconfirmed_error": STOP_UNCONFIRMED,
             "unexpected_run": UNEXPECTED_RUN,
+            "no_flow": f"{NO_FLOW}:%",
+            "high_flow": f"{HIGH_FLOW}:%",
+            "low_flow": LOW_FLOW,
         },
     )
     return [

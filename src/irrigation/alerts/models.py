@@ -27,6 +27,12 @@ class AlertKind(StrEnum):
     # A schedule, rule, run request or webhook delivery of the site whose processing raised
     # (automation/failures.py, alerts/webhooks.py): backed off, the others went on.
     automation_failure = "automation_failure"
+    # Flow supervision (pumps/supervision.py): a run stopped for its flow (`no_flow` and
+    # `high_flow` latch the pump's fault too), and a water source leaking while idle.
+    low_flow = "low_flow"
+    no_flow = "no_flow"
+    high_flow = "high_flow"
+    leak = "leak"
 
 
 class Severity(StrEnum):
@@ -38,6 +44,7 @@ class Severity(StrEnum):
 class SubjectType(StrEnum):
     sensor = "sensor"
     pump = "pump"
+    water_source = "water_source"
     site = "site"
 
 

@@ -43,8 +43,8 @@ async def alert_changes(session: AsyncSession, events: Sequence[Event]) -> int:
 
 async def _to_feed(session: AsyncSession, events: Sequence[Event]) -> None:
     """Each event's AlertOut with `change` (raised, acknowledged, cleared) and `zone_id`:
-    the zone of the sensor or pump it is about, null for the site's own alerts (or a
-    subject deleted since)."""
+    the zone of the sensor or pump it is about, null for the site's own alerts, a water
+    source's (a source has no zone) or a subject deleted since."""
     if not events:
         return
     zones = await _zones_of(

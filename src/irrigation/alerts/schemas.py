@@ -37,7 +37,9 @@ class AlertOut(BaseModel):
     kind: AlertKind
     severity: Severity
     subject_type: SubjectType
-    subject_id: uuid.UUID = Field(description="The sensor, the pump, or the site itself.")
+    subject_id: uuid.UUID = Field(
+        description="The sensor, the pump, the water source, or the site itself."
+    )
     status: AlertStatus
     message: str
     detail: dict[str, Any] = Field(description="The observed values behind the message.")

@@ -221,6 +221,7 @@ class Reason(StrEnum):
     capacity = "capacity"
     fault = "fault"
     disabled = "disabled"
+    source_halted = "source_halted"
     # The gates of every trigger, and what only a schedule checks.
     paused = "paused"
     rain_delay = "rain_delay"

@@ -78,6 +78,14 @@ class WaterSource(IdMixin, Versioned, Base):
         UniqueConstraint("site_id", "name"),
         CheckConstraint("max_concurrent_pumps >= 1", name="max_concurrent_pumps_positive"),
         CheckConstraint("max_flow_lpm > 0", name="max_flow_positive"),
+        CheckConstraint("leak_threshold_lpm > 0", name="leak_threshold_positive"),
+        CheckConstraint("leak_after_s >= 1", name="leak_after_positive"),
+        # The alert evaluation's scan of leaking sources (normally none).
+        Index(
+            "ix_water_sources_leaking",
+            "site_id",
+            postgresql_where=text("leak_detected_at IS NOT NULL"),
+        ),
     )
 
     site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
@@ -86,6 +94,17 @@ class WaterSource(IdMixin, Versioned, Base):
     # The flow budget, L/min: the active runs' pumps' nominal flows may not add up past it
     # (pumps/flow.py). None: no flow limit.
     max_flow_lpm: Mapped[float | None] = mapped_column(Float, default=None)
+    # Leak detection (pumps/supervision.py): the source's meter reading above
+    # `leak_threshold_lpm` (None: no detection) for `leak_after_s` while none of its pumps
+    # runs latches `leak_detected_at` (and, with `halt_on_leak`, `halted_at`: no run is
+    # admitted on the source) until an operator resets the source.
+    leak_threshold_lpm: Mapped[float | None] = mapped_column(Float, default=None)
+    leak_after_s: Mapped[int] = mapped_column(default=60, server_default="60")
+    halt_on_leak: Mapped[bool] = mapped_column(default=False, server_default="false")
+    leak_detected_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The lowest flow the meter read over the window that found the leak, L/min.
+    leak_flow_lpm: Mapped[float | None] = mapped_column(Float, default=None)
+    halted_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Pump(IdMixin, Versioned, Base):
@@ -96,6 +115,10 @@ class Pump(IdMixin, Versioned, Base):
         CheckConstraint("max_runtime_s >= 1", name="max_runtime_positive"),
         CheckConstraint("cooldown_s >= 0", name="cooldown_not_negative"),
         CheckConstraint("nominal_flow_lpm > 0", name="nominal_flow_positive"),
+        CheckConstraint("flow_settle_s >= 0", name="flow_settle_not_negative"),
+        CheckConstraint("flow_check_s >= 1", name="flow_check_positive"),
+        CheckConstraint("low_flow_pct BETWEEN 1 AND 99", name="low_flow_pct_range"),
+        CheckConstraint("high_flow_pct > 100", name="high_flow_pct_above_100"),
     )
 
     site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
@@ -113,6 +136,16 @@ class Pump(IdMixin, Versioned, Base):
     # What the pump draws from its water source, L/min, counted against the source's
     # `max_flow_lpm`. None: unknown, counted as the source's whole budget (pumps/flow.py).
     nominal_flow_lpm: Mapped[float | None] = mapped_column(Float, default=None)
+    # Flow supervision of its runs against its meter (pumps/supervision.py): from
+    # `flow_settle_s` after the start, the mean flow over `flow_check_s` below `low_flow_pct`
+    # or above `high_flow_pct` of the expected flow stops the run.
+    flow_settle_s: Mapped[int] = mapped_column(default=10, server_default="10")
+    flow_check_s: Mapped[int] = mapped_column(default=10, server_default="10")
+    low_flow_pct: Mapped[int] = mapped_column(default=50, server_default="50")
+    high_flow_pct: Mapped[int] = mapped_column(default=150, server_default="150")
+    # The median of the mean flows of its last normal runs (None until enough were
+    # measured): what supervision expects, before `nominal_flow_lpm`.
+    learned_flow_lpm: Mapped[float | None] = mapped_column(Float, default=None)
     cooldown_until: Mapped[datetime | None] = mapped_column(default=None)
     fault: Mapped[str | None] = mapped_column(String(500), default=None)
     fault_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -5,9 +5,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from irrigation.auth.deps import AdminPrincipal, ReadPrincipal
+from irrigation.auth.deps import AdminPrincipal, ControlPrincipal, ReadPrincipal
 from irrigation.common.deps import SettingsDep
 from irrigation.common.http import if_match_version
+from irrigation.common.limiter import RateClass, limited_as
 from irrigation.common.openapi import problems
 from irrigation.common.pagination import Page, PageParams, page_params
 from irrigation.common.shaping import columns_of
@@ -131,6 +132,19 @@ async def delete_water_source(
 ) -> Response:
     await service.delete(session, WaterSource, who.site_id, water_source_id)
     return Response(status_code=204)
+
+
+@sources.post(
+    "/water-sources/{water_source_id}/reset",
+    response_model=WaterSourceOut,
+    responses=problems(404, 503),
+    summary="Clear the source's leak latch and halt: runs are admitted on it again",
+)
+@limited_as(RateClass.control)
+async def reset_water_source(
+    water_source_id: uuid.UUID, session: SessionDep, who: ControlPrincipal
+) -> WaterSource:
+    return await service.reset_water_source(session, who.site_id, water_source_id)
 
 
 # Pumps ---------------------------------------------------------------------------------

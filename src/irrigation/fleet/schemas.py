@@ -249,26 +249,62 @@ _NOMINAL_FLOW = (
 )
 
 
+_LEAK_THRESHOLD = (
+    "Leak detection, L/min: while none of the source's pumps runs, its flow meter (a "
+    "`flow` sensor with this `water_source_id`) reading above this for `leak_after_s` "
+    "raises the critical alert `leak` and latches `leak_detected_at` until "
+    "`POST /v1/water-sources/{id}/reset`. Null (the default): no leak detection."
+)
+_LEAK_AFTER = (
+    "Seconds the idle source's flow must stay above `leak_threshold_lpm` (every reading of "
+    "the window, and the one before it) before it is a leak."
+)
+_HALT_ON_LEAK = (
+    "On a leak, also halt the source: its active runs are stopped (`stop_cause` `leak`) and "
+    "no run is admitted on it (409 `source_halted`; the run queue waits) until the source is "
+    "reset."
+)
+_LEAK_DETECTED = "When a leak was found (latched until the source is reset); null: none."
+_LEAK_FLOW = "The lowest flow its meter read over the window that found the leak, L/min."
+_HALTED = (
+    "When the source was halted for a leak (`halt_on_leak`): no run is admitted on it until "
+    "`POST /v1/water-sources/{id}/reset`; null: not halted."
+)
+LeakAfterS = Annotated[int, Field(ge=1, le=86400)]
+
+
 class WaterSourceCreate(Body):
     name: Name
     max_concurrent_pumps: int = Field(default=1, ge=1, le=1000, description=_MAX_CONCURRENT)
     max_flow_lpm: FlowLpm | None = Field(default=None, description=_MAX_FLOW)
+    leak_threshold_lpm: FlowLpm | None = Field(default=None, description=_LEAK_THRESHOLD)
+    leak_after_s: LeakAfterS = Field(default=60, description=_LEAK_AFTER)
+    halt_on_leak: bool = Field(default=False, description=_HALT_ON_LEAK)
 
 
 class WaterSourceUpdate(UpdateBody):
-    nullable = frozenset({"max_flow_lpm"})
+    nullable = frozenset({"max_flow_lpm", "leak_threshold_lpm"})
 
     name: Name | None = None
     max_concurrent_pumps: int | None = Field(
         default=None, ge=1, le=1000, description=_MAX_CONCURRENT
     )
     max_flow_lpm: FlowLpm | None = Field(default=None, description=_MAX_FLOW)
+    leak_threshold_lpm: FlowLpm | None = Field(default=None, description=_LEAK_THRESHOLD)
+    leak_after_s: LeakAfterS | None = Field(default=None, description=_LEAK_AFTER)
+    halt_on_leak: bool | None = Field(default=None, description=_HALT_ON_LEAK)
 
 
 class WaterSourceOut(StoredOut):
     name: str
     max_concurrent_pumps: int = Field(description=_MAX_CONCURRENT)
     max_flow_lpm: float | None = Field(description=_MAX_FLOW)
+    leak_threshold_lpm: float | None = Field(description=_LEAK_THRESHOLD)
+    leak_after_s: int = Field(description=_LEAK_AFTER)
+    halt_on_leak: bool = Field(description=_HALT_ON_LEAK)
+    leak_detected_at: datetime | None = Field(description=_LEAK_DETECTED)
+    leak_flow_lpm: float | None = Field(description=_LEAK_FLOW)
+    halted_at: datetime | None = Field(description=_HALTED)
 
 
 # Pumps ---------------------------------------------------------------------------------
@@ -295,6 +331,37 @@ _COOLDOWN = (
 )
 
 
+_FLOW_SETTLE = (
+    "Flow supervision, seconds after a run's start before its flow is judged (the line "
+    "filling, the pressure building); default 10. Supervision needs a flow meter on the pump "
+    "(a `flow` sensor with this `pump_id`) and an expected flow (`learned_flow_lpm`, else "
+    "`nominal_flow_lpm`)."
+)
+_FLOW_CHECK = (
+    "Seconds of readings whose mean flow is compared with the expected flow (they must span "
+    "at least two of the meter's readings); default 10. A run is judged once this window "
+    "lies wholly after `flow_settle_s`."
+)
+_LOW_FLOW = (
+    "Percent of the expected flow: a mean below it stops the run (`stop_cause` `low_flow`, "
+    "alert `low_flow`; below 5 %: `no_flow`, which also latches the pump's fault); "
+    "default 50."
+)
+_HIGH_FLOW = (
+    "Percent of the expected flow: a mean above it stops the run as a burst (`stop_cause` "
+    "`high_flow`, alert `high_flow`) and latches the pump's fault; default 150."
+)
+_LEARNED_FLOW = (
+    "What supervision expects, L/min: the median of the mean flows the meter measured over "
+    "the pump's last 10 normal runs (not stopped for their flow), once 3 were measured; "
+    "null until then, when `nominal_flow_lpm` is expected instead."
+)
+FlowSettleS = Annotated[int, Field(ge=0, le=3600)]
+FlowCheckS = Annotated[int, Field(ge=1, le=3600)]
+LowFlowPct = Annotated[int, Field(ge=1, le=99)]
+HighFlowPct = Annotated[int, Field(ge=101, le=1000)]
+
+
 class PumpCreate(Body):
     zone_id: uuid.UUID
     water_source_id: uuid.UUID | None = Field(
@@ -309,6 +376,10 @@ class PumpCreate(Body):
     )
     cooldown_s: CooldownSeconds | None = Field(default=None, description=_COOLDOWN)
     nominal_flow_lpm: FlowLpm | None = Field(default=None, description=_NOMINAL_FLOW)
+    flow_settle_s: FlowSettleS = Field(default=10, description=_FLOW_SETTLE)
+    flow_check_s: FlowCheckS = Field(default=10, description=_FLOW_CHECK)
+    low_flow_pct: LowFlowPct = Field(default=50, description=_LOW_FLOW)
+    high_flow_pct: HighFlowPct = Field(default=150, description=_HIGH_FLOW)
     enabled: bool = True
 
 
@@ -326,6 +397,10 @@ class PumpUpdate(UpdateBody):
     )
     cooldown_s: CooldownSeconds | None = Field(default=None, description=_COOLDOWN)
     nominal_flow_lpm: FlowLpm | None = Field(default=None, description=_NOMINAL_FLOW)
+    flow_settle_s: FlowSettleS | None = Field(default=None, description=_FLOW_SETTLE)
+    flow_check_s: FlowCheckS | None = Field(default=None, description=_FLOW_CHECK)
+    low_flow_pct: LowFlowPct | None = Field(default=None, description=_LOW_FLOW)
+    high_flow_pct: HighFlowPct | None = Field(default=None, description=_HIGH_FLOW)
     enabled: bool | None = None
 
 
@@ -337,6 +412,11 @@ class PumpOut(StoredOut):
     max_runtime_s: int
     cooldown_s: int
     nominal_flow_lpm: float | None = Field(description=_NOMINAL_FLOW)
+    flow_settle_s: int = Field(description=_FLOW_SETTLE)
+    flow_check_s: int = Field(description=_FLOW_CHECK)
+    low_flow_pct: int = Field(description=_LOW_FLOW)
+    high_flow_pct: int = Field(description=_HIGH_FLOW)
+    learned_flow_lpm: float | None = Field(description=_LEARNED_FLOW)
     enabled: bool
     status: PumpStatus
     cooldown_until: datetime | None

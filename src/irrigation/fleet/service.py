@@ -90,6 +90,19 @@ async def update_water_source(
         )
 
 
+async def reset_water_source(
+    session: AsyncSession, site_id: uuid.UUID, source_id: uuid.UUID
+) -> WaterSource:
+    """Clear the source's leak latch and its halt: runs are admitted on it again. Its
+    stopped runs are not restarted. The row is locked first, like every admission to it."""
+    async with session.begin():
+        source = await repo.get_owned(session, WaterSource, site_id, source_id, for_update=True)
+        source.leak_detected_at = None
+        source.leak_flow_lpm = None
+        source.halted_at = None
+    return source
+
+
 # Pumps ---------------------------------------------------------------------------------
 
 
@@ -150,6 +163,10 @@ async def create_pump(
             if body.cooldown_s is not None
             else max(DEFAULT_COOLDOWN_S, settings.min_cooldown_s),
             nominal_flow_lpm=body.nominal_flow_lpm,
+            flow_settle_s=body.flow_settle_s,
+            flow_check_s=body.flow_check_s,
+            low_flow_pct=body.low_flow_pct,
+            high_flow_pct=body.high_flow_pct,
             enabled=body.enabled,
         )
         await repo.flush_new(session, pump)

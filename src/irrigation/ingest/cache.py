@@ -117,6 +117,16 @@ class HotCache:
         except Exception as exc:  # the database already holds the readings
             self._failed("record", exc)
 
+    async def supervise_flow(self, site_id: uuid.UUID) -> None:
+        """Ask for the site's flows to be judged (its flow meters sent readings): one job per
+        site at a time, so a burst of batches costs one queued job."""
+        if not self._available():
+            return
+        try:
+            await asyncio.wait_for(queue.enqueue_flow_check(self.redis, site_id), self.timeout_s)
+        except Exception as exc:  # the next batch of the meters asks again
+            self._failed("supervise_flow", exc)
+
     def _entries(
         self, rows: Rows, stream: str, live: Live | None, at: datetime
     ) -> tuple[list[str], list[bytes | str]]:

@@ -66,7 +66,8 @@ def deadlock_retried(source: str) -> None:
 # (building, cache key, typed array results) than the statement without the steps.
 _SENSOR_SPECS = text("""
 SELECT s.id, s.unit, s.kind, s.min_value, s.max_value, s.zone_id,
-       st.starts, st.gains, st.offsets
+       st.starts, st.gains, st.offsets,
+       (s.pump_id IS NOT NULL OR s.water_source_id IS NOT NULL) AS metered
 FROM sensors AS s LEFT JOIN (
     SELECT sensor_id, array_agg(effective_from) AS starts, array_agg(gain) AS gains,
            array_agg("offset") AS offsets
@@ -98,8 +99,9 @@ async def sensor_specs(
             *range_of(kind, low, high),
             zone_id=zone_id,
             calibration=calibrations.get(sensor_id),
+            metered=metered,
         )
-        for sensor_id, unit, kind, low, high, zone_id, *_ in rows
+        for sensor_id, unit, kind, low, high, zone_id, _, _, _, metered in rows
     }
 
 
@@ -118,7 +120,8 @@ async def check(
     # quarantined is asked to look again for nothing, which costs less than the pass.
     sensor_zones = {sensor_id: spec.zone_id for sensor_id, spec in specs.items()}
     zones = {zone_id for zone_id in sensor_zones.values() if zone_id is not None}
-    return dataclasses.replace(checked, zone_ids=zones, sensor_zones=sensor_zones)
+    metered = any(spec.metered for spec in specs.values())
+    return dataclasses.replace(checked, zone_ids=zones, sensor_zones=sensor_zones, metered=metered)
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,8 @@ class Fresh:
     rows: Rows
     zone_ids: set[uuid.UUID]
     live: Live
+    metered: bool = False
+    """Readings of an attached flow meter were stored: the site's flows are judged."""
 
 
 async def ingest_batch(
@@ -213,6 +218,8 @@ async def ingest_batch(
     )
     if fresh is not None:
         await cache.record(fresh.rows, fresh.zone_ids, settings.evaluation_delay_s, live=fresh.live)
+        if fresh.metered:
+            await cache.supervise_flow(site_id)
     return answer
 
 
@@ -282,7 +289,8 @@ async def _ingest_once(
     # The job's event rides the cache's round trip after the commit, with the readings'.
     event = job_out(IngestionJob(**job)).model_dump(mode="json")
     live = Live(site_id, checked.sensor_zones, job=event)
-    return answer, Fresh(inserted.stored, checked.zone_ids, live)
+    metered = checked.metered and inserted.count > 0
+    return answer, Fresh(inserted.stored, checked.zone_ids, live, metered)
 
 
 async def existing_sites(session: AsyncSession, site_ids: set[uuid.UUID]) -> set[uuid.UUID]:

@@ -49,6 +49,21 @@ class PumpDisabled(Refused):
         super().__init__("pump is disabled")
 
 
+class SourceHalted(Refused):
+    """The pump's water source was halted for a leak (`halt_on_leak`): nothing runs on it
+    until an operator resets it."""
+
+    code, title = "source_halted", "Water source halted"
+
+    def __init__(self, water_source_id: uuid.UUID, halted_at: datetime) -> None:
+        super().__init__(
+            f"water source {water_source_id} was halted for a leak at {halted_at.isoformat()}; "
+            f"reset it (POST /v1/water-sources/{water_source_id}/reset) once it is fixed",
+            water_source_id=str(water_source_id),
+            halted_at=halted_at.isoformat(),
+        )
+
+
 class CapacityFull(Refused):
     """The source feeds as many pumps as it may (`limit` `pumps`)."""
 

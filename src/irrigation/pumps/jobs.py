@@ -49,6 +49,7 @@ from irrigation.pumps.models import (
     OutboxJob,
     PumpActivation,
 )
+from irrigation.pumps.supervision import learn_flow
 
 log = structlog.get_logger(__name__)
 
@@ -279,7 +280,11 @@ async def stop_activation(ctx: dict[str, Any], activation_id: str, cause: str) -
                 break
             log.warning("stop_unconfirmed_retry", activation_id=activation_id, attempt=attempts)
             await asyncio.sleep(backoff)
-        return await _record_stop(jc, session, act_id, cause, confirmed, attempts, device)
+        result = await _record_stop(jc, session, act_id, cause, confirmed, attempts, device)
+        if result in (ActivationStatus.completed, ActivationStatus.aborted):
+            # What the run measured teaches its pump's expected flow (flow supervision).
+            await learn_flow(session, act_id)
+        return result
 
 
 async def _stop_once(

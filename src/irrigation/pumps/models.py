@@ -5,7 +5,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, text
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -39,6 +39,14 @@ NOT_CONFIRMED = "not_confirmed"
 STOP_UNCONFIRMED = "stop_unconfirmed"
 # What the reconciliation found a device doing that no run of ours asked for.
 UNEXPECTED_RUN = "unexpected_run"
+# Flow supervision (pumps/supervision.py): a run's `stop_cause`, the `device_incidents`
+# kind of the finding, and for the two that latch a fault, the fault's code.
+LOW_FLOW = "low_flow"
+NO_FLOW = "no_flow"
+HIGH_FLOW = "high_flow"
+FLOW_CAUSES = (LOW_FLOW, NO_FLOW, HIGH_FLOW)
+# A run stopped because its water source was halted for a leak.
+LEAK = "leak"
 _ACTIVE_SQL = "status IN ('queued', 'starting', 'running')"
 
 
@@ -59,6 +67,13 @@ class PumpActivation(IdMixin, Base):
         ),
         Index("ix_pump_activations_pump_page", "pump_id", "created_at", "id"),
         Index("ix_pump_activations_site_active", "site_id", postgresql_where=text(_ACTIVE_SQL)),
+        # A pump's last measured runs, which its expected flow is learned from.
+        Index(
+            "ix_pump_activations_flow_measured",
+            "pump_id",
+            "stopped_at",
+            postgresql_where=text("mean_flow_lpm IS NOT NULL"),
+        ),
     )
 
     site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
@@ -86,6 +101,9 @@ class PumpActivation(IdMixin, Base):
     stopped_at: Mapped[datetime | None] = mapped_column(default=None)
     stop_cause: Mapped[str | None] = mapped_column(String(32), default=None)
     error: Mapped[str | None] = mapped_column(String(500), default=None)
+    # The mean flow its pump's meter read after the settling time, for a run that ended
+    # normally (not stopped for its flow): what the pump's expected flow is learned from.
+    mean_flow_lpm: Mapped[float | None] = mapped_column(Float, default=None)
 
 
 class ActivationEvent(IdMixin, Base):
@@ -124,8 +142,10 @@ class OutboxJob(IdMixin, Base):
 
 
 class DeviceIncident(IdMixin, Base):
-    """Something a device did that no run asked for, found by the reconciliation (a run
-    with no active activation, which it halted): append-only; alerts raise on recent ones."""
+    """Something a device did that no run asked for: found by the reconciliation (a run
+    with no active activation, which it halted: `unexpected_run`) or by flow supervision (a
+    run whose flow was out of its band, which it stopped: `low_flow`, `no_flow`,
+    `high_flow`, with the figures). Append-only; alerts raise on recent ones."""
 
     __tablename__ = "device_incidents"
     __table_args__ = (Index("ix_device_incidents_recent", "kind", "at"),)

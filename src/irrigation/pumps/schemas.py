@@ -71,7 +71,19 @@ class ActivationOut(BaseModel):
     run_deadline: datetime | None
     stop_requested_at: datetime | None
     stopped_at: datetime | None
-    stop_cause: str | None
+    stop_cause: str | None = Field(
+        description="What ended the run: `deadline` (it ran its time), `watchdog`, "
+        "`operator` (`POST /v1/pumps/{id}/stop`), `stop_all`, `replaced` (a queued "
+        "`replace`), `device` (the device ended it early by itself), `low_flow`, `no_flow`, "
+        "`high_flow` (flow supervision: the mean flow after `flow_settle_s` was out of the "
+        "pump's band), `leak` (its water source was halted for a leak)."
+    )
+    mean_flow_lpm: float | None = Field(
+        description="The mean flow its pump's flow meter read from `flow_settle_s` after its "
+        "start to its stop, for a run that ended normally (not stopped for its flow or a "
+        "leak); null without a meter or at least two readings. The pump's expected flow is "
+        "learned from these."
+    )
     error: str | None = Field(
         description="Why the run failed or ended early, as a class: `gateway_unreachable`, "
         "`gateway_refused`, `gateway_bad_answer`, `gateway_no_state`, `gateway_closed`, "

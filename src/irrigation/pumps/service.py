@@ -35,6 +35,7 @@ from irrigation.pumps.errors import (
     PumpDisabled,
     PumpFault,
     Refused,
+    SourceHalted,
     Unaddressable,
 )
 from irrigation.pumps.models import (
@@ -202,6 +203,8 @@ async def admit(
         raise PumpDisabled()
     if pump.fault:
         raise PumpFault(pump.fault)
+    if source.halted_at is not None:
+        raise SourceHalted(source.id, source.halted_at)
     check_duration(pump, run.duration_s)
     if source.max_flow_lpm is not None:
         alone = flow.budget_for(pump.nominal_flow_lpm, source.max_flow_lpm, 0.0)
@@ -311,8 +314,11 @@ async def stop_pump(
 
 
 async def stop_locked(
-    session: AsyncSession, pump: Pump, now: datetime, cause: str
+    session: AsyncSession, pump: Pump, now: datetime, cause: str, **detail: object
 ) -> PumpActivation | None:
+    """Stop the locked pump's active run: a queued one is aborted here, a starting or
+    running one is marked for the stop job (which the caller enqueues after its commit).
+    `detail` goes into the audit row (why, in figures)."""
     if pump.active_activation_id is None:
         return None
     activation = await lock_activation(session, pump.active_activation_id)
@@ -322,10 +328,10 @@ async def stop_locked(
         activation.stop_cause = cause
         pump.active_activation_id = None
         await session.execute(delete(OutboxJob).where(OutboxJob.activation_id == activation.id))
-        live.record(session, pump, activation, now, cause)
+        live.record(session, pump, activation, now, cause, **detail)
     elif activation.stop_requested_at is None:
         activation.stop_requested_at = now
-        live.record(session, pump, activation, now, "stop_requested", by=cause)
+        live.record(session, pump, activation, now, "stop_requested", by=cause, **detail)
     await session.flush()
     return activation
 

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from irrigation.logging import UVICORN_LOG_CONFIG
 from irrigation.simulator.core import DeviceFleet
 from irrigation.simulator.device import device_router
+from irrigation.simulator.flow import FeedRequest, FlowFeeds
 from irrigation.simulator.weather import WeatherState, weather_router
 
 
@@ -27,12 +28,16 @@ class MqttOptions:
     protocol: Literal["auto", "5", "3.1.1"] = "auto"
 
 
-def create_simulator_app(mqtt: MqttOptions | None = None) -> FastAPI:
+def create_simulator_app(
+    mqtt: MqttOptions | None = None, flow_feed: FeedRequest | None = None
+) -> FastAPI:
     """A fresh simulator; its state lives in `app.state.fleet` (the devices, their faults
-    and the truth) and `app.state.weather`, so several can share a process. With `mqtt`, the
-    same fleet is also served on that broker (`app.state.mqtt`, once started)."""
+    and the truth), `app.state.weather` and `app.state.flows` (the flow meters' feeds), so
+    several can share a process. With `mqtt`, the same fleet is also served on that broker
+    (`app.state.mqtt`, once started); with `flow_feed`, that feed runs from the start."""
     fleet = DeviceFleet()
     weather = WeatherState()
+    flows = FlowFeeds(fleet)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,7 +53,10 @@ def create_simulator_app(mqtt: MqttOptions | None = None) -> FastAPI:
             link = BrokerLink(BrokerAddress.parse(mqtt.url), options, mqtt.protocol)
             app.state.mqtt = MqttDevices(fleet, link, mqtt.root)
             serving = asyncio.create_task(app.state.mqtt.serve(), name="simulator-mqtt")
+        if flow_feed is not None:
+            flows.add(flow_feed)
         yield
+        await flows.clear()
         if serving is not None:
             serving.cancel()
             with suppress(asyncio.CancelledError):
@@ -58,14 +66,31 @@ def create_simulator_app(mqtt: MqttOptions | None = None) -> FastAPI:
     app = FastAPI(title="Irrigation device simulator", lifespan=lifespan)
     app.state.fleet = fleet
     app.state.weather = weather
+    app.state.flows = flows
     app.include_router(device_router(fleet))
 
     @app.delete("/truth")
     async def reset() -> dict[str, Any]:
-        """A clean simulator: no runs, faults or sequences, and the default weather."""
+        """A clean simulator: no runs, faults, sequences or flow feeds, and the default
+        weather."""
+        await flows.clear()
         fleet.reset()
         weather.reset()
         return {"runs": []}
+
+    @app.post("/flow/feeds", status_code=201)
+    async def add_flow_feed(body: FeedRequest) -> dict[str, Any]:
+        """Feed the flow meters of the key's site with the devices' flows (simulator/flow.py)."""
+        return flows.add(body).to_json()
+
+    @app.get("/flow/feeds")
+    async def list_flow_feeds() -> dict[str, Any]:
+        return {"feeds": [feed.to_json() for feed in flows.feeds.values()]}
+
+    @app.delete("/flow/feeds")
+    async def clear_flow_feeds() -> dict[str, Any]:
+        await flows.clear()
+        return {"feeds": []}
 
     app.include_router(weather_router(weather))
 
@@ -76,9 +101,11 @@ def create_simulator_app(mqtt: MqttOptions | None = None) -> FastAPI:
     return app
 
 
-def run_simulator(host: str, port: int, mqtt: MqttOptions | None = None) -> None:
+def run_simulator(
+    host: str, port: int, mqtt: MqttOptions | None = None, flow_feed: FeedRequest | None = None
+) -> None:
     uvicorn.run(
-        create_simulator_app(mqtt),
+        create_simulator_app(mqtt, flow_feed),
         host=host,
         port=port,
         log_level="info",

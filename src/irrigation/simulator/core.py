@@ -244,6 +244,21 @@ class DeviceFleet:
             and (hardware_id is None or c.hardware_id == hardware_id)
         ]
 
+    def flow(self, site_id: str, hardware_id: str, nominal_lpm: float) -> tuple[bool, float]:
+        """Whether the device's relay is on, and the water its line carries, L/min: its
+        nominal flow while on (or the fault's `flow_lpm`), the fault's `leak_lpm` while
+        off. A device that never got a command is off."""
+        device = self.devices.get((site_id, hardware_id))
+        if device is not None:
+            self._settle(device, self.clock())
+        on = device is not None and device.relay is not None
+        fault = self.faults.for_device(site_id, hardware_id)
+        if on:
+            if fault is not None and fault.flow_lpm is not None:
+                return True, fault.flow_lpm
+            return True, nominal_lpm
+        return False, fault.leak_lpm if fault is not None else 0.0
+
     def settle_all(self) -> None:
         now = self.clock()
         for device in self.devices.values():

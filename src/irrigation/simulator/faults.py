@@ -4,7 +4,10 @@ Two kinds, applied in two places. About answers (the transport plays them): `lat
 `error_rate`, `hang` (no answer, the command not applied), `drop_ack` (the command done, its
 answer lost), `offline` (no answer at all, nothing done). Physical (the device core plays
 them, whatever the transport): `stuck_off` (a start is acknowledged, the relay stays off)
-and `stuck_on` (a stop or halt is acknowledged, the relay stays on until its auto-off)."""
+and `stuck_on` (a stop or halt is acknowledged, the relay stays on until its auto-off).
+About the water its flow meter measures (simulator/flow.py): `flow_lpm` while it runs in
+place of its nominal flow (0: a dry pump or a blocked line; high: a burst), `leak_lpm`
+while it does not."""
 
 import random
 from dataclasses import dataclass, field
@@ -34,6 +37,16 @@ class Fault(BaseModel):
     offline: bool = False
     stuck_off: bool = False
     stuck_on: bool = False
+    flow_lpm: float | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description="While it runs, its meter reads this instead of the pump's nominal flow "
+        "(0: dry run or a blocked line; above nominal: a burst).",
+    )
+    leak_lpm: float = Field(
+        default=0, ge=0, le=1_000_000, description="While it does not run, its meter reads this."
+    )
     ops: list[RequestKind] | None = Field(
         default=None,
         description="The requests whose answers the answer faults play on (e.g. only "

@@ -57,6 +57,7 @@ from irrigation.pumps.errors import (
     PumpDisabled,
     PumpFault,
     Refused,
+    SourceHalted,
 )
 from irrigation.pumps.models import ACTIVE, Priority, PumpActivation
 from irrigation.settings import Settings
@@ -81,6 +82,7 @@ class StartOutcome(StrEnum):
     cooldown = "cooldown"
     fault = "fault"
     disabled = "disabled"
+    source_halted = "source_halted"  # blocks the water source, like `capacity`
     refused = "refused"  # another refusal of the pumps' admission
     gone = "gone"  # another dispatcher resolved the request first
     skipped = "skipped"  # it can never start (the pump is gone, the duration too long)
@@ -109,6 +111,7 @@ class _Waiting:
     nominal_flow_lpm: float | None
     max_flow_lpm: float | None
     source_flow_in_use: float
+    source_halted: bool
 
     def budget(self, drawn_lpm: float) -> flow.Budget | None:
         """The source's flow budget for this request, with what this pass started there."""
@@ -213,6 +216,7 @@ def _waiting_query(site_id: uuid.UUID | None, now: datetime) -> Any:
             WaterSource.max_flow_lpm,
             # Only for a source with a flow limit: the others pay no second subquery.
             case((WaterSource.max_flow_lpm.is_(None), 0.0), else_=flow.IN_USE_LPM),
+            WaterSource.halted_at.is_not(None),
         )
         .join(Pump, Pump.id == request.pump_id)
         .join(WaterSource, WaterSource.id == Pump.water_source_id)
@@ -423,7 +427,7 @@ async def _dispatch_one(
         state.blocked_pumps.add(r.pump_id)
         if passing:
             state.packing.passed(source)
-    elif outcome == StartOutcome.capacity:
+    elif outcome in (StartOutcome.capacity, StartOutcome.source_halted):
         state.blocked_sources.add(source)
     elif outcome == StartOutcome.held:  # another dispatcher's starts passed it meanwhile
         state.blocked_sources.add(source)
@@ -491,6 +495,8 @@ def _hint(w: _Waiting, now: datetime, in_use: int, budget: flow.Budget | None) -
         return Reason.disabled
     if w.fault is not None:
         return Reason.fault
+    if w.source_halted:
+        return Reason.source_halted
     if w.pump_busy:
         return Reason.pump_busy
     if w.cooldown_until is not None and w.cooldown_until > now:
@@ -554,6 +560,8 @@ _WHY = {
     Reason.capacity: "water source {source} already feeds its maximum of pumps",
     Reason.fault: "{pump} is latched in fault until an operator resets it",
     Reason.disabled: "{pump} is disabled",
+    Reason.source_halted: "water source {source} is halted after a leak until an operator "
+    "resets it",
 }
 
 
@@ -661,6 +669,8 @@ async def _try_start(
         return StartOutcome.flow
     if isinstance(refusal, CapacityFull):
         return StartOutcome.capacity
+    if isinstance(refusal, SourceHalted):
+        return StartOutcome.source_halted
     if isinstance(refusal, PumpBusy | InCooldown | PumpFault | PumpDisabled):
         return StartOutcome(refusal.code)
     return StartOutcome.refused

@@ -22,6 +22,7 @@ export async function alertsPage(ctx) {
   const subject = (a) => {
     if (a.subject_type === "pump") return names.pump(a.subject_id);
     if (a.subject_type === "sensor") return names.sensor(a.subject_id);
+    if (a.subject_type === "water_source") return "a water source";
     return "the site";
   };
   const paint = () =>
