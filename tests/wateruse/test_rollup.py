@@ -3,6 +3,7 @@ readings integrated (measured), split at local midnight, across a DST change, an
 counts for a pump, its zone, its source and the site. Expected litres are computed here
 from the runs and readings a test made, not from the service's SQL."""
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -269,3 +270,49 @@ async def test_water_use_per_day_across_a_dst_change_lands_in_the_local_days(
 
 def params_days() -> list[str]:
     return ["2026-10-24", "2026-10-25", "2026-10-26"]
+
+
+async def test_every_batch_sent_while_rollups_run_is_integrated(
+    client: httpx.AsyncClient, admin: Headers, sessions: Sessions, settings: Settings
+) -> None:
+    """Batches of a meter, each the only one of its day, race two rollups that run over and
+    over: a mark taken before its readings were visible, or lost to a race, would leave its
+    day short, since nothing else marks that day again."""
+    zone = await make_zone(client, admin, timezone="UTC")
+    pump = await make_pump(client, admin, zone_id=zone["id"])
+    meter = await make_sensor(
+        client, admin, zone["id"], kind="flow", unit="L/min", pump_id=pump["id"]
+    )
+    first = at("2026-10-01T06:00:00")
+    batches = [
+        [(first + timedelta(days=d, seconds=10 * n), float((n * 7 + d) % 13)) for n in range(60)]
+        for d in range(24)
+    ]
+    sending = True
+
+    async def rollups() -> None:
+        while sending:
+            await roll_up(sessions, settings)
+            await asyncio.sleep(0)
+
+    async def send(some: list[list[tuple[datetime, float]]]) -> None:
+        for batch in some:
+            await send_flows(client, admin, meter["id"], batch)
+
+    racing = [asyncio.create_task(rollups()) for _ in range(2)]
+    try:
+        await asyncio.gather(*(send(batches[k::4]) for k in range(4)))
+    finally:
+        sending = False
+        await asyncio.gather(*racing)
+    await roll_up(sessions, settings)
+
+    body = await water_use(
+        client, admin, f"/v1/pumps/{pump['id']}", **{"from": "2026-10-01", "to": "2026-10-24"}
+    )
+    got = [b["measured_litres"] for b in body["buckets"]]
+    # Readings 10 s apart: each pair encloses (a + b) / 2 L/min for 1/6 minute.
+    expected = [
+        sum((a + b) / 2 / 6 for (_, a), (_, b) in itertools.pairwise(batch)) for batch in batches
+    ]
+    assert got == pytest.approx(expected, abs=0.0005)  # litres are given to the millilitre
