@@ -13,12 +13,19 @@ from irrigation.auth.deps import ReadPrincipal
 from irrigation.common.openapi import problems
 from irrigation.db import SessionDep
 from irrigation.wateruse import service
-from irrigation.wateruse.schemas import MAX_DAYS, MAX_MONTHS, Period, Scope, WaterUse
+from irrigation.wateruse.schemas import (
+    MAX_DAYS,
+    MAX_MONTHS,
+    WaterUse,
+    WaterUsePeriod,
+    WaterUseScope,
+)
 
 router = APIRouter(prefix="/v1", tags=["water-use"])
 
 PeriodQ = Annotated[
-    Period, Query(description="`day` or `month` buckets, of local days (months summed from days).")
+    WaterUsePeriod,
+    Query(description="`day` or `month` buckets, of local days (months summed from days)."),
 ]
 From = Annotated[
     date | None,
@@ -67,9 +74,9 @@ _DESCRIPTION = (
 async def _answer(
     session: SessionDep,
     site_id: uuid.UUID,
-    scope: Scope,
+    scope: WaterUseScope,
     subject_id: uuid.UUID,
-    bucket: Period,
+    bucket: WaterUsePeriod,
     first: date | None,
     last: date | None,
     accept: str | None,
@@ -116,12 +123,14 @@ async def get_zone_water_use(
     zone_id: uuid.UUID,
     session: SessionDep,
     who: ReadPrincipal,
-    bucket: PeriodQ = Period.day,
+    bucket: PeriodQ = WaterUsePeriod.day,
     from_: From = None,
     to: To = None,
     accept: Accept = None,
 ) -> WaterUse | Response:
-    return await _answer(session, who.site_id, Scope.zone, zone_id, bucket, from_, to, accept)
+    return await _answer(
+        session, who.site_id, WaterUseScope.zone, zone_id, bucket, from_, to, accept
+    )
 
 
 @router.get(
@@ -135,12 +144,14 @@ async def get_pump_water_use(
     pump_id: uuid.UUID,
     session: SessionDep,
     who: ReadPrincipal,
-    bucket: PeriodQ = Period.day,
+    bucket: PeriodQ = WaterUsePeriod.day,
     from_: From = None,
     to: To = None,
     accept: Accept = None,
 ) -> WaterUse | Response:
-    return await _answer(session, who.site_id, Scope.pump, pump_id, bucket, from_, to, accept)
+    return await _answer(
+        session, who.site_id, WaterUseScope.pump, pump_id, bucket, from_, to, accept
+    )
 
 
 @router.get(
@@ -156,13 +167,13 @@ async def get_water_source_water_use(
     water_source_id: uuid.UUID,
     session: SessionDep,
     who: ReadPrincipal,
-    bucket: PeriodQ = Period.day,
+    bucket: PeriodQ = WaterUsePeriod.day,
     from_: From = None,
     to: To = None,
     accept: Accept = None,
 ) -> WaterUse | Response:
     return await _answer(
-        session, who.site_id, Scope.water_source, water_source_id, bucket, from_, to, accept
+        session, who.site_id, WaterUseScope.water_source, water_source_id, bucket, from_, to, accept
     )
 
 
@@ -177,9 +188,11 @@ async def get_water_source_water_use(
 async def get_site_water_use(
     session: SessionDep,
     who: ReadPrincipal,
-    bucket: PeriodQ = Period.day,
+    bucket: PeriodQ = WaterUsePeriod.day,
     from_: From = None,
     to: To = None,
     accept: Accept = None,
 ) -> WaterUse | Response:
-    return await _answer(session, who.site_id, Scope.site, who.site_id, bucket, from_, to, accept)
+    return await _answer(
+        session, who.site_id, WaterUseScope.site, who.site_id, bucket, from_, to, accept
+    )

@@ -11,14 +11,14 @@ MAX_DAYS = 366
 MAX_MONTHS = 120
 
 
-class Scope(StrEnum):
+class WaterUseScope(StrEnum):
     zone = "zone"
     pump = "pump"
     water_source = "water_source"
     site = "site"
 
 
-class Period(StrEnum):
+class WaterUsePeriod(StrEnum):
     day = "day"
     month = "month"
 
@@ -45,9 +45,9 @@ class WaterUseBucket(BaseModel):
 class WaterUse(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
-    scope: Scope
+    scope: WaterUseScope
     id: uuid.UUID = Field(description="The zone, pump, water source or site.")
-    bucket: Period
+    bucket: WaterUsePeriod
     from_: date = Field(alias="from", description="The first local day counted.")
     to: date = Field(description="The last local day counted.")
     timezone: str | None = Field(

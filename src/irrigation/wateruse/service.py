@@ -34,10 +34,10 @@ from irrigation.wateruse.models import Metered, MeterWaterUse, RunWaterUse
 from irrigation.wateruse.schemas import (
     MAX_DAYS,
     MAX_MONTHS,
-    Period,
-    Scope,
     WaterUse,
     WaterUseBucket,
+    WaterUsePeriod,
+    WaterUseScope,
 )
 
 # Far enough back and ahead for any farm's records; near enough that date arithmetic
@@ -60,7 +60,9 @@ def _month_count(first: date, last: date) -> int:
     return (last.year - first.year) * 12 + last.month - first.month + 1
 
 
-def period(period: Period, first: date | None, last: date | None, today: date) -> tuple[date, date]:
+def period(
+    period: WaterUsePeriod, first: date | None, last: date | None, today: date
+) -> tuple[date, date]:
     """The local days [first, last] asked for, with the defaults: up to today, the last 30
     days or the last 12 months (this one included)."""
     for name, value in (("from", first), ("to", last)):
@@ -68,19 +70,19 @@ def period(period: Period, first: date | None, last: date | None, today: date) -
             raise Invalid(f"{name} must lie between {EARLIEST} and {LATEST}", field=f"query.{name}")
     last = last or max(today, first or today)
     if first is None:
-        if period == Period.day:
+        if period == WaterUsePeriod.day:
             first = last - timedelta(days=DEFAULT_DAYS - 1)
         else:
             first = _months_before(_month(last), DEFAULT_MONTHS - 1)
     if first > last:
         raise Invalid("from must not be after to", field="query.from")
-    if period == Period.day and (last - first).days + 1 > MAX_DAYS:
+    if period == WaterUsePeriod.day and (last - first).days + 1 > MAX_DAYS:
         raise Invalid(
             f"more than {MAX_DAYS} day buckets requested; narrow the range or ask for months",
             field="query.from",
             code="too_many_buckets",
         )
-    if period == Period.month and _month_count(first, last) > MAX_MONTHS:
+    if period == WaterUsePeriod.month and _month_count(first, last) > MAX_MONTHS:
         raise Invalid(
             f"more than {MAX_MONTHS} month buckets requested; narrow the range",
             field="query.from",
@@ -90,15 +92,15 @@ def period(period: Period, first: date | None, last: date | None, today: date) -
 
 
 async def timezone_of(
-    session: AsyncSession, site_id: uuid.UUID, scope: Scope, subject_id: uuid.UUID
+    session: AsyncSession, site_id: uuid.UUID, scope: WaterUseScope, subject_id: uuid.UUID
 ) -> str | None:
     """The subject's calendar (None for a source or the site); 404 unless it is the site's."""
     found: Any
-    if scope == Scope.site:
+    if scope == WaterUseScope.site:
         return None
-    if scope == Scope.zone:
+    if scope == WaterUseScope.zone:
         found = select(Zone.timezone).where(Zone.id == subject_id, Zone.site_id == site_id)
-    elif scope == Scope.pump:
+    elif scope == WaterUseScope.pump:
         found = (
             select(Zone.timezone)
             .join(Pump, Pump.zone_id == Zone.id)
@@ -115,24 +117,26 @@ async def timezone_of(
     return zone
 
 
-def _parts(site_id: uuid.UUID, scope: Scope, subject_id: uuid.UUID, first: date, last: date) -> Any:
+def _parts(
+    site_id: uuid.UUID, scope: WaterUseScope, subject_id: uuid.UUID, first: date, last: date
+) -> Any:
     """Every day row that counts for the subject: (day, measured, estimated, is an
     estimate, seconds without a flow)."""
     m, r = MeterWaterUse, RunWaterUse
     meters: list[Any] = [m.site_id == site_id, m.day >= first, m.day <= last]
     # A run of a pump with a meter is counted by the meter's rows.
     runs: list[Any] = [r.site_id == site_id, r.day >= first, r.day <= last, ~r.pump_metered]
-    if scope == Scope.pump:
+    if scope == WaterUseScope.pump:
         meters += [m.meters == Metered.pump, m.pump_id == subject_id]
         runs += [r.pump_id == subject_id]
-    elif scope == Scope.zone:
+    elif scope == WaterUseScope.zone:
         meters += [m.meters == Metered.pump, m.zone_id == subject_id]
         runs += [r.zone_id == subject_id]
     else:
         # A source with a meter of its own is counted by that meter alone.
         meters += [or_(m.meters == Metered.water_source, ~m.source_metered)]
         runs += [~r.source_metered]
-        if scope == Scope.water_source:
+        if scope == WaterUseScope.water_source:
             meters += [m.water_source_id == subject_id]
             runs += [r.water_source_id == subject_id]
     measured = select(
@@ -152,9 +156,9 @@ def _parts(site_id: uuid.UUID, scope: Scope, subject_id: uuid.UUID, first: date,
     return union_all(measured, estimated).subquery("parts")
 
 
-def _sums(parts: Any, period: Period) -> Select[Any]:
+def _sums(parts: Any, period: WaterUsePeriod) -> Select[Any]:
     start = parts.c.day
-    if period == Period.month:
+    if period == WaterUsePeriod.month:
         start = cast(func.date_trunc("month", cast(parts.c.day, TIMESTAMP)), Date)
     start = start.label("start")
     return (
@@ -170,8 +174,8 @@ def _sums(parts: Any, period: Period) -> Select[Any]:
     )
 
 
-def _starts(period: Period, first: date, last: date) -> list[date]:
-    if period == Period.day:
+def _starts(period: WaterUsePeriod, first: date, last: date) -> list[date]:
+    if period == WaterUsePeriod.day:
         return [first + timedelta(days=n) for n in range((last - first).days + 1)]
     return [_months_before(_month(last), n) for n in reversed(range(_month_count(first, last)))]
 
@@ -192,9 +196,9 @@ def _bucket(
 async def water_use(
     session: AsyncSession,
     site_id: uuid.UUID,
-    scope: Scope,
+    scope: WaterUseScope,
     subject_id: uuid.UUID,
-    period_: Period,
+    period_: WaterUsePeriod,
     first: date | None,
     last: date | None,
 ) -> WaterUse:
