@@ -5,13 +5,17 @@ from the runs and readings a test made, not from the service's SQL."""
 
 import asyncio
 import itertools
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import httpx
 import pytest
 
 from irrigation.db import create_engine, create_sessionmaker
+from irrigation.ingest import flow_hours, store
+from irrigation.ingest.rows import encode
 from irrigation.settings import Settings
 from tests.support.api import Headers
 from tests.support.factories import make_pump, make_sensor, make_water_source, make_zone
@@ -316,3 +320,37 @@ async def test_every_batch_sent_while_rollups_run_is_integrated(
         sum((a + b) / 2 / 6 for (_, a), (_, b) in itertools.pairwise(batch)) for batch in batches
     ]
     assert got == pytest.approx(expected, abs=0.0005)  # litres are given to the millilitre
+
+
+class _Reading(NamedTuple):
+    sensor_id: uuid.UUID
+    ts: datetime
+    value: float
+    quality: int = 100
+
+
+async def test_a_mark_held_by_an_uncommitted_batch_is_left_for_a_later_round(
+    client: httpx.AsyncClient, admin: Headers, sessions: Sessions, settings: Settings
+) -> None:
+    """The hour's mark exists (an earlier batch's, not yet rolled up) when a second batch
+    writes into the same hour: the second batch's upsert holds the mark until it commits,
+    so the rollup leaves it (without waiting) and integrates both batches after."""
+    zone = await make_zone(client, admin, timezone="UTC")
+    pump = await make_pump(client, admin, zone_id=zone["id"])
+    meter = await make_sensor(
+        client, admin, zone["id"], kind="flow", unit="L/min", pump_id=pump["id"]
+    )
+    start = at("2026-11-10T10:00:00")
+    await send_flows(client, admin, meter["id"], [(start, 10.0), (start + MINUTE, 10.0)])
+
+    sensor = uuid.UUID(meter["id"])
+    async with sessions() as writer, writer.begin():
+        written = await store.write_readings(
+            writer, encode([_Reading(sensor, start + 2 * MINUTE, 10.0)])
+        )
+        await flow_hours.mark(writer, written.stored, {sensor})
+        assert await asyncio.wait_for(roll_up(sessions, settings), timeout=10) == 0
+    assert await roll_up(sessions, settings) == 1
+
+    body = await water_use(client, admin, f"/v1/pumps/{pump['id']}", to="2026-11-10")
+    assert body["measured_litres"] == 20.0

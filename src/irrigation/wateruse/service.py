@@ -60,8 +60,8 @@ def _month_count(first: date, last: date) -> int:
     return (last.year - first.year) * 12 + last.month - first.month + 1
 
 
-def period(
-    period: WaterUsePeriod, first: date | None, last: date | None, today: date
+def days_asked(
+    bucket: WaterUsePeriod, first: date | None, last: date | None, today: date
 ) -> tuple[date, date]:
     """The local days [first, last] asked for, with the defaults: up to today, the last 30
     days or the last 12 months (this one included)."""
@@ -70,19 +70,19 @@ def period(
             raise Invalid(f"{name} must lie between {EARLIEST} and {LATEST}", field=f"query.{name}")
     last = last or max(today, first or today)
     if first is None:
-        if period == WaterUsePeriod.day:
+        if bucket == WaterUsePeriod.day:
             first = last - timedelta(days=DEFAULT_DAYS - 1)
         else:
             first = _months_before(_month(last), DEFAULT_MONTHS - 1)
     if first > last:
         raise Invalid("from must not be after to", field="query.from")
-    if period == WaterUsePeriod.day and (last - first).days + 1 > MAX_DAYS:
+    if bucket == WaterUsePeriod.day and (last - first).days + 1 > MAX_DAYS:
         raise Invalid(
             f"more than {MAX_DAYS} day buckets requested; narrow the range or ask for months",
             field="query.from",
             code="too_many_buckets",
         )
-    if period == WaterUsePeriod.month and _month_count(first, last) > MAX_MONTHS:
+    if bucket == WaterUsePeriod.month and _month_count(first, last) > MAX_MONTHS:
         raise Invalid(
             f"more than {MAX_MONTHS} month buckets requested; narrow the range",
             field="query.from",
@@ -156,9 +156,9 @@ def _parts(
     return union_all(measured, estimated).subquery("parts")
 
 
-def _sums(parts: Any, period: WaterUsePeriod) -> Select[Any]:
+def _sums(parts: Any, bucket: WaterUsePeriod) -> Select[Any]:
     start = parts.c.day
-    if period == WaterUsePeriod.month:
+    if bucket == WaterUsePeriod.month:
         start = cast(func.date_trunc("month", cast(parts.c.day, TIMESTAMP)), Date)
     start = start.label("start")
     return (
@@ -174,8 +174,8 @@ def _sums(parts: Any, period: WaterUsePeriod) -> Select[Any]:
     )
 
 
-def _starts(period: WaterUsePeriod, first: date, last: date) -> list[date]:
-    if period == WaterUsePeriod.day:
+def _starts(bucket: WaterUsePeriod, first: date, last: date) -> list[date]:
+    if bucket == WaterUsePeriod.day:
         return [first + timedelta(days=n) for n in range((last - first).days + 1)]
     return [_months_before(_month(last), n) for n in reversed(range(_month_count(first, last)))]
 
@@ -198,7 +198,7 @@ async def water_use(
     site_id: uuid.UUID,
     scope: WaterUseScope,
     subject_id: uuid.UUID,
-    period_: WaterUsePeriod,
+    bucket: WaterUsePeriod,
     first: date | None,
     last: date | None,
 ) -> WaterUse:
@@ -206,12 +206,12 @@ async def water_use(
     zone = await timezone_of(session, site_id, scope, subject_id)
     # "Today" in the subject's calendar; a source's or the site's spans zones: UTC's.
     today = utcnow().astimezone(ZoneInfo(zone) if zone else UTC).date()
-    first, last = period(period_, first, last, today)
-    rows = await session.execute(_sums(_parts(site_id, scope, subject_id, first, last), period_))
+    first, last = days_asked(bucket, first, last, today)
+    rows = await session.execute(_sums(_parts(site_id, scope, subject_id, first, last), bucket))
     found = {start: row for start, *row in rows}
     buckets = [
         _bucket(start, *found.get(start, (0.0, 0.0, False, 0.0)))
-        for start in _starts(period_, first, last)
+        for start in _starts(bucket, first, last)
     ]
     measured = sum(b.measured_litres for b in buckets)
     estimated = sum(b.estimated_litres for b in buckets)
@@ -219,7 +219,7 @@ async def water_use(
     return WaterUse(
         scope=scope,
         id=subject_id,
-        bucket=period_,
+        bucket=bucket,
         from_=first,
         to=last,
         timezone=zone,
