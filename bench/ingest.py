@@ -6,7 +6,8 @@
 Sets up everything itself: a fresh database `irrigation_bench_ingest` (dropped first if it
 exists, dropped again at the end), migrations, a site with an admin key, and the API
 (`irrigation serve --workers N`, once per `--api-workers` value) as a child process. Over
-the API it creates 100 soil-moisture sensors (unit %) in 4 zones. Then:
+the API it creates 100 soil-moisture sensors (unit %) in 4 zones (`--metered`: flow meters,
+each attached to a pump of its own). Then:
 
 (a) end to end: C client processes (one keep-alive connection each, one request in flight
     each) post pre-serialized 10,000-reading batches (built before the clock starts) until
@@ -371,7 +372,7 @@ async def reset(conn: asyncpg.Connection, cache: tuple[str, str] | None = None) 
             await client.aclose()
     await conn.execute(
         "TRUNCATE sensor_readings, reading_rollups_hourly, quarantined_readings, "
-        f"ingestion_jobs, {BARE_TABLE}"
+        f"ingestion_jobs, pending_flow_hours, {BARE_TABLE}"
     )
     await conn.execute("UPDATE sensors SET last_seen_at = NULL")
     await conn.execute("VACUUM ANALYZE sensors")
@@ -1141,10 +1142,14 @@ def proposals(bodies: Sequence[bytes], repeat: int = 3) -> list[Proposal]:
 # Set-up ---------------------------------------------------------------------------------
 
 
-async def make_sensors(url: str, key: str, calibrated_from: float | None = None) -> list[str]:
+async def make_sensors(
+    url: str, key: str, calibrated_from: float | None = None, metered: bool = False
+) -> list[str]:
     """The sensors; with `calibrated_from` (a unix time), each gets two calibration steps:
     one before every reading, one halfway through the readings' three days, so a batch's
-    items meet one step or the other (values stay within 0-100 %)."""
+    items meet one step or the other (values stay within 0-100 %). `metered`: each is a
+    flow meter attached to a pump of its own (unit % all the same, the bodies are shared),
+    so every batch marks its hours for the water-use rollup."""
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as api:
         zones = []
@@ -1160,6 +1165,11 @@ async def make_sensors(url: str, key: str, calibrated_from: float | None = None)
                 "kind": "soil_moisture",
                 "unit": "%",
             }
+            if metered:
+                pump = {"zone_id": zones[s % ZONES], "name": f"p{s}", "hardware_id": f"p{s}"}
+                r = await api.post("/v1/pumps", json=pump)
+                r.raise_for_status()
+                body |= {"name": f"meter {s}", "kind": "flow", "pump_id": r.json()["id"]}
             r = await api.post("/v1/sensors", json=body)
             r.raise_for_status()
             sensors.append(r.json()["id"])
@@ -1431,6 +1441,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="give every sensor two calibration steps (every reading is calibrated)",
     )
+    p.add_argument(
+        "--metered",
+        action="store_true",
+        help="make every sensor a flow meter attached to a pump (every batch marks its "
+        "hours for the water-use rollup)",
+    )
     p.add_argument("--profile", type=Path, help="py-spy the API during its first HTTP run")
     p.add_argument("--markdown", type=Path, help="also write the tables here")
     return p.parse_args(argv)
@@ -1541,7 +1557,8 @@ async def run(args: argparse.Namespace) -> int:
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {total:,} readings per run in "
         f"{BATCH:,}-reading batches, {SENSORS} sensors; clients {client_counts}, "
         f"API workers {worker_counts}, layouts {layouts}"
-        f"{', every sensor calibrated' if args.calibrated else ''}\n  machine: {machine()}"
+        f"{', every sensor calibrated' if args.calibrated else ''}"
+        f"{', every sensor an attached flow meter' if args.metered else ''}\n  machine: {machine()}"
     )
     pairs: list[Pair] = []
     alt_results: list[AltResult] = []
@@ -1557,7 +1574,9 @@ async def run(args: argparse.Namespace) -> int:
             )
             proc, url = await stack.start_api(workers=1)
             base_ts = float(int(time.time()) - 3 * 86400)
-            sensor_ids = await make_sensors(url, key, base_ts if args.calibrated else None)
+            sensor_ids = await make_sensors(
+                url, key, base_ts if args.calibrated else None, metered=args.metered
+            )
             stack.stop(proc)
             print(f"  set-up: {time.monotonic() - started:.1f} s")
             first = True

@@ -49,6 +49,7 @@ from irrigation.ratelimits.router import router as rate_limits_router
 from irrigation.readings.calibration_router import router as calibration_router
 from irrigation.readings.router import router as readings_router
 from irrigation.settings import Settings, get_settings
+from irrigation.wateruse.router import router as water_use_router
 
 DESCRIPTION = """
 Irrigation control: fleet configuration, sensor readings and safe pump activation.
@@ -166,6 +167,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         review_router,
         readings_router,
         calibration_router,
+        water_use_router,
         *alert_routers,
         automation_router,
         live_router,

@@ -63,6 +63,7 @@ JOB_QUEUES: dict[str, str] = {
     "automation.purge_automation_history": BULK,
     "common.purge_idempotency_keys": BULK,
     "ingest.purge_reviewed_quarantine": BULK,
+    "wateruse.roll_up_water_use": BULK,
 }
 
 

@@ -11,6 +11,7 @@ from irrigation.pumps import models as pump_models
 from irrigation.quotas import models as quota_models
 from irrigation.ratelimits import models as rate_limit_models
 from irrigation.readings import models as readings_models
+from irrigation.wateruse import models as water_use_models
 
 metadata = Base.metadata
 
@@ -26,4 +27,5 @@ __all__ = [
     "quota_models",
     "rate_limit_models",
     "readings_models",
+    "water_use_models",
 ]

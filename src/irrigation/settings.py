@@ -289,6 +289,13 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=1024 * 1024 * 1024, ge=1024, description="Largest history file for an import."
     )
+    water_use_max_gap_s: int = Field(
+        default=300,
+        ge=1,
+        le=3600,
+        description="Two flow readings further apart than this are not integrated: the "
+        "meter was silent, and what flowed meanwhile is not known.",
+    )
 
     min_free_disk_bytes: int = Field(
         default=512 * 1024 * 1024,

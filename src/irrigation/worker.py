@@ -29,6 +29,7 @@ from irrigation.logging import configure_logging
 from irrigation.pumps import jobs, reconcile, supervision
 from irrigation.readings import backfill, retention
 from irrigation.settings import Settings
+from irrigation.wateruse import rollup as water_use
 from irrigation.weather import create_provider
 
 log = structlog.get_logger(__name__)
@@ -42,6 +43,8 @@ PUMP_JOB_TIMEOUT_S = 30
 # How often the devices' states are compared with the database (one state read per pump
 # per sweep over HTTP).
 RECONCILE_EVERY_S = 5
+# How often ended runs and new flow readings are rolled up into water use.
+WATER_USE_EVERY_S = 10
 # 10 s slices: 100,000 tries is more than a week of one import (or calibration backfill).
 IMPORT_MAX_TRIES = 100_000
 
@@ -161,6 +164,12 @@ def crons() -> list[Cron]:
             "ingest.purge_reviewed_quarantine",
             review_retention.purge_reviewed_quarantine,
             {"minute": {53}, "second": {0}},
+        ),
+        # Water use follows run ends and flow readings within about this many seconds.
+        Cron(
+            "wateruse.roll_up_water_use",
+            water_use.roll_up_water_use,
+            {"second": set(range(0, 60, WATER_USE_EVERY_S)), "run_at_startup": True},
         ),
     ]
 

@@ -57,6 +57,19 @@ class ReadingRollupHourly(Base):
     max: Mapped[float] = mapped_column(Double)
 
 
+class PendingFlowHour(Base):
+    """A UTC hour in which an attached flow meter (a flow sensor on a pump or a water
+    source) got readings, or had them changed, since the water-use rollup last integrated
+    it. Written in the transaction that writes the readings, deleted by the rollup when it
+    has integrated the days around the hour again (wateruse/rollup.py)."""
+
+    __tablename__ = "pending_flow_hours"
+    __table_args__ = (PrimaryKeyConstraint("sensor_id", "hour"),)
+
+    sensor_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sensors.id", ondelete="CASCADE"))
+    hour: Mapped[datetime]
+
+
 class QuarantineReason(StrEnum):
     parse_error = "parse_error"
     unknown_sensor = "unknown_sensor"

@@ -12,7 +12,7 @@ from irrigation.common import repository as repo
 from irrigation.common.clock import utcnow
 from irrigation.common.errors import DomainError, NotFound
 from irrigation.common.pagination import PageParams, page_of, paginate
-from irrigation.ingest import store
+from irrigation.ingest import flow_hours, store
 from irrigation.ingest.cache import HotCache, Live
 from irrigation.ingest.models import (
     IngestionJob,
@@ -30,7 +30,13 @@ from irrigation.ingest.schemas import (
     ReviewResult,
 )
 from irrigation.ingest.service import sensor_specs
-from irrigation.ingest.validation import Rejected, check_items, parse_items, sensor_ids
+from irrigation.ingest.validation import (
+    Rejected,
+    SensorSpec,
+    check_items,
+    parse_items,
+    sensor_ids,
+)
 from irrigation.settings import Settings
 
 
@@ -125,10 +131,10 @@ async def approve(
     decided, and the review is recorded on the item itself."""
     async with session.begin():
         item = await _lock_pending(session, site_id, item_id)
-        reading, accepted, zone_id = await _recheck(
-            session, settings, site_id, item.raw, correction
-        )
+        reading, accepted, spec = await _recheck(session, settings, site_id, item.raw, correction)
         written = await store.write_readings(session, encode(accepted))
+        if spec.meter:
+            await flow_hours.mark(session, written.stored, {reading.sensor_id})
         inserted = written.count == 1
         item.review_status = ReviewStatus.approved
         item.reviewed_at = utcnow()
@@ -138,7 +144,7 @@ async def approve(
         await session.flush()
     if inserted:  # a duplicate is not what the database holds: keep it out of the cache
         # Its live event only if it is now the sensor's newest reading (cache.py).
-        live = Live(site_id, {reading.sensor_id: zone_id})
+        live = Live(site_id, {reading.sensor_id: spec.zone_id})
         await cache.record(written.stored, live=live)
     return Approval(item, reading, accepted.values[0], inserted)
 
@@ -227,9 +233,9 @@ async def _recheck(
     site_id: uuid.UUID,
     raw: Any,
     correction: QuarantineCorrection | None,
-) -> tuple[ReadingIn, Columns, uuid.UUID | None]:
+) -> tuple[ReadingIn, Columns, SensorSpec]:
     """The item as corrected, the same checked again (its value calibrated), and its
-    sensor's zone."""
+    sensor as checked."""
     corrected = dict(raw) if isinstance(raw, dict) else {}
     if correction is not None:
         corrected |= correction.model_dump(mode="json", exclude_none=True)
@@ -251,4 +257,4 @@ async def _recheck(
         raise StillInvalid(first.reason, first.detail)
     (item,) = parsed
     reading = cast(ReadingIn, item)
-    return reading, checked.accepted, specs[reading.sensor_id].zone_id
+    return reading, checked.accepted, specs[reading.sensor_id]

@@ -22,7 +22,7 @@ from irrigation.common.retry import retry_on_deadlock
 from irrigation.common.shaping import columns_of
 from irrigation.fleet.models import Sensor
 from irrigation.fleet.service import range_of
-from irrigation.ingest import store
+from irrigation.ingest import flow_hours, store
 from irrigation.ingest.cache import HotCache, Live
 from irrigation.ingest.calibration import steps_of
 from irrigation.ingest.models import (
@@ -67,7 +67,7 @@ def deadlock_retried(source: str) -> None:
 _SENSOR_SPECS = text("""
 SELECT s.id, s.unit, s.kind, s.min_value, s.max_value, s.zone_id,
        st.starts, st.gains, st.offsets,
-       (s.pump_id IS NOT NULL OR s.water_source_id IS NOT NULL) AS metered
+       (s.pump_id IS NOT NULL OR s.water_source_id IS NOT NULL) AS meter
 FROM sensors AS s LEFT JOIN (
     SELECT sensor_id, array_agg(effective_from) AS starts, array_agg(gain) AS gains,
            array_agg("offset") AS offsets
@@ -99,9 +99,9 @@ async def sensor_specs(
             *range_of(kind, low, high),
             zone_id=zone_id,
             calibration=calibrations.get(sensor_id),
-            metered=metered,
+            meter=meter,
         )
-        for sensor_id, unit, kind, low, high, zone_id, _, _, _, metered in rows
+        for sensor_id, unit, kind, low, high, zone_id, *_, meter in rows
     }
 
 
@@ -120,8 +120,8 @@ async def check(
     # quarantined is asked to look again for nothing, which costs less than the pass.
     sensor_zones = {sensor_id: spec.zone_id for sensor_id, spec in specs.items()}
     zones = {zone_id for zone_id in sensor_zones.values() if zone_id is not None}
-    metered = any(spec.metered for spec in specs.values())
-    return dataclasses.replace(checked, zone_ids=zones, sensor_zones=sensor_zones, metered=metered)
+    meters = frozenset(sensor_id for sensor_id, spec in specs.items() if spec.meter)
+    return dataclasses.replace(checked, zone_ids=zones, sensor_zones=sensor_zones, meters=meters)
 
 
 @dataclass(frozen=True)
@@ -170,6 +170,7 @@ async def write_checked(
     kept, not_kept = await keep_for_review(session, settings, site_id, checked.rejected)
     await store.insert_quarantine(session, site_id, job_id, kept)
     await store.roll_up(session, inserted)
+    await flow_hours.mark(session, inserted.stored, checked.meters)
     duplicates = len(checked.accepted) - inserted.count
     return Written(inserted.count, duplicates, inserted.stored, not_kept)
 
@@ -286,10 +287,11 @@ async def _ingest_once(
         # Last, right before the COMMIT: the rollup rows and sensors it locks are what
         # every concurrent batch of these sensors waits for.
         await store.roll_up(session, inserted)
+        await flow_hours.mark(session, inserted.stored, checked.meters)
     # The job's event rides the cache's round trip after the commit, with the readings'.
     event = job_out(IngestionJob(**job)).model_dump(mode="json")
     live = Live(site_id, checked.sensor_zones, job=event)
-    metered = checked.metered and inserted.count > 0
+    metered = bool(checked.meters) and inserted.count > 0
     return answer, Fresh(inserted.stored, checked.zone_ids, live, metered)
 
 

@@ -47,8 +47,8 @@ class SensorSpec:
     zone_id: uuid.UUID | None = None
     calibration: Calibration | None = None
     """Its calibration history, if it has one: the range judges the calibrated value."""
-    metered: bool = False
-    """A flow meter attached to a pump or a water source: its readings are supervised."""
+    meter: bool = False
+    """A flow sensor attached to a pump or a water source: water use integrates it."""
 
 
 @dataclass(frozen=True)
@@ -100,8 +100,8 @@ class Checked:
     zone_ids: set[uuid.UUID] = field(default_factory=set)
     # Each known sensor's zone: what its live `reading` event names.
     sensor_zones: dict[uuid.UUID, uuid.UUID | None] = field(default_factory=dict)
-    # A sensor of the batch is an attached flow meter: the site's flows need a look.
-    metered: bool = False
+    # The batch's attached flow meters: their hours are marked for the water-use rollup.
+    meters: frozenset[uuid.UUID] = frozenset()
 
 
 def parse_batch(raw_body: bytes) -> Columns | list[ReadingIn | Rejected]:

@@ -1,7 +1,8 @@
 """What the pumps tell the live feed: every transition of an activation, written here with
 its audit row so that no writer can record one without the other, and every change of a
 pump that its event is about (status, fault, cooldown, active run). Both are published
-when the transaction commits, never for one that rolls back (irrigation/feed.py)."""
+when the transaction commits, never for one that rolls back (irrigation/feed.py). The end
+of a run that ran is marked here too, for the water-use rollup, whichever writer ends it."""
 
 from datetime import datetime
 
@@ -11,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from irrigation import feed
 from irrigation.fleet.models import Pump
 from irrigation.fleet.service import emit_pump
-from irrigation.pumps.models import ActivationEvent, PumpActivation
+from irrigation.pumps.models import ACTIVE, ActivationEvent, EndedRun, PumpActivation
 from irrigation.pumps.schemas import ActivationOut
 
 # What PumpOut's status and the pump's event follow (`enabled` changes by PATCH, in fleet).
@@ -43,6 +44,18 @@ def record(
     data |= {"zone_id": str(pump.zone_id), "cause": cause}
     feed.emit(session, feed.EventType.activation, activation.site_id, data, at)
     pump_changed(session, pump, at)
+    if ran_and_ended(activation):
+        session.add(EndedRun(activation_id=activation.id))
+
+
+def ran_and_ended(activation: PumpActivation) -> bool:
+    """A run that the device confirmed and that has ended: it moved water to account. A
+    terminal status is reached once per activation, so it is marked once."""
+    return (
+        activation.status not in ACTIVE
+        and activation.started_at is not None
+        and activation.stopped_at is not None
+    )
 
 
 def pump_changed(session: AsyncSession, pump: Pump, now: datetime) -> None:

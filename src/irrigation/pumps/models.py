@@ -141,6 +141,19 @@ class OutboxJob(IdMixin, Base):
     claimed_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class EndedRun(Base):
+    """A run that ran and has ended, written with its last transition (pumps/live.py) and
+    deleted by the water-use rollup once it has accounted the run's water (wateruse/).
+    A row of its own rather than a scan of the activations: the rollup finds every ended
+    run, however late it looks, without an index over the activations' stop times."""
+
+    __tablename__ = "ended_runs"
+
+    activation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("pump_activations.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
 class DeviceIncident(IdMixin, Base):
     """Something a device did that no run asked for: found by the reconciliation (a run
     with no active activation, which it halted: `unexpected_run`) or by flow supervision (a

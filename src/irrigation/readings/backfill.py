@@ -39,6 +39,7 @@ from irrigation.common.errors import DomainError, Invalid, NotFound
 from irrigation.common.idempotency import IdempotentRequest, StoredAnswer
 from irrigation.common.retry import retry_on_deadlock
 from irrigation.common.worker_context import worker_context
+from irrigation.ingest import flow_hours
 from irrigation.ingest.cache import RECENT, HotCache
 from irrigation.ingest.models import SensorReading
 from irrigation.ingest.rows import Columns, encode
@@ -335,6 +336,9 @@ async def _chunk(
             text(_DERIVE), {"sensor": backfill.sensor_id, "start": start, "end": end}
         )
         written, readings = (await session.execute(text(_ROLL_UP), hours)).one()
+        if derived.rowcount:  # type: ignore[attr-defined]
+            # A meter's changed flows change its water use: the rollup integrates again.
+            await flow_hours.mark_period(session, backfill.sensor_id, hours_start, hours_end)
         backfill.done_until = end
         backfill.readings_updated += derived.rowcount  # type: ignore[attr-defined]
         backfill.hours_rolled_up += written

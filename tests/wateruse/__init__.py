@@ -1,0 +1,1 @@
+"""Water use: the rollup and its API."""
