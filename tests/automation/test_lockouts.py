@@ -277,7 +277,9 @@ async def test_a_forecast_older_than_the_zones_limit_is_no_forecast_a_younger_on
     assert "the newest forecast is 4 h 30 s old (limit 3 h)" in stale["message"]
     assert stale["detail"]["forecast_age_s"] == pytest.approx(4 * 3600 + 30, abs=1)
     assert frost["reason"] == "freeze"
-    assert frost["detail"]["forecast_age_s"] == pytest.approx(3600, abs=1)
+    # Measured from the fake's wall clock when the run is judged: a loaded machine moves it
+    # by seconds between `set` and the dispatch, never by the 3 h that would change the verdict.
+    assert frost["detail"]["forecast_age_s"] == pytest.approx(3600, abs=15)
 
 
 async def test_a_zone_with_lockouts_but_no_place_has_no_forecast(
