@@ -1,7 +1,11 @@
-"""Pump activation benchmark, against the real processes, with a bare-asyncpg baseline.
+"""Pump activation benchmark, against the real processes: issue 20's aims, each printed
+with its figure and whether it is met (the aims table at the end).
 
-    .venv/bin/python bench/activation.py            # full run (~2 min)
-    .venv/bin/python bench/activation.py --quick    # smoke run (< 30 s)
+    .venv/bin/python bench/activation.py --api-workers 1   # issue 20's run (~4 min)
+    .venv/bin/python bench/activation.py            # full run, API workers 1 and 2
+    .venv/bin/python bench/activation.py --quick    # smoke run (~1 min)
+    .venv/bin/python bench/activation.py --only burst --burst 200 --profile /tmp/prof
+                                                     # one burst, py-spy on API and workers
     .venv/bin/python bench/activation.py --api-workers 1 --gateways http,mqtt
                                                      # the device driver: HTTP beside MQTT
     .venv/bin/python bench/activation.py --api-workers 1 --only herd \
@@ -24,6 +28,17 @@ simulator, one or two arq workers and the API (`irrigation serve`, once per
 (c) enqueue -> gateway start: for the admitted runs of (b), and for a few single requests
     on idle pumps, from the API's `requested_at` (202 body; database clock) to the
     simulator's `started_at` for that `command_id` (GET /truth); same machine clock.
+(d) reads: `GET /v1/zones/{id}` in 10 keep-alive loops for 5 s: the API's CPU per read.
+(e) burst, on a stack of its own shaped like `irrigation up` (the API with 1 uvicorn
+    worker, a `pumps` worker, an `automation,bulk` worker, the simulator; the `mqtt`
+    gateway unless `--burst-gateway http`; not up's readings bridge nor demo feeder):
+    1,000 pumps in 100 sites (10 a site, each pump its own zone and water source, each
+    site its own admin key), one request per pump, all sent at once (200 pumps of 20 of
+    those sites first). Checked: every answer 202, every run started in the simulator's
+    truth, none expired. Timed: from the burst's first request to each run's start on its
+    device. The API's CPU per admitted request over the answers; the workers' CPU over
+    the whole (start, confirmation and stop jobs, and the crons meanwhile) per activation,
+    also less the workers' CPU when idle just before.
 
 All of it once per `--gateways` driver (default `http`), each on a fresh stack (database,
 Redis namespace, simulator, workers): `http`, the workers call the simulator's HTTP
@@ -36,12 +51,22 @@ Every figure is labelled with its gateway; with several, the latencies (c), admi
 and requests/s are also printed side by side (and written first by `--markdown`). The
 gateways run one after the other, so compare them with the `other` cores of each in view.
 
-Each throughput is set against a baseline measured right before it, on the same `pumps`
-rows, through a fresh asyncpg pool of 30 connections (the API pool's former ceiling, 10 + 20;
+The herd's and the sustained load's throughput are set against the same load sent right
+before to the bare FastAPI gate (bench/bare_gate_app.py: the same uvicorn command line,
+one asyncpg pool, the gate's transaction on the same rows with no auth, no outbox; its
+runs are ended after, so the real API finds the pumps free): the issue's ratio, aim 0.7.
+Also printed, as before, the ratio to the bare asyncpg loop, measured just before too,
+through a fresh asyncpg pool of 30 connections (the API pool's former ceiling, 10 + 20;
 its default is now 10 + 5):
 `BEGIN; SELECT ... FOR NO KEY UPDATE; UPDATE pumps SET last_sequence = last_sequence + 1;
 COMMIT`, (a) N transactions at once on the herd's row, (b) C closed loops over the P rows.
-The figures that matter are the ratios: the machine is shared and its load varies.
+The figures that matter are the ratios and the CPU per request: the machine is shared and
+its load varies (the load average is printed at the start, between stacks and the end).
+
+`--profile DIR`: py-spy (the `dev` extras) on the API in the herd, sustained, reads and
+burst phases and on the workers in the sustained and burst phases; their raw stacks are
+kept in DIR and their top frames printed at the end. A profiled run's figures are not
+the measurement.
 
 Also printed per phase: the cores each process kept busy (API, workers, simulator,
 PostgreSQL, Redis, client, and `other`: the rest of the machine, the broker included), the
@@ -110,7 +135,7 @@ BASELINE_UPDATE = "UPDATE pumps SET last_sequence = last_sequence + 1 WHERE id =
 # may nest: "_admit" is inside "admission transaction"). Layers: the innermost frame that
 # matches one of them takes the sample, so layers add up to 100 %.
 PROFILE_PHASES = {
-    "auth dependency (own session + api_keys lookup)": ["current_principal ("],
+    "auth: api_keys lookup (cache misses)": ["find_key (", "authenticate ("],
     "pool pre-ping (BEGIN; ';'; ROLLBACK per checkout)": ["_async_ping ("],
     "new DB connections (connect + type introspection)": ["connect_utils", "__connect ("],
     "admission transaction (service.request_activation)": [
@@ -1046,16 +1071,20 @@ async def burst(bs: BurstStack, n: int, largest: bool) -> None:
             f"statuses {statuses}; sent within {spread * 1000:.0f} ms",
         )
     )
-    if largest:
+    if n >= 1000:  # the issue's aims for 1,000 pumps; for fewer, its aim for 200
         bs.aims.append(Aim(f"{label}: first request -> start p50 <= 2 s", f"{p50:.2f} s", p50 <= 2))
         bs.aims.append(Aim(f"{label}: first request -> start p99 <= 5 s", f"{p99:.2f} s", p99 <= 5))
+    else:
+        bs.aims.append(Aim(f"{label}: first request -> start p99 <= 3 s", f"{p99:.2f} s", p99 <= 3))
+    if largest:
         bs.aims.append(
             Aim(
                 f"worker CPU per activation <= {WORKER_MS_AIM:.0f} ms ({label})",
                 f"{worker_ms:.1f} ms",
                 worker_ms <= WORKER_MS_AIM,
                 f"start, confirmation and stop jobs and the crons meanwhile; "
-                f"{net_ms:.1f} ms less the idle workers' CPU",
+                f"{net_ms:.1f} ms less the idle workers' CPU"
+                + (f"; {expired} expired runs cost less" if expired else ""),
             )
         )
         bs.aims.append(
@@ -1066,8 +1095,6 @@ async def burst(bs: BurstStack, n: int, largest: bool) -> None:
                 "one new connection each",
             )
         )
-    else:
-        bs.aims.append(Aim(f"{label}: first request -> start p99 <= 3 s", f"{p99:.2f} s", p99 <= 3))
 
 
 async def _none_busy(stack: Stack) -> bool:
@@ -1184,7 +1211,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--burst",
         help="burst sizes: pumps asked for at once, one request each (default 200,1000; "
-        "quick 20,100); the largest is judged against the 1,000-pump aims",
+        "quick 20,100); 1,000 or more are judged against the 1,000-pump aims, fewer "
+        "against the 200-pump aim; the largest gives the CPU per activation",
     )
     p.add_argument(
         "--burst-per-site",
