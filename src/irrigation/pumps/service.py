@@ -9,16 +9,17 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
 from arq.connections import ArqRedis
-from sqlalchemy import Float, bindparam, delete, func, literal, select
+from sqlalchemy import Float, Table, bindparam, delete, func, insert, literal, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from irrigation import queue
 from irrigation.common import idempotency
-from irrigation.common.clock import DB_NOW, db_now_expr, db_now_params
+from irrigation.common.clock import DB_NOW, db_now_expr, db_now_params, utcnow
 from irrigation.common.dberrors import LOCK_NOT_AVAILABLE, pg_error
 from irrigation.common.errors import Invalid, NotFound, Unavailable
 from irrigation.common.idempotency import IdempotentRequest, StoredAnswer
@@ -103,6 +104,7 @@ _RUNNING_WITH_FLOW = (
     .join(Pump, Pump.id == PumpActivation.pump_id)
     .where(*_SOURCE_ACTIVE)
 )
+_INSERT_ACTIVATION = insert(cast(Table, PumpActivation.__table__))
 
 
 def _seconds_until(moment: datetime, now: datetime) -> int:
@@ -254,23 +256,28 @@ async def admit(
             raise FlowFull(source.id, budget, retry)
 
     sequence = pump.last_sequence + 1
-    activation = PumpActivation(
-        id=uuid.uuid4(),
-        site_id=site_id,
-        pump_id=pump.id,
-        water_source_id=source.id,
-        priority=run.priority,
-        status=ActivationStatus.queued,
-        duration_s=run.duration_s,
-        reason=run.reason,
-        origin=run.origin,
-        sequence=sequence,
-        requested_at=now,
-        start_deadline=now + timedelta(seconds=settings.max_queue_delay_s),
-    )
-    activation.command_id = f"{activation.id}"
-    session.add(activation)
-    await session.flush()  # the activation row first: the pump's pointer references it
+    activation_id = uuid.uuid4()
+    values = {
+        "id": activation_id,
+        "site_id": site_id,
+        "pump_id": pump.id,
+        "water_source_id": source.id,
+        "priority": run.priority,
+        "status": ActivationStatus.queued,
+        "duration_s": run.duration_s,
+        "reason": run.reason,
+        "origin": run.origin,
+        "command_id": f"{activation_id}",
+        "sequence": sequence,
+        "requested_at": now,
+        "start_deadline": now + timedelta(seconds=settings.max_queue_delay_s),
+        "created_at": utcnow(),
+    }
+    # The activation row first, the pump's pointer references it: written by a Core INSERT
+    # rather than a flush of the unit of work of its own (issue 20, docs/benchmarks.md).
+    # The object, never added to the session, is what the answer and the events show.
+    await session.execute(_INSERT_ACTIVATION, values)
+    activation = PumpActivation(**values)
     pump.last_sequence = sequence  # with the pointer: one UPDATE of the pump row
     pump.active_activation_id = activation.id
     live.record(
