@@ -337,8 +337,39 @@ class Stack:
             await _wait_children(proc.pid, workers, 15)
         return proc, url
 
-    def start_worker(self, **env: str) -> Proc:
-        return self.spawn("worker", "worker", **env)
+    def start_worker(self, queues: str | None = None, **env: str) -> Proc:
+        """An arq worker of `queues` (e.g. "pumps"; default: all of them)."""
+        args = ["worker", *(["--queues", queues] if queues else [])]
+        return self.spawn("worker", *args, **env)
+
+    async def start_bare_gate(self, **env: str) -> tuple[Proc, str]:
+        """bench/bare_gate_app.py on the uvicorn command line of `irrigation serve` (one
+        worker), on this stack's database: the herd's and sustained load's baseline."""
+        port = free_port()
+        argv = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bare_gate_app:create_app",
+            "--factory",
+            "--app-dir",
+            str(ROOT / "bench"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--proxy-headers",
+        ]
+        proc = Proc("bare-gate", argv, {"BARE_DATABASE_URL": self.database_url, **env})
+        self.procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        await wait_http(f"{url}/healthz", proc)
+        return proc, url
 
 
 async def _wait_children(pid: int, count: int, timeout_s: float) -> None:
@@ -482,6 +513,8 @@ class Load:
     duration_s: float = 0.0
     keep: Sequence[str] = ("code",)
     """Fields of each JSON answer to keep (e.g. "id", "requested_at", "command_id")."""
+    path_headers: Sequence[Mapping[str, str]] | None = None
+    """Headers of the request to `paths[i]` (beside `headers`), e.g. one key per site."""
 
 
 @dataclass
@@ -490,6 +523,8 @@ class Answer:
     latency_s: float
     sent_at: float
     fields: dict[str, Any] = field(default_factory=dict)
+    sent_wall: float = 0.0
+    """time.time() when the request was sent: comparable with other processes' clocks."""
 
 
 @dataclass
@@ -539,18 +574,21 @@ async def _client_load(load: Load, share: int, offset: int, start_at: float) -> 
     ]
 
     async def one(client: httpx.AsyncClient, i: int) -> None:
-        path = load.paths[(offset + i) % len(load.paths)]
-        sent = time.perf_counter()
+        index = (offset + i) % len(load.paths)
+        path = load.paths[index]
+        headers = dict(load.path_headers[index]) if load.path_headers else None
+        sent, sent_wall = time.perf_counter(), time.time()
         try:
             if load.body is None:
-                response = await client.get(path)
+                response = await client.get(path, headers=headers)
             else:
-                response = await client.post(path, json=dict(load.body))
+                response = await client.post(path, json=dict(load.body), headers=headers)
         except httpx.HTTPError as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
             return
         latency = time.perf_counter() - sent
-        answers.append(Answer(response.status_code, latency, sent, _keep(response, load.keep)))
+        fields = _keep(response, load.keep)
+        answers.append(Answer(response.status_code, latency, sent, fields, sent_wall))
 
     try:
         await asyncio.sleep(max(0.0, start_at - time.time()))

@@ -6,8 +6,8 @@ import secrets
 import uuid
 from collections.abc import Iterable
 
-from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Row, bindparam, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from irrigation.auth.models import ApiKey, Site
 from irrigation.auth.schemas import Scope
@@ -55,6 +55,20 @@ async def create_key(
 async def authenticate(session: AsyncSession, secret: str) -> ApiKey | None:
     stmt = select(ApiKey).where(ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None))
     return (await session.execute(stmt)).scalar_one_or_none()
+
+
+# Built once: every request whose key is not cached runs it (in every API process).
+_FIND_KEY = select(ApiKey.id, ApiKey.site_id, ApiKey.scopes).where(
+    ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None)
+)
+
+
+async def find_key(
+    conn: AsyncConnection, key_hash: str
+) -> Row[uuid.UUID, uuid.UUID, list[str]] | None:
+    """The unrevoked key with this hash (`id`, `site_id`, `scopes`), or None. On a bare
+    connection: the API authenticates every request, and needs no mapped object for it."""
+    return (await conn.execute(_FIND_KEY, {"key_hash": key_hash})).one_or_none()
 
 
 async def active_key(session: AsyncSession, key_id: uuid.UUID) -> ApiKey | None:

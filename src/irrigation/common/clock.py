@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, func, literal, select
+from sqlalchemy import ColumnElement, bindparam, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import Interval
 
@@ -35,6 +35,15 @@ def db_now_expr() -> ColumnElement[datetime]:
     skewed clocks still agree on cooldowns and deadlines.
     """
     return func.clock_timestamp() + literal(_offset, Interval())
+
+
+# `db_now_expr()` for statements built once at import: the test offset is a parameter,
+# given with each execution by `db_now_params()` (a literal would freeze it at import).
+DB_NOW = func.clock_timestamp() + bindparam("clock_offset", type_=Interval())
+
+
+def db_now_params() -> dict[str, timedelta]:
+    return {"clock_offset": _offset}
 
 
 async def db_now(session: AsyncSession) -> datetime:

@@ -34,10 +34,13 @@ def exceeds_alone(requested_lpm: float, max_flow_lpm: float) -> bool:
     return not fits(0.0, requested_lpm, max_flow_lpm)
 
 
-def drawn(max_flow_lpm: float) -> ColumnElement[float]:
+def drawn(max_flow_lpm: float | ColumnElement[float]) -> ColumnElement[float]:
     """The sum, over the rows of a query joining active activations to their pumps, of what
-    each counts against a budget of `max_flow_lpm`."""
-    each = func.coalesce(Pump.nominal_flow_lpm, literal(max_flow_lpm, Float))
+    each counts against a budget of `max_flow_lpm` (a value, or a bound parameter)."""
+    limit = (
+        max_flow_lpm if isinstance(max_flow_lpm, ColumnElement) else literal(max_flow_lpm, Float)
+    )
+    each = func.coalesce(Pump.nominal_flow_lpm, limit)
     return func.coalesce(func.sum(each), 0.0)
 
 

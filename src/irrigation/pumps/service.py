@@ -9,16 +9,17 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
 from arq.connections import ArqRedis
-from sqlalchemy import delete, func, literal, select
+from sqlalchemy import Float, Table, bindparam, delete, func, insert, literal, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from irrigation import queue
 from irrigation.common import idempotency
-from irrigation.common.clock import db_now_expr
+from irrigation.common.clock import DB_NOW, db_now_expr, db_now_params, utcnow
 from irrigation.common.dberrors import LOCK_NOT_AVAILABLE, pg_error
 from irrigation.common.errors import Invalid, NotFound, Unavailable
 from irrigation.common.idempotency import IdempotentRequest, StoredAnswer
@@ -64,6 +65,47 @@ Render = Callable[[PumpActivation | Refused], StoredAnswer]
 # Made once: a fresh alias per request rebuilds its column proxies (measured: ~4% of the
 # API's CPU under sustained load).
 _BUSY = aliased(PumpActivation)
+
+# The admission's statements, built once with bound parameters: building a select and
+# computing its cache key cost each request more than SQLAlchemy's compiled cache saves
+# it (issue 20, docs/benchmarks.md). The same SQL as before, values as parameters.
+_PUMP_OF_SITE = (Pump.id == bindparam("pump_id"), Pump.site_id == bindparam("site_id"))
+_LOCK_SOURCE_OF_PUMP = (
+    select(WaterSource)
+    .where(WaterSource.id == select(Pump.water_source_id).where(*_PUMP_OF_SITE).scalar_subquery())
+    .with_for_update(key_share=True)
+    .execution_options(populate_existing=True)
+)
+# The pump, locked, with the database clock and its active run's deadline (for Retry-After).
+_LOCK_PUMP_WITH_RUN = (
+    select(Pump, DB_NOW, _BUSY.run_deadline, _BUSY.duration_s)
+    .outerjoin(_BUSY, _BUSY.id == Pump.active_activation_id)
+    .where(*_PUMP_OF_SITE)
+    .with_for_update(key_share=True, of=Pump)
+    .execution_options(populate_existing=True)
+)
+_SOURCE_ACTIVE = (
+    PumpActivation.water_source_id == bindparam("source_id"),
+    PumpActivation.status.in_(ACTIVE),
+)
+# The source's active runs: how many, the first to end; without a flow limit, the count
+# alone; with one, also the pumps' flows against `max_flow_lpm`.
+_RUNNING = (
+    select(func.count(), func.min(PumpActivation.run_deadline), literal(0.0))
+    .select_from(PumpActivation)
+    .where(*_SOURCE_ACTIVE)
+)
+_RUNNING_WITH_FLOW = (
+    select(
+        func.count(),
+        func.min(PumpActivation.run_deadline),
+        flow.drawn(bindparam("max_flow_lpm", type_=Float)),
+    )
+    .select_from(PumpActivation)
+    .join(Pump, Pump.id == PumpActivation.pump_id)
+    .where(*_SOURCE_ACTIVE)
+)
+_INSERT_ACTIVATION = insert(cast(Table, PumpActivation.__table__))
 
 
 def _seconds_until(moment: datetime, now: datetime) -> int:
@@ -153,19 +195,8 @@ async def lock_source_of(
     session: AsyncSession, site_id: uuid.UUID, pump_id: uuid.UUID
 ) -> WaterSource:
     """The pump's water source, locked: the first lock of the fixed order."""
-    source = (
-        await session.execute(
-            select(WaterSource)
-            .where(
-                WaterSource.id
-                == select(Pump.water_source_id)
-                .where(Pump.id == pump_id, Pump.site_id == site_id)
-                .scalar_subquery()
-            )
-            .with_for_update(key_share=True)
-            .execution_options(populate_existing=True)
-        )
-    ).scalar_one_or_none()
+    params = {"pump_id": pump_id, "site_id": site_id}
+    source = (await session.execute(_LOCK_SOURCE_OF_PUMP, params)).scalar_one_or_none()
     if source is None:
         raise NotFound("pump not found")
     return source
@@ -181,16 +212,8 @@ async def admit(
     # Three statements decide a refusal: lock the source (found through the pump), lock the
     # pump with the clock and its active run's deadline, then commit.
     source = await lock_source_of(session, site_id, pump_id)
-    busy = _BUSY
-    row = (
-        await session.execute(
-            select(Pump, db_now_expr(), busy.run_deadline, busy.duration_s)
-            .outerjoin(busy, busy.id == Pump.active_activation_id)
-            .where(Pump.id == pump_id, Pump.site_id == site_id)
-            .with_for_update(key_share=True, of=Pump)
-            .execution_options(populate_existing=True)
-        )
-    ).one_or_none()
+    params = {"pump_id": pump_id, "site_id": site_id, **db_now_params()}
+    row = (await session.execute(_LOCK_PUMP_WITH_RUN, params)).one_or_none()
     if row is None:
         raise NotFound("pump not found")
     pump, now, busy_deadline, busy_duration = row
@@ -220,18 +243,13 @@ async def admit(
     # Counted under the source's lock, which every admission to the source holds to its
     # commit: two admissions never both see the room that only one of them fits in.
     limit = source.max_flow_lpm
-    counts = (
-        select(
-            func.count(),
-            func.min(PumpActivation.run_deadline),
-            flow.drawn(limit) if limit is not None else literal(0.0),
+    if limit is None:
+        counts = await session.execute(_RUNNING, {"source_id": source.id})
+    else:
+        counts = await session.execute(
+            _RUNNING_WITH_FLOW, {"source_id": source.id, "max_flow_lpm": limit}
         )
-        .select_from(PumpActivation)
-        .where(PumpActivation.water_source_id == source.id, PumpActivation.status.in_(ACTIVE))
-    )
-    if limit is not None:  # the pumps' flows; without a limit, the count alone as before
-        counts = counts.join(Pump, Pump.id == PumpActivation.pump_id)
-    running, first_end, drawn = (await session.execute(counts)).one()
+    running, first_end, drawn = counts.one()
     retry = _seconds_until(first_end, now) if first_end else None
     if running >= source.max_concurrent_pumps:
         raise CapacityFull(source.id, source.max_concurrent_pumps, retry)
@@ -241,23 +259,28 @@ async def admit(
             raise FlowFull(source.id, budget, retry)
 
     sequence = pump.last_sequence + 1
-    activation = PumpActivation(
-        id=uuid.uuid4(),
-        site_id=site_id,
-        pump_id=pump.id,
-        water_source_id=source.id,
-        priority=run.priority,
-        status=ActivationStatus.queued,
-        duration_s=run.duration_s,
-        reason=run.reason,
-        origin=run.origin,
-        sequence=sequence,
-        requested_at=now,
-        start_deadline=now + timedelta(seconds=settings.max_queue_delay_s),
-    )
-    activation.command_id = f"{activation.id}"
-    session.add(activation)
-    await session.flush()  # the activation row first: the pump's pointer references it
+    activation_id = uuid.uuid4()
+    values = {
+        "id": activation_id,
+        "site_id": site_id,
+        "pump_id": pump.id,
+        "water_source_id": source.id,
+        "priority": run.priority,
+        "status": ActivationStatus.queued,
+        "duration_s": run.duration_s,
+        "reason": run.reason,
+        "origin": run.origin,
+        "command_id": f"{activation_id}",
+        "sequence": sequence,
+        "requested_at": now,
+        "start_deadline": now + timedelta(seconds=settings.max_queue_delay_s),
+        "created_at": utcnow(),
+    }
+    # The activation row first, the pump's pointer references it: written by a Core INSERT
+    # rather than a flush of the unit of work of its own (issue 20, docs/benchmarks.md).
+    # The object, never added to the session, is what the answer and the events show.
+    await session.execute(_INSERT_ACTIVATION, values)
+    activation = PumpActivation(**values)
     pump.last_sequence = sequence  # with the pointer: one UPDATE of the pump row
     pump.active_activation_id = activation.id
     live.record(
