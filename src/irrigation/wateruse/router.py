@@ -6,7 +6,7 @@ import uuid
 from datetime import date
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import Response
 
 from irrigation.auth.deps import ReadPrincipal
@@ -46,6 +46,23 @@ To = Annotated[
 ]
 Accept = Annotated[str | None, Header()]
 
+
+class Asked:
+    """What every water-use route reads besides its subject: the buckets, the period and
+    the representation (JSON, or CSV by `Accept`)."""
+
+    def __init__(
+        self,
+        bucket: PeriodQ = WaterUsePeriod.day,
+        from_: From = None,
+        to: To = None,
+        accept: Accept = None,
+    ) -> None:
+        self.bucket, self.first, self.last, self.accept = bucket, from_, to, accept
+
+
+AskedQ = Annotated[Asked, Depends()]
+
 _CSV_COLUMNS = [
     "start",
     "litres",
@@ -76,13 +93,12 @@ async def _answer(
     site_id: uuid.UUID,
     scope: WaterUseScope,
     subject_id: uuid.UUID,
-    bucket: WaterUsePeriod,
-    first: date | None,
-    last: date | None,
-    accept: str | None,
+    asked: Asked,
 ) -> WaterUse | Response:
-    use = await service.water_use(session, site_id, scope, subject_id, bucket, first, last)
-    if accept and "text/csv" in accept:
+    use = await service.water_use(
+        session, site_id, scope, subject_id, asked.bucket, asked.first, asked.last
+    )
+    if asked.accept and "text/csv" in asked.accept:
         return Response(
             _csv(use),
             media_type="text/csv",
@@ -123,14 +139,9 @@ async def get_zone_water_use(
     zone_id: uuid.UUID,
     session: SessionDep,
     who: ReadPrincipal,
-    bucket: PeriodQ = WaterUsePeriod.day,
-    from_: From = None,
-    to: To = None,
-    accept: Accept = None,
+    asked: AskedQ,
 ) -> WaterUse | Response:
-    return await _answer(
-        session, who.site_id, WaterUseScope.zone, zone_id, bucket, from_, to, accept
-    )
+    return await _answer(session, who.site_id, WaterUseScope.zone, zone_id, asked)
 
 
 @router.get(
@@ -144,14 +155,9 @@ async def get_pump_water_use(
     pump_id: uuid.UUID,
     session: SessionDep,
     who: ReadPrincipal,
-    bucket: PeriodQ = WaterUsePeriod.day,
-    from_: From = None,
-    to: To = None,
-    accept: Accept = None,
+    asked: AskedQ,
 ) -> WaterUse | Response:
-    return await _answer(
-        session, who.site_id, WaterUseScope.pump, pump_id, bucket, from_, to, accept
-    )
+    return await _answer(session, who.site_id, WaterUseScope.pump, pump_id, asked)
 
 
 @router.get(
@@ -167,14 +173,9 @@ async def get_water_source_water_use(
     water_source_id: uuid.UUID,
     session: SessionDep,
     who: ReadPrincipal,
-    bucket: PeriodQ = WaterUsePeriod.day,
-    from_: From = None,
-    to: To = None,
-    accept: Accept = None,
+    asked: AskedQ,
 ) -> WaterUse | Response:
-    return await _answer(
-        session, who.site_id, WaterUseScope.water_source, water_source_id, bucket, from_, to, accept
-    )
+    return await _answer(session, who.site_id, WaterUseScope.water_source, water_source_id, asked)
 
 
 @router.get(
@@ -188,11 +189,6 @@ async def get_water_source_water_use(
 async def get_site_water_use(
     session: SessionDep,
     who: ReadPrincipal,
-    bucket: PeriodQ = WaterUsePeriod.day,
-    from_: From = None,
-    to: To = None,
-    accept: Accept = None,
+    asked: AskedQ,
 ) -> WaterUse | Response:
-    return await _answer(
-        session, who.site_id, WaterUseScope.site, who.site_id, bucket, from_, to, accept
-    )
+    return await _answer(session, who.site_id, WaterUseScope.site, who.site_id, asked)
