@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -221,11 +221,17 @@ def _publish_a_reading_over_mqtt(up: Up, key: str, stack: dict[str, Any]) -> Non
     sensors = httpx.get(f"{api}/sensors", headers=headers, timeout=5).json()["items"]
     sensor = next(s["id"] for s in sensors if s["name"] == "Demo moisture")
     topic = f"irrigation/{site}/sensors/{sensor}/reading"
-    payload = json.dumps({"ts": datetime.now(UTC).isoformat(), "value": 12.25})
+    sent_at = datetime.now(UTC)
+    payload = json.dumps({"ts": sent_at.isoformat(), "value": 12.25})
     publish_many(str(stack["mqtt_url"]), [(topic, payload.encode())])
+    # Looked for in the history at its own instant, not as the newest value: the demo
+    # feeder's next reading (every 5 s) may land first and hide it from `/latest`.
+    window = {"start": sent_at.isoformat(), "end": (sent_at + timedelta(seconds=1)).isoformat()}
     while time.monotonic() < deadline + 10:
-        latest = httpx.get(f"{api}/sensors/{sensor}/latest", headers=headers, timeout=5)
-        if latest.json()["value"] == 12.25:
+        stored = httpx.get(
+            f"{api}/sensors/{sensor}/readings", params=window, headers=headers, timeout=5
+        )
+        if any(r["value"] == 12.25 for r in stored.json()["items"]):
             return
         time.sleep(0.2)
     pytest.fail(f"the reading published over MQTT did not arrive:\n{up.output()}")
