@@ -95,7 +95,9 @@ def websocket(
         ws_url(base_url, query),
         additional_headers=dict(headers or {}),
         proxy=None,
-        open_timeout=5,
+        # Only a hung handshake waits this long; three xdist workers on embedded servers
+        # took over 5 s to open one once (the ticket is spent in Redis before the accept).
+        open_timeout=20,
         **options,
     )
 
