@@ -129,9 +129,13 @@ async def test_the_projects_acl_confines_each_site_to_its_own_topics(tmp_path: P
             device = {"username": EXAMPLE_SITE, "password": "change-me-too"}
             own = topics.sensor_reading("irrigation", EXAMPLE_SITE, uuid.uuid4())
             foreign = topics.sensor_reading("irrigation", other_site, uuid.uuid4())
+            # Mosquitto 2.0 closes the connection of a client that publishes where the ACL
+            # forbids: the foreign message goes at QoS 0 (nothing to acknowledge) on a
+            # connection of its own, and the site's own on the next one.
             await asyncio.to_thread(
-                publish_many, broker.url, [(foreign, b"not mine"), (own, b"mine")], **device
+                publish_many, broker.url, [(foreign, b"not mine")], qos=0, **device
             )
+            await asyncio.to_thread(publish_many, broker.url, [(own, b"mine")], **device)
             received = await asyncio.wait_for(anext(aiter(client.messages)), 10)
             assert (received.topic.value, received.payload) == (own, b"mine")
             with pytest.raises(TimeoutError):
