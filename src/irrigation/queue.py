@@ -9,13 +9,14 @@ import contextlib
 import json
 import time
 import uuid
+from collections.abc import Awaitable
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from arq.connections import ArqRedis
-from arq.constants import job_key_prefix
-from arq.jobs import DeserializationError, deserialize_job
+from arq.constants import expires_extra_ms, job_key_prefix, result_key_prefix
+from arq.jobs import DeserializationError, deserialize_job, serialize_job
 from arq.worker import Retry
 from redis.asyncio import ConnectionPool
 
@@ -90,6 +91,27 @@ def job_queue_key(redis: ArqRedis, job: str) -> str:
     return queue_key(redis.default_queue_name, JOB_QUEUES[job])
 
 
+# A queued start whose run a batch took (pumps/starts.py) is kept this long more, only so
+# that a worker which read its id just before it left the queue still finds it.
+FORGOTTEN_START_TTL_MS = 60_000
+
+# arq's enqueue for many jobs in one call: each is queued unless its job (or its result)
+# exists, exactly as `ArqRedis.enqueue_job` decides. KEYS: the queue, then each job's key
+# and result key; ARGV: each job's id, payload, score and expiry (ms).
+_ENQUEUE_MANY = """
+local added = 0
+for i = 0, (#KEYS - 1) / 2 - 1 do
+  local job_key, result_key = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+  if redis.call('exists', job_key, result_key) == 0 then
+    redis.call('psetex', job_key, ARGV[4 + 4 * i], ARGV[2 + 4 * i])
+    redis.call('zadd', KEYS[1], ARGV[3 + 4 * i], ARGV[1 + 4 * i])
+    added = added + 1
+  end
+end
+return added
+"""
+
+
 def serialize(job: dict[str, Any]) -> bytes:
     return json.dumps(job, default=str).encode()
 
@@ -144,6 +166,44 @@ async def enqueue_stop(
         job_id=f"stop:{cause}:{activation_id}",
         defer_by=defer_by,
     )
+
+
+async def enqueue_stops(redis: ArqRedis, cause: str, stops: list[tuple[uuid.UUID, float]]) -> int:
+    """`enqueue_stop(redis, activation_id, cause, defer_by)` for each (activation_id,
+    defer_by), in one Redis call; how many were queued (0 when Redis is unreachable: the
+    watchdog stops a run past its deadline)."""
+    now_ms = int(time.time() * 1000)
+    keys = [job_queue_key(redis, STOP_ACTIVATION)]
+    argv: list[Any] = []
+    for activation_id, defer_by in stops:
+        job_id = f"stop:{cause}:{activation_id}"
+        score = now_ms + int(defer_by * 1000)
+        payload = serialize_job(
+            STOP_ACTIVATION, (str(activation_id), cause), {}, None, now_ms, serializer=serialize
+        )
+        keys += [job_key_prefix + job_id, result_key_prefix + job_id]
+        argv += [job_id, payload, score, score - now_ms + expires_extra_ms]
+    try:
+        added = await cast(Awaitable[int], redis.eval(_ENQUEUE_MANY, len(keys), *keys, *argv))
+    except Exception as exc:  # Redis down must never fail the job that enqueues
+        log.warning("enqueue_failed", job=STOP_ACTIVATION, jobs=len(stops), error=repr(exc))
+        return 0
+    return added
+
+
+async def forget_starts(redis: ArqRedis, activation_ids: list[uuid.UUID]) -> None:
+    """Take these runs' start jobs off the queue: a batch has taken the runs. A job a worker
+    has already begun runs on and finds its run no longer queued; one that is still
+    queued is never run. Best effort: a job left queued costs one read."""
+    ids = [str(a) for a in activation_ids]
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(job_queue_key(redis, START_ACTIVATION), *ids)
+            for job_id in ids:
+                pipe.pexpire(job_key_prefix + job_id, FORGOTTEN_START_TTL_MS)
+            await pipe.execute()
+    except Exception as exc:  # Redis down: the jobs run and find nothing to do
+        log.warning("forget_starts_failed", jobs=len(ids), error=repr(exc))
 
 
 async def enqueue_flow_check(redis: ArqRedis, site_id: uuid.UUID) -> bool:

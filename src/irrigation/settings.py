@@ -233,6 +233,13 @@ class Settings(BaseSettings):
     enqueue_fast_path: bool = Field(
         default=True, description="Enqueue right after commit (off: only the relay, for tests)."
     )
+    start_batch_size: int = Field(
+        default=50,
+        ge=1,
+        le=500,
+        description="A start job starts its own run and up to this many less one other "
+        "queued runs (fairly across sites), their commands sent concurrently.",
+    )
     worker_poll_delay_s: float = Field(default=0.05, gt=0)
     # Each queue's jobs at once per worker process (README, "Workers and queues").
     worker_max_jobs_pumps: int = Field(

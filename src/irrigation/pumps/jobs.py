@@ -5,24 +5,23 @@ happened, so arq's at-least-once delivery never means a second start. No network
 awaited while a row lock is held. Every command carries a fresh sequence from the pump's
 row, and a start or stop counts only once the device's reported state confirms it
 (`IRRIGATION_CONFIRM_TIMEOUT_S`): an unconfirmed start fails, halts the device and latches
-a fault; an unconfirmed stop is retried as a halt with back-off, then latches a fault."""
+a fault; an unconfirmed stop is retried as a halt with back-off, then latches a fault.
+Starts run in batches (pumps/starts.py)."""
 
 import asyncio
-import contextlib
 import time
 import uuid
 from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation import queue
 from irrigation.common.clock import db_now_expr
 from irrigation.common.worker_context import WorkerContext, worker_context
 from irrigation.gateway import (
-    Ack,
     AckResult,
     Command,
     DeviceAddress,
@@ -43,13 +42,16 @@ from irrigation.pumps.commands import (
     transition,
 )
 from irrigation.pumps.models import (
-    NOT_CONFIRMED,
     STOP_UNCONFIRMED,
     ActivationStatus,
     OutboxJob,
     PumpActivation,
 )
+from irrigation.pumps.starts import confirmed, start_activation, start_due
 from irrigation.pumps.supervision import learn_flow
+
+# The start job lives in pumps/starts.py (batched); the worker registers it from here.
+__all__ = ["relay_outbox", "start_activation", "stop_activation", "watchdog"]
 
 log = structlog.get_logger(__name__)
 
@@ -61,181 +63,9 @@ STOP_BACKOFF_S = 0.5
 IN_FLIGHT = (ActivationStatus.starting, ActivationStatus.running)
 
 
-def _ran(command_id: str) -> StatePredicate:
-    """Confirms a start: the device runs it, or ran it (a short run may be over already)."""
-    return lambda state: state.command_id == command_id
-
-
 def _not_running(command_id: str) -> StatePredicate:
     """Confirms a stop: the device does not run it."""
     return lambda state: not state.is_running(command_id)
-
-
-async def _confirmed(
-    jc: WorkerContext, send: Send, ack: Ack | None, until: StatePredicate
-) -> DeviceState | None:
-    """The device's reported state once it satisfies `until`: the state inside the ack
-    counts (it is the device's report, taken after the command; the ack's `result` never
-    does), else the state is asked until the confirmation timeout."""
-    if ack is not None and until(ack.state):
-        return ack.state
-    return await jc.gateway.await_state(send.device, until, jc.settings.confirm_timeout_s)
-
-
-async def start_activation(ctx: dict[str, Any], activation_id: str) -> str:
-    """queued -> starting -> (device start, confirmed) -> running; anything else a no-op."""
-    jc = worker_context(ctx)
-    act_id = uuid.UUID(activation_id)
-    async with jc.sessions() as session:
-        async with session.begin():
-            locked = await lock(session, act_id)
-            if locked is None:
-                return "missing"
-            pump, activation, now = locked
-            await session.execute(delete(OutboxJob).where(OutboxJob.activation_id == act_id))
-            if activation.status != ActivationStatus.queued:
-                return f"skipped: {activation.status}"
-            if now > activation.start_deadline:
-                # Run late is worse than not at all: the grower asked for water *then*.
-                activation.stopped_at = now
-                release(pump, activation)
-                transition(session, pump, activation, ActivationStatus.expired, now, "queue_delay")
-                return "expired"
-            device = address(pump)
-            if device is None:
-                # A hardware_id from before the address pattern (admitted before the
-                # upgrade): no command can name its device.
-                activation.error = "invalid_hardware_id"
-                activation.stopped_at = now
-                release(pump, activation)
-                transition(
-                    session, pump, activation, ActivationStatus.failed, now, "invalid_address"
-                )
-                return "failed"
-            # Capped again here: config may have changed since the request was admitted.
-            duration = min(activation.duration_s, pump.max_runtime_s, jc.settings.max_runtime_cap_s)
-            if pump.last_sequence != activation.sequence:
-                # A command went to the device since admission (a halt): start above it.
-                activation.sequence = next_sequence(pump)
-            activation.starting_at = now
-            # The device's own end of the run, whenever the command reaches it.
-            activation.auto_off_at = now + timedelta(seconds=duration)
-            transition(session, pump, activation, ActivationStatus.starting, now, "worker")
-            start = Send(
-                device,
-                Command.start(
-                    activation.command_id, activation.sequence, duration, activation.auto_off_at
-                ),
-            )
-        command_id = start.command.command_id
-
-        try:
-            ack = await jc.gateway.send(start.device, start.command)
-        except GatewayError as exc:
-            # Tenants see the class of failure; the gateway's text (paths, the device's or
-            # the network's own words) goes to our log only.
-            error = f"gateway_{exc.failure}"
-            await _fail(
-                jc,
-                session,
-                act_id,
-                error,
-                "gateway_error",
-                fault=("gateway", str(exc.failure)),
-                logged=str(exc),
-            )
-            return "failed"
-        if ack.result == AckResult.stale_sequence:
-            # The device has seen a newer command: this start must never run. If this run
-            # was not stopped meanwhile, the pump's counter was behind the device's.
-            await _fail(
-                jc,
-                session,
-                act_id,
-                AckResult.stale_sequence.value,
-                "device_refused",
-                state=ack.state,
-                logged=ack.detail,
-            )
-            return "failed"
-        if ack.result != AckResult.ok:
-            error = f"device_{ack.result}"
-            await _fail(
-                jc,
-                session,
-                act_id,
-                error,
-                "device_refused",
-                fault=("device", str(ack.result)),
-                state=ack.state,
-                logged=ack.detail,
-            )
-            return "failed"
-        confirmed = await _confirmed(jc, start, ack, _ran(command_id))
-        if confirmed is None:
-            timeout = jc.settings.confirm_timeout_s
-            why = f"the device did not report running start {command_id} within {timeout:g} s"
-            await _fail(
-                jc, session, act_id, NOT_CONFIRMED, NOT_CONFIRMED, fault=(NOT_CONFIRMED, why)
-            )
-            return NOT_CONFIRMED
-
-        async with session.begin():
-            locked = await lock(session, act_id)
-            assert locked is not None
-            pump, activation, now = locked
-            if activation.status != ActivationStatus.starting:
-                # Ended while the start was in flight (an operator's stop, the watchdog): its
-                # stop carried a higher sequence, so whichever of the two reached the device
-                # first, the device is off.
-                return "stopped"
-            activation.started_at = now
-            activation.run_deadline = activation.auto_off_at
-            transition(session, pump, activation, ActivationStatus.running, now, "device_started")
-            # A stop requested meanwhile is the stop job's (queued with the request).
-            deadline = activation.run_deadline or now
-    left_s = max(0.0, (deadline - now).total_seconds())
-    await queue.enqueue_stop(jc.redis, act_id, "deadline", defer_by=left_s)
-    return "running"
-
-
-async def _fail(
-    jc: WorkerContext,
-    session: AsyncSession,
-    act_id: uuid.UUID,
-    error: str,
-    cause: str,
-    *,
-    fault: tuple[str, str] | None = None,
-    state: DeviceState | None = None,
-    logged: str | None = None,
-) -> None:
-    """A start that did not happen as asked: activation failed, the device halted, the
-    pump resting from the latest moment the device could have stopped (and latched in
-    fault with `fault`). A run stopped meanwhile is its stop's to record. `error` and
-    `fault` are what tenants see; `logged`, the raw text, is logged only."""
-    async with session.begin():
-        locked = await lock(session, act_id)
-        assert locked is not None
-        pump, activation, now = locked
-        if activation.status != ActivationStatus.starting:
-            return
-        activation.error = error[:500]
-        activation.stopped_at = now
-        release(pump, activation)
-        if fault is not None:
-            latch(pump, fault[0], fault[1], now)
-        # The device may have started (an answer lost, a relay that reports late).
-        pump.cooldown_until = latest_end(activation, now) + timedelta(seconds=pump.cooldown_s)
-        if state is not None:
-            adopt_fence(pump, state)
-        device = address(pump)
-        halt = Send(device, Command.halt(next_sequence(pump))) if device else None
-        transition(session, pump, activation, ActivationStatus.failed, now, cause, error=error)
-    log.warning("activation_failed", activation_id=str(act_id), error=error, detail=logged)
-    if halt is not None:
-        with contextlib.suppress(GatewayError):
-            await jc.gateway.send(halt.device, halt.command)
 
 
 async def stop_activation(ctx: dict[str, Any], activation_id: str, cause: str) -> str:
@@ -302,7 +132,7 @@ async def _stop_once(
             locked = await lock(session, act_id)
             if locked is not None:
                 adopt_fence(locked[0], ack.state)
-    return await _confirmed(jc, send, ack, _not_running(command_id))
+    return await confirmed(jc, send, ack, _not_running(command_id))
 
 
 async def _record_stop(
@@ -407,8 +237,9 @@ async def watchdog(ctx: dict[str, Any]) -> int:
         # not hold up the rest. The job id keeps it to one stop job per run at a time.
         await queue.enqueue_stop(jc.redis, act_id, "watchdog")
     for act_id in expired:
-        # The start job takes the same path; running it here expires the activation.
-        await start_activation(ctx, str(act_id))
+        # The start job takes the same path; running it here expires the activation (a
+        # batch of one: the watchdog sends no start).
+        await start_due(jc, act_id, 1)
     return len(stuck) + len(expired)
 
 
