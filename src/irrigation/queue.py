@@ -9,7 +9,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any, cast
 
@@ -91,9 +91,9 @@ def job_queue_key(redis: ArqRedis, job: str) -> str:
     return queue_key(redis.default_queue_name, JOB_QUEUES[job])
 
 
-# A queued start whose run a batch took (pumps/starts.py) is kept this long more, only so
-# that a worker which read its id just before it left the queue still finds it.
-FORGOTTEN_START_TTL_MS = 60_000
+# A queued job whose work a batch did (pumps/starts.py, stops.py) is kept this long more,
+# only so that a worker which read its id just before it left the queue still finds it.
+FORGOTTEN_JOB_TTL_MS = 60_000
 
 # arq's enqueue for many jobs in one call: each is queued unless its job (or its result)
 # exists, exactly as `ArqRedis.enqueue_job` decides. KEYS: the queue, then each job's key
@@ -163,47 +163,68 @@ async def enqueue_stop(
         STOP_ACTIVATION,
         str(activation_id),
         cause,
-        job_id=f"stop:{cause}:{activation_id}",
+        job_id=stop_job_id(activation_id, cause),
         defer_by=defer_by,
     )
 
 
-async def enqueue_stops(redis: ArqRedis, cause: str, stops: list[tuple[uuid.UUID, float]]) -> int:
-    """`enqueue_stop(redis, activation_id, cause, defer_by)` for each (activation_id,
-    defer_by), in one Redis call; how many were queued (0 when Redis is unreachable: the
-    watchdog stops a run past its deadline)."""
+async def enqueue_many(
+    redis: ArqRedis, job: str, jobs: Sequence[tuple[str, tuple[Any, ...], float]]
+) -> int:
+    """`_enqueue(redis, job, *args, job_id=job_id, defer_by=defer_by)` for each (job_id,
+    args, defer_by), in one Redis call; how many were queued (0 when Redis is unreachable:
+    what enqueues many has a sweeper, as `_enqueue`'s callers do)."""
+    if not jobs:
+        return 0
     now_ms = int(time.time() * 1000)
-    keys = [job_queue_key(redis, STOP_ACTIVATION)]
+    keys = [job_queue_key(redis, job)]
     argv: list[Any] = []
-    for activation_id, defer_by in stops:
-        job_id = f"stop:{cause}:{activation_id}"
+    for job_id, args, defer_by in jobs:
         score = now_ms + int(defer_by * 1000)
-        payload = serialize_job(
-            STOP_ACTIVATION, (str(activation_id), cause), {}, None, now_ms, serializer=serialize
-        )
+        payload = serialize_job(job, args, {}, None, now_ms, serializer=serialize)
         keys += [job_key_prefix + job_id, result_key_prefix + job_id]
         argv += [job_id, payload, score, score - now_ms + expires_extra_ms]
     try:
-        added = await cast(Awaitable[int], redis.eval(_ENQUEUE_MANY, len(keys), *keys, *argv))
+        script = redis.eval(_ENQUEUE_MANY, len(keys), *keys, *argv)
+        added = await cast(Awaitable[int], script)
     except Exception as exc:  # Redis down must never fail the job that enqueues
-        log.warning("enqueue_failed", job=STOP_ACTIVATION, jobs=len(stops), error=repr(exc))
+        log.warning("enqueue_failed", job=job, jobs=len(jobs), error=repr(exc))
         return 0
     return added
 
 
-async def forget_starts(redis: ArqRedis, activation_ids: list[uuid.UUID]) -> None:
-    """Take these runs' start jobs off the queue: a batch has taken the runs. A job a worker
-    has already begun runs on and finds its run no longer queued; one that is still
-    queued is never run. Best effort: a job left queued costs one read."""
-    ids = [str(a) for a in activation_ids]
+def stop_job_id(activation_id: uuid.UUID, cause: str) -> str:
+    return f"stop:{cause}:{activation_id}"
+
+
+async def enqueue_stops(
+    redis: ArqRedis, cause: str, stops: Sequence[tuple[uuid.UUID, float]]
+) -> int:
+    """`enqueue_stop(redis, activation_id, cause, defer_by)` for each (activation_id,
+    defer_by), in one Redis call (the watchdog stops a run whose stop job was lost)."""
+    jobs = [(stop_job_id(a, cause), (str(a), cause), d) for a, d in stops]
+    return await enqueue_many(redis, STOP_ACTIVATION, jobs)
+
+
+async def enqueue_dispatches(redis: ArqRedis, site_ids: Iterable[uuid.UUID]) -> int:
+    """`enqueue_dispatch` for each site, in one Redis call (the dispatch cron runs every
+    second besides)."""
+    jobs = [(f"dispatch:{s}", (str(s),), 0.0) for s in site_ids]
+    return await enqueue_many(redis, DISPATCH_RUNS, jobs)
+
+
+async def forget_jobs(redis: ArqRedis, job: str, job_ids: Sequence[str]) -> None:
+    """Take these queued jobs off `job`'s queue: a batch has done their work. A job a
+    worker has already begun runs on and finds nothing left to do; one still queued is
+    never run. Best effort: a job left queued costs one read."""
     try:
         async with redis.pipeline(transaction=False) as pipe:
-            pipe.zrem(job_queue_key(redis, START_ACTIVATION), *ids)
-            for job_id in ids:
-                pipe.pexpire(job_key_prefix + job_id, FORGOTTEN_START_TTL_MS)
+            pipe.zrem(job_queue_key(redis, job), *job_ids)
+            for job_id in job_ids:
+                pipe.pexpire(job_key_prefix + job_id, FORGOTTEN_JOB_TTL_MS)
             await pipe.execute()
     except Exception as exc:  # Redis down: the jobs run and find nothing to do
-        log.warning("forget_starts_failed", jobs=len(ids), error=repr(exc))
+        log.warning("forget_jobs_failed", job=job, jobs=len(job_ids), error=repr(exc))
 
 
 async def enqueue_flow_check(redis: ArqRedis, site_id: uuid.UUID) -> bool:

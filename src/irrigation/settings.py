@@ -233,12 +233,14 @@ class Settings(BaseSettings):
     enqueue_fast_path: bool = Field(
         default=True, description="Enqueue right after commit (off: only the relay, for tests)."
     )
-    start_batch_size: int = Field(
+    pump_batch_size: int = Field(
         default=50,
         ge=1,
         le=500,
         description="A start job starts its own run and up to this many less one other "
-        "queued runs (fairly across sites), their commands sent concurrently.",
+        "queued runs (fairly across sites), a deadline stop job stops its own and up to "
+        "this many less one other runs past their deadline, the commands of each batch "
+        "sent concurrently; 1: one run a job.",
     )
     worker_poll_delay_s: float = Field(default=0.05, gt=0)
     # Each queue's jobs at once per worker process (README, "Workers and queues").

@@ -6,181 +6,29 @@ awaited while a row lock is held. Every command carries a fresh sequence from th
 row, and a start or stop counts only once the device's reported state confirms it
 (`IRRIGATION_CONFIRM_TIMEOUT_S`): an unconfirmed start fails, halts the device and latches
 a fault; an unconfirmed stop is retried as a halt with back-off, then latches a fault.
-Starts run in batches (pumps/starts.py)."""
+Starts (pumps/starts.py) and deadline stops (pumps/stops.py) run in batches."""
 
-import asyncio
-import time
-import uuid
 from datetime import timedelta
 from typing import Any
 
 import structlog
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from irrigation import queue
 from irrigation.common.clock import db_now_expr
-from irrigation.common.worker_context import WorkerContext, worker_context
-from irrigation.gateway import (
-    AckResult,
-    Command,
-    DeviceAddress,
-    DeviceState,
-    GatewayError,
-    StatePredicate,
-)
-from irrigation.pumps.commands import (
-    Send,
-    address,
-    adopt_fence,
-    device_stop_time,
-    latch,
-    latest_end,
-    lock,
-    next_sequence,
-    release,
-    transition,
-)
+from irrigation.common.worker_context import worker_context
 from irrigation.pumps.models import (
-    STOP_UNCONFIRMED,
     ActivationStatus,
     OutboxJob,
     PumpActivation,
 )
-from irrigation.pumps.starts import confirmed, start_activation, start_due
-from irrigation.pumps.supervision import learn_flow
+from irrigation.pumps.starts import start_activation, start_due
+from irrigation.pumps.stops import IN_FLIGHT, STOP_BUDGET_S, stop_activation
 
 # The start job lives in pumps/starts.py (batched); the worker registers it from here.
 __all__ = ["relay_outbox", "start_activation", "stop_activation", "watchdog"]
 
 log = structlog.get_logger(__name__)
-
-# A stop job tries for at most this long (retries included), inside the pump jobs' 30 s
-# timeout with room to record the outcome; the watchdog leaves a stop alone this long.
-STOP_BUDGET_S = 20.0
-# Back-off before the n-th retry of an unconfirmed stop: base * 2**(n-1).
-STOP_BACKOFF_S = 0.5
-IN_FLIGHT = (ActivationStatus.starting, ActivationStatus.running)
-
-
-def _not_running(command_id: str) -> StatePredicate:
-    """Confirms a stop: the device does not run it."""
-    return lambda state: not state.is_running(command_id)
-
-
-async def stop_activation(ctx: dict[str, Any], activation_id: str, cause: str) -> str:
-    """Tell the device to stop, confirm it from the device's state, then record the stop
-    and the cooldown that follows it. Stop-all sends a halt (whatever runs); a stop that
-    is not confirmed is retried as a halt with back-off, then latches a fault."""
-    jc = worker_context(ctx)
-    act_id = uuid.UUID(activation_id)
-    began = time.monotonic()
-    attempts = 0
-    confirmed: DeviceState | None = None
-    device: DeviceAddress | None = None
-    async with jc.sessions() as session:
-        while True:
-            attempts += 1
-            async with session.begin():
-                locked = await lock(session, act_id)
-                if locked is None:
-                    return "missing"
-                pump, activation, now = locked
-                if activation.status not in IN_FLIGHT:
-                    return f"skipped: {activation.status}"
-                if activation.stop_requested_at is None:
-                    # Seen by the watchdog: a stop is under way.
-                    activation.stop_requested_at = now
-                command_id = activation.command_id
-                device = address(pump)
-                if device is None:
-                    break  # never started: nothing can run on an unaddressable device
-                sequence = next_sequence(pump)
-                halt = cause == "stop_all" or attempts > 1
-                command = Command.halt(sequence) if halt else Command.stop(command_id, sequence)
-                send = Send(device, command)
-            confirmed = await _stop_once(jc, session, act_id, send, command_id)
-            if confirmed is not None:
-                break
-            backoff = STOP_BACKOFF_S * 2 ** (attempts - 1)
-            next_try = jc.gateway.call_budget_s + jc.settings.confirm_timeout_s + backoff
-            if attempts > jc.settings.stop_retries or (
-                time.monotonic() - began + next_try > STOP_BUDGET_S
-            ):
-                break
-            log.warning("stop_unconfirmed_retry", activation_id=activation_id, attempt=attempts)
-            await asyncio.sleep(backoff)
-        result = await _record_stop(jc, session, act_id, cause, confirmed, attempts, device)
-        if result in (ActivationStatus.completed, ActivationStatus.aborted):
-            # What the run measured teaches its pump's expected flow (flow supervision).
-            await learn_flow(session, act_id)
-        return result
-
-
-async def _stop_once(
-    jc: WorkerContext, session: AsyncSession, act_id: uuid.UUID, send: Send, command_id: str
-) -> DeviceState | None:
-    """One stop or halt and its confirmation; the confirming state, or None."""
-    try:
-        ack = await jc.gateway.send(send.device, send.command)
-    except GatewayError as exc:
-        log.warning("stop_failed", activation_id=str(act_id), error=str(exc))
-        ack = None
-    if ack is not None and ack.result == AckResult.stale_sequence:
-        # The device has seen a higher number than this pump's: the next try goes above it.
-        async with session.begin():
-            locked = await lock(session, act_id)
-            if locked is not None:
-                adopt_fence(locked[0], ack.state)
-    return await confirmed(jc, send, ack, _not_running(command_id))
-
-
-async def _record_stop(
-    jc: WorkerContext,
-    session: AsyncSession,
-    act_id: uuid.UUID,
-    cause: str,
-    confirmed: DeviceState | None,
-    attempts: int,
-    device: DeviceAddress | None,
-) -> str:
-    async with session.begin():
-        locked = await lock(session, act_id)
-        if locked is None:
-            return "missing"
-        pump, activation, now = locked
-        if activation.status not in IN_FLIGHT:
-            return f"skipped: {activation.status}"
-        ran_out = cause in ("deadline", "watchdog") and activation.status == "running"
-        status = ActivationStatus.completed if ran_out else ActivationStatus.aborted
-        detail: dict[str, object] = {}
-        if confirmed is not None or device is None:
-            # A run that ended by itself before this stop (its auto-off, while the stop job
-            # was late) ended when the device says, not when we looked.
-            stopped_at = device_stop_time(confirmed, activation.command_id, now)
-            # A start never confirmed may still have run, until its own auto-off at most.
-            rest_from = latest_end(activation, now) if activation.status == "starting" else now
-        else:
-            # The device's own auto-off still ends the run; count the rest from then.
-            stopped_at = rest_from = latest_end(activation, now)
-            why = (
-                f"the device still reported start {activation.command_id} running after "
-                f"{attempts} stop command(s)"
-            )
-            latch(pump, STOP_UNCONFIRMED, why, now)
-            activation.error = STOP_UNCONFIRMED
-            detail = {"error": STOP_UNCONFIRMED, "attempts": attempts}
-        activation.stopped_at = stopped_at
-        activation.stop_cause = cause
-        release(pump, activation)
-        pump.cooldown_until = rest_from + timedelta(seconds=pump.cooldown_s)
-        transition(session, pump, activation, status, now, cause, **detail)
-        site_id = pump.site_id
-    if confirmed is None and device is not None:
-        log.error("stop_unconfirmed", activation_id=str(act_id), attempts=attempts)
-    # Capacity is free again: whatever waits for this water source may start now.
-    await queue.enqueue_dispatch(jc.redis, site_id)
-    return str(status)
 
 
 async def watchdog(ctx: dict[str, Any]) -> int:

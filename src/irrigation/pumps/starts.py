@@ -1,5 +1,5 @@
 """Starts in batches (issue 20): a start job starts its own activation and, with it, up to
-`IRRIGATION_START_BATCH_SIZE - 1` other queued ones, so a burst of a thousand admitted
+`IRRIGATION_PUMP_BATCH_SIZE - 1` other queued ones, so a burst of a thousand admitted
 runs costs tens of jobs, transactions and Redis exchanges instead of thousands.
 
 One batch: (1) one transaction locks its own activation (waiting for the lock, as a single
@@ -115,7 +115,7 @@ async def start_activation(ctx: dict[str, Any], activation_id: str) -> str:
     """queued -> starting -> (device start, confirmed) -> running, for this run and up to a
     batch of other queued runs; this run's outcome (anything but queued: a no-op)."""
     jc = worker_context(ctx)
-    return await start_due(jc, uuid.UUID(activation_id), jc.settings.start_batch_size)
+    return await start_due(jc, uuid.UUID(activation_id), jc.settings.pump_batch_size)
 
 
 async def start_due(jc: WorkerContext, act_id: uuid.UUID, batch_size: int) -> str:
@@ -142,7 +142,7 @@ async def start_due(jc: WorkerContext, act_id: uuid.UUID, batch_size: int) -> st
             _claimed[other] = loop.create_future()
         try:
             if others:
-                await queue.forget_starts(jc.redis, others)
+                await queue.forget_jobs(jc.redis, queue.START_ACTIVATION, [str(a) for a in others])
             if starts:
                 outcomes |= await _run(jc, session, starts)
         finally:
@@ -290,7 +290,7 @@ async def _run(
     halts: list[Send] = []
     stops: list[tuple[uuid.UUID, float]] = []
     async with session.begin():
-        now, pumps, activations = await _lock_all(session, list(starts))
+        now, pumps, activations = await lock_all(session, list(starts))
         for act_id in starts:
             activation = activations[act_id]
             pump = pumps[activation.pump_id]
@@ -330,7 +330,7 @@ async def _halt(jc: WorkerContext, halt: Send) -> None:
         await jc.gateway.send(halt.device, halt.command)
 
 
-async def _lock_all(
+async def lock_all(
     session: AsyncSession, act_ids: list[uuid.UUID]
 ) -> tuple[datetime, dict[uuid.UUID, Pump], dict[uuid.UUID, PumpActivation]]:
     """The batch's pumps then activations (the fixed lock order), each set in id order so
