@@ -8,8 +8,8 @@ start always did: a herd on its pump holds that row often) and claims the others
 its own job), ranked fairly across sites (each site's first queued run before any
 site's second), moves them `queued -> starting` (or `expired`, or `failed` for an
 unaddressable pump) and deletes their outbox rows; (2) after commit, the claimed runs'
-own start jobs are taken off the queue (a job that already began finds its run no longer
-queued: one unlocked read); (3) the commands are sent and confirmed concurrently, no lock
+own start jobs are taken off the queue (a job of this process that already began awaits
+its run's outcome: pumps/claims.py); (3) the commands are sent and confirmed concurrently, no lock
 held; (4) one transaction locks the pumps (in id order) and the activations and records
 each outcome, as the single path did; (5) halts for failed starts, the deferred stops in
 one Redis call.
@@ -43,6 +43,7 @@ from irrigation.gateway import (
     GatewayError,
     StatePredicate,
 )
+from irrigation.pumps.claims import Claims, outcome
 from irrigation.pumps.commands import (
     Send,
     address,
@@ -58,10 +59,8 @@ from irrigation.pumps.models import NOT_CONFIRMED, ActivationStatus, OutboxJob, 
 
 log = structlog.get_logger(__name__)
 
-# Runs this process's batches have claimed and not yet recorded, with each one's outcome
-# once known: the start job of a claimed run that had already begun waits for it here
-# (its answer is then the run's, as if it had started the run itself).
-_claimed: dict[uuid.UUID, asyncio.Future[str]] = {}
+# The runs this process's start batches have taken and not yet recorded.
+_claims = Claims()
 
 # Each site's queued runs ranked by age: a batch takes every site's first before any
 # site's second, so one site's burst cannot hold another site's start for more than a
@@ -121,44 +120,26 @@ async def start_activation(ctx: dict[str, Any], activation_id: str) -> str:
 async def start_due(jc: WorkerContext, act_id: uuid.UUID, batch_size: int) -> str:
     """Start `act_id` and up to `batch_size - 1` other queued runs; `act_id`'s outcome."""
     async with jc.sessions() as session:
-        async with session.begin():
-            status = (
-                await session.execute(
-                    select(PumpActivation.status).where(PumpActivation.id == act_id)
-                )
-            ).scalar_one_or_none()
-        if status is None:
-            return "missing"
-        if status != ActivationStatus.queued:
-            # A status never goes back to queued: unlocked, this read is final.
-            return await _outcome_elsewhere(act_id, status)
-        claim = await _claim(jc, session, act_id, batch_size)
-        if isinstance(claim, str):
-            return claim
-        outcomes, starts = claim
-        others = [a for a in outcomes if a != act_id]
-        loop = asyncio.get_running_loop()
-        for other in others:
-            _claimed[other] = loop.create_future()
+        async with _claims.lock():
+            waiter = _claims.taken(act_id)
+            if waiter is None:
+                claim = await _claim(jc, session, act_id, batch_size)
+                if isinstance(claim, str):
+                    return claim
+                outcomes, starts = claim
+                others = [a for a in outcomes if a != act_id]
+                _claims.take(others)
+        if waiter is not None:
+            return await outcome(waiter)
         try:
             if others:
-                await queue.forget_jobs(jc.redis, queue.START_ACTIVATION, [str(a) for a in others])
+                jobs = [str(a) for a in others]
+                await queue.forget_jobs(jc.redis, queue.START_ACTIVATION, jobs)
             if starts:
                 outcomes |= await _run(jc, session, starts)
         finally:
-            for other in others:
-                waiter = _claimed.pop(other, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(outcomes.get(other, "interrupted"))
+            _claims.settle(others, outcomes)
         return outcomes[act_id]
-
-
-async def _outcome_elsewhere(act_id: uuid.UUID, status: str) -> str:
-    waiter = _claimed.get(act_id)
-    if waiter is not None:
-        # Shielded: this job's cancellation must not cancel the batch's answer.
-        return await asyncio.shield(waiter)
-    return f"skipped: {status}"
 
 
 async def _claim(

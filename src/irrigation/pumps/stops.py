@@ -34,6 +34,7 @@ from irrigation.gateway import (
     GatewayError,
     StatePredicate,
 )
+from irrigation.pumps.claims import Claims, outcome
 from irrigation.pumps.commands import (
     Send,
     address,
@@ -210,55 +211,42 @@ def record_stop_locked(
     return status
 
 
-# Deadline stops this process's batches have taken and not yet recorded, with each one's
-# outcome once known (as `starts._claimed`).
-_claimed: dict[uuid.UUID, asyncio.Future[str]] = {}
+# The runs this process's deadline stop batches have taken and not yet recorded.
+_claims = Claims()
 
 
 async def stop_due(jc: WorkerContext, act_id: uuid.UUID, batch_size: int) -> str:
     """The deadline stop of `act_id` and of up to `batch_size - 1` other runs past their
     deadline; `act_id`'s outcome."""
+    began = time.monotonic()
     async with jc.sessions() as session:
-        async with session.begin():
-            row = (
-                await session.execute(
-                    select(PumpActivation.status, PumpActivation.stop_requested_at).where(
-                        PumpActivation.id == act_id
-                    )
-                )
-            ).one_or_none()
-        if row is None:
-            return "missing"
-        if row.status not in IN_FLIGHT or row.stop_requested_at is not None:
-            waiter = _claimed.get(act_id)
-            if waiter is not None:
-                # Shielded: this job's cancellation must not cancel the batch's answer.
-                return await asyncio.shield(waiter)
-            if row.status not in IN_FLIGHT:
-                return f"skipped: {row.status}"
-            # A stop under way elsewhere (or lost with a worker): this job tries it again.
+        async with _claims.lock():
+            waiter = _claims.taken(act_id)
+            if waiter is None:
+                claim = await _claim_stops(session, act_id, batch_size)
+                if isinstance(claim, str) and claim != RETRY:
+                    return claim
+                others = [a for a in claim if a != act_id] if isinstance(claim, dict) else []
+                _claims.take(others)
+        if waiter is not None:
+            return await outcome(waiter)
+        if not isinstance(claim, dict):
+            # A stop under way before this job (or lost with a worker): tried again alone.
             return await stop_one(jc, act_id, "deadline")
-        began = time.monotonic()
-        claim = await _claim_stops(session, act_id, batch_size)
-        if isinstance(claim, str):
-            return claim
         outcomes: dict[uuid.UUID, str] = {}
-        others = [a for a in claim if a != act_id]
-        loop = asyncio.get_running_loop()
-        for other in others:
-            _claimed[other] = loop.create_future()
         try:
             if others:
-                await queue.forget_jobs(
-                    jc.redis, queue.STOP_ACTIVATION, [stop_job(a) for a in others]
-                )
+                jobs = [stop_job(a) for a in others]
+                await queue.forget_jobs(jc.redis, queue.STOP_ACTIVATION, jobs)
             outcomes = await _stop_all(jc, session, claim, began)
         finally:
-            for other in others:
-                waiter = _claimed.pop(other, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(outcomes.get(other, "interrupted"))
+            _claims.settle(others, outcomes)
         return outcomes[act_id]
+
+
+# What `_claim_stops` answers for a run whose stop was requested before: its job stops it
+# alone, with the single stop's retries.
+RETRY = "retry"
 
 
 def stop_job(act_id: uuid.UUID) -> str:
@@ -277,6 +265,8 @@ async def _claim_stops(
         pump, activation, now = locked
         if activation.status not in IN_FLIGHT:
             return f"skipped: {activation.status}"
+        if activation.stop_requested_at is not None:
+            return RETRY
         rows: list[tuple[Pump, PumpActivation]] = [(pump, activation)]
         if batch_size > 1:
             rows += await _claim_other_stops(session, act_id, now, batch_size - 1)
