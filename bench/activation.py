@@ -116,7 +116,8 @@ from irrigation.auth import service as auth_service
 from irrigation.auth.schemas import Scope
 from irrigation.db import create_sessionmaker
 
-DATABASE = "irrigation_bench"
+# Another name lets two runs share the machine (their stacks are otherwise their own).
+DATABASE = os.environ.get("IRRIGATION_BENCH_DATABASE", "irrigation_bench")
 KEEP = ("code", "id", "command_id", "requested_at")
 # Issue 20's aims (docs/benchmarks.md, "Pump activation").
 RATIO_AIM = 0.7  # herd and sustained against the bare FastAPI gate, same run
