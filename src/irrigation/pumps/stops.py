@@ -49,7 +49,7 @@ from irrigation.pumps.commands import (
 )
 from irrigation.pumps.models import STOP_UNCONFIRMED, ActivationStatus, PumpActivation
 from irrigation.pumps.starts import confirmed, lock_all
-from irrigation.pumps.supervision import learn_flow
+from irrigation.pumps.supervision import learn_flow, learn_flows
 
 log = structlog.get_logger(__name__)
 
@@ -356,9 +356,9 @@ async def _stop_all(
             outcomes[act_id] = str(status)
             ended.append(act_id)
             sites.add(pump.site_id)
-    for act_id in ended:
-        # What the run measured teaches its pump's expected flow (flow supervision).
-        await learn_flow(session, act_id)
+    if ended:
+        # What the runs measured teaches their pumps' expected flow (flow supervision).
+        await learn_flows(session, ended)
     if sites:
         # Capacity is free again: whatever waits for these water sources may start now.
         await queue.enqueue_dispatches(jc.redis, sites)

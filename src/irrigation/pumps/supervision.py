@@ -14,6 +14,7 @@ stop as an operator's (marked under the pump's lock, then the fenced, confirmed 
 with its cause; a leak is latched on the source, which a halt also closes to new runs."""
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -351,3 +352,17 @@ async def learn_flow(session: AsyncSession, activation_id: uuid.UUID) -> None:
                 await session.execute(_LEARN, {"pump_id": pump_id})
     except DBAPIError as exc:  # a lock not granted in time: the next run learns again
         log.warning("flow_learning_failed", activation_id=str(activation_id), error=str(exc))
+
+
+async def learn_flows(session: AsyncSession, activation_ids: Sequence[uuid.UUID]) -> None:
+    """`learn_flow` for the runs a batch stopped, in one transaction of their own (one
+    failure drops what the batch learned: the next runs learn again)."""
+    try:
+        async with session.begin():
+            for activation_id in activation_ids:
+                measured = await session.execute(_MEASURE_RUN, {"activation_id": activation_id})
+                pump_id = measured.scalar_one_or_none()
+                if pump_id is not None:
+                    await session.execute(_LEARN, {"pump_id": pump_id})
+    except DBAPIError as exc:  # a lock not granted in time: the next runs learn again
+        log.warning("flow_learning_failed", activations=len(activation_ids), error=str(exc))
