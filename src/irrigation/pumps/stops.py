@@ -335,6 +335,7 @@ async def _stop_all(
     async with session.begin():
         now, pumps, activations = await lock_all(session, list(claim))
         for act_id, (_, send) in claim.items():
+            await asyncio.sleep(0)  # as in `starts._claim`
             activation = activations[act_id]
             pump = pumps[activation.pump_id]
             state, fence = answers.get(act_id, (None, None))
