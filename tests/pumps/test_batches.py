@@ -113,12 +113,18 @@ async def test_one_start_job_starts_a_batch_across_sites_each_once_in_truth(
     assert all(r["stopped_at"] is not None for r in truth)
 
 
-async def test_concurrent_start_jobs_share_the_batch_and_each_answers_its_own_run(
-    client: httpx.AsyncClient, admin: dict[str, str], job_ctx: Ctx, device: httpx.AsyncClient
+async def test_start_jobs_of_one_poll_share_one_batch_and_the_others_do_nothing(
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    job_ctx: Ctx,
+    device: httpx.AsyncClient,
+    database_url: str,
 ) -> None:
     admitted = await _admitted(client, admin, 6)
+    # As arq starts the jobs one poll read: all at once.
     answers = await asyncio.gather(*(jobs.start_activation(job_ctx, r["id"]) for r in admitted))
-    assert answers == ["running"] * len(admitted)
+    assert answers == ["running"] + ["batched"] * (len(admitted) - 1)
+    assert set((await _statuses(database_url, admitted)).values()) == {"running"}
     assert await _starts_in_truth(device, admitted) == Counter(
         {r["command_id"]: 1 for r in admitted}
     )

@@ -43,7 +43,7 @@ from irrigation.gateway import (
     GatewayError,
     StatePredicate,
 )
-from irrigation.pumps.claims import Claims, outcome
+from irrigation.pumps.claims import BATCHED, Claims
 from irrigation.pumps.commands import (
     Send,
     address,
@@ -121,16 +121,16 @@ async def start_due(jc: WorkerContext, act_id: uuid.UUID, batch_size: int) -> st
     """Start `act_id` and up to `batch_size - 1` other queued runs; `act_id`'s outcome."""
     async with jc.sessions() as session:
         async with _claims.lock():
-            waiter = _claims.taken(act_id)
-            if waiter is None:
+            batched = _claims.taken(act_id)
+            if not batched:
                 claim = await _claim(jc, session, act_id, batch_size)
                 if isinstance(claim, str):
                     return claim
                 outcomes, starts = claim
                 others = [a for a in outcomes if a != act_id]
                 _claims.take(others)
-        if waiter is not None:
-            return await outcome(waiter)
+        if batched:
+            return BATCHED
         try:
             if others:
                 jobs = [str(a) for a in others]
@@ -138,7 +138,7 @@ async def start_due(jc: WorkerContext, act_id: uuid.UUID, batch_size: int) -> st
             if starts:
                 outcomes |= await _run(jc, session, starts)
         finally:
-            _claims.settle(others, outcomes)
+            _claims.release(others)
         return outcomes[act_id]
 
 

@@ -34,7 +34,7 @@ from irrigation.gateway import (
     GatewayError,
     StatePredicate,
 )
-from irrigation.pumps.claims import Claims, outcome
+from irrigation.pumps.claims import BATCHED, Claims
 from irrigation.pumps.commands import (
     Send,
     address,
@@ -221,15 +221,15 @@ async def stop_due(jc: WorkerContext, act_id: uuid.UUID, batch_size: int) -> str
     began = time.monotonic()
     async with jc.sessions() as session:
         async with _claims.lock():
-            waiter = _claims.taken(act_id)
-            if waiter is None:
+            batched = _claims.taken(act_id)
+            if not batched:
                 claim = await _claim_stops(session, act_id, batch_size)
                 if isinstance(claim, str) and claim != RETRY:
                     return claim
                 others = [a for a in claim if a != act_id] if isinstance(claim, dict) else []
                 _claims.take(others)
-        if waiter is not None:
-            return await outcome(waiter)
+        if batched:
+            return BATCHED
         if not isinstance(claim, dict):
             # A stop under way before this job (or lost with a worker): tried again alone.
             return await stop_one(jc, act_id, "deadline")
@@ -240,7 +240,7 @@ async def stop_due(jc: WorkerContext, act_id: uuid.UUID, batch_size: int) -> str
                 await queue.forget_jobs(jc.redis, queue.STOP_ACTIVATION, jobs)
             outcomes = await _stop_all(jc, session, claim, began)
         finally:
-            _claims.settle(others, outcomes)
+            _claims.release(others)
         return outcomes[act_id]
 
 
