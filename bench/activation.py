@@ -116,7 +116,9 @@ from irrigation.auth import service as auth_service
 from irrigation.auth.schemas import Scope
 from irrigation.db import create_sessionmaker
 
-DATABASE = "irrigation_bench"
+# Its own name per checkout when several run at once on one server (BENCH_DATABASE):
+# each run drops and recreates it.
+DATABASE = os.environ.get("BENCH_DATABASE", "irrigation_bench")
 KEEP = ("code", "id", "command_id", "requested_at")
 # Issue 20's aims (docs/benchmarks.md, "Pump activation").
 RATIO_AIM = 0.7  # herd and sustained against the bare FastAPI gate, same run
