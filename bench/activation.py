@@ -209,7 +209,7 @@ class Params:
             baseline_pool=args.baseline_pool,
             idle_samples=3 if quick else 20,
             api_workers=tuple(int(w) for w in workers.split(",")),
-            reads_s=1.0 if quick else 5.0,
+            reads_s=args.reads_seconds or (1.0 if quick else 5.0),
             bursts=tuple(
                 int(n) for n in (args.burst or ("20,100" if quick else "200,1000")).split(",")
             ),
@@ -1209,6 +1209,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=lambda text: set(text.split(",")),
         default={"herd", "sustained", "unloaded", "reads", "burst"},
         help="phases to run, of herd,sustained,unloaded,reads,burst (default: all)",
+    )
+    p.add_argument(
+        "--reads-seconds",
+        type=float,
+        help="the reads phase's length (default 5; quick 1): longer evens out other load",
     )
     p.add_argument(
         "--burst",
