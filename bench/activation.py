@@ -116,8 +116,9 @@ from irrigation.auth import service as auth_service
 from irrigation.auth.schemas import Scope
 from irrigation.db import create_sessionmaker
 
-# Another name lets two runs share the machine (their stacks are otherwise their own).
-DATABASE = os.environ.get("IRRIGATION_BENCH_DATABASE", "irrigation_bench")
+# Its own name per checkout when several run at once on one server (BENCH_DATABASE):
+# each run drops and recreates it.
+DATABASE = os.environ.get("BENCH_DATABASE", "irrigation_bench")
 KEEP = ("code", "id", "command_id", "requested_at")
 # Issue 20's aims (docs/benchmarks.md, "Pump activation").
 RATIO_AIM = 0.7  # herd and sustained against the bare FastAPI gate, same run
@@ -208,7 +209,7 @@ class Params:
             baseline_pool=args.baseline_pool,
             idle_samples=3 if quick else 20,
             api_workers=tuple(int(w) for w in workers.split(",")),
-            reads_s=1.0 if quick else 5.0,
+            reads_s=args.reads_seconds or (1.0 if quick else 5.0),
             bursts=tuple(
                 int(n) for n in (args.burst or ("20,100" if quick else "200,1000")).split(",")
             ),
@@ -1208,6 +1209,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=lambda text: set(text.split(",")),
         default={"herd", "sustained", "unloaded", "reads", "burst"},
         help="phases to run, of herd,sustained,unloaded,reads,burst (default: all)",
+    )
+    p.add_argument(
+        "--reads-seconds",
+        type=float,
+        help="the reads phase's length (default 5; quick 1): longer evens out other load",
     )
     p.add_argument(
         "--burst",

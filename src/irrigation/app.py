@@ -27,7 +27,7 @@ from irrigation.common.middleware import (
 )
 from irrigation.common.openapi import install_openapi, operation_id
 from irrigation.dashboard import install_dashboard
-from irrigation.db import create_engine, create_sessionmaker
+from irrigation.db import create_engine, create_read_sessionmaker, create_sessionmaker
 from irrigation.feed import create_publisher
 from irrigation.fleet.router import routers as fleet_routers
 from irrigation.health import router as health_router
@@ -141,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.feed = create_publisher(settings, redis)
     app.state.sessionmaker = create_sessionmaker(engine, app.state.feed)
+    app.state.read_sessionmaker = create_read_sessionmaker(engine)
     app.state.redis = redis
     app.state.principals = PrincipalCache(settings.auth_cache_ttl_s, settings.auth_unknown_ttl_s)
     app.state.hot_cache = HotCache.of(settings, redis)

@@ -17,6 +17,7 @@ import httpx
 import typer
 import yaml
 
+from irrigation.common import eventloop
 from irrigation.demo_soil import FEEDER_HELP
 from irrigation.logging import (
     LOG_FORMAT_ENV,
@@ -206,7 +207,7 @@ def mqtt(
             loop.add_signal_handler(signum, stop.set)
         await run_bridge(settings, stop)
 
-    asyncio.run(run())
+    eventloop.run(run())
 
 
 @app.command()
@@ -581,7 +582,7 @@ def demo(
                 ) from None
 
     try:
-        asyncio.run(feed())
+        eventloop.run(feed())
     except FeederError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:

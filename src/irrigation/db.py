@@ -90,6 +90,20 @@ def create_sessionmaker(
     )
 
 
+def create_read_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions for reads of one statement: on the same pool, in autocommit, so the read is
+    one round trip instead of three (`BEGIN`, the `SELECT`, `ROLLBACK`). At PostgreSQL's
+    read committed, one statement sees the same snapshot with or without a transaction
+    around it. Never for writes, nor for reads of several statements that must agree:
+    `session.begin()` there opens no transaction in the database."""
+    return async_sessionmaker(
+        engine.execution_options(isolation_level="AUTOCOMMIT"),
+        class_=Session,
+        expire_on_commit=False,
+        autoflush=False,
+    )
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One session per request; the service commits in one visible place."""
     maker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
@@ -98,3 +112,14 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A request's session for a read of one statement (`create_read_sessionmaker`)."""
+    maker: async_sessionmaker[AsyncSession] = request.app.state.read_sessionmaker
+    async with maker() as session:
+        yield session
+
+
+# The single-statement reads (one row, a page of a table); their services never write.
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]

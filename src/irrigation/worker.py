@@ -19,7 +19,7 @@ from irrigation.alerts import jobs as alert_jobs
 from irrigation.alerts import webhooks
 from irrigation.automation import jobs as automation
 from irrigation.automation.retention import purge_automation_history
-from irrigation.common import idempotency
+from irrigation.common import eventloop, idempotency
 from irrigation.common.worker_context import CONTEXT_KEY, WorkerContext, worker_context
 from irrigation.db import create_engine, create_sessionmaker
 from irrigation.feed import create_publisher
@@ -315,4 +315,4 @@ def run_worker(settings: Settings, queues: Sequence[str] = queue.QUEUES) -> None
     # arq logs every cron tick (two a second) at INFO: keep that for debugging only.
     if settings.log_level.upper() != "DEBUG":
         logging.getLogger("arq").setLevel(logging.WARNING)
-    asyncio.run(serve(settings, queues))
+    eventloop.run(serve(settings, queues))

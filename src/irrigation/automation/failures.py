@@ -41,8 +41,9 @@ def backoff(settings: Settings, failures: int) -> timedelta:
     return timedelta(seconds=min(seconds, settings.automation_retry_max_s))
 
 
-def ready(model: Model, now: datetime) -> ColumnElement[bool]:
-    """Not backed off (any more) at `now`."""
+def ready(model: Model, now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]:
+    """Not backed off (any more) at `now` (a value, or a bound parameter for a statement
+    built once)."""
     return or_(model.retry_at.is_(None), model.retry_at <= now)
 
 

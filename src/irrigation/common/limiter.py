@@ -1,5 +1,6 @@
-"""Rate limits in Redis (`limits`' sliding window counter): the class a route is counted in,
-the charge of a request, the IETF `RateLimit` headers, and failing open when Redis is away.
+"""Rate limits in Redis (`limits`' sliding window counter, charged in one round trip): the
+class a route is counted in, the charge of a request, the IETF `RateLimit` headers, and
+failing open when Redis is away.
 
 Which key or address a request is counted for, and a site's own limits, are the
 `ratelimits` domain's business; this module only counts."""
@@ -14,10 +15,8 @@ from typing import Any, Final, TypeVar
 import structlog
 from fastapi import Request
 from limits import RateLimitItem
-from limits.aio.storage import RedisStorage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from prometheus_client import Counter
-from redis.asyncio import ConnectionPool
+from redis.asyncio import ConnectionPool, Redis
 from starlette.requests import HTTPConnection
 
 from irrigation.common.errors import RateLimited
@@ -113,21 +112,78 @@ class Quota:
         return f'"{self.rate_class}";r={self.remaining};t={self.reset_s}'
 
 
+# `limits`' sliding window counter (its acquire_sliding_window.lua, 5.x: the same keys,
+# window shift and weighted count), which also returns the window as the charge left it:
+# the charge and its `RateLimit` headers' figures in one round trip, where
+# `SlidingWindowCounterRateLimiter.hit` then `get_window_stats` took two (and a charge by
+# another process could fall between them). KEYS: previous, current window; ARGV: limit,
+# expiry (s), cost. Returns {allowed, previous count, its TTL (ms), current count, its TTL}.
+_CHARGE = """
+local limit = tonumber(ARGV[1])
+local expiry = tonumber(ARGV[2]) * 1000
+local amount = tonumber(ARGV[3])
+
+local current_ttl = tonumber(redis.call('pttl', KEYS[2]))
+if current_ttl > 0 and current_ttl < expiry then
+    -- the current window has ended: it becomes the previous one
+    redis.call('rename', KEYS[2], KEYS[1])
+    redis.call('set', KEYS[2], 0, 'PX', current_ttl + expiry)
+end
+
+local previous_count = tonumber(redis.call('get', KEYS[1])) or 0
+local previous_ttl = tonumber(redis.call('pttl', KEYS[1])) or 0
+local current_count = tonumber(redis.call('get', KEYS[2])) or 0
+current_ttl = tonumber(redis.call('pttl', KEYS[2])) or 0
+if previous_ttl <= 0 then
+    previous_ttl = 0
+end
+if current_ttl <= 0 then
+    current_ttl = 0
+end
+local weighted_count = math.floor(previous_count * previous_ttl / expiry) + current_count
+
+if amount > limit or (weighted_count + amount) > limit then
+    return {0, previous_count, previous_ttl, current_count, current_ttl}
+end
+if redis.call('exists', KEYS[2]) == 1 then
+    redis.call('incrby', KEYS[2], amount)
+else
+    redis.call('set', KEYS[2], amount, 'PX', expiry * 2)
+end
+return {1, previous_count, previous_ttl, current_count + amount, redis.call('pttl', KEYS[2])}
+"""
+
+
+def _window_stats(
+    limit: RateLimitItem,
+    previous: int,
+    previous_expires_in: float,
+    current: int,
+    current_expires_in: float,
+) -> tuple[int, int]:
+    """What is left of the limit, and in how many seconds more is: `limits`'
+    `SlidingWindowCounterRateLimiter.get_window_stats`, from a window already read."""
+    expiry = limit.get_expiry()
+    weighted = previous * previous_expires_in / expiry + current
+    remaining = max(0, limit.amount - math.floor(weighted))
+    if not (previous or current):
+        return remaining, 0
+    # A TTL read in the charge's own script can be a whole multiple (a window just begun:
+    # twice the expiry): a full period, not 0, as read a moment later by a second call.
+    step = expiry / previous if previous else math.inf
+    previous_reset = (previous_expires_in % step or step) if previous else math.inf
+    current_reset = (current_expires_in % expiry or expiry) if current else math.inf
+    return remaining, max(0, math.ceil(min(previous_reset, current_reset)))
+
+
 class RateLimiter:
     """Counts charges per (class, caller) in Redis, under the stack's namespace. When Redis
     cannot answer it lets requests through (fails open): the limits protect the service,
     and refusing every request would be the outage they are meant to prevent."""
 
     def __init__(self, pool: ConnectionPool, namespace: str) -> None:
-        storage = RedisStorage(
-            "async+redis://",
-            implementation="redispy",
-            # The app's own pool (its timeouts, no second set of connections); limits
-            # hands it to redis.asyncio.Redis, though its hints say options are scalars.
-            connection_pool=pool,  # type: ignore[arg-type]
-            key_prefix=f"{namespace}:ratelimit",
-        )
-        self._window = SlidingWindowCounterRateLimiter(storage)
+        self._prefix = f"{namespace}:ratelimit"
+        self._charge = Redis(connection_pool=pool).register_script(_CHARGE)
         self._skip_until = 0.0
         self._is_failing = False
         self._warned_at = -math.inf
@@ -140,9 +196,14 @@ class RateLimiter:
         if time.monotonic() < self._skip_until:
             self._unchecked(None)
             return None
+        # `limits`' own key names: its sliding window, as `SlidingWindowCounterRateLimiter`
+        # on a `RedisStorage` with this prefix keeps it.
+        current = f"{self._prefix}:{{{limit.key_for(rate_class, caller)}}}"
+        expiry = limit.get_expiry()
         try:
-            allowed = await self._window.hit(limit, rate_class, caller, cost=cost)
-            stats = await self._window.get_window_stats(limit, rate_class, caller)
+            window = await self._charge(
+                keys=[f"{current}/-1", current], args=[limit.amount, expiry, cost]
+            )
         except Exception as exc:  # any Redis failure: fail open, never fail the request
             self._is_failing = True
             self._skip_until = time.monotonic() + RETRY_AFTER_FAILURE_S
@@ -153,8 +214,17 @@ class RateLimiter:
             log.info("rate_limiter_available", unchecked=self._unchecked_since_warning)
             self._warned_at = -math.inf  # the next outage is reported at once
             self._unchecked_since_warning = 0
-        reset_s = max(0, math.ceil(stats.reset_time - time.time()))
-        return allowed, Quota(rate_class, limit, stats.remaining, reset_s)
+        allowed, previous, previous_ttl_ms, current_count, current_ttl_ms = (
+            int(v or 0) for v in window
+        )
+        remaining, reset_s = _window_stats(
+            limit,
+            previous,
+            max(0, previous_ttl_ms) / 1000,
+            current_count,
+            max(0, current_ttl_ms) / 1000,
+        )
+        return bool(allowed), Quota(rate_class, limit, remaining, reset_s)
 
     def _unchecked(self, error: Exception | None) -> None:
         UNCHECKED.inc()

@@ -12,7 +12,7 @@ from irrigation.common.limiter import RateClass, limited_as
 from irrigation.common.openapi import problems
 from irrigation.common.pagination import Page, PageParams, page_params
 from irrigation.common.shaping import columns_of
-from irrigation.db import SessionDep
+from irrigation.db import ReadSessionDep, SessionDep
 from irrigation.fleet import service
 from irrigation.fleet.models import Pump, Sensor, WaterSource, Zone
 from irrigation.fleet.schemas import (
@@ -55,13 +55,13 @@ async def create_zone(body: ZoneCreate, session: SessionDep, who: AdminPrincipal
 
 
 @zones.get("/zones", response_model=Page[ZoneOut], responses=problems())
-async def list_zones(session: SessionDep, who: ReadPrincipal, params: Params) -> Page[ZoneOut]:
+async def list_zones(session: ReadSessionDep, who: ReadPrincipal, params: Params) -> Page[ZoneOut]:
     rows, cursor = await service.list_rows(session, Zone, who.site_id, params)
     return Page(items=[ZoneOut.model_validate(r) for r in rows], next_cursor=cursor)
 
 
 @zones.get("/zones/{zone_id}", response_model=ZoneOut, responses=problems(404))
-async def get_zone(zone_id: uuid.UUID, session: SessionDep, who: ReadPrincipal) -> Zone:
+async def get_zone(zone_id: uuid.UUID, session: ReadSessionDep, who: ReadPrincipal) -> Zone:
     zone: Zone = await service.get(session, Zone, who.site_id, zone_id)
     return zone
 
@@ -98,7 +98,7 @@ async def create_water_source(
 
 @sources.get("/water-sources", response_model=Page[WaterSourceOut], responses=problems())
 async def list_water_sources(
-    session: SessionDep, who: ReadPrincipal, params: Params
+    session: ReadSessionDep, who: ReadPrincipal, params: Params
 ) -> Page[WaterSourceOut]:
     rows, cursor = await service.list_rows(session, WaterSource, who.site_id, params)
     return Page(items=[WaterSourceOut.model_validate(r) for r in rows], next_cursor=cursor)
@@ -108,7 +108,7 @@ async def list_water_sources(
     "/water-sources/{water_source_id}", response_model=WaterSourceOut, responses=problems(404)
 )
 async def get_water_source(
-    water_source_id: uuid.UUID, session: SessionDep, who: ReadPrincipal
+    water_source_id: uuid.UUID, session: ReadSessionDep, who: ReadPrincipal
 ) -> WaterSource:
     source: WaterSource = await service.get(session, WaterSource, who.site_id, water_source_id)
     return source
@@ -161,7 +161,7 @@ async def create_pump(
 
 @pumps.get("/pumps", response_model=Page[PumpOut], responses=problems())
 async def list_pumps(
-    session: SessionDep,
+    session: ReadSessionDep,
     who: ReadPrincipal,
     params: Params,
     zone_id: Annotated[uuid.UUID | None, Query()] = None,
@@ -174,7 +174,7 @@ async def list_pumps(
 
 
 @pumps.get("/pumps/{pump_id}", response_model=PumpOut, responses=problems(404))
-async def get_pump(pump_id: uuid.UUID, session: SessionDep, who: ReadPrincipal) -> PumpOut:
+async def get_pump(pump_id: uuid.UUID, session: ReadSessionDep, who: ReadPrincipal) -> PumpOut:
     return pump_out(await service.get(session, Pump, who.site_id, pump_id))
 
 
@@ -221,7 +221,7 @@ async def create_sensor(body: SensorCreate, session: SessionDep, who: AdminPrinc
 
 @sensors.get("/sensors", response_model=Page[SensorOut], responses=problems())
 async def list_sensors(
-    session: SessionDep,
+    session: ReadSessionDep,
     who: ReadPrincipal,
     params: Params,
     zone_id: Annotated[uuid.UUID | None, Query()] = None,
@@ -245,7 +245,9 @@ async def list_sensors(
 
 
 @sensors.get("/sensors/{sensor_id}", response_model=SensorOut, responses=problems(404))
-async def get_sensor(sensor_id: uuid.UUID, session: SessionDep, who: ReadPrincipal) -> SensorOut:
+async def get_sensor(
+    sensor_id: uuid.UUID, session: ReadSessionDep, who: ReadPrincipal
+) -> SensorOut:
     return sensor_out(await service.get(session, Sensor, who.site_id, sensor_id))
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 from arq.connections import ArqRedis
-from sqlalchemy import Uuid, case, func, literal, select, true, update
+from sqlalchemy import Integer, Uuid, bindparam, case, exists, func, literal, select, true, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -37,7 +37,7 @@ from irrigation.automation.models import (
 )
 from irrigation.automation.runqueue import waterings
 from irrigation.automation.runqueue.packing import Behind, Packing, Waiter
-from irrigation.common.clock import db_now_expr
+from irrigation.common.clock import DB_NOW, db_now_expr, db_now_params
 from irrigation.common.dberrors import (
     DEADLOCK_DETECTED,
     LOCK_NOT_AVAILABLE,
@@ -65,7 +65,8 @@ from irrigation.settings import Settings
 log = structlog.get_logger(__name__)
 
 AUTOMATION = (Priority.scheduled, Priority.threshold)
-# Waiting requests one pass reads at most, every site's head first (_waiting_query).
+# Waiting requests one pass reads at most, every site's head first (_waiting_query; a
+# bound parameter, read at each pass).
 BATCH = 1000
 
 
@@ -135,11 +136,11 @@ _IN_USE = (
 WAITING = literal(RunStatus.waiting.value, literal_execute=True)
 
 
-def _active_sites(site_id: uuid.UUID | None) -> Any:
+def _active_sites(one_site: bool) -> Any:
     """The sites with waiting requests: a walk of ix_run_requests_waiting, one index probe
-    per site rather than a read of every waiting row."""
-    if site_id is not None:
-        return select(literal(site_id, Uuid).label("site_id")).cte("active")
+    per site rather than a read of every waiting row. `one_site`: the bound `site_id`."""
+    if one_site:
+        return select(bindparam("site_id", type_=Uuid).label("site_id")).cte("active")
     rr = RunRequest.__table__
     first = select(rr.c.site_id).where(rr.c.status == WAITING).order_by(rr.c.site_id).limit(1)
     walk = first.cte("walk", recursive=True)
@@ -155,23 +156,27 @@ def _active_sites(site_id: uuid.UUID | None) -> Any:
     return select(walk.c.site_id).where(walk.c.site_id.is_not(None)).cte("active")
 
 
-def _waiting_query(site_id: uuid.UUID | None, now: datetime) -> Any:
+def _waiting_query(one_site: bool) -> Any:
     """At most BATCH waiting requests, every site's head first: each site's first requests
     in (rank, position) order, a fair share of the batch each (all of it for a site alone),
     then every site's 1st, every site's 2nd, ... so one site's backlog never pushes another
     site's head out of the batch. A request backed off after its processing raised is left
-    out until its `retry_at`. Each site's share is read in a lateral through
-    ix_run_requests_waiting: no step reads many more rows than it returns."""
-    active = _active_sites(site_id)
+    out until its `retry_at` (the bound `now`). Each site's share is read in a lateral
+    through ix_run_requests_waiting: no step reads many more rows than it returns.
+
+    Built once per shape at import (_WAITING_ALL, _WAITING_SITE): building it (an aliased
+    entity over a CTE, each column proxied) cost more CPU than running it, every second."""
+    active = _active_sites(one_site)
     sites = select(func.count()).select_from(active).scalar_subquery()
-    share = func.greatest(BATCH // func.greatest(sites, 1), 1)
+    batch = bindparam("batch", type_=Integer)
+    share = func.greatest(batch // func.greatest(sites, 1), 1)
     order = (RunRequest.rank, RunRequest.position, RunRequest.id)
     heads = (
         select(RunRequest, func.row_number().over(order_by=order).label("nth"))
         .where(
             RunRequest.site_id == active.c.site_id,
             RunRequest.status == WAITING,
-            failures.ready(RunRequest, now),
+            failures.ready(RunRequest, bindparam("now", type_=RunRequest.retry_at.type)),
         )
         .order_by(*order)
         .limit(share)
@@ -184,7 +189,7 @@ def _waiting_query(site_id: uuid.UUID | None, now: datetime) -> Any:
         .select_from(active)
         .join(heads, true())
         .order_by(heads.c.nth, heads.c.site_id)
-        .limit(BATCH)
+        .limit(batch)
         .cte("chosen")
         .prefix_with("MATERIALIZED")
     )
@@ -227,6 +232,24 @@ def _waiting_query(site_id: uuid.UUID | None, now: datetime) -> Any:
     )
 
 
+_WAITING_ALL = _waiting_query(one_site=False)
+_WAITING_SITE = _waiting_query(one_site=True)
+
+
+def _anything_waiting(one_site: bool) -> Any:
+    """The database's time, and whether any request waits (of the bound `site_id`): the
+    cron's pass over an empty queue stops at this one statement (an index probe)."""
+    rr = RunRequest.__table__
+    waiting = rr.c.status == WAITING
+    if one_site:
+        waiting = waiting & (rr.c.site_id == bindparam("site_id", type_=Uuid))
+    return select(DB_NOW, exists().where(waiting))
+
+
+_ANYTHING_WAITING_ALL = _anything_waiting(one_site=False)
+_ANYTHING_WAITING_SITE = _anything_waiting(one_site=True)
+
+
 def _later(a: datetime | None, b: datetime | None) -> datetime | None:
     if a is None or b is None:
         return a or b
@@ -267,8 +290,14 @@ async def start_waiting(
 
     A request whose processing raises is logged, backed off (automation/failures.py) and
     holds back only its own pump for this pass: the others go on."""
+    one_site = site_id is not None
+    site: dict[str, Any] = {"site_id": site_id} if one_site else {}
     async with session.begin():
-        now = (await session.execute(select(db_now_expr()))).scalar_one()
+        probe = _ANYTHING_WAITING_SITE if one_site else _ANYTHING_WAITING_ALL
+        now, any_waiting = (await session.execute(probe, site | db_now_params())).one()
+        if not any_waiting:
+            return 0
+        query = _WAITING_SITE if one_site else _WAITING_ALL
         rows = [
             _Waiting(
                 r,
@@ -299,7 +328,7 @@ async def start_waiting(
                 lat,
                 lon,
                 *hints,
-            ) in (await session.execute(_waiting_query(site_id, now))).all()
+            ) in (await session.execute(query, site | {"now": now, "batch": BATCH})).all()
         ]
         finished = await _finished_predecessors(session, rows)
         # Detached: a later start that rolls back would expire them (and reload lazily).
