@@ -243,6 +243,10 @@ class Settings(BaseSettings):
         "sent concurrently; 1: one run a job.",
     )
     worker_poll_delay_s: float = Field(default=0.05, gt=0)
+    # arq's poll dies on a Redis timeout and takes the process with it: the queues' own
+    # connections wait longer than a request's (IRRIGATION_REDIS_TIMEOUT_S), so a busy
+    # Redis or a worker's long synchronous stretch costs latency, not a restart.
+    worker_redis_timeout_s: float = Field(default=5.0, gt=0)
     # Each queue's jobs at once per worker process (README, "Workers and queues").
     worker_max_jobs_pumps: int = Field(
         default=50, ge=1, description="Pump jobs (start, stop) a `pumps` worker runs at once."

@@ -241,7 +241,9 @@ def create_worker(
         ],
         queue_name=key,
         # Its own connections: polling this queue never waits behind another's traffic.
-        redis_pool=queue.create_redis(settings.effective_redis_url, settings.redis_timeout_s, key),
+        redis_pool=queue.create_redis(
+            settings.effective_redis_url, settings.worker_redis_timeout_s, key
+        ),
         on_startup=shared.startup,
         on_shutdown=shared.shutdown if owned else None,
         burst=burst,
