@@ -24,6 +24,9 @@ def free_port() -> int:
         return port
 
 
+STOP_GRACE_S = 10
+
+
 class Process:
     """One `python -m irrigation ...` child; killed for sure at teardown."""
 
@@ -50,13 +53,20 @@ class Process:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(5)
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+
+    def stop(self, deadline: float | None = None) -> None:
+        """SIGTERM, then SIGKILL if it still runs STOP_GRACE_S later (or at `deadline`, a
+        `time.monotonic()` shared by processes stopped side by side)."""
+        self.terminate()
+        if deadline is None:
+            deadline = time.monotonic() + STOP_GRACE_S
+        try:
+            self.proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.kill()
         self.log.close()
 
 
@@ -104,8 +114,12 @@ def spawner(env: Mapping[str, str]) -> Iterator[StartProcess]:
     try:
         yield start
     finally:
+        # Side by side: each gets the whole grace period, none waits for the others'.
         for proc in started:
-            proc.stop()
+            proc.terminate()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for proc in started:
+            proc.stop(deadline)
             if os.environ.get("IRRIGATION_TEST_SHOW_LOGS"):
                 print(f"--- {proc.args}\n{proc.output()}")
             with suppress(OSError):
