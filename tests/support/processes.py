@@ -4,7 +4,6 @@ children of the test, on free ports, stopped for sure at teardown."""
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,14 +14,7 @@ from contextlib import contextmanager, suppress
 import httpx
 
 from irrigation.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
+from irrigation.stack import free_port as free_port  # the tests' import of it
 
 STOP_GRACE_S = 10
 
