@@ -21,6 +21,7 @@ import pytest
 from irrigation import queue
 from irrigation.settings import Settings
 from irrigation.stack import plain_url
+from irrigation.worker import is_healthy
 from tests.support.factories import activate, make_pump
 from tests.support.polling import wait_for
 from tests.support.processes import StartProcess, free_port, wait_http
@@ -356,7 +357,7 @@ async def test_operator_stop_turns_the_device_off_and_starts_the_cooldown(
 
 
 async def test_worker_health_check_sees_a_live_worker_only(
-    spawn: StartProcess, e2e_env: dict[str, str]
+    spawn: StartProcess, e2e_env: dict[str, str], settings: Settings
 ) -> None:
     async def check() -> int:
         proc = await asyncio.create_subprocess_exec(
@@ -366,11 +367,9 @@ async def test_worker_health_check_sees_a_live_worker_only(
 
     assert await check() == 1
     spawn("worker")
-
-    async def healthy() -> bool:
-        return await check() == 0
-
-    await wait_for(healthy, timeout_s=20, interval_s=0.5)
+    # Polled in-process (each `--check` is a Python start-up), then asked of the CLI.
+    await wait_for(lambda: is_healthy(settings), timeout_s=20)
+    assert await check() == 0
 
 
 async def _lock_waiters(conn: asyncpg.Connection) -> int:
