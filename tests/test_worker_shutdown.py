@@ -19,8 +19,8 @@ from tests.support.processes import StartProcess, settings_env, spawner
 
 pytestmark = pytest.mark.slow
 
-ROUNDS = 5
-AT_ONCE = 4  # workers stopped side by side each round, each in a namespace of its own
+ROUNDS = 10
+AT_ONCE = 2  # workers stopped side by side each round, each in a namespace of its own
 # Generous for a loaded 2-core machine; the hang this guards against lasts until SIGKILL.
 STOP_WITHIN_S = 5.0
 

@@ -28,7 +28,9 @@ from tests.support.processes import StartProcess, free_port, wait_http
 from tests.support.simulator import runs, seconds_on
 
 # Real API and worker processes: left out of `make test-quick`.
-pytestmark = pytest.mark.slow
+# The heaviest, most timing-sensitive end-to-end tests: one xdist group, so `make test`'s
+# parallel slow phase (`--dist loadgroup`) runs them one after another, never side by side.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("heavy")]
 
 RUN_TOLERANCE_S = 0.25
 WATCHDOG_BOUND_S = 10.0

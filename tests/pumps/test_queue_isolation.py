@@ -25,7 +25,9 @@ from tests.support.processes import StartProcess
 from tests.support.servers import serve
 from tests.support.simulator import runs
 
-pytestmark = pytest.mark.slow
+# The heaviest, most timing-sensitive end-to-end tests: one xdist group, so `make test`'s
+# parallel slow phase (`--dist loadgroup`) runs them one after another, never side by side.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("heavy")]
 
 IMPORTS = 50
 BULK_SLOTS = 4  # the bulk worker's max_jobs in this test
