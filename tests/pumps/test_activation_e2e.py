@@ -253,7 +253,11 @@ async def test_crash_between_commit_and_enqueue_is_delivered_by_the_outbox_relay
     device: httpx.AsyncClient, spawn: StartProcess, admin: dict[str, str]
 ) -> None:
     port = free_port()
-    spawn("serve", "--port", str(port), IRRIGATION_ENQUEUE_FAST_PATH="false")
+    # The run waits for a worker that starts only after 1.5 s: on a loaded machine its
+    # start-up alone once took the rest of the default 10 s, and the run was `expired`
+    # (right by the settings, but the expiry is not what this test is about).
+    patient = {"IRRIGATION_MAX_QUEUE_DELAY_S": "60"}
+    spawn("serve", "--port", str(port), IRRIGATION_ENQUEUE_FAST_PATH="false", **patient)
     url = f"http://127.0.0.1:{port}"
     await wait_http(f"{url}/healthz")
     async with httpx.AsyncClient(base_url=url, headers=admin, timeout=10) as api:
@@ -263,7 +267,7 @@ async def test_crash_between_commit_and_enqueue_is_delivered_by_the_outbox_relay
         # worker (and with the fast path off) nothing may have moved the run meanwhile.
         await asyncio.sleep(1.5)
         assert (await api.get(f"/v1/activations/{run['id']}")).json()["status"] == "queued"
-        spawn("worker")
+        spawn("worker", **patient)
         done = await wait_for(lambda: terminal(api, run["id"]), timeout_s=15)
     assert done["status"] == "completed"
     assert [r["command_id"] for r in await runs(device, "relay-1")] == [run["command_id"]]
