@@ -22,11 +22,15 @@ up: install
 # pytest runs in two phases, both always: the fast tests on PYTEST_WORKERS pytest-xdist
 # workers (each test has its own database and Redis namespace; the workers mostly wait on
 # PostgreSQL, so more workers than the 2 cores pay), then the slow end-to-end tests (real
-# processes, a real browser) serially and alone, as their timing needs. `test-quick` runs
-# only the first phase. PYTEST_ARGS replaces both phases by one plain `pytest $(PYTEST_ARGS)`
+# processes, a real browser) on SLOW_WORKERS workers with `--dist loadgroup`: the heaviest,
+# most timing-sensitive ones (herds, flow waves, queue isolation, soaks) are one xdist
+# group, `heavy`, so they run one after another on one worker, never beside each other;
+# every slow test has its own database, Redis namespace and ports. `test-quick` runs only
+# the first phase. PYTEST_ARGS replaces both phases by one plain `pytest $(PYTEST_ARGS)`
 # (e.g. `make test PYTEST_ARGS="-x tests/fleet"`). pytest's own arguments stay out of the
 # loop's word splitting.
 PYTEST_WORKERS ?= 3
+SLOW_WORKERS ?= 2
 PYTEST_ARGS ?=
 
 test test-quick: install
@@ -40,7 +44,8 @@ test test-quick: install
 		echo '==> pytest -m "not slow" -n $(PYTEST_WORKERS)'; \
 		$(BIN)/pytest -m "not slow" -n $(PYTEST_WORKERS) || status=1; \
 		if [ '$@' = test ]; then \
-			echo '==> pytest -m slow'; $(BIN)/pytest -m slow || status=1; \
+			echo '==> pytest -m slow -n $(SLOW_WORKERS) --dist loadgroup'; \
+			$(BIN)/pytest -m slow -n $(SLOW_WORKERS) --dist loadgroup || status=1; \
 		fi; \
 	fi; \
 	exit $$status

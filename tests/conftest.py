@@ -15,6 +15,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from playwright.async_api import Browser
 
 from irrigation.app import create_app
 from irrigation.common import clock
@@ -24,6 +25,7 @@ from irrigation.settings import Settings
 from irrigation.stack import Stack, plain_url, resolve_stack, with_database
 from tests.support import factories
 from tests.support.api import bearer
+from tests.support.browser import browser
 from tests.support.factories import MakeKey
 from tests.support.mqtt import Broker, running_broker
 from tests.support.processes import free_port
@@ -259,3 +261,12 @@ def mqtt_settings(settings: Settings, mqtt_broker: Broker) -> Settings:
             "mqtt_bridge_port": free_port(),
         }
     )
+
+
+@pytest.fixture(scope="session")
+async def chromium() -> AsyncIterator[Browser]:
+    """One Chromium for the session, launched by the first test that needs it (a launch
+    takes seconds); each test opens its pages in a context of its own
+    (`tests.support.browser.offline_page`)."""
+    async with browser() as launched:
+        yield launched

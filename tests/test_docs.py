@@ -6,8 +6,9 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from playwright.async_api import Browser
 
-from tests.support.browser import browser, offline_page
+from tests.support.browser import offline_page
 from tests.support.servers import serve
 
 pytestmark = pytest.mark.slow
@@ -36,11 +37,10 @@ async def test_the_docs_pages_load_no_asset_from_another_host(
         assert len(response.content) > 10_000, asset
 
 
-async def test_swagger_ui_renders_every_operation_offline(app: FastAPI) -> None:
+async def test_swagger_ui_renders_every_operation_offline(app: FastAPI, chromium: Browser) -> None:
     expected = operations(app.openapi())
     blocked: list[str] = []
-    async with serve(app) as base_url, browser() as chromium:
-        page = await offline_page(chromium, base_url, blocked)
+    async with serve(app) as base_url, offline_page(chromium, base_url, blocked) as page:
         await page.goto("/docs")
         await page.wait_for_selector(".opblock", timeout=20_000)
         shown = await page.eval_on_selector_all(

@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -210,11 +211,41 @@ def start_embedded_mqtt(host: str, port: int) -> tuple[str, Callable[[], None], 
     return f"mqtt://{host}:{port}", stop, proc.pid
 
 
+# Where `free_port` looks: below the kernel's ephemeral range (Linux's default 32768-60999),
+# from which every outgoing connection takes its local port.
+FREE_PORTS_FROM = 15000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
+    """A port nothing is bound to now, for a server started later (often another process).
+    Not one `bind(0)` hands out: that is an ephemeral port, which any outgoing connection
+    on the machine may take as its local port before the server binds it (EADDRINUSE). A
+    random one below that range instead, never the same twice in a process: processes
+    choosing at once (parallel test workers) seldom meet, and the bind check tells."""
+    high = _ephemeral_low() - 1
+    for _ in range(100 if high > FREE_PORTS_FROM else 0):
+        port = random.randint(FREE_PORTS_FROM, high)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    with socket.socket() as sock:  # an unusual port range: the kernel's choice
+        sock.bind((host, 0))
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 def resolve_stack(

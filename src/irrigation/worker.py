@@ -259,31 +259,89 @@ def create_worker(
     )
 
 
+# How often a stopping worker's poll loop is cancelled again until it ends: on Python 3.11 a
+# cancellation that arrives as one of redis-py's `asyncio.wait_for` completes is lost
+# (CPython gh-86296), and the loop polls on as if no signal had come.
+RECANCEL_EVERY_S = 0.1
+
+
+class _Stopper:
+    """Stops a process's workers as arq's `handle_sig` does (no job picked any more, each
+    job in flight cancelled once, to be run again; the poll loops cancelled), and makes sure
+    it happened: arq cancels once, and a lost cancellation left the process polling until
+    its SIGKILL."""
+
+    def __init__(self, workers: Sequence[Worker]) -> None:
+        self.workers = workers
+        self.requested = asyncio.Event()
+        self.cancelled: set[asyncio.Task[Any]] = set()
+
+    def request(self, signum: signal.Signals) -> None:
+        if self.requested.is_set():
+            return
+        self.requested.set()
+        for worker in self.workers:
+            worker.allow_pick_jobs = False
+            worker.handle_sig(signum)  # logs and cancels as arq does
+            self.cancelled.update(worker.tasks.values())
+
+    async def until_stopped(self, runs: Sequence[asyncio.Task[None]]) -> None:
+        while True:
+            for worker, run in zip(self.workers, runs, strict=True):
+                # A job a poll that was under way when the signal came started after it.
+                for task in list(worker.tasks.values()):
+                    if task not in self.cancelled:
+                        task.cancel()
+                        self.cancelled.add(task)
+                main = worker.main_task
+                if main is not None and not main.done():
+                    main.cancel()
+                elif main is None:
+                    run.cancel()  # not begun yet
+            pending = [*runs, *(t for w in self.workers for t in w.tasks.values())]
+            if all(task.done() for task in pending):
+                return
+            await asyncio.wait(pending, timeout=RECANCEL_EVERY_S)
+
+
+async def _close(worker: Worker) -> None:
+    """`worker.close()`, minus its one flaw: it gathers the jobs' tasks, re-raising the
+    cancellation of those stopping cancelled and skipping the rest (the health sentinel, the
+    pool), and the process exited 1. The tasks are awaited here instead, each outcome
+    looked at."""
+    tasks = list(worker.tasks.values())
+    if tasks:
+        await asyncio.wait(tasks)
+    for task in tasks:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("worker_job_task_failed", queue=worker.queue_name, error=repr(exc))
+    worker.tasks.clear()
+    await worker.close()
+
+
 async def serve(settings: Settings, queues: Sequence[str]) -> None:
     """Run one worker per queue in this process until SIGINT/SIGTERM, or until one of them
-    fails (then all stop and the failure propagates: the process exits to be restarted)."""
+    fails (then all stop and the failure propagates: the process exits to be restarted).
+    A signal stops the process within about a second and it exits 0."""
     clients = Clients(settings)
     workers = [create_worker(settings, q, clients=clients) for q in queues]
+    stopper = _Stopper(workers)
     loop = asyncio.get_running_loop()
-
-    def stop(signum: signal.Signals) -> None:
-        for worker in workers:
-            worker.handle_sig(signum)
-
     # Each worker registered its own handler on this loop, each replacing the last: one
     # handler stops them all.
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop, signum)
+        loop.add_signal_handler(signum, stopper.request, signum)
     runs = [asyncio.create_task(w.async_run(), name=f"worker:{w.queue_name}") for w in workers]
+    requested = asyncio.create_task(stopper.requested.wait())
     try:
-        await asyncio.wait(runs, return_when=asyncio.FIRST_COMPLETED)
-        if not all(run.done() for run in runs):
-            stop(signal.SIGTERM)
-        await asyncio.wait(runs)
+        await asyncio.wait([*runs, requested], return_when=asyncio.FIRST_COMPLETED)
+        stopper.request(signal.SIGTERM)  # a no-op after a signal
+        await stopper.until_stopped(runs)
     finally:
+        requested.cancel()
         for worker in workers:
             try:
-                await worker.close()
+                await _close(worker)
             except Exception as exc:  # Redis gone, say: close the others all the same
                 log.warning("worker_close_failed", queue=worker.queue_name, error=repr(exc))
         await clients.aclose()

@@ -17,7 +17,9 @@ from tests.support.processes import StartProcess
 from tests.support.simulator import runs, seconds_on
 
 # Real API and worker processes: left out of `make test-quick`.
-pytestmark = pytest.mark.slow
+# The heaviest, most timing-sensitive end-to-end tests: one xdist group, so `make test`'s
+# parallel slow phase (`--dist loadgroup`) runs them one after another, never side by side.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("heavy")]
 
 WATERING_S, CYCLE_S, SOAK_S = 30, 5, 10
 # How much longer than commanded the device's truth may show a run (as the pump tests).

@@ -22,9 +22,9 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import Browser, Page, expect
 
-from tests.support.browser import browser, offline_page
+from tests.support.browser import offline_page
 from tests.support.factories import make_pump, make_rule, make_schedule, make_sensor, make_zone
 from tests.support.polling import wait_for
 from tests.support.processes import StartProcess
@@ -48,6 +48,7 @@ class Farm:
     pump: dict[str, Any]
     moisture: dict[str, Any]
     pressure: dict[str, Any]
+    chromium: Browser
 
     async def send(self, sensor: dict[str, Any], *values: float, step_s: float = 1) -> None:
         """Readings of one sensor, the last one now."""
@@ -72,7 +73,11 @@ class Farm:
 
 @pytest.fixture
 async def farm(
-    api: httpx.AsyncClient, api_url: str, spawn: StartProcess, admin: dict[str, str]
+    api: httpx.AsyncClient,
+    api_url: str,
+    spawn: StartProcess,
+    admin: dict[str, str],
+    chromium: Browser,
 ) -> Farm:
     """A site with a zone that has a day of moisture history, a pump that rests 3 s after a
     run, a pressure sensor with an alert band, a rule and a schedule; a worker of every
@@ -87,7 +92,7 @@ async def farm(
     await make_rule(api, {}, zone["id"], name="Dry soil", start_below=20, stop_above=35)
     await make_schedule(api, {}, zone["id"], name="Morning", start_times=["06:00"])
     key = admin["Authorization"].removeprefix("Bearer ")
-    farm = Farm(api, api_url, key, zone, pump, moisture, pressure)
+    farm = Farm(api, api_url, key, zone, pump, moisture, pressure, chromium)
     now = datetime.now(UTC)
     await farm.send_many(
         [
@@ -103,13 +108,14 @@ async def farm(
 
 
 @asynccontextmanager
-async def dashboard(base_url: str, viewport: dict[str, int] = DESKTOP) -> AsyncIterator[Page]:
+async def dashboard(
+    chromium: Browser, base_url: str, viewport: dict[str, int] = DESKTOP
+) -> AsyncIterator[Page]:
     """A Chromium page that can reach the API's host only; the test fails on a script error
     or a request to any other host."""
     blocked: list[str] = []
     errors: list[str] = []
-    async with browser() as chromium:
-        page = await offline_page(chromium, base_url, blocked)
+    async with offline_page(chromium, base_url, blocked) as page:
         await page.set_viewport_size(viewport)
         page.on("pageerror", lambda error: errors.append(str(error)))
         # The browser logs every refused request as a failed resource; the page shows those.
@@ -145,7 +151,7 @@ async def wait_live(page: Page) -> None:
 
 
 async def test_a_reading_posted_over_the_api_appears_live_on_the_zone_chart(farm: Farm) -> None:
-    async with dashboard(farm.base_url) as page:
+    async with dashboard(farm.chromium, farm.base_url) as page:
         await sign_in_by_link(page, farm)
         await expect(page.locator("#site-name")).to_have_text("site-a")
         card = page.locator(f'[data-zone="{farm.zone["id"]}"]')
@@ -184,7 +190,7 @@ async def test_a_reading_posted_over_the_api_appears_live_on_the_zone_chart(farm
 async def test_start_a_pump_see_it_run_then_rest_and_stop_a_run_after_confirming(
     farm: Farm, device: httpx.AsyncClient
 ) -> None:
-    async with dashboard(farm.base_url, PHONE) as page:
+    async with dashboard(farm.chromium, farm.base_url, PHONE) as page:
         await sign_in_by_link(page, farm)
         await page.goto(f"/#/pumps/{farm.pump['id']}")
         await expect(page.get_by_role("heading", name="North pump", level=1)).to_be_visible()
@@ -233,7 +239,7 @@ async def test_start_a_pump_see_it_run_then_rest_and_stop_a_run_after_confirming
 
 
 async def test_an_alert_raised_while_watching_is_acknowledged(farm: Farm) -> None:
-    async with dashboard(farm.base_url) as page:
+    async with dashboard(farm.chromium, farm.base_url) as page:
         await sign_in_by_link(page, farm)
         await page.goto("/#/alerts")
         await expect(page.get_by_role("heading", name="Alerts", level=1)).to_be_visible()
@@ -257,7 +263,7 @@ async def test_an_alert_raised_while_watching_is_acknowledged(farm: Farm) -> Non
 async def test_a_pasted_key_signs_in_and_a_wrong_one_is_refused_in_the_apis_words(
     farm: Farm,
 ) -> None:
-    async with dashboard(farm.base_url, PHONE) as page:
+    async with dashboard(farm.chromium, farm.base_url, PHONE) as page:
         await page.goto("/")
         await page.get_by_label("API key").fill("irr_" + "x" * 43)
         await page.get_by_role("button", name="Sign in").click()
@@ -295,7 +301,7 @@ async def test_review_the_quarantine_and_follow_an_import(farm: Farm, tmp_path: 
             for i in range(1, 500)
         )
     )
-    async with dashboard(farm.base_url) as page:
+    async with dashboard(farm.chromium, farm.base_url) as page:
         await sign_in_by_link(page, farm)
         await page.goto("/#/quarantine")
         rows = page.locator("#quarantine tbody tr")
@@ -400,7 +406,7 @@ async def test_every_page_on_a_phone_and_a_desktop(farm: Farm, tmp_path: Path) -
     out = SCREENSHOTS if keep else tmp_path
     out.mkdir(parents=True, exist_ok=True)
     for width_name, viewport in (("phone", PHONE), ("desktop", DESKTOP)):
-        async with dashboard(farm.base_url, viewport) as page:
+        async with dashboard(farm.chromium, farm.base_url, viewport) as page:
             await sign_in_by_link(page, farm)
             await expect(page.locator("#banner-paused")).to_contain_text("paused until")
             for name, path, heading in PAGES:

@@ -395,6 +395,12 @@ async def test_redelivering_the_job_of_a_completed_import_changes_nothing(
         await fetch(settings, "SELECT count(*) FROM quarantined_readings"),
     )
 
+    # The import commits "completed" inside its job; arq deletes the job's key (frees its
+    # id: keep_result=0) a moment later, in finish_job.
+    deadline = time.monotonic() + 15
+    while await redis.exists(job_key_prefix + job["id"]):
+        assert time.monotonic() < deadline, "arq never released the finished job's id"
+        await asyncio.sleep(0.05)
     arq = queue.create_redis(settings.effective_redis_url, 1.0, settings.queue_name)
     try:
         assert await queue.enqueue_import(arq, job["id"]), "the job id is free again"

@@ -21,13 +21,16 @@ import pytest
 from irrigation import queue
 from irrigation.settings import Settings
 from irrigation.stack import plain_url
+from irrigation.worker import is_healthy
 from tests.support.factories import activate, make_pump
 from tests.support.polling import wait_for
 from tests.support.processes import StartProcess, free_port, wait_http
 from tests.support.simulator import runs, seconds_on
 
 # Real API and worker processes: left out of `make test-quick`.
-pytestmark = pytest.mark.slow
+# The heaviest, most timing-sensitive end-to-end tests: one xdist group, so `make test`'s
+# parallel slow phase (`--dist loadgroup`) runs them one after another, never side by side.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("heavy")]
 
 RUN_TOLERANCE_S = 0.25
 WATCHDOG_BOUND_S = 10.0
@@ -39,18 +42,23 @@ async def terminal(api: httpx.AsyncClient, activation_id: str) -> dict[str, Any]
     return body if body["status"] in TERMINAL else None
 
 
+def herd_client(url: str, admin: dict[str, str]) -> httpx.AsyncClient:
+    """A client with no connection yet: one kept alive since an earlier request may be
+    closed by the server (uvicorn's 5 s keep-alive) just as the herd reuses it."""
+    limits = httpx.Limits(max_connections=1000)
+    return httpx.AsyncClient(base_url=url, headers=admin, timeout=30, limits=limits)
+
+
 async def second_api(spawn: StartProcess, admin: dict[str, str]) -> httpx.AsyncClient:
     port = free_port()
     proc = spawn("serve", "--port", str(port))
     await wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
-    limits = httpx.Limits(max_connections=1000)
-    return httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port}", headers=admin, timeout=30, limits=limits
-    )
+    return herd_client(f"http://127.0.0.1:{port}", admin)
 
 
 async def test_herd_of_500_requests_on_two_api_processes_starts_the_pump_exactly_once(
     api: httpx.AsyncClient,
+    api_url: str,
     device: httpx.AsyncClient,
     spawn: StartProcess,
     admin: dict[str, str],
@@ -61,9 +69,10 @@ async def test_herd_of_500_requests_on_two_api_processes_starts_the_pump_exactly
     spawn("worker", IRRIGATION_GATEWAY_TIMEOUT_S="3")
     # A long cooldown: however long the herd takes, no second run is legitimate.
     pump = await make_pump(api, {}, "herd-1", cooldown_s=600)
-    async with await second_api(spawn, admin) as other:
+    # The second API's start takes seconds: `api`'s connection idles meanwhile.
+    async with await second_api(spawn, admin) as other, herd_client(api_url, admin) as first:
         responses = await asyncio.gather(
-            *(activate(api if i % 2 else other, {}, pump["id"], 2) for i in range(500))
+            *(activate(first if i % 2 else other, {}, pump["id"], 2) for i in range(500))
         )
     codes = [r.status_code for r in responses]
     assert codes.count(202) == 1, {c: codes.count(c) for c in set(codes)}
@@ -250,7 +259,11 @@ async def test_crash_between_commit_and_enqueue_is_delivered_by_the_outbox_relay
     device: httpx.AsyncClient, spawn: StartProcess, admin: dict[str, str]
 ) -> None:
     port = free_port()
-    spawn("serve", "--port", str(port), IRRIGATION_ENQUEUE_FAST_PATH="false")
+    # The run waits for a worker that starts only after 1.5 s: on a loaded machine its
+    # start-up alone once took the rest of the default 10 s, and the run was `expired`
+    # (right by the settings, but the expiry is not what this test is about).
+    patient = {"IRRIGATION_MAX_QUEUE_DELAY_S": "60"}
+    spawn("serve", "--port", str(port), IRRIGATION_ENQUEUE_FAST_PATH="false", **patient)
     url = f"http://127.0.0.1:{port}"
     await wait_http(f"{url}/healthz")
     async with httpx.AsyncClient(base_url=url, headers=admin, timeout=10) as api:
@@ -260,7 +273,7 @@ async def test_crash_between_commit_and_enqueue_is_delivered_by_the_outbox_relay
         # worker (and with the fast path off) nothing may have moved the run meanwhile.
         await asyncio.sleep(1.5)
         assert (await api.get(f"/v1/activations/{run['id']}")).json()["status"] == "queued"
-        spawn("worker")
+        spawn("worker", **patient)
         done = await wait_for(lambda: terminal(api, run["id"]), timeout_s=15)
     assert done["status"] == "completed"
     assert [r["command_id"] for r in await runs(device, "relay-1")] == [run["command_id"]]
@@ -356,7 +369,7 @@ async def test_operator_stop_turns_the_device_off_and_starts_the_cooldown(
 
 
 async def test_worker_health_check_sees_a_live_worker_only(
-    spawn: StartProcess, e2e_env: dict[str, str]
+    spawn: StartProcess, e2e_env: dict[str, str], settings: Settings
 ) -> None:
     async def check() -> int:
         proc = await asyncio.create_subprocess_exec(
@@ -366,11 +379,9 @@ async def test_worker_health_check_sees_a_live_worker_only(
 
     assert await check() == 1
     spawn("worker")
-
-    async def healthy() -> bool:
-        return await check() == 0
-
-    await wait_for(healthy, timeout_s=20, interval_s=0.5)
+    # Polled in-process (each `--check` is a Python start-up), then asked of the CLI.
+    await wait_for(lambda: is_healthy(settings), timeout_s=20)
+    assert await check() == 0
 
 
 async def _lock_waiters(conn: asyncpg.Connection) -> int:

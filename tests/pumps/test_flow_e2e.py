@@ -15,7 +15,9 @@ from tests.support.processes import StartProcess
 from tests.support.simulator import most_drawn_at_once, runs
 
 # Real API and worker processes: left out of `make test-quick`.
-pytestmark = pytest.mark.slow
+# The heaviest, most timing-sensitive end-to-end tests: one xdist group, so `make test`'s
+# parallel slow phase (`--dist loadgroup`) runs them one after another, never side by side.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("heavy")]
 
 TERMINAL = {"completed", "aborted", "failed", "expired", "rejected"}
 FLOWS = [20, 30, 40, 50, 60, 70]

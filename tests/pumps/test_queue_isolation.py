@@ -25,7 +25,9 @@ from tests.support.processes import StartProcess
 from tests.support.servers import serve
 from tests.support.simulator import runs
 
-pytestmark = pytest.mark.slow
+# The heaviest, most timing-sensitive end-to-end tests: one xdist group, so `make test`'s
+# parallel slow phase (`--dist loadgroup`) runs them one after another, never side by side.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("heavy")]
 
 IMPORTS = 50
 BULK_SLOTS = 4  # the bulk worker's max_jobs in this test
@@ -75,24 +77,19 @@ async def _health(env: dict[str, str], *queues: str) -> int:
 
 
 async def test_a_worker_serves_the_queues_it_is_given_and_stops_on_sigterm(
-    spawn: StartProcess, e2e_env: dict[str, str]
+    spawn: StartProcess, e2e_env: dict[str, str], settings: Settings
 ) -> None:
     pumps = spawn("worker", "--queues", "pumps")
-
-    async def pumps_alive() -> bool:
-        return await _health(e2e_env, "pumps") == 0
-
-    await wait_for(pumps_alive, timeout_s=20, interval_s=0.5)
+    # Polled in-process (each `--check` is a Python start-up), then asked of the CLI.
+    await wait_for(lambda: is_healthy(settings, ["pumps"]), timeout_s=20)
+    assert await _health(e2e_env, "pumps") == 0
     assert await _health(e2e_env, "automation") == 1
     assert await _health(e2e_env, "bulk") == 1
     assert await _health(e2e_env) == 1  # all three: two are missing
 
     rest = spawn("worker", "--queues", "automation,bulk")
-
-    async def all_alive() -> bool:
-        return await _health(e2e_env) == 0
-
-    await wait_for(all_alive, timeout_s=20, interval_s=0.5)
+    await wait_for(lambda: is_healthy(settings), timeout_s=20)
+    assert await _health(e2e_env) == 0
 
     # One process, two arq workers: one signal stops both, cleanly.
     rest.proc.send_signal(signal.SIGTERM)

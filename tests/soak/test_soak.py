@@ -18,7 +18,9 @@ from irrigation.soak import history
 from irrigation.soak.plan import SoakParams, fault_kinds, make_plan
 from irrigation.soak.runner import soak, soak_many
 
-pytestmark = pytest.mark.slow
+# The heaviest, most timing-sensitive end-to-end tests: one xdist group, so `make test`'s
+# parallel slow phase (`--dist loadgroup`) runs them one after another, never side by side.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("heavy")]
 
 # Seed 83's 24 s: a worker paused, a worker killed, Redis restarted, the database's
 # connections killed, and devices failing, dropping their answers, offline, and with

@@ -49,9 +49,12 @@ async def browser() -> AsyncIterator[Browser]:
             await launched.close()
 
 
-async def offline_page(browser: Browser, base_url: str, blocked: list[str]) -> Page:
-    """A page that may reach `base_url`'s host and port only: every other request is
-    aborted and its URL appended to `blocked`, as on a farm network without internet."""
+@asynccontextmanager
+async def offline_page(browser: Browser, base_url: str, blocked: list[str]) -> AsyncIterator[Page]:
+    """A page in a context of its own (cookies, storage: nothing from another test's) that
+    may reach `base_url`'s host and port only: every other request is aborted and its URL
+    appended to `blocked`, as on a farm network without internet. The context is closed on
+    exit, the browser stays (one browser a session: a launch takes seconds)."""
     allowed = urlsplit(base_url).netloc
 
     async def only_local(route: Route) -> None:
@@ -63,5 +66,8 @@ async def offline_page(browser: Browser, base_url: str, blocked: list[str]) -> P
             await route.abort("internetdisconnected")
 
     context = await browser.new_context(base_url=base_url)
-    await context.route("**/*", only_local)
-    return await context.new_page()
+    try:
+        await context.route("**/*", only_local)
+        yield await context.new_page()
+    finally:
+        await context.close()

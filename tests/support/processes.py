@@ -4,7 +4,6 @@ children of the test, on free ports, stopped for sure at teardown."""
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,13 +14,9 @@ from contextlib import contextmanager, suppress
 import httpx
 
 from irrigation.settings import Settings
+from irrigation.stack import free_port as free_port  # the tests' import of it
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+STOP_GRACE_S = 10
 
 
 class Process:
@@ -50,13 +45,20 @@ class Process:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(5)
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+
+    def stop(self, deadline: float | None = None) -> None:
+        """SIGTERM, then SIGKILL if it still runs STOP_GRACE_S later (or at `deadline`, a
+        `time.monotonic()` shared by processes stopped side by side)."""
+        self.terminate()
+        if deadline is None:
+            deadline = time.monotonic() + STOP_GRACE_S
+        try:
+            self.proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.kill()
         self.log.close()
 
 
@@ -104,8 +106,12 @@ def spawner(env: Mapping[str, str]) -> Iterator[StartProcess]:
     try:
         yield start
     finally:
+        # Side by side: each gets the whole grace period, none waits for the others'.
         for proc in started:
-            proc.stop()
+            proc.terminate()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for proc in started:
+            proc.stop(deadline)
             if os.environ.get("IRRIGATION_TEST_SHOW_LOGS"):
                 print(f"--- {proc.args}\n{proc.output()}")
             with suppress(OSError):

@@ -400,7 +400,9 @@ class SoakStack:
             self._supervising.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervising
-        # The API and workers before the simulator they talk to, Redis and the broker last.
-        for child in (self.api, *self.workers, self.simulator, self.redis, self.broker):
-            if child is not None:
-                await asyncio.to_thread(child.stop)
+        # The API and workers before the simulator they talk to, Redis and the broker last;
+        # each group side by side (each would otherwise wait out the one before).
+        for group in ((self.api, *self.workers), (self.simulator,), (self.redis, self.broker)):
+            await asyncio.gather(
+                *(asyncio.to_thread(child.stop) for child in group if child is not None)
+            )
