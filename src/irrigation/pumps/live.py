@@ -4,6 +4,7 @@ pump that its event is about (status, fault, cooldown, active run). Both are pub
 when the transaction commits, never for one that rolls back (irrigation/feed.py). The end
 of a run that ran is marked here too, for the water-use rollup, whichever writer ends it."""
 
+import uuid
 from datetime import datetime
 
 from sqlalchemy import inspect
@@ -40,12 +41,21 @@ def record(
             detail=detail or None,
         )
     )
-    data = ActivationOut.model_validate(activation).model_dump(mode="json")
-    data |= {"zone_id": str(pump.zone_id), "cause": cause}
-    feed.emit(session, feed.EventType.activation, activation.site_id, data, at)
+    emit_transition(session, activation, pump.zone_id, at, cause)
     pump_changed(session, pump, at)
     if ran_and_ended(activation):
         session.add(EndedRun(activation_id=activation.id))
+
+
+def emit_transition(
+    session: AsyncSession, activation: PumpActivation, zone_id: uuid.UUID, at: datetime, cause: str
+) -> None:
+    """The activation's event alone: for a writer that wrote the audit row itself (the
+    admission's one statement, pumps/service.py) and emits the pump's event knowing it
+    changed."""
+    data = ActivationOut.model_validate(activation).model_dump(mode="json")
+    data |= {"zone_id": str(zone_id), "cause": cause}
+    feed.emit(session, feed.EventType.activation, activation.site_id, data, at)
 
 
 def ran_and_ended(activation: PumpActivation) -> bool:

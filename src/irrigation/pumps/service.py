@@ -12,10 +12,23 @@ from datetime import datetime, timedelta
 from typing import cast
 
 from arq.connections import ArqRedis
-from sqlalchemy import Float, Table, bindparam, delete, func, insert, literal, select
+from sqlalchemy import (
+    BindParameter,
+    Float,
+    Select,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
+from sqlalchemy.orm.attributes import set_committed_value
 
 from irrigation import queue
 from irrigation.common import idempotency
@@ -25,6 +38,7 @@ from irrigation.common.errors import Invalid, NotFound, Unavailable
 from irrigation.common.idempotency import IdempotentRequest, StoredAnswer
 from irrigation.common.pagination import PageParams, page_of, paginate
 from irrigation.fleet.models import Pump, WaterSource
+from irrigation.fleet.service import emit_pump
 from irrigation.gateway import is_addressable
 from irrigation.pumps import flow, live
 from irrigation.pumps.errors import (
@@ -105,7 +119,82 @@ _RUNNING_WITH_FLOW = (
     .join(Pump, Pump.id == PumpActivation.pump_id)
     .where(*_SOURCE_ACTIVE)
 )
-_INSERT_ACTIVATION = insert(cast(Table, PumpActivation.__table__))
+
+
+def _admission_writes() -> Select[tuple[uuid.UUID]]:
+    """An admission's writes, one statement: the activation row, the pump's pointer and
+    fencing number, the audit row and the outbox row, as data-modifying CTEs (one round
+    trip; the rows' foreign keys are checked at the statement's end, when all exist).
+    Every column is a bound parameter, named `a_` and the activation's column (`event_*`
+    and `outbox_*` for the other rows' own): SQLAlchemy would read a parameter named as a
+    column of any of the four tables as a value to write there."""
+    acts = cast(Table, PumpActivation.__table__)
+    events = cast(Table, ActivationEvent.__table__)
+    outbox = cast(Table, OutboxJob.__table__)
+    pumps = cast(Table, Pump.__table__)
+
+    def bound(table: Table, names: dict[str, str]) -> dict[str, BindParameter[object]]:
+        return {col: bindparam(name, type_=table.c[col].type) for col, name in names.items()}
+
+    activation = (
+        insert(acts)
+        .values(bound(acts, {c: f"a_{c}" for c in _ACTIVATION_COLUMNS}))
+        .returning(acts.c.id)
+        .cte("admitted")
+    )
+    pointer = (
+        update(pumps)
+        .where(pumps.c.id == bindparam("a_pump_id"))
+        .values(bound(pumps, {"last_sequence": "a_sequence", "active_activation_id": "a_id"}))
+        .cte("pointer")
+    )
+    audit = insert(events).values(
+        bound(
+            events,
+            {
+                "id": "event_id",
+                "activation_id": "a_id",
+                "at": "a_requested_at",
+                "status": "a_status",
+                "cause": "event_cause",
+                "detail": "event_detail",
+                "created_at": "a_created_at",
+            },
+        )
+    )
+    job = insert(outbox).values(
+        bound(
+            outbox,
+            {
+                "id": "outbox_id",
+                "job": "outbox_job",
+                "activation_id": "a_id",
+                "attempts": "outbox_attempts",
+                "created_at": "a_created_at",
+            },
+        )
+    )
+    return select(activation.c.id).add_cte(pointer, audit.cte("audit"), job.cte("job"))
+
+
+# What an admission writes of the activation row; the rest keep their defaults (None).
+_ACTIVATION_COLUMNS = (
+    "id",
+    "site_id",
+    "pump_id",
+    "water_source_id",
+    "priority",
+    "status",
+    "duration_s",
+    "reason",
+    "origin",
+    "command_id",
+    "sequence",
+    "requested_at",
+    "start_deadline",
+    "created_at",
+)
+_ADMISSION_WRITES = _admission_writes()
 
 
 def _seconds_until(moment: datetime, now: datetime) -> int:
@@ -276,18 +365,30 @@ async def admit(
         "start_deadline": now + timedelta(seconds=settings.max_queue_delay_s),
         "created_at": utcnow(),
     }
-    # The activation row first, the pump's pointer references it: written by a Core INSERT
-    # rather than a flush of the unit of work of its own (issue 20, docs/benchmarks.md).
-    # The object, never added to the session, is what the answer and the events show.
-    await session.execute(_INSERT_ACTIVATION, values)
-    activation = PumpActivation(**values)
-    pump.last_sequence = sequence  # with the pointer: one UPDATE of the pump row
-    pump.active_activation_id = activation.id
-    live.record(
-        session, pump, activation, now, "requested", origin=run.origin, priority=run.priority
+    # One Core statement for the writes, not the unit of work: its flush (the pump's
+    # update, the audit and outbox rows, each a round trip) was ~30 % of the API's CPU per
+    # admission (issue 20, docs/benchmarks.md). The live events are emitted from the values
+    # in hand rather than from the pump's ORM history.
+    detail = {"origin": run.origin, "priority": run.priority}
+    await session.execute(
+        _ADMISSION_WRITES,
+        {
+            **{f"a_{column}": value for column, value in values.items()},
+            "event_id": uuid.uuid4(),
+            "event_cause": "requested",
+            "event_detail": detail,
+            "outbox_id": uuid.uuid4(),
+            "outbox_job": queue.START_ACTIVATION,
+            "outbox_attempts": 0,
+        },
     )
-    session.add(OutboxJob(job=queue.START_ACTIVATION, activation_id=activation.id))
-    await session.flush()
+    # Never added to the session: the answer and the events are made from it.
+    activation = PumpActivation(**values)
+    # The pump as the statement left it, without marking it for another UPDATE at commit.
+    set_committed_value(pump, "last_sequence", sequence)
+    set_committed_value(pump, "active_activation_id", activation_id)
+    live.emit_transition(session, activation, pump.zone_id, now, "requested")
+    emit_pump(session, pump, now)
     return activation
 
 
