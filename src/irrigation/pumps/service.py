@@ -23,6 +23,7 @@ from sqlalchemy import (
     insert,
     literal,
     select,
+    true,
     update,
 )
 from sqlalchemy.exc import DBAPIError
@@ -90,20 +91,13 @@ _LOCK_SOURCE_OF_PUMP = (
     .with_for_update(key_share=True)
     .execution_options(populate_existing=True)
 )
-# The pump, locked, with the database clock and its active run's deadline (for Retry-After).
-_LOCK_PUMP_WITH_RUN = (
-    select(Pump, DB_NOW, _BUSY.run_deadline, _BUSY.duration_s)
-    .outerjoin(_BUSY, _BUSY.id == Pump.active_activation_id)
-    .where(*_PUMP_OF_SITE)
-    .with_for_update(key_share=True, of=Pump)
-    .execution_options(populate_existing=True)
-)
 _SOURCE_ACTIVE = (
     PumpActivation.water_source_id == bindparam("source_id"),
     PumpActivation.status.in_(ACTIVE),
 )
 # The source's active runs: how many, the first to end; without a flow limit, the count
-# alone; with one, also the pumps' flows against `max_flow_lpm`.
+# alone; with one, also the pumps' flows against `max_flow_lpm`. Uncorrelated: the pump
+# row the statement locks is not theirs.
 _RUNNING = (
     select(func.count(), func.min(PumpActivation.run_deadline), literal(0.0))
     .select_from(PumpActivation)
@@ -121,7 +115,33 @@ _RUNNING_WITH_FLOW = (
 )
 
 
-def _admission_writes() -> Select[tuple[uuid.UUID]]:
+def _lock_pump_with_run(
+    running: Select[int, datetime | None, float],
+) -> Select[Pump, datetime, datetime | None, int | None, int, datetime | None, float]:
+    """The pump, locked, with the database clock, its active run's deadline (for
+    Retry-After) and the source's active runs (`running`'s three figures).
+
+    The count rides on the pump's lock, one round trip less per admission: the statement
+    starts once the source's lock is granted, so its snapshot holds every run admitted to
+    the source before (each admission holds the source's lock to its commit). If it then
+    waits for the pump's lock, the row is read fresh after it and the count may still hold
+    a run ended meanwhile: the error is a refusal, never one run too many."""
+    figures = running.subquery("running")
+    return (
+        select(Pump, DB_NOW, _BUSY.run_deadline, _BUSY.duration_s, *figures.c)
+        .outerjoin(_BUSY, _BUSY.id == Pump.active_activation_id)
+        .join(figures, true())  # an aggregate: always one row
+        .where(*_PUMP_OF_SITE)
+        .with_for_update(key_share=True, of=Pump)
+        .execution_options(populate_existing=True)
+    )
+
+
+_LOCK_PUMP_COUNTING = _lock_pump_with_run(_RUNNING)
+_LOCK_PUMP_COUNTING_FLOW = _lock_pump_with_run(_RUNNING_WITH_FLOW)
+
+
+def _admission_writes() -> Select[uuid.UUID]:
     """An admission's writes, one statement: the activation row, the pump's pointer and
     fencing number, the audit row and the outbox row, as data-modifying CTEs (one round
     trip; the rows' foreign keys are checked at the statement's end, when all exist).
@@ -298,14 +318,20 @@ async def admit(
     pump_id: uuid.UUID,
     run: ActivationParams,
 ) -> PumpActivation:
-    # Three statements decide a refusal: lock the source (found through the pump), lock the
-    # pump with the clock and its active run's deadline, then commit.
+    # Round trips after BEGIN: lock the source (found through the pump), lock the pump with
+    # the clock, its active run's deadline and the source's active runs; then a refusal
+    # commits, an admission writes its rows in one statement and commits.
     source = await lock_source_of(session, site_id, pump_id)
-    params = {"pump_id": pump_id, "site_id": site_id, **db_now_params()}
-    row = (await session.execute(_LOCK_PUMP_WITH_RUN, params)).one_or_none()
+    limit = source.max_flow_lpm
+    params = {"pump_id": pump_id, "site_id": site_id, "source_id": source.id, **db_now_params()}
+    if limit is None:
+        row = (await session.execute(_LOCK_PUMP_COUNTING, params)).one_or_none()
+    else:
+        params["max_flow_lpm"] = limit
+        row = (await session.execute(_LOCK_PUMP_COUNTING_FLOW, params)).one_or_none()
     if row is None:
         raise NotFound("pump not found")
-    pump, now, busy_deadline, busy_duration = row
+    pump, now, busy_deadline, busy_duration, running, first_end, drawn = row
     if pump.water_source_id != source.id:
         raise Unavailable("the pump was moved to another water source; try again", code="retry")
 
@@ -331,14 +357,6 @@ async def admit(
         raise InCooldown(pump.cooldown_until, _seconds_until(pump.cooldown_until, now))
     # Counted under the source's lock, which every admission to the source holds to its
     # commit: two admissions never both see the room that only one of them fits in.
-    limit = source.max_flow_lpm
-    if limit is None:
-        counts = await session.execute(_RUNNING, {"source_id": source.id})
-    else:
-        counts = await session.execute(
-            _RUNNING_WITH_FLOW, {"source_id": source.id, "max_flow_lpm": limit}
-        )
-    running, first_end, drawn = counts.one()
     retry = _seconds_until(first_end, now) if first_end else None
     if running >= source.max_concurrent_pumps:
         raise CapacityFull(source.id, source.max_concurrent_pumps, retry)
