@@ -4,7 +4,6 @@ Lock order is fixed everywhere: water source -> pump -> activation, so two trans
 never wait on each other in a cycle. Rows are locked FOR NO KEY UPDATE: the same exclusion,
 while inserts that reference the locked row (activations, events) are not blocked."""
 
-import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,24 +34,16 @@ from irrigation import queue
 from irrigation.common import idempotency
 from irrigation.common.clock import DB_NOW, db_now_expr, db_now_params, utcnow
 from irrigation.common.dberrors import LOCK_NOT_AVAILABLE, pg_error
-from irrigation.common.errors import Invalid, NotFound, Unavailable
+from irrigation.common.errors import NotFound, Unavailable
 from irrigation.common.idempotency import IdempotentRequest, StoredAnswer
 from irrigation.common.pagination import PageParams, page_of, paginate
 from irrigation.fleet.models import Pump, WaterSource
 from irrigation.fleet.service import emit_pump
-from irrigation.gateway import is_addressable
-from irrigation.pumps import flow, live
+from irrigation.pumps import fitness, flow, live
 from irrigation.pumps.errors import (
     CapacityFull,
-    FlowAboveSource,
     FlowFull,
-    InCooldown,
-    PumpBusy,
-    PumpDisabled,
-    PumpFault,
     Refused,
-    SourceHalted,
-    Unaddressable,
 )
 from irrigation.pumps.models import (
     ACTIVE,
@@ -217,10 +208,6 @@ _ACTIVATION_COLUMNS = (
 _ADMISSION_WRITES = _admission_writes()
 
 
-def _seconds_until(moment: datetime, now: datetime) -> int:
-    return max(1, math.ceil((moment - now).total_seconds()))
-
-
 async def lock_pump(
     session: AsyncSession, pump_id: uuid.UUID, site_id: uuid.UUID | None = None
 ) -> tuple[Pump, datetime]:
@@ -290,14 +277,7 @@ def unavailable_if_lock_timeout(exc: DBAPIError) -> Exception:
     return exc
 
 
-def check_duration(pump: Pump, duration_s: int) -> None:
-    if duration_s > pump.max_runtime_s:
-        raise Invalid(
-            f"duration_s {duration_s} exceeds this pump's max_runtime_s ({pump.max_runtime_s} s)",
-            field="body.duration_s",
-            code="duration_exceeds_max_runtime",
-            max_runtime_s=pump.max_runtime_s,
-        )
+check_duration = fitness.check_duration
 
 
 async def lock_source_of(
@@ -335,29 +315,10 @@ async def admit(
     if pump.water_source_id != source.id:
         raise Unavailable("the pump was moved to another water source; try again", code="retry")
 
-    if not is_addressable(pump.hardware_id):
-        raise Unaddressable(pump.hardware_id)
-    if not pump.enabled:
-        raise PumpDisabled()
-    if pump.fault:
-        raise PumpFault(pump.fault)
-    if source.halted_at is not None:
-        raise SourceHalted(source.id, source.halted_at)
-    check_duration(pump, run.duration_s)
-    if source.max_flow_lpm is not None:
-        alone = flow.budget_for(pump.nominal_flow_lpm, source.max_flow_lpm, 0.0)
-        if alone.exceeds_alone:
-            raise FlowAboveSource(source.id, alone)
-    if pump.active_activation_id is not None:
-        # Waiting helps once the run has ended and the pump has rested.
-        run_ends = busy_deadline or now + timedelta(seconds=busy_duration or 0)
-        ends = run_ends + timedelta(seconds=pump.cooldown_s)
-        raise PumpBusy(pump.active_activation_id, _seconds_until(ends, now))
-    if pump.cooldown_until is not None and pump.cooldown_until > now:
-        raise InCooldown(pump.cooldown_until, _seconds_until(pump.cooldown_until, now))
+    fitness.check(pump, source, now, busy_deadline, busy_duration, run.duration_s)
     # Counted under the source's lock, which every admission to the source holds to its
     # commit: two admissions never both see the room that only one of them fits in.
-    retry = _seconds_until(first_end, now) if first_end else None
+    retry = fitness.seconds_until(first_end, now) if first_end else None
     if running >= source.max_concurrent_pumps:
         raise CapacityFull(source.id, source.max_concurrent_pumps, retry)
     if limit is not None:
