@@ -26,7 +26,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -39,7 +39,7 @@ from irrigation.common.idempotency import IdempotentRequest, StoredAnswer
 from irrigation.common.pagination import PageParams, page_of, paginate
 from irrigation.fleet.models import Pump, WaterSource
 from irrigation.fleet.service import emit_pump
-from irrigation.pumps import fitness, flow, live
+from irrigation.pumps import fitness, flow, live, prefilter
 from irrigation.pumps.errors import (
     CapacityFull,
     FlowFull,
@@ -246,18 +246,29 @@ async def request_activation(
     idem: IdempotentRequest | None,
     render: Render,
 ) -> StoredAnswer:
-    """Admit or refuse one run, in one transaction; refusals are answers, stored for replay."""
+    """Admit or refuse one run, in one transaction; refusals are answers, stored for replay.
+
+    Without a key, a request for a pump that another request of this process is deciding
+    waits for it, then is refused from the committed row if it can be (pumps/prefilter.py):
+    a herd on one pump does not queue 999 transactions on the source's lock."""
+    engine = session.bind if idem is None else None
+    if isinstance(engine, AsyncEngine) and (decided := prefilter.waiting_on(pump_id)):
+        await decided.wait()
+        early = await prefilter.refusal(engine, site_id, pump_id, run.duration_s)
+        if early is not None:
+            return render(early)
     activation: PumpActivation | None = None
     try:
-        async with idempotency.begin(session, idem, settings.idempotency_ttl_s) as claim:
-            if claim.replay is not None:
-                return claim.replay
-            try:
-                activation = await admit(session, settings, site_id, pump_id, run)
-                answer = render(activation)
-            except Refused as refusal:
-                answer = render(refusal)
-            await claim.store(answer)
+        with prefilter.deciding(pump_id):
+            async with idempotency.begin(session, idem, settings.idempotency_ttl_s) as claim:
+                if claim.replay is not None:
+                    return claim.replay
+                try:
+                    activation = await admit(session, settings, site_id, pump_id, run)
+                    answer = render(activation)
+                except Refused as refusal:
+                    answer = render(refusal)
+                await claim.store(answer)
     except DBAPIError as exc:
         raise unavailable_if_lock_timeout(exc) from None
     if activation is not None and settings.enqueue_fast_path:
