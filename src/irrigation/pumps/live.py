@@ -1,5 +1,6 @@
 """What the pumps tell the live feed: every transition of an activation, written here with
-its audit row so that no writer can record one without the other, and every change of a
+its audit row so that no writer can record one without the other (admission writes its
+row in its one statement and emits here, pumps/service.py), and every change of a
 pump that its event is about (status, fault, cooldown, active run). Both are published
 when the transaction commits, never for one that rolls back (irrigation/feed.py). The end
 of a run that ran is marked here too, for the water-use rollup, whichever writer ends it."""
