@@ -1,5 +1,6 @@
 """A request for a pump that another request of this process is already deciding waits for
-that decision, then looks at the committed pump once, without a lock or a transaction: if
+that decision, then looks at the committed pump (one look shared by every request that
+waited on the same decision), without a lock or a transaction: if
 the pump is busy, resting, in fault, disabled or its source halted (what a herd of
 requests for one pump meets, 999 of 1,000 times), that is its answer, one round trip
 instead of a transaction of four that queues on the source's lock. Anything else goes on
@@ -16,9 +17,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import Row, Table, bindparam, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from irrigation.common.clock import DB_NOW, db_now_params
@@ -56,6 +58,9 @@ _LOOK = (
     .outerjoin(_RUN, _RUN.c.id == _PUMPS.c.active_activation_id)
     .where(_PUMPS.c.id == bindparam("pump_id"), _PUMPS.c.site_id == bindparam("site_id"))
 )
+_Looked = Row[*tuple[Any, ...]]
+# The look in flight for the requests that waited on one decision (keyed by its event).
+_looks: "dict[tuple[asyncio.Event, uuid.UUID], asyncio.Future[_Looked | None]]" = {}
 _AUTOCOMMIT: "weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine]" = weakref.WeakKeyDictionary()
 
 
@@ -87,18 +92,26 @@ def deciding(pump_id: uuid.UUID) -> Iterator[None]:
 
 
 async def refusal(
-    engine: AsyncEngine, site_id: uuid.UUID, pump_id: uuid.UUID, duration_s: int
+    decided: asyncio.Event,
+    engine: AsyncEngine,
+    site_id: uuid.UUID,
+    pump_id: uuid.UUID,
+    duration_s: int,
 ) -> Refused | None:
-    """The refusal the pump's committed state gives, or None (the gate decides); a
-    duration above its max runtime raises the gate's 422 as the gate would."""
-    autocommit = _AUTOCOMMIT.get(engine)
-    if autocommit is None:
-        autocommit = _AUTOCOMMIT[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
-    params = {"pump_id": pump_id, "site_id": site_id, **db_now_params()}
-    async with autocommit.connect() as conn:
-        row = (await conn.execute(_LOOK, params)).one_or_none()
+    """Once `decided` (`waiting_on`'s) is set, the refusal the pump's committed state gives,
+    or None (the gate decides); a duration above its max runtime raises the gate's 422 as
+    the gate would. The requests that waited on one decision share one look: it starts
+    after each of them arrived, so it is as fresh for every one of them as a look of its
+    own, and a herd's 999 waiters are one round trip, not 999 connections at once."""
+    await decided.wait()
+    key = (decided, site_id)
+    look = _looks.get(key)
+    if look is None:
+        look = _looks[key] = asyncio.ensure_future(_look(engine, site_id, pump_id))
+        look.add_done_callback(lambda _: _looks.pop(key, None))
+    row = await asyncio.shield(look)
     if row is None:
-        return None  # the gate answers 404
+        return None  # the gate answers 404, or the look failed: the gate decides
     source = _Source(row.source_id, row.halted_at, row.max_flow_lpm)
     pump = cast(fitness.PumpState, row)
     try:
@@ -106,3 +119,15 @@ async def refusal(
     except Refused as refused:
         return refused
     return None
+
+
+async def _look(engine: AsyncEngine, site_id: uuid.UUID, pump_id: uuid.UUID) -> _Looked | None:
+    autocommit = _AUTOCOMMIT.get(engine)
+    if autocommit is None:
+        autocommit = _AUTOCOMMIT[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    params = {"pump_id": pump_id, "site_id": site_id, **db_now_params()}
+    try:
+        async with autocommit.connect() as conn:
+            return (await conn.execute(_LOOK, params)).one_or_none()
+    except (DBAPIError, OSError):
+        return None  # the locked gate meets the same trouble and answers it

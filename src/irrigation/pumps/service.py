@@ -253,8 +253,7 @@ async def request_activation(
     a herd on one pump does not queue 999 transactions on the source's lock."""
     engine = session.bind if idem is None else None
     if isinstance(engine, AsyncEngine) and (decided := prefilter.waiting_on(pump_id)):
-        await decided.wait()
-        early = await prefilter.refusal(engine, site_id, pump_id, run.duration_s)
+        early = await prefilter.refusal(decided, engine, site_id, pump_id, run.duration_s)
         if early is not None:
             return render(early)
     activation: PumpActivation | None = None
