@@ -121,6 +121,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "lifespan": lifespan,
         "generate_unique_id_function": operation_id,
         "openapi_tags": tags,
+        # FastAPI's native OpenTelemetry off: the service configures no OTel provider (its
+        # metrics are Prometheus', its access log its own), and asking on every request
+        # whether one was configured since cost 4 - 5 % of a refused activation's CPU
+        # (three global lookups reading os.environ; issue 20, docs/benchmarks.md).
+        "telemetry": {"tracing": False, "metrics": False, "logs": False},
     }
     app: FastAPI
     if settings.docs_enabled:
