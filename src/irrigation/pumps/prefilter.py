@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Row, Table, bindparam, select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from irrigation.common.clock import DB_NOW, db_now_params
@@ -129,5 +129,5 @@ async def _look(engine: AsyncEngine, site_id: uuid.UUID, pump_id: uuid.UUID) -> 
     try:
         async with autocommit.connect() as conn:
             return (await conn.execute(_LOOK, params)).one_or_none()
-    except (DBAPIError, OSError):
+    except (SQLAlchemyError, OSError):
         return None  # the locked gate meets the same trouble and answers it
