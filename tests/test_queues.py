@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
+from arq.jobs import Job
 from typer.testing import CliRunner
 
 from irrigation import queue
@@ -90,6 +91,23 @@ async def test_every_enqueue_lands_on_its_jobs_queue_and_none_on_the_old_single_
     }
     assert await queued(queue.BULK) == {str(job)}
     assert await arq.zcard(settings.queue_name) == 0
+
+
+async def test_a_start_is_queued_once_as_arq_reads_it_and_not_again_while_queued(
+    settings: Settings, arq: ArqRedis
+) -> None:
+    activation = uuid.uuid4()
+    assert await queue.enqueue_start(arq, activation)
+    assert not await queue.enqueue_start(arq, activation)  # queued already: once
+    pumps = queue.queue_key(settings.queue_name, queue.PUMPS)
+    info = await Job(str(activation), arq, pumps, queue.deserialize).info()
+    assert info is not None
+    assert info.function == queue.START_ACTIVATION
+    assert list(info.args) == [str(activation)]  # through JSON, as every job
+    assert info.score is not None
+    # arq's own expiry: a day beyond its due time.
+    ttl_ms = await arq.pttl(job_key_prefix + str(activation))
+    assert 86_000_000 < ttl_ms <= 86_400_000
 
 
 async def test_jobs_an_older_version_left_on_the_single_queue_move_to_their_queues(

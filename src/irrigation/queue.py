@@ -152,7 +152,11 @@ async def _enqueue(
 
 
 async def enqueue_start(redis: ArqRedis, activation_id: uuid.UUID) -> bool:
-    return await _enqueue(redis, START_ACTIVATION, str(activation_id), job_id=str(activation_id))
+    """Through `enqueue_many`'s script: one Redis round trip after every admission, where
+    arq's `enqueue_job` takes three (`WATCH`, the two `EXISTS`, `MULTI`/`EXEC`); the same
+    job, key, expiry and refusal of a job already queued or done."""
+    job_id = str(activation_id)
+    return await enqueue_many(redis, START_ACTIVATION, [(job_id, (job_id,), 0.0)]) == 1
 
 
 async def enqueue_stop(
