@@ -21,6 +21,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     select,
     true,
     update,
@@ -82,9 +83,11 @@ _LOCK_SOURCE_OF_PUMP = (
     .with_for_update(key_share=True)
     .execution_options(populate_existing=True)
 )
+# The statuses as literals, as in the partial index's predicate: an `in_(ACTIVE)` is an
+# expanding parameter, rendered into the SQL again on every execution.
 _SOURCE_ACTIVE = (
     PumpActivation.water_source_id == bindparam("source_id"),
-    PumpActivation.status.in_(ACTIVE),
+    PumpActivation.status.in_([literal_column(f"'{status}'") for status in ACTIVE]),
 )
 # The source's active runs: how many, the first to end; without a flow limit, the count
 # alone; with one, also the pumps' flows against `max_flow_lpm`. Uncorrelated: the pump
