@@ -344,14 +344,7 @@ async def learn_flow(session: AsyncSession, activation_id: uuid.UUID) -> None:
     """After a run's stop is recorded: its mean flow, if it ended normally and its pump has
     a meter, and the pump's expected flow learned again from its last measured runs.
     Best effort, in a transaction of its own: the stop is already recorded."""
-    try:
-        async with session.begin():
-            measured = await session.execute(_MEASURE_RUN, {"activation_id": activation_id})
-            pump_id = measured.scalar_one_or_none()
-            if pump_id is not None:
-                await session.execute(_LEARN, {"pump_id": pump_id})
-    except DBAPIError as exc:  # a lock not granted in time: the next run learns again
-        log.warning("flow_learning_failed", activation_id=str(activation_id), error=str(exc))
+    await learn_flows(session, [activation_id])
 
 
 async def learn_flows(session: AsyncSession, activation_ids: Sequence[uuid.UUID]) -> None:
