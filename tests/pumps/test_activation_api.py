@@ -9,6 +9,7 @@ import httpx
 from irrigation.stack import plain_url
 from tests.support.api import bearer
 from tests.support.factories import MakeKey, activate, make_pump
+from tests.support.servers import run_sql
 
 
 async def test_accepted_request_is_queued_with_location_and_audit_trail(
@@ -70,19 +71,11 @@ async def test_disabled_pump_is_refused(client: httpx.AsyncClient, admin: dict[s
     assert response.json()["code"] == "disabled"
 
 
-async def _sql(database_url: str, query: str, *args: object) -> None:
-    conn = await asyncpg.connect(plain_url(database_url))
-    try:
-        await conn.execute(query, *args)
-    finally:
-        await conn.close()
-
-
 async def test_pump_latched_in_fault_is_refused_until_reset(
     client: httpx.AsyncClient, admin: dict[str, str], database_url: str
 ) -> None:
     pump = await make_pump(client, admin, "hw-1")
-    await _sql(
+    await run_sql(
         database_url,
         "UPDATE pumps SET fault = 'gateway: timeout', fault_at = now() WHERE id = $1::uuid",
         pump["id"],
@@ -104,7 +97,7 @@ async def test_cooldown_is_refused_with_retry_after(
 ) -> None:
     pump = await make_pump(client, admin, "hw-1")
     until = datetime.now(UTC) + timedelta(seconds=120)
-    await _sql(
+    await run_sql(
         database_url, "UPDATE pumps SET cooldown_until = $1 WHERE id = $2::uuid", until, pump["id"]
     )
     response = await activate(client, admin, pump["id"])
@@ -362,7 +355,7 @@ async def test_a_pump_whose_hardware_id_predates_the_address_pattern_is_refused_
 ) -> None:
     pump = await make_pump(client, admin, "hw-1")
     # What the migration reports and leaves alone: an id from before the pattern.
-    await _sql(
+    await run_sql(
         database_url, "UPDATE pumps SET hardware_id = 'old:relay/1' WHERE id = $1::uuid", pump["id"]
     )
     refused = await activate(client, admin, pump["id"])

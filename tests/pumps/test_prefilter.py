@@ -6,23 +6,14 @@ import functools
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import httpx
 from fastapi import FastAPI
 from sqlalchemy import event
 
 from irrigation.pumps import prefilter
 from irrigation.pumps.errors import InCooldown, PumpBusy, PumpDisabled
-from irrigation.stack import plain_url
 from tests.support.factories import activate, make_pump
-
-
-async def _sql(database_url: str, query: str, *args: object) -> None:
-    conn = await asyncpg.connect(plain_url(database_url))
-    try:
-        await conn.execute(query, *args)
-    finally:
-        await conn.close()
+from tests.support.servers import run_sql
 
 
 async def test_a_herd_on_one_pump_admits_one_and_most_are_refused_without_the_lock(
@@ -75,12 +66,12 @@ async def test_the_look_refuses_from_the_committed_row_and_leaves_the_rest_to_th
     assert isinstance(busy, PumpBusy)
     assert busy.extra["active_activation_id"] == run["id"]
 
-    await _sql(
+    await run_sql(
         database_url,
         "UPDATE pumps SET active_activation_id = NULL, cooldown_until = $1 WHERE id = $2::uuid",
         datetime.now(UTC) + timedelta(seconds=60),
         pump["id"],
     )
     assert isinstance(await look(site_id, pump_id, 5), InCooldown)
-    await _sql(database_url, "UPDATE pumps SET enabled = false WHERE id = $1::uuid", pump["id"])
+    await run_sql(database_url, "UPDATE pumps SET enabled = false WHERE id = $1::uuid", pump["id"])
     assert isinstance(await look(site_id, pump_id, 5), PumpDisabled)

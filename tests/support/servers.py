@@ -5,7 +5,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
+import asyncpg
 import uvicorn
+
+from irrigation.stack import plain_url
 
 
 @asynccontextmanager
@@ -37,3 +40,13 @@ async def serve(app: Any, *, lifespan: Literal["on", "off"] = "off") -> AsyncIte
     finally:
         server.should_exit = True
         await serving
+
+
+async def run_sql(database_url: str, query: str, *args: object) -> None:
+    """One statement on a connection of its own, outside the service: what an operator's
+    psql, or another process, does to the rows under test."""
+    conn = await asyncpg.connect(plain_url(database_url))
+    try:
+        await conn.execute(query, *args)
+    finally:
+        await conn.close()
