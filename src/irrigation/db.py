@@ -1,6 +1,7 @@
 """Engine, session factory and the request session dependency (the models' base is
 `common/orm.py`)."""
 
+import weakref
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -90,6 +91,19 @@ def create_sessionmaker(
     )
 
 
+# One autocommit view of each engine (the same pool), made once: `execution_options` builds
+# a new engine object each call.
+_AUTOCOMMIT: "weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine]" = weakref.WeakKeyDictionary()
+
+
+def autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """`engine` in autocommit, on its own pool: for reads of one statement."""
+    view = _AUTOCOMMIT.get(engine)
+    if view is None:
+        view = _AUTOCOMMIT[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return view
+
+
 def create_read_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions for reads of one statement: on the same pool, in autocommit, so the read is
     one round trip instead of three (`BEGIN`, the `SELECT`, `ROLLBACK`). At PostgreSQL's
@@ -97,7 +111,7 @@ def create_read_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSes
     around it. Never for writes, nor for reads of several statements that must agree:
     `session.begin()` there opens no transaction in the database."""
     return async_sessionmaker(
-        engine.execution_options(isolation_level="AUTOCOMMIT"),
+        autocommit(engine),
         class_=Session,
         expire_on_commit=False,
         autoflush=False,

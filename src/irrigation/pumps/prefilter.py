@@ -12,7 +12,6 @@ without an `Idempotency-Key`: a keyed answer is stored in the gate's transaction
 
 import asyncio
 import uuid
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from irrigation.common.clock import DB_NOW, db_now_params
+from irrigation.db import autocommit
 from irrigation.fleet.models import Pump, WaterSource
 from irrigation.pumps import fitness
 from irrigation.pumps.errors import Refused
@@ -61,7 +61,6 @@ _LOOK = (
 _Looked = Row[*tuple[Any, ...]]
 # The look in flight for the requests that waited on one decision (keyed by its event).
 _looks: "dict[tuple[asyncio.Event, uuid.UUID], asyncio.Future[_Looked | None]]" = {}
-_AUTOCOMMIT: "weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine]" = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -122,12 +121,9 @@ async def refusal(
 
 
 async def _look(engine: AsyncEngine, site_id: uuid.UUID, pump_id: uuid.UUID) -> _Looked | None:
-    autocommit = _AUTOCOMMIT.get(engine)
-    if autocommit is None:
-        autocommit = _AUTOCOMMIT[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
     params = {"pump_id": pump_id, "site_id": site_id, **db_now_params()}
     try:
-        async with autocommit.connect() as conn:
+        async with autocommit(engine).connect() as conn:
             return (await conn.execute(_LOOK, params)).one_or_none()
     except (SQLAlchemyError, OSError):
         return None  # the locked gate meets the same trouble and answers it
